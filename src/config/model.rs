@@ -1,0 +1,164 @@
+//! The validated configuration: the only config type used past `config`.
+//!
+//! Every value here has been checked and every default resolved; a `Config`
+//! cannot hold a dangling queue reference, an invalid name or a duration
+//! without a unit. Produced by [`crate::config::load`].
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::names::{GroupName, QueueName};
+use crate::signal::Signal;
+
+/// The whole merged configuration of one `drover run PATH`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub supervisor: SupervisorConfig,
+    /// Groups in name order.
+    pub groups: BTreeMap<GroupName, GroupSpec>,
+    /// Queues in name order.
+    pub queues: BTreeMap<QueueName, QueueSpec>,
+    /// Every file that contributed, in the order they were merged.
+    pub files: Vec<PathBuf>,
+}
+
+/// `[supervisor]`: settings of drover itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SupervisorConfig {
+    /// `control_socket`, made absolute relative to the config file; `None`
+    /// means "use the default path of DESIGN §7", resolved at run time.
+    pub control_socket: Option<PathBuf>,
+    pub log_format: LogFormat,
+    /// `state_dir`, absolute; default `/var/lib/drover` for root, else
+    /// `$XDG_STATE_HOME/drover` or `./.drover-state`.
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// What a group's children run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Program {
+    /// `command = [...]`: argv, never through a shell. Non-empty.
+    Command(Vec<OsString>),
+    /// `python = "pkg.module:function"`.
+    Python {
+        module: String,
+        function: String,
+        /// `preload = [...]` (forkserver).
+        preload: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum StartMethod {
+    #[default]
+    Spawn,
+    Fork,
+    Forkserver,
+}
+
+impl StartMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StartMethod::Spawn => "spawn",
+            StartMethod::Fork => "fork",
+            StartMethod::Forkserver => "forkserver",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RestartPolicy {
+    Always,
+    #[default]
+    OnFailure,
+    Never,
+}
+
+/// How a group's children are restarted and stopped. Changing only these
+/// fields on reload never restarts a child (DESIGN §5).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub restart: RestartPolicy,
+    /// Exit codes that count as success (default `[0]`).
+    pub success_codes: Vec<i32>,
+    /// Up this long = `running`; a faster death is a failed start.
+    pub start_secs: Duration,
+    pub restart_delay: Duration,
+    pub restart_delay_max: Duration,
+    /// Retries of failed starts before the child is `fatal`.
+    pub max_restarts: u32,
+    pub stop_signal: Signal,
+    pub stop_timeout: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            restart: RestartPolicy::OnFailure,
+            success_codes: vec![0],
+            start_secs: Duration::from_secs(1),
+            restart_delay: Duration::from_millis(100),
+            restart_delay_max: Duration::from_secs(30),
+            max_restarts: 5,
+            stop_signal: Signal::Term,
+            stop_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One `[group.NAME]`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupSpec {
+    pub name: GroupName,
+    pub program: Program,
+    /// `python_executable` for `python` groups (default `python3`).
+    pub python_executable: OsString,
+    pub start_method: StartMethod,
+    /// Children running at once; 0 = defined but idle.
+    pub processes: u32,
+    pub inputs: Vec<QueueName>,
+    pub outputs: Vec<QueueName>,
+    /// `env`, in key order.
+    pub env: BTreeMap<String, String>,
+    pub clear_env: bool,
+    /// Absolute working directory (relative paths resolved against the
+    /// directory of the file that defines the group).
+    pub cwd: PathBuf,
+    pub policy: Policy,
+    /// The file that defines this group.
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Delivery {
+    #[default]
+    AtLeastOnce,
+    AtMostOnce,
+}
+
+/// One `[queue.NAME]`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueSpec {
+    pub name: QueueName,
+    /// Messages held before producers block (default 10000, at least 1).
+    pub capacity: u32,
+    /// Default 65536, at least 1.
+    pub max_message_bytes: u32,
+    pub delivery: Delivery,
+    /// Default 1, at least 1.
+    pub prefetch: u32,
+    /// Default 5, at least 1.
+    pub max_deliveries: u32,
+    /// Must name another defined queue.
+    pub dead_letter: Option<QueueName>,
+    pub file: PathBuf,
+}

@@ -1,0 +1,5 @@
+//! drover: a declarative process supervisor.
+
+pub mod config;
+pub mod names;
+pub mod signal;

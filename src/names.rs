@@ -1,0 +1,95 @@
+//! Validated names of groups and queues.
+//!
+//! Both share one namespace and the syntax `[a-z][a-z0-9_]*` (DESIGN §1). A
+//! value of these types is always valid: construct them with [`GroupName::new`]
+//! / [`QueueName::new`], which return the reason a candidate is rejected.
+
+use std::fmt;
+
+/// Why a string is not a valid group or queue name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("a name cannot be empty")]
+    Empty,
+    #[error("a name must start with a lowercase letter a-z")]
+    BadStart,
+    #[error("a name may only contain lowercase letters, digits and `_` (found {0:?})")]
+    BadChar(char),
+}
+
+fn check(name: &str) -> Result<(), NameError> {
+    let mut chars = name.chars();
+    match chars.next() {
+        None => return Err(NameError::Empty),
+        Some('a'..='z') => {}
+        Some(_) => return Err(NameError::BadStart),
+    }
+    match chars.find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '_')) {
+        Some(c) => Err(NameError::BadChar(c)),
+        None => Ok(()),
+    }
+}
+
+macro_rules! name_type {
+    ($(#[$doc:meta])* $ty:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+        #[serde(transparent)]
+        pub struct $ty(String);
+
+        impl $ty {
+            /// Validates `name` against `[a-z][a-z0-9_]*`.
+            pub fn new(name: &str) -> Result<Self, NameError> {
+                check(name).map(|()| Self(name.to_owned()))
+            }
+
+            /// The name as written in the config.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+name_type!(
+    /// The name of a worker group (`[group.NAME]`).
+    GroupName
+);
+name_type!(
+    /// The name of a queue (`[queue.NAME]`).
+    QueueName
+);
+
+impl QueueName {
+    /// The queue name as it appears in `DROVER_IN_<QUEUE>` variables.
+    pub fn env_suffix(&self) -> String {
+        self.0.to_ascii_uppercase()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_valid_names() {
+        for ok in ["a", "workers", "jobs_2", "x_"] {
+            assert!(GroupName::new(ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn rejects_invalid_names_with_reason() {
+        assert_eq!(GroupName::new(""), Err(NameError::Empty));
+        assert_eq!(GroupName::new("1abc"), Err(NameError::BadStart));
+        assert_eq!(GroupName::new("_a"), Err(NameError::BadStart));
+        assert_eq!(QueueName::new("Jobs"), Err(NameError::BadStart));
+        assert_eq!(QueueName::new("jo-bs"), Err(NameError::BadChar('-')));
+    }
+}
