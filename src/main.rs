@@ -1,3 +1,3 @@
-fn main() {
-    println!("Hello, world!");
-}
+//! The `drover` binary; see the library crate for how it works.
+
+fn main() {}

@@ -1,0 +1,317 @@
+//! What a group runs: `command`, or `python` with `preload` and
+//! `python_executable`; and whether `command[0]` can be found.
+
+use std::ffi::{OsStr, OsString};
+use std::ops::Range;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use super::diag::Diagnostic;
+use super::fields::{Cx, Key, Value};
+use super::model::Program;
+use super::source::resolve;
+
+pub(crate) const KEYS: [&str; 4] = ["command", "python", "preload", "python_executable"];
+
+/// The program keys of one group, as read so far. Key spans are kept apart
+/// from values: a key with a bad value still counts as present.
+#[derive(Default)]
+pub(crate) struct ProgramDraft {
+    command_key: Option<Range<usize>>,
+    python_key: Option<Range<usize>>,
+    preload_key: Option<Range<usize>>,
+    executable_key: Option<Range<usize>>,
+    command: Option<Vec<OsString>>,
+    /// `command[0]` and its span, to look it up once `cwd` and `env` are known.
+    program: Option<(String, Range<usize>)>,
+    python: Option<(String, String)>,
+    preload: Vec<String>,
+    python_executable: Option<OsString>,
+}
+
+/// A group's program, once both/neither and misplaced keys are ruled out.
+pub(crate) struct ProgramSpec {
+    pub program: Program,
+    pub python_executable: OsString,
+    /// `command[0]` and its span, for command groups.
+    pub command_program: Option<(String, Range<usize>)>,
+}
+
+impl ProgramDraft {
+    /// Reads one of [`KEYS`].
+    pub fn read(&mut self, cx: &mut Cx<'_>, key: &Key<'_>, value: &Value<'_>) {
+        let span = Some(key.span());
+        match key.get_ref().as_ref() {
+            "command" => {
+                self.command_key = span;
+                self.read_command(cx, value);
+            }
+            "python" => {
+                self.python_key = span;
+                self.python = python_target(cx, value);
+            }
+            "preload" => {
+                self.preload_key = span;
+                self.preload = preload(cx, value).unwrap_or_default();
+            }
+            _ => {
+                self.executable_key = span;
+                self.python_executable = os_string(cx, "python_executable", value);
+            }
+        }
+    }
+
+    fn read_command(&mut self, cx: &mut Cx<'_>, value: &Value<'_>) {
+        let Some(args) = cx.strings("command", value) else { return };
+        let Some((program, span)) = args.first() else {
+            let help = "give the program and its arguments, e.g. `command = [\"python3\", \"worker.py\"]`";
+            cx.error(value.span(), "`command` cannot be empty".into(), Some(help.into()));
+            return;
+        };
+        if program.is_empty() {
+            cx.error(span.clone(), "the program name (`command[0]`) cannot be empty".into(), None);
+            return;
+        }
+        for (i, (arg, span)) in args.iter().enumerate() {
+            if arg.contains('\0') {
+                cx.error(span.clone(), format!("`command[{i}]` cannot contain a NUL byte"), None);
+                return;
+            }
+        }
+        self.program = Some((program.to_string(), span.clone()));
+        self.command = Some(args.iter().map(|(a, _)| OsString::from(a)).collect());
+    }
+
+    /// Checks that exactly one of `command` and `python` is set and that the
+    /// Python-only keys are not used with `command`. `header` is the span of
+    /// the group's table header.
+    pub fn finish(self, cx: &mut Cx<'_>, group: &str, header: Range<usize>) -> Option<ProgramSpec> {
+        match (&self.command_key, &self.python_key) {
+            (Some(command), Some(python)) => {
+                let later = if command.start > python.start { command } else { python };
+                let message = format!("group `{group}` sets both `command` and `python`; a group runs one or the other");
+                let help = "remove `command` to run the Python function, or `python` to run the command";
+                cx.error(later.clone(), message, Some(help.into()));
+                return None;
+            }
+            (None, None) => {
+                let message = format!("group `{group}` has neither `command` nor `python`");
+                let help = "add `command = [\"program\", \"arg\"]` to run a program, \
+                            or `python = \"package.module:function\"` to run a Python function";
+                cx.error(header, message, Some(help.into()));
+                return None;
+            }
+            _ => {}
+        }
+        if self.command_key.is_some() {
+            return self.finish_command(cx);
+        }
+        let (module, function) = self.python?;
+        Some(ProgramSpec {
+            program: Program::Python { module, function, preload: self.preload },
+            python_executable: self.python_executable.unwrap_or_else(|| "python3".into()),
+            command_program: None,
+        })
+    }
+
+    fn finish_command(self, cx: &mut Cx<'_>) -> Option<ProgramSpec> {
+        for (key, name) in [(&self.preload_key, "preload"), (&self.executable_key, "python_executable")] {
+            if let Some(span) = key {
+                let help = format!("remove `{name}`, or run a Python function with `python = \"module:function\"` instead of `command`");
+                cx.error(span.clone(), format!("`{name}` only applies to `python` groups"), Some(help));
+            }
+        }
+        Some(ProgramSpec {
+            program: Program::Command(self.command?),
+            python_executable: "python3".into(),
+            command_program: self.program,
+        })
+    }
+}
+
+/// `"pkg.module:function"` → (`pkg.module`, `function`).
+fn python_target(cx: &mut Cx<'_>, value: &Value<'_>) -> Option<(String, String)> {
+    let s = cx.string("python", value)?;
+    match parse_target(s) {
+        Ok((module, function)) => Some((module.to_owned(), function.to_owned())),
+        Err(reason) => {
+            let help = "write the module and the function, e.g. `python = \"examples.worker:main\"`";
+            cx.error(value.span(), format!("invalid `python` target `{s}`: {reason}"), Some(help.into()));
+            None
+        }
+    }
+}
+
+fn parse_target(s: &str) -> Result<(&str, &str), String> {
+    let Some((module, function)) = s.split_once(':') else {
+        return Err("expected `module:function`".into());
+    };
+    if module.is_empty() || function.is_empty() {
+        return Err(format!("the {} part is empty", if module.is_empty() { "module" } else { "function" }));
+    }
+    if !is_module_name(module) {
+        return Err(format!("`{module}` is not a module name (dotted Python identifiers)"));
+    }
+    if !is_identifier(function) {
+        return Err(format!("`{function}` is not a Python identifier"));
+    }
+    Ok((module, function))
+}
+
+fn preload(cx: &mut Cx<'_>, value: &Value<'_>) -> Option<Vec<String>> {
+    let modules = cx.strings("preload", value)?;
+    let mut ok = true;
+    for (i, (module, span)) in modules.iter().enumerate() {
+        if !is_module_name(module) {
+            let message = format!("invalid module name `{module}` in `preload[{i}]`: expected dotted Python identifiers");
+            cx.error(span.clone(), message, None);
+            ok = false;
+        }
+    }
+    ok.then(|| modules.iter().map(|(m, _)| m.to_string()).collect())
+}
+
+fn os_string(cx: &mut Cx<'_>, label: &str, value: &Value<'_>) -> Option<OsString> {
+    let s = cx.string(label, value)?;
+    if s.is_empty() || s.contains('\0') {
+        let problem = if s.is_empty() { "cannot be empty" } else { "cannot contain a NUL byte" };
+        cx.error(value.span(), format!("`{label}` {problem}"), None);
+        return None;
+    }
+    Some(s.into())
+}
+
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c.is_alphabetic() || c == '_')
+        && chars.all(|c| c.is_alphanumeric() || c == '_')
+}
+
+fn is_module_name(s: &str) -> bool {
+    s.split('.').all(is_identifier)
+}
+
+/// Warns when `command[0]` cannot be executed: a path (with `/`) is
+/// resolved against the group's `cwd`; a bare name is searched in `path`,
+/// the `PATH` the child will get. At run time such a group's starts fail and
+/// back off while every other group runs, so this is a warning.
+pub(crate) fn check_program(
+    cx: &mut Cx<'_>,
+    group: &str,
+    (program, span): (&str, Range<usize>),
+    cwd: &Path,
+    path: Option<&OsStr>,
+) {
+    let problem = if program.contains('/') {
+        let full = resolve(cwd, Path::new(program));
+        executable(&full).err().map(|p| (format!("{p} ({})", full.display()), None))
+    } else {
+        search(program, cwd, path).err()
+    };
+    let Some((problem, note)) = problem else { return };
+    let mut warning = Diagnostic::warning(format!("program `{program}` of group `{group}` {problem}"))
+        .at(cx.at(span))
+        .with_help(format!("starts of group `{group}` will fail and back off until this is fixed; other groups still run"));
+    if let Some(note) = note {
+        warning = warning.with_note(note);
+    }
+    cx.report(warning);
+}
+
+/// Finds a bare program name in `path` like `execvp` does; the error is the
+/// problem and a note showing the `PATH` searched.
+fn search(program: &str, cwd: &Path, path: Option<&OsStr>) -> Result<(), (String, Option<String>)> {
+    let path = path.unwrap_or_default();
+    let mut last_problem = "is not found in PATH";
+    for dir in std::env::split_paths(path) {
+        match executable(&resolve(cwd, &dir.join(program))) {
+            Ok(()) => return Ok(()),
+            Err(Problem::Missing) => {}
+            Err(p) => last_problem = p.describe_in_path(),
+        }
+    }
+    let note = if path.is_empty() {
+        "PATH is empty or not set".to_owned()
+    } else {
+        format!("PATH is `{}`", path.to_string_lossy())
+    };
+    Err((last_problem.to_owned(), Some(note)))
+}
+
+enum Problem {
+    Missing,
+    Directory,
+    NotExecutable,
+}
+
+impl Problem {
+    fn describe_in_path(&self) -> &'static str {
+        match self {
+            Problem::Missing => "is not found in PATH",
+            Problem::Directory => "is found in PATH only as a directory",
+            Problem::NotExecutable => "is found in PATH but is not executable",
+        }
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Problem::Missing => "does not exist",
+            Problem::Directory => "is a directory",
+            Problem::NotExecutable => "is not executable",
+        })
+    }
+}
+
+fn executable(path: &Path) -> Result<(), Problem> {
+    let meta = std::fs::metadata(path).map_err(|_| Problem::Missing)?;
+    if meta.is_dir() {
+        Err(Problem::Directory)
+    } else if meta.permissions().mode() & 0o111 == 0 {
+        Err(Problem::NotExecutable)
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_python_targets() {
+        assert_eq!(parse_target("examples.worker:main"), Ok(("examples.worker", "main")));
+        assert_eq!(parse_target("w:_run2"), Ok(("w", "_run2")));
+        assert!(parse_target("worker").unwrap_err().contains("module:function"));
+        assert!(parse_target(":main").unwrap_err().contains("module part is empty"));
+        assert!(parse_target("w:").unwrap_err().contains("function part is empty"));
+        assert!(parse_target("a..b:f").unwrap_err().contains("not a module name"));
+        assert!(parse_target("a.1b:f").unwrap_err().contains("not a module name"));
+        assert!(parse_target("a:f.g").unwrap_err().contains("not a Python identifier"));
+        assert!(parse_target("a:f:g").unwrap_err().contains("not a Python identifier"));
+    }
+
+    #[test]
+    fn finds_programs_like_execvp() {
+        let exe = std::env::current_exe().unwrap();
+        let dir = exe.parent().unwrap();
+        let name = exe.file_name().unwrap().to_str().unwrap();
+        let cwd = Path::new("/");
+        assert!(search(name, cwd, Some(dir.as_os_str())).is_ok());
+        let (problem, note) = search(name, cwd, Some(OsStr::new("/nonexistent"))).unwrap_err();
+        assert_eq!(problem, "is not found in PATH");
+        assert_eq!(note.as_deref(), Some("PATH is `/nonexistent`"));
+        let (_, note) = search(name, cwd, None).unwrap_err();
+        assert_eq!(note.as_deref(), Some("PATH is empty or not set"));
+    }
+
+    #[test]
+    fn classifies_paths() {
+        assert!(executable(&std::env::current_exe().unwrap()).is_ok());
+        assert!(matches!(executable(Path::new("/")), Err(Problem::Directory)));
+        assert!(matches!(executable(Path::new("/nonexistent/x")), Err(Problem::Missing)));
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+        assert!(matches!(executable(&manifest), Err(Problem::NotExecutable)));
+    }
+}

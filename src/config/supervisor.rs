@@ -1,0 +1,104 @@
+//! `[supervisor]`: settings of drover itself.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use toml::de::DeTable;
+
+use super::fields::Cx;
+use super::model::LogFormat;
+use super::source::resolve;
+
+pub(crate) const KEYS: [&str; 3] = ["control_socket", "log_format", "state_dir"];
+
+const LOG_FORMATS: [(&str, LogFormat); 2] = [("text", LogFormat::Text), ("json", LogFormat::Json)];
+
+/// A `[supervisor]` table as read from one file; `state_dir` stays unset
+/// when not given, because its default depends on the host.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct SupervisorDraft {
+    /// The span of the table's key (`supervisor` in the header).
+    pub span: Range<usize>,
+    pub control_socket: Option<PathBuf>,
+    pub log_format: LogFormat,
+    pub state_dir: Option<PathBuf>,
+}
+
+/// Reads `[supervisor]`; `span` is where the table is named.
+pub(crate) fn read(cx: &mut Cx<'_>, span: Range<usize>, table: &DeTable<'_>) -> SupervisorDraft {
+    let mut draft = SupervisorDraft {
+        span,
+        control_socket: None,
+        log_format: LogFormat::default(),
+        state_dir: None,
+    };
+    for (key, value) in table.iter() {
+        match key.get_ref().as_ref() {
+            "control_socket" => draft.control_socket = path(cx, "control_socket", value),
+            "state_dir" => draft.state_dir = path(cx, "state_dir", value),
+            "log_format" => {
+                let format = cx.choice("log_format", value, "log format", &LOG_FORMATS);
+                draft.log_format = format.unwrap_or_default();
+            }
+            _ => cx.unknown_key(key, "[supervisor]", &KEYS, None),
+        }
+    }
+    draft
+}
+
+/// A non-empty path, made absolute against the file's directory.
+fn path(cx: &mut Cx<'_>, label: &str, value: &super::fields::Value<'_>) -> Option<PathBuf> {
+    let s = cx.string(label, value)?;
+    if s.is_empty() || s.contains('\0') {
+        let problem = if s.is_empty() { "cannot be empty" } else { "cannot contain a NUL byte" };
+        cx.error(value.span(), format!("`{label}` {problem}"), None);
+        return None;
+    }
+    Some(resolve(&cx.file.dir, Path::new(s)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::diag::Diagnostic;
+    use crate::config::source::SourceFile;
+
+    fn read_str(text: &str) -> (SupervisorDraft, Vec<Diagnostic>) {
+        let file = SourceFile::new(PathBuf::from("/etc/drover/a.toml"), text.to_owned());
+        let doc = DeTable::parse(&file.text).unwrap();
+        let value = doc.get_ref().get("supervisor").unwrap();
+        let table = value.get_ref().as_table().unwrap();
+        let mut diags = Vec::new();
+        let draft = read(&mut Cx::new(&file, &mut diags), value.span(), table);
+        (draft, diags)
+    }
+
+    #[test]
+    fn resolves_paths_against_the_file() {
+        let (draft, diags) = read_str(
+            "[supervisor]\ncontrol_socket = \"run/d.sock\"\nstate_dir = \"/var/d\"\nlog_format = \"json\"",
+        );
+        assert!(diags.is_empty(), "{diags:?}");
+        assert_eq!(draft.control_socket, Some(PathBuf::from("/etc/drover/run/d.sock")));
+        assert_eq!(draft.state_dir, Some(PathBuf::from("/var/d")));
+        assert_eq!(draft.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn defaults_leave_host_dependent_values_unset() {
+        let (draft, diags) = read_str("[supervisor]");
+        assert!(diags.is_empty());
+        assert_eq!((draft.control_socket, draft.state_dir, draft.log_format), (None, None, LogFormat::Text));
+    }
+
+    #[test]
+    fn reports_every_bad_key() {
+        let (_, diags) = read_str("[supervisor]\nlog_format = \"xml\"\nstate_dir = \"\"\nsocket = \"x\"");
+        let messages: Vec<&str> = diags.iter().map(Diagnostic::message).collect();
+        assert_eq!(messages, [
+            "unknown log format `xml`; expected one of `text`, `json`",
+            "unknown key `socket` in [supervisor]",
+            "`state_dir` cannot be empty",
+        ]);
+    }
+}

@@ -1,0 +1,245 @@
+//! The real [`Launcher`]: turns a group spec into a started process.
+//!
+//! It prepares everything a child needs (resolved program, argv, envp, fd
+//! plan with its log pipes) and hands it to [`crate::sys::spawn`]. The read
+//! ends of each child's stdout/stderr pipes are queued in
+//! [`ProcessLauncher::take_outputs`] for the runtime to watch.
+
+use std::collections::BTreeMap;
+use std::ffi::{CString, OsStr, OsString};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::OFlag;
+use nix::sys::signal::{kill, killpg};
+use nix::unistd::{Pid as NixPid, pipe2};
+
+use crate::config::{GroupSpec, Program, StartMethod};
+use crate::names::GroupName;
+use crate::signal::Signal;
+use crate::supervisor::{LaunchError, Launcher, Pid};
+use crate::sys::{FdPlan, SpawnPlan, spawn};
+
+/// The variables `clear_env = true` keeps from drover's own environment.
+const KEPT_BY_CLEAR_ENV: [&str; 4] = ["PATH", "HOME", "LANG", "TZ"];
+
+/// Python side of a `python = "module:function"` group under `spawn`: a
+/// fresh interpreter imports the module from the group's cwd and calls the
+/// function. A return is exit 0; an exception prints its traceback and exits
+/// 1; `SystemExit(n)` exits n — all plain Python behaviour.
+const PYTHON_SPAWN_BOOTSTRAP: &str = "\
+import importlib, os, sys
+module, function = sys.argv[1], sys.argv[2]
+sys.argv = [module]
+sys.path.insert(0, os.getcwd())
+getattr(importlib.import_module(module), function)()
+";
+
+/// A started child's output pipes, for the log router.
+#[derive(Debug)]
+pub struct ChildOutput {
+    pub group: GroupName,
+    pub index: u32,
+    pub pid: Pid,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+}
+
+/// Starts children with `posix_spawn`; see the module documentation.
+#[derive(Debug)]
+pub struct ProcessLauncher {
+    base_env: BTreeMap<OsString, OsString>,
+    devnull: OwnedFd,
+    outputs: Vec<ChildOutput>,
+}
+
+impl ProcessLauncher {
+    /// A launcher whose children inherit `base_env` (drover's environment).
+    pub fn new(base_env: BTreeMap<OsString, OsString>) -> std::io::Result<Self> {
+        let devnull = std::fs::File::open("/dev/null")?.into();
+        Ok(ProcessLauncher {
+            base_env,
+            devnull,
+            outputs: Vec::new(),
+        })
+    }
+
+    /// Output pipes of the children started since the last call.
+    pub fn take_outputs(&mut self) -> Vec<ChildOutput> {
+        std::mem::take(&mut self.outputs)
+    }
+
+    fn environment(&self, group: &GroupSpec, index: u32) -> Vec<CString> {
+        let mut env: BTreeMap<OsString, OsString> = if group.clear_env {
+            self.base_env
+                .iter()
+                .filter(|(k, _)| KEPT_BY_CLEAR_ENV.iter().any(|kept| k.as_os_str() == *kept))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        } else {
+            self.base_env.clone()
+        };
+        for (k, v) in &group.env {
+            env.insert(k.into(), v.into());
+        }
+        env.insert("DROVER_GROUP".into(), group.name.as_str().into());
+        env.insert("DROVER_INDEX".into(), index.to_string().into());
+        env.insert(
+            "DROVER_START_METHOD".into(),
+            group.start_method.as_str().into(),
+        );
+        env.into_iter()
+            .filter_map(|(k, v)| {
+                let mut kv = k.into_vec();
+                kv.push(b'=');
+                kv.extend_from_slice(v.as_bytes());
+                CString::new(kv).ok()
+            })
+            .collect()
+    }
+
+    fn plan(&self, group: &GroupSpec, index: u32) -> Result<(SpawnPlan, Pipes), LaunchError> {
+        let argv: Vec<OsString> = match &group.program {
+            Program::Command(argv) => argv.clone(),
+            Program::Python {
+                module, function, ..
+            } => {
+                if group.start_method != StartMethod::Spawn {
+                    return Err(LaunchError::Unsupported(format!(
+                        "python workers with start_method = \"{}\" are not available yet",
+                        group.start_method.as_str()
+                    )));
+                }
+                vec![
+                    group.python_executable.clone(),
+                    "-c".into(),
+                    PYTHON_SPAWN_BOOTSTRAP.into(),
+                    module.into(),
+                    function.into(),
+                ]
+            }
+        };
+        if group.start_method != StartMethod::Spawn {
+            return Err(LaunchError::Unsupported(format!(
+                "start_method = \"{}\" is not available yet",
+                group.start_method.as_str()
+            )));
+        }
+        let envp = self.environment(group, index);
+        let search_path = group
+            .env
+            .get("PATH")
+            .map(OsString::from)
+            .or_else(|| self.base_env.get(OsStr::new("PATH")).cloned())
+            .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+        let program = resolve_program(&argv[0], &group.cwd, &search_path)?;
+        let pipes = Pipes::new().map_err(LaunchError::Setup)?;
+        let plan = SpawnPlan {
+            program: cstring(program.as_os_str()),
+            argv: argv.iter().map(|a| cstring(a)).collect(),
+            envp,
+            cwd: cstring(group.cwd.as_os_str()),
+            fds: FdPlan {
+                sources: vec![
+                    self.devnull.as_raw_fd(),
+                    pipes.stdout_w.as_raw_fd(),
+                    pipes.stderr_w.as_raw_fd(),
+                ],
+            },
+        };
+        Ok((plan, pipes))
+    }
+}
+
+/// The pipes a child writes its stdout and stderr into.
+struct Pipes {
+    stdout_r: OwnedFd,
+    stdout_w: OwnedFd,
+    stderr_r: OwnedFd,
+    stderr_w: OwnedFd,
+}
+
+impl Pipes {
+    fn new() -> std::io::Result<Self> {
+        let flags = OFlag::O_CLOEXEC;
+        let (stdout_r, stdout_w) = pipe2(flags)?;
+        let (stderr_r, stderr_w) = pipe2(flags)?;
+        for r in [&stdout_r, &stderr_r] {
+            nix::fcntl::fcntl(r, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+        }
+        Ok(Pipes {
+            stdout_r,
+            stdout_w,
+            stderr_r,
+            stderr_w,
+        })
+    }
+}
+
+fn cstring(s: &OsStr) -> CString {
+    // Config values cannot contain NUL (TOML strings may, but validation
+    // rejects env keys with NUL); replace defensively rather than panic.
+    CString::new(s.as_bytes().to_vec()).unwrap_or_else(|e| {
+        let mut bytes = e.into_vec();
+        bytes.retain(|b| *b != 0);
+        CString::new(bytes).expect("NUL bytes removed")
+    })
+}
+
+/// Finds the file to execute: a name with a `/` is relative to `cwd`;
+/// otherwise it is searched in `search_path` like `execvp` does.
+pub fn resolve_program(
+    program: &OsStr,
+    cwd: &Path,
+    search_path: &OsStr,
+) -> Result<PathBuf, LaunchError> {
+    if program.as_bytes().contains(&b'/') {
+        return Ok(cwd.join(program));
+    }
+    std::env::split_paths(search_path)
+        .map(|dir| cwd.join(dir).join(program))
+        .find(|candidate| is_executable(candidate))
+        .ok_or_else(|| LaunchError::NotFound {
+            program: program.to_string_lossy().into_owned(),
+            path: search_path.to_string_lossy().into_owned(),
+        })
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+impl Launcher for ProcessLauncher {
+    fn start(&mut self, group: &GroupSpec, index: u32) -> Result<Pid, LaunchError> {
+        let (plan, pipes) = self.plan(group, index)?;
+        let pid = spawn(&plan).map_err(|source| LaunchError::Exec {
+            program: plan.argv[0].to_string_lossy().into_owned(),
+            source,
+        })?;
+        let pid = Pid(pid);
+        drop(pipes.stdout_w);
+        drop(pipes.stderr_w);
+        self.outputs.push(ChildOutput {
+            group: group.name.clone(),
+            index,
+            pid,
+            stdout: pipes.stdout_r,
+            stderr: pipes.stderr_r,
+        });
+        Ok(pid)
+    }
+
+    fn signal_group(&mut self, pid: Pid, signal: Signal) {
+        if let Err(err) = killpg(NixPid::from_raw(pid.0), signal.to_nix()) {
+            tracing::debug!(pid = pid.0, %signal, "killpg: {err}");
+        }
+    }
+
+    fn signal(&mut self, pid: Pid, signal: Signal) {
+        if let Err(err) = kill(NixPid::from_raw(pid.0), signal.to_nix()) {
+            tracing::debug!(pid = pid.0, %signal, "kill: {err}");
+        }
+    }
+}

@@ -1,0 +1,362 @@
+//! Child output: pipes in, whole prefixed lines out.
+//!
+//! Each child's stdout and stderr are pipes read by the event loop. A
+//! [`LineBuffer`] cuts the byte stream into lines (a line longer than
+//! [`MAX_LINE`] is split, so nothing is buffered without bound; a last line
+//! without newline is still written). Lines are formatted as `group[index]
+//! text` or JSON and handed, one chunk per read, to the [`LogWriter`] thread,
+//! which owns drover's stdout. Its channel is bounded: when a slow reader of
+//! drover's stdout fills it, the loop stops reading that child's pipe until
+//! the writer catches up, so the child blocks on its own writes
+//! (back-pressure) and drover's memory stays bounded, while supervision goes
+//! on undisturbed.
+
+use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::thread::JoinHandle;
+
+use crate::config::LogFormat;
+use crate::names::GroupName;
+use crate::supervisor::Pid;
+
+/// Longest line written in one piece; longer lines are split.
+pub const MAX_LINE: usize = 64 * 1024;
+/// Bytes read from one pipe per wake-up, for fairness between children.
+const READ_BUDGET: usize = 64 * 1024;
+/// Chunks queued for the writer thread before back-pressure starts.
+const WRITER_SLOTS: usize = 64;
+
+/// Which of a child's streams a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    fn as_str(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
+/// Cuts a byte stream into lines of at most [`MAX_LINE`] bytes.
+#[derive(Debug, Default)]
+pub struct LineBuffer {
+    partial: Vec<u8>,
+}
+
+impl LineBuffer {
+    /// Feeds `data`, calling `emit` for every complete (or over-long) line,
+    /// without its newline.
+    pub fn push(&mut self, mut data: &[u8], mut emit: impl FnMut(&[u8])) {
+        while !data.is_empty() {
+            let room = MAX_LINE - self.partial.len();
+            let window = &data[..data.len().min(room)];
+            match window.iter().position(|&b| b == b'\n') {
+                Some(nl) => {
+                    if self.partial.is_empty() {
+                        emit(&window[..nl]);
+                    } else {
+                        self.partial.extend_from_slice(&window[..nl]);
+                        emit(&self.partial);
+                        self.partial.clear();
+                    }
+                    data = &data[nl + 1..];
+                }
+                None => {
+                    self.partial.extend_from_slice(window);
+                    data = &data[window.len()..];
+                    if self.partial.len() == MAX_LINE {
+                        emit(&self.partial);
+                        self.partial.clear();
+                    }
+                }
+            }
+        }
+    }
+
+    /// At end of stream: emits a last line that had no newline.
+    pub fn finish(&mut self, mut emit: impl FnMut(&[u8])) {
+        if !self.partial.is_empty() {
+            emit(&self.partial);
+            self.partial.clear();
+        }
+    }
+}
+
+/// Who wrote a line, for its prefix.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub group: GroupName,
+    pub index: u32,
+    pub pid: Pid,
+    pub stream: Stream,
+}
+
+#[derive(serde::Serialize)]
+struct JsonLine<'a> {
+    group: &'a str,
+    index: u32,
+    pid: i32,
+    stream: &'static str,
+    line: &'a str,
+}
+
+/// Appends one formatted line (with its newline) to `out`. Invalid UTF-8 is
+/// replaced with U+FFFD.
+pub fn format_line(out: &mut Vec<u8>, format: LogFormat, origin: &Origin, line: &[u8]) {
+    let text = String::from_utf8_lossy(line);
+    match format {
+        LogFormat::Text => {
+            let _ = write!(out, "{}[{}] ", origin.group, origin.index);
+            out.extend_from_slice(text.as_bytes());
+        }
+        LogFormat::Json => {
+            let record = JsonLine {
+                group: origin.group.as_str(),
+                index: origin.index,
+                pid: origin.pid.0,
+                stream: origin.stream.as_str(),
+                line: &text,
+            };
+            serde_json::to_writer(&mut *out, &record).expect("serialising to a Vec cannot fail");
+        }
+    }
+    out.push(b'\n');
+}
+
+/// One child pipe being read by the event loop.
+#[derive(Debug)]
+pub struct PipeReader {
+    file: std::fs::File,
+    pub origin: Origin,
+    lines: LineBuffer,
+    /// A formatted chunk the writer had no room for yet.
+    pub held: Option<Vec<u8>>,
+}
+
+/// What one read of a pipe produced.
+pub struct ReadOutcome {
+    pub chunk: Vec<u8>,
+    pub eof: bool,
+}
+
+impl PipeReader {
+    pub fn new(fd: OwnedFd, origin: Origin) -> Self {
+        PipeReader {
+            file: fd.into(),
+            origin,
+            lines: LineBuffer::default(),
+            held: None,
+        }
+    }
+
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.file)
+    }
+
+    /// Reads what the pipe holds, up to a budget, and formats whole lines.
+    pub fn read(&mut self, format: LogFormat) -> ReadOutcome {
+        let mut buf = vec![0u8; READ_BUDGET];
+        let mut chunk = Vec::new();
+        let mut filled = 0;
+        let mut eof = false;
+        while filled < buf.len() {
+            match self.file.read(&mut buf[filled..]) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::debug!("reading child output: {e}");
+                    eof = true;
+                    break;
+                }
+            }
+        }
+        let origin = &self.origin;
+        self.lines.push(&buf[..filled], |line| {
+            format_line(&mut chunk, format, origin, line)
+        });
+        if eof {
+            self.lines
+                .finish(|line| format_line(&mut chunk, format, origin, line));
+        }
+        ReadOutcome { chunk, eof }
+    }
+}
+
+/// The thread that owns drover's stdout; see the module documentation.
+pub struct LogWriter {
+    tx: Option<SyncSender<Vec<u8>>>,
+    wake_wanted: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl LogWriter {
+    /// Starts the writer on `out`. When the loop has asked for it (after a
+    /// full channel), the writer writes a byte to `wake` once it has made room.
+    pub fn start(out: Box<dyn Write + Send>, wake: UnixStream) -> io::Result<Self> {
+        let (tx, rx) = sync_channel(WRITER_SLOTS);
+        let wake_wanted = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&wake_wanted);
+        let thread = std::thread::Builder::new()
+            .name("drover-log-writer".into())
+            .spawn(move || write_loop(rx, out, wake, flag))?;
+        Ok(LogWriter {
+            tx: Some(tx),
+            wake_wanted,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues `chunk`, or hands it back when the writer is behind; the loop
+    /// is then woken through `wake` once there is room.
+    pub fn try_send(&self, chunk: Vec<u8>) -> Result<(), Vec<u8>> {
+        let tx = self.tx.as_ref().expect("writer is running");
+        match tx.try_send(chunk) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Disconnected(_)) => Ok(()),
+            Err(TrySendError::Full(chunk)) => {
+                // Ask for a wake-up first, then retry: if the writer emptied
+                // the channel in between, the retry succeeds; if not, the
+                // writer still has a chunk to write and will see the flag.
+                self.wake_wanted.store(true, Ordering::SeqCst);
+                match tx.try_send(chunk) {
+                    Ok(()) | Err(TrySendError::Disconnected(_)) => Ok(()),
+                    Err(TrySendError::Full(chunk)) => Err(chunk),
+                }
+            }
+        }
+    }
+
+    /// Queues `chunk`, waiting for room (only used at exit).
+    pub fn send_blocking(&self, chunk: Vec<u8>) {
+        let tx = self.tx.as_ref().expect("writer is running");
+        let _ = tx.send(chunk);
+    }
+
+    /// Writes everything still queued and stops the thread.
+    pub fn finish(mut self) {
+        self.tx.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn write_loop(
+    rx: Receiver<Vec<u8>>,
+    mut out: Box<dyn Write + Send>,
+    mut wake: UnixStream,
+    wake_wanted: Arc<AtomicBool>,
+) {
+    let mut broken = false;
+    while let Ok(chunk) = rx.recv() {
+        if !broken && let Err(e) = out.write_all(&chunk).and_then(|()| out.flush()) {
+            // Keep draining so children never block on a dead stdout.
+            tracing::warn!("cannot write child output to stdout: {e}; discarding it from now on");
+            broken = true;
+        }
+        if wake_wanted.swap(false, Ordering::SeqCst) {
+            let _ = wake.write(&[1]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(input: &[&[u8]]) -> Vec<Vec<u8>> {
+        let mut buf = LineBuffer::default();
+        let mut out = Vec::new();
+        for piece in input {
+            buf.push(piece, |l| out.push(l.to_vec()));
+        }
+        buf.finish(|l| out.push(l.to_vec()));
+        out
+    }
+
+    #[test]
+    fn joins_pieces_and_keeps_a_final_line_without_newline() {
+        let got = lines(&[b"he", b"llo\nwor", b"ld\n\nlast"]);
+        assert_eq!(got, [&b"hello"[..], b"world", b"", b"last"]);
+    }
+
+    #[test]
+    fn splits_over_long_lines() {
+        let long = vec![b'x'; MAX_LINE * 2 + 10];
+        let mut input = long.clone();
+        input.push(b'\n');
+        let got = lines(&[&input]);
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0].len(), MAX_LINE);
+        assert_eq!(got[1].len(), MAX_LINE);
+        assert_eq!(got[2].len(), 10);
+        assert_eq!(got.concat(), long);
+    }
+
+    #[test]
+    fn formats_text_and_json_and_replaces_invalid_utf8() {
+        let origin = Origin {
+            group: GroupName::new("web").unwrap(),
+            index: 2,
+            pid: Pid(42),
+            stream: Stream::Stderr,
+        };
+        let mut out = Vec::new();
+        format_line(&mut out, LogFormat::Text, &origin, b"a\xffb");
+        assert_eq!(out, "web[2] a\u{fffd}b\n".as_bytes());
+        out.clear();
+        format_line(&mut out, LogFormat::Json, &origin, b"say \"hi\"");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "{\"group\":\"web\",\"index\":2,\"pid\":42,\"stream\":\"stderr\",\"line\":\"say \\\"hi\\\"\"}\n"
+        );
+    }
+
+    #[test]
+    fn writer_wakes_the_loop_after_a_full_channel() {
+        let (wake_tx, mut wake_rx) = UnixStream::pair().unwrap();
+        // A writer whose output blocks until we let it go.
+        let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
+        struct Gated(std::sync::mpsc::Receiver<()>);
+        impl Write for Gated {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                let _ = self.0.recv();
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let writer = LogWriter::start(Box::new(Gated(gate_rx)), wake_tx).unwrap();
+        let mut rejected = None;
+        for i in 0..WRITER_SLOTS + 2 {
+            if let Err(chunk) = writer.try_send(vec![i as u8]) {
+                rejected = Some(chunk);
+                break;
+            }
+        }
+        assert!(rejected.is_some(), "a bounded channel must refuse eventually");
+        for _ in 0..WRITER_SLOTS + 2 {
+            let _ = gate_tx.send(());
+        }
+        let mut byte = [0u8];
+        wake_rx.read_exact(&mut byte).unwrap();
+        assert!(writer.try_send(vec![1]).is_ok());
+        drop(gate_tx);
+        writer.finish();
+    }
+}

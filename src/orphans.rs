@@ -1,0 +1,161 @@
+//! The last phase of shutdown: descendants that outlived their parents.
+//!
+//! drover is a child subreaper, so a process whose parent died (a daemon that
+//! double-forked, a grandchild left behind) is re-parented to it. Once every
+//! known child has stopped, such orphans get SIGTERM, then SIGKILL after the
+//! grace period, before drover exits. They are found in `/proc`: every
+//! process whose parent is drover and that is not a zombie.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal as NixSignal, kill};
+use nix::unistd::{Pid as NixPid, getpid};
+
+use crate::supervisor::Pid;
+
+/// How long to wait for SIGKILLed orphans to be reaped before giving up.
+const REAP_LIMIT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    #[default]
+    NotStarted,
+    Terminating {
+        kill_at: Instant,
+    },
+    Killing {
+        give_up_at: Instant,
+    },
+    Done,
+}
+
+/// State of the orphan phase; see the module documentation.
+#[derive(Debug, Default)]
+pub struct Orphans {
+    phase: Phase,
+    signalled: HashSet<Pid>,
+    hurry: bool,
+}
+
+impl Orphans {
+    /// A second SIGTERM/SIGINT: skip the grace period.
+    pub fn kill_now(&mut self) {
+        self.hurry = true;
+    }
+
+    pub fn reaped(&mut self, pid: Pid) {
+        self.signalled.remove(&pid);
+    }
+
+    pub fn done(&self) -> bool {
+        self.phase == Phase::Done
+    }
+
+    /// When the phase next needs the loop without an event.
+    pub fn deadline(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Terminating { kill_at } => Some(kill_at),
+            Phase::Killing { give_up_at } => Some(give_up_at),
+            _ => None,
+        }
+    }
+
+    /// Advances the phase; returns true when it sent SIGKILL.
+    pub fn step(&mut self, now: Instant, grace: Duration) -> bool {
+        let orphans = live_children();
+        match self.phase {
+            Phase::Done => false,
+            _ if orphans.is_empty() => {
+                self.phase = Phase::Done;
+                false
+            }
+            Phase::NotStarted if !self.hurry => {
+                tracing::info!(
+                    "{} orphaned descendants still running; sending SIGTERM",
+                    orphans.len()
+                );
+                self.signal_new(&orphans, NixSignal::SIGTERM);
+                self.phase = Phase::Terminating {
+                    kill_at: now + grace,
+                };
+                false
+            }
+            Phase::Terminating { kill_at } if now < kill_at && !self.hurry => {
+                self.signal_new(&orphans, NixSignal::SIGTERM);
+                false
+            }
+            Phase::NotStarted | Phase::Terminating { .. } => {
+                tracing::warn!(
+                    "{} orphaned descendants still running; sending SIGKILL",
+                    orphans.len()
+                );
+                for pid in &orphans {
+                    let _ = kill(NixPid::from_raw(pid.0), NixSignal::SIGKILL);
+                }
+                self.phase = Phase::Killing {
+                    give_up_at: now + REAP_LIMIT,
+                };
+                true
+            }
+            Phase::Killing { give_up_at } => {
+                for pid in &orphans {
+                    let _ = kill(NixPid::from_raw(pid.0), NixSignal::SIGKILL);
+                }
+                if now >= give_up_at {
+                    tracing::error!(
+                        "{} descendants survived SIGKILL for {REAP_LIMIT:?}; exiting anyway",
+                        orphans.len()
+                    );
+                    self.phase = Phase::Done;
+                }
+                true
+            }
+        }
+    }
+
+    fn signal_new(&mut self, orphans: &[Pid], signal: NixSignal) {
+        for pid in orphans {
+            if self.signalled.insert(*pid) {
+                let _ = kill(NixPid::from_raw(pid.0), signal);
+                let _ = kill(NixPid::from_raw(pid.0), NixSignal::SIGCONT);
+            }
+        }
+    }
+}
+
+/// Every non-zombie process whose parent is drover.
+pub fn live_children() -> Vec<Pid> {
+    let me = getpid().as_raw();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| matches!(parent_and_state(pid), Some((ppid, state)) if ppid == me && state != 'Z'))
+        .map(Pid)
+        .collect()
+}
+
+/// Parent PID and state letter from `/proc/PID/stat`.
+fn parent_and_state(pid: i32) -> Option<(i32, char)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may itself contain ") ".
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split(' ');
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((ppid, state))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_parent_of_self() {
+        let me = std::process::id() as i32;
+        let (ppid, state) = parent_and_state(me).unwrap();
+        assert_eq!(ppid, nix::unistd::getppid().as_raw());
+        assert_eq!(state, 'R');
+    }
+}

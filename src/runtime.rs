@@ -1,0 +1,487 @@
+//! The event loop: the only place where drover waits.
+//!
+//! One `epoll` set carries every source of events — the signal self-pipe
+//! (SIGCHLD included), the control socket and its connections, every child's
+//! output pipes, and the log writer's wake-up socket — and the wait's
+//! timeout is the supervisor's next deadline. Nothing sleeps and nothing
+//! polls: with no events and no deadline, `epoll_wait` blocks indefinitely.
+//!
+//! The runtime owns the I/O; decisions are made by [`Supervisor`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use signal_hook::consts::signal as sig;
+use signal_hook::iterator::backend::SignalDelivery;
+use signal_hook::iterator::exfiltrator::SignalOnly;
+
+use crate::config::{Config, LogFormat};
+use crate::control::{Conn, ConnEvent, Listener, Request, Response};
+use crate::launch::ProcessLauncher;
+use crate::logs::{LogWriter, Origin, PipeReader, Stream};
+use crate::orphans::Orphans;
+use crate::signal::Signal;
+use crate::status::Status;
+use crate::supervisor::{ExitStatus, GroupCommand, Pid, Supervisor};
+
+const SIGNALS: u64 = 0;
+const CONTROL: u64 = 1;
+const LOG_WAKE: u64 = 2;
+/// Tokens from here on are child pipes (even) and control connections (odd).
+const FIRST_DYNAMIC: u64 = 16;
+
+/// Errors that stop drover before or while it runs.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Bind(#[from] crate::control::BindError),
+    #[error("{what}: {source}")]
+    Os {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn os(what: &'static str) -> impl FnOnce(std::io::Error) -> RuntimeError {
+    move |source| RuntimeError::Os { what, source }
+}
+
+fn errno(what: &'static str) -> impl FnOnce(Errno) -> RuntimeError {
+    move |e| RuntimeError::Os {
+        what,
+        source: e.into(),
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Shutdown was requested and every process stopped within its timeout.
+    Clean,
+    /// Shutdown had to SIGKILL something (timeout passed, or a second signal).
+    Forced,
+}
+
+/// Runs `config` until a shutdown completes.
+pub fn run(config: Config, socket: &std::path::Path) -> Result<Outcome, RuntimeError> {
+    let mut rt = Runtime::new(config, socket)?;
+    rt.main_loop()
+}
+
+struct Runtime {
+    epoll: Epoll,
+    sup: Supervisor,
+    launcher: ProcessLauncher,
+    format: LogFormat,
+    signals: SignalDelivery<UnixStream, SignalOnly>,
+    listener: Listener,
+    writer: Option<LogWriter>,
+    wake_rx: UnixStream,
+    pipes: HashMap<u64, PipeReader>,
+    /// Pipes whose output waits for room in the writer.
+    stalled: Vec<u64>,
+    conns: HashMap<u64, Conn>,
+    next_token: u64,
+    orphans: Orphans,
+    /// The longest stop_timeout, used as the grace period for orphans.
+    orphan_grace: Duration,
+    term_signals: u32,
+}
+
+impl Runtime {
+    fn new(config: Config, socket: &std::path::Path) -> Result<Self, RuntimeError> {
+        let (sig_read, sig_write) = UnixStream::pair().map_err(os("signal pipe"))?;
+        sig_read.set_nonblocking(true).map_err(os("signal pipe"))?;
+        let handled = [
+            sig::SIGCHLD,
+            sig::SIGTERM,
+            sig::SIGINT,
+            sig::SIGQUIT,
+            sig::SIGHUP,
+            sig::SIGUSR1,
+            sig::SIGUSR2,
+        ];
+        let signals = SignalDelivery::with_pipe(sig_read, sig_write, SignalOnly, handled)
+            .map_err(os("installing signal handlers"))?;
+        unblock(&handled)?;
+        if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+            tracing::warn!("cannot become a child subreaper: {e}; orphans will not be reaped");
+        }
+
+        let listener = Listener::bind(socket)?;
+        let (wake_tx, wake_rx) = UnixStream::pair().map_err(os("log writer"))?;
+        wake_rx.set_nonblocking(true).map_err(os("log writer"))?;
+        let writer = LogWriter::start(Box::new(std::io::stdout()), wake_tx).map_err(os("log writer"))?;
+
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(errno("epoll"))?;
+        let readable = |token| EpollEvent::new(EpollFlags::EPOLLIN, token);
+        epoll
+            .add(signals.get_read().as_fd(), readable(SIGNALS))
+            .map_err(errno("epoll"))?;
+        epoll
+            .add(listener.socket.as_fd(), readable(CONTROL))
+            .map_err(errno("epoll"))?;
+        epoll
+            .add(wake_rx.as_fd(), readable(LOG_WAKE))
+            .map_err(errno("epoll"))?;
+
+        let base_env: BTreeMap<_, _> = std::env::vars_os().collect();
+        let launcher = ProcessLauncher::new(base_env).map_err(os("opening /dev/null"))?;
+        let orphan_grace = config
+            .groups
+            .values()
+            .map(|g| g.policy.stop_timeout)
+            .max()
+            .unwrap_or(Duration::from_secs(10));
+        tracing::info!(
+            "drover {} supervising {} groups; control socket {}",
+            env!("CARGO_PKG_VERSION"),
+            config.groups.len(),
+            listener.path().display()
+        );
+        Ok(Runtime {
+            epoll,
+            sup: Supervisor::new(&config),
+            launcher,
+            format: config.supervisor.log_format,
+            signals,
+            listener,
+            writer: Some(writer),
+            wake_rx,
+            pipes: HashMap::new(),
+            stalled: Vec::new(),
+            conns: HashMap::new(),
+            next_token: FIRST_DYNAMIC,
+            orphans: Orphans::default(),
+            orphan_grace,
+            term_signals: 0,
+        })
+    }
+
+    fn main_loop(&mut self) -> Result<Outcome, RuntimeError> {
+        self.sup.start_all(&mut self.launcher, Instant::now());
+        self.watch_new_outputs();
+        let mut events = vec![EpollEvent::empty(); 256];
+        loop {
+            let timeout = self.timeout(Instant::now());
+            let n = match self.epoll.wait(&mut events, timeout) {
+                Ok(n) => n,
+                Err(Errno::EINTR) => 0,
+                Err(e) => return Err(errno("epoll_wait")(e)),
+            };
+            for event in &events[..n] {
+                self.dispatch(event.data(), event.events());
+            }
+            let now = Instant::now();
+            self.sup.on_deadline(&mut self.launcher, now);
+            self.watch_new_outputs();
+            if self.sup.is_finished() && self.finish_orphans(now) {
+                break;
+            }
+        }
+        self.drain_pipes();
+        if let Some(writer) = self.writer.take() {
+            writer.finish();
+        }
+        let forced = self.sup.was_forced();
+        tracing::info!(
+            "drover stopped{}",
+            if forced { " (some processes had to be killed)" } else { "" }
+        );
+        Ok(if forced { Outcome::Forced } else { Outcome::Clean })
+    }
+
+    /// How long the loop may block: until the earliest deadline.
+    fn timeout(&self, now: Instant) -> EpollTimeout {
+        let deadline = [self.sup.next_deadline(), self.orphans.deadline()]
+            .into_iter()
+            .flatten()
+            .min();
+        match deadline {
+            None => EpollTimeout::NONE,
+            Some(d) => {
+                // Round up so that we never wake just before a deadline.
+                let ms = d.saturating_duration_since(now).as_micros().div_ceil(1000);
+                EpollTimeout::try_from(ms.min(i32::MAX as u128) as i32).unwrap_or(EpollTimeout::MAX)
+            }
+        }
+    }
+
+    fn dispatch(&mut self, token: u64, flags: EpollFlags) {
+        match token {
+            SIGNALS => self.on_signals(),
+            CONTROL => self.accept_clients(),
+            LOG_WAKE => self.on_log_wake(),
+            t if self.pipes.contains_key(&t) => self.on_pipe(t),
+            t => self.on_conn(t, flags),
+        }
+    }
+
+    fn on_signals(&mut self) {
+        let pending: Vec<i32> = self.signals.pending().collect();
+        let now = Instant::now();
+        for signal in pending {
+            match signal {
+                sig::SIGCHLD => self.reap(now),
+                sig::SIGTERM | sig::SIGINT | sig::SIGQUIT => self.on_stop_signal(signal, now),
+                sig::SIGHUP => tracing::info!(
+                    "SIGHUP received: config reload is not implemented yet; nothing changed"
+                ),
+                sig::SIGUSR1 => self.sup.forward(Signal::Usr1, &mut self.launcher),
+                sig::SIGUSR2 => self.sup.forward(Signal::Usr2, &mut self.launcher),
+                _ => {}
+            }
+        }
+        // A child may have exited while the previous batch was handled.
+        self.reap(now);
+    }
+
+    fn on_stop_signal(&mut self, signal: i32, now: Instant) {
+        let name = Signal::name_of_raw(signal);
+        let repeatable = signal != sig::SIGQUIT;
+        if self.term_signals > 0 && repeatable {
+            tracing::warn!("{name} again: killing everything now");
+            self.sup.kill_all(&mut self.launcher, now);
+            self.orphans.kill_now();
+        } else if self.term_signals == 0 {
+            tracing::info!("{name}: stopping every group");
+            self.sup.shutdown(&mut self.launcher, now);
+        }
+        self.term_signals += 1;
+    }
+
+    /// Reaps every exited child, known or not.
+    fn reap(&mut self, now: Instant) {
+        loop {
+            let (pid, status) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, ExitStatus::Code(code)),
+                Ok(WaitStatus::Signaled(pid, signal, _)) => {
+                    (pid, ExitStatus::Signal(signal as i32))
+                }
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
+                Ok(_) => continue,
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    tracing::error!("waitpid: {e}");
+                    break;
+                }
+            };
+            let pid = Pid(pid.as_raw());
+            if !self.sup.on_exit(pid, status, &mut self.launcher, now) {
+                self.orphans.reaped(pid);
+                tracing::debug!(pid = pid.0, ?status, "reaped an orphaned descendant");
+            }
+        }
+    }
+
+    /// Orphan phase of shutdown; true once nothing is left to wait for.
+    fn finish_orphans(&mut self, now: Instant) -> bool {
+        let killed = self.orphans.step(now, self.orphan_grace);
+        if killed {
+            self.sup.note_forced();
+        }
+        self.orphans.done()
+    }
+
+    fn accept_clients(&mut self) {
+        loop {
+            match self.listener.socket.accept() {
+                Ok((stream, _)) => {
+                    let Ok(conn) = Conn::new(stream) else { continue };
+                    let token = self.token();
+                    let event = EpollEvent::new(EpollFlags::EPOLLIN, token);
+                    if self.epoll.add(conn.stream.as_fd(), event).is_ok() {
+                        self.conns.insert(token, conn);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!("control socket accept: {e}");
+                    break;
+                }
+            }
+        }
+    }
+
+    fn on_conn(&mut self, token: u64, flags: EpollFlags) {
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
+        if flags.contains(EpollFlags::EPOLLOUT) {
+            if conn.flush() {
+                self.close_conn(token);
+            }
+            return;
+        }
+        let request = match conn.on_readable() {
+            ConnEvent::Pending => return,
+            ConnEvent::Closed => return self.close_conn(token),
+            ConnEvent::Request(request) => request,
+        };
+        let response = match request {
+            Ok(request) => self.handle_request(request),
+            Err(e) => Response::error(e),
+        };
+        let conn = self.conns.get_mut(&token).expect("still open");
+        conn.respond(&response);
+        if conn.flush() {
+            self.close_conn(token);
+        } else {
+            let event = EpollEvent::new(EpollFlags::EPOLLOUT, token);
+            let _ = self.epoll.modify(conn.stream.as_fd(), &mut { event });
+        }
+    }
+
+    fn close_conn(&mut self, token: u64) {
+        if let Some(conn) = self.conns.remove(&token) {
+            let _ = self.epoll.delete(conn.stream.as_fd());
+        }
+    }
+
+    /// One handler per control request.
+    fn handle_request(&mut self, request: Request) -> Response {
+        let now = Instant::now();
+        let (name, command, verb) = match request {
+            Request::Status => return Response::status(Status::capture(&self.sup, None, now)),
+            Request::Shutdown => {
+                self.on_stop_signal(sig::SIGTERM, now);
+                return Response::ok("shutting down");
+            }
+            Request::Start { group } => (group, GroupCommand::Start, "started"),
+            Request::Stop { group } => (group, GroupCommand::Stop, "stopping"),
+            Request::Restart { group } => (group, GroupCommand::Restart, "restarting"),
+        };
+        if self.sup.is_shutting_down() {
+            return Response::error("drover is shutting down");
+        }
+        match self
+            .sup
+            .group_command(&name, command, &mut self.launcher, now)
+        {
+            Ok(()) => {
+                tracing::info!("control: {verb} group {name}");
+                Response::ok(format!("{verb} {name}"))
+            }
+            Err(e) => Response::error(e.to_string()),
+        }
+    }
+
+    fn token(&mut self) -> u64 {
+        self.next_token += 1;
+        self.next_token
+    }
+
+    /// Starts watching the output pipes of children started since last time.
+    fn watch_new_outputs(&mut self) {
+        for out in self.launcher.take_outputs() {
+            for (fd, stream) in [(out.stdout, Stream::Stdout), (out.stderr, Stream::Stderr)] {
+                let origin = Origin {
+                    group: out.group.clone(),
+                    index: out.index,
+                    pid: out.pid,
+                    stream,
+                };
+                let reader = PipeReader::new(fd, origin);
+                let token = self.token();
+                let event = EpollEvent::new(EpollFlags::EPOLLIN, token);
+                match self.epoll.add(reader.fd(), event) {
+                    Ok(()) => {
+                        self.pipes.insert(token, reader);
+                    }
+                    Err(e) => tracing::warn!("cannot watch child output: {e}"),
+                }
+            }
+        }
+    }
+
+    fn on_pipe(&mut self, token: u64) {
+        let reader = self.pipes.get_mut(&token).expect("checked by dispatch");
+        let outcome = reader.read(self.format);
+        if !outcome.chunk.is_empty() {
+            let writer = self.writer.as_ref().expect("writer runs until exit");
+            if let Err(chunk) = writer.try_send(outcome.chunk) {
+                // The writer is behind: hold this chunk and stop reading the
+                // pipe, so the child blocks instead of drover's memory growing.
+                reader.held = Some(chunk);
+                let _ = self.epoll.delete(reader.fd());
+                // At EOF the pipe reads 0 again once re-armed, and closes then.
+                self.stalled.push(token);
+                return;
+            }
+        }
+        if outcome.eof {
+            self.close_pipe(token);
+        }
+    }
+
+    fn close_pipe(&mut self, token: u64) {
+        if let Some(reader) = self.pipes.remove(&token) {
+            let _ = self.epoll.delete(reader.fd());
+        }
+    }
+
+    /// The writer made room: resume the stalled pipes in order.
+    fn on_log_wake(&mut self) {
+        let mut buf = [0u8; 64];
+        while matches!(self.wake_rx.read(&mut buf), Ok(n) if n > 0) {}
+        let writer = self.writer.as_ref().expect("writer runs until exit");
+        let mut still = Vec::new();
+        for token in std::mem::take(&mut self.stalled) {
+            let Some(reader) = self.pipes.get_mut(&token) else {
+                continue;
+            };
+            let chunk = reader.held.take().expect("stalled pipes hold a chunk");
+            match writer.try_send(chunk) {
+                Ok(()) => {
+                    let event = EpollEvent::new(EpollFlags::EPOLLIN, token);
+                    let _ = self.epoll.add(reader.fd(), event);
+                }
+                Err(chunk) => {
+                    reader.held = Some(chunk);
+                    still.push(token);
+                }
+            }
+        }
+        self.stalled = still;
+    }
+
+    /// At exit: write out what the pipes still hold (blocking on the writer).
+    fn drain_pipes(&mut self) {
+        let writer = self.writer.as_ref().expect("writer runs until exit");
+        let format = self.format;
+        for (_, mut reader) in self.pipes.drain() {
+            let mut chunks: Vec<Vec<u8>> = reader.held.take().into_iter().collect();
+            loop {
+                let outcome = reader.read(format);
+                chunks.push(outcome.chunk);
+                if outcome.eof || chunks.last().is_some_and(|c| c.is_empty()) {
+                    break;
+                }
+            }
+            for chunk in chunks.into_iter().filter(|c| !c.is_empty()) {
+                writer.send_blocking(chunk);
+            }
+        }
+    }
+}
+
+/// Unblocks the signals drover handles, in case it was started with them
+/// blocked (a container runtime or a parent may do that).
+fn unblock(signals: &[i32]) -> Result<(), RuntimeError> {
+    use nix::sys::signal::{SigSet, SigmaskHow, pthread_sigmask};
+    let mut set = SigSet::empty();
+    for &s in signals {
+        if let Ok(s) = nix::sys::signal::Signal::try_from(s) {
+            set.add(s);
+        }
+    }
+    pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None).map_err(errno("sigprocmask"))
+}

@@ -1,0 +1,178 @@
+//! The status snapshot: `drover status --json`'s exact shape (DESIGN §7),
+//! and its table rendering for `drover status`.
+
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::supervisor::{ChildState, ExitStatus, Group, Supervisor};
+use crate::signal::Signal;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    pub config_error: Option<String>,
+    pub groups: Vec<GroupStatus>,
+    pub queues: Vec<QueueStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GroupStatus {
+    pub name: String,
+    pub start_method: String,
+    pub processes: u32,
+    pub state: String,
+    pub children: Vec<ChildStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChildStatus {
+    pub index: u32,
+    pub pid: Option<i32>,
+    pub state: String,
+    pub uptime_ms: Option<u64>,
+    pub restarts: u32,
+    pub last_exit: Option<LastExit>,
+}
+
+/// `{"code": N}` or `{"signal": "SIGKILL"}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "lowercase")]
+pub enum LastExit {
+    Code(i32),
+    Signal(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct QueueStatus {
+    pub name: String,
+    pub depth: u64,
+    pub in_flight: u64,
+    pub delivered: u64,
+    pub acked: u64,
+    pub redelivered: u64,
+    pub dead_lettered: u64,
+}
+
+impl Status {
+    /// A snapshot of `sup` at `now`.
+    pub fn capture(sup: &Supervisor, config_error: Option<String>, now: Instant) -> Status {
+        Status {
+            config_error,
+            groups: sup.groups().map(|g| group_status(g, now)).collect(),
+            queues: Vec::new(),
+        }
+    }
+
+    /// The human table of `drover status`.
+    pub fn render_table(&self) -> String {
+        let mut out = String::new();
+        if let Some(err) = &self.config_error {
+            let _ = writeln!(out, "config error (still running the last valid config):\n{err}\n");
+        }
+        let _ = writeln!(
+            out,
+            "{:<24} {:<10} {:>8} {:<9} {:>10} {:>8}  LAST EXIT",
+            "CHILD", "METHOD", "PID", "STATE", "UPTIME", "RESTARTS"
+        );
+        for g in &self.groups {
+            if g.children.is_empty() {
+                let _ = writeln!(out, "{:<24} {:<10} {:>8} {:<9}", g.name, g.start_method, "-", g.state);
+            }
+            for c in &g.children {
+                let pid = c.pid.map_or("-".into(), |p| p.to_string());
+                let uptime = c.uptime_ms.map_or("-".into(), human_ms);
+                let last = match &c.last_exit {
+                    None => "-".to_owned(),
+                    Some(LastExit::Code(n)) => format!("code {n}"),
+                    Some(LastExit::Signal(s)) => s.clone(),
+                };
+                let _ = writeln!(
+                    out,
+                    "{:<24} {:<10} {:>8} {:<9} {:>10} {:>8}  {}",
+                    format!("{}[{}]", g.name, c.index),
+                    g.start_method,
+                    pid,
+                    c.state,
+                    uptime,
+                    c.restarts,
+                    last
+                );
+            }
+        }
+        if !self.queues.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n{:<24} {:>8} {:>9} {:>10} {:>10} {:>11} {:>13}",
+                "QUEUE", "DEPTH", "IN FLIGHT", "DELIVERED", "ACKED", "REDELIVERED", "DEAD LETTERED"
+            );
+            for q in &self.queues {
+                let _ = writeln!(
+                    out,
+                    "{:<24} {:>8} {:>9} {:>10} {:>10} {:>11} {:>13}",
+                    q.name, q.depth, q.in_flight, q.delivered, q.acked, q.redelivered, q.dead_lettered
+                );
+            }
+        }
+        out
+    }
+}
+
+fn human_ms(ms: u64) -> String {
+    match ms {
+        0..1_000 => format!("{ms}ms"),
+        1_000..60_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        60_000..3_600_000 => format!("{}m{}s", ms / 60_000, ms % 60_000 / 1000),
+        _ => format!("{}h{}m", ms / 3_600_000, ms % 3_600_000 / 60_000),
+    }
+}
+
+fn group_status(group: &Group, now: Instant) -> GroupStatus {
+    let children: Vec<ChildStatus> = group
+        .children
+        .iter()
+        .map(|c| {
+            let uptime_ms = match c.state {
+                ChildState::Starting { since, .. } | ChildState::Running { since, .. } => {
+                    Some(now.saturating_duration_since(since).as_millis() as u64)
+                }
+                _ => None,
+            };
+            ChildStatus {
+                index: c.index,
+                pid: c.state.pid().map(|p| p.0),
+                state: c.state.name().to_owned(),
+                uptime_ms,
+                restarts: c.restarts,
+                last_exit: c.last_exit.map(|e| match e {
+                    ExitStatus::Code(n) => LastExit::Code(n),
+                    ExitStatus::Signal(s) => LastExit::Signal(Signal::name_of_raw(s)),
+                }),
+            }
+        })
+        .collect();
+    GroupStatus {
+        name: group.spec.name.to_string(),
+        start_method: group.spec.start_method.as_str().to_owned(),
+        processes: group.spec.processes,
+        state: group_state(group, &children),
+        children,
+    }
+}
+
+/// One word for a group: the most urgent state among its children.
+fn group_state(group: &Group, children: &[ChildStatus]) -> String {
+    if children.is_empty() {
+        return "idle".into();
+    }
+    if group.held && children.iter().all(|c| c.state == "stopped") {
+        return "stopped".into();
+    }
+    const URGENCY: [&str; 7] = [
+        "fatal", "backoff", "stopping", "starting", "running", "exited", "stopped",
+    ];
+    URGENCY
+        .iter()
+        .find(|s| children.iter().any(|c| c.state == **s))
+        .map_or("running".into(), |s| (*s).to_owned())
+}

@@ -1,0 +1,182 @@
+//! One child slot of a group: its state machine and restart bookkeeping.
+//!
+//! A slot (`group[index]`) outlives the processes that fill it. Its state is
+//! an enum whose variants carry their own data, so a PID exists only in the
+//! states that have a process.
+
+use std::time::{Duration, Instant};
+
+use crate::config::Policy;
+
+/// An OS process id, kept free of `nix` so the core stays pure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Pid(pub i32);
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+}
+
+/// What happens once a child that is being stopped has exited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterStop {
+    /// Stay `stopped` (`drover stop`, shutdown).
+    Stay,
+    /// Start again at once (`drover restart`).
+    Restart,
+}
+
+/// The state of a child slot (DESIGN §4).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChildState {
+    /// Started less than `start_secs` ago.
+    Starting { pid: Pid, since: Instant },
+    /// Up for at least `start_secs`.
+    Running { pid: Pid, since: Instant },
+    /// Waiting before retrying a failed start.
+    Backoff { until: Instant },
+    /// Asked to stop; SIGKILL to its process group at `kill_at`.
+    Stopping {
+        pid: Pid,
+        since: Instant,
+        kill_at: Instant,
+        killed: bool,
+        after: AfterStop,
+    },
+    /// Stopped on request; not restarted until asked.
+    Stopped,
+    /// Exited in a way its restart policy accepts; stays so.
+    Exited,
+    /// Failed `max_restarts + 1` starts in a row.
+    Fatal,
+}
+
+impl ChildState {
+    /// The name used by `drover status`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ChildState::Starting { .. } => "starting",
+            ChildState::Running { .. } => "running",
+            ChildState::Backoff { .. } => "backoff",
+            ChildState::Stopping { .. } => "stopping",
+            ChildState::Stopped => "stopped",
+            ChildState::Exited => "exited",
+            ChildState::Fatal => "fatal",
+        }
+    }
+
+    pub fn pid(&self) -> Option<Pid> {
+        match self {
+            ChildState::Starting { pid, .. }
+            | ChildState::Running { pid, .. }
+            | ChildState::Stopping { pid, .. } => Some(*pid),
+            _ => None,
+        }
+    }
+
+    /// The next moment this state needs attention, if any.
+    pub fn deadline(&self, policy: &Policy) -> Option<Instant> {
+        match self {
+            ChildState::Starting { since, .. } => Some(*since + policy.start_secs),
+            ChildState::Backoff { until } => Some(*until),
+            ChildState::Stopping {
+                kill_at,
+                killed: false,
+                ..
+            } => Some(*kill_at),
+            _ => None,
+        }
+    }
+}
+
+/// One `group[index]` slot.
+#[derive(Debug, Clone)]
+pub struct Child {
+    pub index: u32,
+    pub state: ChildState,
+    /// Start attempts, successful or not.
+    pub attempts: u32,
+    /// Start attempts after the first one.
+    pub restarts: u32,
+    /// Consecutive failed starts; reset when a start reaches `running`.
+    pub failed_starts: u32,
+    pub last_exit: Option<ExitStatus>,
+    /// When the current process started (for uptime while stopping too).
+    pub started: Option<Instant>,
+}
+
+impl Child {
+    pub fn new(index: u32) -> Self {
+        Child {
+            index,
+            state: ChildState::Stopped,
+            attempts: 0,
+            restarts: 0,
+            failed_starts: 0,
+            last_exit: None,
+            started: None,
+        }
+    }
+}
+
+/// The wait before retry number `failed` (1-based): `restart_delay`
+/// doubling per failure, capped at `restart_delay_max`.
+pub fn backoff_delay(policy: &Policy, failed: u32) -> Duration {
+    let doublings = failed.saturating_sub(1).min(32);
+    policy
+        .restart_delay
+        .checked_mul(1u32 << doublings.min(31))
+        .unwrap_or(policy.restart_delay_max)
+        .min(policy.restart_delay_max)
+}
+
+/// Whether an exit calls for a restart under `policy`.
+pub fn wants_restart(policy: &Policy, status: ExitStatus) -> bool {
+    use crate::config::RestartPolicy;
+    match policy.restart {
+        RestartPolicy::Always => true,
+        RestartPolicy::Never => false,
+        RestartPolicy::OnFailure => match status {
+            ExitStatus::Code(c) => !policy.success_codes.contains(&c),
+            ExitStatus::Signal(_) => true,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let policy = Policy {
+            restart_delay: Duration::from_millis(100),
+            restart_delay_max: Duration::from_millis(700),
+            ..Policy::default()
+        };
+        let delays: Vec<u128> = (1..=6)
+            .map(|n| backoff_delay(&policy, n).as_millis())
+            .collect();
+        assert_eq!(delays, [100, 200, 400, 700, 700, 700]);
+        assert_eq!(backoff_delay(&policy, 1000).as_millis(), 700);
+    }
+
+    #[test]
+    fn restart_policy_decides_by_exit() {
+        use crate::config::RestartPolicy;
+        let mut p = Policy {
+            success_codes: vec![0, 3],
+            ..Policy::default()
+        };
+        assert!(!wants_restart(&p, ExitStatus::Code(0)));
+        assert!(!wants_restart(&p, ExitStatus::Code(3)));
+        assert!(wants_restart(&p, ExitStatus::Code(1)));
+        assert!(wants_restart(&p, ExitStatus::Signal(9)));
+        p.restart = RestartPolicy::Always;
+        assert!(wants_restart(&p, ExitStatus::Code(0)));
+        p.restart = RestartPolicy::Never;
+        assert!(!wants_restart(&p, ExitStatus::Signal(9)));
+    }
+}

@@ -1,0 +1,371 @@
+//! State-machine tests with a fake launcher and a fake clock.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::config::{Config, GroupSpec, LogFormat, Policy, Program, StartMethod, SupervisorConfig};
+use crate::names::GroupName;
+
+#[derive(Default)]
+struct FakeLauncher {
+    next_pid: i32,
+    /// Starts that fail (to simulate a command that cannot be executed).
+    fail_starts: bool,
+    started: Vec<(String, u32, Pid)>,
+    group_signals: Vec<(Pid, Signal)>,
+    signals: Vec<(Pid, Signal)>,
+}
+
+impl Launcher for FakeLauncher {
+    fn start(&mut self, group: &GroupSpec, index: u32) -> Result<Pid, LaunchError> {
+        if self.fail_starts {
+            return Err(LaunchError::NotFound {
+                program: "nope".into(),
+                path: "/bin".into(),
+            });
+        }
+        self.next_pid += 1;
+        let pid = Pid(1000 + self.next_pid);
+        self.started.push((group.name.to_string(), index, pid));
+        Ok(pid)
+    }
+    fn signal_group(&mut self, pid: Pid, signal: Signal) {
+        self.group_signals.push((pid, signal));
+    }
+    fn signal(&mut self, pid: Pid, signal: Signal) {
+        self.signals.push((pid, signal));
+    }
+}
+
+fn group(name: &str, processes: u32, policy: Policy) -> GroupSpec {
+    GroupSpec {
+        name: GroupName::new(name).unwrap(),
+        program: Program::Command(vec!["true".into()]),
+        python_executable: "python3".into(),
+        start_method: StartMethod::Spawn,
+        processes,
+        inputs: vec![],
+        outputs: vec![],
+        env: BTreeMap::new(),
+        clear_env: false,
+        cwd: PathBuf::from("/"),
+        policy,
+        file: PathBuf::from("test.toml"),
+    }
+}
+
+fn config(groups: Vec<GroupSpec>) -> Config {
+    Config {
+        supervisor: SupervisorConfig {
+            control_socket: None,
+            log_format: LogFormat::Text,
+            state_dir: PathBuf::from("/tmp"),
+        },
+        groups: groups.into_iter().map(|g| (g.name.clone(), g)).collect(),
+        queues: BTreeMap::new(),
+        files: vec![],
+    }
+}
+
+fn policy() -> Policy {
+    Policy {
+        start_secs: Duration::from_secs(1),
+        restart_delay: Duration::from_millis(100),
+        restart_delay_max: Duration::from_millis(300),
+        max_restarts: 3,
+        stop_timeout: Duration::from_secs(10),
+        ..Policy::default()
+    }
+}
+
+fn states(sup: &Supervisor) -> Vec<&'static str> {
+    sup.groups()
+        .flat_map(|g| g.children.iter().map(|c| c.state.name()))
+        .collect()
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn pid_of(sup: &Supervisor, index: usize) -> Pid {
+    sup.groups().next().unwrap().children[index]
+        .state
+        .pid()
+        .unwrap()
+}
+
+#[test]
+fn starts_every_process_and_promotes_to_running_after_start_secs() {
+    let t0 = Instant::now();
+    let mut l = FakeLauncher::default();
+    let mut sup = Supervisor::new(&config(vec![group("w", 3, policy())]));
+    sup.start_all(&mut l, t0);
+    assert_eq!(states(&sup), ["starting"; 3]);
+    assert_eq!(sup.next_deadline(), Some(t0 + Duration::from_secs(1)));
+    sup.on_deadline(&mut l, t0 + ms(999));
+    assert_eq!(states(&sup), ["starting"; 3]);
+    sup.on_deadline(&mut l, t0 + ms(1000));
+    assert_eq!(states(&sup), ["running"; 3]);
+    assert_eq!(sup.next_deadline(), None, "nothing to wake up for");
+}
+
+#[test]
+fn running_child_that_crashes_restarts_at_once() {
+    let t0 = Instant::now();
+    let mut l = FakeLauncher::default();
+    let mut sup = Supervisor::new(&config(vec![group("w", 1, policy())]));
+    sup.start_all(&mut l, t0);
+    sup.on_deadline(&mut l, t0 + ms(1000));
+    let old = pid_of(&sup, 0);
+    let t1 = t0 + Duration::from_secs(3600);
+    assert!(sup.on_exit(old, ExitStatus::Signal(9), &mut l, t1));
+    assert_eq!(states(&sup), ["starting"]);
+    assert_ne!(pid_of(&sup, 0), old);
+    assert_eq!(l.started.len(), 2, "replacement started in the same step");
+    let child = &sup.groups().next().unwrap().children[0];
+    assert_eq!(child.restarts, 1);
+    assert_eq!(child.last_exit, Some(ExitStatus::Signal(9)));
+}
+
+#[test]
+fn failed_starts_back_off_exponentially_then_go_fatal() {
+    let t0 = Instant::now();
+    let mut l = FakeLauncher::default();
+    let mut sup = Supervisor::new(&config(vec![group("w", 1, policy())]));
+    sup.start_all(&mut l, t0);
+    let mut now = t0;
+    let mut waits = vec![];
+    // max_restarts = 3: the first start and 3 retries fail, then fatal.
+    for _ in 0..4 {
+        let pid = pid_of(&sup, 0);
+        now += ms(10);
+        sup.on_exit(pid, ExitStatus::Code(1), &mut l, now);
+        if states(&sup) == ["fatal"] {
+            break;
+        }
+        assert_eq!(states(&sup), ["backoff"]);
+        let deadline = sup.next_deadline().unwrap();
+        waits.push((deadline - now).as_millis());
+        sup.on_deadline(&mut l, deadline - ms(1));
+        assert_eq!(states(&sup), ["backoff"], "no retry before the deadline");
+        now = deadline;
+        sup.on_deadline(&mut l, now);
+        assert_eq!(states(&sup), ["starting"]);
+    }
+    assert_eq!(waits, [100, 200, 300]);
+    assert_eq!(states(&sup), ["fatal"]);
+    assert_eq!(l.started.len(), 4, "max_restarts + 1 starts in a row");
+    assert_eq!(sup.next_deadline(), None);
+}
+
+#[test]
+fn a_start_that_reaches_running_resets_the_budget() {
+    let t0 = Instant::now();
+    let mut l = FakeLauncher::default();
+    let mut sup = Supervisor::new(&config(vec![group("w", 1, policy())]));
+    sup.start_all(&mut l, t0);
+    sup.on_exit(pid_of(&sup, 0), ExitStatus::Code(1), &mut l, t0 + ms(5));
+    let retry = sup.next_deadline().unwrap();
+    sup.on_deadline(&mut l, retry);
+    sup.on_deadline(&mut l, retry + Duration::from_secs(1));
+    assert_eq!(states(&sup), ["running"]);
+    assert_eq!(sup.groups().next().unwrap().children[0].failed_starts, 0);
+}
+
+#[test]
+fn launch_errors_count_as_failed_starts_without_spinning() {
+    let t0 = Instant::now();
+    let mut l = FakeLauncher {
+        fail_starts: true,
+        ..FakeLauncher::default()
+    };
+    let mut sup = Supervisor::new(&config(vec![group("w", 1, policy())]));
+    sup.start_all(&mut l, t0);
+    assert_eq!(states(&sup), ["backoff"]);
+    let mut now = t0;
+    let mut rounds = 0;
+    while let Some(deadline) = sup.next_deadline() {
+        assert!(deadline > now, "a failed launch must wait, not spin");
+        now = deadline;
+        sup.on_deadline(&mut l, now);
+        rounds += 1;
+    }
+    assert_eq!(rounds, 3);
+    assert_eq!(states(&sup), ["fatal"]);
+}
+
+#[test]
+fn exit_policy_decides_between_exited_and_restart() {
+    let t0 = Instant::now();
+    let mut l = FakeLauncher::default();
+    let never = Policy {
+        restart: RestartPolicy::Never,
+        ..policy()
+    };
+    let on_failure = Policy {
+        success_codes: vec![0, 7],
+        ..policy()
+    };
+    let always = Policy {
+        restart: RestartPolicy::Always,
+        ..policy()
+    };
+    let mut sup = Supervisor::new(&config(vec![
+        group("a", 1, never),
+        group("b", 1, on_failure),
+        group("c", 1, always),
+    ]));
+    sup.start_all(&mut l, t0);
+    sup.on_deadline(&mut l, t0 + Duration::from_secs(1));
+    let pids: Vec<Pid> = sup.live_pids().collect();
+    let t1 = t0 + Duration::from_secs(2);
+    sup.on_exit(pids[0], ExitStatus::Code(1), &mut l, t1);
+    sup.on_exit(pids[1], ExitStatus::Code(7), &mut l, t1);
+    sup.on_exit(pids[2], ExitStatus::Code(0), &mut l, t1);
+    assert_eq!(states(&sup), ["exited", "exited", "starting"]);
+}
+
+use crate::config::RestartPolicy;
+
+#[test]
+fn stop_signals_the_group_then_kills_after_stop_timeout() {
+    let t0 = Instant::now();
+    let mut l = FakeLauncher::default();
+    let mut sup = Supervisor::new(&config(vec![group("w", 2, policy())]));
+    sup.start_all(&mut l, t0);
+    let pids: Vec<Pid> = sup.live_pids().collect();
+    sup.group_command("w", GroupCommand::Stop, &mut l, t0 + ms(1))
+        .unwrap();
+    assert_eq!(states(&sup), ["stopping"; 2]);
+    assert_eq!(
+        l.group_signals,
+        [(pids[0], Signal::Term), (pids[1], Signal::Term)]
+    );
+    // The first stops in time; the second ignores SIGTERM.
+    sup.on_exit(pids[0], ExitStatus::Signal(15), &mut l, t0 + ms(50));
+    assert_eq!(sup.next_deadline(), Some(t0 + ms(1) + Duration::from_secs(10)));
+    sup.on_deadline(&mut l, t0 + ms(1) + Duration::from_secs(10));
+    assert_eq!(l.group_signals.last(), Some(&(pids[1], Signal::Kill)));
+    assert_eq!(sup.next_deadline(), None, "SIGKILL is sent once");
+    sup.on_exit(pids[1], ExitStatus::Signal(9), &mut l, t0 + Duration::from_secs(11));
+    assert_eq!(states(&sup), ["stopped"; 2]);
+    assert_eq!(l.started.len(), 2, "a stopped group is not restarted");
+    assert!(!sup.was_forced(), "not shutting down");
+}
+
+#[test]
+fn start_and_restart_commands() {
+    let t0 = Instant::now();
+    let mut l = FakeLauncher::default();
+    let mut sup = Supervisor::new(&config(vec![group("w", 1, policy())]));
+    sup.start_all(&mut l, t0);
+    let first = pid_of(&sup, 0);
+    sup.group_command("w", GroupCommand::Restart, &mut l, t0 + ms(1))
+        .unwrap();
+    assert_eq!(states(&sup), ["stopping"]);
+    sup.on_exit(first, ExitStatus::Signal(15), &mut l, t0 + ms(2));
+    assert_eq!(states(&sup), ["starting"]);
+    let second = pid_of(&sup, 0);
+    assert_ne!(first, second);
+
+    sup.group_command("w", GroupCommand::Stop, &mut l, t0 + ms(3))
+        .unwrap();
+    sup.on_exit(second, ExitStatus::Signal(15), &mut l, t0 + ms(4));
+    assert_eq!(states(&sup), ["stopped"]);
+    sup.group_command("w", GroupCommand::Start, &mut l, t0 + ms(5))
+        .unwrap();
+    assert_eq!(states(&sup), ["starting"]);
+    assert_eq!(
+        sup.group_command("nope", GroupCommand::Start, &mut l, t0),
+        Err(UnknownGroup("nope".into()))
+    );
+}
+
+#[test]
+fn restart_gives_a_fatal_child_a_fresh_budget() {
+    let t0 = Instant::now();
+    let mut l = FakeLauncher {
+        fail_starts: true,
+        ..FakeLauncher::default()
+    };
+    let p = Policy {
+        max_restarts: 0,
+        ..policy()
+    };
+    let mut sup = Supervisor::new(&config(vec![group("w", 1, p)]));
+    sup.start_all(&mut l, t0);
+    assert_eq!(states(&sup), ["fatal"]);
+    l.fail_starts = false;
+    sup.group_command("w", GroupCommand::Restart, &mut l, t0 + ms(1))
+        .unwrap();
+    assert_eq!(states(&sup), ["starting"]);
+}
+
+#[test]
+fn shutdown_stops_everything_and_restarts_nothing() {
+    let t0 = Instant::now();
+    let mut l = FakeLauncher::default();
+    let mut sup = Supervisor::new(&config(vec![group("a", 2, policy()), group("b", 1, policy())]));
+    sup.start_all(&mut l, t0);
+    sup.shutdown(&mut l, t0 + ms(1));
+    assert_eq!(l.group_signals.len(), 3, "every group in parallel");
+    assert!(!sup.is_finished());
+    for pid in sup.live_pids().collect::<Vec<_>>() {
+        sup.on_exit(pid, ExitStatus::Code(1), &mut l, t0 + ms(2));
+    }
+    assert!(sup.is_finished());
+    assert_eq!(l.started.len(), 3, "nothing restarted during shutdown");
+    assert!(!sup.was_forced());
+}
+
+#[test]
+fn shutdown_that_needs_sigkill_is_forced() {
+    let t0 = Instant::now();
+    let mut l = FakeLauncher::default();
+    let mut sup = Supervisor::new(&config(vec![group("a", 1, policy())]));
+    sup.start_all(&mut l, t0);
+    sup.shutdown(&mut l, t0);
+    sup.on_deadline(&mut l, t0 + Duration::from_secs(10));
+    assert!(sup.was_forced());
+}
+
+#[test]
+fn second_signal_kills_at_once() {
+    let t0 = Instant::now();
+    let mut l = FakeLauncher::default();
+    let mut sup = Supervisor::new(&config(vec![group("a", 2, policy())]));
+    sup.start_all(&mut l, t0);
+    sup.shutdown(&mut l, t0);
+    sup.kill_all(&mut l, t0 + ms(1));
+    let kills = l
+        .group_signals
+        .iter()
+        .filter(|(_, s)| *s == Signal::Kill)
+        .count();
+    assert_eq!(kills, 2);
+    assert!(sup.was_forced());
+}
+
+#[test]
+fn forwarding_reaches_every_live_child_by_pid() {
+    let t0 = Instant::now();
+    let mut l = FakeLauncher::default();
+    let mut sup = Supervisor::new(&config(vec![group("a", 2, policy()), group("b", 0, policy())]));
+    sup.start_all(&mut l, t0);
+    sup.forward(Signal::Usr1, &mut l);
+    assert_eq!(l.signals.len(), 2);
+    assert!(l.group_signals.is_empty(), "never the process group");
+}
+
+#[test]
+fn unknown_pids_are_not_ours() {
+    let t0 = Instant::now();
+    let mut l = FakeLauncher::default();
+    let mut sup = Supervisor::new(&config(vec![group("a", 1, policy())]));
+    sup.start_all(&mut l, t0);
+    assert!(!sup.on_exit(Pid(1), ExitStatus::Code(0), &mut l, t0));
+    assert_eq!(states(&sup), ["starting"]);
+}
