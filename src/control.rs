@@ -144,6 +144,7 @@ pub struct Conn {
 }
 
 /// What a readable connection produced.
+#[derive(Debug)]
 pub enum ConnEvent {
     /// Nothing complete yet.
     Pending,

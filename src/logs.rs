@@ -143,6 +143,7 @@ pub struct PipeReader {
 }
 
 /// What one read of a pipe produced.
+#[derive(Debug)]
 pub struct ReadOutcome {
     pub chunk: Vec<u8>,
     pub eof: bool,
@@ -197,6 +198,7 @@ impl PipeReader {
 }
 
 /// The thread that owns drover's stdout; see the module documentation.
+#[derive(Debug)]
 pub struct LogWriter {
     tx: Option<SyncSender<Vec<u8>>>,
     wake_wanted: Arc<AtomicBool>,

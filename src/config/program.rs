@@ -223,7 +223,8 @@ pub(crate) fn check_program(
 fn search(program: &str, cwd: &Path, path: Option<&OsStr>) -> Result<(), (String, Option<String>)> {
     let path = path.unwrap_or_default();
     let mut last_problem = "is not found in PATH";
-    for dir in std::env::split_paths(path) {
+    let dirs = (!path.is_empty()).then(|| std::env::split_paths(path));
+    for dir in dirs.into_iter().flatten() {
         match executable(&resolve(cwd, &dir.join(program))) {
             Ok(()) => return Ok(()),
             Err(Problem::Missing) => {}

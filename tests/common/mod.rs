@@ -1,0 +1,368 @@
+//! Test harness: boots the real `drover` binary in a fresh temp directory.
+//!
+//! [`Drover`] captures drover's stdout and stderr through reader threads
+//! (so waiting on output is a condition variable, not polling), talks to its
+//! control socket, and on drop kills drover and every process it started:
+//! each test run's processes carry a unique marker in their environment, and
+//! everything carrying it, or whose working directory is inside the test's
+//! directory, is SIGKILLed — even when the test panicked.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Generous: tests must pass on a loaded 2-core machine.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+pub fn drover_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_drover")
+}
+
+/// A temp directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let base = std::env::temp_dir().join(format!(
+            "drover-test-{}-{}-{}",
+            name,
+            std::process::id(),
+            unique()
+        ));
+        std::fs::create_dir_all(&base).unwrap();
+        TempDir(base.canonicalize().unwrap())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.0.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Output captured from a stream, with a condition variable to wait on.
+#[derive(Clone, Default)]
+pub struct Captured(Arc<(Mutex<Vec<u8>>, Condvar)>);
+
+impl Captured {
+    fn spawn_reader(&self, mut stream: impl Read + Send + 'static) {
+        let shared = self.0.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 65536];
+            loop {
+                let n = stream.read(&mut buf).unwrap_or(0);
+                let (lock, cvar) = &*shared;
+                let mut data = lock.lock().unwrap();
+                if n == 0 {
+                    // Mark the end with a notification; data stays as is.
+                    cvar.notify_all();
+                    return;
+                }
+                data.extend_from_slice(&buf[..n]);
+                cvar.notify_all();
+            }
+        });
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.0.lock().unwrap()).into_owned()
+    }
+
+    pub fn bytes(&self) -> Vec<u8> {
+        self.0.0.lock().unwrap().clone()
+    }
+
+    /// Waits until `pred` holds for the captured text.
+    pub fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        let (lock, cvar) = &*self.0;
+        let mut data = lock.lock().unwrap();
+        loop {
+            let text = String::from_utf8_lossy(&data).into_owned();
+            if pred(&text) {
+                return text;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                panic!("timed out after {DEADLINE:?} waiting for {what}; output so far:\n{text}");
+            }
+            data = cvar.wait_timeout(data, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Waits until the text contains `needle` `count` times.
+    pub fn wait_count(&self, needle: &str, count: usize) -> String {
+        self.wait_for(&format!("{count} × {needle:?}"), |t| {
+            t.matches(needle).count() >= count
+        })
+    }
+}
+
+/// A running `drover run` and everything it started; killed on drop.
+pub struct Drover {
+    pub dir: TempDir,
+    pub child: Option<Child>,
+    pub stdout: Captured,
+    pub stderr: Captured,
+    pub socket: PathBuf,
+    marker: String,
+}
+
+impl Drover {
+    /// Writes `config` as `drover.toml` in a fresh directory and runs it.
+    pub fn start(name: &str, config: &str) -> Drover {
+        let dir = TempDir::new(name);
+        dir.write("drover.toml", config);
+        Drover::start_in(dir, &[])
+    }
+
+    /// Runs the config already in `dir`, optionally behind a wrapper argv
+    /// (e.g. `unshare ...`) that ends by running drover.
+    pub fn start_in(dir: TempDir, wrapper: &[&str]) -> Drover {
+        let socket = dir.path().join("drover.sock");
+        let marker = format!("{}", dir.path().display());
+        let mut argv: Vec<String> = wrapper.iter().map(|s| s.to_string()).collect();
+        argv.extend([
+            drover_bin().to_string(),
+            "run".into(),
+            dir.path().join("drover.toml").display().to_string(),
+            "--socket".into(),
+            socket.display().to_string(),
+        ]);
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..])
+            .current_dir(dir.path())
+            .env("DROVER_TEST_MARKER", &marker)
+            .env("DROVER_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start drover");
+        let stdout = Captured::default();
+        let stderr = Captured::default();
+        stdout.spawn_reader(child.stdout.take().unwrap());
+        stderr.spawn_reader(child.stderr.take().unwrap());
+        let drover = Drover {
+            dir,
+            child: Some(child),
+            stdout,
+            stderr,
+            socket,
+            marker,
+        };
+        drover.wait_listening();
+        drover
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    fn wait_listening(&self) {
+        self.stderr.wait_for("the control socket to listen", |t| {
+            t.contains("control socket") || t.contains("error")
+        });
+    }
+
+    /// Runs a drover client command against this supervisor.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(drover_bin())
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .output()
+            .expect("run drover client")
+    }
+
+    /// `drover status --json`, parsed.
+    pub fn status(&self) -> Value {
+        let out = self.cli(&["status", "--json"]);
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status --json is JSON")
+    }
+
+    /// Polls `status --json` until `pred` holds. Status has no change
+    /// notification, so this is the one place tests poll, with a deadline.
+    pub fn wait_status(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let status = self.status();
+            if pred(&status) {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "timed out waiting for {what}; last status:\n{status:#}\nstderr:\n{}",
+                    self.stderr.text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20)); // poll interval of a condition wait
+        }
+    }
+
+    /// The children of `group` as JSON values.
+    pub fn children(status: &Value, group: &str) -> Vec<Value> {
+        status["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["name"] == group)
+            .unwrap_or_else(|| panic!("no group {group} in {status:#}"))["children"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// Waits until every child of `group` is in `state`; returns their PIDs.
+    pub fn wait_group_state(&self, group: &str, state: &str) -> Vec<i64> {
+        let status = self.wait_status(&format!("{group} all {state}"), |s| {
+            let kids = Drover::children(s, group);
+            !kids.is_empty() && kids.iter().all(|c| c["state"] == state)
+        });
+        Drover::children(&status, group)
+            .iter()
+            .filter_map(|c| c["pid"].as_i64())
+            .collect()
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY-free: libc::kill through nix.
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid()),
+            nix::sys::signal::Signal::try_from(signal).unwrap(),
+        )
+        .unwrap();
+    }
+
+    /// Waits for drover to exit, within the deadline.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let child = self.child.as_mut().unwrap();
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                // Let the reader threads see EOF.
+                self.stdout.wait_for("stdout to close", |_| true);
+                return status;
+            }
+            if Instant::now() >= deadline {
+                panic!("drover did not exit; stderr:\n{}", self.stderr.text());
+            }
+            std::thread::sleep(Duration::from_millis(10)); // poll interval of a condition wait
+        }
+    }
+
+    /// Exit code, or 128+signal.
+    pub fn code(status: ExitStatus) -> i32 {
+        status
+            .code()
+            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+    }
+}
+
+impl Drop for Drover {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        kill_marked(&self.marker, self.dir.path());
+    }
+}
+
+/// SIGKILLs every process that carries `marker` in its environment or runs
+/// inside `dir`, until none is left.
+pub fn kill_marked(marker: &str, dir: &Path) {
+    let needle = format!("DROVER_TEST_MARKER={marker}");
+    for _ in 0..100 {
+        let victims = marked_processes(&needle, dir);
+        if victims.is_empty() {
+            return;
+        }
+        for pid in victims {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        std::thread::yield_now();
+    }
+}
+
+/// Live (non-zombie) processes carrying the marker or running inside `dir`.
+pub fn marked_processes(needle: &str, dir: &Path) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|&pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let zombie = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 2..].chars().next())
+                .is_some_and(|c| c == 'Z');
+            if zombie || stat.is_empty() {
+                return false;
+            }
+            let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            let marked = env
+                .split(|&b| b == 0)
+                .any(|kv| kv == needle.as_bytes());
+            let inside = std::fs::read_link(format!("/proc/{pid}/cwd"))
+                .is_ok_and(|cwd| cwd.starts_with(dir));
+            marked || inside
+        })
+        .collect()
+}
+
+/// True while `/proc/PID` exists and is not a zombie.
+pub fn alive(pid: i64) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    !stat.is_empty()
+        && stat
+            .rfind(')')
+            .and_then(|i| stat[i + 2..].chars().next())
+            .is_some_and(|c| c != 'Z')
+}
+
+/// Waits until `cond` holds, polling (for OS state with no notification).
+pub fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !cond() {
+        if Instant::now() >= deadline {
+            panic!("timed out after {DEADLINE:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(10)); // poll interval of a condition wait
+    }
+}
