@@ -130,7 +130,8 @@ fn init_tracing(format: config::LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(filter)
-        .with_target(false);
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         config::LogFormat::Text => builder.init(),
         config::LogFormat::Json => builder.json().init(),

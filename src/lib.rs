@@ -31,7 +31,7 @@
 //! ([`orphans`]) before drover exits with a status that tells whether
 //! everything stopped in time.
 
-// pub mod cli;
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod launch;

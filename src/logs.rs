@@ -351,7 +351,10 @@ mod tests {
                 break;
             }
         }
-        assert!(rejected.is_some(), "a bounded channel must refuse eventually");
+        assert!(
+            rejected.is_some(),
+            "a bounded channel must refuse eventually"
+        );
         for _ in 0..WRITER_SLOTS + 2 {
             let _ = gate_tx.send(());
         }

@@ -1,3 +1,5 @@
 //! The `drover` binary; see the library crate for how it works.
 
-fn main() {}
+fn main() -> std::process::ExitCode {
+    drover::cli::main()
+}

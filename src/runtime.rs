@@ -118,7 +118,8 @@ impl Runtime {
         let listener = Listener::bind(socket)?;
         let (wake_tx, wake_rx) = UnixStream::pair().map_err(os("log writer"))?;
         wake_rx.set_nonblocking(true).map_err(os("log writer"))?;
-        let writer = LogWriter::start(Box::new(std::io::stdout()), wake_tx).map_err(os("log writer"))?;
+        let writer =
+            LogWriter::start(Box::new(std::io::stdout()), wake_tx).map_err(os("log writer"))?;
 
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(errno("epoll"))?;
         let readable = |token| EpollEvent::new(EpollFlags::EPOLLIN, token);
@@ -193,9 +194,17 @@ impl Runtime {
         let forced = self.sup.was_forced();
         tracing::info!(
             "drover stopped{}",
-            if forced { " (some processes had to be killed)" } else { "" }
+            if forced {
+                " (some processes had to be killed)"
+            } else {
+                ""
+            }
         );
-        Ok(if forced { Outcome::Forced } else { Outcome::Clean })
+        Ok(if forced {
+            Outcome::Forced
+        } else {
+            Outcome::Clean
+        })
     }
 
     /// How long the loop may block: until the earliest deadline.
@@ -294,7 +303,9 @@ impl Runtime {
         loop {
             match self.listener.socket.accept() {
                 Ok((stream, _)) => {
-                    let Ok(conn) = Conn::new(stream) else { continue };
+                    let Ok(conn) = Conn::new(stream) else {
+                        continue;
+                    };
                     let token = self.token();
                     let event = EpollEvent::new(EpollFlags::EPOLLIN, token);
                     if self.epoll.add(conn.stream.as_fd(), event).is_ok() {

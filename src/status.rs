@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::supervisor::{ChildState, ExitStatus, Group, Supervisor};
 use crate::signal::Signal;
+use crate::supervisor::{ChildState, ExitStatus, Group, Supervisor};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Status {
@@ -68,7 +68,10 @@ impl Status {
     pub fn render_table(&self) -> String {
         let mut out = String::new();
         if let Some(err) = &self.config_error {
-            let _ = writeln!(out, "config error (still running the last valid config):\n{err}\n");
+            let _ = writeln!(
+                out,
+                "config error (still running the last valid config):\n{err}\n"
+            );
         }
         let _ = writeln!(
             out,
@@ -77,7 +80,11 @@ impl Status {
         );
         for g in &self.groups {
             if g.children.is_empty() {
-                let _ = writeln!(out, "{:<24} {:<10} {:>8} {:<9}", g.name, g.start_method, "-", g.state);
+                let _ = writeln!(
+                    out,
+                    "{:<24} {:<10} {:>8} {:<9}",
+                    g.name, g.start_method, "-", g.state
+                );
             }
             for c in &g.children {
                 let pid = c.pid.map_or("-".into(), |p| p.to_string());
@@ -110,7 +117,13 @@ impl Status {
                 let _ = writeln!(
                     out,
                     "{:<24} {:>8} {:>9} {:>10} {:>10} {:>11} {:>13}",
-                    q.name, q.depth, q.in_flight, q.delivered, q.acked, q.redelivered, q.dead_lettered
+                    q.name,
+                    q.depth,
+                    q.in_flight,
+                    q.delivered,
+                    q.acked,
+                    q.redelivered,
+                    q.dead_lettered
                 );
             }
         }

@@ -141,7 +141,9 @@ pub fn spawn(plan: &SpawnPlan) -> io::Result<i32> {
     })?;
     // SAFETY: `actions` is initialised and `plan.cwd` is a valid C string that
     // outlives the posix_spawn call below (glibc copies it).
-    check(unsafe { libc::posix_spawn_file_actions_addchdir_np(&mut actions.0, plan.cwd.as_ptr()) })?;
+    check(unsafe {
+        libc::posix_spawn_file_actions_addchdir_np(&mut actions.0, plan.cwd.as_ptr())
+    })?;
 
     let mut attr = Attr::new()?;
     // SAFETY: sigset_t values are initialised by sigemptyset/sigfillset
@@ -157,7 +159,10 @@ pub fn spawn(plan: &SpawnPlan) -> io::Result<i32> {
         let flags = libc::POSIX_SPAWN_SETSIGMASK
             | libc::POSIX_SPAWN_SETSIGDEF
             | libc::POSIX_SPAWN_SETPGROUP;
-        check(libc::posix_spawnattr_setflags(&mut attr.0, flags as libc::c_short))?;
+        check(libc::posix_spawnattr_setflags(
+            &mut attr.0,
+            flags as libc::c_short,
+        ))?;
     }
 
     let argv = ptr_array(&plan.argv);

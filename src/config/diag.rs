@@ -63,7 +63,8 @@ pub struct Span {
 pub struct Diagnostic {
     severity: Severity,
     message: String,
-    location: Option<Location>,
+    /// Boxed: diagnostics travel in `Result`s and should stay small.
+    location: Option<Box<Location>>,
     notes: Vec<String>,
     help: Option<String>,
 }
@@ -91,7 +92,7 @@ impl Diagnostic {
 
     /// Points the diagnostic at `location`.
     pub fn at(mut self, location: Location) -> Self {
-        self.location = Some(location);
+        self.location = Some(Box::new(location));
         self
     }
 
@@ -128,7 +129,7 @@ impl Diagnostic {
     }
 
     pub fn location(&self) -> Option<&Location> {
-        self.location.as_ref()
+        self.location.as_deref()
     }
 
     pub fn notes(&self) -> &[String] {
@@ -203,7 +204,8 @@ impl fmt::Display for Diagnostic {
 }
 
 /// Every diagnostic rendered, separated by blank lines, then a summary line
-/// (`error: 2 errors, 1 warning`). Empty when there is nothing to say.
+/// (`error: 2 errors, 1 warning`), ending in a newline: ready for
+/// `eprint!`. Empty when there is nothing to say.
 pub fn render_all(diags: &[Diagnostic]) -> String {
     if diags.is_empty() {
         return String::new();
@@ -220,7 +222,7 @@ pub fn render_all(diags: &[Diagnostic]) -> String {
     let summary_severity = if errors > 0 { "error" } else { "warning" };
     let rendered: Vec<String> = diags.iter().map(Diagnostic::render).collect();
     format!(
-        "{}\n\n{summary_severity}: {}",
+        "{}\n\n{summary_severity}: {}\n",
         rendered.join("\n\n"),
         counts.join(", ")
     )
@@ -288,7 +290,10 @@ error: unknown key `proceses` in [group.workers]
             file_only.render(),
             "error: cannot read config file: denied\n --> a.toml"
         );
-        assert_eq!(file_only.to_string(), "a.toml: error: cannot read config file: denied");
+        assert_eq!(
+            file_only.to_string(),
+            "a.toml: error: cannot read config file: denied"
+        );
         let bare = Diagnostic::error("no config").with_help("add one");
         assert_eq!(bare.render(), "error: no config\n  = help: add one");
         assert_eq!(bare.to_string(), "error: no config");
@@ -312,11 +317,11 @@ error: unknown key `proceses` in [group.workers]
         ];
         assert_eq!(
             render_all(&diags),
-            "error: a\n\nerror: b\n\nwarning: c\n\nerror: 2 errors, 1 warning"
+            "error: a\n\nerror: b\n\nwarning: c\n\nerror: 2 errors, 1 warning\n"
         );
         assert_eq!(
             render_all(&[Diagnostic::warning("c")]),
-            "warning: c\n\nwarning: 1 warning"
+            "warning: c\n\nwarning: 1 warning\n"
         );
     }
 }

@@ -85,11 +85,11 @@ pub(crate) fn format_duration(d: Duration) -> String {
         return "0s".to_owned();
     }
     for (name, unit) in UNITS.iter().rev() {
-        if nanos >= *unit && nanos % unit == 0 {
+        if nanos >= *unit && nanos.is_multiple_of(*unit) {
             return format!("{}{name}", nanos / unit);
         }
     }
-    if nanos % 1_000_000 == 0 {
+    if nanos.is_multiple_of(1_000_000) {
         return format!("{}ms", nanos / 1_000_000);
     }
     format!("{}s", d.as_secs_f64())
@@ -131,7 +131,11 @@ mod tests {
         assert!(parse_duration("").unwrap_err().contains("empty"));
         assert!(parse_duration("-1s").unwrap_err().contains("negative"));
         assert!(parse_duration("10 s").unwrap_err().contains("spaces"));
-        assert!(parse_duration("10sec").unwrap_err().contains("unknown unit `sec`"));
+        assert!(
+            parse_duration("10sec")
+                .unwrap_err()
+                .contains("unknown unit `sec`")
+        );
         assert!(parse_duration("s").unwrap_err().contains("number"));
         assert!(parse_duration(".5s").unwrap_err().contains("number"));
         assert!(parse_duration("1.s").unwrap_err().contains("number"));
@@ -144,7 +148,11 @@ mod tests {
     fn rejects_overflow() {
         let huge = format!("{}h", u128::MAX);
         assert!(parse_duration(&huge).unwrap_err().contains("too long"));
-        assert!(parse_duration("99999999999999999999h").unwrap_err().contains("too long"));
+        assert!(
+            parse_duration("99999999999999999999h")
+                .unwrap_err()
+                .contains("too long")
+        );
     }
 
     #[test]

@@ -39,7 +39,11 @@ impl<'a> Cx<'a> {
 
     /// An error at `span`, with help if there is some to give.
     pub fn error(&mut self, span: Range<usize>, message: String, help: Option<String>) {
-        self.report(Diagnostic::error(message).at(self.at(span)).with_help_opt(help));
+        self.report(
+            Diagnostic::error(message)
+                .at(self.at(span))
+                .with_help_opt(help),
+        );
     }
 
     /// The value as written in the file.
@@ -121,8 +125,13 @@ impl<'a> Cx<'a> {
             },
             DeValue::Integer(_) | DeValue::Float(_) => {
                 let raw = self.raw(value);
-                let message = format!("`{label}` needs a unit: expected a string such as \"10s\", found {}", a_type(value.get_ref()));
-                let help = format!("write `{label} = \"{raw}s\"` for seconds, or \"{raw}ms\" for milliseconds");
+                let message = format!(
+                    "`{label}` needs a unit: expected a string such as \"10s\", found {}",
+                    a_type(value.get_ref())
+                );
+                let help = format!(
+                    "write `{label} = \"{raw}s\"` for seconds, or \"{raw}ms\" for milliseconds"
+                );
                 self.error(value.span(), message, Some(help));
                 None
             }
@@ -193,13 +202,13 @@ impl<'a> Cx<'a> {
         }
     }
 
-    /// A key that `table` (e.g. "[group.workers]") does not have. `known`
-    /// are its keys; `elsewhere` the keys of a table that people confuse it
-    /// with, to say where the key belongs.
+    /// A key that a table does not have; `place` says which ("in
+    /// [group.workers]"). `known` are its keys; `elsewhere` the keys of a
+    /// table that people confuse it with, to say where the key belongs.
     pub fn unknown_key(
         &mut self,
         key: &Key<'_>,
-        table: &str,
+        place: &str,
         known: &[&str],
         elsewhere: Option<(&str, &[&str])>,
     ) {
@@ -210,8 +219,36 @@ impl<'a> Cx<'a> {
             }
             _ => Some(format!("expected one of {}", one_of(known))),
         });
-        self.error(key.span(), format!("unknown key `{name}` in {table}"), help);
+        self.error(key.span(), format!("unknown key `{name}` {place}"), help);
     }
+}
+
+/// A group or queue name checked by `new` (`GroupName::new`,
+/// `QueueName::new`); `kind` is "group" or "queue", `place` says where a
+/// reference appears (" in `inputs[0]`", or "" for a table name).
+pub(crate) fn name<T, E: std::fmt::Display>(
+    cx: &mut Cx<'_>,
+    (kind, place): (&str, &str),
+    raw: &str,
+    span: Range<usize>,
+    new: fn(&str) -> Result<T, E>,
+) -> Option<T> {
+    let err = match new(raw) {
+        Ok(name) => return Some(name),
+        Err(err) => err,
+    };
+    let fixed = raw.to_lowercase().replace('-', "_");
+    let help = if fixed != raw && new(&fixed).is_ok() {
+        format!("names match `[a-z][a-z0-9_]*`; try `{fixed}`")
+    } else {
+        "names match `[a-z][a-z0-9_]*`".to_owned()
+    };
+    cx.error(
+        span,
+        format!("invalid {kind} name `{raw}`{place}: {err}"),
+        Some(help),
+    );
+    None
 }
 
 fn range_message(label: &str, found: &str, below: bool, min: i64, max: i64) -> String {
@@ -244,63 +281,134 @@ mod tests {
 
     /// Runs `read` on the value of `v` in `v = <toml>` and returns its
     /// result with the messages it reported.
-    fn read<T>(toml: &str, read: impl FnOnce(&mut Cx<'_>, &Value<'_>) -> Option<T>) -> (Option<T>, Vec<String>) {
+    fn read<T>(
+        toml: &str,
+        read: impl FnOnce(&mut Cx<'_>, &Value<'_>) -> Option<T>,
+    ) -> (Option<T>, Vec<String>) {
         let file = SourceFile::new(PathBuf::from("/t/a.toml"), format!("v = {toml}"));
         let doc = toml::de::DeTable::parse(&file.text).unwrap();
         let value = doc.get_ref().get("v").unwrap();
         let mut diags = Vec::new();
         let out = read(&mut Cx::new(&file, &mut diags), value);
-        (out, diags.iter().map(|d| format!("{}|{}", d.message(), d.help().unwrap_or(""))).collect())
+        (
+            out,
+            diags
+                .iter()
+                .map(|d| format!("{}|{}", d.message(), d.help().unwrap_or("")))
+                .collect(),
+        )
     }
 
     #[test]
     fn wrong_types_name_both_types() {
         let (v, msgs) = read("4", |cx, v| cx.string("cwd", v).map(str::to_owned));
         assert_eq!(v, None);
-        assert_eq!(msgs, ["invalid type for `cwd`: expected a string, found an integer|"]);
+        assert_eq!(
+            msgs,
+            ["invalid type for `cwd`: expected a string, found an integer|"]
+        );
         let (_, msgs) = read("\"4\"", |cx, v| cx.u32("processes", v, 0));
-        assert_eq!(msgs, ["invalid type for `processes`: expected an integer, found a string|remove the quotes: `4`"]);
-        let (_, msgs) = read("\"jobs\"", |cx, v| cx.strings("inputs", v));
-        assert_eq!(msgs, ["invalid type for `inputs`: expected an array of strings, found a string|write `[\"jobs\"]` for a list of one"]);
+        assert_eq!(
+            msgs,
+            [
+                "invalid type for `processes`: expected an integer, found a string|remove the quotes: `4`"
+            ]
+        );
+        let (_, msgs) = read("\"jobs\"", |cx, v| cx.strings("inputs", v).map(|l| l.len()));
+        assert_eq!(
+            msgs,
+            [
+                "invalid type for `inputs`: expected an array of strings, found a string|write `[\"jobs\"]` for a list of one"
+            ]
+        );
     }
 
     #[test]
     fn integers_are_range_checked() {
         assert_eq!(read("0x10", |cx, v| cx.u32("p", v, 0)).0, Some(16));
-        assert_eq!(read("-1", |cx, v| cx.u32("p", v, 0)).1, ["`p` cannot be negative, found -1|"]);
-        assert_eq!(read("0", |cx, v| cx.u32("c", v, 1)).1, ["`c` must be at least 1, found 0|"]);
-        assert_eq!(read("4294967296", |cx, v| cx.u32("c", v, 1)).1, ["`c` is too large: 4294967296 (the maximum is 4294967295)|"]);
-        assert_eq!(read("99999999999999999999999999999999999999999", |cx, v| cx.u32("c", v, 1)).1.len(), 1);
-        assert_eq!(read("256", |cx, v| cx.int("s", v, 0, 255)).1, ["`s` must be between 0 and 255, found 256|"]);
-        assert_eq!(read("1.0", |cx, v| cx.u32("p", v, 0)).1, ["invalid type for `p`: expected an integer, found a float|"]);
+        assert_eq!(
+            read("-1", |cx, v| cx.u32("p", v, 0)).1,
+            ["`p` cannot be negative, found -1|"]
+        );
+        assert_eq!(
+            read("0", |cx, v| cx.u32("c", v, 1)).1,
+            ["`c` must be at least 1, found 0|"]
+        );
+        assert_eq!(
+            read("4294967296", |cx, v| cx.u32("c", v, 1)).1,
+            ["`c` is too large: 4294967296 (the maximum is 4294967295)|"]
+        );
+        assert_eq!(
+            read("99999999999999999999999999999999999999999", |cx, v| cx
+                .u32("c", v, 1))
+            .1
+            .len(),
+            1
+        );
+        assert_eq!(
+            read("256", |cx, v| cx.int("s", v, 0, 255)).1,
+            ["`s` must be between 0 and 255, found 256|"]
+        );
+        assert_eq!(
+            read("1.0", |cx, v| cx.u32("p", v, 0)).1,
+            ["invalid type for `p`: expected an integer, found a float|"]
+        );
     }
 
     #[test]
     fn durations_need_a_unit() {
-        assert_eq!(read("\"1.5s\"", |cx, v| cx.duration("d", v)).0, Some(Duration::from_millis(1500)));
+        assert_eq!(
+            read("\"1.5s\"", |cx, v| cx.duration("d", v)).0,
+            Some(Duration::from_millis(1500))
+        );
         let (_, msgs) = read("\"10\"", |cx, v| cx.duration("stop_timeout", v));
-        assert!(msgs[0].starts_with("invalid duration `10` for `stop_timeout`: missing unit"), "{msgs:?}");
+        assert!(
+            msgs[0].starts_with("invalid duration `10` for `stop_timeout`: missing unit"),
+            "{msgs:?}"
+        );
         let (_, msgs) = read("10", |cx, v| cx.duration("stop_timeout", v));
-        assert_eq!(msgs, ["`stop_timeout` needs a unit: expected a string such as \"10s\", found an integer|write `stop_timeout = \"10s\"` for seconds, or \"10ms\" for milliseconds"]);
+        assert_eq!(
+            msgs,
+            [
+                "`stop_timeout` needs a unit: expected a string such as \"10s\", found an integer|write `stop_timeout = \"10s\"` for seconds, or \"10ms\" for milliseconds"
+            ]
+        );
     }
 
     #[test]
     fn choices_list_valid_values_and_suggest() {
         let opts = [("spawn", 0), ("fork", 1), ("forkserver", 2)];
-        assert_eq!(read("\"fork\"", |cx, v| cx.choice("m", v, "start method", &opts)).0, Some(1));
-        let (_, msgs) = read("\"forkk\"", |cx, v| cx.choice("m", v, "start method", &opts));
-        assert_eq!(msgs, ["unknown start method `forkk`; expected one of `spawn`, `fork`, `forkserver`|did you mean `fork`?"]);
+        assert_eq!(
+            read("\"fork\"", |cx, v| cx.choice("m", v, "start method", &opts)).0,
+            Some(1)
+        );
+        let (_, msgs) = read("\"forkk\"", |cx, v| {
+            cx.choice("m", v, "start method", &opts)
+        });
+        assert_eq!(
+            msgs,
+            [
+                "unknown start method `forkk`; expected one of `spawn`, `fork`, `forkserver`|did you mean `fork`?"
+            ]
+        );
+    }
+
+    fn owned(list: Option<Vec<(&str, Range<usize>)>>) -> Option<Vec<String>> {
+        list.map(|l| l.into_iter().map(|(s, _)| s.to_owned()).collect())
     }
 
     #[test]
     fn string_arrays_report_every_bad_element() {
-        let (v, msgs) = read("[\"a\", 1, true]", |cx, v| cx.strings("command", v));
+        let (v, msgs) = read("[\"a\", 1, true]", |cx, v| owned(cx.strings("command", v)));
         assert_eq!(v, None);
-        assert_eq!(msgs, [
-            "invalid type for `command[1]`: expected a string, found an integer|",
-            "invalid type for `command[2]`: expected a string, found a boolean|",
-        ]);
-        let (v, _) = read("[\"a\", \"b\"]", |cx, v| cx.strings("command", v));
-        assert_eq!(v.unwrap().iter().map(|(s, _)| *s).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(
+            msgs,
+            [
+                "invalid type for `command[1]`: expected a string, found an integer|",
+                "invalid type for `command[2]`: expected a string, found a boolean|",
+            ]
+        );
+        let (v, _) = read("[\"a\", \"b\"]", |cx, v| owned(cx.strings("command", v)));
+        assert_eq!(v.unwrap(), ["a", "b"]);
     }
 }

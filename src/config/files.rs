@@ -41,7 +41,11 @@ pub(crate) fn discover(path: &Path) -> Result<Vec<PathBuf>, Vec<Diagnostic>> {
     if files.is_empty() && diags.is_empty() {
         diags.push(no_files(path));
     }
-    if diags.is_empty() { Ok(files) } else { Err(diags) }
+    if diags.is_empty() {
+        Ok(files)
+    } else {
+        Err(diags)
+    }
 }
 
 /// Reads one file. Text that is not UTF-8 is an error located at the first
@@ -88,7 +92,8 @@ mod tests {
 
     impl TempDir {
         fn new(name: &str) -> Self {
-            let dir = std::env::temp_dir().join(format!("drover-files-{}-{name}", std::process::id()));
+            let dir =
+                std::env::temp_dir().join(format!("drover-files-{}-{name}", std::process::id()));
             let _ = fs::remove_dir_all(&dir);
             fs::create_dir_all(&dir).unwrap();
             TempDir(dir)
@@ -135,7 +140,11 @@ mod tests {
         let tmp = TempDir::new("empty");
         fs::write(tmp.0.join(".hidden.toml"), "").unwrap();
         let diags = discover(&tmp.0).unwrap_err();
-        assert!(diags[0].message().starts_with("no `.toml` files in "), "{}", diags[0]);
+        assert!(
+            diags[0].message().starts_with("no `.toml` files in "),
+            "{}",
+            diags[0]
+        );
     }
 
     #[test]

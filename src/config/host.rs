@@ -61,6 +61,9 @@ mod tests {
         };
         assert_eq!(xdg.default_state_dir(dir), Path::new("/x/drover"));
         let plain = Host::default();
-        assert_eq!(plain.default_state_dir(dir), Path::new("/srv/app/.drover-state"));
+        assert_eq!(
+            plain.default_state_dir(dir),
+            Path::new("/srv/app/.drover-state")
+        );
     }
 }

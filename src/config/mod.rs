@@ -1,7 +1,126 @@
 //! Configuration: TOML files in, a validated [`Config`] out.
 //!
-//! (Being written: loading, merging and validation with located diagnostics.)
+//! # How a config is loaded
+//!
+//! [`load`] takes the path given to `drover run` / `drover check`: one
+//! `.toml` file, or a directory whose `*.toml` files are merged in name order
+//! (DESIGN §1). Then, for each file:
+//!
+//! 1. **Syntax** — `toml`'s `DeTable` parser keeps the byte span of every key
+//!    and value. A syntax error is one diagnostic for that file.
+//! 2. **Tables** — the spanned tree is walked by hand (`document`, then
+//!    `supervisor`, `group` with `program` and `policy`, `queue`). Each key is
+//!    read by a typed reader in `fields` that reports a wrong type or value
+//!    and goes on, so *every* problem is found, not just the first (a serde
+//!    derive would stop there).
+//!
+//! Then across files (`merge`): at most one `[supervisor]`, one namespace for
+//! groups and queues, every referenced queue defined, and warnings for queues
+//! without producer or consumer. Defaults that depend on the machine (the
+//! state directory, `PATH` for finding programs) are read once into a `Host`
+//! and resolved here, never inside the parser.
+//!
+//! Problems are [`Diagnostic`]s: a severity, a `subject: problem` message, the
+//! file, line and column with the offending text, and help. Any error rejects
+//! the whole config ([`Failed`]); warnings alone do not ([`Loaded`]). Only
+//! the model ([`Config`] and its parts) is used past this module.
 
+mod diag;
+mod document;
+mod duration;
+mod fields;
+mod files;
+mod group;
+mod host;
+mod merge;
 mod model;
+mod policy;
+mod program;
+mod queue;
+mod source;
+mod suggest;
+mod supervisor;
 
+use std::fmt;
+use std::path::Path;
+
+pub use diag::{Diagnostic, Location, Severity, Span, render_all};
+pub use duration::parse_duration;
 pub use model::*;
+
+use host::Host;
+use merge::Parsed;
+use source::SourceFile;
+
+/// A valid config, and the warnings found on the way.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    /// In file order, then position.
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// A rejected config: at least one error, and the warnings too, sorted by
+/// file and position.
+#[derive(Debug, Clone)]
+pub struct Failed {
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl fmt::Display for Failed {
+    /// Every diagnostic and the summary, as [`render_all`] shows them.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&render_all(&self.diagnostics))
+    }
+}
+
+impl std::error::Error for Failed {}
+
+/// Loads and validates the config at `path` (a `.toml` file or a directory
+/// of them), collecting every error and warning.
+pub fn load(path: &Path) -> Result<Loaded, Failed> {
+    let files = files::discover(path).map_err(|diagnostics| Failed { diagnostics })?;
+    let mut diags = Vec::new();
+    let sources: Vec<SourceFile> = files
+        .iter()
+        .filter_map(|file| files::read(file).map_err(|d| diags.push(d)).ok())
+        .collect();
+    let all_read = sources.len() == files.len();
+    validate(sources, all_read, &Host::current(), diags)
+}
+
+/// Validates files already in memory; `all_read` is false when some file of
+/// the config could not be read (its error is among `diags`).
+fn validate(
+    sources: Vec<SourceFile>,
+    all_read: bool,
+    host: &Host,
+    mut diags: Vec<Diagnostic>,
+) -> Result<Loaded, Failed> {
+    let mut parsed = Vec::with_capacity(sources.len());
+    let mut complete = all_read;
+    for file in sources {
+        match document::read(&file, host, &mut diags) {
+            Some(draft) => parsed.push(Parsed { file, draft }),
+            None => complete = false,
+        }
+    }
+    let config = merge::merge(&parsed, complete, host, &mut diags);
+    diags.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+    match config {
+        Some(config) if !diags.iter().any(Diagnostic::is_error) => Ok(Loaded {
+            config,
+            warnings: diags,
+        }),
+        _ => {
+            debug_assert!(
+                diags.iter().any(Diagnostic::is_error),
+                "a config is only missing after an error"
+            );
+            Err(Failed { diagnostics: diags })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

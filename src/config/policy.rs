@@ -2,7 +2,6 @@
 //! reload applies without restarting children.
 
 use std::ops::Range;
-use std::time::Duration;
 
 use super::duration::format_duration;
 use super::fields::{Cx, Key, Value};
@@ -41,7 +40,10 @@ impl PolicyDraft {
     pub fn read(&mut self, cx: &mut Cx<'_>, key: &Key<'_>, value: &Value<'_>) {
         let p = &mut self.policy;
         match key.get_ref().as_ref() {
-            "restart" => set(&mut p.restart, cx.choice("restart", value, "restart policy", &RESTART)),
+            "restart" => set(
+                &mut p.restart,
+                cx.choice("restart", value, "restart policy", &RESTART),
+            ),
             "success_codes" => set(&mut p.success_codes, success_codes(cx, value)),
             "start_secs" => set(&mut p.start_secs, cx.duration("start_secs", value)),
             "restart_delay" => {
@@ -73,11 +75,15 @@ impl PolicyDraft {
                 ),
                 (None, Some(span)) => (
                     span,
-                    format!("`restart_delay_max` ({m}) is shorter than the default `restart_delay` ({d})"),
+                    format!(
+                        "`restart_delay_max` ({m}) is shorter than the default `restart_delay` ({d})"
+                    ),
                 ),
                 (Some(span), None) => (
                     span,
-                    format!("`restart_delay` ({d}) is longer than the default `restart_delay_max` ({m})"),
+                    format!(
+                        "`restart_delay` ({d}) is longer than the default `restart_delay_max` ({m})"
+                    ),
                 ),
                 (None, None) => unreachable!("the defaults are ordered"),
             };
@@ -100,7 +106,11 @@ fn success_codes(cx: &mut Cx<'_>, value: &Value<'_>) -> Option<Vec<i32>> {
     let items = cx.array("success_codes", value, "an array of exit codes")?;
     if items.is_empty() {
         let help = "list the exit codes that count as success, e.g. `success_codes = [0]`";
-        cx.error(value.span(), "`success_codes` cannot be empty".into(), Some(help.into()));
+        cx.error(
+            value.span(),
+            "`success_codes` cannot be empty".into(),
+            Some(help.into()),
+        );
         return None;
     }
     let codes: Vec<Option<i32>> = items
@@ -121,10 +131,11 @@ fn signal(cx: &mut Cx<'_>, value: &Value<'_>) -> Option<Signal> {
     let names: Vec<&str> = Signal::valid_names().collect();
     let short: Vec<&str> = names.iter().map(|n| n.trim_start_matches("SIG")).collect();
     let candidates: Vec<&str> = names.iter().chain(&short).copied().collect();
-    let message = format!("unknown signal `{s}` for `stop_signal`; expected one of {}", one_of(&names));
-    let help = did_you_mean(s, &candidates)
-        .unwrap_or_else(|| "the `SIG` prefix is optional: `SIGTERM` and `TERM` are the same".into());
-    cx.error(value.span(), message, Some(help));
+    let message = format!(
+        "unknown signal `{s}` for `stop_signal`; expected one of {} (the `SIG` prefix is optional)",
+        one_of(&names)
+    );
+    cx.error(value.span(), message, did_you_mean(s, &candidates));
     None
 }
 
@@ -134,6 +145,7 @@ mod tests {
     use crate::config::diag::Diagnostic;
     use crate::config::source::SourceFile;
     use std::path::PathBuf;
+    use std::time::Duration;
 
     fn read_policy(body: &str) -> (Policy, Vec<String>) {
         let file = SourceFile::new(PathBuf::from("/t/a.toml"), body.to_owned());
@@ -145,7 +157,13 @@ mod tests {
             draft.read(&mut cx, key, value);
         }
         let policy = draft.finish(&mut cx);
-        (policy, diags.iter().map(|d| format!("{}|{}", d.message(), d.help().unwrap_or(""))).collect())
+        (
+            policy,
+            diags
+                .iter()
+                .map(|d| format!("{}|{}", d.message(), d.help().unwrap_or("")))
+                .collect(),
+        )
     }
 
     #[test]
@@ -175,19 +193,30 @@ mod tests {
 
     #[test]
     fn rejects_bad_success_codes() {
-        assert_eq!(read_policy("success_codes = []").1[0], "`success_codes` cannot be empty|list the exit codes that count as success, e.g. `success_codes = [0]`");
+        assert_eq!(
+            read_policy("success_codes = []").1[0],
+            "`success_codes` cannot be empty|list the exit codes that count as success, e.g. `success_codes = [0]`"
+        );
         let (_, msgs) = read_policy("success_codes = [0, 256, -1]");
-        assert_eq!(msgs, [
-            "`success_codes[1]` must be between 0 and 255, found 256|",
-            "`success_codes[2]` cannot be negative, found -1|",
-        ]);
+        assert_eq!(
+            msgs,
+            [
+                "`success_codes[1]` must be between 0 and 255, found 256|",
+                "`success_codes[2]` cannot be negative, found -1|",
+            ]
+        );
     }
 
     #[test]
     fn rejects_unknown_signals_with_a_suggestion() {
         let (p, msgs) = read_policy("stop_signal = \"SIGTREM\"");
         assert_eq!(p.stop_signal, Signal::Term);
-        assert!(msgs[0].starts_with("unknown signal `SIGTREM` for `stop_signal`; expected one of `SIGHUP`, `SIGINT`"), "{msgs:?}");
+        assert!(
+            msgs[0].starts_with(
+                "unknown signal `SIGTREM` for `stop_signal`; expected one of `SIGHUP`, `SIGINT`"
+            ),
+            "{msgs:?}"
+        );
         assert!(msgs[0].ends_with("|did you mean `SIGTERM`?"), "{msgs:?}");
         assert!(read_policy("stop_signal = \"term\"").1[0].ends_with("|did you mean `TERM`?"));
     }
@@ -195,11 +224,21 @@ mod tests {
     #[test]
     fn restart_delay_max_must_not_be_below_restart_delay() {
         let (_, msgs) = read_policy("restart_delay = \"2s\"\nrestart_delay_max = \"1s\"");
-        assert!(msgs[0].starts_with("`restart_delay_max` (1s) is shorter than `restart_delay` (2s)|"));
+        assert!(
+            msgs[0].starts_with("`restart_delay_max` (1s) is shorter than `restart_delay` (2s)|")
+        );
         let (_, msgs) = read_policy("restart_delay = \"1m\"");
-        assert!(msgs[0].starts_with("`restart_delay` (1m) is longer than the default `restart_delay_max` (30s)|"));
+        assert!(msgs[0].starts_with(
+            "`restart_delay` (1m) is longer than the default `restart_delay_max` (30s)|"
+        ));
         let (_, msgs) = read_policy("restart_delay_max = \"10ms\"");
-        assert!(msgs[0].starts_with("`restart_delay_max` (10ms) is shorter than the default `restart_delay` (100ms)|"));
-        assert!(read_policy("restart_delay = \"1s\"\nrestart_delay_max = \"1s\"").1.is_empty());
+        assert!(msgs[0].starts_with(
+            "`restart_delay_max` (10ms) is shorter than the default `restart_delay` (100ms)|"
+        ));
+        assert!(
+            read_policy("restart_delay = \"1s\"\nrestart_delay_max = \"1s\"")
+                .1
+                .is_empty()
+        );
     }
 }

@@ -62,19 +62,40 @@ impl ProgramDraft {
     }
 
     fn read_command(&mut self, cx: &mut Cx<'_>, value: &Value<'_>) {
-        let Some(args) = cx.strings("command", value) else { return };
+        if let Some(line) = value.get_ref().as_str() {
+            let message = "invalid type for `command`: expected an array of strings \
+                           (the program and its arguments), found a string";
+            cx.error(value.span(), message.into(), Some(split_help(line)));
+            return;
+        }
+        let Some(args) = cx.strings("command", value) else {
+            return;
+        };
         let Some((program, span)) = args.first() else {
-            let help = "give the program and its arguments, e.g. `command = [\"python3\", \"worker.py\"]`";
-            cx.error(value.span(), "`command` cannot be empty".into(), Some(help.into()));
+            let help =
+                "give the program and its arguments, e.g. `command = [\"python3\", \"worker.py\"]`";
+            cx.error(
+                value.span(),
+                "`command` cannot be empty".into(),
+                Some(help.into()),
+            );
             return;
         };
         if program.is_empty() {
-            cx.error(span.clone(), "the program name (`command[0]`) cannot be empty".into(), None);
+            cx.error(
+                span.clone(),
+                "the program name (`command[0]`) cannot be empty".into(),
+                None,
+            );
             return;
         }
         for (i, (arg, span)) in args.iter().enumerate() {
             if arg.contains('\0') {
-                cx.error(span.clone(), format!("`command[{i}]` cannot contain a NUL byte"), None);
+                cx.error(
+                    span.clone(),
+                    format!("`command[{i}]` cannot contain a NUL byte"),
+                    None,
+                );
                 return;
             }
         }
@@ -88,9 +109,16 @@ impl ProgramDraft {
     pub fn finish(self, cx: &mut Cx<'_>, group: &str, header: Range<usize>) -> Option<ProgramSpec> {
         match (&self.command_key, &self.python_key) {
             (Some(command), Some(python)) => {
-                let later = if command.start > python.start { command } else { python };
-                let message = format!("group `{group}` sets both `command` and `python`; a group runs one or the other");
-                let help = "remove `command` to run the Python function, or `python` to run the command";
+                let later = if command.start > python.start {
+                    command
+                } else {
+                    python
+                };
+                let message = format!(
+                    "group `{group}` sets both `command` and `python`; a group runs one or the other"
+                );
+                let help =
+                    "remove `command` to run the Python function, or `python` to run the command";
                 cx.error(later.clone(), message, Some(help.into()));
                 return None;
             }
@@ -108,17 +136,30 @@ impl ProgramDraft {
         }
         let (module, function) = self.python?;
         Some(ProgramSpec {
-            program: Program::Python { module, function, preload: self.preload },
+            program: Program::Python {
+                module,
+                function,
+                preload: self.preload,
+            },
             python_executable: self.python_executable.unwrap_or_else(|| "python3".into()),
             command_program: None,
         })
     }
 
     fn finish_command(self, cx: &mut Cx<'_>) -> Option<ProgramSpec> {
-        for (key, name) in [(&self.preload_key, "preload"), (&self.executable_key, "python_executable")] {
+        for (key, name) in [
+            (&self.preload_key, "preload"),
+            (&self.executable_key, "python_executable"),
+        ] {
             if let Some(span) = key {
-                let help = format!("remove `{name}`, or run a Python function with `python = \"module:function\"` instead of `command`");
-                cx.error(span.clone(), format!("`{name}` only applies to `python` groups"), Some(help));
+                let help = format!(
+                    "remove `{name}`, or run a Python function with `python = \"module:function\"` instead of `command`"
+                );
+                cx.error(
+                    span.clone(),
+                    format!("`{name}` only applies to `python` groups"),
+                    Some(help),
+                );
             }
         }
         Some(ProgramSpec {
@@ -129,14 +170,36 @@ impl ProgramDraft {
     }
 }
 
+/// How to write `command = "a b c"` as argv: split on whitespace, or run it
+/// through a shell when it uses shell syntax.
+fn split_help(line: &str) -> String {
+    let quote = |s: &str| format!("{s:?}");
+    if line.contains(['|', '&', ';', '<', '>', '$', '`', '*', '\'', '"']) {
+        let argv = ["/bin/sh", "-c", line].map(quote).join(", ");
+        return format!(
+            "drover runs no shell unless asked; to run this through one, write `command = [{argv}]`"
+        );
+    }
+    let argv: Vec<String> = line.split_whitespace().map(quote).collect();
+    format!(
+        "write the program and each argument as a string: `command = [{}]`",
+        argv.join(", ")
+    )
+}
+
 /// `"pkg.module:function"` → (`pkg.module`, `function`).
 fn python_target(cx: &mut Cx<'_>, value: &Value<'_>) -> Option<(String, String)> {
     let s = cx.string("python", value)?;
     match parse_target(s) {
         Ok((module, function)) => Some((module.to_owned(), function.to_owned())),
         Err(reason) => {
-            let help = "write the module and the function, e.g. `python = \"examples.worker:main\"`";
-            cx.error(value.span(), format!("invalid `python` target `{s}`: {reason}"), Some(help.into()));
+            let help =
+                "write the module and the function, e.g. `python = \"examples.worker:main\"`";
+            cx.error(
+                value.span(),
+                format!("invalid `python` target `{s}`: {reason}"),
+                Some(help.into()),
+            );
             None
         }
     }
@@ -147,10 +210,19 @@ fn parse_target(s: &str) -> Result<(&str, &str), String> {
         return Err("expected `module:function`".into());
     };
     if module.is_empty() || function.is_empty() {
-        return Err(format!("the {} part is empty", if module.is_empty() { "module" } else { "function" }));
+        return Err(format!(
+            "the {} part is empty",
+            if module.is_empty() {
+                "module"
+            } else {
+                "function"
+            }
+        ));
     }
     if !is_module_name(module) {
-        return Err(format!("`{module}` is not a module name (dotted Python identifiers)"));
+        return Err(format!(
+            "`{module}` is not a module name (dotted Python identifiers)"
+        ));
     }
     if !is_identifier(function) {
         return Err(format!("`{function}` is not a Python identifier"));
@@ -163,7 +235,9 @@ fn preload(cx: &mut Cx<'_>, value: &Value<'_>) -> Option<Vec<String>> {
     let mut ok = true;
     for (i, (module, span)) in modules.iter().enumerate() {
         if !is_module_name(module) {
-            let message = format!("invalid module name `{module}` in `preload[{i}]`: expected dotted Python identifiers");
+            let message = format!(
+                "invalid module name `{module}` in `preload[{i}]`: expected dotted Python identifiers"
+            );
             cx.error(span.clone(), message, None);
             ok = false;
         }
@@ -174,7 +248,11 @@ fn preload(cx: &mut Cx<'_>, value: &Value<'_>) -> Option<Vec<String>> {
 fn os_string(cx: &mut Cx<'_>, label: &str, value: &Value<'_>) -> Option<OsString> {
     let s = cx.string(label, value)?;
     if s.is_empty() || s.contains('\0') {
-        let problem = if s.is_empty() { "cannot be empty" } else { "cannot contain a NUL byte" };
+        let problem = if s.is_empty() {
+            "cannot be empty"
+        } else {
+            "cannot contain a NUL byte"
+        };
         cx.error(value.span(), format!("`{label}` {problem}"), None);
         return None;
     }
@@ -204,11 +282,15 @@ pub(crate) fn check_program(
 ) {
     let problem = if program.contains('/') {
         let full = resolve(cwd, Path::new(program));
-        executable(&full).err().map(|p| (format!("{p} ({})", full.display()), None))
+        executable(&full)
+            .err()
+            .map(|p| (format!("{p} ({})", full.display()), None))
     } else {
         search(program, cwd, path).err()
     };
-    let Some((problem, note)) = problem else { return };
+    let Some((problem, note)) = problem else {
+        return;
+    };
     let mut warning = Diagnostic::warning(format!("program `{program}` of group `{group}` {problem}"))
         .at(cx.at(span))
         .with_help(format!("starts of group `{group}` will fail and back off until this is fixed; other groups still run"));
@@ -281,16 +363,59 @@ mod tests {
     use super::*;
 
     #[test]
+    fn suggests_argv_for_a_command_string() {
+        assert_eq!(
+            split_help("python3  worker.py -v"),
+            "write the program and each argument as a string: `command = [\"python3\", \"worker.py\", \"-v\"]`"
+        );
+        assert_eq!(
+            split_help("cat x | wc"),
+            "drover runs no shell unless asked; to run this through one, write `command = [\"/bin/sh\", \"-c\", \"cat x | wc\"]`"
+        );
+    }
+
+    #[test]
     fn parses_python_targets() {
-        assert_eq!(parse_target("examples.worker:main"), Ok(("examples.worker", "main")));
+        assert_eq!(
+            parse_target("examples.worker:main"),
+            Ok(("examples.worker", "main"))
+        );
         assert_eq!(parse_target("w:_run2"), Ok(("w", "_run2")));
-        assert!(parse_target("worker").unwrap_err().contains("module:function"));
-        assert!(parse_target(":main").unwrap_err().contains("module part is empty"));
-        assert!(parse_target("w:").unwrap_err().contains("function part is empty"));
-        assert!(parse_target("a..b:f").unwrap_err().contains("not a module name"));
-        assert!(parse_target("a.1b:f").unwrap_err().contains("not a module name"));
-        assert!(parse_target("a:f.g").unwrap_err().contains("not a Python identifier"));
-        assert!(parse_target("a:f:g").unwrap_err().contains("not a Python identifier"));
+        assert!(
+            parse_target("worker")
+                .unwrap_err()
+                .contains("module:function")
+        );
+        assert!(
+            parse_target(":main")
+                .unwrap_err()
+                .contains("module part is empty")
+        );
+        assert!(
+            parse_target("w:")
+                .unwrap_err()
+                .contains("function part is empty")
+        );
+        assert!(
+            parse_target("a..b:f")
+                .unwrap_err()
+                .contains("not a module name")
+        );
+        assert!(
+            parse_target("a.1b:f")
+                .unwrap_err()
+                .contains("not a module name")
+        );
+        assert!(
+            parse_target("a:f.g")
+                .unwrap_err()
+                .contains("not a Python identifier")
+        );
+        assert!(
+            parse_target("a:f:g")
+                .unwrap_err()
+                .contains("not a Python identifier")
+        );
     }
 
     #[test]
@@ -310,8 +435,14 @@ mod tests {
     #[test]
     fn classifies_paths() {
         assert!(executable(&std::env::current_exe().unwrap()).is_ok());
-        assert!(matches!(executable(Path::new("/")), Err(Problem::Directory)));
-        assert!(matches!(executable(Path::new("/nonexistent/x")), Err(Problem::Missing)));
+        assert!(matches!(
+            executable(Path::new("/")),
+            Err(Problem::Directory)
+        ));
+        assert!(matches!(
+            executable(Path::new("/nonexistent/x")),
+            Err(Problem::Missing)
+        ));
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
         assert!(matches!(executable(&manifest), Err(Problem::NotExecutable)));
     }

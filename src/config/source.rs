@@ -143,9 +143,15 @@ mod tests {
     fn resolves_relative_paths_against_the_file_directory() {
         let f = file("");
         assert_eq!(f.dir, PathBuf::from("/etc/drover"));
-        assert_eq!(resolve(&f.dir, Path::new("./run/x.sock")), PathBuf::from("/etc/drover/run/x.sock"));
+        assert_eq!(
+            resolve(&f.dir, Path::new("./run/x.sock")),
+            PathBuf::from("/etc/drover/run/x.sock")
+        );
         assert_eq!(resolve(&f.dir, Path::new("/tmp")), PathBuf::from("/tmp"));
-        assert_eq!(resolve(&f.dir, Path::new(".")), PathBuf::from("/etc/drover"));
+        assert_eq!(
+            resolve(&f.dir, Path::new(".")),
+            PathBuf::from("/etc/drover")
+        );
     }
 
     #[test]

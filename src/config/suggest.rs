@@ -21,7 +21,13 @@ pub(crate) fn levenshtein(a: &str, b: &str) -> usize {
 /// Folds the differences people make by accident: case and `-` vs `_`.
 fn fold(s: &str) -> String {
     s.chars()
-        .map(|c| if c == '-' { '_' } else { c.to_ascii_lowercase() })
+        .map(|c| {
+            if c == '-' {
+                '_'
+            } else {
+                c.to_ascii_lowercase()
+            }
+        })
         .collect()
 }
 

@@ -40,7 +40,7 @@ pub(crate) fn read(cx: &mut Cx<'_>, span: Range<usize>, table: &DeTable<'_>) -> 
                 let format = cx.choice("log_format", value, "log format", &LOG_FORMATS);
                 draft.log_format = format.unwrap_or_default();
             }
-            _ => cx.unknown_key(key, "[supervisor]", &KEYS, None),
+            _ => cx.unknown_key(key, "in [supervisor]", &KEYS, None),
         }
     }
     draft
@@ -50,7 +50,11 @@ pub(crate) fn read(cx: &mut Cx<'_>, span: Range<usize>, table: &DeTable<'_>) -> 
 fn path(cx: &mut Cx<'_>, label: &str, value: &super::fields::Value<'_>) -> Option<PathBuf> {
     let s = cx.string(label, value)?;
     if s.is_empty() || s.contains('\0') {
-        let problem = if s.is_empty() { "cannot be empty" } else { "cannot contain a NUL byte" };
+        let problem = if s.is_empty() {
+            "cannot be empty"
+        } else {
+            "cannot contain a NUL byte"
+        };
         cx.error(value.span(), format!("`{label}` {problem}"), None);
         return None;
     }
@@ -79,7 +83,10 @@ mod tests {
             "[supervisor]\ncontrol_socket = \"run/d.sock\"\nstate_dir = \"/var/d\"\nlog_format = \"json\"",
         );
         assert!(diags.is_empty(), "{diags:?}");
-        assert_eq!(draft.control_socket, Some(PathBuf::from("/etc/drover/run/d.sock")));
+        assert_eq!(
+            draft.control_socket,
+            Some(PathBuf::from("/etc/drover/run/d.sock"))
+        );
         assert_eq!(draft.state_dir, Some(PathBuf::from("/var/d")));
         assert_eq!(draft.log_format, LogFormat::Json);
     }
@@ -88,17 +95,24 @@ mod tests {
     fn defaults_leave_host_dependent_values_unset() {
         let (draft, diags) = read_str("[supervisor]");
         assert!(diags.is_empty());
-        assert_eq!((draft.control_socket, draft.state_dir, draft.log_format), (None, None, LogFormat::Text));
+        assert_eq!(
+            (draft.control_socket, draft.state_dir, draft.log_format),
+            (None, None, LogFormat::Text)
+        );
     }
 
     #[test]
     fn reports_every_bad_key() {
-        let (_, diags) = read_str("[supervisor]\nlog_format = \"xml\"\nstate_dir = \"\"\nsocket = \"x\"");
+        let (_, diags) =
+            read_str("[supervisor]\nlog_format = \"xml\"\nstate_dir = \"\"\nsocket = \"x\"");
         let messages: Vec<&str> = diags.iter().map(Diagnostic::message).collect();
-        assert_eq!(messages, [
-            "unknown log format `xml`; expected one of `text`, `json`",
-            "unknown key `socket` in [supervisor]",
-            "`state_dir` cannot be empty",
-        ]);
+        assert_eq!(
+            messages,
+            [
+                "unknown log format `xml`; expected one of `text`, `json`",
+                "unknown key `socket` in [supervisor]",
+                "`state_dir` cannot be empty",
+            ]
+        );
     }
 }

@@ -354,7 +354,12 @@ fn child_exited(
         }
         ChildState::Starting { .. } | ChildState::Running { .. } if !may_restart => {}
         _ if !wants_restart(&spec.policy, status) => {
-            tracing::info!("{}[{}]: exited ({})", spec.name, child.index, describe(status));
+            tracing::info!(
+                "{}[{}]: exited ({})",
+                spec.name,
+                child.index,
+                describe(status)
+            );
             child.state = ChildState::Exited;
         }
         ChildState::Starting { .. } => {
@@ -398,7 +403,9 @@ fn child_deadline(
         }
         ChildState::Backoff { .. } => start_child(spec, child, launcher, now),
         ChildState::Stopping {
-            pid, ref mut killed, ..
+            pid,
+            ref mut killed,
+            ..
         } => {
             tracing::warn!(
                 "{}[{}]: still running {:?} after {}; sending SIGKILL to its process group",

@@ -246,11 +246,19 @@ fn stop_signals_the_group_then_kills_after_stop_timeout() {
     );
     // The first stops in time; the second ignores SIGTERM.
     sup.on_exit(pids[0], ExitStatus::Signal(15), &mut l, t0 + ms(50));
-    assert_eq!(sup.next_deadline(), Some(t0 + ms(1) + Duration::from_secs(10)));
+    assert_eq!(
+        sup.next_deadline(),
+        Some(t0 + ms(1) + Duration::from_secs(10))
+    );
     sup.on_deadline(&mut l, t0 + ms(1) + Duration::from_secs(10));
     assert_eq!(l.group_signals.last(), Some(&(pids[1], Signal::Kill)));
     assert_eq!(sup.next_deadline(), None, "SIGKILL is sent once");
-    sup.on_exit(pids[1], ExitStatus::Signal(9), &mut l, t0 + Duration::from_secs(11));
+    sup.on_exit(
+        pids[1],
+        ExitStatus::Signal(9),
+        &mut l,
+        t0 + Duration::from_secs(11),
+    );
     assert_eq!(states(&sup), ["stopped"; 2]);
     assert_eq!(l.started.len(), 2, "a stopped group is not restarted");
     assert!(!sup.was_forced(), "not shutting down");
@@ -308,7 +316,10 @@ fn restart_gives_a_fatal_child_a_fresh_budget() {
 fn shutdown_stops_everything_and_restarts_nothing() {
     let t0 = Instant::now();
     let mut l = FakeLauncher::default();
-    let mut sup = Supervisor::new(&config(vec![group("a", 2, policy()), group("b", 1, policy())]));
+    let mut sup = Supervisor::new(&config(vec![
+        group("a", 2, policy()),
+        group("b", 1, policy()),
+    ]));
     sup.start_all(&mut l, t0);
     sup.shutdown(&mut l, t0 + ms(1));
     assert_eq!(l.group_signals.len(), 3, "every group in parallel");
@@ -353,7 +364,10 @@ fn second_signal_kills_at_once() {
 fn forwarding_reaches_every_live_child_by_pid() {
     let t0 = Instant::now();
     let mut l = FakeLauncher::default();
-    let mut sup = Supervisor::new(&config(vec![group("a", 2, policy()), group("b", 0, policy())]));
+    let mut sup = Supervisor::new(&config(vec![
+        group("a", 2, policy()),
+        group("b", 0, policy()),
+    ]));
     sup.start_all(&mut l, t0);
     sup.forward(Signal::Usr1, &mut l);
     assert_eq!(l.signals.len(), 2);

@@ -336,9 +336,7 @@ pub fn marked_processes(needle: &str, dir: &Path) -> Vec<i32> {
                 return false;
             }
             let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-            let marked = env
-                .split(|&b| b == 0)
-                .any(|kv| kv == needle.as_bytes());
+            let marked = env.split(|&b| b == 0).any(|kv| kv == needle.as_bytes());
             let inside = std::fs::read_link(format!("/proc/{pid}/cwd"))
                 .is_ok_and(|cwd| cwd.starts_with(dir));
             marked || inside

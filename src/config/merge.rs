@@ -1,0 +1,308 @@
+//! Merging the files of a config directory: one `[supervisor]`, one
+//! namespace for groups and queues, references between files, and the
+//! assembled [`Config`].
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Range;
+
+use super::diag::Diagnostic;
+use super::document::FileDraft;
+use super::fields::Cx;
+use super::host::Host;
+use super::model::{Config, SupervisorConfig};
+use super::queue::QueueRef;
+use super::source::SourceFile;
+use super::suggest::did_you_mean;
+
+/// A file that parsed, with what it defines.
+pub(crate) struct Parsed {
+    pub file: SourceFile,
+    pub draft: FileDraft,
+}
+
+/// Where a group or queue is defined.
+#[derive(Clone, Copy)]
+struct Def<'a> {
+    kind: &'static str,
+    file: &'a SourceFile,
+    span: &'a Range<usize>,
+}
+
+impl Def<'_> {
+    fn position(&self) -> String {
+        position(self.file, self.span)
+    }
+}
+
+/// `path:line:col`, to name another place in a message.
+fn position(file: &SourceFile, span: &Range<usize>) -> String {
+    let at = file.at(span.clone());
+    let span = at.span.expect("located");
+    format!("{}:{}:{}", at.file.display(), span.line, span.col)
+}
+
+/// Checks what spans files and assembles the config. `complete` is false
+/// when some file could not be read or parsed: references to names it might
+/// define are then not checked. Usage warnings are only given when the
+/// wiring is fully known (all references readable and defined), so that a
+/// typo is not also reported as a queue without producer. Returns `None` if
+/// anything is missing (an error has been reported for it).
+pub(crate) fn merge(
+    parsed: &[Parsed],
+    complete: bool,
+    host: &Host,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Config> {
+    let supervisor = supervisor(parsed, host, diags);
+    let (defs, duplicated) = namespace(parsed, diags);
+    if complete {
+        let all_defined = references(parsed, &defs, diags);
+        let wiring_known = all_defined
+            && parsed.iter().all(|p| {
+                p.draft.groups.iter().all(|g| g.wiring_complete)
+                    && p.draft.queues.iter().all(|q| q.wiring_complete)
+            });
+        if wiring_known {
+            usage(parsed, &duplicated, diags);
+        }
+    }
+    assemble(parsed, supervisor?)
+}
+
+/// At most one `[supervisor]`; host-dependent defaults filled in.
+fn supervisor(
+    parsed: &[Parsed],
+    host: &Host,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<SupervisorConfig> {
+    let mut tables = parsed
+        .iter()
+        .filter_map(|p| p.draft.supervisor.as_ref().map(|s| (&p.file, s)));
+    let first = tables.next();
+    for (file, table) in tables {
+        let (first_file, first_table) = first.expect("a second implies a first");
+        let message = format!(
+            "`[supervisor]` is already defined in {}",
+            position(first_file, &first_table.span)
+        );
+        let help = "keep one `[supervisor]` table across all config files";
+        diags.push(
+            Diagnostic::error(message)
+                .at(file.at(table.span.clone()))
+                .with_help(help),
+        );
+    }
+    let first_dir = &parsed.first()?.file.dir;
+    Some(match first {
+        Some((_, s)) => SupervisorConfig {
+            control_socket: s.control_socket.clone(),
+            log_format: s.log_format,
+            state_dir: s
+                .state_dir
+                .clone()
+                .unwrap_or_else(|| host.default_state_dir(first_dir)),
+        },
+        None => SupervisorConfig {
+            control_socket: None,
+            log_format: Default::default(),
+            state_dir: host.default_state_dir(first_dir),
+        },
+    })
+}
+
+/// Groups and queues share one namespace: a second definition of a name is
+/// an error naming both places. Returns the first definition of each name,
+/// and the names defined more than once.
+fn namespace<'a>(
+    parsed: &'a [Parsed],
+    diags: &mut Vec<Diagnostic>,
+) -> (HashMap<&'a str, Def<'a>>, HashSet<&'a str>) {
+    let mut defs: HashMap<&str, Def<'_>> = HashMap::new();
+    let mut duplicated = HashSet::new();
+    for p in parsed {
+        let groups = p
+            .draft
+            .groups
+            .iter()
+            .map(|g| (g.name.as_str(), "group", &g.span));
+        let queues = p
+            .draft
+            .queues
+            .iter()
+            .map(|q| (q.spec.name.as_str(), "queue", &q.span));
+        let mut here: Vec<_> = groups.chain(queues).collect();
+        here.sort_by_key(|(_, _, span)| span.start);
+        for (name, kind, span) in here {
+            let def = Def {
+                kind,
+                file: &p.file,
+                span,
+            };
+            match defs.get(name) {
+                None => {
+                    defs.insert(name, def);
+                }
+                Some(first) => {
+                    diags.push(duplicate(name, &def, first));
+                    duplicated.insert(name);
+                }
+            }
+        }
+    }
+    (defs, duplicated)
+}
+
+fn duplicate(name: &str, def: &Def<'_>, first: &Def<'_>) -> Diagnostic {
+    let (message, help) = if def.kind == first.kind {
+        (
+            format!(
+                "{} `{name}` is already defined in {}",
+                def.kind,
+                first.position()
+            ),
+            "rename or remove one of them",
+        )
+    } else {
+        (
+            format!(
+                "{} `{name}` has the same name as the {} defined in {}",
+                def.kind,
+                first.kind,
+                first.position()
+            ),
+            "groups and queues share one namespace; rename one of them",
+        )
+    };
+    Diagnostic::error(message)
+        .at(def.file.at(def.span.clone()))
+        .with_help(help)
+}
+
+/// Every queue named in `inputs`, `outputs` or `dead_letter` is defined.
+/// Returns whether all were.
+fn references(
+    parsed: &[Parsed],
+    defs: &HashMap<&str, Def<'_>>,
+    diags: &mut Vec<Diagnostic>,
+) -> bool {
+    let mut all_defined = true;
+    let mut queues: Vec<&str> = defs
+        .iter()
+        .filter(|(_, d)| d.kind == "queue")
+        .map(|(n, _)| *n)
+        .collect();
+    queues.sort_unstable();
+    for p in parsed {
+        let mut cx = Cx::new(&p.file, diags);
+        for g in &p.draft.groups {
+            for (list, refs) in [("inputs", &g.inputs), ("outputs", &g.outputs)] {
+                for r in refs {
+                    let context = format!("in `{list}` of group `{}`", g.name);
+                    all_defined &= check_ref(&mut cx, r, "queue", &context, defs, &queues);
+                }
+            }
+        }
+        for q in &p.draft.queues {
+            if let Some(r) = &q.dead_letter {
+                let context = format!("for queue `{}`", q.spec.name);
+                all_defined &= check_ref(&mut cx, r, "dead-letter queue", &context, defs, &queues);
+            }
+        }
+    }
+    all_defined
+}
+
+/// Reports `r` unless it names a queue; returns whether it does.
+fn check_ref(
+    cx: &mut Cx<'_>,
+    r: &QueueRef,
+    what: &str,
+    context: &str,
+    defs: &HashMap<&str, Def<'_>>,
+    queues: &[&str],
+) -> bool {
+    let name = r.name.as_str();
+    let help = match defs.get(name) {
+        Some(def) if def.kind == "queue" => return true,
+        Some(def) => format!(
+            "`{name}` is a group (defined in {}), not a queue",
+            def.position()
+        ),
+        None => did_you_mean(name, queues)
+            .unwrap_or_else(|| format!("define it with a `[queue.{name}]` table")),
+    };
+    cx.error(
+        r.span.clone(),
+        format!("undefined {what} `{name}` {context}"),
+        Some(help),
+    );
+    false
+}
+
+/// Warns about queues that nothing writes to or nothing reads from. A
+/// dead-letter target counts as written to. A name defined twice already
+/// has an error; a warning about it would be noise.
+fn usage(parsed: &[Parsed], duplicated: &HashSet<&str>, diags: &mut Vec<Diagnostic>) {
+    let groups = || parsed.iter().flat_map(|p| &p.draft.groups);
+    let read = |name: &str| groups().any(|g| g.inputs.iter().any(|r| r.name.as_str() == name));
+    let written = |name: &str| {
+        groups().any(|g| g.outputs.iter().any(|r| r.name.as_str() == name))
+            || parsed.iter().flat_map(|p| &p.draft.queues).any(|q| {
+                q.spec
+                    .dead_letter
+                    .as_ref()
+                    .is_some_and(|d| d.as_str() == name)
+            })
+    };
+    for p in parsed {
+        for q in &p.draft.queues {
+            let name = q.spec.name.as_str();
+            let (message, help) = match (written(name), read(name)) {
+                _ if duplicated.contains(name) => continue,
+                (true, true) => continue,
+                (false, false) => (
+                    format!(
+                        "queue `{name}` is not used: no group lists it in `inputs` or `outputs`"
+                    ),
+                    "connect it to groups, or remove it".to_owned(),
+                ),
+                (true, false) => (
+                    format!("queue `{name}` has no consumer: no group lists it in `inputs`"),
+                    format!(
+                        "messages will pile up until it holds {} (`capacity`), then its producers block",
+                        q.spec.capacity
+                    ),
+                ),
+                (false, true) => (
+                    format!("queue `{name}` has no producer: no group lists it in `outputs`"),
+                    "its consumers will wait for messages that never come".to_owned(),
+                ),
+            };
+            diags.push(
+                Diagnostic::warning(message)
+                    .at(p.file.at(q.span.clone()))
+                    .with_help(help),
+            );
+        }
+    }
+}
+
+/// The config, if every group and queue was read in full.
+fn assemble(parsed: &[Parsed], supervisor: SupervisorConfig) -> Option<Config> {
+    let mut groups = BTreeMap::new();
+    let mut queues = BTreeMap::new();
+    for p in parsed {
+        for g in &p.draft.groups {
+            groups.insert(g.name.clone(), g.spec.clone()?);
+        }
+        for q in &p.draft.queues {
+            queues.insert(q.spec.name.clone(), q.spec.clone());
+        }
+    }
+    Some(Config {
+        supervisor,
+        groups,
+        queues,
+        files: parsed.iter().map(|p| p.file.path.clone()).collect(),
+    })
+}

@@ -1,0 +1,262 @@
+//! `[queue.NAME]`: one queue, and references to queues from elsewhere.
+
+use std::ops::Range;
+
+use toml::de::DeTable;
+
+use super::fields::{self, Cx};
+use super::model::{Delivery, QueueSpec};
+use crate::names::QueueName;
+
+pub(crate) const KEYS: [&str; 7] = [
+    "capacity",
+    "max_message_bytes",
+    "delivery",
+    "prefetch",
+    "max_deliveries",
+    "dead_letter",
+    "durable",
+];
+
+const DELIVERY: [(&str, Delivery); 2] = [
+    ("at-least-once", Delivery::AtLeastOnce),
+    ("at-most-once", Delivery::AtMostOnce),
+];
+
+/// A queue named somewhere (`inputs`, `outputs`, `dead_letter`), with the
+/// span of the name, so that an undefined one can be pointed at.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct QueueRef {
+    pub name: QueueName,
+    pub span: Range<usize>,
+}
+
+/// One `[queue.NAME]` table, read.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct QueueDraft {
+    pub spec: QueueSpec,
+    /// The span of NAME in the header.
+    pub span: Range<usize>,
+    pub dead_letter: Option<QueueRef>,
+    /// False when `dead_letter` was present but unreadable: the producers of
+    /// queues are then not fully known.
+    pub wiring_complete: bool,
+}
+
+/// Reads a queue's table. Every key is checked even when the name is
+/// invalid (`name` is `None`); only a valid name yields a draft.
+pub(crate) fn read(
+    cx: &mut Cx<'_>,
+    name: Option<QueueName>,
+    (raw, span): (&str, Range<usize>),
+    table: &DeTable<'_>,
+) -> Option<QueueDraft> {
+    let (mut capacity, mut max_message_bytes) = (10_000, 65_536);
+    let (mut prefetch, mut max_deliveries) = (1, 5);
+    let mut delivery = Delivery::default();
+    let mut dead_letter = None;
+    let mut wiring_complete = true;
+    let place = format!("in [queue.{raw}]");
+    for (key, value) in table.iter() {
+        let key_name: &str = key.get_ref();
+        let slot = match key_name {
+            "capacity" => &mut capacity,
+            "max_message_bytes" => &mut max_message_bytes,
+            "prefetch" => &mut prefetch,
+            "max_deliveries" => &mut max_deliveries,
+            "delivery" => {
+                let read = cx.choice("delivery", value, "delivery mode", &DELIVERY);
+                delivery = read.unwrap_or_default();
+                continue;
+            }
+            "dead_letter" => {
+                dead_letter = dead_letter_ref(cx, raw, value);
+                wiring_complete = dead_letter.is_some();
+                continue;
+            }
+            "durable" => {
+                durable(cx, value);
+                continue;
+            }
+            _ => {
+                let group_keys = super::group::ALL_KEYS.as_slice();
+                cx.unknown_key(key, &place, &KEYS, Some(("[group.NAME]", group_keys)));
+                continue;
+            }
+        };
+        if let Some(n) = cx.u32(key_name, value, 1) {
+            *slot = n;
+        }
+    }
+    let spec = QueueSpec {
+        name: name?,
+        capacity,
+        max_message_bytes,
+        delivery,
+        prefetch,
+        max_deliveries,
+        dead_letter: dead_letter.as_ref().map(|r: &QueueRef| r.name.clone()),
+        file: cx.file.path.clone(),
+    };
+    Some(QueueDraft {
+        spec,
+        span,
+        dead_letter,
+        wiring_complete,
+    })
+}
+
+/// `dead_letter`: a queue name other than the queue's own.
+fn dead_letter_ref(cx: &mut Cx<'_>, queue: &str, value: &fields::Value<'_>) -> Option<QueueRef> {
+    let s = cx.string("dead_letter", value)?;
+    let r = queue_ref(cx, " in `dead_letter`", s, value.span())?;
+    if r.name.as_str() == queue {
+        let message = format!("queue `{queue}` cannot be its own dead-letter queue");
+        let help =
+            "name another queue, or remove `dead_letter` to record dead letters under `state_dir`";
+        cx.error(value.span(), message, Some(help.into()));
+        return None;
+    }
+    Some(r)
+}
+
+fn durable(cx: &mut Cx<'_>, value: &fields::Value<'_>) {
+    if cx.bool("durable", value) == Some(true) {
+        let message = "durable queues are not supported yet (DESIGN §10); remove `durable = true`";
+        cx.error(value.span(), message.into(), None);
+    }
+}
+
+/// A reference to a queue by name; `place` says where (" in `inputs[0]`").
+pub(crate) fn queue_ref(
+    cx: &mut Cx<'_>,
+    place: &str,
+    raw: &str,
+    span: Range<usize>,
+) -> Option<QueueRef> {
+    let name = fields::name(cx, ("queue", place), raw, span.clone(), QueueName::new)?;
+    Some(QueueRef { name, span })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::diag::Diagnostic;
+    use crate::config::source::SourceFile;
+    use std::path::PathBuf;
+
+    fn read_queue(text: &str) -> (Option<QueueDraft>, Vec<String>) {
+        let file = SourceFile::new(PathBuf::from("/t/a.toml"), format!("[queue.jobs]\n{text}"));
+        let doc = DeTable::parse(&file.text).unwrap();
+        let queues = doc
+            .get_ref()
+            .get("queue")
+            .unwrap()
+            .get_ref()
+            .as_table()
+            .unwrap();
+        let (key, value) = queues.iter().next().unwrap();
+        let mut diags: Vec<Diagnostic> = Vec::new();
+        let mut cx = Cx::new(&file, &mut diags);
+        let name = QueueName::new(key.get_ref()).ok();
+        let draft = read(
+            &mut cx,
+            name,
+            (key.get_ref(), key.span()),
+            value.get_ref().as_table().unwrap(),
+        );
+        (
+            draft,
+            diags
+                .iter()
+                .map(|d| format!("{}|{}", d.message(), d.help().unwrap_or("")))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn defaults_match_the_design() {
+        let (draft, msgs) = read_queue("");
+        assert!(msgs.is_empty());
+        let spec = draft.unwrap().spec;
+        assert_eq!(
+            (
+                spec.capacity,
+                spec.max_message_bytes,
+                spec.delivery,
+                spec.prefetch,
+                spec.max_deliveries,
+                spec.dead_letter
+            ),
+            (10_000, 65_536, Delivery::AtLeastOnce, 1, 5, None)
+        );
+        assert_eq!(spec.file, PathBuf::from("/t/a.toml"));
+    }
+
+    #[test]
+    fn reads_every_key() {
+        let (draft, msgs) = read_queue(
+            "capacity = 5\nmax_message_bytes = 10\ndelivery = \"at-most-once\"\nprefetch = 2\n\
+             max_deliveries = 3\ndead_letter = \"dead\"\ndurable = false",
+        );
+        assert!(msgs.is_empty(), "{msgs:?}");
+        let draft = draft.unwrap();
+        let spec = &draft.spec;
+        assert_eq!(
+            (
+                spec.capacity,
+                spec.max_message_bytes,
+                spec.delivery,
+                spec.prefetch,
+                spec.max_deliveries
+            ),
+            (5, 10, Delivery::AtMostOnce, 2, 3)
+        );
+        assert_eq!(spec.dead_letter, Some(QueueName::new("dead").unwrap()));
+        assert_eq!(draft.dead_letter.unwrap().span, 121..127);
+    }
+
+    #[test]
+    fn rejects_zero_sizes_self_dead_letter_and_durable() {
+        let (_, msgs) =
+            read_queue("capacity = 0\nprefetch = 0\ndead_letter = \"jobs\"\ndurable = true");
+        assert_eq!(
+            msgs,
+            [
+                "`capacity` must be at least 1, found 0|",
+                "queue `jobs` cannot be its own dead-letter queue|name another queue, or remove `dead_letter` to record dead letters under `state_dir`",
+                "durable queues are not supported yet (DESIGN §10); remove `durable = true`|",
+                "`prefetch` must be at least 1, found 0|",
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_keys_say_where_they_belong() {
+        let (_, msgs) = read_queue("capacityy = 1\nprocesses = 2\nfoo = 1");
+        assert_eq!(
+            msgs[0],
+            "unknown key `capacityy` in [queue.jobs]|did you mean `capacity`?"
+        );
+        assert_eq!(
+            msgs[1],
+            "unknown key `foo` in [queue.jobs]|expected one of `capacity`, `max_message_bytes`, `delivery`, `prefetch`, `max_deliveries`, `dead_letter`, `durable`"
+        );
+        assert_eq!(
+            msgs[2],
+            "unknown key `processes` in [queue.jobs]|`processes` is a key of [group.NAME] tables"
+        );
+    }
+
+    #[test]
+    fn bad_dead_letter_names_are_reported() {
+        let (draft, msgs) = read_queue("dead_letter = \"Dead\"");
+        assert!(!draft.unwrap().wiring_complete);
+        assert_eq!(
+            msgs,
+            [
+                "invalid queue name `Dead` in `dead_letter`: a name must start with a lowercase letter a-z|names match `[a-z][a-z0-9_]*`; try `dead`"
+            ]
+        );
+    }
+}

@@ -1,0 +1,281 @@
+//! Snapshot tests of config diagnostics: what `drover check` shows users.
+//!
+//! Each directory under `tests/check/` is one config (one or more `.toml`
+//! files) and an `expected.txt`: the output of [`render_all`] for it, with
+//! the case directory written as `configs`, then a last line saying whether
+//! the config loaded. Regenerate after an intended change with
+//! `DROVER_BLESS=1 cargo test --test check`, then read every diff: it is
+//! what users see.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use drover::config::{self, Delivery, LogFormat, Program, RestartPolicy, StartMethod, render_all};
+use drover::names::{GroupName, QueueName};
+use drover::signal::Signal;
+
+fn case_dir(case: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/check")
+        .join(case)
+}
+
+/// What a user sees for the config of `case`.
+fn render(case: &str) -> (String, Option<config::Config>) {
+    let dir = case_dir(case);
+    let (text, config) = match config::load(&dir) {
+        Ok(loaded) => {
+            let c = &loaded.config;
+            let status = format!(
+                "-- loaded: {}, {}, {}\n",
+                count(c.groups.len(), "group"),
+                count(c.queues.len(), "queue"),
+                count(c.files.len(), "file")
+            );
+            (render_all(&loaded.warnings) + &status, Some(loaded.config))
+        }
+        Err(failed) => (render_all(&failed.diagnostics) + "-- rejected\n", None),
+    };
+    (text.replace(dir.to_str().unwrap(), "configs"), config)
+}
+
+fn count(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+/// Compares the rendering of `case` with its `expected.txt` (or writes it
+/// under `DROVER_BLESS=1`) and returns the config if it loaded.
+fn snapshot(case: &str) -> Option<config::Config> {
+    let (actual, config) = render(case);
+    let expected_path = case_dir(case).join("expected.txt");
+    if std::env::var_os("DROVER_BLESS").is_some_and(|v| v == "1") {
+        std::fs::write(&expected_path, &actual).unwrap();
+        return config;
+    }
+    let expected = std::fs::read_to_string(&expected_path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; run with DROVER_BLESS=1 to create it",
+            expected_path.display()
+        )
+    });
+    assert!(
+        actual == expected,
+        "output of case `{case}` changed (DROVER_BLESS=1 rewrites it)\n\
+         --- expected\n{expected}--- actual\n{actual}"
+    );
+    config
+}
+
+fn loads(case: &str) -> config::Config {
+    snapshot(case).unwrap_or_else(|| panic!("case `{case}` should load"))
+}
+
+fn rejects(case: &str) {
+    assert!(snapshot(case).is_none(), "case `{case}` should be rejected");
+}
+
+/// Every case directory, so that a new one cannot be forgotten.
+const CASES: [&str; 19] = [
+    "bad_duration",
+    "bad_names",
+    "bad_signal",
+    "bad_start_method",
+    "both_command_and_python",
+    "duplicate_name",
+    "duplicate_supervisor",
+    "durable_queue",
+    "empty_dir",
+    "many_errors",
+    "neither_command_nor_python",
+    "program_not_found",
+    "queue_without_consumer",
+    "syntax_error",
+    "undefined_queue",
+    "unknown_key",
+    "valid",
+    "warnings_with_errors",
+    "wrong_types",
+];
+
+#[test]
+fn every_case_directory_has_a_test() {
+    let mut dirs: Vec<String> = std::fs::read_dir(case_dir(""))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    dirs.sort();
+    assert_eq!(dirs, CASES);
+}
+
+#[test]
+fn unknown_key() {
+    rejects("unknown_key");
+}
+
+#[test]
+fn wrong_types() {
+    rejects("wrong_types");
+}
+
+#[test]
+fn bad_duration() {
+    rejects("bad_duration");
+}
+
+#[test]
+fn bad_signal() {
+    rejects("bad_signal");
+}
+
+#[test]
+fn bad_start_method() {
+    rejects("bad_start_method");
+}
+
+#[test]
+fn bad_names() {
+    rejects("bad_names");
+}
+
+#[test]
+fn both_command_and_python() {
+    rejects("both_command_and_python");
+}
+
+#[test]
+fn neither_command_nor_python() {
+    rejects("neither_command_nor_python");
+}
+
+#[test]
+fn undefined_queue() {
+    rejects("undefined_queue");
+}
+
+#[test]
+fn duplicate_name() {
+    rejects("duplicate_name");
+}
+
+#[test]
+fn duplicate_supervisor() {
+    rejects("duplicate_supervisor");
+}
+
+#[test]
+fn durable_queue() {
+    rejects("durable_queue");
+}
+
+#[test]
+fn syntax_error() {
+    rejects("syntax_error");
+}
+
+#[test]
+fn many_errors() {
+    rejects("many_errors");
+}
+
+#[test]
+fn warnings_with_errors() {
+    rejects("warnings_with_errors");
+}
+
+/// The directory holds only `expected.txt`: no `.toml` file.
+#[test]
+fn empty_dir() {
+    rejects("empty_dir");
+}
+
+#[test]
+fn queue_without_consumer() {
+    let config = loads("queue_without_consumer");
+    assert_eq!(config.queues.len(), 3);
+}
+
+#[test]
+fn program_not_found() {
+    let config = loads("program_not_found");
+    assert_eq!(config.groups.len(), 3);
+}
+
+#[test]
+fn valid() {
+    let dir = case_dir("valid");
+    let config = loads("valid");
+    let file = |name: &str| dir.join(name);
+    assert_eq!(
+        config.files,
+        [
+            file("10-supervisor.toml"),
+            file("20-pipeline.toml"),
+            file("link.toml")
+        ]
+    );
+
+    let s = &config.supervisor;
+    assert_eq!(s.control_socket, Some(dir.join("run/drover.sock")));
+    assert_eq!(s.log_format, LogFormat::Json);
+    assert_eq!(s.state_dir, PathBuf::from("/var/tmp/drover-state"));
+
+    let producer = &config.groups[&GroupName::new("producer").unwrap()];
+    assert_eq!(
+        producer.program,
+        Program::Command(vec!["/bin/sh".into(), "-c".into(), "echo hi".into()])
+    );
+    assert_eq!(producer.outputs, [QueueName::new("jobs").unwrap()]);
+    assert_eq!(producer.cwd, dir.join("shared"));
+    assert_eq!(producer.file, file("20-pipeline.toml"));
+    assert_eq!(producer.policy, config::Policy::default());
+    assert_eq!(producer.processes, 1);
+
+    let workers = &config.groups[&GroupName::new("workers").unwrap()];
+    let expected_program = Program::Python {
+        module: "examples.worker".into(),
+        function: "main".into(),
+        preload: vec!["json".into()],
+    };
+    assert_eq!(workers.program, expected_program);
+    assert_eq!(workers.start_method, StartMethod::Forkserver);
+    assert_eq!(workers.processes, 4);
+    assert_eq!(workers.inputs, [QueueName::new("jobs").unwrap()]);
+    assert_eq!(workers.outputs, [QueueName::new("results").unwrap()]);
+    assert_eq!(
+        workers.env.get("LOG_LEVEL").map(String::as_str),
+        Some("info")
+    );
+    assert!(!workers.clear_env);
+    assert_eq!(workers.cwd, dir);
+    let p = &workers.policy;
+    assert_eq!(p.restart, RestartPolicy::Always);
+    assert_eq!(p.success_codes, [0, 3]);
+    assert_eq!(p.start_secs, Duration::from_millis(1500));
+    assert_eq!(
+        (p.restart_delay, p.restart_delay_max),
+        (Duration::from_millis(250), Duration::from_secs(60))
+    );
+    assert_eq!(p.max_restarts, 10);
+    assert_eq!(p.stop_signal, Signal::Int);
+    assert_eq!(p.stop_timeout, Duration::from_secs(5));
+
+    let jobs = &config.queues[&QueueName::new("jobs").unwrap()];
+    assert_eq!(
+        (
+            jobs.capacity,
+            jobs.max_message_bytes,
+            jobs.prefetch,
+            jobs.max_deliveries
+        ),
+        (500, 1024, 2, 3)
+    );
+    assert_eq!(jobs.delivery, Delivery::AtLeastOnce);
+    assert_eq!(jobs.dead_letter, Some(QueueName::new("jobs_dead").unwrap()));
+    let results = &config.queues[&QueueName::new("results").unwrap()];
+    assert_eq!(results.delivery, Delivery::AtMostOnce);
+    assert_eq!(results.file, file("link.toml"));
+}

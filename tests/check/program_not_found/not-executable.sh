@@ -1,0 +1,2 @@
+#!/bin/sh
+echo "no exec bit: drover check warns"
