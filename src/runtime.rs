@@ -111,6 +111,7 @@ impl Runtime {
         let signals = SignalDelivery::with_pipe(sig_read, sig_write, SignalOnly, handled)
             .map_err(os("installing signal handlers"))?;
         unblock(&handled)?;
+        raise_fd_limit();
         if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
             tracing::warn!("cannot become a child subreaper: {e}; orphans will not be reaped");
         }
@@ -481,6 +482,19 @@ impl Runtime {
                 writer.send_blocking(chunk);
             }
         }
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit: drover holds two
+/// pipes per child, and 1000 children exceed the usual soft limit of 1024.
+/// Children inherit the raised limit (posix_spawn cannot lower it).
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::warn!("cannot raise the open-file limit from {soft} to {hard}: {e}");
     }
 }
 

@@ -83,21 +83,31 @@ fn read_queues(cx: &mut Cx<'_>, value: &Value<'_>, out: &mut Vec<QueueDraft>) {
 }
 
 /// The `[KIND.NAME]` tables under `value`, reporting anything that is not a
-/// table (such as `[[group]]` or `group.x = 1`).
+/// table (such as `[[group]]`, or `[group]` with keys directly in it).
 fn named_tables<'v, 'i>(
     cx: &mut Cx<'_>,
     kind: &str,
     value: &'v Value<'i>,
 ) -> Vec<(&'v Key<'i>, &'v Value<'i>, &'v DeTable<'i>)> {
-    let Some(table) = cx.table(kind, value) else {
+    let Some(table) = value.get_ref().as_table() else {
+        not_a_table(cx, kind, value, kind);
         return Vec::new();
     };
     let mut out = Vec::new();
     for (key, body) in table.iter() {
-        let label = format!("{kind}.{}", key.get_ref());
-        if let Some(t) = cx.table(&label, body) {
-            out.push((key, body, t));
+        match body.get_ref().as_table() {
+            Some(t) => out.push((key, body, t)),
+            None => not_a_table(cx, &format!("{kind}.{}", key.get_ref()), body, kind),
         }
     }
     out
+}
+
+fn not_a_table(cx: &mut Cx<'_>, label: &str, value: &Value<'_>, kind: &str) {
+    let message = format!(
+        "invalid type for `{label}`: expected a table, found {}",
+        fields::a_type(value.get_ref())
+    );
+    let help = format!("define each {kind} as a table of its own: `[{kind}.NAME]`");
+    cx.error(value.span(), message, Some(help));
 }

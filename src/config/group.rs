@@ -10,6 +10,7 @@ use toml::de::DeTable;
 
 use super::fields::{Cx, Key, Value};
 use super::host::Host;
+use super::lookup;
 use super::model::{GroupSpec, StartMethod};
 use super::policy::{self, PolicyDraft};
 use super::program::{self, ProgramDraft};
@@ -107,7 +108,7 @@ pub(crate) fn read(
     };
     if let Some(command) = program.as_ref().and_then(|p| p.command_program.clone()) {
         let path = b.env.get("PATH").map(OsStr::new).or(host.path.as_deref());
-        program::check_program(cx, raw, (&command.0, command.1), &cwd, path);
+        lookup::check_program(cx, raw, (&command.0, command.1), &cwd, path);
     }
     let (inputs, outputs) = (b.inputs.unwrap_or_default(), b.outputs.unwrap_or_default());
     let name = name?;
@@ -146,15 +147,8 @@ impl Builder {
                 self.start_method = method.unwrap_or_default();
             }
             "processes" => self.processes = cx.u32(name, value, 0),
-            "inputs" | "outputs" => {
-                let refs = queue_list(cx, name, value);
-                self.wiring_complete &= refs.is_some();
-                *if name == "inputs" {
-                    &mut self.inputs
-                } else {
-                    &mut self.outputs
-                } = refs;
-            }
+            "inputs" => self.inputs = self.wiring(cx, name, value),
+            "outputs" => self.outputs = self.wiring(cx, name, value),
             "env" => self.env = env(cx, value).unwrap_or_default(),
             "clear_env" => self.clear_env = cx.bool(name, value).unwrap_or_default(),
             "cwd" => self.cwd = cwd(cx, value).map(|cwd| (cwd, value.span())),
@@ -163,6 +157,15 @@ impl Builder {
                 cx.unknown_key(key, place, &ALL_KEYS, Some(("[queue.NAME]", queue_keys)));
             }
         }
+    }
+}
+
+impl Builder {
+    /// Reads `inputs` or `outputs`, noting whether it could be read.
+    fn wiring(&mut self, cx: &mut Cx<'_>, label: &str, value: &Value<'_>) -> Option<Vec<QueueRef>> {
+        let refs = queue_list(cx, label, value);
+        self.wiring_complete &= refs.is_some();
+        refs
     }
 }
 

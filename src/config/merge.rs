@@ -20,10 +20,26 @@ pub(crate) struct Parsed {
     pub draft: FileDraft,
 }
 
+/// What a name in the shared namespace stands for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Group,
+    Queue,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Group => "group",
+            Kind::Queue => "queue",
+        }
+    }
+}
+
 /// Where a group or queue is defined.
 #[derive(Clone, Copy)]
 struct Def<'a> {
-    kind: &'static str,
+    kind: Kind,
     file: &'a SourceFile,
     span: &'a Range<usize>,
 }
@@ -124,12 +140,12 @@ fn namespace<'a>(
             .draft
             .groups
             .iter()
-            .map(|g| (g.name.as_str(), "group", &g.span));
+            .map(|g| (g.name.as_str(), Kind::Group, &g.span));
         let queues = p
             .draft
             .queues
             .iter()
-            .map(|q| (q.spec.name.as_str(), "queue", &q.span));
+            .map(|q| (q.spec.name.as_str(), Kind::Queue, &q.span));
         let mut here: Vec<_> = groups.chain(queues).collect();
         here.sort_by_key(|(_, _, span)| span.start);
         for (name, kind, span) in here {
@@ -153,21 +169,16 @@ fn namespace<'a>(
 }
 
 fn duplicate(name: &str, def: &Def<'_>, first: &Def<'_>) -> Diagnostic {
+    let (kind, first_kind) = (def.kind.as_str(), first.kind.as_str());
     let (message, help) = if def.kind == first.kind {
         (
-            format!(
-                "{} `{name}` is already defined in {}",
-                def.kind,
-                first.position()
-            ),
+            format!("{kind} `{name}` is already defined in {}", first.position()),
             "rename or remove one of them",
         )
     } else {
         (
             format!(
-                "{} `{name}` has the same name as the {} defined in {}",
-                def.kind,
-                first.kind,
+                "{kind} `{name}` has the same name as the {first_kind} defined in {}",
                 first.position()
             ),
             "groups and queues share one namespace; rename one of them",
@@ -188,7 +199,7 @@ fn references(
     let mut all_defined = true;
     let mut queues: Vec<&str> = defs
         .iter()
-        .filter(|(_, d)| d.kind == "queue")
+        .filter(|(_, d)| d.kind == Kind::Queue)
         .map(|(n, _)| *n)
         .collect();
     queues.sort_unstable();
@@ -223,7 +234,7 @@ fn check_ref(
 ) -> bool {
     let name = r.name.as_str();
     let help = match defs.get(name) {
-        Some(def) if def.kind == "queue" => return true,
+        Some(def) if def.kind == Kind::Queue => return true,
         Some(def) => format!(
             "`{name}` is a group (defined in {}), not a queue",
             def.position()

@@ -32,6 +32,7 @@ mod fields;
 mod files;
 mod group;
 mod host;
+mod lookup;
 mod merge;
 mod model;
 mod policy;

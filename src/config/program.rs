@@ -1,15 +1,11 @@
 //! What a group runs: `command`, or `python` with `preload` and
-//! `python_executable`; and whether `command[0]` can be found.
+//! `python_executable`. Whether `command[0]` exists is [`super::lookup`]'s.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsString;
 use std::ops::Range;
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 
-use super::diag::Diagnostic;
 use super::fields::{Cx, Key, Value};
 use super::model::Program;
-use super::source::resolve;
 
 pub(crate) const KEYS: [&str; 4] = ["command", "python", "preload", "python_executable"];
 
@@ -269,95 +265,6 @@ fn is_module_name(s: &str) -> bool {
     s.split('.').all(is_identifier)
 }
 
-/// Warns when `command[0]` cannot be executed: a path (with `/`) is
-/// resolved against the group's `cwd`; a bare name is searched in `path`,
-/// the `PATH` the child will get. At run time such a group's starts fail and
-/// back off while every other group runs, so this is a warning.
-pub(crate) fn check_program(
-    cx: &mut Cx<'_>,
-    group: &str,
-    (program, span): (&str, Range<usize>),
-    cwd: &Path,
-    path: Option<&OsStr>,
-) {
-    let problem = if program.contains('/') {
-        let full = resolve(cwd, Path::new(program));
-        executable(&full)
-            .err()
-            .map(|p| (format!("{p} ({})", full.display()), None))
-    } else {
-        search(program, cwd, path).err()
-    };
-    let Some((problem, note)) = problem else {
-        return;
-    };
-    let mut warning = Diagnostic::warning(format!("program `{program}` of group `{group}` {problem}"))
-        .at(cx.at(span))
-        .with_help(format!("starts of group `{group}` will fail and back off until this is fixed; other groups still run"));
-    if let Some(note) = note {
-        warning = warning.with_note(note);
-    }
-    cx.report(warning);
-}
-
-/// Finds a bare program name in `path` like `execvp` does; the error is the
-/// problem and a note showing the `PATH` searched.
-fn search(program: &str, cwd: &Path, path: Option<&OsStr>) -> Result<(), (String, Option<String>)> {
-    let path = path.unwrap_or_default();
-    let mut last_problem = "is not found in PATH";
-    let dirs = (!path.is_empty()).then(|| std::env::split_paths(path));
-    for dir in dirs.into_iter().flatten() {
-        match executable(&resolve(cwd, &dir.join(program))) {
-            Ok(()) => return Ok(()),
-            Err(Problem::Missing) => {}
-            Err(p) => last_problem = p.describe_in_path(),
-        }
-    }
-    let note = if path.is_empty() {
-        "PATH is empty or not set".to_owned()
-    } else {
-        format!("PATH is `{}`", path.to_string_lossy())
-    };
-    Err((last_problem.to_owned(), Some(note)))
-}
-
-enum Problem {
-    Missing,
-    Directory,
-    NotExecutable,
-}
-
-impl Problem {
-    fn describe_in_path(&self) -> &'static str {
-        match self {
-            Problem::Missing => "is not found in PATH",
-            Problem::Directory => "is found in PATH only as a directory",
-            Problem::NotExecutable => "is found in PATH but is not executable",
-        }
-    }
-}
-
-impl std::fmt::Display for Problem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Problem::Missing => "does not exist",
-            Problem::Directory => "is a directory",
-            Problem::NotExecutable => "is not executable",
-        })
-    }
-}
-
-fn executable(path: &Path) -> Result<(), Problem> {
-    let meta = std::fs::metadata(path).map_err(|_| Problem::Missing)?;
-    if meta.is_dir() {
-        Err(Problem::Directory)
-    } else if meta.permissions().mode() & 0o111 == 0 {
-        Err(Problem::NotExecutable)
-    } else {
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -416,34 +323,5 @@ mod tests {
                 .unwrap_err()
                 .contains("not a Python identifier")
         );
-    }
-
-    #[test]
-    fn finds_programs_like_execvp() {
-        let exe = std::env::current_exe().unwrap();
-        let dir = exe.parent().unwrap();
-        let name = exe.file_name().unwrap().to_str().unwrap();
-        let cwd = Path::new("/");
-        assert!(search(name, cwd, Some(dir.as_os_str())).is_ok());
-        let (problem, note) = search(name, cwd, Some(OsStr::new("/nonexistent"))).unwrap_err();
-        assert_eq!(problem, "is not found in PATH");
-        assert_eq!(note.as_deref(), Some("PATH is `/nonexistent`"));
-        let (_, note) = search(name, cwd, None).unwrap_err();
-        assert_eq!(note.as_deref(), Some("PATH is empty or not set"));
-    }
-
-    #[test]
-    fn classifies_paths() {
-        assert!(executable(&std::env::current_exe().unwrap()).is_ok());
-        assert!(matches!(
-            executable(Path::new("/")),
-            Err(Problem::Directory)
-        ));
-        assert!(matches!(
-            executable(Path::new("/nonexistent/x")),
-            Err(Problem::Missing)
-        ));
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
-        assert!(matches!(executable(&manifest), Err(Problem::NotExecutable)));
     }
 }

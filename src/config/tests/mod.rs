@@ -1,0 +1,172 @@
+//! Whole configs through every stage, from text to [`Config`] or
+//! diagnostics, with a fixed [`Host`] so that nothing depends on the machine.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::*;
+use crate::names::{GroupName, QueueName};
+use crate::signal::Signal;
+
+mod groups;
+mod merge;
+
+/// A program that certainly exists: the test binary, found through the
+/// `PATH` of [`host`].
+fn program() -> String {
+    let exe = std::env::current_exe().unwrap();
+    exe.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+fn host() -> Host {
+    let exe = std::env::current_exe().unwrap();
+    Host {
+        is_root: false,
+        xdg_state_home: None,
+        path: Some(exe.parent().unwrap().as_os_str().to_owned()),
+    }
+}
+
+/// Validates files named `/cfg/<name>`; `PROG` in a text stands for
+/// [`program`].
+fn check(files: &[(&str, &str)]) -> Result<Loaded, Failed> {
+    let sources = files
+        .iter()
+        .map(|(name, text)| {
+            SourceFile::new(
+                PathBuf::from("/cfg").join(name),
+                text.replace("PROG", &program()),
+            )
+        })
+        .collect();
+    validate(sources, true, &host(), Vec::new())
+}
+
+fn check_one(text: &str) -> Result<Loaded, Failed> {
+    check(&[("a.toml", text)])
+}
+
+fn ok(text: &str) -> Config {
+    match check_one(text) {
+        Ok(loaded) => {
+            assert!(
+                loaded.warnings.is_empty(),
+                "{}",
+                render_all(&loaded.warnings)
+            );
+            loaded.config
+        }
+        Err(failed) => panic!("{failed}"),
+    }
+}
+
+/// The one-line form of every diagnostic.
+fn lines(result: Result<Loaded, Failed>) -> Vec<String> {
+    let diags = match result {
+        Ok(loaded) => loaded.warnings,
+        Err(failed) => failed.diagnostics,
+    };
+    diags.iter().map(ToString::to_string).collect()
+}
+
+fn errors(text: &str) -> Vec<String> {
+    let result = check_one(text);
+    assert!(result.is_err(), "expected errors");
+    lines(result)
+}
+
+fn helps(text: &str) -> Vec<String> {
+    match check_one(text) {
+        Ok(_) => panic!("expected errors"),
+        Err(failed) => failed
+            .diagnostics
+            .iter()
+            .map(|d| d.help().unwrap_or("").to_owned())
+            .collect(),
+    }
+}
+
+const WIRED: &str = "
+[queue.jobs]
+[group.producer]
+command = [\"PROG\"]
+outputs = [\"jobs\"]
+[group.workers]
+python = \"examples.worker:main\"
+inputs = [\"jobs\"]
+";
+
+#[test]
+fn defaults_are_the_model_defaults() {
+    let config = ok(WIRED);
+    let workers = &config.groups[&GroupName::new("workers").unwrap()];
+    let expected = GroupSpec {
+        name: GroupName::new("workers").unwrap(),
+        program: Program::Python {
+            module: "examples.worker".into(),
+            function: "main".into(),
+            preload: vec![],
+        },
+        python_executable: "python3".into(),
+        start_method: StartMethod::Spawn,
+        processes: 1,
+        inputs: vec![QueueName::new("jobs").unwrap()],
+        outputs: vec![],
+        env: Default::default(),
+        clear_env: false,
+        cwd: PathBuf::from("/cfg"),
+        policy: Policy::default(),
+        file: PathBuf::from("/cfg/a.toml"),
+    };
+    assert_eq!(workers, &expected);
+    let jobs = &config.queues[&QueueName::new("jobs").unwrap()];
+    assert_eq!(
+        (
+            jobs.capacity,
+            jobs.max_message_bytes,
+            jobs.prefetch,
+            jobs.max_deliveries
+        ),
+        (10_000, 65_536, 1, 5)
+    );
+    assert_eq!(jobs.delivery, Delivery::AtLeastOnce);
+    assert_eq!(
+        config.supervisor,
+        SupervisorConfig {
+            control_socket: None,
+            log_format: LogFormat::Text,
+            state_dir: PathBuf::from("/cfg/.drover-state"),
+        }
+    );
+    assert_eq!(config.files, [PathBuf::from("/cfg/a.toml")]);
+}
+
+#[test]
+fn reads_every_group_key() {
+    let config = ok(&format!(
+        "{WIRED}start_method = \"forkserver\"\npreload = [\"json\", \"os.path\"]\npython_executable = \"/usr/bin/python3.12\"\n\
+         processes = 0\noutputs = []\nenv = {{ LOG_LEVEL = \"info\" }}\nclear_env = true\ncwd = \"/\"\n\
+         restart = \"never\"\nstop_signal = \"QUIT\"\nstop_timeout = \"1.5s\"\n"
+    ));
+    let w = &config.groups[&GroupName::new("workers").unwrap()];
+    assert_eq!(w.start_method, StartMethod::Forkserver);
+    assert_eq!(
+        w.program,
+        Program::Python {
+            module: "examples.worker".into(),
+            function: "main".into(),
+            preload: vec!["json".into(), "os.path".into()]
+        }
+    );
+    assert_eq!(w.python_executable, "/usr/bin/python3.12");
+    assert_eq!(
+        (w.processes, w.clear_env, w.cwd.as_path()),
+        (0, true, Path::new("/"))
+    );
+    assert_eq!(w.env.get("LOG_LEVEL").map(String::as_str), Some("info"));
+    assert_eq!(w.policy.restart, RestartPolicy::Never);
+    assert_eq!(w.policy.stop_signal, Signal::Quit);
+    assert_eq!(w.policy.stop_timeout, Duration::from_millis(1500));
+    let p = &config.groups[&GroupName::new("producer").unwrap()];
+    assert_eq!(p.program, Program::Command(vec![program().into()]));
+}
