@@ -156,6 +156,6 @@ mod tests {
         let me = std::process::id() as i32;
         let (ppid, state) = parent_and_state(me).unwrap();
         assert_eq!(ppid, nix::unistd::getppid().as_raw());
-        assert_eq!(state, 'R');
+        assert_ne!(state, 'Z');
     }
 }

@@ -279,3 +279,41 @@ fn valid() {
     assert_eq!(results.delivery, Delivery::AtMostOnce);
     assert_eq!(results.file, file("link.toml"));
 }
+
+/// `drover check` itself: exit status and where the report goes.
+mod cli {
+    use std::process::Command;
+
+    fn check(dir: &str) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_drover"))
+            .arg("check")
+            .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir))
+            .output()
+            .expect("run drover check")
+    }
+
+    #[test]
+    fn a_valid_config_exits_zero() {
+        let out = check("configs");
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains(": ok ("));
+    }
+
+    #[test]
+    fn an_invalid_config_exits_one_with_every_error_on_stderr() {
+        let out = check("tests/check/many_errors");
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.matches("\nerror: ").count() >= 5, "{err}");
+        assert!(out.stdout.is_empty());
+    }
+
+    #[test]
+    fn warnings_alone_exit_zero() {
+        let out = check("tests/check/program_not_found");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("warning: "), "{err}");
+        assert!(!err.contains("\nerror: "), "{err}");
+        assert_eq!(out.status.code(), Some(0), "{err}");
+    }
+}
