@@ -19,6 +19,8 @@ use crate::config::{GroupSpec, Program, StartMethod};
 use crate::names::GroupName;
 use crate::signal::Signal;
 use crate::supervisor::{LaunchError, Launcher, Pid};
+use crate::sys::forkexec::{ExecSetup, FdSetup, ForkKind, fork_exec};
+use crate::sys::forkserver::ForkServer;
 use crate::sys::{FdPlan, SpawnPlan, spawn};
 
 /// The variables `clear_env = true` keeps from drover's own environment.
@@ -46,12 +48,15 @@ pub struct ChildOutput {
     pub stderr: OwnedFd,
 }
 
-/// Starts children with `posix_spawn`; see the module documentation.
+/// Starts children through their group's start-method context; see the
+/// module documentation.
 #[derive(Debug)]
 pub struct ProcessLauncher {
     base_env: BTreeMap<OsString, OsString>,
     devnull: OwnedFd,
     outputs: Vec<ChildOutput>,
+    /// The `forkserver` context's server, started on first use.
+    forkserver: Option<ForkServer>,
 }
 
 impl ProcessLauncher {
@@ -62,7 +67,64 @@ impl ProcessLauncher {
             base_env,
             devnull,
             outputs: Vec::new(),
+            forkserver: None,
         })
+    }
+
+    /// Starts the fork server now (drover calls this before it has any
+    /// thread when a group uses `forkserver`; later starts are on demand).
+    pub fn start_forkserver(&mut self) -> std::io::Result<i32> {
+        let server = ForkServer::start(
+            Path::new("/proc/self/exe"),
+            self.devnull.as_raw_fd(),
+            std::io::stderr().as_raw_fd(),
+        )?;
+        let pid = server.pid();
+        tracing::debug!(pid, "fork server started");
+        self.forkserver = Some(server);
+        Ok(pid)
+    }
+
+    /// The fork server's PID, if one runs.
+    pub fn forkserver_pid(&self) -> Option<i32> {
+        self.forkserver.as_ref().map(ForkServer::pid)
+    }
+
+    /// Called for every reaped PID the supervisor does not know. When it is
+    /// the fork server, a new one is started at once; children it started
+    /// are drover's own and keep running.
+    pub fn on_unknown_exit(&mut self, pid: Pid) -> bool {
+        if self.forkserver_pid() != Some(pid.0) {
+            return false;
+        }
+        self.forkserver = None;
+        tracing::warn!(pid = pid.0, "the fork server exited; starting a new one");
+        if let Err(e) = self.start_forkserver() {
+            tracing::error!("cannot restart the fork server: {e}; forkserver starts will retry");
+        }
+        true
+    }
+
+    /// Stops the fork server (it exits when its socket closes).
+    pub fn stop_forkserver(&mut self) {
+        self.forkserver = None;
+    }
+
+    /// Starts `plan` through the fork server, starting (or replacing a dead)
+    /// server as needed.
+    fn spawn_via_forkserver(&mut self, plan: &SpawnPlan) -> std::io::Result<i32> {
+        if self.forkserver.is_none() {
+            self.start_forkserver()?;
+        }
+        let server = self.forkserver.as_ref().expect("just started");
+        match server.spawn(plan) {
+            Err(e) if server_gone(&e) => {
+                tracing::warn!("the fork server did not answer ({e}); starting a new one");
+                self.start_forkserver()?;
+                self.forkserver.as_ref().expect("just started").spawn(plan)
+            }
+            other => other,
+        }
     }
 
     /// Output pipes of the children started since the last call.
@@ -120,12 +182,6 @@ impl ProcessLauncher {
                 ]
             }
         };
-        if group.start_method != StartMethod::Spawn {
-            return Err(LaunchError::Unsupported(format!(
-                "start_method = \"{}\" is not available yet",
-                group.start_method.as_str()
-            )));
-        }
         let envp = self.environment(group, index);
         let search_path = group
             .env
@@ -206,6 +262,39 @@ pub fn resolve_program(
         })
 }
 
+/// Errors that mean the fork server is dead or wedged, not that the
+/// program failed.
+fn server_gone(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        BrokenPipe | ConnectionReset | ConnectionAborted | NotConnected | WouldBlock | TimedOut
+    )
+}
+
+/// The `fork` method: stdio placed at 0, 1, 2; every other fd drover holds
+/// without close-on-exec is inherited.
+fn fork_setup(plan: &SpawnPlan) -> ExecSetup {
+    ExecSetup::new(
+        plan.program.clone(),
+        plan.argv.clone(),
+        plan.envp.clone(),
+        plan.cwd.clone(),
+        FdSetup {
+            dups: plan
+                .fds
+                .sources
+                .iter()
+                .take(3)
+                .enumerate()
+                .map(|(target, &source)| (source, target as i32))
+                .collect(),
+            keep: plan.fds.sources.iter().skip(3).copied().collect(),
+            close_from: None,
+        },
+    )
+}
+
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
@@ -214,7 +303,12 @@ fn is_executable(path: &Path) -> bool {
 impl Launcher for ProcessLauncher {
     fn start(&mut self, group: &GroupSpec, index: u32) -> Result<Pid, LaunchError> {
         let (plan, pipes) = self.plan(group, index)?;
-        let pid = spawn(&plan).map_err(|source| LaunchError::Exec {
+        let started = match group.start_method {
+            StartMethod::Spawn => spawn(&plan),
+            StartMethod::Fork => fork_exec(&fork_setup(&plan), ForkKind::Fork),
+            StartMethod::Forkserver => self.spawn_via_forkserver(&plan),
+        };
+        let pid = started.map_err(|source| LaunchError::Exec {
             program: plan.argv[0].to_string_lossy().into_owned(),
             source,
         })?;

@@ -116,6 +116,20 @@ impl Runtime {
             tracing::warn!("cannot become a child subreaper: {e}; orphans will not be reaped");
         }
 
+        let base_env: BTreeMap<_, _> = std::env::vars_os().collect();
+        let mut launcher = ProcessLauncher::new(base_env).map_err(os("opening /dev/null"))?;
+        let uses_forkserver = config
+            .groups
+            .values()
+            .any(|g| g.start_method == crate::config::StartMethod::Forkserver);
+        if uses_forkserver {
+            // Before the log writer thread exists (the server is a fresh
+            // exec either way; this just keeps drover single-threaded then).
+            launcher
+                .start_forkserver()
+                .map_err(os("starting the fork server"))?;
+        }
+
         let listener = Listener::bind(socket)?;
         let (wake_tx, wake_rx) = UnixStream::pair().map_err(os("log writer"))?;
         wake_rx.set_nonblocking(true).map_err(os("log writer"))?;
@@ -134,8 +148,6 @@ impl Runtime {
             .add(wake_rx.as_fd(), readable(LOG_WAKE))
             .map_err(errno("epoll"))?;
 
-        let base_env: BTreeMap<_, _> = std::env::vars_os().collect();
-        let launcher = ProcessLauncher::new(base_env).map_err(os("opening /dev/null"))?;
         let orphan_grace = config
             .groups
             .values()
@@ -184,6 +196,11 @@ impl Runtime {
             let now = Instant::now();
             self.sup.on_deadline(&mut self.launcher, now);
             self.watch_new_outputs();
+            if self.sup.is_finished() {
+                // The server exits when its socket closes; the orphan
+                // phase reaps it like anything else.
+                self.launcher.stop_forkserver();
+            }
             if self.sup.is_finished() && self.finish_orphans(now) {
                 break;
             }
@@ -284,7 +301,9 @@ impl Runtime {
                 }
             };
             let pid = Pid(pid.as_raw());
-            if !self.sup.on_exit(pid, status, &mut self.launcher, now) {
+            if !self.sup.on_exit(pid, status, &mut self.launcher, now)
+                && !self.launcher.on_unknown_exit(pid)
+            {
                 self.orphans.reaped(pid);
                 tracing::debug!(pid = pid.0, ?status, "reaped an orphaned descendant");
             }

@@ -16,6 +16,9 @@ use std::ptr;
 
 use nix::fcntl::{FcntlArg, fcntl};
 
+pub mod forkexec;
+pub mod forkserver;
+
 /// The fds a child starts with: each `source` ends up as `target`. Targets
 /// are 0, 1, 2, 3, … in order; every other fd is closed.
 #[derive(Debug)]
@@ -95,7 +98,7 @@ impl Drop for Attr {
 /// Moves any source fd that collides with a target number out of the way,
 /// so that placing fd N never clobbers a source still to be placed. The
 /// returned copies must live until the spawn has happened.
-fn relocate_sources(sources: &[RawFd]) -> io::Result<(Vec<RawFd>, Vec<OwnedFd>)> {
+pub(crate) fn relocate_sources(sources: &[RawFd]) -> io::Result<(Vec<RawFd>, Vec<OwnedFd>)> {
     let limit = sources.len() as RawFd;
     let mut keep = Vec::new();
     let mut placed = Vec::with_capacity(sources.len());
