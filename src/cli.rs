@@ -38,6 +38,10 @@ enum Command {
         /// Control socket path (overrides `[supervisor] control_socket`).
         #[arg(long)]
         socket: Option<PathBuf>,
+        /// Benchmarks only: hold this many MiB of touched memory, to show
+        /// how start methods behave in a large supervisor.
+        #[arg(long, hide = true)]
+        ballast_mib: Option<usize>,
     },
     /// Validate PATH without starting anything (exit 0: valid, warnings allowed).
     Check {
@@ -114,7 +118,17 @@ fn socket_for(config: &config::Config, flag: Option<&Path>) -> PathBuf {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { path, socket } => run(&path, socket.as_deref()),
+        Command::Run {
+            path,
+            socket,
+            ballast_mib,
+        } => {
+            // Touched (non-zero) so every page is really resident.
+            let ballast = vec![1u8; ballast_mib.unwrap_or(0) << 20];
+            let code = run(&path, socket.as_deref());
+            drop(std::hint::black_box(ballast));
+            code
+        }
         Command::Check { path } => check(&path),
         Command::Status { json, client } => status(json, &client),
         Command::Start { group, client } => send(&client, Request::Start { group }),
@@ -124,12 +138,17 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// drover's own logs: stderr, level from `DROVER_LOG` (error, warn, info,
+/// debug, trace; default info).
 fn init_tracing(format: config::LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("DROVER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    use tracing_subscriber::filter::LevelFilter;
+    let level = std::env::var("DROVER_LOG")
+        .ok()
+        .and_then(|v| v.parse::<LevelFilter>().ok())
+        .unwrap_or(LevelFilter::INFO);
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(filter)
+        .with_max_level(level)
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {

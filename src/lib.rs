@@ -30,9 +30,15 @@
 //! subreaper, so descendants orphaned on the way are reaped, and stopped
 //! ([`orphans`]) before drover exits with a status that tells whether
 //! everything stopped in time.
+//!
+//! The same start methods are also a library for Rust programs:
+//! [`context`] mirrors Python's `multiprocessing` (`get_context(method)`,
+//! processes running a Rust function, typed queues), with its `unsafe` in
+//! `sys::context`.
 
 pub mod cli;
 pub mod config;
+pub mod context;
 pub mod control;
 pub mod launch;
 pub mod logs;

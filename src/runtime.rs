@@ -266,8 +266,6 @@ impl Runtime {
                 _ => {}
             }
         }
-        // A child may have exited while the previous batch was handled.
-        self.reap(now);
     }
 
     fn on_stop_signal(&mut self, signal: i32, now: Instant) {

@@ -23,7 +23,7 @@ const NSIG: libc::c_int = 65;
 #[derive(Debug)]
 pub struct FdSetup {
     /// `(source, target)` pairs, applied in order with `dup2`. Sources must
-    /// not collide with targets (see [`super::relocate_sources`]).
+    /// not collide with targets (the caller relocates them first).
     pub dups: Vec<(RawFd, RawFd)>,
     /// Fds kept at their own number, with close-on-exec cleared.
     pub keep: Vec<RawFd>,

@@ -16,6 +16,7 @@ use std::ptr;
 
 use nix::fcntl::{FcntlArg, fcntl};
 
+pub mod context;
 pub mod forkexec;
 pub mod forkserver;
 
