@@ -164,8 +164,10 @@ impl PipeReader {
     }
 
     /// Reads what the pipe holds, up to a budget, and formats whole lines.
-    pub fn read(&mut self, format: LogFormat) -> ReadOutcome {
-        let mut buf = vec![0u8; READ_BUDGET];
+    /// `scratch` is a reusable read buffer (the loop keeps one for all pipes).
+    pub fn read(&mut self, format: LogFormat, scratch: &mut Vec<u8>) -> ReadOutcome {
+        scratch.resize(READ_BUDGET, 0);
+        let buf = scratch.as_mut_slice();
         let mut chunk = Vec::new();
         let mut filled = 0;
         let mut eof = false;

@@ -88,6 +88,8 @@ struct Runtime {
     /// Pipes whose output waits for room in the writer.
     stalled: Vec<u64>,
     conns: HashMap<u64, Conn>,
+    /// Read buffer shared by every pipe read.
+    scratch: Vec<u8>,
     next_token: u64,
     orphans: Orphans,
     /// The longest stop_timeout, used as the grace period for orphans.
@@ -111,7 +113,7 @@ impl Runtime {
         let signals = SignalDelivery::with_pipe(sig_read, sig_write, SignalOnly, handled)
             .map_err(os("installing signal handlers"))?;
         unblock(&handled)?;
-        raise_fd_limit();
+        raise_fd_limit(&config);
         if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
             tracing::warn!("cannot become a child subreaper: {e}; orphans will not be reaped");
         }
@@ -172,6 +174,7 @@ impl Runtime {
             pipes: HashMap::new(),
             stalled: Vec::new(),
             conns: HashMap::new(),
+            scratch: Vec::new(),
             next_token: FIRST_DYNAMIC,
             orphans: Orphans::default(),
             orphan_grace,
@@ -433,7 +436,7 @@ impl Runtime {
 
     fn on_pipe(&mut self, token: u64) {
         let reader = self.pipes.get_mut(&token).expect("checked by dispatch");
-        let outcome = reader.read(self.format);
+        let outcome = reader.read(self.format, &mut self.scratch);
         if !outcome.chunk.is_empty() {
             let writer = self.writer.as_ref().expect("writer runs until exit");
             if let Err(chunk) = writer.try_send(outcome.chunk) {
@@ -486,10 +489,11 @@ impl Runtime {
     fn drain_pipes(&mut self) {
         let writer = self.writer.as_ref().expect("writer runs until exit");
         let format = self.format;
+        let mut scratch = std::mem::take(&mut self.scratch);
         for (_, mut reader) in self.pipes.drain() {
             let mut chunks: Vec<Vec<u8>> = reader.held.take().into_iter().collect();
             loop {
-                let outcome = reader.read(format);
+                let outcome = reader.read(format, &mut scratch);
                 chunks.push(outcome.chunk);
                 if outcome.eof || chunks.last().is_some_and(|c| c.is_empty()) {
                     break;
@@ -504,16 +508,35 @@ impl Runtime {
 
 /// Raises the soft limit on open files to the hard limit: drover holds two
 /// pipes per child, and 1000 children exceed the usual soft limit of 1024.
-/// Children inherit the raised limit (posix_spawn cannot lower it).
-fn raise_fd_limit() {
+/// Children inherit the raised limit (posix_spawn cannot lower it). Warns
+/// once, up front, when the configured children cannot all fit.
+fn raise_fd_limit(config: &Config) {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
-        && soft < hard
-        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
-    {
-        tracing::warn!("cannot raise the open-file limit from {soft} to {hard}: {e}");
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let mut limit = soft;
+    if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => limit = hard,
+            Err(e) => tracing::warn!("cannot raise the open-file limit from {soft} to {hard}: {e}"),
+        }
+    }
+    let children: u64 = config.groups.values().map(|g| u64::from(g.processes)).sum();
+    let needed = FDS_PER_CHILD * children + FDS_RESERVED;
+    if needed > limit {
+        tracing::warn!(
+            "the open-file limit is {limit}, but {children} children need about {needed} \
+             ({FDS_PER_CHILD} per child for its output pipes); some starts will fail with \
+             \"Too many open files\" — raise the hard limit (ulimit -Hn, LimitNOFILE=)"
+        );
     }
 }
+
+/// Output pipes drover holds per running child.
+const FDS_PER_CHILD: u64 = 2;
+/// drover's own fds: stdio, epoll, signal pipe, control socket, clients.
+const FDS_RESERVED: u64 = 32;
 
 /// Unblocks the signals drover handles, in case it was started with them
 /// blocked (a container runtime or a parent may do that).
