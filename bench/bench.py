@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
-"""drover's benchmark suite: restart latency, start time, footprint, idle wake-ups.
+"""drover's benchmark suite: restart latency, start time, footprint, idle wake-ups, start methods.
 
-Run it through `bash bench/run.sh`, which builds everything first; see
-bench/README.md for what each number means. Standard library only.
+Run it through `bash bench/run.sh [SECTION...]`, which builds everything
+first; see bench/README.md for what each number means. Sections: `core`
+(restart, start, footprint, idle wake-ups, other observations) and `methods`
+(restart latency per start method and supervisor size); default: all.
+Standard library only.
 
 Everything this script creates lives under target/bench/. Every process it
 starts runs in its own session and is stopped in a `finally`, on success,
@@ -34,6 +37,7 @@ DEFAULT_DROVER = ROOT / "target" / "release" / "drover"
 REF = {
     "spawn": "≈ 0.13 ms",
     "fork": "≈ 0.23 ms",
+    "fork_1g": "≈ 32 ms",
     "supervisord_restart": "≈ 1008 ms",
     "supervisord_rss": "≈ 31 MB",
     "supervisord_wakeups": "≈ 1 / s",
@@ -45,6 +49,9 @@ class BenchError(Exception):
     """A benchmark step failed; the message says which and why."""
 
 
+SECTIONS = ("core", "methods")
+START_METHODS = ("spawn", "fork", "forkserver")
+
 # ---------------------------------------------------------------- processes
 
 
@@ -54,6 +61,9 @@ class Procs:
     def __init__(self, stamp: Path):
         self.stamp = stamp
         self.procs: list[subprocess.Popen] = []
+        # (pid, exe) of processes that are not our children (drover's fork
+        # servers): SIGKILLed at cleanup if that pid still runs that exe.
+        self.others: list[tuple[int, str]] = []
 
     def start(self, argv, *, stdout, stderr, env=None, preexec_fn=None) -> subprocess.Popen:
         p = subprocess.Popen(
@@ -83,6 +93,9 @@ class Procs:
         for p in self.procs:
             self.kill(p)
         self.procs.clear()
+        for pid, exe in self.others:
+            kill_if_exe(pid, exe)
+        self.others.clear()
         self.sweep_stamps()
 
     def sweep_stamps(self) -> None:
@@ -96,6 +109,27 @@ class Procs:
                         os.kill(pid, signal.SIGKILL)
                 except (FileNotFoundError, ProcessLookupError, PermissionError):
                     pass
+
+
+def kill_if_exe(pid: int, exe: str) -> bool:
+    """SIGKILLs pid if it is still a live process running exe (not a reused pid)."""
+    try:
+        if os.readlink(f"/proc/{pid}/exe") == exe:
+            os.kill(pid, signal.SIGKILL)
+            return True
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        pass
+    return False
+
+
+def proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, ppid) from /proc/PID/stat; None when the pid is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = text[text.rindex(")") + 2 :].split()
+    return fields[0], int(fields[1])
 
 
 def read_stamps(path: Path) -> dict[int, int]:
@@ -149,20 +183,31 @@ def memory(pid: int) -> dict:
     status = Path(f"/proc/{pid}/status").read_text()
     fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
     kb = lambda name: int(fields[name].split()[0])  # noqa: E731
-    pss = None
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                pss = int(line.split()[1])
-    except FileNotFoundError:
-        pass
+    rollup = smaps_rollup(pid)
     return {
         "rss_kb": kb("VmRSS"),
         "anon_kb": kb("RssAnon"),
         "file_kb": kb("RssFile"),
-        "pss_kb": pss,
+        "pss_kb": rollup.get("Pss"),
+        # Transparent huge pages: a fork copies one entry per 2 MiB of them
+        # instead of 512, so they hide what a supervisor's size costs a fork.
+        "anon_huge_kb": rollup.get("AnonHugePages"),
         "threads": int(fields["Threads"]),
     }
+
+
+def smaps_rollup(pid: int) -> dict[str, int]:
+    """The kB fields of /proc/PID/smaps_rollup (Rss, Pss, AnonHugePages, ...)."""
+    out: dict[str, int] = {}
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except FileNotFoundError:
+        return out
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[2] == "kB":
+            out[parts[0].rstrip(":")] = int(parts[1])
+    return out
 
 
 def context_switches(pid: int) -> int:
@@ -188,6 +233,13 @@ def idle_wakeups(pid: int, seconds: float) -> dict:
 
 
 def run_probe(probe: Path, args: list, timeout: float, env: dict | None = None) -> list[int]:
+    return run_probe_full(probe, args, timeout, env)[0]
+
+
+def run_probe_full(
+    probe: Path, args: list, timeout: float, env: dict | None = None
+) -> tuple[list[int], dict]:
+    """Latencies (ns) and the probe's `probe-memory:` report (empty without one)."""
     r = subprocess.run(
         [str(probe), *map(str, args)],
         env={**os.environ, **env} if env else None,
@@ -198,14 +250,25 @@ def run_probe(probe: Path, args: list, timeout: float, env: dict | None = None) 
     )
     if r.returncode != 0:
         raise BenchError(f"probe {' '.join(map(str, args[:2]))} failed: {r.stderr.strip()}")
-    return [int(x) for x in r.stdout.split()]
+    mem: dict = {}
+    for line in r.stderr.splitlines():
+        if line.startswith("probe-memory:"):
+            for word in line.split()[1:]:
+                k, _, v = word.partition("=")
+                mem[k] = int(v) if v.lstrip("-").isdigit() else v
+    return [int(x) for x in r.stdout.split()], mem
 
 
 # ------------------------------------------------------------------ drover
 
 
 class Drover:
-    """One `drover run` with a single stamp group of `processes` children."""
+    """One `drover run` with a single stamp group of `processes` children.
+
+    start_method: the group's `start_method` (None: not written, the default);
+    ballast_mib: pass the hidden `--ballast-mib` (drover holds that much
+    touched memory).
+    """
 
     def __init__(
         self,
@@ -214,6 +277,8 @@ class Drover:
         processes: int,
         nofile: int | None = None,
         nofile_hard: bool = False,
+        start_method: str | None = None,
+        ballast_mib: int | None = None,
     ):
         self.bench = bench
         self.dir = RUN / name
@@ -227,12 +292,15 @@ class Drover:
             "[group.stamp]\n"
             f"command = [{json.dumps(str(bench.stamp))}]\n"
             f"processes = {processes}\n"
-            'start_secs = "0s"\n'
+            + (f"start_method = {json.dumps(start_method)}\n" if start_method else "")
+            + 'start_secs = "0s"\n'
             'restart = "always"\n'
             f"env = {{ STAMP_DIR = {json.dumps(str(self.dir))} }}\n"
         )
         self.nofile = nofile
         self.nofile_hard = nofile_hard
+        self.start_method = start_method
+        self.ballast_mib = ballast_mib
         self.proc: subprocess.Popen | None = None
         self.t0 = 0
 
@@ -248,8 +316,9 @@ class Drover:
         self.out = open(self.dir / "stdout.log", "wb")
         self.err = open(self.dir / "stderr.log", "wb")
         self.t0 = time.monotonic_ns()
+        ballast = ["--ballast-mib", self.ballast_mib] if self.ballast_mib else []
         self.proc = self.bench.procs.start(
-            [self.bench.drover, "run", self.config, "--socket", self.socket],
+            [self.bench.drover, "run", self.config, "--socket", self.socket, *ballast],
             stdout=self.out,
             stderr=self.err,
             preexec_fn=preexec,
@@ -449,7 +518,8 @@ class Bench:
         self.probe = Path(args.probe).resolve()
         self.supervisord = Path(args.supervisord).resolve() if args.supervisord else None
         self.procs = Procs(self.stamp)
-        self.r: dict = {"notes": []}
+        self.sections = [s for s in SECTIONS if s in (args.sections or SECTIONS)]
+        self.r: dict = {"notes": [], "load_notes": []}
 
     def check_quiet(self, when: str, wait: float = 0) -> None:
         """Other load skews every latency here: measure it, and say so.
@@ -465,18 +535,41 @@ class Bench:
         self.r[f"background_{when}"] = load
         if load["busy_pct"] > 5:
             self.note(
-                f"the machine was busy {when} the run: {load['busy_pct']:.0f}% CPU used by other "
+                where="load_notes",
+                text=f"the machine was busy {when} the run: {load['busy_pct']:.0f}% CPU used by other "
                 "processes while the bench slept; latencies are inflated — rerun on a quiet machine"
             )
 
-    def note(self, text: str) -> None:
+    def note(self, text: str, where: str = "notes") -> None:
+        """Something to point out in the report; `where`: the list it goes to
+        (notes: the core section; load_notes: the header; methods: its section)."""
         print(f"  note: {text}")
-        self.r["notes"].append(text)
+        if where == "methods":
+            self.r["methods"]["notes"].append(text)
+        else:
+            self.r[where].append(text)
+
+    def mnote(self, text: str) -> None:
+        self.note(text, where="methods")
 
     def step(self, text: str) -> None:
         print(f"[{time.monotonic() - self.began:6.1f}s] {text}", flush=True)
 
     # -- phases
+
+    def core(self) -> None:
+        """The `core` section: restart, start, footprint, idle wake-ups, fd limit."""
+        self.baselines()
+        self.drover_restart()
+        if self.supervisord:
+            self.supervisord_restart()
+        self.drover_many(100, idle=True)
+        if self.supervisord:
+            self.supervisord_many(100)
+        self.drover_many(1000, idle=True)
+        if not self.args.skip_fd_limit:
+            self.fd_limit(1000, 1024, hard=False)
+            self.fd_limit(1000, 1024, hard=True)
 
     def baselines(self) -> None:
         n = self.args.restarts
@@ -592,29 +685,147 @@ class Bench:
         }
         d.shutdown()
 
+    # -- start methods
+
+    def start_methods(self) -> None:
+        """Restart latency per start method and supervisor size, and the bare
+        calls each method corresponds to, from a small and a large C parent."""
+        mib = self.args.ballast_mib
+        self.r["methods"] = {"ballast_mib": mib, "bare": {}, "drover": {}, "notes": []}
+        for size in (0, mib):
+            for mode in BARE_MODES:
+                self.methods_bare(mode, size)
+            for method in START_METHODS:
+                self.methods_drover(method, size)
+
+    def methods_bare(self, mode: str, mib: int) -> None:
+        n = self.args.restarts
+        parent = f"a parent holding {mib} MiB" if mib else "a small parent"
+        self.step(f"methods: bare {BARE_MODES[mode]} x{n} from {parent}")
+        d = RUN / f"methods-bare-{mode}-{mib}"
+        d.mkdir(parents=True)
+        # PROBE_BALLAST_MIB=0 too: then the probe reports its (small) memory.
+        lat, mem = run_probe_full(
+            self.probe, [mode, n, self.stamp, d], timeout=600, env={"PROBE_BALLAST_MIB": str(mib)}
+        )
+        self.r["methods"]["bare"][f"{mode}/{mib}"] = {**summary(lat), "memory": mem}
+        if mem.get("Anonymous", 0) < mib * 1024:
+            self.mnote(f"the probe's {mib} MiB ballast is not resident: {mem}")
+        if mem.get("AnonHugePages", 0) > 0:
+            self.mnote(f"the probe's ballast got transparent huge pages: {mem}")
+
+    def methods_drover(self, method: str, mib: int) -> None:
+        n = self.args.restarts
+        size = f"--ballast-mib {mib}" if mib else "no ballast"
+        self.step(f"methods: drover start_method = {method!r}, {size}: restart latency x{n}")
+        d = Drover(self, f"methods-drover-{method}-{mib}", 1, start_method=method,
+                   ballast_mib=mib or None)
+        d.start()
+        d.wait_stamps(1, 60)  # touching the ballast takes a moment
+        time.sleep(0.2)
+        d.alive()
+        entry: dict = {"memory": memory(d.proc.pid)}
+        anon = entry["memory"]["anon_kb"]
+        if mib and anon < mib * 1024:
+            self.mnote(f"drover --ballast-mib {mib}: RssAnon is only {mb(anon)}; not all resident")
+        if entry["memory"]["anon_huge_kb"]:
+            self.mnote(
+                f"drover --ballast-mib {mib} ({method}): {mb(entry['memory']['anon_huge_kb'])} "
+                "AnonHugePages: its fork is cheaper than with 4 KiB pages"
+            )
+        server = None
+        if method == "forkserver":
+            server = forkserver_of(d.proc.pid)
+            if server is None:
+                self.mnote(f"drover ({method}, {size}): no fork server found among its children")
+            else:
+                self.procs.others.append((server, os.readlink(f"/proc/{server}/exe")))
+                entry["server"] = {"pid": server, **memory(server)}
+        self.check_child(d, method, size)
+        lat = run_probe(self.probe, ["kill", n, d.dir, 5000, self.args.gap_ms], timeout=600)
+        d.alive()
+        entry.update(summary(lat))
+        restarts = d.status()["groups"][0]["children"][0]["restarts"]
+        if restarts != n:
+            self.mnote(f"drover ({method}, {size}) reports {restarts} restarts after {n} kills")
+        self.check_child(d, method, size)
+        d.shutdown()
+        if server is not None:
+            # It exits when drover closes its socket; drover reaps it.
+            try:
+                wait_for("the fork server to exit", 3, lambda: proc_stat(server) is None)
+            except BenchError:
+                state = proc_stat(server) or ("gone", 0)  # (state letter, parent)
+                entry["server_left"] = state
+                self.mnote(
+                    f"drover's fork server (pid {server}) was still there 3 s after drover "
+                    f"exited: state {state[0]}, parent {state[1]}"
+                    + (" (a zombie nobody reaped)" if state[0] == "Z" else "; the bench killed it")
+                )
+                kill_if_exe(server, self.procs.others[-1][1])
+        self.r["methods"]["drover"][f"{method}/{mib}"] = entry
+
+    def check_child(self, d: Drover, method: str, size: str) -> None:
+        """The newest stamp child was started with `method`, and drover is its parent."""
+        stamps = read_stamps(d.stamps)
+        pid = max(stamps, key=stamps.get)
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except FileNotFoundError:
+            self.mnote(f"drover ({method}, {size}): its child {pid} is gone")
+            return
+        got = next((v[20:].decode() for v in env if v.startswith(b"DROVER_START_METHOD=")), None)
+        stat = proc_stat(pid)
+        if got != method or stat is None or stat[1] != d.proc.pid:
+            self.mnote(
+                f"drover ({method}, {size}): child {pid} has DROVER_START_METHOD={got} and "
+                f"parent {stat and stat[1]} (drover is {d.proc.pid})"
+            )
+
     def run(self) -> None:
         self.began = time.monotonic()
         if RUN.exists():
             shutil.rmtree(RUN)
         RUN.mkdir(parents=True)
         self.r["machine"] = machine()
+        self.r["sections"] = list(self.sections)
         self.check_quiet("before", wait=self.args.quiet_wait)
         try:
-            self.baselines()
-            self.drover_restart()
-            if self.supervisord:
-                self.supervisord_restart()
-            self.drover_many(100, idle=True)
-            if self.supervisord:
-                self.supervisord_many(100)
-            self.drover_many(1000, idle=True)
-            if not self.args.skip_fd_limit:
-                self.fd_limit(1000, 1024, hard=False)
-                self.fd_limit(1000, 1024, hard=True)
+            if "core" in self.sections:
+                self.core()
+            if "methods" in self.sections:
+                self.start_methods()
         finally:
             self.procs.cleanup()
         self.check_quiet("after")
         self.step("done")
+
+
+# probe mode -> what it measures (the start methods section's bare calls)
+BARE_MODES = {
+    "spawn": "posix_spawn → running",
+    "fork": "fork+exec → running",
+    "respawn": "kill + waitpid + posix_spawn (floor)",
+    "refork": "kill + waitpid + fork+exec (floor)",
+}
+
+
+def forkserver_of(drover_pid: int) -> int | None:
+    """The PID of drover's fork server: its child whose argv[0] is drover-forkserver."""
+    children: list[int] = []
+    for task in Path(f"/proc/{drover_pid}/task").iterdir():
+        try:
+            children += [int(c) for c in (task / "children").read_text().split()]
+        except FileNotFoundError:
+            continue
+    for pid in children:
+        try:
+            argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+        except FileNotFoundError:
+            continue
+        if argv0 == b"drover-forkserver":
+            return pid
+    return None
 
 
 def cpu_times() -> tuple[int, int, int]:
@@ -647,9 +858,24 @@ def machine() -> dict:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "nofile": f"{soft} (hard {hard})",
+        "thp": thp_mode(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "git": git_state(),
     }
+
+
+def thp_mode() -> str:
+    """Transparent huge pages: the kernel's setting, e.g. `madvise` (enabled; defrag)."""
+    base = Path("/sys/kernel/mm/transparent_hugepage")
+
+    def chosen(name: str) -> str:
+        try:
+            text = (base / name).read_text()
+        except OSError:
+            return "?"
+        return next((w[1:-1] for w in text.split() if w.startswith("[")), text.strip())
+
+    return f"enabled={chosen('enabled')}, defrag={chosen('defrag')}"
 
 
 def git_state() -> str:
@@ -693,13 +919,24 @@ def verdict(ok: bool) -> str:
 
 
 def report(b: Bench) -> str:
+    """The whole report: the header, then each section that ran."""
+    out = report_header(b)
+    if "core" in b.sections:
+        out += report_core(b)
+    if "methods" in b.sections:
+        out += report_methods(b)
+    return "\n".join(out) + "\n"
+
+
+def report_header(b: Bench) -> list[str]:
     r = b.r
     m = r["machine"]
-    skipped = "skipped (not installed)"
     out = [
         "# drover benchmark results",
         "",
-        f"- machine: {m['nproc']} CPUs, {m['model']}, Linux {m['kernel']}",
+        f"- sections: {', '.join(b.sections)}",
+        f"- machine: {m['nproc']} CPUs, {m['model']}, Linux {m['kernel']};"
+        f" transparent huge pages {m['thp']}",
         f"- RLIMIT_NOFILE of the bench: {m['nofile']}; Python {m['python']}; {m['date']}",
         "- other load (CPU busy while the bench slept 1 s, of all CPUs): "
         + ", ".join(
@@ -714,8 +951,18 @@ def report(b: Bench) -> str:
             if b.drover == DEFAULT_DROVER.resolve()
             else f"(a prebuilt binary; the working tree is at {m['git']})"
         ),
-        f"- supervisord: {b.supervisord or skipped}",
-        "",
+    ]
+    if "core" in b.sections:
+        out.append(f"- supervisord: {b.supervisord or 'skipped (not installed)'}")
+    out += [f"- **{note}**" for note in r["load_notes"]]
+    out.append("")
+    return out
+
+
+def report_core(b: Bench) -> list[str]:
+    r = b.r
+    skipped = "skipped (not installed)"
+    out = [
         "## Restart latency: SIGKILL of a running child → its replacement running",
         "",
         "Time from t0 (CLOCK_MONOTONIC just before the spawn call, or just before",
@@ -880,11 +1127,195 @@ def report(b: Bench) -> str:
         )
     for note in r["notes"]:
         out.append(f"- {note}")
-    return "\n".join(out) + "\n"
+    out.append("")
+    return out
+
+
+# The start methods section's goals (the issue): drover's spawn and forkserver
+# starts within 1.5x of the bare calls and independent of the supervisor's
+# size; fork's cost visibly tracks the supervisor's size. "Independent" and
+# "visibly" made concrete: the large / small ratio of medians.
+GOAL_RATIO = 1.5
+SIZE_INDEPENDENT = 1.25
+SIZE_TRACKS = 2.0
+
+# drover start method -> (probe mode of the bare call, of its floor, which
+# parent size: "same" as drover's, or always the small parent)
+CORRESPONDS = {
+    "spawn": ("spawn", "respawn", "same"),
+    "fork": ("fork", "refork", "same"),
+    # The fork server is a small process, however large drover is.
+    "forkserver": ("fork", "refork", "small"),
+}
+
+
+def report_methods(b: Bench) -> list[str]:
+    mr = b.r["methods"]
+    mib = mr["ballast_mib"]
+    big = f"{mib // 1024} GiB" if mib % 1024 == 0 else f"{mib} MiB"
+    sizes = (0, mib)
+
+    def bare(mode: str, size: int) -> dict:
+        return mr["bare"][f"{mode}/{size}"]
+
+    def drv(method: str, size: int) -> dict:
+        return mr["drover"][f"{method}/{size}"]
+
+    def counterpart(method: str, size: int) -> tuple[dict, dict, str]:
+        call, floor, which = CORRESPONDS[method]
+        psize = size if which == "same" else 0
+        parent = f"{big} parent" if psize else "small parent"
+        return bare(call, psize), bare(floor, psize), f"{BARE_MODES[call].split(' →')[0]}, {parent}"
+
+    def kb_mb(kb) -> str:
+        return "—" if kb is None or kb < 0 else mb(kb)
+
+    out = [
+        "## Start methods: restart latency per start method and supervisor size",
+        "",
+        'drover with one `stamp` child (`start_secs = "0s"`, `restart = "always"`) per',
+        f"`start_method`, as is and with `--ballast-mib {mib}` (the supervisor holds {big} of",
+        "touched memory): SIGKILL of the running child → its replacement's stamp. Bare calls",
+        f"from `probe`, a small C parent, and the same holding {big} (mmap, MADV_NOHUGEPAGE,",
+        "memset): t0 just before the call → the child's stamp. Floors: kill + waitpid + the",
+        "call, a restart by the ideal supervisor. RssAnon / AnonHugePages: of the parent",
+        "(drover or the probe) from /proc/PID/status and smaps_rollup.",
+        "",
+    ]
+    rows = []
+
+    def lat_cells(s: dict) -> list[str]:
+        return [str(s["n"]), ms(s["median"]), ms(s["p90"]), ms(s["p99"]), ms(s["max"])]
+
+    refs = {("spawn", 0): REF["spawn"], ("fork", 0): REF["fork"], ("fork", mib): REF["fork_1g"]}
+    for mode in BARE_MODES:
+        for size in sizes:
+            s = bare(mode, size)
+            m = s["memory"]
+            name = ("floor: " if mode.startswith("re") else "bare ") + BARE_MODES[mode].replace(
+                " (floor)", ""
+            )
+            rows.append(
+                [name, f"{big} touched" if size else "small", *lat_cells(s),
+                 kb_mb(m.get("Anonymous")), kb_mb(m.get("AnonHugePages")),
+                 refs.get((mode, size), "") if mib == 1024 or not size else ""]
+            )
+    for method in START_METHODS:
+        for size in sizes:
+            s = drv(method, size)
+            rows.append(
+                [f"**drover** `{method}` restart", f"--ballast-mib {size}" if size else "no ballast",
+                 *lat_cells(s), mb(s["memory"]["anon_kb"]), kb_mb(s["memory"]["anon_huge_kb"]), ""]
+            )
+    out.append(
+        table(["", "parent", "n", "median", "p90", "p99", "max", "RssAnon", "AnonHugePages",
+               "reference"], rows)
+    )
+
+    out += [
+        "",
+        "Each drover method against the bare call it corresponds to (medians): `spawn` against",
+        "posix_spawn, `fork` against fork+exec from a parent of drover's size, `forkserver`",
+        "against fork+exec from a small parent (the fork server is small whatever drover's size).",
+        "drover's number is a whole restart (kill → SIGCHLD → reap → start), the bare call only",
+        "the start; *vs floor* compares with the same call preceded by kill + waitpid.",
+        "",
+    ]
+    rows = []
+    for method in START_METHODS:
+        for size in sizes:
+            d = drv(method, size)["median"]
+            call, floor, name = counterpart(method, size)
+            ratio = d / call["median"]
+            goal = "—" if method == "fork" else f"{verdict(ratio <= GOAL_RATIO)}"
+            rows.append(
+                [f"`{method}`", f"--ballast-mib {size}" if size else "no ballast", ms(d), name,
+                 ms(call["median"]), f"{ratio:.2f}×", goal, ms(floor["median"]),
+                 f"{d / floor['median']:.2f}×"]
+            )
+    out.append(
+        table(["drover", "supervisor", "drover median", "bare call", "bare median",
+               "drover / bare", f"≤ {GOAL_RATIO:g}×", "floor median", "drover / floor"], rows)
+    )
+
+    out += [
+        "",
+        f"Dependence on the parent's size: median with {big} / median without.",
+        "",
+    ]
+    rows = []
+    size_ratio = {}
+    for method in START_METHODS:
+        small, large = drv(method, 0)["median"], drv(method, mib)["median"]
+        size_ratio[method] = large / small
+        if method == "fork":
+            goal = f"tracks size (≥ {SIZE_TRACKS:g}×): {verdict(large / small >= SIZE_TRACKS)}"
+        else:
+            goal = f"independent (≤ {SIZE_INDEPENDENT:g}×): {verdict(large / small <= SIZE_INDEPENDENT)}"
+        rows.append([f"**drover** `{method}`", ms(small), ms(large), f"{large / small:.2f}×", goal])
+    for mode in ("spawn", "fork"):
+        small, large = bare(mode, 0)["median"], bare(mode, mib)["median"]
+        ref = f"reference {REF['fork']} → {REF['fork_1g']}" if mode == "fork" else ""
+        rows.append([f"bare {BARE_MODES[mode]}", ms(small), ms(large), f"{large / small:.2f}×", ref])
+    out.append(table(["", "small", big, f"{big} / small", "goal"], rows))
+
+    ratio = {
+        (m, size): drv(m, size)["median"] / counterpart(m, size)[0]["median"]
+        for m in START_METHODS
+        for size in sizes
+    }
+
+    def both(m: str) -> str:
+        return " and ".join(f"{ratio[(m, size)]:.2f}×" for size in sizes)
+
+    within = {m: all(ratio[(m, size)] <= GOAL_RATIO for size in sizes) for m in ("spawn", "forkserver")}
+    out += [
+        "",
+        "Goal (the issue): drover's spawn and forkserver starts within 1.5× of the bare calls and",
+        "independent of the supervisor's size; fork's cost visibly tracks the supervisor's size.",
+        "",
+        f"- `spawn` within {GOAL_RATIO:g}× of posix_spawn (no ballast and {big}): {both('spawn')}"
+        f" — **{verdict(within['spawn'])}**",
+        f"- `forkserver` within {GOAL_RATIO:g}× of fork+exec from a small parent: {both('forkserver')}"
+        f" — **{verdict(within['forkserver'])}**",
+        f"- `spawn` independent of size: {size_ratio['spawn']:.2f}× —"
+        f" **{verdict(size_ratio['spawn'] <= SIZE_INDEPENDENT)}**; `forkserver`:"
+        f" {size_ratio['forkserver']:.2f}× — **{verdict(size_ratio['forkserver'] <= SIZE_INDEPENDENT)}**",
+        f"- `fork` tracks size: {size_ratio['fork']:.1f}× (bare fork+exec:"
+        f" {bare('fork', mib)['median'] / bare('fork', 0)['median']:.1f}×) —"
+        f" **{verdict(size_ratio['fork'] >= SIZE_TRACKS)}**",
+    ]
+    # Memory: what makes a fork expensive is resident 4 KiB pages.
+    dm = {size: drv("fork", size)["memory"] for size in sizes}
+    pm = bare("fork", mib)["memory"]
+    out.append(
+        f"- memory (THP {b.r['machine']['thp']}): drover RssAnon {mb(dm[0]['anon_kb'])} without"
+        f" and {mb(dm[mib]['anon_kb'])} with `--ballast-mib {mib}`, AnonHugePages"
+        f" {kb_mb(dm[mib]['anon_huge_kb'])} (its `vec![1u8; n]` is plain malloc memory: huge pages"
+        " only when THP is `always`); probe with its ballast: Anonymous"
+        f" {kb_mb(pm.get('Anonymous'))}, AnonHugePages {kb_mb(pm.get('AnonHugePages'))}"
+    )
+    servers = [drv("forkserver", size).get("server") for size in sizes]
+    if all(servers):
+        out.append(
+            "- the fork server: VmRSS " + " and ".join(mb(s["rss_kb"]) for s in servers)
+            + f" (drover without and with {big}), RssAnon "
+            + " and ".join(mb(s["anon_kb"]) for s in servers)
+        )
+    for note in mr["notes"]:
+        out.append(f"- {note}")
+    out.append("")
+    return out
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "sections",
+        nargs="*",
+        metavar="SECTION",
+        help=f"sections to run: {', '.join(SECTIONS)} or all (default: all)",
+    )
     p.add_argument("--drover", default=DEFAULT_DROVER)
     p.add_argument("--stamp", default=BENCH / "stamp")
     p.add_argument("--probe", default=BENCH / "probe")
@@ -893,11 +1324,24 @@ def main() -> int:
     p.add_argument("--sv-restarts", type=int, default=20, help="supervisord iterations")
     p.add_argument("--gap-ms", type=int, default=5, help="pause between two kills of drover's child")
     p.add_argument("--idle-secs", type=float, default=10.0)
+    p.add_argument(
+        "--ballast-mib",
+        type=int,
+        default=1024,
+        help="methods: the large supervisor / parent holds this many MiB of touched memory",
+    )
     p.add_argument("--skip-fd-limit", action="store_true")
     p.add_argument(
         "--quiet-wait", type=float, default=60, help="wait this long at most for a quiet machine"
     )
     args = p.parse_args()
+    unknown = [s for s in args.sections if s not in (*SECTIONS, "all")]
+    if unknown:
+        p.error(f"unknown section {unknown[0]!r}; choose from {', '.join(SECTIONS)}, all")
+    if "all" in args.sections:
+        args.sections = []
+    if args.ballast_mib <= 0:
+        p.error("--ballast-mib must be positive")
 
     for what in ("drover", "stamp", "probe"):
         path = Path(getattr(args, what))

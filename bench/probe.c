@@ -5,6 +5,8 @@
  *   probe fork    N STAMP DIR   bare fork + execve of STAMP, N times
  *   probe respawn N STAMP DIR   the floor of a restart: SIGKILL the running
  *                               STAMP, waitpid, posix_spawn a new one, N times
+ *   probe refork  N STAMP DIR   the same floor with fork + execve instead of
+ *                               posix_spawn
  *   probe kill    N DIR TIMEOUT_MS GAP_MS
  *                               drive an external supervisor: SIGKILL the
  *                               newest STAMP child found in DIR/stamps and wait
@@ -14,6 +16,18 @@
  * file descriptors (close-on-exec pipe ends), as a supervisor holding the
  * log pipes of K/2 children does: every spawn copies the fd table and the
  * child closes them again, so this shows what that costs by itself.
+ *
+ * With PROBE_BALLAST_MIB=M in the environment, the probe first maps M MiB
+ * of anonymous memory, advises MADV_NOHUGEPAGE on it and memsets every byte,
+ * so that it holds M MiB of touched, 4 KiB-paged memory, as a large
+ * supervisor does: fork() then has M*256 page-table entries to copy, and
+ * the child's exec as many to tear down. (Transparent huge pages would
+ * make that 512 times fewer entries, and the fork nearly free; with
+ * PROBE_BALLAST_THP=1 the probe advises MADV_HUGEPAGE instead, to show
+ * that.) Whenever PROBE_BALLAST_MIB is set (0 included), the probe reports
+ * its own memory once, before the first start, on stderr as one line:
+ *   probe-memory: mib=M advice=nohugepage Rss=… Anonymous=… AnonHugePages=…
+ * (kB, from /proc/self/smaps_rollup).
  *
  * STAMP is the stamp program, DIR the directory whose "stamps" file it
  * appends "<pid> <CLOCK_MONOTONIC ns>" to. Each mode prints one latency in
@@ -35,6 +49,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/inotify.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -178,9 +193,49 @@ static void kill_and_reap(pid_t pid) {
 
 static const int TIMEOUT_MS = 5000;
 
+/* ---- PROBE_BALLAST_MIB: a parent holding touched memory ---- */
+
+static void ballast_setup(void) {
+    const char *mib_text = getenv("PROBE_BALLAST_MIB");
+    if (mib_text == NULL)
+        return;
+    long mib = atol(mib_text);
+    const char *thp_text = getenv("PROBE_BALLAST_THP");
+    int thp = thp_text != NULL && strcmp(thp_text, "1") == 0;
+    unsetenv("PROBE_BALLAST_MIB");
+    unsetenv("PROBE_BALLAST_THP");
+    const char *advice = "none";
+    if (mib > 0) {
+        size_t len = (size_t)mib << 20;
+        char *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED)
+            die("mmap (PROBE_BALLAST_MIB)");
+        /* Before the first touch: the advice decides how the faults map it. */
+        if (madvise(p, len, thp ? MADV_HUGEPAGE : MADV_NOHUGEPAGE) != 0)
+            die("madvise (PROBE_BALLAST_MIB)");
+        advice = thp ? "hugepage" : "nohugepage";
+        memset(p, 1, len);
+        /* The compiler must assume the memory is used: keep the stores. */
+        __asm__ volatile("" : : "r"(p) : "memory");
+    }
+    long rss = -1, anon = -1, huge = -1;
+    FILE *f = fopen("/proc/self/smaps_rollup", "r");
+    if (f != NULL) {
+        char line[256];
+        while (fgets(line, sizeof line, f) != NULL) {
+            sscanf(line, "Rss: %ld kB", &rss);
+            sscanf(line, "Anonymous: %ld kB", &anon);
+            sscanf(line, "AnonHugePages: %ld kB", &huge);
+        }
+        fclose(f);
+    }
+    fprintf(stderr, "probe-memory: mib=%ld advice=%s Rss=%ld Anonymous=%ld AnonHugePages=%ld\n",
+            mib, advice, rss, anon, huge);
+}
+
 static int usage(void) {
     fprintf(stderr,
-            "usage: probe spawn|fork|respawn N STAMP DIR\n"
+            "usage: probe spawn|fork|respawn|refork N STAMP DIR\n"
             "       probe kill N DIR TIMEOUT_MS GAP_MS\n");
     return 2;
 }
@@ -204,6 +259,7 @@ int main(int argc, char **argv) {
         }
         unsetenv("PROBE_EXTRA_FDS");
     }
+    ballast_setup();
 
     if (strcmp(mode, "spawn") == 0 || strcmp(mode, "fork") == 0) {
         if (argc != 5)
@@ -222,18 +278,19 @@ int main(int argc, char **argv) {
         return 0;
     }
 
-    if (strcmp(mode, "respawn") == 0) {
+    if (strcmp(mode, "respawn") == 0 || strcmp(mode, "refork") == 0) {
         if (argc != 5)
             return usage();
         setup_child(argv[3], argv[4]);
         stamps_open(argv[4]);
-        pid_t cur = start_spawn();
+        pid_t (*start)(void) = strcmp(mode, "refork") == 0 ? start_fork : start_spawn;
+        pid_t cur = start();
         int got;
         stamps_wait(is_pid, cur, &got, TIMEOUT_MS);
         for (int i = 0; i < n; i++) {
             long long t0 = now_ns();
             kill_and_reap(cur);
-            cur = start_spawn();
+            cur = start();
             long long ns = stamps_wait(is_pid, cur, &got, TIMEOUT_MS);
             printf("%lld\n", ns - t0);
         }

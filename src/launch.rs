@@ -15,8 +15,9 @@ use nix::fcntl::OFlag;
 use nix::sys::signal::{kill, killpg};
 use nix::unistd::{Pid as NixPid, pipe2};
 
+use crate::broker::{Direction, socket_pair};
 use crate::config::{GroupSpec, Program, StartMethod};
-use crate::names::GroupName;
+use crate::names::{GroupName, QueueName};
 use crate::signal::Signal;
 use crate::supervisor::{LaunchError, Launcher, Pid};
 use crate::sys::forkexec::{ExecSetup, FdSetup, ForkKind, fork_exec};
@@ -46,6 +47,8 @@ pub struct ChildOutput {
     pub pid: Pid,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
+    /// The broker's ends of the child's queue sockets.
+    pub queues: Vec<(QueueName, Direction, OwnedFd)>,
 }
 
 /// Starts children through their group's start-method context; see the
@@ -132,7 +135,12 @@ impl ProcessLauncher {
         std::mem::take(&mut self.outputs)
     }
 
-    fn environment(&self, group: &GroupSpec, index: u32) -> Vec<CString> {
+    fn environment(
+        &self,
+        group: &GroupSpec,
+        index: u32,
+        queue_vars: Vec<(String, String)>,
+    ) -> Vec<CString> {
         let mut env: BTreeMap<OsString, OsString> = if group.clear_env {
             self.base_env
                 .iter()
@@ -143,6 +151,9 @@ impl ProcessLauncher {
             self.base_env.clone()
         };
         for (k, v) in &group.env {
+            env.insert(k.into(), v.into());
+        }
+        for (k, v) in queue_vars {
             env.insert(k.into(), v.into());
         }
         env.insert("DROVER_GROUP".into(), group.name.as_str().into());
@@ -161,7 +172,7 @@ impl ProcessLauncher {
             .collect()
     }
 
-    fn plan(&self, group: &GroupSpec, index: u32) -> Result<(SpawnPlan, Pipes), LaunchError> {
+    fn plan(&self, group: &GroupSpec, index: u32) -> Result<(SpawnPlan, ChildIo), LaunchError> {
         let argv: Vec<OsString> = match &group.program {
             Program::Command(argv) => argv.clone(),
             Program::Python {
@@ -182,7 +193,8 @@ impl ProcessLauncher {
                 ]
             }
         };
-        let envp = self.environment(group, index);
+        let queues = QueueSockets::new(group).map_err(LaunchError::Setup)?;
+        let envp = self.environment(group, index, queues.variables(group.start_method));
         let search_path = group
             .env
             .get("PATH")
@@ -191,20 +203,90 @@ impl ProcessLauncher {
             .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
         let program = resolve_program(&argv[0], &group.cwd, &search_path)?;
         let pipes = Pipes::new().map_err(LaunchError::Setup)?;
+        let mut sources = vec![
+            self.devnull.as_raw_fd(),
+            pipes.stdout_w.as_raw_fd(),
+            pipes.stderr_w.as_raw_fd(),
+        ];
+        sources.extend(queues.theirs.iter().map(AsRawFd::as_raw_fd));
         let plan = SpawnPlan {
             program: cstring(program.as_os_str()),
             argv: argv.iter().map(|a| cstring(a)).collect(),
             envp,
             cwd: cstring(group.cwd.as_os_str()),
-            fds: FdPlan {
-                sources: vec![
-                    self.devnull.as_raw_fd(),
-                    pipes.stdout_w.as_raw_fd(),
-                    pipes.stderr_w.as_raw_fd(),
-                ],
-            },
+            fds: FdPlan { sources },
         };
-        Ok((plan, pipes))
+        Ok((plan, ChildIo { pipes, queues }))
+    }
+}
+
+/// Everything a starting child is given besides stdin.
+struct ChildIo {
+    pipes: Pipes,
+    queues: QueueSockets,
+}
+
+/// One socket pair per queue the group names (inputs first, then outputs).
+struct QueueSockets {
+    names: Vec<(QueueName, Direction)>,
+    ours: Vec<OwnedFd>,
+    theirs: Vec<OwnedFd>,
+}
+
+impl QueueSockets {
+    fn new(group: &GroupSpec) -> std::io::Result<QueueSockets> {
+        let names: Vec<(QueueName, Direction)> = group
+            .inputs
+            .iter()
+            .map(|q| (q.clone(), Direction::In))
+            .chain(group.outputs.iter().map(|q| (q.clone(), Direction::Out)))
+            .collect();
+        let mut ours = Vec::with_capacity(names.len());
+        let mut theirs = Vec::with_capacity(names.len());
+        for _ in &names {
+            let (a, b) = socket_pair()?;
+            ours.push(a);
+            theirs.push(b);
+        }
+        Ok(QueueSockets {
+            names,
+            ours,
+            theirs,
+        })
+    }
+
+    /// `DROVER_IN_<QUEUE>` / `DROVER_OUT_<QUEUE>` = the fd number the child
+    /// will find its end at: 3, 4, … after stdio for spawn and forkserver;
+    /// its own number for fork, which keeps fds where they are.
+    fn variables(&self, method: StartMethod) -> Vec<(String, String)> {
+        self.names
+            .iter()
+            .zip(&self.theirs)
+            .enumerate()
+            .map(|(i, ((queue, direction), fd))| {
+                let prefix = match direction {
+                    Direction::In => "DROVER_IN_",
+                    Direction::Out => "DROVER_OUT_",
+                };
+                let number = match method {
+                    StartMethod::Fork => fd.as_raw_fd(),
+                    StartMethod::Spawn | StartMethod::Forkserver => 3 + i as i32,
+                };
+                (
+                    format!("{prefix}{}", queue.env_suffix()),
+                    number.to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// The broker's ends, once the child runs.
+    fn into_ours(self) -> Vec<(QueueName, Direction, OwnedFd)> {
+        self.names
+            .into_iter()
+            .zip(self.ours)
+            .map(|((q, d), fd)| (q, d, fd))
+            .collect()
     }
 }
 
@@ -302,7 +384,7 @@ fn is_executable(path: &Path) -> bool {
 
 impl Launcher for ProcessLauncher {
     fn start(&mut self, group: &GroupSpec, index: u32) -> Result<Pid, LaunchError> {
-        let (plan, pipes) = self.plan(group, index)?;
+        let (plan, io) = self.plan(group, index)?;
         let started = match group.start_method {
             StartMethod::Spawn => spawn(&plan),
             StartMethod::Fork => fork_exec(&fork_setup(&plan), ForkKind::Fork),
@@ -313,6 +395,7 @@ impl Launcher for ProcessLauncher {
             source,
         })?;
         let pid = Pid(pid);
+        let ChildIo { pipes, queues } = io;
         drop(pipes.stdout_w);
         drop(pipes.stderr_w);
         self.outputs.push(ChildOutput {
@@ -321,6 +404,7 @@ impl Launcher for ProcessLauncher {
             pid,
             stdout: pipes.stdout_r,
             stderr: pipes.stderr_r,
+            queues: queues.into_ours(),
         });
         Ok(pid)
     }

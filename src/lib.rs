@@ -36,6 +36,7 @@
 //! processes running a Rust function, typed queues), with its `unsafe` in
 //! `sys::context`.
 
+pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod context;
@@ -45,6 +46,7 @@ pub mod logs;
 pub mod names;
 pub mod orphans;
 pub mod runtime;
+pub mod shutdown;
 pub mod signal;
 pub mod status;
 pub mod supervisor;

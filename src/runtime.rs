@@ -21,11 +21,13 @@ use signal_hook::consts::signal as sig;
 use signal_hook::iterator::backend::SignalDelivery;
 use signal_hook::iterator::exfiltrator::SignalOnly;
 
+use crate::broker::Broker;
 use crate::config::{Config, LogFormat};
 use crate::control::{Conn, ConnEvent, Listener, Request, Response};
 use crate::launch::ProcessLauncher;
 use crate::logs::{LogWriter, Origin, PipeReader, Stream};
 use crate::orphans::Orphans;
+use crate::shutdown::ShutdownOrder;
 use crate::signal::Signal;
 use crate::status::Status;
 use crate::supervisor::{ExitStatus, GroupCommand, Pid, Supervisor};
@@ -92,6 +94,10 @@ struct Runtime {
     scratch: Vec<u8>,
     next_token: u64,
     orphans: Orphans,
+    broker: Broker,
+    /// Set while a graceful shutdown stops groups in order.
+    shutdown: Option<ShutdownOrder>,
+    config: Config,
     /// The longest stop_timeout, used as the grace period for orphans.
     orphan_grace: Duration,
     term_signals: u32,
@@ -165,8 +171,8 @@ impl Runtime {
         Ok(Runtime {
             epoll,
             sup: Supervisor::new(&config),
-            launcher,
             format: config.supervisor.log_format,
+            launcher,
             signals,
             listener,
             writer: Some(writer),
@@ -177,8 +183,11 @@ impl Runtime {
             scratch: Vec::new(),
             next_token: FIRST_DYNAMIC,
             orphans: Orphans::default(),
+            broker: Broker::new(&config),
+            shutdown: None,
             orphan_grace,
             term_signals: 0,
+            config,
         })
     }
 
@@ -199,6 +208,7 @@ impl Runtime {
             let now = Instant::now();
             self.sup.on_deadline(&mut self.launcher, now);
             self.watch_new_outputs();
+            self.advance_shutdown(now);
             if self.sup.is_finished() {
                 // The server exits when its socket closes; the orphan
                 // phase reaps it like anything else.
@@ -208,6 +218,7 @@ impl Runtime {
                 break;
             }
         }
+        self.broker.report_leftovers();
         self.drain_pipes();
         if let Some(writer) = self.writer.take() {
             writer.finish();
@@ -230,7 +241,8 @@ impl Runtime {
 
     /// How long the loop may block: until the earliest deadline.
     fn timeout(&self, now: Instant) -> EpollTimeout {
-        let deadline = [self.sup.next_deadline(), self.orphans.deadline()]
+        let shutdown = self.shutdown.as_ref().and_then(ShutdownOrder::deadline);
+        let deadline = [self.sup.next_deadline(), self.orphans.deadline(), shutdown]
             .into_iter()
             .flatten()
             .min();
@@ -250,6 +262,7 @@ impl Runtime {
             CONTROL => self.accept_clients(),
             LOG_WAKE => self.on_log_wake(),
             t if self.pipes.contains_key(&t) => self.on_pipe(t),
+            t if self.broker.owns(t) => self.broker.on_event(&self.epoll, t, flags),
             t => self.on_conn(t, flags),
         }
     }
@@ -276,11 +289,14 @@ impl Runtime {
         let repeatable = signal != sig::SIGQUIT;
         if self.term_signals > 0 && repeatable {
             tracing::warn!("{name} again: killing everything now");
+            self.shutdown = None;
             self.sup.kill_all(&mut self.launcher, now);
             self.orphans.kill_now();
         } else if self.term_signals == 0 {
             tracing::info!("{name}: stopping every group");
-            self.sup.shutdown(&mut self.launcher, now);
+            self.sup.begin_shutdown();
+            self.shutdown = Some(ShutdownOrder::new(&self.config, now));
+            self.advance_shutdown(now);
         }
         self.term_signals += 1;
     }
@@ -302,12 +318,27 @@ impl Runtime {
                 }
             };
             let pid = Pid(pid.as_raw());
-            if !self.sup.on_exit(pid, status, &mut self.launcher, now)
-                && !self.launcher.on_unknown_exit(pid)
-            {
+            let ours = self.sup.on_exit(pid, status, &mut self.launcher, now);
+            if ours {
+                self.broker.child_exited(&self.epoll, pid);
+            } else if !self.launcher.on_unknown_exit(pid) {
                 self.orphans.reaped(pid);
                 tracing::debug!(pid = pid.0, ?status, "reaped an orphaned descendant");
             }
+        }
+    }
+
+    /// Stops the groups whose turn has come in a graceful shutdown.
+    fn advance_shutdown(&mut self, now: Instant) {
+        let Some(order) = self.shutdown.as_mut() else {
+            return;
+        };
+        let (sup, broker) = (&self.sup, &self.broker);
+        let due = order.step(now, |g| sup.group_is_live(g), |q| broker.is_drained(q));
+        for group in due {
+            tracing::debug!(%group, "stopping for shutdown");
+            self.broker.close_inputs(&self.epoll, &group);
+            self.sup.stop_group(&group, &mut self.launcher, now);
         }
     }
 
@@ -382,7 +413,11 @@ impl Runtime {
     fn handle_request(&mut self, request: Request) -> Response {
         let now = Instant::now();
         let (name, command, verb) = match request {
-            Request::Status => return Response::status(Status::capture(&self.sup, None, now)),
+            Request::Status => {
+                let mut status = Status::capture(&self.sup, None, now);
+                status.queues = self.broker.status();
+                return Response::status(status);
+            }
             Request::Shutdown => {
                 self.on_stop_signal(sig::SIGTERM, now);
                 return Response::ok("shutting down");
@@ -413,7 +448,14 @@ impl Runtime {
 
     /// Starts watching the output pipes of children started since last time.
     fn watch_new_outputs(&mut self) {
-        for out in self.launcher.take_outputs() {
+        for mut out in self.launcher.take_outputs() {
+            let sockets = std::mem::take(&mut out.queues);
+            let next = &mut self.next_token;
+            self.broker
+                .attach(&self.epoll, out.pid, &out.group, sockets, || {
+                    *next += 1;
+                    *next
+                });
             for (fd, stream) in [(out.stdout, Stream::Stdout), (out.stderr, Stream::Stderr)] {
                 let origin = Origin {
                     group: out.group.clone(),

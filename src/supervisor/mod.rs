@@ -239,8 +239,31 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Graceful shutdown: every child gets its `stop_signal`, SIGKILL after
-    /// its `stop_timeout`. Nothing restarts from now on.
+    /// Starts a shutdown without stopping anything yet: nothing restarts
+    /// from now on; the caller stops groups in order with [`Self::stop_group`].
+    pub fn begin_shutdown(&mut self) {
+        self.shutting_down = true;
+    }
+
+    /// Stops every child of `name` (`stop_signal`, SIGKILL after `stop_timeout`).
+    pub fn stop_group(&mut self, name: &GroupName, launcher: &mut impl Launcher, now: Instant) {
+        if let Some(group) = self.groups.get_mut(name) {
+            for child in &mut group.children {
+                stop_child(&group.spec, child, AfterStop::Stay, launcher, now);
+            }
+        }
+    }
+
+    /// Whether any child of `name` still has a process.
+    pub fn group_is_live(&self, name: &GroupName) -> bool {
+        self.groups
+            .get(name)
+            .is_some_and(|g| g.children.iter().any(|c| c.state.pid().is_some()))
+    }
+
+    /// Graceful shutdown of everything at once: every child gets its
+    /// `stop_signal`, SIGKILL after its `stop_timeout`. Nothing restarts
+    /// from now on.
     pub fn shutdown(&mut self, launcher: &mut impl Launcher, now: Instant) {
         self.shutting_down = true;
         for group in self.groups.values_mut() {

@@ -1,0 +1,126 @@
+//! Dead-letter records written under `state_dir` for queues that name no
+//! `dead_letter` queue: one JSON object per line, one file per queue
+//! (`<state_dir>/dead-letters/<queue>.jsonl`), readable by a person.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::queue::DeadLetter;
+use crate::names::QueueName;
+
+#[derive(serde::Serialize)]
+struct Record<'a> {
+    time: String,
+    queue: &'a str,
+    reason: &'a str,
+    deliveries: u32,
+    bytes: usize,
+    /// The message, with bytes outside printable ASCII escaped as `\xNN`
+    /// (Rust's `escape_ascii`), so it reads as text and converts back.
+    message: String,
+}
+
+/// The file for `queue`'s dead letters.
+pub fn path(state_dir: &Path, queue: &QueueName) -> PathBuf {
+    state_dir
+        .join("dead-letters")
+        .join(format!("{queue}.jsonl"))
+}
+
+/// Appends `letter` to `queue`'s dead-letter file.
+pub fn append(
+    state_dir: &Path,
+    queue: &QueueName,
+    letter: &DeadLetter,
+) -> std::io::Result<PathBuf> {
+    let file = path(state_dir, queue);
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let record = Record {
+        time: utc_now(),
+        queue: queue.as_str(),
+        reason: &letter.reason,
+        deliveries: letter.message.deliveries,
+        bytes: letter.message.bytes.len(),
+        message: letter.message.bytes.escape_ascii().to_string(),
+    };
+    let mut line = serde_json::to_vec(&record).expect("records serialise");
+    line.push(b'\n');
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&file)?
+        .write_all(&line)?;
+    Ok(file)
+}
+
+/// `2026-11-25T16:45:03.123Z`.
+fn utc_now() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        now.subsec_millis()
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
+/// (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::queue::Message;
+
+    #[test]
+    fn converts_days_to_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_417), (2025, 11, 25));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+
+    #[test]
+    fn appends_readable_records() {
+        let dir = std::env::temp_dir().join(format!("drover-dl-{}", std::process::id()));
+        let queue = QueueName::new("jobs").unwrap();
+        let letter = DeadLetter {
+            message: Message {
+                bytes: b"bad \xff msg".as_slice().into(),
+                deliveries: 5,
+            },
+            reason: "delivered 5 times".into(),
+        };
+        let file = append(&dir, &queue, &letter).unwrap();
+        append(&dir, &queue, &letter).unwrap();
+        let text = std::fs::read_to_string(&file).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["message"], "bad \\xff msg");
+        assert_eq!(lines[0]["deliveries"], 5);
+        assert_eq!(lines[0]["bytes"], 9);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,476 @@
+//! The queue broker: named queues living in the supervisor (DESIGN §3).
+//!
+//! Every child gets, per queue its group names, its own end of a
+//! `SOCK_SEQPACKET` pair; the broker holds the other end, non-blocking, in
+//! the event loop. One packet is one message. Producers are read only while
+//! their queue is below `capacity`, so a full queue leaves their packets in
+//! the socket and their sends block: back-pressure, never a drop, and the
+//! broker's memory is bounded by `capacity`. Consumers get messages round
+//! robin among those with free `prefetch`; `ack`/`nack` packets settle the
+//! oldest unsettled message. What to do is decided by [`queue::QueueCore`];
+//! this module moves the bytes.
+
+mod deadletter;
+pub mod queue;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::PathBuf;
+
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
+use nix::sys::socket::{MsgFlags, recv, send};
+
+use crate::config::{Config, QueueSpec};
+use crate::names::{GroupName, QueueName};
+use crate::status::QueueStatus;
+use crate::supervisor::Pid;
+use queue::{DeadLetter, Message, QueueCore};
+
+/// Largest packet the broker reads in one piece. SEQPACKET messages are
+/// bounded by the sender's socket buffer (about 208 KiB by default), so
+/// anything a child can send fits unless it raised its own `SO_SNDBUF`.
+const MAX_PACKET: usize = 1 << 20;
+
+/// Which way an endpoint carries messages, seen from the child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// `DROVER_IN_<QUEUE>`: the child consumes.
+    In,
+    /// `DROVER_OUT_<QUEUE>`: the child produces.
+    Out,
+}
+
+/// The broker's end of one child's queue socket.
+#[derive(Debug)]
+struct Endpoint {
+    fd: OwnedFd,
+    queue: QueueName,
+    pid: Pid,
+    group: GroupName,
+    direction: Direction,
+    /// Interest currently registered in epoll (empty: not registered).
+    interest: EpollFlags,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct Broker {
+    queues: BTreeMap<QueueName, QueueCore>,
+    endpoints: HashMap<u64, Endpoint>,
+    state_dir: PathBuf,
+    scratch: Vec<u8>,
+}
+
+impl Broker {
+    pub fn new(config: &Config) -> Broker {
+        Broker {
+            queues: config
+                .queues
+                .iter()
+                .map(|(name, spec)| (name.clone(), QueueCore::new(spec.clone())))
+                .collect(),
+            endpoints: HashMap::new(),
+            state_dir: config.supervisor.state_dir.clone(),
+            scratch: Vec::new(),
+        }
+    }
+
+    pub fn owns(&self, token: u64) -> bool {
+        self.endpoints.contains_key(&token)
+    }
+
+    pub fn spec(&self, queue: &QueueName) -> Option<&QueueSpec> {
+        self.queues.get(queue).map(|q| &q.spec)
+    }
+
+    /// True when `queue` holds nothing and has nothing in flight.
+    pub fn is_drained(&self, queue: &QueueName) -> bool {
+        self.queues.get(queue).is_none_or(QueueCore::is_drained)
+    }
+
+    /// Takes over a child's queue sockets; `token` allocates loop tokens.
+    pub fn attach(
+        &mut self,
+        epoll: &Epoll,
+        pid: Pid,
+        group: &GroupName,
+        sockets: Vec<(QueueName, Direction, OwnedFd)>,
+        mut token: impl FnMut() -> u64,
+    ) {
+        for (queue, direction, fd) in sockets {
+            let id = token();
+            let endpoint = Endpoint {
+                fd,
+                queue: queue.clone(),
+                pid,
+                group: group.clone(),
+                direction,
+                interest: EpollFlags::empty(),
+            };
+            self.endpoints.insert(id, endpoint);
+            if direction == Direction::In
+                && let Some(q) = self.queues.get_mut(&queue)
+            {
+                q.add_consumer(id);
+            }
+            self.refresh_interest(epoll, id);
+            if direction == Direction::In {
+                self.deliver(epoll, &queue);
+            }
+        }
+    }
+
+    /// An event on one of the broker's sockets.
+    pub fn on_event(&mut self, epoll: &Epoll, token: u64, flags: EpollFlags) {
+        let Some(ep) = self.endpoints.get(&token) else {
+            return;
+        };
+        let queue = ep.queue.clone();
+        match ep.direction {
+            Direction::Out => {
+                self.read_producer(epoll, token, false);
+            }
+            Direction::In => {
+                if flags.contains(EpollFlags::EPOLLOUT)
+                    && let Some(q) = self.queues.get_mut(&queue)
+                {
+                    q.set_blocked(token, false);
+                    self.refresh_interest(epoll, token);
+                }
+                if flags
+                    .intersects(EpollFlags::EPOLLIN | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR)
+                {
+                    self.read_settlements(epoll, token);
+                }
+            }
+        }
+        self.deliver(epoll, &queue);
+    }
+
+    /// A child exited: what it produced is read to the end, what it was
+    /// given and had not acknowledged goes back to its queue.
+    pub fn child_exited(&mut self, epoll: &Epoll, pid: Pid) {
+        let tokens: Vec<u64> = self
+            .endpoints
+            .iter()
+            .filter(|(_, ep)| ep.pid == pid)
+            .map(|(t, _)| *t)
+            .collect();
+        for token in tokens {
+            if self.endpoints[&token].direction == Direction::Out {
+                // Packets it sent before dying are in our receive queue.
+                self.read_producer(epoll, token, true);
+            }
+            self.detach(epoll, token);
+        }
+    }
+
+    /// Closes the input sockets of `group`'s children (their `recv` returns
+    /// 0), returning unsettled messages to their queues. Used at shutdown.
+    pub fn close_inputs(&mut self, epoll: &Epoll, group: &GroupName) {
+        let tokens: Vec<u64> = self
+            .endpoints
+            .iter()
+            .filter(|(_, ep)| &ep.group == group && ep.direction == Direction::In)
+            .map(|(t, _)| *t)
+            .collect();
+        for token in tokens {
+            self.detach(epoll, token);
+        }
+    }
+
+    /// Per-queue numbers for `drover status`.
+    pub fn status(&self) -> Vec<QueueStatus> {
+        self.queues
+            .values()
+            .map(|q| QueueStatus {
+                name: q.spec.name.to_string(),
+                depth: q.depth() as u64,
+                in_flight: q.in_flight() as u64,
+                delivered: q.counters.delivered,
+                acked: q.counters.acked,
+                redelivered: q.counters.redelivered,
+                dead_lettered: q.counters.dead_lettered,
+            })
+            .collect()
+    }
+
+    /// At exit: logs what is still queued (queues are not durable yet).
+    pub fn report_leftovers(&mut self) {
+        for q in self.queues.values_mut() {
+            let left = q.drain_all();
+            if !left.is_empty() {
+                tracing::warn!(
+                    "queue {}: {} messages still queued at exit are lost (queues are not durable yet)",
+                    q.spec.name,
+                    left.len()
+                );
+            }
+        }
+    }
+
+    fn detach(&mut self, epoll: &Epoll, token: u64) {
+        let Some(ep) = self.endpoints.remove(&token) else {
+            return;
+        };
+        if !ep.interest.is_empty() {
+            let _ = epoll.delete(ep.fd.as_fd());
+        }
+        if ep.direction == Direction::In {
+            let dead = self
+                .queues
+                .get_mut(&ep.queue)
+                .map(|q| q.remove_consumer(token))
+                .unwrap_or_default();
+            for letter in dead {
+                self.dead_letter(&ep.queue, letter);
+            }
+            self.deliver(epoll, &ep.queue);
+        }
+        self.resume_producers(epoll, &ep.queue);
+    }
+
+    /// Reads a producer's packets while its queue has room (all of them
+    /// when `to_end`, at a child's exit, so nothing it sent is lost).
+    fn read_producer(&mut self, epoll: &Epoll, token: u64, to_end: bool) {
+        if self.scratch.len() < MAX_PACKET {
+            self.scratch.resize(MAX_PACKET, 0);
+        }
+        let (queue, fd) = {
+            let ep = &self.endpoints[&token];
+            (ep.queue.clone(), ep.fd.as_raw_fd())
+        };
+        let mut closed = false;
+        loop {
+            let full = self.queues.get(&queue).is_none_or(QueueCore::is_full);
+            if full && !to_end {
+                break;
+            }
+            let n = match recv(
+                fd,
+                &mut self.scratch,
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_TRUNC,
+            ) {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(n) => n,
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) => break,
+                Err(_) => {
+                    closed = true;
+                    break;
+                }
+            };
+            self.accept(&queue, n);
+        }
+        if closed {
+            self.detach(epoll, token);
+        } else if !to_end {
+            self.refresh_interest(epoll, token);
+        }
+    }
+
+    /// One packet of `n` bytes (in `scratch`) from a producer of `queue`.
+    fn accept(&mut self, queue: &QueueName, n: usize) {
+        let Some(q) = self.queues.get_mut(queue) else {
+            return;
+        };
+        let max = q.spec.max_message_bytes as usize;
+        if n <= max {
+            q.push(Message::new(&self.scratch[..n]));
+            return;
+        }
+        let kept = n.min(self.scratch.len());
+        let mut reason = format!("refused: {n} bytes is over max_message_bytes = {max}");
+        if kept < n {
+            reason.push_str(&format!(" (only the first {kept} bytes could be kept)"));
+        }
+        q.counters.dead_lettered += 1;
+        let letter = DeadLetter {
+            message: Message::new(&self.scratch[..kept]),
+            reason,
+        };
+        self.dead_letter(queue, letter);
+    }
+
+    /// Reads `ack` / `nack` packets from a consumer.
+    fn read_settlements(&mut self, epoll: &Epoll, token: u64) {
+        let (queue, fd) = {
+            let ep = &self.endpoints[&token];
+            (ep.queue.clone(), ep.fd.as_raw_fd())
+        };
+        let mut buf = [0u8; 16];
+        loop {
+            match recv(fd, &mut buf, MsgFlags::MSG_DONTWAIT) {
+                Ok(0) => return self.detach(epoll, token),
+                Ok(n) => {
+                    let ack = match &buf[..n] {
+                        b"ack" => true,
+                        b"nack" => false,
+                        other => {
+                            tracing::warn!(
+                                "queue {queue}: ignoring {:?} from a consumer; only `ack` and `nack` are understood",
+                                String::from_utf8_lossy(other)
+                            );
+                            continue;
+                        }
+                    };
+                    let q = self
+                        .queues
+                        .get_mut(&queue)
+                        .expect("endpoint's queue exists");
+                    match q.settle(token, ack) {
+                        Ok(Some(letter)) => self.dead_letter(&queue, letter),
+                        Ok(None) => {}
+                        Err(why) => tracing::warn!(
+                            "queue {queue}: {} ignored: {why}",
+                            if ack { "ack" } else { "nack" }
+                        ),
+                    }
+                }
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) => return,
+                Err(_) => return self.detach(epoll, token),
+            }
+        }
+    }
+
+    /// Hands out what `queue` holds to its consumers with room.
+    fn deliver(&mut self, epoll: &Epoll, queue: &QueueName) {
+        let mut blocked = Vec::new();
+        let mut gone = Vec::new();
+        if let Some(q) = self.queues.get_mut(queue) {
+            while let Some((id, message)) = q.take_for_delivery() {
+                let fd = self.endpoints[&id].fd.as_raw_fd();
+                match send(
+                    fd,
+                    &message.bytes,
+                    MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+                ) {
+                    Ok(_) => q.delivered(id, message),
+                    Err(Errno::EAGAIN | Errno::EINTR) => {
+                        q.undeliverable(id, message);
+                        blocked.push(id);
+                    }
+                    Err(_) => {
+                        q.undeliverable(id, message);
+                        gone.push(id);
+                    }
+                }
+            }
+        }
+        for id in blocked {
+            self.refresh_interest(epoll, id);
+        }
+        for id in gone {
+            self.detach(epoll, id);
+        }
+        self.resume_producers(epoll, queue);
+    }
+
+    /// Re-arms the producers of `queue` once it has room again.
+    fn resume_producers(&mut self, epoll: &Epoll, queue: &QueueName) {
+        if self.queues.get(queue).is_none_or(QueueCore::is_full) {
+            return;
+        }
+        let paused: Vec<u64> = self
+            .endpoints
+            .iter()
+            .filter(|(_, ep)| {
+                &ep.queue == queue && ep.direction == Direction::Out && ep.interest.is_empty()
+            })
+            .map(|(t, _)| *t)
+            .collect();
+        for token in paused {
+            self.refresh_interest(epoll, token);
+        }
+    }
+
+    /// Registers the interest an endpoint needs now: producers are read
+    /// while their queue has room; consumers are always read (acks, EOF) and
+    /// watched for writability only while their socket is full (epoll is
+    /// level-triggered: a writable socket would otherwise wake us forever).
+    fn refresh_interest(&mut self, epoll: &Epoll, token: u64) {
+        let Some(ep) = self.endpoints.get(&token) else {
+            return;
+        };
+        let Some(q) = self.queues.get(&ep.queue) else {
+            return;
+        };
+        let wanted = match ep.direction {
+            Direction::Out if q.is_full() => EpollFlags::empty(),
+            Direction::Out => EpollFlags::EPOLLIN,
+            Direction::In if q.is_blocked(token) => EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT,
+            Direction::In => EpollFlags::EPOLLIN,
+        };
+        let ep = self.endpoints.get_mut(&token).expect("checked");
+        if wanted == ep.interest {
+            return;
+        }
+        let result = match (ep.interest.is_empty(), wanted.is_empty()) {
+            (true, false) => epoll.add(ep.fd.as_fd(), EpollEvent::new(wanted, token)),
+            (false, true) => epoll.delete(ep.fd.as_fd()),
+            (false, false) => epoll.modify(ep.fd.as_fd(), &mut EpollEvent::new(wanted, token)),
+            (true, true) => Ok(()),
+        };
+        match result {
+            Ok(()) => ep.interest = wanted,
+            Err(e) => tracing::warn!("queue {}: cannot watch a child's socket: {e}", ep.queue),
+        }
+    }
+
+    /// Sends a message to `queue`'s dead-letter destination, with a log line.
+    fn dead_letter(&mut self, queue: &QueueName, letter: DeadLetter) {
+        let target = self
+            .queues
+            .get(queue)
+            .and_then(|q| q.spec.dead_letter.clone());
+        match target.and_then(|t| self.queues.get_mut(&t).map(|q| (t.clone(), q))) {
+            Some((target, q)) => {
+                tracing::warn!(
+                    "queue {queue}: message of {} bytes dead-lettered to queue {target}: {}",
+                    letter.message.bytes.len(),
+                    letter.reason
+                );
+                // Never dropped: a dead-letter queue may exceed its capacity.
+                q.push(Message::new(&letter.message.bytes));
+            }
+            None => match deadletter::append(&self.state_dir, queue, &letter) {
+                Ok(file) => tracing::warn!(
+                    "queue {queue}: message of {} bytes dead-lettered to {}: {}",
+                    letter.message.bytes.len(),
+                    file.display(),
+                    letter.reason
+                ),
+                Err(e) => tracing::error!(
+                    "queue {queue}: cannot write a dead letter under {}: {e}; message of {} bytes lost: {}",
+                    self.state_dir.display(),
+                    letter.message.bytes.len(),
+                    letter.reason
+                ),
+            },
+        }
+    }
+}
+
+/// Creates one child's socket pair: (broker's end, child's end). The
+/// broker's end is non-blocking; both are close-on-exec (the launcher
+/// places the child's end).
+pub fn socket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?;
+    nix::fcntl::fcntl(
+        &ours,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )?;
+    Ok((ours, theirs))
+}

@@ -1,0 +1,343 @@
+//! One queue's state, free of I/O: ready messages, consumers with their
+//! unsettled messages, round-robin hand-out and the delivery rules of
+//! DESIGN §3. The [`super::Broker`] moves bytes; this decides.
+
+use std::collections::VecDeque;
+
+use crate::config::{Delivery, QueueSpec};
+
+/// Identifies a consumer endpoint (its event-loop token).
+pub type ConsumerId = u64;
+
+/// A message and how many times it has been delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub bytes: Box<[u8]>,
+    pub deliveries: u32,
+}
+
+impl Message {
+    pub fn new(bytes: &[u8]) -> Message {
+        Message {
+            bytes: bytes.into(),
+            deliveries: 0,
+        }
+    }
+}
+
+/// A message leaving its queue for the dead letters, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub message: Message,
+    pub reason: String,
+}
+
+/// Counters shown by `drover status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub delivered: u64,
+    pub acked: u64,
+    pub redelivered: u64,
+    pub dead_lettered: u64,
+}
+
+#[derive(Debug)]
+struct Consumer {
+    id: ConsumerId,
+    /// Delivered, not yet acked (at-least-once only), oldest first.
+    unsettled: VecDeque<Message>,
+    /// Its socket is full; no hand-out until it drains.
+    blocked: bool,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct QueueCore {
+    pub spec: QueueSpec,
+    ready: VecDeque<Message>,
+    consumers: Vec<Consumer>,
+    next: usize,
+    pub counters: Counters,
+}
+
+impl QueueCore {
+    pub fn new(spec: QueueSpec) -> QueueCore {
+        QueueCore {
+            spec,
+            ready: VecDeque::new(),
+            consumers: Vec::new(),
+            next: 0,
+            counters: Counters::default(),
+        }
+    }
+
+    /// Messages waiting for a consumer.
+    pub fn depth(&self) -> usize {
+        self.ready.len()
+    }
+
+    /// Messages delivered and not yet settled.
+    pub fn in_flight(&self) -> usize {
+        self.consumers.iter().map(|c| c.unsettled.len()).sum()
+    }
+
+    /// Producers are not read while this holds (back-pressure).
+    pub fn is_full(&self) -> bool {
+        self.ready.len() >= self.spec.capacity as usize
+    }
+
+    /// Nothing waiting and nothing in flight.
+    pub fn is_drained(&self) -> bool {
+        self.ready.is_empty() && self.in_flight() == 0
+    }
+
+    /// A message from a producer (or a dead letter from another queue).
+    pub fn push(&mut self, message: Message) {
+        self.ready.push_back(message);
+    }
+
+    /// Takes every message out (when the queue is removed or drover exits).
+    pub fn drain_all(&mut self) -> Vec<Message> {
+        let mut all: Vec<Message> = self
+            .consumers
+            .iter_mut()
+            .flat_map(|c| c.unsettled.drain(..))
+            .collect();
+        all.extend(self.ready.drain(..));
+        all
+    }
+
+    pub fn add_consumer(&mut self, id: ConsumerId) {
+        self.consumers.push(Consumer {
+            id,
+            unsettled: VecDeque::new(),
+            blocked: false,
+        });
+    }
+
+    /// A consumer went away: its unsettled messages are failed deliveries.
+    pub fn remove_consumer(&mut self, id: ConsumerId) -> Vec<DeadLetter> {
+        let Some(pos) = self.consumers.iter().position(|c| c.id == id) else {
+            return Vec::new();
+        };
+        let consumer = self.consumers.remove(pos);
+        if self.next > pos {
+            self.next -= 1;
+        }
+        let mut dead = Vec::new();
+        // Back to the head in their original order: push the newest first.
+        for message in consumer.unsettled.into_iter().rev() {
+            dead.extend(self.fail(message, "its consumer exited before acknowledging it"));
+        }
+        dead
+    }
+
+    /// A failed delivery: back to the head, or to the dead letters after
+    /// the `max_deliveries`-th.
+    fn fail(&mut self, message: Message, why: &str) -> Option<DeadLetter> {
+        if message.deliveries >= self.spec.max_deliveries {
+            self.counters.dead_lettered += 1;
+            let reason = format!("delivered {} times; {why}", message.deliveries);
+            Some(DeadLetter { message, reason })
+        } else {
+            self.ready.push_front(message);
+            None
+        }
+    }
+
+    /// The next consumer with room, round robin, and the message for it.
+    pub fn take_for_delivery(&mut self) -> Option<(ConsumerId, Message)> {
+        if self.ready.is_empty() || self.consumers.is_empty() {
+            return None;
+        }
+        let prefetch = self.spec.prefetch as usize;
+        let acks = self.spec.delivery == Delivery::AtLeastOnce;
+        let n = self.consumers.len();
+        for step in 0..n {
+            let i = (self.next + step) % n;
+            let c = &self.consumers[i];
+            if c.blocked || (acks && c.unsettled.len() >= prefetch) {
+                continue;
+            }
+            self.next = (i + 1) % n;
+            let message = self.ready.pop_front().expect("checked non-empty");
+            return Some((c.id, message));
+        }
+        None
+    }
+
+    /// The message was written to the consumer's socket.
+    pub fn delivered(&mut self, id: ConsumerId, mut message: Message) {
+        if message.deliveries > 0 {
+            self.counters.redelivered += 1;
+        }
+        message.deliveries += 1;
+        self.counters.delivered += 1;
+        if self.spec.delivery == Delivery::AtLeastOnce
+            && let Some(c) = self.consumers.iter_mut().find(|c| c.id == id)
+        {
+            c.unsettled.push_back(message);
+        }
+    }
+
+    /// The consumer's socket was full: the message goes back to the head and
+    /// the consumer gets nothing until it is writable again.
+    pub fn undeliverable(&mut self, id: ConsumerId, message: Message) {
+        self.ready.push_front(message);
+        self.set_blocked(id, true);
+    }
+
+    pub fn is_blocked(&self, id: ConsumerId) -> bool {
+        self.consumers.iter().any(|c| c.id == id && c.blocked)
+    }
+
+    pub fn set_blocked(&mut self, id: ConsumerId, blocked: bool) {
+        if let Some(c) = self.consumers.iter_mut().find(|c| c.id == id) {
+            c.blocked = blocked;
+        }
+    }
+
+    /// `ack` (true) or `nack` (false) settles the consumer's oldest
+    /// unsettled message. Returns an error text for a settle with nothing
+    /// to settle, or a dead letter when a nack used up the deliveries.
+    pub fn settle(
+        &mut self,
+        id: ConsumerId,
+        ack: bool,
+    ) -> Result<Option<DeadLetter>, &'static str> {
+        if self.spec.delivery == Delivery::AtMostOnce {
+            return Err("this queue is at-most-once: acks are not expected");
+        }
+        let c = self
+            .consumers
+            .iter_mut()
+            .find(|c| c.id == id)
+            .ok_or("unknown consumer")?;
+        let message = c.unsettled.pop_front().ok_or("nothing to settle")?;
+        if ack {
+            self.counters.acked += 1;
+            Ok(None)
+        } else {
+            Ok(self.fail(message, "its consumer sent nack"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::names::QueueName;
+
+    fn spec(delivery: Delivery, prefetch: u32, max_deliveries: u32) -> QueueSpec {
+        QueueSpec {
+            name: QueueName::new("jobs").unwrap(),
+            capacity: 3,
+            max_message_bytes: 100,
+            delivery,
+            prefetch,
+            max_deliveries,
+            dead_letter: None,
+            file: "t.toml".into(),
+        }
+    }
+
+    fn msg(s: &str) -> Message {
+        Message::new(s.as_bytes())
+    }
+
+    fn text(m: &Message) -> &str {
+        std::str::from_utf8(&m.bytes).unwrap()
+    }
+
+    #[test]
+    fn hands_out_round_robin_within_prefetch() {
+        let mut q = QueueCore::new(spec(Delivery::AtLeastOnce, 1, 5));
+        for s in ["a", "b", "c"] {
+            q.push(msg(s));
+        }
+        assert!(q.is_full());
+        q.add_consumer(1);
+        q.add_consumer(2);
+        let (c1, m1) = q.take_for_delivery().unwrap();
+        q.delivered(c1, m1);
+        let (c2, m2) = q.take_for_delivery().unwrap();
+        q.delivered(c2, m2);
+        assert_eq!((c1, c2), (1, 2));
+        assert_eq!(q.take_for_delivery(), None, "prefetch 1 each, both busy");
+        assert_eq!(q.in_flight(), 2);
+        q.settle(2, true).unwrap();
+        let (c, m) = q.take_for_delivery().unwrap();
+        assert_eq!((c, text(&m)), (2, "c"));
+    }
+
+    #[test]
+    fn a_dead_consumer_returns_its_messages_to_the_head_in_order() {
+        let mut q = QueueCore::new(spec(Delivery::AtLeastOnce, 2, 5));
+        for s in ["a", "b", "c"] {
+            q.push(msg(s));
+        }
+        q.add_consumer(1);
+        for _ in 0..2 {
+            let (c, m) = q.take_for_delivery().unwrap();
+            q.delivered(c, m);
+        }
+        assert!(q.remove_consumer(1).is_empty());
+        q.add_consumer(2);
+        let (_, m) = q.take_for_delivery().unwrap();
+        assert_eq!((text(&m), m.deliveries), ("a", 1));
+        q.delivered(2, m);
+        assert_eq!(q.counters.redelivered, 1);
+    }
+
+    #[test]
+    fn the_max_deliveries_th_failure_dead_letters() {
+        let mut q = QueueCore::new(spec(Delivery::AtLeastOnce, 1, 2));
+        q.push(msg("poison"));
+        q.add_consumer(1);
+        let (c, m) = q.take_for_delivery().unwrap();
+        q.delivered(c, m);
+        assert_eq!(q.settle(1, false), Ok(None), "first failure: requeued");
+        let (c, m) = q.take_for_delivery().unwrap();
+        q.delivered(c, m);
+        let dead = q.settle(1, false).unwrap().expect("second failure");
+        assert_eq!(text(&dead.message), "poison");
+        assert_eq!(dead.message.deliveries, 2);
+        assert!(dead.reason.contains("delivered 2 times"), "{}", dead.reason);
+        assert_eq!(q.counters.dead_lettered, 1);
+        assert!(q.is_drained());
+    }
+
+    #[test]
+    fn at_most_once_keeps_nothing_in_flight() {
+        let mut q = QueueCore::new(spec(Delivery::AtMostOnce, 1, 5));
+        q.push(msg("a"));
+        q.push(msg("b"));
+        q.add_consumer(1);
+        for _ in 0..2 {
+            let (c, m) = q.take_for_delivery().unwrap();
+            q.delivered(c, m);
+        }
+        assert_eq!(q.in_flight(), 0);
+        assert!(q.remove_consumer(1).is_empty());
+        assert!(q.settle(1, true).is_err());
+    }
+
+    #[test]
+    fn a_full_socket_blocks_only_that_consumer() {
+        let mut q = QueueCore::new(spec(Delivery::AtLeastOnce, 5, 5));
+        q.push(msg("a"));
+        q.push(msg("b"));
+        q.add_consumer(1);
+        q.add_consumer(2);
+        let (c, m) = q.take_for_delivery().unwrap();
+        assert_eq!(c, 1);
+        q.undeliverable(c, m);
+        let (c, m) = q.take_for_delivery().unwrap();
+        assert_eq!(
+            (c, text(&m)),
+            (2, "a"),
+            "the head goes to the next consumer"
+        );
+        q.set_blocked(1, false);
+    }
+}

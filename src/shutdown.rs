@@ -1,0 +1,196 @@
+//! The order of a graceful shutdown (DESIGN §6).
+//!
+//! Groups that read no queue stop first. A group that reads queues keeps
+//! receiving until every group feeding those queues has stopped and the
+//! queues are empty — or until its own `stop_timeout` since the shutdown
+//! began — and only then has its input sockets closed (its `recv` returns
+//! 0) and gets its `stop_signal`. Pure: the runtime tells it what is live
+//! and what is drained, and it answers which groups to stop now.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use crate::config::Config;
+use crate::names::{GroupName, QueueName};
+
+#[derive(Debug)]
+struct Pending {
+    inputs: Vec<QueueName>,
+    /// Groups that write to any of `inputs` (itself excluded).
+    upstream: Vec<GroupName>,
+    deadline: Instant,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct ShutdownOrder {
+    pending: BTreeMap<GroupName, Pending>,
+    first: Vec<GroupName>,
+}
+
+impl ShutdownOrder {
+    /// The order for `config`, beginning at `now`.
+    pub fn new(config: &Config, now: Instant) -> ShutdownOrder {
+        let mut pending = BTreeMap::new();
+        let mut first = Vec::new();
+        for (name, group) in &config.groups {
+            if group.inputs.is_empty() {
+                first.push(name.clone());
+                continue;
+            }
+            let upstream = config
+                .groups
+                .iter()
+                .filter(|(other, g)| {
+                    *other != name && g.outputs.iter().any(|q| group.inputs.contains(q))
+                })
+                .map(|(other, _)| other.clone())
+                .collect();
+            pending.insert(
+                name.clone(),
+                Pending {
+                    inputs: group.inputs.clone(),
+                    upstream,
+                    deadline: now + group.policy.stop_timeout,
+                },
+            );
+        }
+        ShutdownOrder { pending, first }
+    }
+
+    /// The groups to stop now: at the first call, those that read no queue;
+    /// then each consumer group whose feeders are gone and whose inputs are
+    /// drained, or whose time is up.
+    pub fn step(
+        &mut self,
+        now: Instant,
+        live: impl Fn(&GroupName) -> bool,
+        drained: impl Fn(&QueueName) -> bool,
+    ) -> Vec<GroupName> {
+        let mut ready = std::mem::take(&mut self.first);
+        let stopping_now = ready.clone();
+        for (name, p) in &self.pending {
+            let feeders_done = p
+                .upstream
+                .iter()
+                .all(|g| !live(g) && !stopping_now.contains(g) && !self.is_pending(g));
+            let inputs_done = p.inputs.iter().all(&drained);
+            if (feeders_done && inputs_done) || now >= p.deadline {
+                ready.push(name.clone());
+            }
+        }
+        for name in &ready {
+            self.pending.remove(name);
+        }
+        ready
+    }
+
+    fn is_pending(&self, group: &GroupName) -> bool {
+        self.pending.contains_key(group)
+    }
+
+    /// When the next consumer group's time runs out.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.pending.values().map(|p| p.deadline).min()
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.pending.is_empty() && self.first.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::{GroupSpec, LogFormat, Policy, Program, StartMethod, SupervisorConfig};
+
+    fn group(name: &str, inputs: &[&str], outputs: &[&str]) -> GroupSpec {
+        GroupSpec {
+            name: GroupName::new(name).unwrap(),
+            program: Program::Command(vec!["true".into()]),
+            python_executable: "python3".into(),
+            start_method: StartMethod::Spawn,
+            processes: 1,
+            inputs: inputs.iter().map(|q| QueueName::new(q).unwrap()).collect(),
+            outputs: outputs.iter().map(|q| QueueName::new(q).unwrap()).collect(),
+            env: BTreeMap::new(),
+            clear_env: false,
+            cwd: "/".into(),
+            policy: Policy {
+                stop_timeout: Duration::from_secs(10),
+                ..Policy::default()
+            },
+            file: "t.toml".into(),
+        }
+    }
+
+    fn pipeline() -> Config {
+        let groups = [
+            group("producer", &[], &["jobs"]),
+            group("workers", &["jobs"], &["results"]),
+            group("sink", &["results"], &[]),
+            group("other", &[], &[]),
+        ];
+        Config {
+            supervisor: SupervisorConfig {
+                control_socket: None,
+                log_format: LogFormat::Text,
+                state_dir: "/tmp".into(),
+            },
+            groups: groups.into_iter().map(|g| (g.name.clone(), g)).collect(),
+            queues: BTreeMap::new(),
+            files: vec![],
+        }
+    }
+
+    fn names(v: Vec<GroupName>) -> Vec<String> {
+        v.into_iter().map(|g| g.to_string()).collect()
+    }
+
+    #[test]
+    fn stops_a_pipeline_from_its_source_to_its_sink() {
+        let t0 = Instant::now();
+        let mut order = ShutdownOrder::new(&pipeline(), t0);
+        let mut live: Vec<&str> = vec!["producer", "workers", "sink", "other"];
+        let mut undrained: Vec<&str> = vec!["jobs", "results"];
+        let step = |order: &mut ShutdownOrder, live: &[&str], undrained: &[&str]| {
+            names(order.step(
+                t0,
+                |g| live.contains(&g.as_str()),
+                |q| !undrained.contains(&q.as_str()),
+            ))
+        };
+        assert_eq!(step(&mut order, &live, &undrained), ["other", "producer"]);
+        assert!(
+            step(&mut order, &live, &undrained).is_empty(),
+            "producer still live"
+        );
+        live.retain(|g| *g != "producer" && *g != "other");
+        assert!(
+            step(&mut order, &live, &undrained).is_empty(),
+            "jobs not drained"
+        );
+        undrained.retain(|q| *q != "jobs");
+        assert_eq!(step(&mut order, &live, &undrained), ["workers"]);
+        live.retain(|g| *g != "workers");
+        undrained.clear();
+        assert_eq!(step(&mut order, &live, &undrained), ["sink"]);
+        assert!(order.is_done());
+    }
+
+    #[test]
+    fn a_consumer_whose_stop_timeout_passes_stops_anyway() {
+        let t0 = Instant::now();
+        let mut order = ShutdownOrder::new(&pipeline(), t0);
+        order.step(t0, |_| true, |_| false);
+        assert_eq!(order.deadline(), Some(t0 + Duration::from_secs(10)));
+        let later = t0 + Duration::from_secs(10);
+        assert_eq!(
+            names(order.step(later, |_| true, |_| false)),
+            ["sink", "workers"]
+        );
+    }
+}
