@@ -692,10 +692,14 @@ class Bench:
         calls each method corresponds to, from a small and a large C parent."""
         mib = self.args.ballast_mib
         self.r["methods"] = {"ballast_mib": mib, "bare": {}, "drover": {}, "notes": []}
-        for size in (0, mib):
-            for mode in BARE_MODES:
+        # The two sizes of one thing back to back, so that their ratio is
+        # not skewed by a drift of the machine in between. At most one
+        # process holds the ballast at any time.
+        for mode in BARE_MODES:
+            for size in (0, mib):
                 self.methods_bare(mode, size)
-            for method in START_METHODS:
+        for method in START_METHODS:
+            for size in (0, mib):
                 self.methods_drover(method, size)
 
     def methods_bare(self, mode: str, mib: int) -> None:
