@@ -8,13 +8,15 @@
 //! launcher and a fake clock.
 
 mod child;
+mod reload;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
 
 pub use child::{AfterStop, Child, ChildState, ExitStatus, Pid, backoff_delay, wants_restart};
+pub use reload::ReloadSummary;
 
 use crate::config::{Config, GroupSpec};
 use crate::names::GroupName;
@@ -55,6 +57,22 @@ pub struct Group {
     pub children: Vec<Child>,
     /// Stopped with `drover stop GROUP`; nothing starts until `start`.
     pub held: bool,
+    /// Indexes still running the previous definition, replaced one at a
+    /// time (a rolling restart after a reload).
+    pub rolling: VecDeque<u32>,
+}
+
+/// A process on its way out: replaced by a reload, scaled away, or of a
+/// removed group. It is never restarted.
+#[derive(Debug)]
+pub struct Retiring {
+    pub group: GroupName,
+    /// The definition it was started with (its stop signal and timeout).
+    pub spec: GroupSpec,
+    pub child: Child,
+    /// Still running until the new child of this index runs (rolling
+    /// restart); `None` once it is being stopped.
+    pub successor: Option<u32>,
 }
 
 /// A control request that acts on a group.
@@ -74,6 +92,9 @@ pub struct UnknownGroup(pub String);
 #[derive(Debug)]
 pub struct Supervisor {
     groups: BTreeMap<GroupName, Group>,
+    retiring: Vec<Retiring>,
+    /// The definition the children of a rolling restart were started with.
+    rolling_old: BTreeMap<GroupName, GroupSpec>,
     shutting_down: bool,
     /// Some process had to be SIGKILLed during shutdown.
     forced: bool,
@@ -91,12 +112,15 @@ impl Supervisor {
                     spec: spec.clone(),
                     children,
                     held: false,
+                    rolling: VecDeque::new(),
                 };
                 (name.clone(), group)
             })
             .collect();
         Supervisor {
             groups,
+            retiring: Vec::new(),
+            rolling_old: BTreeMap::new(),
             shutting_down: false,
             forced: false,
         }
@@ -125,16 +149,7 @@ impl Supervisor {
         self.groups
             .values()
             .flat_map(|g| g.children.iter().filter_map(|c| c.state.pid()))
-    }
-
-    /// Which slot a PID belongs to.
-    pub fn owner_of(&self, pid: Pid) -> Option<(&GroupName, u32)> {
-        self.groups.iter().find_map(|(name, g)| {
-            g.children
-                .iter()
-                .find(|c| c.state.pid() == Some(pid))
-                .map(|c| (name, c.index))
-        })
+            .chain(self.retiring.iter().filter_map(|r| r.child.state.pid()))
     }
 
     /// Starts every child of every group.
@@ -152,6 +167,11 @@ impl Supervisor {
             .values()
             .flat_map(|g| g.children.iter().map(move |c| (g, c)))
             .filter_map(|(g, c)| c.state.deadline(&g.spec.policy))
+            .chain(
+                self.retiring
+                    .iter()
+                    .filter_map(|r| r.child.state.deadline(&r.spec.policy)),
+            )
             .min()
     }
 
@@ -163,6 +183,11 @@ impl Supervisor {
                 self.forced |= killed && self.shutting_down;
             }
         }
+        for r in &mut self.retiring {
+            let killed = child_deadline(&r.spec, &mut r.child, launcher, now);
+            self.forced |= killed && self.shutting_down;
+        }
+        self.advance_rolling(launcher, now);
     }
 
     /// A child process was reaped. Returns false when the PID is not ours
@@ -174,6 +199,15 @@ impl Supervisor {
         launcher: &mut impl Launcher,
         now: Instant,
     ) -> bool {
+        if let Some(pos) = self
+            .retiring
+            .iter()
+            .position(|r| r.child.state.pid() == Some(pid))
+        {
+            let r = self.retiring.remove(pos);
+            tracing::debug!(group = %r.group, index = r.child.index, ?status, "retired");
+            return true;
+        }
         let shutting_down = self.shutting_down;
         for group in self.groups.values_mut() {
             let held = group.held;
@@ -184,6 +218,7 @@ impl Supervisor {
             {
                 let may_restart = !shutting_down && !held;
                 child_exited(&group.spec, child, status, may_restart, launcher, now);
+                self.advance_rolling(launcher, now);
                 return true;
             }
         }
@@ -248,17 +283,31 @@ impl Supervisor {
     /// Stops every child of `name` (`stop_signal`, SIGKILL after `stop_timeout`).
     pub fn stop_group(&mut self, name: &GroupName, launcher: &mut impl Launcher, now: Instant) {
         if let Some(group) = self.groups.get_mut(name) {
+            group.rolling.clear();
             for child in &mut group.children {
                 stop_child(&group.spec, child, AfterStop::Stay, launcher, now);
             }
         }
+        for r in self.retiring.iter_mut().filter(|r| &r.group == name) {
+            r.successor = None;
+            stop_child(&r.spec, &mut r.child, AfterStop::Stay, launcher, now);
+        }
+    }
+
+    /// Whether any process of `name` (current or retiring) is still alive.
+    fn retiring_is_live(&self, name: &GroupName) -> bool {
+        self.retiring
+            .iter()
+            .any(|r| &r.group == name && r.child.state.pid().is_some())
     }
 
     /// Whether any child of `name` still has a process.
     pub fn group_is_live(&self, name: &GroupName) -> bool {
-        self.groups
-            .get(name)
-            .is_some_and(|g| g.children.iter().any(|c| c.state.pid().is_some()))
+        self.retiring_is_live(name)
+            || self
+                .groups
+                .get(name)
+                .is_some_and(|g| g.children.iter().any(|c| c.state.pid().is_some()))
     }
 
     /// Graceful shutdown of everything at once: every child gets its
@@ -266,36 +315,42 @@ impl Supervisor {
     /// from now on.
     pub fn shutdown(&mut self, launcher: &mut impl Launcher, now: Instant) {
         self.shutting_down = true;
-        for group in self.groups.values_mut() {
-            for child in &mut group.children {
-                stop_child(&group.spec, child, AfterStop::Stay, launcher, now);
-            }
+        let names: Vec<GroupName> = self.groups.keys().cloned().collect();
+        for name in names {
+            self.stop_group(&name, launcher, now);
+        }
+        let orphaned: Vec<GroupName> = self.retiring.iter().map(|r| r.group.clone()).collect();
+        for name in orphaned {
+            self.stop_group(&name, launcher, now);
         }
     }
 
     /// Immediate shutdown (a second SIGTERM/SIGINT): SIGKILL every group now.
     pub fn kill_all(&mut self, launcher: &mut impl Launcher, now: Instant) {
-        self.shutting_down = true;
-        for group in self.groups.values_mut() {
-            for child in &mut group.children {
-                stop_child(&group.spec, child, AfterStop::Stay, launcher, now);
-                if let ChildState::Stopping {
-                    pid,
-                    ref mut killed,
-                    ..
-                } = child.state
-                    && !*killed
-                {
-                    *killed = true;
-                    self.forced = true;
-                    launcher.signal_group(pid, Signal::Kill);
-                }
+        self.shutdown(launcher, now);
+        let children = self
+            .groups
+            .values_mut()
+            .flat_map(|g| g.children.iter_mut())
+            .chain(self.retiring.iter_mut().map(|r| &mut r.child));
+        for child in children {
+            if let ChildState::Stopping {
+                pid,
+                ref mut killed,
+                ..
+            } = child.state
+                && !*killed
+            {
+                *killed = true;
+                self.forced = true;
+                launcher.signal_group(pid, Signal::Kill);
             }
         }
     }
 
     /// Forwards `signal` to every child's own PID (SIGUSR1/SIGUSR2).
     pub fn forward(&self, signal: Signal, launcher: &mut impl Launcher) {
+        // Retiring processes are included: they are still drover's children.
         for pid in self.live_pids() {
             launcher.signal(pid, signal);
         }

@@ -383,3 +383,169 @@ fn unknown_pids_are_not_ours() {
     assert!(!sup.on_exit(Pid(1), ExitStatus::Code(0), &mut l, t0));
     assert_eq!(states(&sup), ["starting"]);
 }
+
+mod reload {
+    use super::*;
+
+    fn with_command(mut g: GroupSpec, cmd: &str) -> GroupSpec {
+        g.program = Program::Command(vec![cmd.into()]);
+        g
+    }
+
+    #[test]
+    fn an_unchanged_config_touches_nothing() {
+        let t0 = Instant::now();
+        let mut l = FakeLauncher::default();
+        let cfg = config(vec![group("w", 2, policy())]);
+        let mut sup = Supervisor::new(&cfg);
+        sup.start_all(&mut l, t0);
+        let before: Vec<Pid> = sup.live_pids().collect();
+        let summary = sup.apply(&cfg, &mut l, t0 + ms(5));
+        assert_eq!(summary.unchanged.len(), 1);
+        assert_eq!(sup.live_pids().collect::<Vec<_>>(), before);
+        assert_eq!(l.started.len(), 2);
+        assert!(l.group_signals.is_empty());
+    }
+
+    #[test]
+    fn processes_changes_start_or_stop_only_the_difference_highest_first() {
+        let t0 = Instant::now();
+        let mut l = FakeLauncher::default();
+        let mut sup = Supervisor::new(&config(vec![group("w", 3, policy())]));
+        sup.start_all(&mut l, t0);
+        let first: Vec<Pid> = sup.live_pids().collect();
+        sup.apply(&config(vec![group("w", 5, policy())]), &mut l, t0 + ms(1));
+        let now: Vec<Pid> = sup.live_pids().collect();
+        assert_eq!(&now[..3], &first[..], "the first three keep their PIDs");
+        assert_eq!(now.len(), 5);
+        let summary = sup.apply(&config(vec![group("w", 2, policy())]), &mut l, t0 + ms(2));
+        assert_eq!(summary.scaled.len(), 1);
+        let stopped: Vec<Pid> = l.group_signals.iter().map(|(p, _)| *p).collect();
+        assert_eq!(stopped, [now[4], now[3], now[2]], "highest index first");
+        assert_eq!(states(&sup), ["starting", "starting"]);
+        for pid in stopped {
+            assert!(sup.on_exit(pid, ExitStatus::Signal(15), &mut l, t0 + ms(3)));
+        }
+        assert_eq!(sup.live_pids().collect::<Vec<_>>(), &first[..2]);
+        assert_eq!(l.started.len(), 5, "nothing restarted");
+    }
+
+    #[test]
+    fn a_policy_change_applies_in_place() {
+        let t0 = Instant::now();
+        let mut l = FakeLauncher::default();
+        let mut sup = Supervisor::new(&config(vec![group("w", 1, policy())]));
+        sup.start_all(&mut l, t0);
+        let pid = pid_of(&sup, 0);
+        let new_policy = Policy {
+            stop_signal: Signal::Int,
+            stop_timeout: Duration::from_secs(2),
+            ..policy()
+        };
+        let summary = sup.apply(&config(vec![group("w", 1, new_policy)]), &mut l, t0 + ms(1));
+        assert_eq!(summary.policy.len(), 1);
+        assert_eq!(pid_of(&sup, 0), pid);
+        sup.group_command("w", GroupCommand::Stop, &mut l, t0 + ms(2))
+            .unwrap();
+        assert_eq!(l.group_signals, [(pid, Signal::Int)], "the new stop_signal");
+        assert_eq!(
+            sup.next_deadline(),
+            Some(t0 + ms(2) + Duration::from_secs(2))
+        );
+    }
+
+    #[test]
+    fn a_command_change_is_a_rolling_restart() {
+        let t0 = Instant::now();
+        let mut l = FakeLauncher::default();
+        let mut sup = Supervisor::new(&config(vec![group("w", 2, policy())]));
+        sup.start_all(&mut l, t0);
+        sup.on_deadline(&mut l, t0 + Duration::from_secs(1));
+        let old: Vec<Pid> = sup.live_pids().collect();
+        let t1 = t0 + Duration::from_secs(2);
+        let summary = sup.apply(
+            &config(vec![with_command(group("w", 2, policy()), "new")]),
+            &mut l,
+            t1,
+        );
+        assert_eq!(summary.replaced.len(), 1);
+        // Index 0's replacement starts; both old children still run.
+        assert_eq!(l.started.len(), 3);
+        assert!(l.group_signals.is_empty());
+        assert_eq!(sup.live_pids().count(), 3);
+        // Once it runs, old 0 is stopped and index 1's replacement starts.
+        let t2 = t1 + Duration::from_secs(1);
+        sup.on_deadline(&mut l, t2);
+        assert_eq!(l.group_signals, [(old[0], Signal::Term)]);
+        assert_eq!(l.started.len(), 4);
+        sup.on_exit(old[0], ExitStatus::Signal(15), &mut l, t2);
+        sup.on_deadline(&mut l, t2 + Duration::from_secs(1));
+        assert_eq!(l.group_signals.last(), Some(&(old[1], Signal::Term)));
+        sup.on_exit(
+            old[1],
+            ExitStatus::Signal(15),
+            &mut l,
+            t2 + Duration::from_secs(1),
+        );
+        assert_eq!(states(&sup), ["running", "running"]);
+        assert_eq!(sup.live_pids().count(), 2);
+        assert!(sup.live_pids().all(|p| !old.contains(&p)));
+    }
+
+    #[test]
+    fn a_replacement_that_never_runs_leaves_the_old_child_running() {
+        let t0 = Instant::now();
+        let mut l = FakeLauncher::default();
+        let mut sup = Supervisor::new(&config(vec![group("w", 1, policy())]));
+        sup.start_all(&mut l, t0);
+        let old = pid_of(&sup, 0);
+        l.fail_starts = true;
+        sup.apply(
+            &config(vec![with_command(group("w", 1, policy()), "broken")]),
+            &mut l,
+            t0 + ms(1),
+        );
+        while let Some(d) = sup.next_deadline() {
+            sup.on_deadline(&mut l, d);
+        }
+        assert_eq!(states(&sup), ["fatal"]);
+        assert!(
+            sup.live_pids().any(|p| p == old),
+            "the old child keeps serving"
+        );
+        assert!(l.group_signals.is_empty());
+    }
+
+    #[test]
+    fn removed_groups_stop_new_groups_start_fatal_children_revive() {
+        let t0 = Instant::now();
+        let mut l = FakeLauncher {
+            fail_starts: true,
+            ..FakeLauncher::default()
+        };
+        let p = Policy {
+            max_restarts: 0,
+            ..policy()
+        };
+        let mut sup = Supervisor::new(&config(vec![
+            group("a", 1, p.clone()),
+            group("gone", 1, p.clone()),
+        ]));
+        sup.start_all(&mut l, t0);
+        assert_eq!(states(&sup), ["fatal", "fatal"]);
+        l.fail_starts = false;
+        let summary = sup.apply(
+            &config(vec![group("a", 1, p.clone()), group("new", 2, p)]),
+            &mut l,
+            t0 + ms(1),
+        );
+        assert_eq!(summary.added.len(), 1);
+        assert_eq!(summary.removed.len(), 1);
+        assert_eq!(summary.revived, 1);
+        assert_eq!(states(&sup), ["starting", "starting", "starting"]);
+        assert_eq!(
+            summary.to_string(),
+            "added: new; removed: gone; 1 fatal children restarted"
+        );
+    }
+}
