@@ -74,6 +74,12 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Read the config again and apply the difference; prints what changed
+    /// or, for an invalid config, every error (nothing is changed then).
+    Reload {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Stop everything gracefully and make `drover run` exit.
     Shutdown {
         #[command(flatten)]
@@ -134,6 +140,7 @@ pub fn main() -> ExitCode {
         Command::Start { group, client } => send(&client, Request::Start { group }),
         Command::Stop { group, client } => send(&client, Request::Stop { group }),
         Command::Restart { group, client } => send(&client, Request::Restart { group }),
+        Command::Reload { client } => send(&client, Request::Reload),
         Command::Shutdown { client } => send(&client, Request::Shutdown),
     }
 }
@@ -174,7 +181,7 @@ fn run(path: &Path, socket: Option<&Path>) -> ExitCode {
         tracing::warn!("{warning}");
     }
     let socket = socket_for(&loaded.config, socket);
-    match runtime::run(loaded.config, &socket) {
+    match runtime::run(loaded.config, path, &socket) {
         Ok(Outcome::Clean) => ExitCode::SUCCESS,
         Ok(Outcome::Forced) => ExitCode::from(3),
         Err(e) => {

@@ -22,6 +22,7 @@ pub enum Request {
     Start { group: String },
     Stop { group: String },
     Restart { group: String },
+    Reload,
     Shutdown,
 }
 

@@ -51,3 +51,4 @@ pub mod signal;
 pub mod status;
 pub mod supervisor;
 pub mod sys;
+pub mod watch;

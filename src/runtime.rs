@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -30,11 +31,15 @@ use crate::orphans::Orphans;
 use crate::shutdown::ShutdownOrder;
 use crate::signal::Signal;
 use crate::status::Status;
-use crate::supervisor::{ExitStatus, GroupCommand, Pid, Supervisor};
+use crate::supervisor::{ExitStatus, GroupCommand, Pid, ReloadSummary, Supervisor};
+use crate::watch::ConfigWatcher;
 
 const SIGNALS: u64 = 0;
 const CONTROL: u64 = 1;
 const LOG_WAKE: u64 = 2;
+const CONFIG_WAKE: u64 = 3;
+/// How long a burst of config events may last before it is applied once.
+const DEBOUNCE: Duration = Duration::from_millis(10);
 /// Tokens from here on are child pipes (even) and control connections (odd).
 const FIRST_DYNAMIC: u64 = 16;
 
@@ -72,8 +77,8 @@ pub enum Outcome {
 }
 
 /// Runs `config` until a shutdown completes.
-pub fn run(config: Config, socket: &std::path::Path) -> Result<Outcome, RuntimeError> {
-    let mut rt = Runtime::new(config, socket)?;
+pub fn run(config: Config, path: &Path, socket: &Path) -> Result<Outcome, RuntimeError> {
+    let mut rt = Runtime::new(config, path, socket)?;
     rt.main_loop()
 }
 
@@ -101,10 +106,18 @@ struct Runtime {
     /// The longest stop_timeout, used as the grace period for orphans.
     orphan_grace: Duration,
     term_signals: u32,
+    /// The PATH given to `drover run`, read again on every reload.
+    config_path: PathBuf,
+    _watcher: Option<ConfigWatcher>,
+    config_wake: UnixStream,
+    /// When a burst of config events will be applied.
+    reload_at: Option<Instant>,
+    /// The last reload's errors, until a valid config is applied.
+    config_error: Option<String>,
 }
 
 impl Runtime {
-    fn new(config: Config, socket: &std::path::Path) -> Result<Self, RuntimeError> {
+    fn new(config: Config, path: &Path, socket: &Path) -> Result<Self, RuntimeError> {
         let (sig_read, sig_write) = UnixStream::pair().map_err(os("signal pipe"))?;
         sig_read.set_nonblocking(true).map_err(os("signal pipe"))?;
         let handled = [
@@ -144,6 +157,24 @@ impl Runtime {
         let writer =
             LogWriter::start(Box::new(std::io::stdout()), wake_tx).map_err(os("log writer"))?;
 
+        let (config_wake_tx, config_wake) = UnixStream::pair().map_err(os("config watcher"))?;
+        config_wake
+            .set_nonblocking(true)
+            .map_err(os("config watcher"))?;
+        config_wake_tx
+            .set_nonblocking(true)
+            .map_err(os("config watcher"))?;
+        let watcher = match ConfigWatcher::start(path, config_wake_tx) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot watch {} for changes: {e}; reload with SIGHUP or `drover reload`",
+                    path.display()
+                );
+                None
+            }
+        };
+
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(errno("epoll"))?;
         let readable = |token| EpollEvent::new(EpollFlags::EPOLLIN, token);
         epoll
@@ -154,6 +185,9 @@ impl Runtime {
             .map_err(errno("epoll"))?;
         epoll
             .add(wake_rx.as_fd(), readable(LOG_WAKE))
+            .map_err(errno("epoll"))?;
+        epoll
+            .add(config_wake.as_fd(), readable(CONFIG_WAKE))
             .map_err(errno("epoll"))?;
 
         let orphan_grace = config
@@ -188,6 +222,11 @@ impl Runtime {
             orphan_grace,
             term_signals: 0,
             config,
+            config_path: path.to_path_buf(),
+            _watcher: watcher,
+            config_wake,
+            reload_at: None,
+            config_error: None,
         })
     }
 
@@ -206,6 +245,10 @@ impl Runtime {
                 self.dispatch(event.data(), event.events());
             }
             let now = Instant::now();
+            if self.reload_at.is_some_and(|at| at <= now) {
+                self.reload_at = None;
+                let _ = self.reload("a config file changed", now);
+            }
             self.sup.on_deadline(&mut self.launcher, now);
             self.watch_new_outputs();
             self.advance_shutdown(now);
@@ -242,10 +285,15 @@ impl Runtime {
     /// How long the loop may block: until the earliest deadline.
     fn timeout(&self, now: Instant) -> EpollTimeout {
         let shutdown = self.shutdown.as_ref().and_then(ShutdownOrder::deadline);
-        let deadline = [self.sup.next_deadline(), self.orphans.deadline(), shutdown]
-            .into_iter()
-            .flatten()
-            .min();
+        let deadline = [
+            self.sup.next_deadline(),
+            self.orphans.deadline(),
+            shutdown,
+            self.reload_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         match deadline {
             None => EpollTimeout::NONE,
             Some(d) => {
@@ -261,6 +309,7 @@ impl Runtime {
             SIGNALS => self.on_signals(),
             CONTROL => self.accept_clients(),
             LOG_WAKE => self.on_log_wake(),
+            CONFIG_WAKE => self.on_config_event(),
             t if self.pipes.contains_key(&t) => self.on_pipe(t),
             t if self.broker.owns(t) => self.broker.on_event(&self.epoll, t, flags),
             t => self.on_conn(t, flags),
@@ -274,9 +323,9 @@ impl Runtime {
             match signal {
                 sig::SIGCHLD => self.reap(now),
                 sig::SIGTERM | sig::SIGINT | sig::SIGQUIT => self.on_stop_signal(signal, now),
-                sig::SIGHUP => tracing::info!(
-                    "SIGHUP received: config reload is not implemented yet; nothing changed"
-                ),
+                sig::SIGHUP => {
+                    let _ = self.reload("SIGHUP", now);
+                }
                 sig::SIGUSR1 => self.sup.forward(Signal::Usr1, &mut self.launcher),
                 sig::SIGUSR2 => self.sup.forward(Signal::Usr2, &mut self.launcher),
                 _ => {}
@@ -326,6 +375,54 @@ impl Runtime {
                 tracing::debug!(pid = pid.0, ?status, "reaped an orphaned descendant");
             }
         }
+    }
+
+    /// A config file changed: apply it once the burst of events is over.
+    fn on_config_event(&mut self) {
+        let mut buf = [0u8; 64];
+        while matches!(self.config_wake.read(&mut buf), Ok(n) if n > 0) {}
+        self.reload_at = Some(Instant::now() + DEBOUNCE);
+    }
+
+    /// Reads the config again and applies it as a difference; an invalid
+    /// config changes nothing and is reported (and kept for `status`).
+    fn reload(&mut self, trigger: &str, now: Instant) -> Result<ReloadSummary, String> {
+        if self.sup.is_shutting_down() {
+            tracing::info!("{trigger}: not reloading, drover is shutting down");
+            return Err("drover is shutting down".into());
+        }
+        let loaded = match crate::config::load(&self.config_path) {
+            Ok(loaded) => loaded,
+            Err(failed) => {
+                let errors: Vec<_> = failed.diagnostics.iter().filter(|d| d.is_error()).collect();
+                tracing::error!(
+                    "{trigger}: the new config is invalid ({} errors); still running the previous one",
+                    errors.len()
+                );
+                for diagnostic in &errors {
+                    tracing::error!("{diagnostic}");
+                }
+                let text = crate::config::render_all(&failed.diagnostics);
+                self.config_error = Some(text.clone());
+                return Err(text);
+            }
+        };
+        for warning in &loaded.warnings {
+            tracing::warn!("{warning}");
+        }
+        let config = loaded.config;
+        if config.supervisor != self.config.supervisor {
+            tracing::warn!(
+                "{trigger}: changes to [supervisor] take effect the next time drover starts"
+            );
+        }
+        self.broker.apply(&config, &self.epoll);
+        let summary = self.sup.apply(&config, &mut self.launcher, now);
+        self.watch_new_outputs();
+        tracing::info!("{trigger}: config reloaded: {summary}");
+        self.config = config;
+        self.config_error = None;
+        Ok(summary)
     }
 
     /// Stops the groups whose turn has come in a graceful shutdown.
@@ -413,8 +510,14 @@ impl Runtime {
     fn handle_request(&mut self, request: Request) -> Response {
         let now = Instant::now();
         let (name, command, verb) = match request {
+            Request::Reload => {
+                return match self.reload("drover reload", now) {
+                    Ok(summary) => Response::ok(format!("reloaded: {summary}")),
+                    Err(errors) => Response::error(errors),
+                };
+            }
             Request::Status => {
-                let mut status = Status::capture(&self.sup, None, now);
+                let mut status = Status::capture(&self.sup, self.config_error.clone(), now);
                 status.queues = self.broker.status();
                 return Response::status(status);
             }

@@ -77,6 +77,52 @@ impl Broker {
         }
     }
 
+    /// Takes a reloaded config: new queues appear, changed settings apply
+    /// in place (messages stay), and a removed queue hands what it still
+    /// holds to its dead-letter destination, with a log line.
+    pub fn apply(&mut self, config: &Config, epoll: &Epoll) {
+        let removed: Vec<QueueName> = self
+            .queues
+            .keys()
+            .filter(|q| !config.queues.contains_key(*q))
+            .cloned()
+            .collect();
+        for (name, spec) in &config.queues {
+            match self.queues.get_mut(name) {
+                Some(q) => q.spec = spec.clone(),
+                None => {
+                    self.queues
+                        .insert(name.clone(), QueueCore::new(spec.clone()));
+                }
+            }
+        }
+        for name in removed {
+            let mut q = self.queues.remove(&name).expect("listed above");
+            let left = q.drain_all();
+            if !left.is_empty() {
+                tracing::warn!(
+                    "queue {name} was removed while holding {} messages; dead-lettering them",
+                    left.len()
+                );
+            }
+            // Dead letters go where the removed queue said, if that still exists.
+            self.queues
+                .insert(name.clone(), QueueCore::new(q.spec.clone()));
+            for message in left {
+                let letter = DeadLetter {
+                    message,
+                    reason: "its queue was removed from the config".into(),
+                };
+                self.dead_letter(&name, letter);
+            }
+            self.queues.remove(&name);
+        }
+        for queue in config.queues.keys() {
+            self.resume_producers(epoll, queue);
+            self.deliver(epoll, queue);
+        }
+    }
+
     pub fn owns(&self, token: u64) -> bool {
         self.endpoints.contains_key(&token)
     }
@@ -244,7 +290,9 @@ impl Broker {
         };
         let mut closed = false;
         loop {
-            let full = self.queues.get(&queue).is_none_or(QueueCore::is_full);
+            // A queue removed by a reload is read too: its packets are
+            // dead-lettered, not left to spin the loop.
+            let full = self.queues.get(&queue).is_some_and(QueueCore::is_full);
             if full && !to_end {
                 break;
             }
@@ -277,6 +325,13 @@ impl Broker {
     /// One packet of `n` bytes (in `scratch`) from a producer of `queue`.
     fn accept(&mut self, queue: &QueueName, n: usize) {
         let Some(q) = self.queues.get_mut(queue) else {
+            // Sent by a child of a group still wired to a queue that a reload
+            // removed: never dropped silently.
+            let letter = DeadLetter {
+                message: Message::new(&self.scratch[..n.min(self.scratch.len())]),
+                reason: "its queue was removed from the config".into(),
+            };
+            self.dead_letter(queue, letter);
             return;
         };
         let max = q.spec.max_message_bytes as usize;
