@@ -5,7 +5,7 @@
 //! ends of each child's stdout/stderr pipes are queued in
 //! [`ProcessLauncher::take_outputs`] for the runtime to watch.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -18,6 +18,7 @@ use nix::unistd::{Pid as NixPid, pipe2};
 use crate::broker::{Direction, socket_pair};
 use crate::config::{GroupSpec, Program, StartMethod};
 use crate::names::{GroupName, QueueName};
+use crate::python::{self, Templates};
 use crate::signal::Signal;
 use crate::supervisor::{LaunchError, Launcher, Pid};
 use crate::sys::forkexec::{ExecSetup, FdSetup, ForkKind, fork_exec};
@@ -26,18 +27,6 @@ use crate::sys::{FdPlan, SpawnPlan, spawn};
 
 /// The variables `clear_env = true` keeps from drover's own environment.
 const KEPT_BY_CLEAR_ENV: [&str; 4] = ["PATH", "HOME", "LANG", "TZ"];
-
-/// Python side of a `python = "module:function"` group under `spawn`: a
-/// fresh interpreter imports the module from the group's cwd and calls the
-/// function. A return is exit 0; an exception prints its traceback and exits
-/// 1; `SystemExit(n)` exits n — all plain Python behaviour.
-const PYTHON_SPAWN_BOOTSTRAP: &str = "\
-import importlib, os, sys
-module, function = sys.argv[1], sys.argv[2]
-sys.argv = [module]
-sys.path.insert(0, os.getcwd())
-getattr(importlib.import_module(module), function)()
-";
 
 /// A started child's output pipes, for the log router.
 #[derive(Debug)]
@@ -60,6 +49,8 @@ pub struct ProcessLauncher {
     outputs: Vec<ChildOutput>,
     /// The `forkserver` context's server, started on first use.
     forkserver: Option<ForkServer>,
+    /// Template interpreters of Python groups under fork / forkserver.
+    templates: Templates,
 }
 
 impl ProcessLauncher {
@@ -71,6 +62,7 @@ impl ProcessLauncher {
             devnull,
             outputs: Vec::new(),
             forkserver: None,
+            templates: Templates::default(),
         })
     }
 
@@ -97,6 +89,9 @@ impl ProcessLauncher {
     /// the fork server, a new one is started at once; children it started
     /// are drover's own and keep running.
     pub fn on_unknown_exit(&mut self, pid: Pid) -> bool {
+        if self.templates.on_exit(pid.0) {
+            return true;
+        }
         if self.forkserver_pid() != Some(pid.0) {
             return false;
         }
@@ -108,9 +103,18 @@ impl ProcessLauncher {
         true
     }
 
-    /// Stops the fork server (it exits when its socket closes).
-    pub fn stop_forkserver(&mut self) {
-        self.forkserver = None;
+    /// Stops the fork server and the Python templates (they exit when
+    /// their sockets close; SIGTERM makes sure). Returns their PIDs.
+    pub fn stop_helpers(&mut self) -> Vec<Pid> {
+        let mut pids: Vec<Pid> = self.templates.stop_all().into_iter().map(Pid).collect();
+        if let Some(server) = self.forkserver.take() {
+            let _ = kill(
+                NixPid::from_raw(server.pid()),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            pids.push(Pid(server.pid()));
+        }
+        pids
     }
 
     /// Starts `plan` through the fork server, starting (or replacing a dead)
@@ -175,26 +179,11 @@ impl ProcessLauncher {
     fn plan(&self, group: &GroupSpec, index: u32) -> Result<(SpawnPlan, ChildIo), LaunchError> {
         let argv: Vec<OsString> = match &group.program {
             Program::Command(argv) => argv.clone(),
-            Program::Python {
-                module, function, ..
-            } => {
-                if group.start_method != StartMethod::Spawn {
-                    return Err(LaunchError::Unsupported(format!(
-                        "python workers with start_method = \"{}\" are not available yet",
-                        group.start_method.as_str()
-                    )));
-                }
-                vec![
-                    group.python_executable.clone(),
-                    "-c".into(),
-                    PYTHON_SPAWN_BOOTSTRAP.into(),
-                    module.into(),
-                    function.into(),
-                ]
-            }
+            Program::Python { .. } => python::argv(group).expect("a python group"),
         };
         let queues = QueueSockets::new(group).map_err(LaunchError::Setup)?;
-        let envp = self.environment(group, index, queues.variables(group.start_method));
+        let queue_vars = queues.variables(keeps_fd_numbers(group));
+        let envp = self.environment(group, index, queue_vars);
         let search_path = group
             .env
             .get("PATH")
@@ -256,9 +245,9 @@ impl QueueSockets {
     }
 
     /// `DROVER_IN_<QUEUE>` / `DROVER_OUT_<QUEUE>` = the fd number the child
-    /// will find its end at: 3, 4, … after stdio for spawn and forkserver;
-    /// its own number for fork, which keeps fds where they are.
-    fn variables(&self, method: StartMethod) -> Vec<(String, String)> {
+    /// will find its end at: 3, 4, … after stdio, or (`in_place`: the fork
+    /// method for commands, which keeps fds where they are) its own number.
+    fn variables(&self, in_place: bool) -> Vec<(String, String)> {
         self.names
             .iter()
             .zip(&self.theirs)
@@ -268,9 +257,10 @@ impl QueueSockets {
                     Direction::In => "DROVER_IN_",
                     Direction::Out => "DROVER_OUT_",
                 };
-                let number = match method {
-                    StartMethod::Fork => fd.as_raw_fd(),
-                    StartMethod::Spawn | StartMethod::Forkserver => 3 + i as i32,
+                let number = if in_place {
+                    fd.as_raw_fd()
+                } else {
+                    3 + i as i32
                 };
                 (
                     format!("{prefix}{}", queue.env_suffix()),
@@ -344,6 +334,12 @@ pub fn resolve_program(
         })
 }
 
+/// Whether a child keeps its queue fds at drover's numbers (a command
+/// under `fork`) rather than at 3, 4, … after stdio.
+fn keeps_fd_numbers(group: &GroupSpec) -> bool {
+    group.start_method == StartMethod::Fork && matches!(group.program, Program::Command(_))
+}
+
 /// Errors that mean the fork server is dead or wedged, not that the
 /// program failed.
 fn server_gone(e: &std::io::Error) -> bool {
@@ -377,6 +373,19 @@ fn fork_setup(plan: &SpawnPlan) -> ExecSetup {
     )
 }
 
+/// What a Python worker forked from its template sets in its environment:
+/// its index and its queue fds (placed at 3, 4, … like spawn's).
+fn worker_env(group: &GroupSpec, index: u32, queues: &QueueSockets) -> HashMap<String, String> {
+    let mut env: HashMap<String, String> = queues.variables(false).into_iter().collect();
+    env.insert("DROVER_INDEX".into(), index.to_string());
+    env.insert("DROVER_GROUP".into(), group.name.to_string());
+    env.insert(
+        "DROVER_START_METHOD".into(),
+        group.start_method.as_str().into(),
+    );
+    env
+}
+
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
@@ -385,8 +394,13 @@ fn is_executable(path: &Path) -> bool {
 impl Launcher for ProcessLauncher {
     fn start(&mut self, group: &GroupSpec, index: u32) -> Result<Pid, LaunchError> {
         let (plan, io) = self.plan(group, index)?;
+        let python = matches!(group.program, Program::Python { .. });
         let started = match group.start_method {
             StartMethod::Spawn => spawn(&plan),
+            _ if python => {
+                let env = worker_env(group, index, &io.queues);
+                self.templates.start_worker(group, &plan, &env)
+            }
             StartMethod::Fork => fork_exec(&fork_setup(&plan), ForkKind::Fork),
             StartMethod::Forkserver => self.spawn_via_forkserver(&plan),
         };

@@ -45,6 +45,7 @@ pub mod launch;
 pub mod logs;
 pub mod names;
 pub mod orphans;
+pub mod python;
 pub mod runtime;
 pub mod shutdown;
 pub mod signal;

@@ -40,6 +40,8 @@ const LOG_WAKE: u64 = 2;
 const CONFIG_WAKE: u64 = 3;
 /// How long a burst of config events may last before it is applied once.
 const DEBOUNCE: Duration = Duration::from_millis(10);
+/// How long the fork server and templates get to exit at shutdown.
+const HELPER_GRACE: Duration = Duration::from_secs(2);
 /// Tokens from here on are child pipes (even) and control connections (odd).
 const FIRST_DYNAMIC: u64 = 16;
 
@@ -114,6 +116,9 @@ struct Runtime {
     reload_at: Option<Instant>,
     /// The last reload's errors, until a valid config is applied.
     config_error: Option<String>,
+    /// The fork server and templates asked to exit at shutdown.
+    helpers: Vec<Pid>,
+    helpers_deadline: Option<Instant>,
 }
 
 impl Runtime {
@@ -139,10 +144,10 @@ impl Runtime {
 
         let base_env: BTreeMap<_, _> = std::env::vars_os().collect();
         let mut launcher = ProcessLauncher::new(base_env).map_err(os("opening /dev/null"))?;
-        let uses_forkserver = config
-            .groups
-            .values()
-            .any(|g| g.start_method == crate::config::StartMethod::Forkserver);
+        let uses_forkserver = config.groups.values().any(|g| {
+            g.start_method == crate::config::StartMethod::Forkserver
+                && matches!(g.program, crate::config::Program::Command(_))
+        });
         if uses_forkserver {
             // Before the log writer thread exists (the server is a fresh
             // exec either way; this just keeps drover single-threaded then).
@@ -227,6 +232,8 @@ impl Runtime {
             config_wake,
             reload_at: None,
             config_error: None,
+            helpers: Vec::new(),
+            helpers_deadline: None,
         })
     }
 
@@ -252,10 +259,11 @@ impl Runtime {
             self.sup.on_deadline(&mut self.launcher, now);
             self.watch_new_outputs();
             self.advance_shutdown(now);
-            if self.sup.is_finished() {
-                // The server exits when its socket closes; the orphan
-                // phase reaps it like anything else.
-                self.launcher.stop_forkserver();
+            if self.sup.is_finished() && self.helpers_deadline.is_none() {
+                // The fork server and Python templates are told to go; they
+                // are waited for briefly before the orphan phase.
+                self.helpers = self.launcher.stop_helpers();
+                self.helpers_deadline = Some(now + HELPER_GRACE);
             }
             if self.sup.is_finished() && self.finish_orphans(now) {
                 break;
@@ -290,6 +298,7 @@ impl Runtime {
             self.orphans.deadline(),
             shutdown,
             self.reload_at,
+            self.helpers_deadline.filter(|_| !self.helpers.is_empty()),
         ]
         .into_iter()
         .flatten()
@@ -370,6 +379,8 @@ impl Runtime {
             let ours = self.sup.on_exit(pid, status, &mut self.launcher, now);
             if ours {
                 self.broker.child_exited(&self.epoll, pid);
+            } else if self.helpers.contains(&pid) {
+                self.helpers.retain(|p| *p != pid);
             } else if !self.launcher.on_unknown_exit(pid) {
                 self.orphans.reaped(pid);
                 tracing::debug!(pid = pid.0, ?status, "reaped an orphaned descendant");
@@ -441,6 +452,9 @@ impl Runtime {
 
     /// Orphan phase of shutdown; true once nothing is left to wait for.
     fn finish_orphans(&mut self, now: Instant) -> bool {
+        if !self.helpers.is_empty() && self.helpers_deadline.is_some_and(|d| now < d) {
+            return false;
+        }
         let killed = self.orphans.step(now, self.orphan_grace);
         if killed {
             self.sup.note_forced();

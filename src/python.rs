@@ -1,0 +1,273 @@
+//! Python function workers (`python = "module:function"`, DESIGN §2.2).
+//!
+//! The interpreter side is `python/drover_worker.py`, compiled into the
+//! binary and run with `python3 -c`. Under `spawn` every child is a fresh
+//! interpreter running it in "spawn" mode. Under `fork` and `forkserver`,
+//! drover keeps one *template* interpreter per group — it imports the target
+//! module (fork) or only `preload` (forkserver) — and asks it for each child
+//! over a `SOCK_SEQPACKET` socket, passing the child's fds by SCM_RIGHTS.
+//! The template double-forks, so drover (a child subreaper) becomes the
+//! worker's parent and reaps it like any other child.
+//!
+//! Templates are drover's children but not workers: one that dies is
+//! started again at once (running workers are unaffected); one whose imports
+//! fail makes that start fail, so the group goes through the normal backoff
+//! and fatal rules with the traceback in drover's log; one whose group
+//! changed on reload is replaced.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::io::{self, IoSlice};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use nix::sys::socket::{
+    AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, sendmsg, setsockopt, socketpair,
+    sockopt,
+};
+
+use crate::config::{GroupSpec, Program, StartMethod};
+use crate::names::GroupName;
+use crate::sys::{FdPlan, SpawnPlan, spawn};
+
+/// The interpreter side, run with `python3 -c`.
+pub const BOOTSTRAP: &str = include_str!("python/drover_worker.py");
+
+/// How long a template may take to import before its start counts as failed.
+const IMPORT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The mode argument of the bootstrap for a start method.
+pub fn mode(method: StartMethod) -> &'static str {
+    match method {
+        StartMethod::Spawn => "spawn",
+        StartMethod::Fork => "fork",
+        StartMethod::Forkserver => "forkserver",
+    }
+}
+
+/// argv of the bootstrap: `python -c BOOTSTRAP MODE MODULE FUNCTION [PRELOAD...]`.
+pub fn argv(group: &GroupSpec) -> Option<Vec<std::ffi::OsString>> {
+    let Program::Python {
+        module,
+        function,
+        preload,
+    } = &group.program
+    else {
+        return None;
+    };
+    let mut argv: Vec<std::ffi::OsString> = vec![
+        group.python_executable.clone(),
+        "-c".into(),
+        BOOTSTRAP.into(),
+        mode(group.start_method).into(),
+        module.into(),
+        function.into(),
+    ];
+    if group.start_method == StartMethod::Forkserver {
+        argv.extend(preload.iter().map(Into::into));
+    }
+    Some(argv)
+}
+
+/// One group's template interpreter.
+#[derive(Debug)]
+struct Template {
+    pid: i32,
+    socket: OwnedFd,
+    /// The group definition it was started for; a different one replaces it.
+    spec: GroupSpec,
+    ready: bool,
+    seq: u64,
+}
+
+/// The templates of every `fork` / `forkserver` Python group.
+#[derive(Debug, Default)]
+pub struct Templates {
+    by_group: HashMap<GroupName, Template>,
+}
+
+#[derive(serde::Serialize)]
+struct Request<'a> {
+    seq: u64,
+    env: &'a HashMap<String, String>,
+}
+
+#[derive(serde::Deserialize)]
+struct Reply {
+    #[serde(default)]
+    seq: Option<u64>,
+    #[serde(default)]
+    pid: Option<i32>,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    ready: Option<bool>,
+}
+
+impl Templates {
+    /// Starts a worker of `group` through its template (started, or
+    /// replaced when the group changed, as needed). `plan` is the worker's
+    /// prepared start: its envp and fds are what the worker gets.
+    pub fn start_worker(
+        &mut self,
+        group: &GroupSpec,
+        plan: &SpawnPlan,
+        env: &HashMap<String, String>,
+    ) -> io::Result<i32> {
+        let stale = self
+            .by_group
+            .get(&group.name)
+            .is_some_and(|t| t.spec != *group);
+        if stale {
+            self.stop(&group.name);
+        }
+        if !self.by_group.contains_key(&group.name) {
+            self.launch(group, plan)?;
+        }
+        let template = self.by_group.get_mut(&group.name).expect("launched");
+        let result = template.request(plan, env);
+        if result.is_err() {
+            // A template that failed (or died) is replaced on the next start.
+            self.stop(&group.name);
+        }
+        result
+    }
+
+    /// Starts `group`'s template without waiting for its imports.
+    fn launch(&mut self, group: &GroupSpec, plan: &SpawnPlan) -> io::Result<()> {
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )?;
+        setsockopt(&ours, sockopt::ReceiveTimeout, &timeval(IMPORT_TIMEOUT))?;
+        let argv = argv(group).ok_or_else(|| io::Error::other("not a python group"))?;
+        let stderr = std::io::stderr().as_raw_fd();
+        let template_plan = SpawnPlan {
+            program: plan.program.clone(),
+            argv: argv
+                .iter()
+                .map(|a| CString::new(a.as_encoded_bytes()).unwrap_or_default())
+                .collect(),
+            envp: plan.envp.clone(),
+            cwd: plan.cwd.clone(),
+            fds: FdPlan {
+                sources: vec![plan.fds.sources[0], stderr, stderr, theirs.as_raw_fd()],
+            },
+        };
+        let pid = spawn(&template_plan)?;
+        tracing::debug!(group = %group.name, pid, "python template started");
+        self.by_group.insert(
+            group.name.clone(),
+            Template {
+                pid,
+                socket: ours,
+                spec: group.clone(),
+                ready: false,
+                seq: 0,
+            },
+        );
+        Ok(())
+    }
+
+    /// Stops `group`'s template (it exits when its socket closes).
+    pub fn stop(&mut self, group: &GroupName) {
+        if let Some(t) = self.by_group.remove(group) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(t.pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+    }
+
+    /// Stops every template (drover is shutting down); returns their PIDs.
+    pub fn stop_all(&mut self) -> Vec<i32> {
+        let groups: Vec<GroupName> = self.by_group.keys().cloned().collect();
+        let pids = self.by_group.values().map(|t| t.pid).collect();
+        for group in groups {
+            self.stop(&group);
+        }
+        pids
+    }
+
+    /// A reaped PID that is a template: forget it, so the next start makes
+    /// a new one. Running workers are not affected.
+    pub fn on_exit(&mut self, pid: i32) -> bool {
+        let Some(group) = self
+            .by_group
+            .iter()
+            .find(|(_, t)| t.pid == pid)
+            .map(|(g, _)| g.clone())
+        else {
+            return false;
+        };
+        self.by_group.remove(&group);
+        tracing::warn!(%group, pid, "the python template exited; the next start makes a new one");
+        true
+    }
+}
+
+impl Template {
+    fn request(&mut self, plan: &SpawnPlan, env: &HashMap<String, String>) -> io::Result<i32> {
+        if !self.ready {
+            let reply = self.receive()?;
+            if reply.ready != Some(true) {
+                return Err(io::Error::other(
+                    "the python template sent no ready message",
+                ));
+            }
+            self.ready = true;
+        }
+        self.seq += 1;
+        let body = serde_json::to_vec(&Request { seq: self.seq, env }).expect("serialises");
+        let fds: &[RawFd] = &plan.fds.sources;
+        let cmsg = [ControlMessage::ScmRights(fds)];
+        loop {
+            match sendmsg::<()>(
+                self.socket.as_raw_fd(),
+                &[IoSlice::new(&body)],
+                &cmsg,
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            ) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                other => break other.map(|_| ())?,
+            }
+        }
+        loop {
+            let reply = self.receive()?;
+            if reply.seq != Some(self.seq) {
+                continue;
+            }
+            return match (reply.pid, reply.error) {
+                (Some(pid), _) => Ok(pid),
+                (None, error) => Err(io::Error::other(format!(
+                    "the python template could not fork: {}",
+                    error.unwrap_or_default()
+                ))),
+            };
+        }
+    }
+
+    fn receive(&self) -> io::Result<Reply> {
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = loop {
+            match nix::sys::socket::recv(self.socket.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                other => break other?,
+            }
+        };
+        if n == 0 {
+            return Err(io::Error::other(
+                "the python template exited (an import failed? its traceback is in drover's log)",
+            ));
+        }
+        serde_json::from_slice(&buf[..n])
+            .map_err(|e| io::Error::other(format!("bad answer from the python template: {e}")))
+    }
+}
+
+fn timeval(d: Duration) -> nix::sys::time::TimeVal {
+    nix::sys::time::TimeVal::new(d.as_secs() as _, 0)
+}

@@ -1,0 +1,159 @@
+"""drover's side of Python function workers (DESIGN §2.2).
+
+Standard library only, Python >= 3.8. drover runs it as
+
+    python3 -c <this file> MODE MODULE FUNCTION [PRELOAD ...]
+
+spawn       import MODULE, call FUNCTION, exit with the outcome.
+fork        the group's *template*: import MODULE once (its module-level
+            code runs once), then fork a worker per request, which calls
+            FUNCTION on the template's memory, shared copy-on-write.
+forkserver  the group's *server*: import only PRELOAD, then fork a worker
+            per request, which imports MODULE itself and calls FUNCTION.
+
+A template or server reads requests on fd 3, a SOCK_SEQPACKET socket: one
+JSON packet {"seq", "env"} carrying the worker's fds (stdin, stdout,
+stderr, then its queue sockets) as SCM_RIGHTS. It double-forks, so the
+worker's parent becomes drover (a child subreaper), which reaps it like any
+child, and answers {"seq", "pid"} or {"seq", "error"}. It says
+{"ready": true} once its imports are done; if they fail it prints the
+traceback and exits 1. It exits when drover closes the socket.
+
+A worker's outcome: FUNCTION returns -> exit 0; raises -> traceback on
+stderr, exit 1; SystemExit(n) -> exit n.
+"""
+import array
+import importlib
+import json
+import os
+import signal
+import socket
+import sys
+import traceback
+
+MAX_FDS = 64
+
+
+def run(module_name, function_name):
+    """Imports (or finds) the module, calls the function, returns the exit code."""
+    try:
+        module = importlib.import_module(module_name)
+        getattr(module, function_name)()
+        code = 0
+    except SystemExit as e:
+        if e.code is None:
+            code = 0
+        elif isinstance(e.code, int):
+            code = e.code
+        else:
+            print(e.code, file=sys.stderr)
+            code = 1
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    return code
+
+
+def fresh_signals():
+    """The signal state of a freshly started interpreter."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    for sig in signal.valid_signals():
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError, RuntimeError):
+            pass
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    if hasattr(signal, "SIGXFSZ"):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
+def become_worker(fds, env):
+    """In the worker: own process group, fds at 0, 1, 2, 3, ..., environment."""
+    os.setpgid(0, 0)
+    fresh_signals()
+    high = [os.dup(fd) for fd in fds]  # out of the way of the targets
+    for target, fd in enumerate(high):
+        os.dup2(fd, target)
+    os.closerange(len(fds), os.sysconf("SC_OPEN_MAX"))
+    os.environ.update(env)
+
+
+def receive(sock):
+    """One request: (json, [fds]); (None, []) when drover closed the socket."""
+    fds = array.array("i")
+    msg, ancdata, _flags, _addr = sock.recvmsg(1 << 20, socket.CMSG_SPACE(MAX_FDS * fds.itemsize))
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
+    if not msg:
+        return None, list(fds)
+    return json.loads(msg), list(fds)
+
+
+def start_worker(sock, request, fds, module, function):
+    """Double-forks a worker; returns its pid."""
+    r, w = os.pipe()
+    middle = os.fork()
+    if middle == 0:
+        try:
+            os.close(r)
+            pid = os.fork()
+            if pid == 0:
+                os.close(w)
+                sock.close()
+                become_worker(fds, request["env"])
+                os._exit(run(module, function))
+            os.write(w, str(pid).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    answer = b""
+    while True:
+        chunk = os.read(r, 32)
+        if not chunk:
+            break
+        answer += chunk
+    os.close(r)
+    os.waitpid(middle, 0)
+    if not answer:
+        raise OSError("the worker could not be forked")
+    return int(answer)
+
+
+def serve(module, function):
+    sock = socket.socket(fileno=3)
+    sock.send(json.dumps({"ready": True}).encode())
+    while True:
+        request, fds = receive(sock)
+        if request is None:
+            return 0
+        try:
+            reply = {"seq": request["seq"], "pid": start_worker(sock, request, fds, module, function)}
+        except Exception as e:
+            reply = {"seq": request.get("seq"), "error": str(e)}
+        for fd in fds:
+            os.close(fd)
+        sock.send(json.dumps(reply).encode())
+
+
+def main(argv):
+    mode, module, function, preload = argv[0], argv[1], argv[2], argv[3:]
+    sys.argv = [module]
+    sys.path.insert(0, os.getcwd())
+    if mode == "spawn":
+        return run(module, function)
+    for name in preload if mode == "forkserver" else [module]:
+        importlib.import_module(name)
+    return serve(module, function)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,281 @@
+//! Python function workers (DESIGN §2.2): where each method's children come
+//! from, exit codes, a broken module, a crashed worker, a dead template, and
+//! queues from a function worker.
+
+mod common;
+
+use common::{Drover, TempDir, alive, wait_until};
+
+/// A module that records who imported it, and a few targets.
+const MODULE: &str = r#"
+import os, signal, socket, sys, time
+IMPORTED_BY = os.getpid()
+
+def report():
+    print(f"pid={os.getpid()} imported_by={IMPORTED_BY} index={os.environ['DROVER_INDEX']} "
+          f"pgid_is_pid={os.getpgid(0) == os.getpid()} "
+          f"term={signal.getsignal(signal.SIGTERM) == signal.SIG_DFL} "
+          f"blocked={len(signal.pthread_sigmask(signal.SIG_BLOCK, []))}", flush=True)
+    signal.pause()
+
+def crash_later():
+    print(f"up {os.getpid()}", flush=True)
+    signal.pause()
+
+def fail():
+    raise ValueError("kaboom")
+
+def code():
+    raise SystemExit(7)
+
+def fine():
+    return 42
+
+def upper():
+    jobs = socket.socket(fileno=int(os.environ["DROVER_IN_JOBS"]))
+    results = socket.socket(fileno=int(os.environ["DROVER_OUT_RESULTS"]))
+    while (msg := jobs.recv(65536)):
+        results.send(msg.upper())
+        jobs.send(b"ack")
+"#;
+
+fn start(name: &str, config: &str) -> Drover {
+    let dir = TempDir::new(name);
+    dir.write("work.py", MODULE);
+    dir.write("drover.toml", config);
+    Drover::start_in(dir, &[])
+}
+
+/// (pid, imported_by) of each line a `report` worker printed.
+fn reports(text: &str, group: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{group}[")))
+        .filter_map(|l| {
+            let field = |k: &str| {
+                l.split(&format!("{k}="))
+                    .nth(1)?
+                    .split(' ')
+                    .next()
+                    .map(String::from)
+            };
+            Some((field("pid")?, field("imported_by")?))
+        })
+        .collect()
+}
+
+#[test]
+fn each_method_starts_children_from_where_it_should() {
+    let mut config = String::new();
+    for m in ["spawn", "fork", "forkserver"] {
+        config.push_str(&format!(
+            "[group.{m}]\npython = \"work:report\"\nstart_method = \"{m}\"\nprocesses = 2\nstart_secs = \"0s\"\n\n"
+        ));
+    }
+    let d = start("pymethods", &config);
+    let text = d
+        .stdout
+        .wait_for("six reports", |t| t.matches("imported_by=").count() >= 6);
+    for m in ["spawn", "fork", "forkserver"] {
+        let r = reports(&text, m);
+        assert_eq!(r.len(), 2, "{m}: {text}");
+        match m {
+            // One template imported the module; both children share it.
+            "fork" => {
+                assert_eq!(r[0].1, r[1].1, "{text}");
+                assert!(r.iter().all(|(pid, by)| pid != by), "{text}");
+            }
+            // Each child imported the module itself.
+            _ => assert!(r.iter().all(|(pid, by)| pid == by), "{m}: {text}"),
+        }
+    }
+    for line in text.lines().filter(|l| l.contains("imported_by=")) {
+        assert!(
+            line.contains("pgid_is_pid=True term=True blocked=0"),
+            "{line}"
+        );
+    }
+    // Every child is drover's own, so drover reaps it.
+    let status = d.status();
+    for m in ["spawn", "fork", "forkserver"] {
+        for child in Drover::children(&status, m) {
+            let pid = child["pid"].as_i64().unwrap();
+            wait_until("the worker to be re-parented to drover", || {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                stat.rfind(')')
+                    .and_then(|i| stat[i + 2..].split(' ').nth(1)?.parse::<i32>().ok())
+                    == Some(d.pid())
+            });
+        }
+    }
+}
+
+#[test]
+fn return_exception_and_system_exit_become_exit_codes() {
+    let mut config = String::new();
+    for m in ["spawn", "fork", "forkserver"] {
+        for (target, _) in [("fine", 0), ("fail", 1), ("code", 7)] {
+            config.push_str(&format!(
+                "[group.{target}_{m}]\npython = \"work:{target}\"\nstart_method = \"{m}\"\nrestart = \"never\"\n\n"
+            ));
+        }
+    }
+    let d = start("pycodes", &config);
+    for m in ["spawn", "fork", "forkserver"] {
+        for (target, code) in [("fine", 0), ("fail", 1), ("code", 7)] {
+            let group = format!("{target}_{m}");
+            d.wait_group_state(&group, "exited");
+            let status = d.status();
+            assert_eq!(
+                Drover::children(&status, &group)[0]["last_exit"]["code"],
+                code,
+                "{group}"
+            );
+        }
+        let text = d.stdout.wait_for("the traceback", |t| {
+            t.contains(&format!("fail_{m}[0] ValueError: kaboom"))
+        });
+        assert!(text.contains(&format!("fail_{m}[0] Traceback (most recent call last):")));
+    }
+}
+
+#[test]
+fn a_crashed_forked_worker_is_replaced_from_the_living_template() {
+    let d = start(
+        "pycrash",
+        "[group.w]\npython = \"work:crash_later\"\nstart_method = \"fork\"\nprocesses = 2\nstart_secs = \"0s\"\n",
+    );
+    let pids = d.wait_group_state("w", "running");
+    d.stdout.wait_count("up ", 2);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pids[0] as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    d.wait_status("a replacement", |s| {
+        let c = &Drover::children(s, "w")[0];
+        c["state"] == "running" && c["pid"] != pids[0] && c["restarts"] == 1
+    });
+    d.stdout.wait_count("up ", 3);
+    assert!(alive(pids[1]), "the other worker is untouched");
+    assert!(
+        !d.stderr.text().contains("python template exited"),
+        "the template lived on"
+    );
+}
+
+#[test]
+fn a_dead_template_is_replaced_and_running_workers_live_on() {
+    let d = start(
+        "pytemplate",
+        "[group.w]\npython = \"work:crash_later\"\nstart_method = \"fork\"\nprocesses = 2\nstart_secs = \"0s\"\n",
+    );
+    let pids = d.wait_group_state("w", "running");
+    d.stdout.wait_count("up ", 2);
+    let template = template_of(d.pid()).expect("a template runs");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(template),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    d.stderr.wait_for("the template's death", |t| {
+        t.contains("the python template exited")
+    });
+    for pid in &pids {
+        assert!(alive(*pid));
+    }
+    // The next start makes a new template.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pids[0] as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    d.stdout.wait_count("up ", 3);
+    let new_template = template_of(d.pid()).expect("a new template");
+    assert_ne!(new_template, template);
+}
+
+/// The python template among drover's children.
+fn template_of(drover: i32) -> Option<i32> {
+    std::fs::read_dir("/proc").ok()?.find_map(|e| {
+        let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let ppid: i32 = stat[stat.rfind(')')? + 2..]
+            .split(' ')
+            .nth(1)?
+            .parse()
+            .ok()?;
+        let is_template = cmdline.split(|&b| b == 0).any(|a| a == b"fork")
+            && String::from_utf8_lossy(&cmdline).contains("drover's side of Python");
+        (ppid == drover && is_template && alive(pid as i64)).then_some(pid)
+    })
+}
+
+#[test]
+fn a_broken_module_is_reported_and_backs_off_to_fatal() {
+    let dir = TempDir::new("pybroken");
+    dir.write("broken.py", "def main(:\n    pass\n");
+    dir.write(
+        "drover.toml",
+        "[group.b]\npython = \"broken:main\"\nstart_method = \"fork\"\nrestart_delay = \"10ms\"\nmax_restarts = 2\n",
+    );
+    let d = Drover::start_in(dir, &[]);
+    d.wait_group_state("b", "fatal");
+    let err = d.stderr.text();
+    assert!(
+        err.contains("SyntaxError"),
+        "the traceback is in the log: {err}"
+    );
+    assert!(err.contains("b[0]: cannot start"), "{err}");
+    assert!(err.contains("fatal after 3 failed starts"), "{err}");
+}
+
+#[test]
+fn a_function_worker_uses_queues_like_any_child() {
+    for method in ["fork", "forkserver"] {
+        let config = format!(
+            r#"
+[queue.jobs]
+[queue.results]
+
+[group.producer]
+command = ["python3", "-c", "import os, socket, signal\ns = socket.socket(fileno=int(os.environ['DROVER_OUT_JOBS']))\nfor i in range(50): s.send(b'job %d' % i)\nsignal.pause()"]
+outputs = ["jobs"]
+
+[group.workers]
+python = "work:upper"
+start_method = "{method}"
+processes = 2
+inputs = ["jobs"]
+outputs = ["results"]
+
+[group.sink]
+command = ["python3", "-c", "import os, socket\ns = socket.socket(fileno=int(os.environ['DROVER_IN_RESULTS']))\nwhile (m := s.recv(100)):\n    print(m.decode(), flush=True)\n    s.send(b'ack')"]
+inputs = ["results"]
+"#
+        );
+        let d = start(&format!("pyqueue{method}"), &config);
+        let text = d
+            .stdout
+            .wait_for("50 results", |t| t.matches("sink[0] JOB ").count() >= 50);
+        for i in 0..50 {
+            assert!(
+                text.contains(&format!("sink[0] JOB {i}\n")),
+                "{method}: JOB {i} missing"
+            );
+        }
+    }
+}
+
+/// The interpreter-side code on its own (src/python/test_drover_worker.py).
+#[test]
+fn the_python_bootstrap_passes_its_own_tests() {
+    let out = std::process::Command::new("python3")
+        .args(["-m", "unittest", "-v", "test_drover_worker"])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/src/python"))
+        .output()
+        .expect("python3 runs");
+    let report = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{report}");
+    assert!(report.contains("Ran 2 tests"), "{report}");
+}
