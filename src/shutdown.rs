@@ -1,8 +1,9 @@
 //! The order of a graceful shutdown (DESIGN §6).
 //!
 //! Groups that read no queue stop first. A group that reads queues keeps
-//! receiving until every group feeding those queues has stopped and the
-//! queues are empty — or until its own `stop_timeout` since the shutdown
+//! receiving until every group feeding those queues has stopped (a group
+//! feeds a queue by writing to it, or by using a queue whose dead letters go
+//! there) and the queues are empty — or until its own `stop_timeout` since the shutdown
 //! began — and only then has its input sockets closed (its `recv` returns
 //! 0) and gets its `stop_signal`. Pure: the runtime tells it what is live
 //! and what is drained, and it answers which groups to stop now.
@@ -38,11 +39,29 @@ impl ShutdownOrder {
                 first.push(name.clone());
                 continue;
             }
+            // Queues whose dead letters land in this group's inputs: their
+            // producers and consumers feed it too.
+            let dead_letter_sources: Vec<&QueueName> = config
+                .queues
+                .values()
+                .filter(|q| {
+                    q.dead_letter
+                        .as_ref()
+                        .is_some_and(|d| group.inputs.contains(d))
+                })
+                .map(|q| &q.name)
+                .collect();
             let upstream = config
                 .groups
                 .iter()
                 .filter(|(other, g)| {
-                    *other != name && g.outputs.iter().any(|q| group.inputs.contains(q))
+                    let writes = g.outputs.iter().any(|q| group.inputs.contains(q));
+                    let feeds_dead_letters = g
+                        .inputs
+                        .iter()
+                        .chain(&g.outputs)
+                        .any(|q| dead_letter_sources.contains(&q));
+                    *other != name && (writes || feeds_dead_letters)
                 })
                 .map(|(other, _)| other.clone())
                 .collect();

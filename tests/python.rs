@@ -221,7 +221,9 @@ fn a_broken_module_is_reported_and_backs_off_to_fatal() {
     );
     let d = Drover::start_in(dir, &[]);
     d.wait_group_state("b", "fatal");
-    let err = d.stderr.text();
+    let err = d
+        .stderr
+        .wait_for("the fatal log line", |t| t.contains("fatal after"));
     assert!(
         err.contains("SyntaxError"),
         "the traceback is in the log: {err}"

@@ -30,13 +30,9 @@ start_secs = "0s"
     assert_eq!(kids[0]["last_exit"]["signal"], "SIGKILL");
     assert_eq!(kids[1]["pid"], pids[1], "the other child is untouched");
     assert_eq!(kids[1]["restarts"], 0);
-    assert!(
-        d.stderr
-            .text()
-            .contains("sleeper[0]: exited (killed by SIGKILL); restarting"),
-        "{}",
-        d.stderr.text()
-    );
+    d.stderr.wait_for("the restart log line", |t| {
+        t.contains("sleeper[0]: exited (killed by SIGKILL); restarting")
+    });
 }
 
 #[test]
@@ -53,13 +49,16 @@ max_restarts = 3
 "#,
     );
     d.wait_group_state("broken", "fatal");
-    let text = d.stdout.text();
+    // drover's output may still be on its way to the test's reader thread.
+    let text = d.stdout.wait_count("broken[0] attempt", 4);
+    let err = d.stderr.wait_for("the fatal log line", |t| {
+        t.contains("fatal after 4 failed starts")
+    });
     assert_eq!(
         text.matches("broken[0] attempt").count(),
         4,
         "first start + max_restarts retries: {text}"
     );
-    let err = d.stderr.text();
     for (n, delay) in [(1, "10ms"), (2, "20ms"), (3, "40ms")] {
         assert!(
             err.contains(&format!("failed start {n} of 4; retrying in {delay}")),
@@ -143,7 +142,9 @@ start_secs = "0s"
     d.wait_group_state("missing", "fatal");
     d.wait_group_state("noexec", "fatal");
     d.wait_group_state("fine", "running");
-    let err = d.stderr.text();
+    let err = d.stderr.wait_for("both failures logged", |t| {
+        t.matches("missing[0]: cannot start").count() == 3 && t.contains("noexec[0]: cannot start")
+    });
     assert!(
         err.contains("missing[0]: cannot start: `drover-test-no-such-program` not found"),
         "{err}"

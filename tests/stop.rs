@@ -45,11 +45,9 @@ fn stop_escalates_to_sigkill_of_the_whole_process_group() {
         !alive(grandchild)
     });
     assert!(!alive(pid));
-    assert!(
-        d.stderr
-            .text()
-            .contains("sending SIGKILL to its process group")
-    );
+    d.stderr.wait_for("the escalation log line", |t| {
+        t.contains("sending SIGKILL to its process group")
+    });
 }
 
 #[test]

@@ -113,7 +113,7 @@ impl Broker {
                     message,
                     reason: "its queue was removed from the config".into(),
                 };
-                self.dead_letter(&name, letter);
+                self.dead_letter(epoll, &name, letter);
             }
             self.queues.remove(&name);
         }
@@ -271,7 +271,7 @@ impl Broker {
                 .map(|q| q.remove_consumer(token))
                 .unwrap_or_default();
             for letter in dead {
-                self.dead_letter(&ep.queue, letter);
+                self.dead_letter(epoll, &ep.queue, letter);
             }
             self.deliver(epoll, &ep.queue);
         }
@@ -313,7 +313,7 @@ impl Broker {
                     break;
                 }
             };
-            self.accept(&queue, n);
+            self.accept(epoll, &queue, n);
         }
         if closed {
             self.detach(epoll, token);
@@ -323,7 +323,7 @@ impl Broker {
     }
 
     /// One packet of `n` bytes (in `scratch`) from a producer of `queue`.
-    fn accept(&mut self, queue: &QueueName, n: usize) {
+    fn accept(&mut self, epoll: &Epoll, queue: &QueueName, n: usize) {
         let Some(q) = self.queues.get_mut(queue) else {
             // Sent by a child of a group still wired to a queue that a reload
             // removed: never dropped silently.
@@ -331,7 +331,7 @@ impl Broker {
                 message: Message::new(&self.scratch[..n.min(self.scratch.len())]),
                 reason: "its queue was removed from the config".into(),
             };
-            self.dead_letter(queue, letter);
+            self.dead_letter(epoll, queue, letter);
             return;
         };
         let max = q.spec.max_message_bytes as usize;
@@ -349,7 +349,7 @@ impl Broker {
             message: Message::new(&self.scratch[..kept]),
             reason,
         };
-        self.dead_letter(queue, letter);
+        self.dead_letter(epoll, queue, letter);
     }
 
     /// Reads `ack` / `nack` packets from a consumer.
@@ -379,7 +379,7 @@ impl Broker {
                         .get_mut(&queue)
                         .expect("endpoint's queue exists");
                     match q.settle(token, ack) {
-                        Ok(Some(letter)) => self.dead_letter(&queue, letter),
+                        Ok(Some(letter)) => self.dead_letter(epoll, &queue, letter),
                         Ok(None) => {}
                         Err(why) => tracing::warn!(
                             "queue {queue}: {} ignored: {why}",
@@ -479,7 +479,7 @@ impl Broker {
     }
 
     /// Sends a message to `queue`'s dead-letter destination, with a log line.
-    fn dead_letter(&mut self, queue: &QueueName, letter: DeadLetter) {
+    fn dead_letter(&mut self, epoll: &Epoll, queue: &QueueName, letter: DeadLetter) {
         let target = self
             .queues
             .get(queue)
@@ -493,6 +493,7 @@ impl Broker {
                 );
                 // Never dropped: a dead-letter queue may exceed its capacity.
                 q.push(Message::new(&letter.message.bytes));
+                self.deliver(epoll, &target);
             }
             None => match deadletter::append(&self.state_dir, queue, &letter) {
                 Ok(file) => tracing::warn!(

@@ -67,7 +67,14 @@ fn unique() -> u64 {
 
 /// Output captured from a stream, with a condition variable to wait on.
 #[derive(Clone, Default)]
-pub struct Captured(Arc<(Mutex<Vec<u8>>, Condvar)>);
+pub struct Captured(Arc<(Mutex<Stream>, Condvar)>);
+
+/// What a stream produced so far, and whether it has ended.
+#[derive(Default)]
+pub struct Stream {
+    data: Vec<u8>,
+    closed: bool,
+}
 
 impl Captured {
     fn spawn_reader(&self, mut stream: impl Read + Send + 'static) {
@@ -77,41 +84,56 @@ impl Captured {
             loop {
                 let n = stream.read(&mut buf).unwrap_or(0);
                 let (lock, cvar) = &*shared;
-                let mut data = lock.lock().unwrap();
+                let Ok(mut captured) = lock.lock() else {
+                    return; // a waiting test panicked
+                };
                 if n == 0 {
-                    // Mark the end with a notification; data stays as is.
+                    captured.closed = true;
                     cvar.notify_all();
                     return;
                 }
-                data.extend_from_slice(&buf[..n]);
+                captured.data.extend_from_slice(&buf[..n]);
                 cvar.notify_all();
             }
         });
     }
 
+    /// What arrived so far. To assert on output that a state change
+    /// implies, wait for it ([`Self::wait_for`]): the reader thread may
+    /// still be on its way.
     pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.0.lock().unwrap()).into_owned()
+        String::from_utf8_lossy(&self.0.0.lock().unwrap().data).into_owned()
     }
 
     pub fn bytes(&self) -> Vec<u8> {
-        self.0.0.lock().unwrap().clone()
+        self.0.0.lock().unwrap().data.clone()
+    }
+
+    /// Waits until the stream has ended (drover exited and closed it).
+    pub fn wait_closed(&self) -> String {
+        self.wait_until("the stream to close", |s| s.closed)
     }
 
     /// Waits until `pred` holds for the captured text.
     pub fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        self.wait_until(what, |s| pred(&String::from_utf8_lossy(&s.data)))
+    }
+
+    fn wait_until(&self, what: &str, pred: impl Fn(&Stream) -> bool) -> String {
         let deadline = Instant::now() + DEADLINE;
         let (lock, cvar) = &*self.0;
-        let mut data = lock.lock().unwrap();
+        let mut captured = lock.lock().unwrap();
         loop {
-            let text = String::from_utf8_lossy(&data).into_owned();
-            if pred(&text) {
-                return text;
+            if pred(&captured) {
+                return String::from_utf8_lossy(&captured.data).into_owned();
             }
             let now = Instant::now();
             if now >= deadline {
+                let text = String::from_utf8_lossy(&captured.data).into_owned();
+                drop(captured);
                 panic!("timed out after {DEADLINE:?} waiting for {what}; output so far:\n{text}");
             }
-            data = cvar.wait_timeout(data, deadline - now).unwrap().0;
+            captured = cvar.wait_timeout(captured, deadline - now).unwrap().0;
         }
     }
 
@@ -269,8 +291,9 @@ impl Drover {
         let deadline = Instant::now() + DEADLINE;
         loop {
             if let Some(status) = child.try_wait().unwrap() {
-                // Let the reader threads see EOF.
-                self.stdout.wait_for("stdout to close", |_| true);
+                // Everything drover wrote has reached the reader threads.
+                self.stdout.wait_closed();
+                self.stderr.wait_closed();
                 return status;
             }
             if Instant::now() >= deadline {

@@ -8,6 +8,8 @@
 //!
 //! The runtime owns the I/O; decisions are made by [`Supervisor`].
 
+mod output;
+
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::os::fd::AsFd;
@@ -23,16 +25,17 @@ use signal_hook::iterator::backend::SignalDelivery;
 use signal_hook::iterator::exfiltrator::SignalOnly;
 
 use crate::broker::Broker;
-use crate::config::{Config, LogFormat};
+use crate::config::Config;
 use crate::control::{Conn, ConnEvent, Listener, Request, Response};
 use crate::launch::ProcessLauncher;
-use crate::logs::{LogWriter, Origin, PipeReader, Stream};
+use crate::logs::{LogWriter, Origin, Stream};
 use crate::orphans::Orphans;
 use crate::shutdown::ShutdownOrder;
 use crate::signal::Signal;
 use crate::status::Status;
 use crate::supervisor::{ExitStatus, GroupCommand, Pid, ReloadSummary, Supervisor};
 use crate::watch::ConfigWatcher;
+use output::Output;
 
 const SIGNALS: u64 = 0;
 const CONTROL: u64 = 1;
@@ -81,24 +84,20 @@ pub enum Outcome {
 /// Runs `config` until a shutdown completes.
 pub fn run(config: Config, path: &Path, socket: &Path) -> Result<Outcome, RuntimeError> {
     let mut rt = Runtime::new(config, path, socket)?;
-    rt.main_loop()
+    let outcome = rt.main_loop();
+    // Everything the children wrote reaches stdout before drover exits.
+    rt.output.finish();
+    outcome
 }
 
 struct Runtime {
     epoll: Epoll,
     sup: Supervisor,
     launcher: ProcessLauncher,
-    format: LogFormat,
     signals: SignalDelivery<UnixStream, SignalOnly>,
     listener: Listener,
-    writer: Option<LogWriter>,
-    wake_rx: UnixStream,
-    pipes: HashMap<u64, PipeReader>,
-    /// Pipes whose output waits for room in the writer.
-    stalled: Vec<u64>,
+    output: Output,
     conns: HashMap<u64, Conn>,
-    /// Read buffer shared by every pipe read.
-    scratch: Vec<u8>,
     next_token: u64,
     orphans: Orphans,
     broker: Broker,
@@ -210,16 +209,11 @@ impl Runtime {
         Ok(Runtime {
             epoll,
             sup: Supervisor::new(&config),
-            format: config.supervisor.log_format,
             launcher,
             signals,
             listener,
-            writer: Some(writer),
-            wake_rx,
-            pipes: HashMap::new(),
-            stalled: Vec::new(),
+            output: Output::new(config.supervisor.log_format, writer, wake_rx),
             conns: HashMap::new(),
-            scratch: Vec::new(),
             next_token: FIRST_DYNAMIC,
             orphans: Orphans::default(),
             broker: Broker::new(&config),
@@ -270,10 +264,6 @@ impl Runtime {
             }
         }
         self.broker.report_leftovers();
-        self.drain_pipes();
-        if let Some(writer) = self.writer.take() {
-            writer.finish();
-        }
         let forced = self.sup.was_forced();
         tracing::info!(
             "drover stopped{}",
@@ -317,9 +307,9 @@ impl Runtime {
         match token {
             SIGNALS => self.on_signals(),
             CONTROL => self.accept_clients(),
-            LOG_WAKE => self.on_log_wake(),
+            LOG_WAKE => self.output.on_wake(&self.epoll),
             CONFIG_WAKE => self.on_config_event(),
-            t if self.pipes.contains_key(&t) => self.on_pipe(t),
+            t if self.output.owns(t) => self.output.on_readable(&self.epoll, t),
             t if self.broker.owns(t) => self.broker.on_event(&self.epoll, t, flags),
             t => self.on_conn(t, flags),
         }
@@ -580,86 +570,8 @@ impl Runtime {
                     pid: out.pid,
                     stream,
                 };
-                let reader = PipeReader::new(fd, origin);
                 let token = self.token();
-                let event = EpollEvent::new(EpollFlags::EPOLLIN, token);
-                match self.epoll.add(reader.fd(), event) {
-                    Ok(()) => {
-                        self.pipes.insert(token, reader);
-                    }
-                    Err(e) => tracing::warn!("cannot watch child output: {e}"),
-                }
-            }
-        }
-    }
-
-    fn on_pipe(&mut self, token: u64) {
-        let reader = self.pipes.get_mut(&token).expect("checked by dispatch");
-        let outcome = reader.read(self.format, &mut self.scratch);
-        if !outcome.chunk.is_empty() {
-            let writer = self.writer.as_ref().expect("writer runs until exit");
-            if let Err(chunk) = writer.try_send(outcome.chunk) {
-                // The writer is behind: hold this chunk and stop reading the
-                // pipe, so the child blocks instead of drover's memory growing.
-                reader.held = Some(chunk);
-                let _ = self.epoll.delete(reader.fd());
-                // At EOF the pipe reads 0 again once re-armed, and closes then.
-                self.stalled.push(token);
-                return;
-            }
-        }
-        if outcome.eof {
-            self.close_pipe(token);
-        }
-    }
-
-    fn close_pipe(&mut self, token: u64) {
-        if let Some(reader) = self.pipes.remove(&token) {
-            let _ = self.epoll.delete(reader.fd());
-        }
-    }
-
-    /// The writer made room: resume the stalled pipes in order.
-    fn on_log_wake(&mut self) {
-        let mut buf = [0u8; 64];
-        while matches!(self.wake_rx.read(&mut buf), Ok(n) if n > 0) {}
-        let writer = self.writer.as_ref().expect("writer runs until exit");
-        let mut still = Vec::new();
-        for token in std::mem::take(&mut self.stalled) {
-            let Some(reader) = self.pipes.get_mut(&token) else {
-                continue;
-            };
-            let chunk = reader.held.take().expect("stalled pipes hold a chunk");
-            match writer.try_send(chunk) {
-                Ok(()) => {
-                    let event = EpollEvent::new(EpollFlags::EPOLLIN, token);
-                    let _ = self.epoll.add(reader.fd(), event);
-                }
-                Err(chunk) => {
-                    reader.held = Some(chunk);
-                    still.push(token);
-                }
-            }
-        }
-        self.stalled = still;
-    }
-
-    /// At exit: write out what the pipes still hold (blocking on the writer).
-    fn drain_pipes(&mut self) {
-        let writer = self.writer.as_ref().expect("writer runs until exit");
-        let format = self.format;
-        let mut scratch = std::mem::take(&mut self.scratch);
-        for (_, mut reader) in self.pipes.drain() {
-            let mut chunks: Vec<Vec<u8>> = reader.held.take().into_iter().collect();
-            loop {
-                let outcome = reader.read(format, &mut scratch);
-                chunks.push(outcome.chunk);
-                if outcome.eof || chunks.last().is_some_and(|c| c.is_empty()) {
-                    break;
-                }
-            }
-            for chunk in chunks.into_iter().filter(|c| !c.is_empty()) {
-                writer.send_blocking(chunk);
+                self.output.watch(&self.epoll, token, fd, origin);
             }
         }
     }
