@@ -52,6 +52,9 @@ pub struct QueueStatus {
     pub acked: u64,
     pub redelivered: u64,
     pub dead_lettered: u64,
+    /// At-most-once messages a consumer died holding, unread.
+    #[serde(default)]
+    pub lost: u64,
 }
 
 impl Status {
@@ -110,8 +113,15 @@ impl Status {
         if !self.queues.is_empty() {
             let _ = writeln!(
                 out,
-                "\n{:<24} {:>8} {:>9} {:>10} {:>10} {:>11} {:>13}",
-                "QUEUE", "DEPTH", "IN FLIGHT", "DELIVERED", "ACKED", "REDELIVERED", "DEAD LETTERED"
+                "\n{:<24} {:>8} {:>9} {:>10} {:>10} {:>11} {:>13} {:>6}",
+                "QUEUE",
+                "DEPTH",
+                "IN FLIGHT",
+                "DELIVERED",
+                "ACKED",
+                "REDELIVERED",
+                "DEAD LETTERED",
+                "LOST"
             );
             for q in &self.queues {
                 let _ = writeln!(

@@ -22,7 +22,7 @@ use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
 use nix::sys::socket::{MsgFlags, recv, send};
 
-use crate::config::{Config, QueueSpec};
+use crate::config::{Config, Delivery, QueueSpec};
 use crate::names::{GroupName, QueueName};
 use crate::status::QueueStatus;
 use crate::supervisor::Pid;
@@ -183,6 +183,13 @@ impl Broker {
                     && let Some(q) = self.queues.get_mut(&queue)
                 {
                     q.set_blocked(token, false);
+                    if q.spec.delivery == Delivery::AtMostOnce
+                        && crate::sys::unread_by_peer(&self.endpoints[&token].fd)
+                            .is_ok_and(|n| n == 0)
+                    {
+                        // The consumer has read everything it was handed.
+                        q.all_read(token);
+                    }
                     self.refresh_interest(epoll, token);
                 }
                 if flags
@@ -239,6 +246,7 @@ impl Broker {
                 acked: q.counters.acked,
                 redelivered: q.counters.redelivered,
                 dead_lettered: q.counters.dead_lettered,
+                lost: q.counters.lost,
             })
             .collect()
     }
@@ -446,9 +454,9 @@ impl Broker {
     }
 
     /// Registers the interest an endpoint needs now: producers are read
-    /// while their queue has room; consumers are always read (acks, EOF) and
-    /// watched for writability only while their socket is full (epoll is
-    /// level-triggered: a writable socket would otherwise wake us forever).
+    /// while their queue has room; at-least-once consumers are always read
+    /// (acks, EOF) and watched for writability only while their socket is
+    /// full (a level-triggered writable socket would wake us forever).
     fn refresh_interest(&mut self, epoll: &Epoll, token: u64) {
         let Some(ep) = self.endpoints.get(&token) else {
             return;
@@ -459,6 +467,12 @@ impl Broker {
         let wanted = match ep.direction {
             Direction::Out if q.is_full() => EpollFlags::empty(),
             Direction::Out => EpollFlags::EPOLLIN,
+            // At-most-once has no acks: the kernel's write-space wake-up,
+            // sent each time the consumer reads a packet, says when to look
+            // whether it has read everything (edge-triggered: once per read).
+            Direction::In if q.spec.delivery == Delivery::AtMostOnce => {
+                EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT | EpollFlags::EPOLLET
+            }
             Direction::In if q.is_blocked(token) => EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT,
             Direction::In => EpollFlags::EPOLLIN,
         };

@@ -39,12 +39,15 @@ pub struct Counters {
     pub acked: u64,
     pub redelivered: u64,
     pub dead_lettered: u64,
+    /// At-most-once messages that a consumer died holding (not yet read).
+    pub lost: u64,
 }
 
 #[derive(Debug)]
 struct Consumer {
     id: ConsumerId,
-    /// Delivered, not yet acked (at-least-once only), oldest first.
+    /// Handed over and not settled, oldest first: not yet acked
+    /// (at-least-once), or not yet read from the socket (at-most-once).
     unsettled: VecDeque<Message>,
     /// Its socket is full; no hand-out until it drains.
     blocked: bool,
@@ -115,7 +118,8 @@ impl QueueCore {
         });
     }
 
-    /// A consumer went away: its unsettled messages are failed deliveries.
+    /// A consumer went away: its unsettled messages are failed deliveries
+    /// (at-least-once), or lost with it (at-most-once, counted in `lost`).
     pub fn remove_consumer(&mut self, id: ConsumerId) -> Vec<DeadLetter> {
         let Some(pos) = self.consumers.iter().position(|c| c.id == id) else {
             return Vec::new();
@@ -123,6 +127,17 @@ impl QueueCore {
         let consumer = self.consumers.remove(pos);
         if self.next > pos {
             self.next -= 1;
+        }
+        if self.spec.delivery == Delivery::AtMostOnce {
+            let lost = consumer.unsettled.len();
+            if lost > 0 {
+                self.counters.lost += lost as u64;
+                tracing::warn!(
+                    "queue {}: {lost} messages handed to a consumer that exited before reading them are lost (at-most-once)",
+                    self.spec.name
+                );
+            }
+            return Vec::new();
         }
         let mut dead = Vec::new();
         // Back to the head in their original order: push the newest first.
@@ -151,12 +166,11 @@ impl QueueCore {
             return None;
         }
         let prefetch = self.spec.prefetch as usize;
-        let acks = self.spec.delivery == Delivery::AtLeastOnce;
         let n = self.consumers.len();
         for step in 0..n {
             let i = (self.next + step) % n;
             let c = &self.consumers[i];
-            if c.blocked || (acks && c.unsettled.len() >= prefetch) {
+            if c.blocked || c.unsettled.len() >= prefetch {
                 continue;
             }
             self.next = (i + 1) % n;
@@ -173,10 +187,15 @@ impl QueueCore {
         }
         message.deliveries += 1;
         self.counters.delivered += 1;
-        if self.spec.delivery == Delivery::AtLeastOnce
-            && let Some(c) = self.consumers.iter_mut().find(|c| c.id == id)
-        {
+        if let Some(c) = self.consumers.iter_mut().find(|c| c.id == id) {
             c.unsettled.push_back(message);
+        }
+    }
+
+    /// At-most-once: the consumer has read everything it was handed.
+    pub fn all_read(&mut self, id: ConsumerId) {
+        if let Some(c) = self.consumers.iter_mut().find(|c| c.id == id) {
+            c.unsettled.clear();
         }
     }
 
@@ -308,18 +327,25 @@ mod tests {
     }
 
     #[test]
-    fn at_most_once_keeps_nothing_in_flight() {
-        let mut q = QueueCore::new(spec(Delivery::AtMostOnce, 1, 5));
-        q.push(msg("a"));
-        q.push(msg("b"));
+    fn at_most_once_hands_out_prefetch_unread_messages_and_counts_losses() {
+        let mut q = QueueCore::new(spec(Delivery::AtMostOnce, 2, 5));
+        for s in ["a", "b", "c"] {
+            q.push(msg(s));
+        }
         q.add_consumer(1);
         for _ in 0..2 {
             let (c, m) = q.take_for_delivery().unwrap();
             q.delivered(c, m);
         }
-        assert_eq!(q.in_flight(), 0);
-        assert!(q.remove_consumer(1).is_empty());
-        assert!(q.settle(1, true).is_err());
+        assert_eq!(q.take_for_delivery(), None, "two unread: prefetch reached");
+        assert_eq!(q.in_flight(), 2);
+        q.all_read(1);
+        let (c, m) = q.take_for_delivery().unwrap();
+        q.delivered(c, m);
+        assert!(q.settle(1, true).is_err(), "no acks in at-most-once");
+        assert!(q.remove_consumer(1).is_empty(), "never redelivered");
+        assert_eq!(q.counters.lost, 1);
+        assert_eq!(q.counters.redelivered, 0);
     }
 
     #[test]

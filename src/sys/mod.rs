@@ -189,6 +189,21 @@ pub fn spawn(plan: &SpawnPlan) -> io::Result<i32> {
     Ok(pid)
 }
 
+/// Bytes (kernel accounting, not payload) that a Unix socket has sent and
+/// its peer has not read yet (`SIOCOUTQ`); 0 means the peer has read
+/// everything. The broker uses it to know when an at-most-once consumer has
+/// taken what it was handed.
+pub fn unread_by_peer(fd: &impl std::os::fd::AsFd) -> io::Result<i32> {
+    let mut pending: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (= TIOCOUTQ) writes one int through the pointer, which
+    // points to a live local; the fd is borrowed for the call.
+    let rc = unsafe { libc::ioctl(fd.as_fd().as_raw_fd(), libc::TIOCOUTQ, &mut pending) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(pending)
+}
+
 /// Makes sure fds 0, 1 and 2 are open (on `/dev/null` if they were closed),
 /// so that files drover opens later never land on a standard stream.
 pub fn ensure_std_fds() -> io::Result<()> {
