@@ -21,10 +21,7 @@ use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
-use nix::sys::socket::{
-    AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, sendmsg, setsockopt, socketpair,
-    sockopt,
-};
+use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg, setsockopt, sockopt};
 
 use crate::config::{GroupSpec, Program, StartMethod};
 use crate::names::GroupName;
@@ -135,12 +132,7 @@ impl Templates {
 
     /// Starts `group`'s template without waiting for its imports.
     fn launch(&mut self, group: &GroupSpec, plan: &SpawnPlan) -> io::Result<()> {
-        let (ours, theirs) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )?;
+        let (ours, theirs) = crate::sys::seqpacket_pair()?;
         setsockopt(&ours, sockopt::ReceiveTimeout, &timeval(IMPORT_TIMEOUT))?;
         let argv = argv(group).ok_or_else(|| io::Error::other("not a python group"))?;
         let stderr = std::io::stderr().as_raw_fd();

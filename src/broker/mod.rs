@@ -531,13 +531,7 @@ impl Broker {
 /// broker's end is non-blocking; both are close-on-exec (the launcher
 /// places the child's end).
 pub fn socket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
-    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
-    let (ours, theirs) = socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )?;
+    let (ours, theirs) = crate::sys::seqpacket_pair()?;
     nix::fcntl::fcntl(
         &ours,
         nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),

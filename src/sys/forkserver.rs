@@ -24,8 +24,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use nix::sys::socket::{
-    ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg, sendmsg,
-    setsockopt, socketpair, sockopt,
+    ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg, setsockopt, sockopt,
 };
 
 use super::forkexec::{ExecSetup, FdSetup, ForkKind, fork_exec};
@@ -51,12 +50,7 @@ impl ForkServer {
     /// Starts a server: `exe` (drover's own binary) with its socket as fd 3,
     /// stdin on `devnull` and output on `stderr`.
     pub fn start(exe: &Path, devnull: RawFd, stderr: RawFd) -> io::Result<ForkServer> {
-        let (ours, theirs) = socketpair(
-            nix::sys::socket::AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )?;
+        let (ours, theirs) = super::seqpacket_pair()?;
         setsockopt(
             &ours,
             sockopt::ReceiveTimeout,

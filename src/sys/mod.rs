@@ -204,6 +204,19 @@ pub fn unread_by_peer(fd: &impl std::os::fd::AsFd) -> io::Result<i32> {
     Ok(pending)
 }
 
+/// A close-on-exec `AF_UNIX` `SOCK_SEQPACKET` pair: one packet is one
+/// message, boundaries kept. Used for queues, the fork server and the Python
+/// templates.
+pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+    Ok(socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?)
+}
+
 /// Makes sure fds 0, 1 and 2 are open (on `/dev/null` if they were closed),
 /// so that files drover opens later never land on a standard stream.
 pub fn ensure_std_fds() -> io::Result<()> {
