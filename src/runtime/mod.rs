@@ -10,7 +10,7 @@
 
 mod output;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
@@ -34,7 +34,7 @@ use crate::shutdown::ShutdownOrder;
 use crate::signal::Signal;
 use crate::status::Status;
 use crate::supervisor::{ExitStatus, GroupCommand, Pid, ReloadSummary, Supervisor};
-use crate::watch::ConfigWatcher;
+use crate::watch::{Change, ConfigWatcher};
 use output::Output;
 
 const SIGNALS: u64 = 0;
@@ -43,6 +43,8 @@ const LOG_WAKE: u64 = 2;
 const CONFIG_WAKE: u64 = 3;
 /// How long a burst of config events may last before it is applied once.
 const DEBOUNCE: Duration = Duration::from_millis(10);
+/// The longest wait for a file being written in place to be closed.
+const MAX_WRITE_WAIT: Duration = Duration::from_secs(2);
 /// How long the fork server and templates get to exit at shutdown.
 const HELPER_GRACE: Duration = Duration::from_secs(2);
 /// Tokens from here on are child pipes (even) and control connections (odd).
@@ -109,10 +111,14 @@ struct Runtime {
     term_signals: u32,
     /// The PATH given to `drover run`, read again on every reload.
     config_path: PathBuf,
-    _watcher: Option<ConfigWatcher>,
+    watcher: Option<ConfigWatcher>,
     config_wake: UnixStream,
     /// When a burst of config events will be applied.
     reload_at: Option<Instant>,
+    /// When the current burst began.
+    edit_began: Option<Instant>,
+    /// Config files written in place and not closed yet.
+    open_writes: HashSet<PathBuf>,
     /// The last reload's errors, until a valid config is applied.
     config_error: Option<String>,
     /// The fork server and templates asked to exit at shutdown.
@@ -222,9 +228,11 @@ impl Runtime {
             term_signals: 0,
             config,
             config_path: path.to_path_buf(),
-            _watcher: watcher,
+            watcher,
             config_wake,
             reload_at: None,
+            edit_began: None,
+            open_writes: HashSet::new(),
             config_error: None,
             helpers: Vec::new(),
             helpers_deadline: None,
@@ -248,7 +256,9 @@ impl Runtime {
             let now = Instant::now();
             if self.reload_at.is_some_and(|at| at <= now) {
                 self.reload_at = None;
-                let _ = self.reload("a config file changed", now);
+                self.edit_began = None;
+                self.open_writes.clear();
+                let _ = self.reload("a config file changed");
             }
             self.sup.on_deadline(&mut self.launcher, now);
             self.watch_new_outputs();
@@ -323,7 +333,7 @@ impl Runtime {
                 sig::SIGCHLD => self.reap(now),
                 sig::SIGTERM | sig::SIGINT | sig::SIGQUIT => self.on_stop_signal(signal, now),
                 sig::SIGHUP => {
-                    let _ = self.reload("SIGHUP", now);
+                    let _ = self.reload("SIGHUP");
                 }
                 sig::SIGUSR1 => self.sup.forward(Signal::Usr1, &mut self.launcher),
                 sig::SIGUSR2 => self.sup.forward(Signal::Usr2, &mut self.launcher),
@@ -378,16 +388,38 @@ impl Runtime {
         }
     }
 
-    /// A config file changed: apply it once the burst of events is over.
+    /// A config file changed: apply it once the burst of events is over and
+    /// no file is still being written in place.
     fn on_config_event(&mut self) {
         let mut buf = [0u8; 64];
         while matches!(self.config_wake.read(&mut buf), Ok(n) if n > 0) {}
-        self.reload_at = Some(Instant::now() + DEBOUNCE);
+        let now = Instant::now();
+        if let Some(watcher) = &self.watcher {
+            for change in watcher.changes() {
+                match change {
+                    Change::Writing(path) => {
+                        self.open_writes.insert(path);
+                    }
+                    Change::Closed(path) => {
+                        self.open_writes.remove(&path);
+                    }
+                    Change::Other => {}
+                }
+            }
+        }
+        let first = *self.edit_began.get_or_insert(now);
+        self.reload_at = Some(if self.open_writes.is_empty() {
+            now + DEBOUNCE
+        } else {
+            // A close wakes us sooner; a writer that never closes is waited
+            // for this long at most.
+            first + MAX_WRITE_WAIT
+        });
     }
 
     /// Reads the config again and applies it as a difference; an invalid
     /// config changes nothing and is reported (and kept for `status`).
-    fn reload(&mut self, trigger: &str, now: Instant) -> Result<ReloadSummary, String> {
+    fn reload(&mut self, trigger: &str) -> Result<ReloadSummary, String> {
         if self.sup.is_shutting_down() {
             tracing::info!("{trigger}: not reloading, drover is shutting down");
             return Err("drover is shutting down".into());
@@ -417,6 +449,8 @@ impl Runtime {
                 "{trigger}: changes to [supervisor] take effect the next time drover starts"
             );
         }
+        // Timers of the children it starts count from now, after the parse.
+        let now = Instant::now();
         self.broker.apply(&config, &self.epoll);
         let summary = self.sup.apply(&config, &mut self.launcher, now);
         self.watch_new_outputs();
@@ -515,7 +549,7 @@ impl Runtime {
         let now = Instant::now();
         let (name, command, verb) = match request {
             Request::Reload => {
-                return match self.reload("drover reload", now) {
+                return match self.reload("drover reload") {
                     Ok(summary) => Response::ok(format!("reloaded: {summary}")),
                     Err(errors) => Response::error(errors),
                 };

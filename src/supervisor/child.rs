@@ -105,6 +105,9 @@ pub struct Child {
     pub last_exit: Option<ExitStatus>,
     /// When the current process started (for uptime while stopping too).
     pub started: Option<Instant>,
+    /// Its process runs a definition that a reload has since replaced; the
+    /// rolling restart will replace it. Every start clears it.
+    pub outdated: bool,
 }
 
 impl Child {
@@ -117,6 +120,7 @@ impl Child {
             failed_starts: 0,
             last_exit: None,
             started: None,
+            outdated: false,
         }
     }
 }

@@ -12,7 +12,7 @@ mod reload;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 pub use child::{AfterStop, Child, ChildState, ExitStatus, Pid, backoff_delay, wants_restart};
@@ -57,9 +57,6 @@ pub struct Group {
     pub children: Vec<Child>,
     /// Stopped with `drover stop GROUP`; nothing starts until `start`.
     pub held: bool,
-    /// Indexes still running the previous definition, replaced one at a
-    /// time (a rolling restart after a reload).
-    pub rolling: VecDeque<u32>,
 }
 
 /// A process on its way out: replaced by a reload, scaled away, or of a
@@ -93,8 +90,6 @@ pub struct UnknownGroup(pub String);
 pub struct Supervisor {
     groups: BTreeMap<GroupName, Group>,
     retiring: Vec<Retiring>,
-    /// The definition the children of a rolling restart were started with.
-    rolling_old: BTreeMap<GroupName, GroupSpec>,
     shutting_down: bool,
     /// Some process had to be SIGKILLed during shutdown.
     forced: bool,
@@ -112,7 +107,6 @@ impl Supervisor {
                     spec: spec.clone(),
                     children,
                     held: false,
-                    rolling: VecDeque::new(),
                 };
                 (name.clone(), group)
             })
@@ -120,7 +114,6 @@ impl Supervisor {
         Supervisor {
             groups,
             retiring: Vec::new(),
-            rolling_old: BTreeMap::new(),
             shutting_down: false,
             forced: false,
         }
@@ -247,6 +240,7 @@ impl Supervisor {
                 for child in &mut group.children {
                     stop_child(&group.spec, child, AfterStop::Stay, launcher, now);
                 }
+                stop_predecessors(&mut self.retiring, name, None, launcher, now);
             }
             GroupCommand::Start => {
                 group.held = false;
@@ -259,6 +253,7 @@ impl Supervisor {
             }
             GroupCommand::Restart => {
                 group.held = false;
+                stop_predecessors(&mut self.retiring, name, None, launcher, now);
                 for child in &mut group.children {
                     child.failed_starts = 0;
                     match child.state {
@@ -283,13 +278,12 @@ impl Supervisor {
     /// Stops every child of `name` (`stop_signal`, SIGKILL after `stop_timeout`).
     pub fn stop_group(&mut self, name: &GroupName, launcher: &mut impl Launcher, now: Instant) {
         if let Some(group) = self.groups.get_mut(name) {
-            group.rolling.clear();
             for child in &mut group.children {
                 stop_child(&group.spec, child, AfterStop::Stay, launcher, now);
             }
         }
+        stop_predecessors(&mut self.retiring, name.as_str(), None, launcher, now);
         for r in self.retiring.iter_mut().filter(|r| &r.group == name) {
-            r.successor = None;
             stop_child(&r.spec, &mut r.child, AfterStop::Stay, launcher, now);
         }
     }
@@ -362,7 +356,27 @@ impl Supervisor {
     }
 }
 
+/// Stops the old processes a rolling restart of `group` keeps alive: those
+/// waiting for index `index`'s new child, or all of them (`None`).
+fn stop_predecessors(
+    retiring: &mut [Retiring],
+    group: &str,
+    index: Option<u32>,
+    launcher: &mut impl Launcher,
+    now: Instant,
+) {
+    for r in retiring.iter_mut().filter(|r| {
+        r.group.as_str() == group
+            && r.successor.is_some()
+            && (index.is_none() || r.successor == index)
+    }) {
+        r.successor = None;
+        stop_child(&r.spec, &mut r.child, AfterStop::Stay, launcher, now);
+    }
+}
+
 fn start_child(spec: &GroupSpec, child: &mut Child, launcher: &mut impl Launcher, now: Instant) {
+    child.outdated = false;
     if child.attempts > 0 {
         child.restarts += 1;
     }

@@ -8,12 +8,12 @@
 //! one is stopped. Removed groups stop, new groups start, and every reload
 //! gives `fatal` children a fresh start budget.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::time::Instant;
 
 use super::{
     AfterStop, Child, ChildState, Group, Launcher, Retiring, Supervisor, start_child, stop_child,
+    stop_predecessors,
 };
 use crate::config::{Config, GroupSpec};
 use crate::names::GroupName;
@@ -100,9 +100,13 @@ impl Supervisor {
             let replaced = !same_process(&group.spec, spec);
             let scaled = group.spec.processes != spec.processes;
             let policy = group.spec.policy != spec.policy;
-            let old = std::mem::replace(&mut group.spec, spec.clone());
+            group.spec = spec.clone();
             if replaced {
-                self.replace_group(name, old, launcher, now);
+                // Every current process runs the old definition: the rolling
+                // restart (advance_rolling, below) replaces them in turn.
+                for child in &mut group.children {
+                    child.outdated = true;
+                }
                 summary.replaced.push(name.clone());
             }
             if scaled {
@@ -126,7 +130,6 @@ impl Supervisor {
             spec: spec.clone(),
             children: (0..spec.processes).map(Child::new).collect(),
             held: false,
-            rolling: VecDeque::new(),
         };
         for child in &mut group.children {
             start_child(&group.spec, child, launcher, now);
@@ -138,10 +141,7 @@ impl Supervisor {
         let Some(group) = self.groups.remove(name) else {
             return;
         };
-        for r in self.retiring.iter_mut().filter(|r| &r.group == name) {
-            r.successor = None;
-            stop_child(&r.spec, &mut r.child, AfterStop::Stay, launcher, now);
-        }
+        stop_predecessors(&mut self.retiring, name.as_str(), None, launcher, now);
         for child in group.children.into_iter().rev() {
             self.retire(name, &group.spec, child, None, launcher, now);
         }
@@ -156,7 +156,6 @@ impl Supervisor {
         } else {
             Vec::new()
         };
-        group.rolling.retain(|&i| (i as usize) < wanted);
         while group.children.len() < wanted {
             let mut child = Child::new(group.children.len() as u32);
             if !group.held {
@@ -166,40 +165,16 @@ impl Supervisor {
         }
         let spec = group.spec.clone();
         for child in surplus {
+            // An old process a rolling restart kept for this index goes too.
+            stop_predecessors(
+                &mut self.retiring,
+                name.as_str(),
+                Some(child.index),
+                launcher,
+                now,
+            );
             self.retire(name, &spec, child, None, launcher, now);
         }
-    }
-
-    /// Marks every current child for replacement, one index at a time.
-    fn replace_group(
-        &mut self,
-        name: &GroupName,
-        old: GroupSpec,
-        launcher: &mut impl Launcher,
-        now: Instant,
-    ) {
-        let group = self.groups.get_mut(name).expect("replaced group exists");
-        let mut queue = VecDeque::new();
-        let mut idle = Vec::new();
-        for child in &group.children {
-            match child.state.pid() {
-                Some(_) => queue.push_back(child.index),
-                None => idle.push(child.index),
-            }
-        }
-        // Children without a process simply start over with the new spec.
-        for index in idle {
-            let child = &mut group.children[index as usize];
-            *child = Child::new(index);
-            if !group.held {
-                start_child(&group.spec, child, launcher, now);
-            }
-        }
-        // A rolling restart already under way continues with the newest spec:
-        // the old processes it waits on keep waiting for their successor.
-        group.rolling = queue;
-        self.rolling_old.insert(name.clone(), old);
-        self.advance_rolling(launcher, now);
     }
 
     /// Moves `child` out of its slot: stopped now, or (with a successor)
@@ -226,66 +201,77 @@ impl Supervisor {
         }
     }
 
-    /// Moves rolling restarts forward: when the new child of the index at the
-    /// front runs, its predecessor is stopped and the next index begins.
+    /// Moves rolling restarts forward, one index at a time in index order:
+    /// an outdated child with a process retires but keeps running ("waiting
+    /// for its successor") while a new child starts in its slot; once that
+    /// one is `running` the old one is stopped and the next index begins.
+    /// An outdated child without a process is simply started anew.
     pub(super) fn advance_rolling(&mut self, launcher: &mut impl Launcher, now: Instant) {
         let names: Vec<GroupName> = self
             .groups
             .iter()
-            .filter(|(_, g)| !g.rolling.is_empty())
+            .filter(|(name, g)| {
+                g.children.iter().any(|c| c.outdated)
+                    || self
+                        .retiring
+                        .iter()
+                        .any(|r| &r.group == *name && r.successor.is_some())
+            })
             .map(|(n, _)| n.clone())
             .collect();
         for name in names {
-            loop {
-                let group = self.groups.get_mut(&name).expect("listed above");
-                let Some(&index) = group.rolling.front() else {
-                    self.rolling_old.remove(&name);
-                    break;
-                };
-                let waiting = self
-                    .retiring
-                    .iter()
-                    .any(|r| r.group == name && r.successor == Some(index));
-                if !waiting {
-                    // Not begun: retire the old child, start its successor.
-                    let old_spec = self
-                        .rolling_old
-                        .get(&name)
-                        .cloned()
-                        .unwrap_or_else(|| group.spec.clone());
-                    let slot = &mut group.children[index as usize];
-                    let old = std::mem::replace(slot, Child::new(index));
-                    if group.held {
-                        group.rolling.pop_front();
-                        self.retire(&name, &old_spec, old, None, launcher, now);
-                        continue;
-                    }
-                    let group = self.groups.get_mut(&name).expect("listed above");
-                    let spec = group.spec.clone();
-                    start_child(&spec, &mut group.children[index as usize], launcher, now);
-                    self.retire(&name, &old_spec, old, Some(index), launcher, now);
-                }
-                let group = self.groups.get(&name).expect("listed above");
-                if !matches!(
-                    group.children[index as usize].state,
-                    ChildState::Running { .. }
-                ) {
-                    break; // wait for the new child to run (or be fixed)
-                }
-                for r in self
-                    .retiring
-                    .iter_mut()
-                    .filter(|r| r.group == name && r.successor == Some(index))
-                {
-                    r.successor = None;
-                    stop_child(&r.spec, &mut r.child, AfterStop::Stay, launcher, now);
-                }
-                self.groups
-                    .get_mut(&name)
-                    .expect("listed above")
-                    .rolling
-                    .pop_front();
+            self.advance_group(&name, launcher, now);
+        }
+    }
+
+    fn advance_group(&mut self, name: &GroupName, launcher: &mut impl Launcher, now: Instant) {
+        let count = self.groups[name].children.len() as u32;
+        for index in 0..count {
+            let waiting = self
+                .retiring
+                .iter()
+                .any(|r| &r.group == name && r.successor == Some(index));
+            let group = self.groups.get_mut(name).expect("listed by the caller");
+            let child = &group.children[index as usize];
+            if child.outdated && group.held {
+                // A stopped group starts with the new definition later.
+                group.children[index as usize].outdated = false;
+                continue;
             }
+            if child.outdated {
+                // Begin this index (or, mid-way, swap a replacement that a
+                // newer reload made outdated: the original keeps waiting).
+                let successor = (!waiting && child.state.pid().is_some()).then_some(index);
+                let spec = group.spec.clone();
+                let old = std::mem::replace(&mut group.children[index as usize], Child::new(index));
+                let restarts = old.restarts;
+                let slot = &mut group.children[index as usize];
+                slot.restarts = restarts;
+                start_child(&spec, slot, launcher, now);
+                self.retire(name, &spec, old, successor, launcher, now);
+            }
+            let group = &self.groups[name];
+            let running = matches!(
+                group.children[index as usize].state,
+                ChildState::Running { .. }
+            );
+            let still_waiting = self
+                .retiring
+                .iter()
+                .any(|r| &r.group == name && r.successor == Some(index));
+            if !still_waiting {
+                continue;
+            }
+            if !running {
+                return; // wait for this index's new child to run (or be fixed)
+            }
+            stop_predecessors(
+                &mut self.retiring,
+                name.as_str(),
+                Some(index),
+                launcher,
+                now,
+            );
         }
     }
 
@@ -294,7 +280,8 @@ impl Supervisor {
         let mut revived = 0;
         for group in self.groups.values_mut().filter(|g| !g.held) {
             for child in &mut group.children {
-                if child.state == ChildState::Fatal {
+                // Outdated ones are replaced by the rolling restart instead.
+                if child.state == ChildState::Fatal && !child.outdated {
                     child.failed_starts = 0;
                     start_child(&group.spec, child, launcher, now);
                     revived += 1;

@@ -16,6 +16,8 @@ struct FakeLauncher {
     started: Vec<(String, u32, Pid)>,
     group_signals: Vec<(Pid, Signal)>,
     signals: Vec<(Pid, Signal)>,
+    /// What each started PID runs.
+    programs: std::collections::HashMap<Pid, String>,
 }
 
 impl Launcher for FakeLauncher {
@@ -29,6 +31,10 @@ impl Launcher for FakeLauncher {
         self.next_pid += 1;
         let pid = Pid(1000 + self.next_pid);
         self.started.push((group.name.to_string(), index, pid));
+        if let Program::Command(argv) = &group.program {
+            self.programs
+                .insert(pid, argv[0].to_string_lossy().into_owned());
+        }
         Ok(pid)
     }
     fn signal_group(&mut self, pid: Pid, signal: Signal) {
@@ -547,5 +553,107 @@ mod reload {
             summary.to_string(),
             "added: new; removed: gone; 1 fatal children restarted"
         );
+    }
+}
+
+/// Regression tests for rolling restarts interrupted by another change.
+mod rolling {
+    use super::*;
+
+    fn cmd(name: &str, processes: u32, program: &str) -> Config {
+        let mut g = group(name, processes, policy());
+        g.program = Program::Command(vec![program.into()]);
+        config(vec![g])
+    }
+
+    /// Runs deadlines and reaps every stopped process until nothing is due.
+    fn settle(sup: &mut Supervisor, l: &mut FakeLauncher, mut now: Instant) -> Instant {
+        for _ in 0..100 {
+            let stopped: Vec<Pid> = l.group_signals.drain(..).map(|(p, _)| p).collect();
+            for pid in stopped {
+                sup.on_exit(pid, ExitStatus::Signal(15), l, now);
+            }
+            match sup.next_deadline() {
+                Some(d) if l.group_signals.is_empty() => {
+                    now = now.max(d);
+                    sup.on_deadline(l, now);
+                }
+                _ if l.group_signals.is_empty() => return now,
+                _ => {}
+            }
+        }
+        panic!("did not settle");
+    }
+
+    fn running_programs(sup: &Supervisor, l: &FakeLauncher) -> Vec<String> {
+        let mut v: Vec<String> = sup.live_pids().map(|p| l.programs[&p].clone()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_second_change_during_a_rolling_restart_wins_everywhere() {
+        let t0 = Instant::now();
+        let mut l = FakeLauncher::default();
+        let mut sup = Supervisor::new(&cmd("w", 2, "v0"));
+        sup.start_all(&mut l, t0);
+        let t = settle(&mut sup, &mut l, t0);
+        sup.apply(&cmd("w", 2, "v1"), &mut l, t);
+        // w[0]'s replacement (v1) is starting when v2 arrives.
+        sup.apply(&cmd("w", 2, "v2"), &mut l, t + ms(1));
+        settle(&mut sup, &mut l, t + ms(1));
+        assert_eq!(running_programs(&sup, &l), ["v2", "v2"]);
+    }
+
+    #[test]
+    fn a_failed_replacement_fixed_later_stops_the_original() {
+        let t0 = Instant::now();
+        let mut l = FakeLauncher::default();
+        let mut sup = Supervisor::new(&cmd("w", 1, "v0"));
+        sup.start_all(&mut l, t0);
+        let t = settle(&mut sup, &mut l, t0);
+        l.fail_starts = true;
+        sup.apply(&cmd("w", 1, "typo"), &mut l, t);
+        let t = settle(&mut sup, &mut l, t);
+        assert_eq!(states(&sup), ["fatal"]);
+        assert_eq!(
+            running_programs(&sup, &l),
+            ["v0"],
+            "the original keeps serving"
+        );
+        l.fail_starts = false;
+        sup.apply(&cmd("w", 1, "v1"), &mut l, t);
+        settle(&mut sup, &mut l, t);
+        assert_eq!(running_programs(&sup, &l), ["v1"]);
+    }
+
+    #[test]
+    fn scaling_down_during_a_rolling_restart_stops_the_old_process_too() {
+        let t0 = Instant::now();
+        let mut l = FakeLauncher::default();
+        let mut sup = Supervisor::new(&cmd("w", 2, "v0"));
+        sup.start_all(&mut l, t0);
+        let t = settle(&mut sup, &mut l, t0);
+        sup.apply(&cmd("w", 2, "v1"), &mut l, t);
+        // w[0] done, w[1]'s replacement starting:
+        sup.on_deadline(&mut l, t + Duration::from_secs(1));
+        sup.apply(&cmd("w", 1, "v1"), &mut l, t + Duration::from_secs(1));
+        settle(&mut sup, &mut l, t + Duration::from_secs(1));
+        assert_eq!(running_programs(&sup, &l), ["v1"]);
+    }
+
+    #[test]
+    fn stopping_a_group_during_a_rolling_restart_stops_the_old_processes() {
+        let t0 = Instant::now();
+        let mut l = FakeLauncher::default();
+        let mut sup = Supervisor::new(&cmd("w", 2, "v0"));
+        sup.start_all(&mut l, t0);
+        let t = settle(&mut sup, &mut l, t0);
+        sup.apply(&cmd("w", 2, "v1"), &mut l, t);
+        sup.group_command("w", GroupCommand::Stop, &mut l, t + ms(1))
+            .unwrap();
+        settle(&mut sup, &mut l, t + ms(1));
+        assert!(running_programs(&sup, &l).is_empty());
+        assert_eq!(states(&sup), ["stopped", "stopped"]);
     }
 }
