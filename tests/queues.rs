@@ -13,39 +13,16 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::process::Command;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Drover, TempDir, wait_until};
+use common::{Drover, wait_until};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-/// The real interpreter behind `python3`. A version manager's shim (pyenv)
-/// costs ~100 ms per start, which would dominate the restart-heavy tests.
-fn python() -> &'static str {
-    static PYTHON: OnceLock<String> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let out = Command::new("python3")
-            .args(["-c", "import sys; print(sys.executable)"])
-            .output()
-            .expect("python3 is needed for the queue tests");
-        assert!(out.status.success(), "python3 does not run: {out:?}");
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    })
-}
-
-/// Writes `scripts` and `config` (with `@PY@` standing for the interpreter)
-/// into a fresh directory and runs drover on it.
 fn launch(name: &str, config: &str, scripts: &[(&str, &str)]) -> Drover {
-    let dir = TempDir::new(name);
-    for (file, text) in scripts {
-        dir.write(file, text);
-    }
-    dir.write("drover.toml", &config.replace("@PY@", python()));
-    Drover::start_in(dir, &[])
+    Drover::launch(name, config, scripts)
 }
 
 /// The entry of `queue` in a status.

@@ -15,12 +15,10 @@ mod common;
 use std::collections::HashMap;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{Drover, TempDir, alive, wait_until};
+use common::{Drover, TempDir, alive, python, wait_until};
 use serde_json::Value;
 
 /// The log line of a reload caused by a file event; the summary follows.
@@ -171,27 +169,8 @@ fn line_about(lines: &[&str], from: usize, what: &str, group: &str, index: usize
         .map(|(i, _)| i)
 }
 
-/// The real interpreter behind `python3` (a pyenv shim costs ~100 ms per start).
-fn python() -> &'static str {
-    static PYTHON: OnceLock<String> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let out = Command::new("python3")
-            .args(["-c", "import sys; print(sys.executable)"])
-            .output()
-            .expect("python3 is needed for the queue tests");
-        assert!(out.status.success(), "python3 does not run: {out:?}");
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    })
-}
-
-/// Writes `scripts` and `config` (`@PY@` is the interpreter) and runs drover.
 fn launch(name: &str, config: &str, scripts: &[(&str, &str)]) -> Drover {
-    let dir = TempDir::new(name);
-    for (file, text) in scripts {
-        dir.write(file, text);
-    }
-    dir.write("drover.toml", &config.replace("@PY@", python()));
-    Drover::start_in(dir, &[])
+    Drover::launch(name, config, scripts)
 }
 
 fn queue_counter(status: &Value, queue: &str, field: &str) -> u64 {

@@ -21,15 +21,6 @@ for k, v in sorted(os.environ.items()):
 print('end')
 "#;
 
-/// The interpreter itself, not a wrapper (pyenv's shim adds variables).
-fn real_python() -> String {
-    let out = std::process::Command::new("python3")
-        .args(["-c", "import sys; print(sys.executable)"])
-        .output()
-        .expect("python3 runs");
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
 fn report(name: &str, group_extra: &str) -> (BTreeMap<String, String>, String) {
     let dir = TempDir::new(name);
     dir.write("report.py", REPORT);
@@ -38,7 +29,7 @@ fn report(name: &str, group_extra: &str) -> (BTreeMap<String, String>, String) {
         "drover.toml",
         &format!(
             "[group.report]\ncommand = [\"{}\", \"{}\"]\nrestart = \"never\"\nstart_secs = \"0s\"\n{group_extra}\n",
-            real_python(),
+            common::python(),
             dir.path().join("report.py").display()
         ),
     );

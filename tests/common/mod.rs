@@ -24,6 +24,20 @@ pub fn drover_bin() -> &'static str {
     env!("CARGO_BIN_EXE_drover")
 }
 
+/// The real interpreter behind `python3`: a version manager's shim (pyenv)
+/// costs ~100 ms per start and adds variables to the environment.
+pub fn python() -> &'static str {
+    static PYTHON: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let out = Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .expect("python3 is needed by the tests");
+        assert!(out.status.success(), "python3 does not run: {out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    })
+}
+
 /// A temp directory removed on drop.
 pub struct TempDir(pub PathBuf);
 
@@ -160,6 +174,17 @@ impl Drover {
     pub fn start(name: &str, config: &str) -> Drover {
         let dir = TempDir::new(name);
         dir.write("drover.toml", config);
+        Drover::start_in(dir, &[])
+    }
+
+    /// Writes `scripts` and `config` (with `@PY@` standing for the real
+    /// interpreter, see [`python`]) into a fresh directory and runs drover.
+    pub fn launch(name: &str, config: &str, scripts: &[(&str, &str)]) -> Drover {
+        let dir = TempDir::new(name);
+        for (file, text) in scripts {
+            dir.write(file, text);
+        }
+        dir.write("drover.toml", &config.replace("@PY@", python()));
         Drover::start_in(dir, &[])
     }
 
