@@ -698,25 +698,38 @@ class Bench:
         for mode in BARE_MODES:
             for size in (0, mib):
                 self.methods_bare(mode, size)
+            if mode == "fork":
+                # Reference only: the same ballast in transparent huge pages.
+                self.methods_bare(mode, mib, thp=True)
         for method in START_METHODS:
             for size in (0, mib):
                 self.methods_drover(method, size)
 
-    def methods_bare(self, mode: str, mib: int) -> None:
+    def methods_bare(self, mode: str, mib: int, thp: bool = False) -> None:
+        """One probe run from a parent holding `mib` MiB (0: a small parent);
+        thp: advise MADV_HUGEPAGE on the ballast instead of MADV_NOHUGEPAGE."""
         n = self.args.restarts
         parent = f"a parent holding {mib} MiB" if mib else "a small parent"
+        if thp:
+            parent += " in huge pages"
         self.step(f"methods: bare {BARE_MODES[mode]} x{n} from {parent}")
-        d = RUN / f"methods-bare-{mode}-{mib}"
+        key = f"{mode}{'-thp' if thp else ''}/{mib}"
+        d = RUN / f"methods-bare-{key.replace('/', '-')}"
         d.mkdir(parents=True)
         # PROBE_BALLAST_MIB=0 too: then the probe reports its (small) memory.
-        lat, mem = run_probe_full(
-            self.probe, [mode, n, self.stamp, d], timeout=600, env={"PROBE_BALLAST_MIB": str(mib)}
-        )
-        self.r["methods"]["bare"][f"{mode}/{mib}"] = {**summary(lat), "memory": mem}
+        env = {"PROBE_BALLAST_MIB": str(mib), "PROBE_BALLAST_THP": "1" if thp else "0"}
+        others = OthersCpu()
+        lat, mem = run_probe_full(self.probe, [mode, n, self.stamp, d], timeout=600, env=env)
+        self.r["methods"]["bare"][key] = {**summary(lat), "memory": mem, "others_pct": others.pct()}
         if mem.get("Anonymous", 0) < mib * 1024:
             self.mnote(f"the probe's {mib} MiB ballast is not resident: {mem}")
-        if mem.get("AnonHugePages", 0) > 0:
-            self.mnote(f"the probe's ballast got transparent huge pages: {mem}")
+        if mem.get("AnonHugePages", 0) > 0 and not thp:
+            self.mnote(f"the probe's ballast got transparent huge pages despite MADV_NOHUGEPAGE: {mem}")
+        if thp and not mem.get("AnonHugePages"):
+            self.mnote(
+                "the probe's ballast got no huge pages with MADV_HUGEPAGE (THP "
+                f"{self.r['machine']['thp']}): the huge-page row is plain 4 KiB pages"
+            )
 
     def methods_drover(self, method: str, mib: int) -> None:
         n = self.args.restarts
@@ -724,6 +737,7 @@ class Bench:
         self.step(f"methods: drover start_method = {method!r}, {size}: restart latency x{n}")
         d = Drover(self, f"methods-drover-{method}-{mib}", 1, start_method=method,
                    ballast_mib=mib or None)
+        others = OthersCpu()
         d.start()
         d.wait_stamps(1, 60)  # touching the ballast takes a moment
         time.sleep(0.2)
@@ -767,6 +781,7 @@ class Bench:
                     + (" (a zombie nobody reaped)" if state[0] == "Z" else "; the bench killed it")
                 )
                 kill_if_exe(server, self.procs.others[-1][1])
+        entry["others_pct"] = others.pct()
         self.r["methods"]["drover"][f"{method}/{mib}"] = entry
 
     def check_child(self, d: Drover, method: str, size: str) -> None:
@@ -838,6 +853,34 @@ def cpu_times() -> tuple[int, int, int]:
     user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
     total = user + nice + system + idle + iowait + irq + softirq + steal
     return user + nice + system + irq + softirq, steal, total
+
+
+class OthersCpu:
+    """CPU used by *other* processes while something is measured: CPU busy
+    time from /proc/stat minus what the bench's own process tree used
+    (getrusage of itself and of its waited-for descendants: the probe, drover,
+    its fork server and the stamp children, all reaped by the end of a
+    measurement). In percent of all CPUs; /proc/stat counts in 10 ms ticks,
+    and interrupts on behalf of the bench count as "other", so a quiet machine
+    reads 0-3%."""
+
+    def __init__(self):
+        self.busy, _, self.total = cpu_times()
+        self.own = own_cpu_seconds()
+
+    def pct(self) -> float:
+        busy, _, total = cpu_times()
+        hz = os.sysconf("SC_CLK_TCK")
+        if total == self.total:
+            return 0.0
+        others = (busy - self.busy) / hz - (own_cpu_seconds() - self.own)
+        return max(0.0, 100 * others / ((total - self.total) / hz))
+
+
+def own_cpu_seconds() -> float:
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def background_load(seconds: float = 1.0) -> dict:
@@ -1140,6 +1183,8 @@ def report_core(b: Bench) -> list[str]:
 # size; fork's cost visibly tracks the supervisor's size. "Independent" and
 # "visibly" made concrete: the large / small ratio of medians.
 GOAL_RATIO = 1.5
+# Above this share of the CPUs used by other processes, a measurement is flagged.
+OTHERS_BUSY_PCT = 5.0
 SIZE_INDEPENDENT = 1.25
 SIZE_TRACKS = 2.0
 
@@ -1183,10 +1228,22 @@ def report_methods(b: Bench) -> list[str]:
         f"from `probe`, a small C parent, and the same holding {big} (mmap, MADV_NOHUGEPAGE,",
         "memset): t0 just before the call → the child's stamp. Floors: kill + waitpid + the",
         "call, a restart by the ideal supervisor. RssAnon / AnonHugePages: of the parent",
-        "(drover or the probe) from /proc/PID/status and smaps_rollup.",
+        "(drover or the probe) from /proc/PID/status and smaps_rollup. *others' CPU*: CPU used",
+        "by processes outside the bench during that measurement, of all CPUs.",
         "",
     ]
     rows = []
+
+    busy = []
+
+    def others(s: dict) -> str:
+        pct = s.get("others_pct")
+        if pct is None:
+            return "—"
+        if pct > OTHERS_BUSY_PCT:
+            busy.append(pct)
+            return f"**{pct:.0f}%**"
+        return f"{pct:.0f}%"
 
     def lat_cells(s: dict) -> list[str]:
         return [str(s["n"]), ms(s["median"]), ms(s["p90"]), ms(s["p99"]), ms(s["max"])]
@@ -1201,19 +1258,28 @@ def report_methods(b: Bench) -> list[str]:
             )
             rows.append(
                 [name, f"{big} touched" if size else "small", *lat_cells(s),
-                 kb_mb(m.get("Anonymous")), kb_mb(m.get("AnonHugePages")),
+                 kb_mb(m.get("Anonymous")), kb_mb(m.get("AnonHugePages")), others(s),
                  refs.get((mode, size), "") if mib == 1024 or not size else ""]
+            )
+        thp = mr["bare"].get(f"{mode}-thp/{mib}")
+        if thp:
+            m = thp["memory"]
+            rows.append(
+                [f"{name} (ballast in huge pages)", f"{big}, MADV_HUGEPAGE", *lat_cells(thp),
+                 kb_mb(m.get("Anonymous")), kb_mb(m.get("AnonHugePages")), others(thp),
+                 "not in the ratios"]
             )
     for method in START_METHODS:
         for size in sizes:
             s = drv(method, size)
             rows.append(
                 [f"**drover** `{method}` restart", f"--ballast-mib {size}" if size else "no ballast",
-                 *lat_cells(s), mb(s["memory"]["anon_kb"]), kb_mb(s["memory"]["anon_huge_kb"]), ""]
+                 *lat_cells(s), mb(s["memory"]["anon_kb"]), kb_mb(s["memory"]["anon_huge_kb"]),
+                 others(s), ""]
             )
     out.append(
         table(["", "parent", "n", "median", "p90", "p99", "max", "RssAnon", "AnonHugePages",
-               "reference"], rows)
+               "others' CPU", "reference"], rows)
     )
 
     out += [
@@ -1299,12 +1365,27 @@ def report_methods(b: Bench) -> list[str]:
         " only when THP is `always`); probe with its ballast: Anonymous"
         f" {kb_mb(pm.get('Anonymous'))}, AnonHugePages {kb_mb(pm.get('AnonHugePages'))}"
     )
+    thp = mr["bare"].get(f"fork-thp/{mib}")
+    if thp and thp["memory"].get("AnonHugePages"):
+        out.append(
+            f"- transparent huge pages hide a parent's size: fork+exec from the {big} parent took"
+            f" {ms(thp['median'])} with its ballast in huge pages"
+            f" (AnonHugePages {kb_mb(thp['memory']['AnonHugePages'])}) against"
+            f" {ms(bare('fork', mib)['median'])} in 4 KiB pages; hence MADV_NOHUGEPAGE on the"
+            " probe's ballast, and drover's numbers hold for its AnonHugePages above"
+        )
     servers = [drv("forkserver", size).get("server") for size in sizes]
     if all(servers):
         out.append(
             "- the fork server: VmRSS " + " and ".join(mb(s["rss_kb"]) for s in servers)
             + f" (drover without and with {big}), RssAnon "
             + " and ".join(mb(s["anon_kb"]) for s in servers)
+        )
+    if busy:
+        out.append(
+            f"- **other processes used more than {OTHERS_BUSY_PCT:g}% of the CPUs during"
+            f" {len(busy)} of these measurements** (bold in *others' CPU*, up to"
+            f" {max(busy):.0f}%): those latencies are inflated — rerun on a quiet machine"
         )
     for note in mr["notes"]:
         out.append(f"- {note}")

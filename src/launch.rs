@@ -51,6 +51,8 @@ pub struct ProcessLauncher {
     forkserver: Option<ForkServer>,
     /// Template interpreters of Python groups under fork / forkserver.
     templates: Templates,
+    /// Per group, what every start shares.
+    prepared: HashMap<GroupName, Prepared>,
 }
 
 impl ProcessLauncher {
@@ -63,6 +65,7 @@ impl ProcessLauncher {
             outputs: Vec::new(),
             forkserver: None,
             templates: Templates::default(),
+            prepared: HashMap::new(),
         })
     }
 
@@ -139,12 +142,11 @@ impl ProcessLauncher {
         std::mem::take(&mut self.outputs)
     }
 
-    fn environment(
-        &self,
-        group: &GroupSpec,
-        index: u32,
-        queue_vars: Vec<(String, String)>,
-    ) -> Vec<CString> {
+    /// The part of a child's environment that is the same for every child
+    /// of `group`: drover's environment (or its PATH, HOME, LANG and TZ with
+    /// `clear_env`) overlaid by `env`, plus `DROVER_GROUP` and
+    /// `DROVER_START_METHOD`.
+    fn group_environment(&self, group: &GroupSpec) -> Vec<CString> {
         let mut env: BTreeMap<OsString, OsString> = if group.clear_env {
             self.base_env
                 .iter()
@@ -154,14 +156,15 @@ impl ProcessLauncher {
         } else {
             self.base_env.clone()
         };
+        // Set per child below; drover may itself run under a drover.
+        env.retain(|k, _| {
+            let k = k.as_bytes();
+            k != b"DROVER_INDEX" && !k.starts_with(b"DROVER_IN_") && !k.starts_with(b"DROVER_OUT_")
+        });
         for (k, v) in &group.env {
             env.insert(k.into(), v.into());
         }
-        for (k, v) in queue_vars {
-            env.insert(k.into(), v.into());
-        }
         env.insert("DROVER_GROUP".into(), group.name.as_str().into());
-        env.insert("DROVER_INDEX".into(), index.to_string().into());
         env.insert(
             "DROVER_START_METHOD".into(),
             group.start_method.as_str().into(),
@@ -176,37 +179,73 @@ impl ProcessLauncher {
             .collect()
     }
 
-    fn plan(&self, group: &GroupSpec, index: u32) -> Result<(SpawnPlan, ChildIo), LaunchError> {
-        let argv: Vec<OsString> = match &group.program {
-            Program::Command(argv) => argv.clone(),
-            Program::Python { .. } => python::argv(group).expect("a python group"),
-        };
+    /// What every start of `group` shares, prepared once per definition:
+    /// argv, the program found on PATH, the environment.
+    fn prepared(&mut self, group: &GroupSpec) -> Result<&Prepared, LaunchError> {
+        let fresh = self
+            .prepared
+            .get(&group.name)
+            .is_some_and(|p| p.spec == *group);
+        if !fresh {
+            let argv: Vec<OsString> = match &group.program {
+                Program::Command(argv) => argv.clone(),
+                Program::Python { .. } => python::argv(group).expect("a python group"),
+            };
+            let search_path = group
+                .env
+                .get("PATH")
+                .map(OsString::from)
+                .or_else(|| self.base_env.get(OsStr::new("PATH")).cloned())
+                .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+            let program = resolve_program(&argv[0], &group.cwd, &search_path)?;
+            let prepared = Prepared {
+                spec: group.clone(),
+                program: cstring(program.as_os_str()),
+                argv: argv.iter().map(|a| cstring(a)).collect(),
+                envp: self.group_environment(group),
+                cwd: cstring(group.cwd.as_os_str()),
+            };
+            self.prepared.insert(group.name.clone(), prepared);
+        }
+        Ok(&self.prepared[&group.name])
+    }
+
+    fn plan(&mut self, group: &GroupSpec, index: u32) -> Result<(SpawnPlan, ChildIo), LaunchError> {
         let queues = QueueSockets::new(group).map_err(LaunchError::Setup)?;
-        let queue_vars = queues.variables(keeps_fd_numbers(group));
-        let envp = self.environment(group, index, queue_vars);
-        let search_path = group
-            .env
-            .get("PATH")
-            .map(OsString::from)
-            .or_else(|| self.base_env.get(OsStr::new("PATH")).cloned())
-            .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-        let program = resolve_program(&argv[0], &group.cwd, &search_path)?;
         let pipes = Pipes::new().map_err(LaunchError::Setup)?;
+        let devnull = self.devnull.as_raw_fd();
+        let prepared = self.prepared(group)?;
+        let mut envp = prepared.envp.clone();
+        envp.push(cstring(format!("DROVER_INDEX={index}").as_ref()));
+        for (k, v) in queues.variables(keeps_fd_numbers(group)) {
+            envp.push(cstring(format!("{k}={v}").as_ref()));
+        }
         let mut sources = vec![
-            self.devnull.as_raw_fd(),
+            devnull,
             pipes.stdout_w.as_raw_fd(),
             pipes.stderr_w.as_raw_fd(),
         ];
         sources.extend(queues.theirs.iter().map(AsRawFd::as_raw_fd));
         let plan = SpawnPlan {
-            program: cstring(program.as_os_str()),
-            argv: argv.iter().map(|a| cstring(a)).collect(),
+            program: prepared.program.clone(),
+            argv: prepared.argv.clone(),
             envp,
-            cwd: cstring(group.cwd.as_os_str()),
+            cwd: prepared.cwd.clone(),
             fds: FdPlan { sources },
         };
         Ok((plan, ChildIo { pipes, queues }))
     }
+}
+
+/// What every start of a group shares (see [`ProcessLauncher::prepared`]).
+#[derive(Debug)]
+struct Prepared {
+    /// The definition it was prepared for; another one prepares again.
+    spec: GroupSpec,
+    program: CString,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    cwd: CString,
 }
 
 /// Everything a starting child is given besides stdin.
@@ -404,6 +443,13 @@ impl Launcher for ProcessLauncher {
             StartMethod::Fork => fork_exec(&fork_setup(&plan), ForkKind::Fork),
             StartMethod::Forkserver => self.spawn_via_forkserver(&plan),
         };
+        if started
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+        {
+            // Found on PATH before, gone now: look again next time.
+            self.prepared.remove(&group.name);
+        }
         let pid = started.map_err(|source| LaunchError::Exec {
             program: plan.argv[0].to_string_lossy().into_owned(),
             source,

@@ -464,14 +464,15 @@ fn child_exited(
             failed_start(spec, child, now);
         }
         _ => {
+            // Start first, log after: the log line is not on the restart path.
+            child.failed_starts = 0;
+            start_child(spec, child, launcher, now);
             tracing::info!(
                 "{}[{}]: exited ({}); restarting",
                 spec.name,
                 child.index,
                 describe(status)
             );
-            child.failed_starts = 0;
-            start_child(spec, child, launcher, now);
         }
     }
 }
