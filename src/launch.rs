@@ -106,6 +106,23 @@ impl ProcessLauncher {
         true
     }
 
+    /// Python templates launched since the last call, with their sockets:
+    /// the runtime watches them until they are ready.
+    pub fn take_launched_templates(&mut self) -> Vec<GroupName> {
+        self.templates.take_launched()
+    }
+
+    /// The socket of `group`'s Python template, while it has one.
+    pub fn template_socket(&self, group: &GroupName) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.templates.socket(group)
+    }
+
+    /// A watched template socket is readable; true when its group's waiting
+    /// children should try again (the template is ready, or gone).
+    pub fn template_readable(&mut self, group: &GroupName) -> bool {
+        self.templates.on_readable(group)
+    }
+
     /// Stops the fork server and the Python templates (they exit when
     /// their sockets close; SIGTERM makes sure). Returns their PIDs.
     pub fn stop_helpers(&mut self) -> Vec<Pid> {
@@ -438,7 +455,15 @@ impl Launcher for ProcessLauncher {
             StartMethod::Spawn => spawn(&plan),
             _ if python => {
                 let env = worker_env(group, index, &io.queues);
-                self.templates.start_worker(group, &plan, &env)
+                match self.templates.start_worker(group, &plan, &env) {
+                    Ok(pid) => Ok(pid),
+                    Err(python::StartError::Failed(e)) => Err(e),
+                    Err(python::StartError::Warming) => {
+                        return Err(LaunchError::Warming {
+                            until: python::IMPORT_TIMEOUT,
+                        });
+                    }
+                }
             }
             StartMethod::Fork => fork_exec(&fork_setup(&plan), ForkKind::Fork),
             StartMethod::Forkserver => self.spawn_via_forkserver(&plan),

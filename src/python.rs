@@ -31,7 +31,23 @@ use crate::sys::{FdPlan, SpawnPlan, spawn};
 pub const BOOTSTRAP: &str = include_str!("python/drover_worker.py");
 
 /// How long a template may take to import before its start counts as failed.
-const IMPORT_TIMEOUT: Duration = Duration::from_secs(120);
+pub const IMPORT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a ready template may take to answer a request.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a worker did not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// The template is still importing; the runtime is told when it is ready.
+    Warming,
+    Failed(io::Error),
+}
+
+impl From<io::Error> for StartError {
+    fn from(e: io::Error) -> Self {
+        StartError::Failed(e)
+    }
+}
 
 /// The mode argument of the bootstrap for a start method.
 pub fn mode(method: StartMethod) -> &'static str {
@@ -74,6 +90,7 @@ struct Template {
     /// The group definition it was started for; a different one replaces it.
     spec: GroupSpec,
     ready: bool,
+    launched: std::time::Instant,
     seq: u64,
 }
 
@@ -81,6 +98,8 @@ struct Template {
 #[derive(Debug, Default)]
 pub struct Templates {
     by_group: HashMap<GroupName, Template>,
+    /// Templates launched since the runtime last asked, to watch for "ready".
+    launched: Vec<GroupName>,
 }
 
 #[derive(serde::Serialize)]
@@ -110,7 +129,7 @@ impl Templates {
         group: &GroupSpec,
         plan: &SpawnPlan,
         env: &HashMap<String, String>,
-    ) -> io::Result<i32> {
+    ) -> Result<i32, StartError> {
         let stale = self
             .by_group
             .get(&group.name)
@@ -122,18 +141,50 @@ impl Templates {
             self.launch(group, plan)?;
         }
         let template = self.by_group.get_mut(&group.name).expect("launched");
+        if !template.check_ready()? {
+            if template.launched.elapsed() < IMPORT_TIMEOUT {
+                return Err(StartError::Warming);
+            }
+            self.stop(&group.name);
+            return Err(StartError::Failed(io::Error::other(format!(
+                "the python template did not finish importing within {IMPORT_TIMEOUT:?}"
+            ))));
+        }
         let result = template.request(plan, env);
         if result.is_err() {
             // A template that failed (or died) is replaced on the next start.
             self.stop(&group.name);
         }
-        result
+        Ok(result?)
+    }
+
+    /// Sockets of templates launched since the last call: the runtime
+    /// watches each until its template is ready (or gone).
+    pub fn take_launched(&mut self) -> Vec<GroupName> {
+        std::mem::take(&mut self.launched)
+    }
+
+    /// `group`'s template socket, for the runtime's epoll set.
+    pub fn socket(&self, group: &GroupName) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.by_group
+            .get(group)
+            .map(|t| std::os::fd::AsFd::as_fd(&t.socket))
+    }
+
+    /// The runtime saw `group`'s template socket readable: true when the
+    /// template is now ready, or gone (either way its waiting children
+    /// should try again).
+    pub fn on_readable(&mut self, group: &GroupName) -> bool {
+        match self.by_group.get_mut(group) {
+            Some(t) => t.check_ready().unwrap_or(true),
+            None => true,
+        }
     }
 
     /// Starts `group`'s template without waiting for its imports.
     fn launch(&mut self, group: &GroupSpec, plan: &SpawnPlan) -> io::Result<()> {
         let (ours, theirs) = crate::sys::seqpacket_pair()?;
-        setsockopt(&ours, sockopt::ReceiveTimeout, &timeval(IMPORT_TIMEOUT))?;
+        setsockopt(&ours, sockopt::ReceiveTimeout, &timeval(REPLY_TIMEOUT))?;
         let argv = argv(group).ok_or_else(|| io::Error::other("not a python group"))?;
         let stderr = std::io::stderr().as_raw_fd();
         let template_plan = SpawnPlan {
@@ -150,6 +201,7 @@ impl Templates {
         };
         let pid = spawn(&template_plan)?;
         tracing::debug!(group = %group.name, pid, "python template started");
+        self.launched.push(group.name.clone());
         self.by_group.insert(
             group.name.clone(),
             Template {
@@ -157,6 +209,7 @@ impl Templates {
                 socket: ours,
                 spec: group.clone(),
                 ready: false,
+                launched: std::time::Instant::now(),
                 seq: 0,
             },
         );
@@ -201,16 +254,36 @@ impl Templates {
 }
 
 impl Template {
-    fn request(&mut self, plan: &SpawnPlan, env: &HashMap<String, String>) -> io::Result<i32> {
-        if !self.ready {
-            let reply = self.receive()?;
-            if reply.ready != Some(true) {
-                return Err(io::Error::other(
-                    "the python template sent no ready message",
-                ));
-            }
-            self.ready = true;
+    /// Whether the template has said it finished importing, without waiting.
+    /// An error means it exited (its imports failed).
+    fn check_ready(&mut self) -> io::Result<bool> {
+        if self.ready {
+            return Ok(true);
         }
+        let mut buf = [0u8; 256];
+        let n =
+            match nix::sys::socket::recv(self.socket.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT)
+            {
+                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => return Ok(false),
+                other => other?,
+            };
+        if n == 0 {
+            return Err(io::Error::other(
+                "the python template exited while importing (its traceback is in drover's log)",
+            ));
+        }
+        let reply: Reply = serde_json::from_slice(&buf[..n])
+            .map_err(|e| io::Error::other(format!("bad answer from the python template: {e}")))?;
+        if reply.ready != Some(true) {
+            return Err(io::Error::other(
+                "the python template sent no ready message",
+            ));
+        }
+        self.ready = true;
+        Ok(true)
+    }
+
+    fn request(&mut self, plan: &SpawnPlan, env: &HashMap<String, String>) -> io::Result<i32> {
         self.seq += 1;
         let body = serde_json::to_vec(&Request { seq: self.seq, env }).expect("serialises");
         let fds: &[RawFd] = &plan.fds.sources;

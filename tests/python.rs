@@ -281,3 +281,42 @@ fn the_python_bootstrap_passes_its_own_tests() {
     assert!(out.status.success(), "{report}");
     assert!(report.contains("Ran 2 tests"), "{report}");
 }
+
+/// A template's import does not stall drover: status answers, other groups
+/// restart, and the waiting workers start once the import is done.
+#[test]
+fn drover_stays_responsive_while_a_template_imports() {
+    let dir = TempDir::new("pyslowimport");
+    dir.write(
+        "slow.py",
+        "import os, signal, time\nwhile not os.path.exists('go'):\n    time.sleep(0.01)\n\ndef main():\n    print('imported and running', flush=True)\n    signal.pause()\n",
+    );
+    dir.write(
+        "drover.toml",
+        "[group.slow]\npython = \"slow:main\"\nstart_method = \"fork\"\nprocesses = 2\nstart_secs = \"0s\"\n\n[group.other]\ncommand = [\"sleep\", \"1000\"]\nstart_secs = \"0s\"\n",
+    );
+    let go = dir.path().join("go");
+    let d = Drover::start_in(dir, &[]);
+    // The workers wait (no PID yet) while the sleeper runs and restarts.
+    let other = d.wait_group_state("other", "running");
+    let status = d.status();
+    for child in Drover::children(&status, "slow") {
+        assert!(child["pid"].is_null(), "{status:#}");
+        assert_eq!(child["restarts"], 0, "waiting is not a failed start");
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(other[0] as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    d.wait_status("the sleeper restarted during the import", |s| {
+        Drover::children(s, "other")[0]["restarts"] == 1
+    });
+    std::fs::write(&go, "").unwrap();
+    d.wait_group_state("slow", "running");
+    d.stdout.wait_count("imported and running", 2);
+    let status = d.status();
+    for child in Drover::children(&status, "slow") {
+        assert_eq!(child["restarts"], 0, "{status:#}");
+    }
+}

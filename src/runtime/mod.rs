@@ -29,6 +29,7 @@ use crate::config::Config;
 use crate::control::{Conn, ConnEvent, Listener, Request, Response};
 use crate::launch::ProcessLauncher;
 use crate::logs::{LogWriter, Origin, Stream};
+use crate::names::GroupName;
 use crate::orphans::Orphans;
 use crate::shutdown::ShutdownOrder;
 use crate::signal::Signal;
@@ -100,6 +101,8 @@ struct Runtime {
     listener: Listener,
     output: Output,
     conns: HashMap<u64, Conn>,
+    /// Python templates still importing, by loop token.
+    templates: HashMap<u64, GroupName>,
     next_token: u64,
     orphans: Orphans,
     broker: Broker,
@@ -220,6 +223,7 @@ impl Runtime {
             listener,
             output: Output::new(config.supervisor.log_format, writer, wake_rx),
             conns: HashMap::new(),
+            templates: HashMap::new(),
             next_token: FIRST_DYNAMIC,
             orphans: Orphans::default(),
             broker: Broker::new(&config),
@@ -321,6 +325,7 @@ impl Runtime {
             CONFIG_WAKE => self.on_config_event(),
             t if self.output.owns(t) => self.output.on_readable(&self.epoll, t),
             t if self.broker.owns(t) => self.broker.on_event(&self.epoll, t, flags),
+            t if self.templates.contains_key(&t) => self.on_template(t),
             t => self.on_conn(t, flags),
         }
     }
@@ -381,11 +386,44 @@ impl Runtime {
                 self.broker.child_exited(&self.epoll, pid);
             } else if self.helpers.contains(&pid) {
                 self.helpers.retain(|p| *p != pid);
-            } else if !self.launcher.on_unknown_exit(pid) {
+            } else if self.launcher.on_unknown_exit(pid) {
+                self.wake_template_waiters(now);
+            } else {
                 self.orphans.reaped(pid);
                 tracing::debug!(pid = pid.0, ?status, "reaped an orphaned descendant");
             }
         }
+    }
+
+    /// A template that died while importing never says "ready": the children
+    /// waiting for it try again now (and fail, or get a new template).
+    fn wake_template_waiters(&mut self, now: Instant) {
+        let gone: Vec<(u64, GroupName)> = self
+            .templates
+            .iter()
+            .filter(|(_, g)| self.launcher.template_socket(g).is_none())
+            .map(|(t, g)| (*t, g.clone()))
+            .collect();
+        for (token, group) in gone {
+            self.templates.remove(&token);
+            self.sup.context_ready(&group, &mut self.launcher, now);
+        }
+    }
+
+    /// A Python template said it is ready (or exited): its group's waiting
+    /// children start now; the template needs no more watching.
+    fn on_template(&mut self, token: u64) {
+        let group = self.templates[&token].clone();
+        if !self.launcher.template_readable(&group) {
+            return;
+        }
+        self.templates.remove(&token);
+        if let Some(fd) = self.launcher.template_socket(&group) {
+            let _ = self.epoll.delete(fd);
+        }
+        self.sup
+            .context_ready(&group, &mut self.launcher, Instant::now());
+        self.watch_new_outputs();
     }
 
     /// A config file changed: apply it once the burst of events is over and
@@ -587,8 +625,24 @@ impl Runtime {
         self.next_token
     }
 
-    /// Starts watching the output pipes of children started since last time.
+    /// Starts watching the output pipes of children started since last time,
+    /// and the sockets of Python templates still importing.
     fn watch_new_outputs(&mut self) {
+        for group in self.launcher.take_launched_templates() {
+            let token = self.token();
+            let Some(fd) = self.launcher.template_socket(&group) else {
+                continue;
+            };
+            match self
+                .epoll
+                .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, token))
+            {
+                Ok(()) => {
+                    self.templates.insert(token, group);
+                }
+                Err(e) => tracing::warn!("cannot watch the python template of {group}: {e}"),
+            }
+        }
         for mut out in self.launcher.take_outputs() {
             let sockets = std::mem::take(&mut out.queues);
             let next = &mut self.next_token;

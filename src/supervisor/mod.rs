@@ -46,8 +46,12 @@ pub enum LaunchError {
     },
     #[error("cannot prepare the child: {0}")]
     Setup(#[source] std::io::Error),
-    #[error("{0}")]
-    Unsupported(String),
+    /// The group's start context is still getting ready (a Python template
+    /// importing its module). Not a failure: the start is retried when the
+    /// runtime reports the context ready ([`Supervisor::context_ready`]), or
+    /// after `until` at the latest.
+    #[error("its python template is still importing")]
+    Warming { until: std::time::Duration },
 }
 
 /// A group as the supervisor runs it: its spec and its child slots.
@@ -269,6 +273,22 @@ impl Supervisor {
         Ok(())
     }
 
+    /// The start context of `name` became ready (a Python template finished
+    /// its imports): the children waiting for it start now.
+    pub fn context_ready(&mut self, name: &GroupName, launcher: &mut impl Launcher, now: Instant) {
+        if self.shutting_down {
+            return;
+        }
+        if let Some(group) = self.groups.get_mut(name).filter(|g| !g.held) {
+            for child in &mut group.children {
+                if matches!(child.state, ChildState::Backoff { .. }) {
+                    start_child(&group.spec, child, launcher, now);
+                }
+            }
+        }
+        self.advance_rolling(launcher, now);
+    }
+
     /// Starts a shutdown without stopping anything yet: nothing restarts
     /// from now on; the caller stops groups in order with [`Self::stop_group`].
     pub fn begin_shutdown(&mut self) {
@@ -382,6 +402,15 @@ fn start_child(spec: &GroupSpec, child: &mut Child, launcher: &mut impl Launcher
     }
     child.attempts += 1;
     match launcher.start(spec, child.index) {
+        Err(LaunchError::Warming { until }) => {
+            // Not an attempt: wait for the context (the runtime wakes us).
+            child.attempts -= 1;
+            if child.attempts > 0 {
+                child.restarts -= 1;
+            }
+            tracing::debug!(group = %spec.name, index = child.index, "waiting for the template");
+            child.state = ChildState::Backoff { until: now + until };
+        }
         Ok(pid) => {
             tracing::debug!(group = %spec.name, index = child.index, pid = pid.0, "starting");
             child.started = Some(now);
