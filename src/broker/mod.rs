@@ -33,6 +33,11 @@ use queue::{DeadLetter, Message, QueueCore};
 /// anything a child can send fits unless it raised its own `SO_SNDBUF`.
 const MAX_PACKET: usize = 1 << 20;
 
+/// `SIOCOUTQ` below this means the peer has read everything: the kernel
+/// sends its write-space wake-up while it still holds one unit of the last
+/// packet's accounting, and any real packet accounts for hundreds of bytes.
+const NOTHING_UNREAD: i32 = 64;
+
 /// Which way an endpoint carries messages, seen from the child.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -185,7 +190,7 @@ impl Broker {
                     q.set_blocked(token, false);
                     if q.spec.delivery == Delivery::AtMostOnce
                         && crate::sys::unread_by_peer(&self.endpoints[&token].fd)
-                            .is_ok_and(|n| n == 0)
+                            .is_ok_and(|n| n < NOTHING_UNREAD)
                     {
                         // The consumer has read everything it was handed.
                         q.all_read(token);
@@ -212,9 +217,11 @@ impl Broker {
             .map(|(t, _)| *t)
             .collect();
         for token in tokens {
-            if self.endpoints[&token].direction == Direction::Out {
-                // Packets it sent before dying are in our receive queue.
-                self.read_producer(epoll, token, true);
+            // What it sent before dying is still in our receive queue:
+            // messages of a producer, the last acks of a consumer.
+            match self.endpoints[&token].direction {
+                Direction::Out => self.read_producer(epoll, token, true),
+                Direction::In => self.read_settlements(epoll, token),
             }
             self.detach(epoll, token);
         }
@@ -537,4 +544,113 @@ pub fn socket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
         nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
     )?;
     Ok((ours, theirs))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::os::unix::net::UnixStream;
+
+    use nix::sys::epoll::EpollCreateFlags;
+
+    use super::*;
+    use crate::config::{LogFormat, SupervisorConfig};
+
+    fn config(delivery: Delivery) -> Config {
+        let name = QueueName::new("jobs").unwrap();
+        let spec = QueueSpec {
+            name: name.clone(),
+            capacity: 10,
+            max_message_bytes: 100,
+            delivery,
+            prefetch: 4,
+            max_deliveries: 5,
+            dead_letter: None,
+            file: "t.toml".into(),
+        };
+        Config {
+            supervisor: SupervisorConfig {
+                control_socket: None,
+                log_format: LogFormat::Text,
+                state_dir: std::env::temp_dir(),
+            },
+            groups: BTreeMap::new(),
+            queues: [(name, spec)].into(),
+            files: vec![],
+        }
+    }
+
+    /// A broker with one consumer child attached; returns the child's end.
+    fn with_consumer(delivery: Delivery) -> (Broker, Epoll, UnixStream) {
+        let cfg = config(delivery);
+        let mut broker = Broker::new(&cfg);
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).unwrap();
+        let (ours, theirs) = socket_pair().unwrap();
+        let jobs = QueueName::new("jobs").unwrap();
+        let mut next = 100;
+        broker.attach(
+            &epoll,
+            Pid(42),
+            &GroupName::new("w").unwrap(),
+            vec![(jobs.clone(), Direction::In, ours)],
+            || {
+                next += 1;
+                next
+            },
+        );
+        for m in [b"one".as_slice(), b"two"] {
+            broker.queues.get_mut(&jobs).unwrap().push(Message::new(m));
+        }
+        broker.deliver(&epoll, &jobs);
+        (broker, epoll, UnixStream::from(theirs))
+    }
+
+    #[test]
+    fn acks_sent_just_before_a_consumer_exits_count() {
+        let (mut broker, epoll, child) = with_consumer(Delivery::AtLeastOnce);
+        let mut buf = [0u8; 16];
+        for _ in 0..2 {
+            assert!(
+                nix::sys::socket::recv(child.as_raw_fd(), &mut buf, MsgFlags::empty()).unwrap() > 0
+            );
+            nix::sys::socket::send(child.as_raw_fd(), b"ack", MsgFlags::empty()).unwrap();
+        }
+        drop(child);
+        // The exit is handled before the acks were read by the loop.
+        broker.child_exited(&epoll, Pid(42));
+        let q = &broker.status()[0];
+        assert_eq!((q.acked, q.depth, q.in_flight, q.redelivered), (2, 0, 0, 0));
+    }
+
+    #[test]
+    fn an_at_least_once_consumer_that_dies_returns_its_messages() {
+        let (mut broker, epoll, child) = with_consumer(Delivery::AtLeastOnce);
+        drop(child);
+        broker.child_exited(&epoll, Pid(42));
+        let q = &broker.status()[0];
+        assert_eq!((q.delivered, q.depth, q.in_flight, q.lost), (2, 2, 0, 0));
+    }
+
+    #[test]
+    fn an_at_most_once_consumer_that_dies_unread_loses_and_counts() {
+        let (mut broker, epoll, child) = with_consumer(Delivery::AtMostOnce);
+        drop(child);
+        broker.child_exited(&epoll, Pid(42));
+        let q = &broker.status()[0];
+        assert_eq!((q.delivered, q.depth, q.lost, q.redelivered), (2, 0, 2, 0));
+    }
+
+    #[test]
+    fn nothing_unread_means_the_consumer_read_it_all() {
+        let (ours, theirs) = crate::sys::seqpacket_pair().unwrap();
+        nix::sys::socket::send(ours.as_raw_fd(), b"x", MsgFlags::empty()).unwrap();
+        let pending = crate::sys::unread_by_peer(&ours).unwrap();
+        assert!(
+            pending >= NOTHING_UNREAD,
+            "one unread packet accounts for {pending}"
+        );
+        let mut buf = [0u8; 4];
+        nix::sys::socket::recv(theirs.as_raw_fd(), &mut buf, MsgFlags::empty()).unwrap();
+        assert!(crate::sys::unread_by_peer(&ours).unwrap() < NOTHING_UNREAD);
+    }
 }

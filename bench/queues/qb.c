@@ -1,0 +1,380 @@
+/* qb: producer, consumer and bare baselines for drover's queue benchmark.
+ *
+ * Every message is SIZE bytes (SIZE >= 16): [u64 send time, CLOCK_MONOTONIC
+ * ns][u64 sequence number][filler]. One packet = one message, as in drover's
+ * queues (DESIGN §3). All sockets here are blocking and use plain send/recv,
+ * one message per syscall, for drover's children and the bare pair alike.
+ *
+ *   qb produce N SIZE RATE READY
+ *       fd from $DROVER_OUT_BENCH. Writes its pid to READY.$DROVER_INDEX
+ *       (atomically), waits for SIGUSR1 (the orchestrator's go), then sends N
+ *       messages: as fast as it can (RATE 0) or paced at RATE messages/s on
+ *       an absolute schedule. READY "-": no gate, start at once.
+ *   qb consume N SIZE MODE ACK READY RESULT
+ *       fd from $DROVER_IN_BENCH. Writes its pid to READY, then receives N
+ *       messages, sending the 3-byte packet "ack" after each one when ACK is 1.
+ *       MODE tput: elapsed = receipt of the Nth message - send time stamped
+ *       in the first one. MODE lat: latency = receipt - stamped send time of
+ *       every message. Writes one JSON object to RESULT (tmp + rename), then
+ *       waits for the end of the stream (drover's shutdown) before exiting.
+ *   qb pair N SIZE MODE RATE RESULT
+ *       The bare baseline: a SOCK_SEQPACKET socketpair between two processes
+ *       (fork); the child consumes exactly as `consume` does, the parent
+ *       produces exactly as `produce` does, once the child is ready.
+ *   qb pingpong N SIZE RESULT
+ *       Round trip over a bare SEQPACKET pair: the parent sends one message,
+ *       the child sends it back; N round trips, each timed.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void die(const char *what)
+{
+    fprintf(stderr, "qb: %s: %s\n", what, strerror(errno));
+    exit(2);
+}
+
+static int env_fd(const char *name)
+{
+    const char *v = getenv(name);
+    if (!v) {
+        fprintf(stderr, "qb: $%s is not set\n", name);
+        exit(2);
+    }
+    return atoi(v);
+}
+
+/* Writes `text` to `path` atomically (tmp file + rename). */
+static void write_file(const char *path, const char *text)
+{
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
+    FILE *f = fopen(tmp, "w");
+    if (!f)
+        die(tmp);
+    fputs(text, f);
+    if (fclose(f) != 0)
+        die(tmp);
+    if (rename(tmp, path) != 0)
+        die(path);
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Nearest-rank percentile of sorted values. */
+static uint64_t pct(const uint64_t *v, size_t n, double q)
+{
+    size_t rank = (size_t)(q * (double)n + 0.999999);
+    if (rank < 1)
+        rank = 1;
+    if (rank > n)
+        rank = n;
+    return v[rank - 1];
+}
+
+static void latency_json(char *out, size_t cap, uint64_t *lat, size_t n)
+{
+    qsort(lat, n, sizeof *lat, cmp_u64);
+    double sum = 0;
+    for (size_t i = 0; i < n; i++)
+        sum += (double)lat[i];
+    snprintf(out, cap,
+             "\"samples\": %zu, \"p50_ns\": %" PRIu64 ", \"p90_ns\": %" PRIu64
+             ", \"p99_ns\": %" PRIu64 ", \"p999_ns\": %" PRIu64 ", \"min_ns\": %" PRIu64
+             ", \"max_ns\": %" PRIu64 ", \"mean_ns\": %.0f",
+             n, pct(lat, n, 0.50), pct(lat, n, 0.90), pct(lat, n, 0.99), pct(lat, n, 0.999),
+             lat[0], lat[n - 1], sum / (double)n);
+}
+
+/* ------------------------------------------------------------ producer */
+
+static void produce(int fd, long n, size_t size, double rate)
+{
+    char *buf = calloc(1, size);
+    if (!buf)
+        die("calloc");
+    memset(buf + 16, 'x', size - 16);
+    uint64_t interval = rate > 0 ? (uint64_t)(1e9 / rate) : 0;
+    uint64_t next = now_ns();
+    for (long i = 0; i < n; i++) {
+        if (interval) {
+            next += interval;
+            struct timespec ts = {(time_t)(next / 1000000000ull), (long)(next % 1000000000ull)};
+            while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
+                ;
+        }
+        uint64_t t = now_ns(), seq = (uint64_t)i;
+        memcpy(buf, &t, 8);
+        memcpy(buf + 8, &seq, 8);
+        for (;;) {
+            ssize_t r = send(fd, buf, size, MSG_NOSIGNAL);
+            if (r == (ssize_t)size)
+                break;
+            if (r < 0 && errno == EINTR)
+                continue;
+            die("send");
+        }
+    }
+    free(buf);
+}
+
+/* Waits for SIGUSR1 after announcing our pid in `ready`. */
+static void gate(const char *ready)
+{
+    if (strcmp(ready, "-") == 0)
+        return;
+    /* Several producers of one group: one ready file each. */
+    char path[4096];
+    const char *index = getenv("DROVER_INDEX");
+    snprintf(path, sizeof path, "%s%s%s", ready, index ? "." : "", index ? index : "");
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGUSR1);
+    sigprocmask(SIG_BLOCK, &set, NULL);
+    char text[64];
+    snprintf(text, sizeof text, "%d\n", (int)getpid());
+    write_file(path, text);
+    int sig;
+    while (sigwait(&set, &sig) != 0)
+        ;
+}
+
+/* ------------------------------------------------------------ consumer */
+
+/* Receives n messages; returns a JSON object (malloc'ed). */
+static char *consume(int fd, long n, size_t size, int lat_mode, int ack)
+{
+    size_t cap = size > 65536 ? size + 1 : 65537;
+    char *buf = malloc(cap);
+    uint64_t *lat = lat_mode ? malloc(sizeof(uint64_t) * (size_t)n) : NULL;
+    if (!buf || (lat_mode && !lat))
+        die("malloc");
+    uint64_t first_sent = 0, first_recv = 0, last_recv = 0;
+    long got = 0, bad_size = 0, out_of_order = 0;
+    uint64_t expect = 0;
+    const char *error = NULL;
+    while (got < n) {
+        ssize_t r = recv(fd, buf, cap, 0);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            error = "recv failed";
+            break;
+        }
+        if (r == 0) {
+            error = "end of stream before N messages";
+            break;
+        }
+        uint64_t t = now_ns(), sent, seq;
+        memcpy(&sent, buf, 8);
+        memcpy(&seq, buf + 8, 8);
+        if ((size_t)r != size)
+            bad_size++;
+        if (seq != expect)
+            out_of_order++;
+        expect = seq + 1;
+        if (got == 0) {
+            first_sent = sent;
+            first_recv = t;
+        }
+        if (lat_mode)
+            lat[got] = t - sent;
+        last_recv = t;
+        got++;
+        if (ack) {
+            while (send(fd, "ack", 3, MSG_NOSIGNAL) < 0) {
+                if (errno != EINTR) {
+                    error = "send of ack failed";
+                    break;
+                }
+            }
+            if (error)
+                break;
+        }
+    }
+    char *out = malloc(4096);
+    if (!out)
+        die("malloc");
+    char extra[1024] = "";
+    if (lat_mode && got > 0)
+        latency_json(extra, sizeof extra, lat, (size_t)got);
+    else if (got > 1)
+        snprintf(extra, sizeof extra,
+                 "\"elapsed_ns\": %" PRIu64 ", \"from_first_recv_ns\": %" PRIu64
+                 ", \"msgs_per_s\": %.1f, \"steady_msgs_per_s\": %.1f",
+                 last_recv - first_sent, last_recv - first_recv,
+                 (double)got * 1e9 / (double)(last_recv - first_sent),
+                 (double)(got - 1) * 1e9 / (double)(last_recv - first_recv));
+    snprintf(out, 4096,
+             "{\"received\": %ld, \"size\": %zu, \"bad_size\": %ld, \"out_of_order\": %ld, "
+             "\"error\": %s%s%s%s%s}\n",
+             got, size, bad_size, out_of_order, error ? "\"" : "", error ? error : "null",
+             error ? "\"" : "", extra[0] ? ", " : "", extra);
+    free(buf);
+    free(lat);
+    return out;
+}
+
+/* ------------------------------------------------------------ baselines */
+
+static void pair(long n, size_t size, int lat_mode, double rate, const char *result)
+{
+    int sv[2], ready[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
+        die("socketpair");
+    if (pipe(ready) != 0)
+        die("pipe");
+    pid_t pid = fork();
+    if (pid < 0)
+        die("fork");
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        close(sv[0]);
+        close(ready[0]);
+        if (write(ready[1], "r", 1) != 1)
+            die("write");
+        close(ready[1]);
+        char *out = consume(sv[1], n, size, lat_mode, 0);
+        write_file(result, out);
+        _exit(0);
+    }
+    close(sv[1]);
+    close(ready[1]);
+    char c;
+    if (read(ready[0], &c, 1) != 1)
+        die("read ready");
+    close(ready[0]);
+    produce(sv[0], n, size, rate);
+    int status;
+    if (waitpid(pid, &status, 0) < 0)
+        die("waitpid");
+    close(sv[0]);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        fprintf(stderr, "qb: pair consumer failed (status %d)\n", status);
+        exit(1);
+    }
+}
+
+static void pingpong(long n, size_t size, const char *result)
+{
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
+        die("socketpair");
+    char *buf = calloc(1, size > 65536 ? size : 65536);
+    uint64_t *rtt = malloc(sizeof(uint64_t) * (size_t)n);
+    if (!buf || !rtt)
+        die("alloc");
+    pid_t pid = fork();
+    if (pid < 0)
+        die("fork");
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        close(sv[0]);
+        for (;;) {
+            ssize_t r = recv(sv[1], buf, 65536, 0);
+            if (r <= 0)
+                _exit(0);
+            if (send(sv[1], buf, (size_t)r, MSG_NOSIGNAL) != r)
+                _exit(1);
+        }
+    }
+    close(sv[1]);
+    /* A few warm-up round trips, not timed. */
+    for (long i = 0; i < n + 100; i++) {
+        uint64_t t0 = now_ns();
+        if (send(sv[0], buf, size, MSG_NOSIGNAL) != (ssize_t)size)
+            die("send");
+        if (recv(sv[0], buf, 65536, 0) != (ssize_t)size)
+            die("recv");
+        if (i >= 100)
+            rtt[i - 100] = now_ns() - t0;
+    }
+    close(sv[0]);
+    waitpid(pid, NULL, 0);
+    char extra[1024], out[2048];
+    latency_json(extra, sizeof extra, rtt, (size_t)n);
+    snprintf(out, sizeof out, "{\"size\": %zu, %s}\n", size, extra);
+    write_file(result, out);
+}
+
+/* ------------------------------------------------------------ main */
+
+static void usage(void)
+{
+    fprintf(stderr, "usage: qb produce N SIZE RATE READY\n"
+                    "       qb consume N SIZE tput|lat ACK READY RESULT\n"
+                    "       qb pair N SIZE tput|lat RATE RESULT\n"
+                    "       qb pingpong N SIZE RESULT\n");
+    exit(2);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 4)
+        usage();
+    const char *mode = argv[1];
+    long n = atol(argv[2]);
+    size_t size = (size_t)atol(argv[3]);
+    if (n < 1 || size < 16)
+        usage();
+    if (strcmp(mode, "produce") == 0 && argc == 6) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive drover */
+        int fd = env_fd("DROVER_OUT_BENCH");
+        gate(argv[5]);
+        produce(fd, n, size, atof(argv[4]));
+        return 0;
+    }
+    if (strcmp(mode, "consume") == 0 && argc == 8) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        int fd = env_fd("DROVER_IN_BENCH");
+        int lat_mode = strcmp(argv[4], "lat") == 0;
+        char text[64];
+        snprintf(text, sizeof text, "%d\n", (int)getpid());
+        write_file(argv[6], text);
+        char *out = consume(fd, n, size, lat_mode, atoi(argv[5]));
+        write_file(argv[7], out);
+        /* Stay until drover closes the queue (shutdown), as a real worker
+         * does: exiting right after the last ack races drover's reading of
+         * that ack with its handling of our exit. */
+        for (;;) {
+            char c[16];
+            ssize_t r = recv(fd, c, sizeof c, 0);
+            if (r == 0 || (r < 0 && errno != EINTR))
+                break;
+        }
+        return 0;
+    }
+    if (strcmp(mode, "pair") == 0 && argc == 7) {
+        pair(n, size, strcmp(argv[4], "lat") == 0, atof(argv[5]), argv[6]);
+        return 0;
+    }
+    if (strcmp(mode, "pingpong") == 0 && argc == 5) {
+        pingpong(n, size, argv[4]);
+        return 0;
+    }
+    usage();
+    return 2;
+}
