@@ -92,8 +92,17 @@ impl ProcessLauncher {
     /// the fork server, a new one is started at once; children it started
     /// are drover's own and keep running.
     pub fn on_unknown_exit(&mut self, pid: Pid) -> bool {
-        if self.templates.on_exit(pid.0) {
-            return true;
+        match self.templates.on_exit(pid.0) {
+            Some(Some(spec)) => {
+                // It had imported fine: replace it now, so the next start
+                // does not wait for the import.
+                if let Err(e) = self.relaunch_template(&spec) {
+                    tracing::error!(group = %spec.name, "cannot restart the python template: {e}");
+                }
+                return true;
+            }
+            Some(None) => return true,
+            None => {}
         }
         if self.forkserver_pid() != Some(pid.0) {
             return false;
@@ -104,6 +113,33 @@ impl ProcessLauncher {
             tracing::error!("cannot restart the fork server: {e}; forkserver starts will retry");
         }
         true
+    }
+
+    /// After a reload: templates of groups that no longer run Python
+    /// functions under fork/forkserver are stopped.
+    pub fn retain_templates(&mut self, config: &crate::config::Config) {
+        self.templates.retain(|name| {
+            config.groups.get(name).is_some_and(|g| {
+                matches!(g.program, Program::Python { .. }) && g.start_method != StartMethod::Spawn
+            })
+        });
+    }
+
+    fn relaunch_template(&mut self, group: &GroupSpec) -> Result<(), LaunchError> {
+        let devnull = self.devnull.as_raw_fd();
+        let prepared = self.prepared(group)?;
+        let plan = SpawnPlan {
+            program: prepared.program.clone(),
+            argv: prepared.argv.clone(),
+            envp: prepared.envp.clone(),
+            cwd: prepared.cwd.clone(),
+            fds: FdPlan {
+                sources: vec![devnull],
+            },
+        };
+        self.templates
+            .relaunch(group, &plan)
+            .map_err(LaunchError::Setup)
     }
 
     /// Python templates launched since the last call, with their sockets:

@@ -9,8 +9,10 @@
 //! The template double-forks, so drover (a child subreaper) becomes the
 //! worker's parent and reaps it like any other child.
 //!
-//! Templates are drover's children but not workers: one that dies is
-//! started again at once (running workers are unaffected); one whose imports
+//! Templates are drover's children but not workers: one that dies after its
+//! imports is started again at once (running workers are unaffected); while
+//! a template imports, its group's starts wait without blocking the event
+//! loop; one whose imports
 //! fail makes that start fail, so the group goes through the normal backoff
 //! and fatal rules with the traceback in drover's log; one whose group
 //! changed on reload is replaced.
@@ -236,20 +238,39 @@ impl Templates {
         pids
     }
 
-    /// A reaped PID that is a template: forget it, so the next start makes
-    /// a new one. Running workers are not affected.
-    pub fn on_exit(&mut self, pid: i32) -> bool {
-        let Some(group) = self
+    /// A reaped PID that is a template: forget it. Returns the group's
+    /// definition when the template had finished importing (so a new one
+    /// should be started at once); `Some(None)` when it died importing
+    /// (its waiting children will fail and back off); `None` when `pid` is
+    /// not a template.
+    pub fn on_exit(&mut self, pid: i32) -> Option<Option<GroupSpec>> {
+        let group = self
             .by_group
             .iter()
             .find(|(_, t)| t.pid == pid)
-            .map(|(g, _)| g.clone())
-        else {
-            return false;
-        };
-        self.by_group.remove(&group);
-        tracing::warn!(%group, pid, "the python template exited; the next start makes a new one");
-        true
+            .map(|(g, _)| g.clone())?;
+        let template = self.by_group.remove(&group).expect("found above");
+        if template.ready {
+            tracing::warn!(%group, pid, "the python template exited; starting a new one");
+            Some(Some(template.spec))
+        } else {
+            tracing::warn!(%group, pid, "the python template exited while importing");
+            Some(None)
+        }
+    }
+
+    /// Stops the templates of groups that `keep` rejects (removed by a
+    /// reload, or no longer a fork/forkserver Python group).
+    pub fn retain(&mut self, keep: impl Fn(&GroupName) -> bool) {
+        let gone: Vec<GroupName> = self.by_group.keys().filter(|g| !keep(g)).cloned().collect();
+        for group in gone {
+            self.stop(&group);
+        }
+    }
+
+    /// Starts a template for `group` now (after its predecessor died).
+    pub fn relaunch(&mut self, group: &GroupSpec, plan: &SpawnPlan) -> io::Result<()> {
+        self.launch(group, plan)
     }
 }
 

@@ -491,6 +491,7 @@ impl Runtime {
         let now = Instant::now();
         self.broker.apply(&config, &self.epoll);
         let summary = self.sup.apply(&config, &mut self.launcher, now);
+        self.launcher.retain_templates(&config);
         self.watch_new_outputs();
         tracing::info!("{trigger}: config reloaded: {summary}");
         self.config = config;
