@@ -130,7 +130,7 @@ pub fn main() -> ExitCode {
             ballast_mib,
         } => {
             // Touched (non-zero) so every page is really resident.
-            let ballast = vec![1u8; ballast_mib.unwrap_or(0) << 20];
+            let ballast = crate::sys::ballast(ballast_mib.unwrap_or(0));
             let code = run(&path, socket.as_deref());
             drop(std::hint::black_box(ballast));
             code

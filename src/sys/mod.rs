@@ -217,6 +217,22 @@ pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     )?)
 }
 
+/// Benchmarks only: `mib` MiB of touched memory in 4 KiB pages (never
+/// transparent huge pages, which would make a fork of it look cheap).
+pub fn ballast(mib: usize) -> Vec<u8> {
+    let len = mib << 20;
+    let mut memory: Vec<u8> = Vec::with_capacity(len);
+    if len > 0 {
+        // SAFETY: the range is the vector's own allocation, of `len` bytes;
+        // MADV_NOHUGEPAGE only changes how the kernel backs it.
+        unsafe {
+            libc::madvise(memory.as_mut_ptr().cast(), len, libc::MADV_NOHUGEPAGE);
+        }
+    }
+    memory.resize(len, 1);
+    memory
+}
+
 /// Makes sure fds 0, 1 and 2 are open (on `/dev/null` if they were closed),
 /// so that files drover opens later never land on a standard stream.
 pub fn ensure_std_fds() -> io::Result<()> {
