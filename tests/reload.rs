@@ -1191,3 +1191,30 @@ start_secs = "0s"
     assert_eq!(queue_counter(&status, "results", "dead_lettered"), 0);
     assert_eq!(file_reloads(&d.stderr.text()).len(), 1);
 }
+
+/// Regression: an editor that truncates the file, pauses longer than the
+/// debounce, then writes must not make drover apply the empty file (which
+/// would remove every group). The file is read once the writer closes it.
+#[test]
+fn a_slow_in_place_save_is_applied_once_when_the_writer_closes_the_file() {
+    let d = Drover::start("slowsave", &sleepers(&[("w", 1)]));
+    let before = wait_children(&d, "w", 1, "running");
+    let path = config_path(&d);
+    let saved = d.dir.write("saved.txt", &sleepers(&[("w", 2)]));
+    // The writer (not the test) pauses 200 ms between truncating and writing.
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(r#"exec 3>"$1"; sleep 0.2; cat "$2" >&3"#)
+        .arg("sh")
+        .arg(&path)
+        .arg(&saved)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(wait_file_reloads(&d, 1), ["scaled: w"]);
+    let after = wait_children(&d, "w", 2, "running");
+    assert_eq!(after[0], before[0], "w[0] was never stopped");
+    // A sentinel edit proves no other reload (of the empty file) happened.
+    edit(&d, sleepers(&[("w", 2), ("sentinel", 1)]));
+    assert_eq!(wait_file_reloads(&d, 2), ["scaled: w", "added: sentinel"]);
+}
