@@ -19,6 +19,8 @@ use std::ptr;
 use std::sync::OnceLock;
 
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+
+use super::{check, ptr_array};
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 use serde::{Deserialize, Serialize};
 
@@ -147,23 +149,6 @@ pub(crate) fn spawn_self(
         )
     })?;
     Ok(pid)
-}
-
-/// Null-terminated pointer array over C strings; lives as long as `strings`.
-fn ptr_array(strings: &[CString]) -> Vec<*mut libc::c_char> {
-    strings
-        .iter()
-        .map(|s| s.as_ptr() as *mut libc::c_char)
-        .chain(std::iter::once(ptr::null_mut()))
-        .collect()
-}
-
-fn check(rc: c_int) -> io::Result<()> {
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::from_raw_os_error(rc))
-    }
 }
 
 /// Copies every source whose number lies in the target range `3..3+n` out

@@ -39,7 +39,7 @@ pub struct SpawnPlan {
 }
 
 /// Null-terminated pointer array over C strings; lives as long as `strings`.
-fn ptr_array(strings: &[CString]) -> Vec<*mut libc::c_char> {
+pub(crate) fn ptr_array(strings: &[CString]) -> Vec<*mut libc::c_char> {
     strings
         .iter()
         .map(|s| s.as_ptr() as *mut libc::c_char)
@@ -47,7 +47,7 @@ fn ptr_array(strings: &[CString]) -> Vec<*mut libc::c_char> {
         .collect()
 }
 
-fn check(rc: libc::c_int) -> io::Result<()> {
+pub(crate) fn check(rc: libc::c_int) -> io::Result<()> {
     if rc == 0 {
         Ok(())
     } else {
