@@ -66,6 +66,9 @@ pub struct Broker {
     endpoints: HashMap<u64, Endpoint>,
     state_dir: PathBuf,
     scratch: Vec<u8>,
+    /// Producers not watched because their queue was full, per queue: the
+    /// ones to re-arm once it has room, without scanning every endpoint.
+    paused: HashMap<QueueName, Vec<u64>>,
 }
 
 impl Broker {
@@ -79,6 +82,7 @@ impl Broker {
             endpoints: HashMap::new(),
             state_dir: config.supervisor.state_dir.clone(),
             scratch: Vec::new(),
+            paused: HashMap::new(),
         }
     }
 
@@ -121,6 +125,10 @@ impl Broker {
                 self.dead_letter(epoll, &name, letter);
             }
             self.queues.remove(&name);
+            // Its producers are read (into dead letters) from now on.
+            for token in self.paused.remove(&name).unwrap_or_default() {
+                self.refresh_interest(epoll, token);
+            }
         }
         for queue in config.queues.keys() {
             self.resume_producers(epoll, queue);
@@ -447,15 +455,7 @@ impl Broker {
         if self.queues.get(queue).is_none_or(QueueCore::is_full) {
             return;
         }
-        let paused: Vec<u64> = self
-            .endpoints
-            .iter()
-            .filter(|(_, ep)| {
-                &ep.queue == queue && ep.direction == Direction::Out && ep.interest.is_empty()
-            })
-            .map(|(t, _)| *t)
-            .collect();
-        for token in paused {
+        for token in self.paused.remove(queue).unwrap_or_default() {
             self.refresh_interest(epoll, token);
         }
     }
@@ -469,6 +469,9 @@ impl Broker {
             return;
         };
         let Some(q) = self.queues.get(&ep.queue) else {
+            // Its queue was removed by a reload: keep reading (producers'
+            // packets become dead letters; consumers' EOF detaches them).
+            self.set_interest(epoll, token, EpollFlags::EPOLLIN);
             return;
         };
         let wanted = match ep.direction {
@@ -483,7 +486,19 @@ impl Broker {
             Direction::In if q.is_blocked(token) => EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT,
             Direction::In => EpollFlags::EPOLLIN,
         };
-        let ep = self.endpoints.get_mut(&token).expect("checked");
+        if ep.direction == Direction::Out && wanted.is_empty() {
+            let paused = self.paused.entry(ep.queue.clone()).or_default();
+            if !paused.contains(&token) {
+                paused.push(token);
+            }
+        }
+        self.set_interest(epoll, token, wanted);
+    }
+
+    fn set_interest(&mut self, epoll: &Epoll, token: u64, wanted: EpollFlags) {
+        let Some(ep) = self.endpoints.get_mut(&token) else {
+            return;
+        };
         if wanted == ep.interest {
             return;
         }
@@ -652,5 +667,57 @@ mod tests {
         let mut buf = [0u8; 4];
         nix::sys::socket::recv(theirs.as_raw_fd(), &mut buf, MsgFlags::empty()).unwrap();
         assert!(crate::sys::unread_by_peer(&ours).unwrap() < NOTHING_UNREAD);
+    }
+
+    /// Regression: a producer paused on a full queue that a reload removes
+    /// is read again, its packets dead-lettered rather than left unread.
+    #[test]
+    fn a_paused_producer_of_a_removed_queue_is_read_into_dead_letters() {
+        let state = std::env::temp_dir().join(format!("drover-paused-{}", std::process::id()));
+        let mut cfg = config(Delivery::AtLeastOnce);
+        cfg.supervisor.state_dir = state.clone();
+        let mut broker = Broker::new(&cfg);
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).unwrap();
+        let jobs = QueueName::new("jobs").unwrap();
+        for _ in 0..10 {
+            broker
+                .queues
+                .get_mut(&jobs)
+                .unwrap()
+                .push(Message::new(b"old"));
+        }
+        let (ours, theirs) = socket_pair().unwrap();
+        broker.attach(
+            &epoll,
+            Pid(7),
+            &GroupName::new("p").unwrap(),
+            vec![(jobs.clone(), Direction::Out, ours)],
+            || 200,
+        );
+        assert!(
+            broker.endpoints[&200].interest.is_empty(),
+            "paused: the queue is full"
+        );
+        nix::sys::socket::send(theirs.as_raw_fd(), b"new", MsgFlags::empty()).unwrap();
+        let mut empty = cfg.clone();
+        empty.queues.clear();
+        broker.apply(&empty, &epoll);
+        assert_eq!(broker.endpoints[&200].interest, EpollFlags::EPOLLIN);
+        broker.on_event(&epoll, 200, EpollFlags::EPOLLIN);
+        let file = deadletter::path(&state, &jobs);
+        let records = std::fs::read_to_string(&file).unwrap();
+        assert_eq!(
+            records.lines().count(),
+            11,
+            "10 queued + the paused producer's packet"
+        );
+        assert!(
+            records
+                .lines()
+                .last()
+                .unwrap()
+                .contains("\"message\":\"new\"")
+        );
+        let _ = std::fs::remove_dir_all(&state);
     }
 }

@@ -248,7 +248,10 @@ impl Runtime {
         self.watch_new_outputs();
         let mut events = vec![EpollEvent::empty(); 256];
         loop {
-            let timeout = self.timeout(Instant::now());
+            // One scan of the children per turn; on_deadline (another scan)
+            // only runs when one of their deadlines has come.
+            let child_deadline = self.sup.next_deadline();
+            let timeout = self.timeout(Instant::now(), child_deadline);
             let n = match self.epoll.wait(&mut events, timeout) {
                 Ok(n) => n,
                 Err(Errno::EINTR) => 0,
@@ -264,7 +267,9 @@ impl Runtime {
                 self.open_writes.clear();
                 let _ = self.reload("a config file changed");
             }
-            self.sup.on_deadline(&mut self.launcher, now);
+            if child_deadline.is_some_and(|d| d <= now) {
+                self.sup.on_deadline(&mut self.launcher, now);
+            }
             self.watch_new_outputs();
             self.advance_shutdown(now);
             if self.sup.is_finished() && self.helpers_deadline.is_none() {
@@ -295,10 +300,10 @@ impl Runtime {
     }
 
     /// How long the loop may block: until the earliest deadline.
-    fn timeout(&self, now: Instant) -> EpollTimeout {
+    fn timeout(&self, now: Instant, child_deadline: Option<Instant>) -> EpollTimeout {
         let shutdown = self.shutdown.as_ref().and_then(ShutdownOrder::deadline);
         let deadline = [
-            self.sup.next_deadline(),
+            child_deadline,
             self.orphans.deadline(),
             shutdown,
             self.reload_at,
