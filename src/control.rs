@@ -62,6 +62,11 @@ impl Response {
     }
 }
 
+/// Parses one request line (without its newline).
+pub fn parse_request(line: &[u8]) -> Result<Request, String> {
+    serde_json::from_slice::<Request>(line).map_err(|e| format!("bad request: {e}"))
+}
+
 /// Largest request line accepted.
 const MAX_REQUEST: usize = 64 * 1024;
 
@@ -178,9 +183,7 @@ impl Conn {
                 Err(_) => return ConnEvent::Closed,
             }
             if let Some(nl) = self.input.iter().position(|&b| b == b'\n') {
-                let parsed = serde_json::from_slice::<Request>(&self.input[..nl])
-                    .map_err(|e| format!("bad request: {e}"));
-                return ConnEvent::Request(parsed);
+                return ConnEvent::Request(parse_request(&self.input[..nl]));
             }
             if self.input.len() > MAX_REQUEST {
                 return ConnEvent::Request(Err("request too long".into()));

@@ -46,6 +46,7 @@ pub mod logs;
 pub mod names;
 pub mod orphans;
 pub mod python;
+pub mod ratelimit;
 pub mod runtime;
 pub mod shutdown;
 pub mod signal;

@@ -142,6 +142,7 @@ mod tests {
                 stop_timeout: Duration::from_secs(10),
                 ..Policy::default()
             },
+            update: Default::default(),
             file: "t.toml".into(),
         }
     }
@@ -158,6 +159,7 @@ mod tests {
                 control_socket: None,
                 log_format: LogFormat::Text,
                 state_dir: "/tmp".into(),
+                dead_letter_max_bytes: crate::config::DEFAULT_DEAD_LETTER_MAX_BYTES,
             },
             groups: groups.into_iter().map(|g| (g.name.clone(), g)).collect(),
             queues: BTreeMap::new(),

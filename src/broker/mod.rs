@@ -581,6 +581,7 @@ mod tests {
             prefetch: 4,
             max_deliveries: 5,
             dead_letter: None,
+            ack_timeout: std::time::Duration::ZERO,
             file: "t.toml".into(),
         };
         Config {
@@ -588,6 +589,7 @@ mod tests {
                 control_socket: None,
                 log_format: LogFormat::Text,
                 state_dir: std::env::temp_dir(),
+                dead_letter_max_bytes: crate::config::DEFAULT_DEAD_LETTER_MAX_BYTES,
             },
             groups: BTreeMap::new(),
             queues: [(name, spec)].into(),

@@ -256,6 +256,7 @@ mod tests {
             prefetch,
             max_deliveries,
             dead_letter: None,
+            ack_timeout: std::time::Duration::ZERO,
             file: "t.toml".into(),
         }
     }

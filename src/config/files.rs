@@ -52,6 +52,12 @@ pub(crate) fn discover(path: &Path) -> Result<Vec<PathBuf>, Vec<Diagnostic>> {
 /// bad byte.
 pub(crate) fn read(path: &Path) -> Result<SourceFile, Diagnostic> {
     let bytes = fs::read(path).map_err(|e| unreadable(path, &e))?;
+    from_bytes(path, bytes)
+}
+
+/// A file's contents as source text; not UTF-8 is an error located at the
+/// first bad byte.
+pub(crate) fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<SourceFile, Diagnostic> {
     match String::from_utf8(bytes) {
         Ok(text) => Ok(SourceFile::new(path.to_path_buf(), text)),
         Err(e) => {

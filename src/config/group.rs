@@ -124,6 +124,7 @@ pub(crate) fn read(
         clear_env: b.clear_env,
         cwd,
         policy,
+        update: Default::default(),
         file: cx.file.path.clone(),
     });
     Some(GroupDraft {

@@ -9,7 +9,7 @@ use super::diag::Diagnostic;
 use super::document::FileDraft;
 use super::fields::Cx;
 use super::host::Host;
-use super::model::{Config, SupervisorConfig};
+use super::model::{Config, DEFAULT_DEAD_LETTER_MAX_BYTES, SupervisorConfig};
 use super::queue::QueueRef;
 use super::source::SourceFile;
 use super::suggest::did_you_mean;
@@ -117,11 +117,13 @@ fn supervisor(
                 .state_dir
                 .clone()
                 .unwrap_or_else(|| host.default_state_dir(first_dir)),
+            dead_letter_max_bytes: DEFAULT_DEAD_LETTER_MAX_BYTES,
         },
         None => SupervisorConfig {
             control_socket: None,
             log_format: Default::default(),
             state_dir: host.default_state_dir(first_dir),
+            dead_letter_max_bytes: DEFAULT_DEAD_LETTER_MAX_BYTES,
         },
     })
 }

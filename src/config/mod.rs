@@ -90,6 +90,25 @@ pub fn load(path: &Path) -> Result<Loaded, Failed> {
     validate(sources, all_read, &Host::current(), diags)
 }
 
+/// Validates a config given as files in memory, in the order a directory
+/// of them would be merged (the path names only serve the diagnostics and
+/// relative paths). The whole loader but the file system: the fuzz target
+/// for configs drives this.
+pub fn load_files(files: Vec<(std::path::PathBuf, Vec<u8>)>) -> Result<Loaded, Failed> {
+    let mut diags = Vec::new();
+    let count = files.len();
+    let sources: Vec<SourceFile> = files
+        .into_iter()
+        .filter_map(|(path, bytes)| {
+            files::from_bytes(&path, bytes)
+                .map_err(|d| diags.push(d))
+                .ok()
+        })
+        .collect();
+    let all_read = sources.len() == count;
+    validate(sources, all_read, &Host::current(), diags)
+}
+
 /// Validates files already in memory; `all_read` is false when some file of
 /// the config could not be read (its error is among `diags`).
 fn validate(

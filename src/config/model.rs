@@ -34,7 +34,13 @@ pub struct SupervisorConfig {
     /// `state_dir`, absolute; default `/var/lib/drover` for root, else
     /// `$XDG_STATE_HOME/drover` or `./.drover-state`.
     pub state_dir: PathBuf,
+    /// `dead_letter_max_bytes`: the most a queue's dead-letter record file
+    /// may grow to (default 1 GiB); past it records are counted, not written.
+    pub dead_letter_max_bytes: u64,
 }
+
+/// Default of `[supervisor] dead_letter_max_bytes`.
+pub const DEFAULT_DEAD_LETTER_MAX_BYTES: u64 = 1 << 30;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogFormat {
@@ -73,6 +79,18 @@ impl StartMethod {
             StartMethod::Forkserver => "forkserver",
         }
     }
+}
+
+/// How a group whose definition changed is replaced on reload (`update`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpdateMode {
+    /// Per index: the replacement starts, and once it runs the old child
+    /// is stopped (no downtime).
+    #[default]
+    Rolling,
+    /// Per index: the old child is stopped first, then its replacement
+    /// starts (for programs that cannot run twice: a fixed port, a lock).
+    StopFirst,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -134,6 +152,8 @@ pub struct GroupSpec {
     /// directory of the file that defines the group).
     pub cwd: PathBuf,
     pub policy: Policy,
+    /// How a changed definition replaces running children (taken in place).
+    pub update: UpdateMode,
     /// The file that defines this group.
     pub file: PathBuf,
 }
@@ -160,5 +180,8 @@ pub struct QueueSpec {
     pub max_deliveries: u32,
     /// Must name another defined queue.
     pub dead_letter: Option<QueueName>,
+    /// A consumer holding a message longer than this is hung: it is
+    /// restarted and its messages redelivered. Zero: no limit.
+    pub ack_timeout: Duration,
     pub file: PathBuf,
 }

@@ -96,6 +96,7 @@ pub(crate) fn read(
         prefetch,
         max_deliveries,
         dead_letter: dead_letter.as_ref().map(|r: &QueueRef| r.name.clone()),
+        ack_timeout: std::time::Duration::ZERO,
         file: cx.file.path.clone(),
     };
     Some(QueueDraft {

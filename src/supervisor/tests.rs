@@ -58,6 +58,7 @@ fn group(name: &str, processes: u32, policy: Policy) -> GroupSpec {
         clear_env: false,
         cwd: PathBuf::from("/"),
         policy,
+        update: Default::default(),
         file: PathBuf::from("test.toml"),
     }
 }
@@ -68,6 +69,7 @@ fn config(groups: Vec<GroupSpec>) -> Config {
             control_socket: None,
             log_format: LogFormat::Text,
             state_dir: PathBuf::from("/tmp"),
+            dead_letter_max_bytes: crate::config::DEFAULT_DEAD_LETTER_MAX_BYTES,
         },
         groups: groups.into_iter().map(|g| (g.name.clone(), g)).collect(),
         queues: BTreeMap::new(),

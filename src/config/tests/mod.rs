@@ -116,6 +116,7 @@ fn defaults_are_the_model_defaults() {
         clear_env: false,
         cwd: PathBuf::from("/cfg"),
         policy: Policy::default(),
+        update: Default::default(),
         file: PathBuf::from("/cfg/a.toml"),
     };
     assert_eq!(workers, &expected);
@@ -136,6 +137,7 @@ fn defaults_are_the_model_defaults() {
             control_socket: None,
             log_format: LogFormat::Text,
             state_dir: PathBuf::from("/cfg/.drover-state"),
+            dead_letter_max_bytes: crate::config::DEFAULT_DEAD_LETTER_MAX_BYTES,
         }
     );
     assert_eq!(config.files, [PathBuf::from("/cfg/a.toml")]);
