@@ -273,6 +273,27 @@ impl Supervisor {
         Ok(())
     }
 
+    /// Restarts the one child whose process is `pid` (a consumer that held a
+    /// message past `ack_timeout`): `stop_signal`, SIGKILL after
+    /// `stop_timeout`, then a fresh start whatever its exit. Returns false
+    /// when `pid` is not a current child (already gone, or retiring).
+    pub fn restart_child(&mut self, pid: Pid, launcher: &mut impl Launcher, now: Instant) -> bool {
+        if self.shutting_down {
+            return false;
+        }
+        for group in self.groups.values_mut() {
+            if let Some(child) = group
+                .children
+                .iter_mut()
+                .find(|c| c.state.pid() == Some(pid))
+            {
+                stop_child(&group.spec, child, AfterStop::Restart, launcher, now);
+                return true;
+            }
+        }
+        false
+    }
+
     /// The start context of `name` became ready (a Python template finished
     /// its imports): the children waiting for it start now.
     pub fn context_ready(&mut self, name: &GroupName, launcher: &mut impl Launcher, now: Instant) {
