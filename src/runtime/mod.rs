@@ -48,6 +48,9 @@ const DEBOUNCE: Duration = Duration::from_millis(10);
 const MAX_WRITE_WAIT: Duration = Duration::from_secs(2);
 /// How long the fork server and templates get to exit at shutdown.
 const HELPER_GRACE: Duration = Duration::from_secs(2);
+/// A second SIGTERM/SIGINT this soon after the first is the same request
+/// delivered twice (a terminal and a wrapper both forwarding it).
+const SAME_REQUEST: Duration = Duration::from_millis(100);
 /// Tokens from here on are child pipes (even) and control connections (odd).
 const FIRST_DYNAMIC: u64 = 16;
 
@@ -112,6 +115,8 @@ struct Runtime {
     /// The longest stop_timeout, used as the grace period for orphans.
     orphan_grace: Duration,
     term_signals: u32,
+    /// When the first stop request arrived.
+    first_stop: Option<Instant>,
     /// The PATH given to `drover run`, read again on every reload.
     config_path: PathBuf,
     watcher: Option<ConfigWatcher>,
@@ -230,6 +235,7 @@ impl Runtime {
             shutdown: None,
             orphan_grace,
             term_signals: 0,
+            first_stop: None,
             config,
             config_path: path.to_path_buf(),
             watcher,
@@ -355,6 +361,15 @@ impl Runtime {
     fn on_stop_signal(&mut self, signal: i32, now: Instant) {
         let name = Signal::name_of_raw(signal);
         let repeatable = signal != sig::SIGQUIT;
+        let echo = self
+            .first_stop
+            .is_some_and(|first| now.saturating_duration_since(first) < SAME_REQUEST);
+        if self.term_signals > 0 && echo {
+            // A terminal and a `timeout` wrapper both forwarding one ^C.
+            tracing::debug!("{name} again within {SAME_REQUEST:?}: the same request");
+            return;
+        }
+        self.first_stop.get_or_insert(now);
         if self.term_signals > 0 && repeatable {
             tracing::warn!("{name} again: killing everything now");
             self.shutdown = None;
@@ -673,20 +688,18 @@ impl Runtime {
 
 /// Raises the soft limit on open files to the hard limit: drover holds two
 /// pipes per child, and 1000 children exceed the usual soft limit of 1024.
-/// Children inherit the raised limit (posix_spawn cannot lower it). Warns
-/// once, up front, when the configured children cannot all fit.
+/// Children still start with the original soft limit (a `select()`-based
+/// program overflows `fd_set` above 1024; closing every fd up to a million
+/// is slow). Warns once, up front, when the configured children cannot all
+/// fit.
 fn raise_fd_limit(config: &Config) {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
-        return;
-    };
-    let mut limit = soft;
-    if soft < hard {
-        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-            Ok(()) => limit = hard,
-            Err(e) => tracing::warn!("cannot raise the open-file limit from {soft} to {hard}: {e}"),
+    let limit = match crate::sys::raise_fd_limit() {
+        Ok((_, raised)) => raised,
+        Err(e) => {
+            tracing::warn!("cannot raise the open-file limit: {e}");
+            return;
         }
-    }
+    };
     let children: u64 = config.groups.values().map(|g| u64::from(g.processes)).sum();
     let needed = FDS_PER_CHILD * children + FDS_RESERVED;
     if needed > limit {

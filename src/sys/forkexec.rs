@@ -5,7 +5,8 @@
 //! fork; the child only makes async-signal-safe calls (`setpgid`,
 //! `sigaction`, `sigprocmask`, `dup2`, `fcntl`, `close_range`, `chdir`,
 //! `execve`, `write`, `_exit`) on that prepared data, allocates nothing and
-//! drops nothing. An exec failure is reported to the parent as an errno on a
+//! drops nothing (`setrlimit` restores drover's original open-file limit).
+//! An exec failure is reported to the parent as an errno on a
 //! close-on-exec pipe, so a start either returns a PID that runs the program
 //! or an error — the same contract as `posix_spawn`.
 
@@ -15,6 +16,10 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use nix::fcntl::OFlag;
 use nix::unistd::pipe2;
+
+/// The kernel's `struct sigaction` for "default disposition, no flags,
+/// empty mask" (see `child`).
+static KERNEL_SIG_DFL: [u64; 4] = [0; 4];
 
 /// One past the highest signal number on Linux (`_NSIG`).
 const NSIG: libc::c_int = 65;
@@ -44,6 +49,8 @@ pub struct ExecSetup {
     fds: FdSetup,
     default_action: libc::sigaction,
     empty_mask: libc::sigset_t,
+    /// The open-file limit the child starts with (drover's original one).
+    nofile: Option<libc::rlimit>,
 }
 
 impl ExecSetup {
@@ -81,6 +88,7 @@ impl ExecSetup {
             fds,
             default_action,
             empty_mask,
+            nofile: super::child_fd_limit(),
         }
     }
 }
@@ -151,10 +159,27 @@ unsafe fn child(setup: &ExecSetup, err_w: RawFd) -> ! {
     // parent's memory) or plain integers.
     unsafe {
         libc::setpgid(0, 0);
+        if let Some(limit) = &setup.nofile {
+            libc::setrlimit(libc::RLIMIT_NOFILE, limit);
+        }
         for signal in 1..NSIG {
             if signal != libc::SIGKILL && signal != libc::SIGSTOP {
                 libc::sigaction(signal, &setup.default_action, std::ptr::null_mut());
             }
+        }
+        // glibc's sigaction refuses its internal signals 32 and 33, which
+        // drover may have inherited ignored (from a posix_spawn parent):
+        // reset them with the raw system call. The kernel's sigaction is
+        // four words (handler = SIG_DFL = 0, flags, restorer, mask) and the
+        // mask size argument is 8 bytes.
+        for signal in [32, 33] {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                signal,
+                KERNEL_SIG_DFL.as_ptr(),
+                std::ptr::null_mut::<libc::c_void>(),
+                8usize,
+            );
         }
         libc::pthread_sigmask(libc::SIG_SETMASK, &setup.empty_mask, std::ptr::null_mut());
         for &(source, target) in &setup.fds.dups {

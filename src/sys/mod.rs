@@ -157,6 +157,7 @@ pub fn spawn(plan: &SpawnPlan) -> io::Result<i32> {
         let mut all: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::sigfillset(&mut all);
+        add_glibc_internal_signals(&mut all);
         check(libc::posix_spawnattr_setsigmask(&mut attr.0, &empty))?;
         check(libc::posix_spawnattr_setsigdefault(&mut attr.0, &all))?;
         check(libc::posix_spawnattr_setpgroup(&mut attr.0, 0))?;
@@ -172,6 +173,10 @@ pub fn spawn(plan: &SpawnPlan) -> io::Result<i32> {
     let argv = ptr_array(&plan.argv);
     let envp = ptr_array(&plan.envp);
     let mut pid: libc::pid_t = 0;
+    // The child inherits drover's soft fd limit, which drover raised for
+    // itself: lower it for the duration of the call (the loop thread is the
+    // only one that creates fds, so nothing else can hit the lower limit).
+    let _limit = ChildFdLimit::apply();
     // SAFETY: every pointer is valid for the duration of the call: program,
     // argv and envp point into `plan`, which is borrowed for the whole
     // function, and both arrays are null-terminated; `actions` and `attr`
@@ -187,6 +192,97 @@ pub fn spawn(plan: &SpawnPlan) -> io::Result<i32> {
         )
     })?;
     Ok(pid)
+}
+
+/// glibc's two internal signals (32: thread cancellation, 33: setxid).
+/// `sigfillset` leaves them out and `sigaddset` refuses them, so a
+/// posix_spawn child would get them as SIG_IGN (glibc ignores its internal
+/// signals unless they are in the default set). A `sigset_t` is a bit
+/// array with signal `n` at bit `n - 1`.
+fn add_glibc_internal_signals(set: &mut libc::sigset_t) {
+    const BITS: usize = libc::c_ulong::BITS as usize;
+    let words = (set as *mut libc::sigset_t).cast::<libc::c_ulong>();
+    for signal in [32usize, 33] {
+        let bit = signal - 1;
+        // SAFETY: a Linux sigset_t is 1024 bits of `unsigned long` words
+        // (glibc's __sigset_t), so word `bit / BITS` (0 or 1) is in bounds
+        // and aligned for c_ulong; `set` is borrowed mutably for the write.
+        unsafe { *words.add(bit / BITS) |= 1 << (bit % BITS) };
+    }
+}
+
+/// drover's soft `RLIMIT_NOFILE` as it was before drover raised it; the
+/// limit children start with.
+static CHILD_NOFILE: std::sync::OnceLock<libc::rlimit> = std::sync::OnceLock::new();
+
+/// Raises drover's soft open-file limit to its hard limit, remembering the
+/// original for children. Returns (original soft, new soft).
+pub fn raise_fd_limit() -> io::Result<(u64, u64)> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit through a valid pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let _ = CHILD_NOFILE.set(limit);
+    if limit.rlim_cur >= limit.rlim_max {
+        return Ok((limit.rlim_cur, limit.rlim_cur));
+    }
+    let raised = libc::rlimit {
+        rlim_cur: limit.rlim_max,
+        rlim_max: limit.rlim_max,
+    };
+    // SAFETY: setrlimit reads one rlimit through a valid pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((limit.rlim_cur, raised.rlim_cur))
+}
+
+/// The fd limit a child starts with, when drover raised its own.
+pub(crate) fn child_fd_limit() -> Option<libc::rlimit> {
+    CHILD_NOFILE.get().copied()
+}
+
+/// While alive, drover's soft fd limit is the one children start with.
+struct ChildFdLimit(Option<libc::rlimit>);
+
+impl ChildFdLimit {
+    fn apply() -> ChildFdLimit {
+        let Some(child) = child_fd_limit() else {
+            return ChildFdLimit(None);
+        };
+        let mut current = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes one rlimit through a valid pointer.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut current) } != 0
+            || current.rlim_cur == child.rlim_cur
+        {
+            return ChildFdLimit(None);
+        }
+        let lowered = libc::rlimit {
+            rlim_cur: child.rlim_cur.min(current.rlim_max),
+            rlim_max: current.rlim_max,
+        };
+        // SAFETY: setrlimit reads one rlimit through a valid pointer.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lowered) } != 0 {
+            return ChildFdLimit(None);
+        }
+        ChildFdLimit(Some(current))
+    }
+}
+
+impl Drop for ChildFdLimit {
+    fn drop(&mut self) {
+        if let Some(previous) = self.0 {
+            // SAFETY: setrlimit reads one rlimit through a valid pointer.
+            unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &previous) };
+        }
+    }
 }
 
 /// Bytes (kernel accounting, not payload) that a Unix socket has sent and
