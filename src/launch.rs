@@ -53,7 +53,14 @@ pub struct ProcessLauncher {
     templates: Templates,
     /// Per group, what every start shares.
     prepared: HashMap<GroupName, Prepared>,
+    /// Processes started in this loop turn (see [`STARTS_PER_TURN`]).
+    starts_this_turn: u32,
 }
+
+/// The most processes started in one loop turn: a scale-up to thousands, or
+/// a crash storm, must not keep the loop from reaping, serving `status` and
+/// moving queue traffic (one start costs about half a millisecond).
+pub const STARTS_PER_TURN: u32 = 64;
 
 impl ProcessLauncher {
     /// A launcher whose children inherit `base_env` (drover's environment).
@@ -66,7 +73,13 @@ impl ProcessLauncher {
             forkserver: None,
             templates: Templates::default(),
             prepared: HashMap::new(),
+            starts_this_turn: 0,
         })
+    }
+
+    /// A new loop turn: the start budget is full again.
+    pub fn new_turn(&mut self) {
+        self.starts_this_turn = 0;
     }
 
     /// Starts the fork server now (drover calls this before it has any
@@ -485,6 +498,10 @@ fn is_executable(path: &Path) -> bool {
 
 impl Launcher for ProcessLauncher {
     fn start(&mut self, group: &GroupSpec, index: u32) -> Result<Pid, LaunchError> {
+        if self.starts_this_turn >= STARTS_PER_TURN {
+            return Err(LaunchError::Deferred);
+        }
+        self.starts_this_turn += 1;
         let (plan, io) = self.plan(group, index)?;
         let python = matches!(group.program, Program::Python { .. });
         let started = match group.start_method {
@@ -531,6 +548,9 @@ impl Launcher for ProcessLauncher {
     }
 
     fn signal_group(&mut self, pid: Pid, signal: Signal) {
+        if pid.0 <= 1 {
+            return; // never drover's own group, never every process
+        }
         if let Err(err) = killpg(NixPid::from_raw(pid.0), signal.to_nix()) {
             tracing::debug!(pid = pid.0, %signal, "killpg: {err}");
         }
@@ -541,4 +561,23 @@ impl Launcher for ProcessLauncher {
             tracing::debug!(pid = pid.0, %signal, "kill: {err}");
         }
     }
+
+    fn group_alive(&mut self, pgid: Pid) -> bool {
+        // Signal 0 checks for existence; EPERM means a member exists that we
+        // may not signal (it changed its uid), which still counts.
+        !matches!(
+            killpg_probe(pgid),
+            Err(nix::errno::Errno::ESRCH) | Err(nix::errno::Errno::EINVAL)
+        )
+    }
+}
+
+/// `killpg(pgid, 0)`: whether process group `pgid` has any member.
+fn killpg_probe(pgid: Pid) -> nix::Result<()> {
+    if pgid.0 <= 1 {
+        // Never probe (or later signal) group 0 or 1: that is drover's own
+        // group, or every process.
+        return Err(nix::errno::Errno::EINVAL);
+    }
+    nix::sys::signal::killpg(NixPid::from_raw(pgid.0), None)
 }

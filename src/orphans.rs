@@ -136,11 +136,34 @@ pub fn live_children() -> Vec<Pid> {
         .collect()
 }
 
+/// The live members of process group `pgid` (for `status`'s leftovers).
+pub fn group_members(pgid: Pid) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| process_group(pid) == Some(pgid.0))
+        .collect()
+}
+
+/// The process group of a live (non-zombie) process, from `/proc/PID/stat`.
+fn process_group(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let mut fields = rest.split(' ');
+    let state = fields.next()?;
+    if state == "Z" {
+        return None;
+    }
+    fields.next()?; // ppid
+    fields.next()?.parse().ok()
+}
+
 /// Parent PID and state letter from `/proc/PID/stat`.
 fn parent_and_state(pid: i32) -> Option<(i32, char)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name is in parentheses and may itself contain ") ".
-    let rest = &stat[stat.rfind(')')? + 2..];
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
     let mut fields = rest.split(' ');
     let state = fields.next()?.chars().next()?;
     let ppid = fields.next()?.parse().ok()?;

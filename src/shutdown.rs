@@ -3,13 +3,15 @@
 //! Groups that read no queue stop first. A group that reads queues keeps
 //! receiving until every group feeding those queues has stopped (a group
 //! feeds a queue by writing to it, or by using a queue whose dead letters go
-//! there) and the queues are empty — or until its own `stop_timeout` since the shutdown
-//! began — and only then has its input sockets closed (its `recv` returns
-//! 0) and gets its `stop_signal`. Pure: the runtime tells it what is live
-//! and what is drained, and it answers which groups to stop now.
+//! there) and the queues are empty — or until its own `stop_timeout` since
+//! the shutdown began — and only then has its input sockets closed (its
+//! `recv` returns 0). A consumer that exits on that within its
+//! `stop_timeout` is never signalled; one that does not gets its
+//! `stop_signal` then. Pure: the runtime tells it what is live and what is
+//! drained, and it answers what to do to which group now.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::names::{GroupName, QueueName};
@@ -20,12 +22,25 @@ struct Pending {
     /// Groups that write to any of `inputs` (itself excluded).
     upstream: Vec<GroupName>,
     deadline: Instant,
+    stop_timeout: Duration,
+}
+
+/// What to do to a group now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Close its input sockets (their `recv` returns 0).
+    CloseInputs,
+    /// Send `stop_signal` (SIGKILL follows after `stop_timeout`).
+    Stop,
 }
 
 /// See the module documentation.
 #[derive(Debug)]
 pub struct ShutdownOrder {
     pending: BTreeMap<GroupName, Pending>,
+    /// Consumers whose inputs are closed, until they exit or their
+    /// `stop_timeout` since the close passes.
+    closing: BTreeMap<GroupName, Instant>,
     first: Vec<GroupName>,
 }
 
@@ -70,24 +85,34 @@ impl ShutdownOrder {
                 Pending {
                     inputs: group.inputs.clone(),
                     upstream,
-                    deadline: now + group.policy.stop_timeout,
+                    deadline: crate::supervisor::after(now, group.policy.stop_timeout),
+                    stop_timeout: group.policy.stop_timeout,
                 },
             );
         }
-        ShutdownOrder { pending, first }
+        ShutdownOrder {
+            pending,
+            closing: BTreeMap::new(),
+            first,
+        }
     }
 
-    /// The groups to stop now: at the first call, those that read no queue;
-    /// then each consumer group whose feeders are gone and whose inputs are
-    /// drained, or whose time is up.
+    /// What to do now: at the first call, stop the groups that read no
+    /// queue; then close the inputs of each consumer group whose feeders are
+    /// gone and whose inputs are drained, or whose time is up; then stop a
+    /// consumer still running `stop_timeout` after its inputs were closed.
     pub fn step(
         &mut self,
         now: Instant,
         live: impl Fn(&GroupName) -> bool,
         drained: impl Fn(&QueueName) -> bool,
-    ) -> Vec<GroupName> {
-        let mut ready = std::mem::take(&mut self.first);
-        let stopping_now = ready.clone();
+    ) -> Vec<(GroupName, Step)> {
+        let stopping_now = std::mem::take(&mut self.first);
+        let mut steps: Vec<(GroupName, Step)> = stopping_now
+            .iter()
+            .map(|g| (g.clone(), Step::Stop))
+            .collect();
+        let mut closed = Vec::new();
         for (name, p) in &self.pending {
             let feeders_done = p
                 .upstream
@@ -95,13 +120,28 @@ impl ShutdownOrder {
                 .all(|g| !live(g) && !stopping_now.contains(g) && !self.is_pending(g));
             let inputs_done = p.inputs.iter().all(&drained);
             if (feeders_done && inputs_done) || now >= p.deadline {
-                ready.push(name.clone());
+                closed.push((name.clone(), p.stop_timeout));
             }
         }
-        for name in &ready {
-            self.pending.remove(name);
+        for (name, stop_timeout) in closed {
+            self.pending.remove(&name);
+            self.closing
+                .insert(name.clone(), crate::supervisor::after(now, stop_timeout));
+            steps.push((name, Step::CloseInputs));
         }
-        ready
+        let mut overdue = Vec::new();
+        self.closing.retain(|name, deadline| {
+            if !live(name) {
+                return false;
+            }
+            if now >= *deadline {
+                overdue.push(name.clone());
+                return false;
+            }
+            true
+        });
+        steps.extend(overdue.into_iter().map(|g| (g, Step::Stop)));
+        steps
     }
 
     fn is_pending(&self, group: &GroupName) -> bool {
@@ -110,18 +150,21 @@ impl ShutdownOrder {
 
     /// When the next consumer group's time runs out.
     pub fn deadline(&self) -> Option<Instant> {
-        self.pending.values().map(|p| p.deadline).min()
+        self.pending
+            .values()
+            .map(|p| p.deadline)
+            .chain(self.closing.values().copied())
+            .min()
     }
 
     pub fn is_done(&self) -> bool {
-        self.pending.is_empty() && self.first.is_empty()
+        self.pending.is_empty() && self.first.is_empty() && self.closing.is_empty()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
-    use std::time::Duration;
 
     use super::*;
     use crate::config::{GroupSpec, LogFormat, Policy, Program, StartMethod, SupervisorConfig};
@@ -167,8 +210,13 @@ mod tests {
         }
     }
 
-    fn names(v: Vec<GroupName>) -> Vec<String> {
-        v.into_iter().map(|g| g.to_string()).collect()
+    fn names(v: Vec<(GroupName, Step)>) -> Vec<String> {
+        v.into_iter()
+            .map(|(g, step)| match step {
+                Step::Stop => format!("stop {g}"),
+                Step::CloseInputs => format!("close {g}"),
+            })
+            .collect()
     }
 
     #[test]
@@ -184,7 +232,10 @@ mod tests {
                 |q| !undrained.contains(&q.as_str()),
             ))
         };
-        assert_eq!(step(&mut order, &live, &undrained), ["other", "producer"]);
+        assert_eq!(
+            step(&mut order, &live, &undrained),
+            ["stop other", "stop producer"]
+        );
         assert!(
             step(&mut order, &live, &undrained).is_empty(),
             "producer still live"
@@ -195,15 +246,24 @@ mod tests {
             "jobs not drained"
         );
         undrained.retain(|q| *q != "jobs");
-        assert_eq!(step(&mut order, &live, &undrained), ["workers"]);
+        assert_eq!(step(&mut order, &live, &undrained), ["close workers"]);
+        assert!(
+            step(&mut order, &live, &undrained).is_empty(),
+            "workers exit on their own: never signalled"
+        );
         live.retain(|g| *g != "workers");
         undrained.clear();
-        assert_eq!(step(&mut order, &live, &undrained), ["sink"]);
+        assert_eq!(step(&mut order, &live, &undrained), ["close sink"]);
+        live.clear();
+        assert!(step(&mut order, &live, &undrained).is_empty());
         assert!(order.is_done());
     }
 
+    /// Regression: inputs were closed and `stop_signal` sent in the same
+    /// step, so a consumer that exits cleanly on `recv` = 0 was signalled
+    /// anyway.
     #[test]
-    fn a_consumer_whose_stop_timeout_passes_stops_anyway() {
+    fn a_consumer_is_signalled_only_stop_timeout_after_its_inputs_closed() {
         let t0 = Instant::now();
         let mut order = ShutdownOrder::new(&pipeline(), t0);
         order.step(t0, |_| true, |_| false);
@@ -211,7 +271,17 @@ mod tests {
         let later = t0 + Duration::from_secs(10);
         assert_eq!(
             names(order.step(later, |_| true, |_| false)),
-            ["sink", "workers"]
+            ["close sink", "close workers"]
         );
+        assert_eq!(order.deadline(), Some(later + Duration::from_secs(10)));
+        let t = later + Duration::from_secs(9);
+        assert!(order.step(t, |_| true, |_| false).is_empty());
+        let t = later + Duration::from_secs(10);
+        assert_eq!(
+            names(order.step(t, |g| g.as_str() == "sink", |_| false)),
+            ["stop sink"],
+            "workers exited meanwhile; sink did not"
+        );
+        assert!(order.is_done());
     }
 }

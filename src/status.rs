@@ -7,7 +7,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::signal::Signal;
-use crate::supervisor::{ChildState, ExitStatus, Group, Supervisor};
+use crate::supervisor::{Child, ChildState, ExitStatus, Group, Pid, Supervisor};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Status {
@@ -33,6 +33,28 @@ pub struct ChildStatus {
     pub uptime_ms: Option<u64>,
     pub restarts: u32,
     pub last_exit: Option<LastExit>,
+    /// Why it is not simply running, in words.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Processes left in its previous process group, being stopped.
+    #[serde(default)]
+    pub leftovers: Vec<i32>,
+    /// While a reload replaces this child (the process above keeps running
+    /// the previous definition): the new one's state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replacement: Option<Replacement>,
+}
+
+/// The new child of a rolling restart, shown beside the old one it waits
+/// to replace.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Replacement {
+    pub pid: Option<i32>,
+    pub state: String,
+    pub restarts: u32,
+    pub last_exit: Option<LastExit>,
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// `{"code": N}` or `{"signal": "SIGKILL"}`.
@@ -58,11 +80,20 @@ pub struct QueueStatus {
 }
 
 impl Status {
-    /// A snapshot of `sup` at `now`.
-    pub fn capture(sup: &Supervisor, config_error: Option<String>, now: Instant) -> Status {
+    /// A snapshot of `sup` at `now`; `members` lists the processes of a
+    /// process group (for leftovers).
+    pub fn capture(
+        sup: &Supervisor,
+        config_error: Option<String>,
+        now: Instant,
+        members: impl Fn(Pid) -> Vec<i32>,
+    ) -> Status {
         Status {
             config_error,
-            groups: sup.groups().map(|g| group_status(g, now)).collect(),
+            groups: sup
+                .groups()
+                .map(|g| group_status(sup, g, now, &members))
+                .collect(),
             queues: Vec::new(),
         }
     }
@@ -92,21 +123,18 @@ impl Status {
             for c in &g.children {
                 let pid = c.pid.map_or("-".into(), |p| p.to_string());
                 let uptime = c.uptime_ms.map_or("-".into(), human_ms);
-                let last = match &c.last_exit {
-                    None => "-".to_owned(),
-                    Some(LastExit::Code(n)) => format!("code {n}"),
-                    Some(LastExit::Signal(s)) => s.clone(),
-                };
+                let last = describe_exit(c.last_exit.as_ref());
                 let _ = writeln!(
                     out,
-                    "{:<24} {:<10} {:>8} {:<9} {:>10} {:>8}  {}",
+                    "{:<24} {:<10} {:>8} {:<9} {:>10} {:>8}  {}{}",
                     format!("{}[{}]", g.name, c.index),
                     g.start_method,
                     pid,
                     c.state,
                     uptime,
                     c.restarts,
-                    last
+                    last,
+                    note(c)
                 );
             }
         }
@@ -141,6 +169,38 @@ impl Status {
     }
 }
 
+fn describe_exit(e: Option<&LastExit>) -> String {
+    match e {
+        None => "-".to_owned(),
+        Some(LastExit::Code(n)) => format!("code {n}"),
+        Some(LastExit::Signal(s)) => s.clone(),
+    }
+}
+
+/// The end of a child's table line: why it is not simply running.
+fn note(c: &ChildStatus) -> String {
+    let mut parts = Vec::new();
+    if let Some(r) = &c.replacement {
+        parts.push(format!(
+            "replacement {} (last exit {})",
+            r.state,
+            describe_exit(r.last_exit.as_ref())
+        ));
+    }
+    if let Some(reason) = &c.reason {
+        parts.push(reason.clone());
+    }
+    if !c.leftovers.is_empty() {
+        let pids: Vec<String> = c.leftovers.iter().map(i32::to_string).collect();
+        parts.push(format!("leftovers: {}", pids.join(" ")));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("  ({})", parts.join("; "))
+    }
+}
+
 fn human_ms(ms: u64) -> String {
     match ms {
         0..1_000 => format!("{ms}ms"),
@@ -150,28 +210,82 @@ fn human_ms(ms: u64) -> String {
     }
 }
 
-fn group_status(group: &Group, now: Instant) -> GroupStatus {
+fn last_exit(e: Option<ExitStatus>) -> Option<LastExit> {
+    e.map(|e| match e {
+        ExitStatus::Code(n) => LastExit::Code(n),
+        ExitStatus::Signal(s) => LastExit::Signal(Signal::name_of_raw(s)),
+    })
+}
+
+/// The words for why `c` is not simply running (`None` when it is).
+fn reason(c: &Child) -> Option<String> {
+    match &c.state {
+        ChildState::Running { .. } | ChildState::Starting { .. } => None,
+        ChildState::Waiting { reason, .. } => Some(reason.describe().to_owned()),
+        ChildState::Stopped | ChildState::Stopping { .. } => None,
+        ChildState::Exited => None,
+        ChildState::Backoff { .. } | ChildState::Fatal => c.reason.clone(),
+    }
+}
+
+fn child_status(c: &Child, now: Instant) -> ChildStatus {
+    let uptime_ms = match c.state {
+        ChildState::Starting { since, .. } | ChildState::Running { since, .. } => {
+            Some(now.saturating_duration_since(since).as_millis() as u64)
+        }
+        _ => None,
+    };
+    ChildStatus {
+        index: c.index,
+        pid: c.state.pid().map(|p| p.0),
+        state: c.state.name().to_owned(),
+        uptime_ms,
+        restarts: c.restarts,
+        last_exit: last_exit(c.last_exit),
+        reason: reason(c),
+        leftovers: Vec::new(),
+        replacement: None,
+    }
+}
+
+fn group_status(
+    sup: &Supervisor,
+    group: &Group,
+    now: Instant,
+    members: &impl Fn(Pid) -> Vec<i32>,
+) -> GroupStatus {
     let children: Vec<ChildStatus> = group
         .children
         .iter()
         .map(|c| {
-            let uptime_ms = match c.state {
-                ChildState::Starting { since, .. } | ChildState::Running { since, .. } => {
-                    Some(now.saturating_duration_since(since).as_millis() as u64)
+            let mut status = match sup.predecessor(&group.spec.name, c.index) {
+                // A rolling restart keeps the old process until the new one
+                // runs: show the process that serves, and the new one beside it.
+                Some(old) if old.state.pid().is_some() => {
+                    let mut status = child_status(old, now);
+                    status.index = c.index;
+                    status.replacement = Some(Replacement {
+                        pid: c.state.pid().map(|p| p.0),
+                        state: c.state.name().to_owned(),
+                        restarts: c.restarts,
+                        last_exit: last_exit(c.last_exit),
+                        reason: reason(c),
+                    });
+                    if c.state == ChildState::Fatal {
+                        status.reason = Some(
+                            "its replacement with the new definition failed; \
+                             it keeps running the previous one"
+                                .into(),
+                        );
+                    }
+                    status
                 }
-                _ => None,
+                _ => child_status(c, now),
             };
-            ChildStatus {
-                index: c.index,
-                pid: c.state.pid().map(|p| p.0),
-                state: c.state.name().to_owned(),
-                uptime_ms,
-                restarts: c.restarts,
-                last_exit: c.last_exit.map(|e| match e {
-                    ExitStatus::Code(n) => LastExit::Code(n),
-                    ExitStatus::Signal(s) => LastExit::Signal(Signal::name_of_raw(s)),
-                }),
+            if let Some(leftover) = c.leftover {
+                status.leftovers = members(leftover.pgid);
             }
+            status
         })
         .collect();
     GroupStatus {
@@ -191,8 +305,8 @@ fn group_state(group: &Group, children: &[ChildStatus]) -> String {
     if group.held && children.iter().all(|c| c.state == "stopped") {
         return "stopped".into();
     }
-    const URGENCY: [&str; 7] = [
-        "fatal", "backoff", "stopping", "starting", "running", "exited", "stopped",
+    const URGENCY: [&str; 8] = [
+        "fatal", "backoff", "stopping", "waiting", "starting", "running", "exited", "stopped",
     ];
     URGENCY
         .iter()

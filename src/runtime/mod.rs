@@ -31,7 +31,7 @@ use crate::launch::ProcessLauncher;
 use crate::logs::{LogWriter, Origin, Stream};
 use crate::names::GroupName;
 use crate::orphans::Orphans;
-use crate::shutdown::ShutdownOrder;
+use crate::shutdown::{ShutdownOrder, Step};
 use crate::signal::Signal;
 use crate::status::Status;
 use crate::supervisor::{ExitStatus, GroupCommand, Pid, ReloadSummary, Supervisor};
@@ -51,6 +51,8 @@ const HELPER_GRACE: Duration = Duration::from_secs(2);
 /// A second SIGTERM/SIGINT this soon after the first is the same request
 /// delivered twice (a terminal and a wrapper both forwarding it).
 const SAME_REQUEST: Duration = Duration::from_millis(100);
+/// The most exits handled in one loop turn.
+const REAP_PER_TURN: u32 = 256;
 /// Tokens from here on are child pipes (even) and control connections (odd).
 const FIRST_DYNAMIC: u64 = 16;
 
@@ -115,6 +117,8 @@ struct Runtime {
     /// The longest stop_timeout, used as the grace period for orphans.
     orphan_grace: Duration,
     term_signals: u32,
+    /// The last reap stopped at its per-turn bound; more may be waiting.
+    reap_pending: bool,
     /// When the first stop request arrived.
     first_stop: Option<Instant>,
     /// The PATH given to `drover run`, read again on every reload.
@@ -235,6 +239,7 @@ impl Runtime {
             shutdown: None,
             orphan_grace,
             term_signals: 0,
+            reap_pending: false,
             first_stop: None,
             config,
             config_path: path.to_path_buf(),
@@ -257,16 +262,27 @@ impl Runtime {
             // One scan of the children per turn; on_deadline (another scan)
             // only runs when one of their deadlines has come.
             let child_deadline = self.sup.next_deadline();
-            let timeout = self.timeout(Instant::now(), child_deadline);
+            let timeout = if self.sup.has_deferred() || self.reap_pending {
+                // Work left over from the last turn: look at events, then
+                // go on with it.
+                EpollTimeout::ZERO
+            } else {
+                self.timeout(Instant::now(), child_deadline)
+            };
             let n = match self.epoll.wait(&mut events, timeout) {
                 Ok(n) => n,
                 Err(Errno::EINTR) => 0,
                 Err(e) => return Err(errno("epoll_wait")(e)),
             };
+            self.launcher.new_turn();
+            if self.reap_pending {
+                self.reap(Instant::now());
+            }
             for event in &events[..n] {
                 self.dispatch(event.data(), event.events());
             }
             let now = Instant::now();
+            self.sup.start_deferred(&mut self.launcher, now);
             if self.reload_at.is_some_and(|at| at <= now) {
                 self.reload_at = None;
                 self.edit_began = None;
@@ -384,9 +400,17 @@ impl Runtime {
         self.term_signals += 1;
     }
 
-    /// Reaps every exited child, known or not.
+    /// Reaps exited children, known or not: at most [`REAP_PER_TURN`], so
+    /// that a crash storm cannot keep the loop from its other events; the
+    /// rest are reaped in the next turn.
     fn reap(&mut self, now: Instant) {
-        loop {
+        self.reap_pending = false;
+        let mut strangers = false;
+        for reaped in 0.. {
+            if reaped == REAP_PER_TURN {
+                self.reap_pending = true;
+                break;
+            }
             let (pid, status) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) => (pid, ExitStatus::Code(code)),
                 Ok(WaitStatus::Signaled(pid, signal, _)) => {
@@ -410,8 +434,13 @@ impl Runtime {
                 self.wake_template_waiters(now);
             } else {
                 self.orphans.reaped(pid);
+                strangers = true;
                 tracing::debug!(pid = pid.0, ?status, "reaped an orphaned descendant");
             }
+        }
+        if strangers {
+            // A leftover of some child's process group may have been the last.
+            self.sup.check_leftovers(&mut self.launcher, now);
         }
     }
 
@@ -526,10 +555,17 @@ impl Runtime {
         };
         let (sup, broker) = (&self.sup, &self.broker);
         let due = order.step(now, |g| sup.group_is_live(g), |q| broker.is_drained(q));
-        for group in due {
-            tracing::debug!(%group, "stopping for shutdown");
-            self.broker.close_inputs(&self.epoll, &group);
-            self.sup.stop_group(&group, &mut self.launcher, now);
+        for (group, step) in due {
+            match step {
+                Step::CloseInputs => {
+                    tracing::debug!(%group, "closing its inputs for shutdown");
+                    self.broker.close_inputs(&self.epoll, &group);
+                }
+                Step::Stop => {
+                    tracing::debug!(%group, "stopping for shutdown");
+                    self.sup.stop_group(&group, &mut self.launcher, now);
+                }
+            }
         }
     }
 
@@ -614,7 +650,12 @@ impl Runtime {
                 };
             }
             Request::Status => {
-                let mut status = Status::capture(&self.sup, self.config_error.clone(), now);
+                let mut status = Status::capture(
+                    &self.sup,
+                    self.config_error.clone(),
+                    now,
+                    crate::orphans::group_members,
+                );
                 status.queues = self.broker.status();
                 return Response::status(status);
             }

@@ -28,7 +28,50 @@ pub enum AfterStop {
     Restart,
 }
 
-/// The state of a child slot (DESIGN §4).
+/// What a `waiting` child waits for before it can start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitReason {
+    /// Its group's Python template is still importing.
+    Template,
+    /// Processes of its previous process group are still being stopped.
+    ProcessGroup,
+    /// `update = "stop-first"`: the process it replaces is still stopping.
+    Predecessor,
+    /// Many starts are due at once; it starts in a later loop turn, so
+    /// that the loop stays responsive.
+    Turn,
+}
+
+impl WaitReason {
+    pub fn describe(self) -> &'static str {
+        match self {
+            WaitReason::Template => "waiting for its python template to finish importing",
+            WaitReason::ProcessGroup => {
+                "waiting for the leftover processes of its previous process group to exit"
+            }
+            WaitReason::Predecessor => "waiting for the process it replaces to stop",
+            WaitReason::Turn => "queued to start",
+        }
+    }
+}
+
+/// Processes left in a child's process group after the child itself
+/// exited: they get `stop_signal`, then SIGKILL at `kill_at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leftover {
+    /// The process group (the exited child's PID).
+    pub pgid: Pid,
+    pub kill_at: Instant,
+    pub killed: bool,
+}
+
+impl Leftover {
+    pub fn deadline(&self) -> Option<Instant> {
+        (!self.killed).then_some(self.kill_at)
+    }
+}
+
+/// The state of a child slot.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ChildState {
     /// Started less than `start_secs` ago.
@@ -37,6 +80,12 @@ pub enum ChildState {
     Running { pid: Pid, since: Instant },
     /// Waiting before retrying a failed start.
     Backoff { until: Instant },
+    /// Its start waits for something else (see [`WaitReason`]); tried
+    /// again at `until` at the latest.
+    Waiting {
+        reason: WaitReason,
+        until: Option<Instant>,
+    },
     /// Asked to stop; SIGKILL to its process group at `kill_at`.
     Stopping {
         pid: Pid,
@@ -60,6 +109,7 @@ impl ChildState {
             ChildState::Starting { .. } => "starting",
             ChildState::Running { .. } => "running",
             ChildState::Backoff { .. } => "backoff",
+            ChildState::Waiting { .. } => "waiting",
             ChildState::Stopping { .. } => "stopping",
             ChildState::Stopped => "stopped",
             ChildState::Exited => "exited",
@@ -79,8 +129,9 @@ impl ChildState {
     /// The next moment this state needs attention, if any.
     pub fn deadline(&self, policy: &Policy) -> Option<Instant> {
         match self {
-            ChildState::Starting { since, .. } => Some(*since + policy.start_secs),
+            ChildState::Starting { since, .. } => Some(after(*since, min_start_secs(policy))),
             ChildState::Backoff { until } => Some(*until),
+            ChildState::Waiting { until, .. } => *until,
             ChildState::Stopping {
                 kill_at,
                 killed: false,
@@ -108,6 +159,16 @@ pub struct Child {
     /// Its process runs a definition that a reload has since replaced; the
     /// rolling restart will replace it. Every start clears it.
     pub outdated: bool,
+    /// When a process was last started in this slot (the respawn floor:
+    /// no slot starts twice within `start_secs`).
+    pub last_start: Option<Instant>,
+    /// What is left of its previous process group, being stopped.
+    pub leftover: Option<Leftover>,
+    /// It replaces a process that a reload made outdated; the update of
+    /// its group goes on to the next index once it runs.
+    pub replacement: bool,
+    /// Why it is not simply running, in words (the last start error).
+    pub reason: Option<String>,
 }
 
 impl Child {
@@ -121,8 +182,40 @@ impl Child {
             last_exit: None,
             started: None,
             outdated: false,
+            last_start: None,
+            leftover: None,
+            replacement: false,
+            reason: None,
         }
     }
+
+    /// The earliest moment it needs attention: its state's deadline, or the
+    /// SIGKILL of its leftovers.
+    pub fn deadline(&self, policy: &Policy) -> Option<Instant> {
+        let leftover = self.leftover.as_ref().and_then(Leftover::deadline);
+        match (self.state.deadline(policy), leftover) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// The shortest `start_secs` drover honours: a program that dies at once is
+/// a failed start and backs off, never a hot loop (the config warns and
+/// uses this for smaller values; the supervisor enforces it anyway).
+pub const MIN_START_SECS: Duration = Duration::from_millis(100);
+
+pub fn min_start_secs(policy: &Policy) -> Duration {
+    policy.start_secs.max(MIN_START_SECS)
+}
+
+/// `now + d`, saturating far in the future instead of overflowing (no
+/// configured duration may make drover panic).
+pub fn after(now: Instant, d: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    now.checked_add(d)
+        .or_else(|| now.checked_add(CENTURY))
+        .unwrap_or(now)
 }
 
 /// The wait before retry number `failed` (1-based): `restart_delay`

@@ -13,13 +13,17 @@ mod reload;
 mod tests;
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-pub use child::{AfterStop, Child, ChildState, ExitStatus, Pid, backoff_delay, wants_restart};
+pub use child::{
+    AfterStop, Child, ChildState, ExitStatus, Leftover, MIN_START_SECS, Pid, WaitReason, after,
+    backoff_delay, min_start_secs, wants_restart,
+};
 pub use reload::ReloadSummary;
 
 use crate::config::{Config, GroupSpec};
 use crate::names::GroupName;
+use crate::ratelimit::RateLimit;
 use crate::signal::Signal;
 
 /// Starts processes and delivers signals on the supervisor's behalf.
@@ -31,6 +35,8 @@ pub trait Launcher {
     fn signal_group(&mut self, pid: Pid, signal: Signal);
     /// Sends `signal` to `pid` alone.
     fn signal(&mut self, pid: Pid, signal: Signal);
+    /// Whether any process is left in process group `pgid`.
+    fn group_alive(&mut self, pgid: Pid) -> bool;
 }
 
 /// Why a start failed before the program ran.
@@ -52,6 +58,10 @@ pub enum LaunchError {
     /// after `until` at the latest.
     #[error("its python template is still importing")]
     Warming { until: std::time::Duration },
+    /// This loop turn has started enough processes: not a failure, the
+    /// start happens in a later turn ([`Supervisor::start_deferred`]).
+    #[error("too many starts at once; it starts in a moment")]
+    Deferred,
 }
 
 /// A group as the supervisor runs it: its spec and its child slots.
@@ -74,6 +84,18 @@ pub struct Retiring {
     /// Still running until the new child of this index runs (rolling
     /// restart); `None` once it is being stopped.
     pub successor: Option<u32>,
+    /// `update = "stop-first"`: the new child of this index starts once
+    /// this process has exited.
+    pub blocks: Option<u32>,
+    /// The failure of its replacement has been logged.
+    pub failure_logged: bool,
+}
+
+/// Leftovers of a retired process's group, being stopped.
+#[derive(Debug)]
+struct Stray {
+    group: GroupName,
+    leftover: Leftover,
 }
 
 /// A control request that acts on a group.
@@ -94,10 +116,28 @@ pub struct UnknownGroup(pub String);
 pub struct Supervisor {
     groups: BTreeMap<GroupName, Group>,
     retiring: Vec<Retiring>,
+    strays: Vec<Stray>,
     shutting_down: bool,
     /// Some process had to be SIGKILLed during shutdown.
     forced: bool,
+    /// Some start was put off to a later loop turn.
+    deferred: bool,
+    /// Rate limit of the log lines about repeated exits and failed starts.
+    log: RateLimit,
 }
+
+/// Builds a [`Cx`] from the supervisor's fields, leaving the others free.
+macro_rules! cx {
+    ($self:ident, $launcher:expr, $now:expr) => {
+        Cx {
+            launcher: $launcher,
+            now: $now,
+            log: &mut $self.log,
+            deferred: &mut $self.deferred,
+        }
+    };
+}
+pub(crate) use cx;
 
 impl Supervisor {
     /// A supervisor for `config` with nothing started yet; call [`Self::start_all`].
@@ -118,8 +158,11 @@ impl Supervisor {
         Supervisor {
             groups,
             retiring: Vec::new(),
+            strays: Vec::new(),
             shutting_down: false,
             forced: false,
+            deferred: false,
+            log: RateLimit::default(),
         }
     }
 
@@ -127,13 +170,32 @@ impl Supervisor {
         self.groups.values()
     }
 
+    /// The old process that a rolling restart keeps running for slot
+    /// `index` of `group` until its replacement runs.
+    pub fn predecessor(&self, group: &GroupName, index: u32) -> Option<&Child> {
+        self.retiring
+            .iter()
+            .find(|r| &r.group == group && r.successor == Some(index))
+            .map(|r| &r.child)
+    }
+
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down
     }
 
-    /// True once shutdown was asked for and no child process is left.
+    /// True once shutdown was asked for and no child process is left, nor
+    /// any leftover of one.
     pub fn is_finished(&self) -> bool {
-        self.shutting_down && self.live_pids().next().is_none()
+        self.shutting_down && self.live_pids().next().is_none() && !self.has_leftovers()
+    }
+
+    /// Whether any process group of an exited child still has processes.
+    pub fn has_leftovers(&self) -> bool {
+        !self.strays.is_empty()
+            || self
+                .groups
+                .values()
+                .any(|g| g.children.iter().any(|c| c.leftover.is_some()))
     }
 
     /// Whether shutdown had to SIGKILL anything.
@@ -149,41 +211,102 @@ impl Supervisor {
             .chain(self.retiring.iter().filter_map(|r| r.child.state.pid()))
     }
 
-    /// Starts every child of every group.
+    /// Starts every child of every group (those over this turn's budget
+    /// start in later turns: [`Self::start_deferred`]).
     pub fn start_all(&mut self, launcher: &mut impl Launcher, now: Instant) {
+        let mut cx = cx!(self, launcher, now);
         for group in self.groups.values_mut() {
             for child in &mut group.children {
-                start_child(&group.spec, child, launcher, now);
+                start_child(&group.spec, child, &mut cx);
             }
         }
     }
 
-    /// The earliest deadline of any child, for the event loop's wait.
+    /// Whether some start waits for a later loop turn.
+    pub fn has_deferred(&self) -> bool {
+        self.deferred
+    }
+
+    /// Starts what earlier turns put off, as far as this turn's budget
+    /// goes (the launcher says when it is spent).
+    pub fn start_deferred(&mut self, launcher: &mut impl Launcher, now: Instant) {
+        if !std::mem::take(&mut self.deferred) || self.shutting_down {
+            return;
+        }
+        let mut cx = cx!(self, launcher, now);
+        for group in self.groups.values_mut().filter(|g| !g.held) {
+            for child in &mut group.children {
+                if matches!(
+                    child.state,
+                    ChildState::Waiting {
+                        reason: WaitReason::Turn,
+                        ..
+                    }
+                ) {
+                    start_child(&group.spec, child, &mut cx);
+                }
+            }
+        }
+    }
+
+    /// The earliest deadline of any child, leftover or log summary, for the
+    /// event loop's wait.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.groups
             .values()
             .flat_map(|g| g.children.iter().map(move |c| (g, c)))
-            .filter_map(|(g, c)| c.state.deadline(&g.spec.policy))
+            .filter_map(|(g, c)| c.deadline(&g.spec.policy))
             .chain(
                 self.retiring
                     .iter()
-                    .filter_map(|r| r.child.state.deadline(&r.spec.policy)),
+                    .filter_map(|r| r.child.deadline(&r.spec.policy)),
             )
+            .chain(self.strays.iter().filter_map(|s| s.leftover.deadline()))
+            .chain(self.log.deadline())
             .min()
     }
 
     /// Acts on every deadline that has passed at `now`.
     pub fn on_deadline(&mut self, launcher: &mut impl Launcher, now: Instant) {
-        for group in self.groups.values_mut() {
-            for child in &mut group.children {
-                let killed = child_deadline(&group.spec, child, launcher, now);
-                self.forced |= killed && self.shutting_down;
+        for summary in self.log.due(now) {
+            let what = summary.key.split_once(':').map_or("", |(kind, _)| kind);
+            let group = summary.key.split_once(':').map_or("", |(_, g)| g);
+            tracing::info!(
+                "{group}: {} more {} in the last {} (not logged one by one)",
+                summary.count,
+                match what {
+                    "exit" => "exits",
+                    "backoff" => "failed starts",
+                    "start" => "start errors",
+                    _ => "events",
+                },
+                format!("{:?}", summary.window)
+            );
+        }
+        let mut killed = false;
+        {
+            let mut cx = cx!(self, launcher, now);
+            for group in self.groups.values_mut() {
+                for child in &mut group.children {
+                    killed |= child_deadline(&group.spec, child, &mut cx);
+                }
+            }
+            for r in &mut self.retiring {
+                killed |= child_deadline(&r.spec, &mut r.child, &mut cx);
+            }
+            for stray in &mut self.strays {
+                if stray.leftover.deadline().is_some_and(|d| d <= now) {
+                    tracing::warn!(
+                        "{}: processes left by a stopped child still running; sending SIGKILL",
+                        stray.group
+                    );
+                    stray.leftover.killed = true;
+                    cx.launcher.signal_group(stray.leftover.pgid, Signal::Kill);
+                    killed = true;
+                }
             }
         }
-        for r in &mut self.retiring {
-            let killed = child_deadline(&r.spec, &mut r.child, launcher, now);
-            self.forced |= killed && self.shutting_down;
-        }
+        self.forced |= killed && self.shutting_down;
         self.advance_rolling(launcher, now);
     }
 
@@ -203,9 +326,25 @@ impl Supervisor {
         {
             let r = self.retiring.remove(pos);
             tracing::debug!(group = %r.group, index = r.child.index, ?status, "retired");
+            let mut cx = cx!(self, launcher, now);
+            let mut child = r.child;
+            let previous = std::mem::replace(&mut child.state, ChildState::Stopped);
+            if let Some(leftover) =
+                stop_leftovers(&r.spec, child.index, pid, &previous, status, &mut cx)
+            {
+                self.strays.push(Stray {
+                    group: r.group.clone(),
+                    leftover,
+                });
+            }
+            if r.blocks.is_some() {
+                // A stop-first replacement may start now.
+                self.advance_rolling(launcher, now);
+            }
             return true;
         }
         let shutting_down = self.shutting_down;
+        let mut cx = cx!(self, launcher, now);
         for group in self.groups.values_mut() {
             let held = group.held;
             if let Some(child) = group
@@ -214,12 +353,65 @@ impl Supervisor {
                 .find(|c| c.state.pid() == Some(pid))
             {
                 let may_restart = !shutting_down && !held;
-                child_exited(&group.spec, child, status, may_restart, launcher, now);
+                child_exited(&group.spec, child, status, may_restart, &mut cx);
                 self.advance_rolling(launcher, now);
                 return true;
             }
         }
         false
+    }
+
+    /// Some process drover did not start itself was reaped: a process group
+    /// with leftovers may have emptied. Children waiting for theirs start.
+    pub fn check_leftovers(&mut self, launcher: &mut impl Launcher, now: Instant) {
+        if !self.has_leftovers() {
+            return;
+        }
+        self.strays
+            .retain_mut(|s| launcher.group_alive(s.leftover.pgid));
+        let may_start = !self.shutting_down;
+        let mut cx = cx!(self, launcher, now);
+        for group in self.groups.values_mut() {
+            let held = group.held;
+            for child in &mut group.children {
+                let Some(leftover) = child.leftover else {
+                    continue;
+                };
+                if cx.launcher.group_alive(leftover.pgid) {
+                    continue;
+                }
+                child.leftover = None;
+                tracing::debug!(group = %group.spec.name, index = child.index, "process group empty");
+                let waiting = matches!(
+                    child.state,
+                    ChildState::Waiting {
+                        reason: WaitReason::ProcessGroup,
+                        ..
+                    }
+                );
+                if waiting {
+                    if may_start && !held {
+                        start_child(&group.spec, child, &mut cx);
+                    } else {
+                        child.state = ChildState::Stopped;
+                    }
+                }
+            }
+        }
+        self.advance_rolling(launcher, now);
+    }
+
+    /// The process groups that still hold leftovers, per child slot
+    /// (`group`, `index`, `pgid`), for `status`.
+    pub fn leftover_groups(&self) -> Vec<(GroupName, u32, Pid)> {
+        self.groups
+            .values()
+            .flat_map(|g| {
+                g.children
+                    .iter()
+                    .filter_map(|c| c.leftover.map(|l| (g.spec.name.clone(), c.index, l.pgid)))
+            })
+            .collect()
     }
 
     /// `drover start|stop|restart GROUP`.
@@ -230,42 +422,54 @@ impl Supervisor {
         launcher: &mut impl Launcher,
         now: Instant,
     ) -> Result<(), UnknownGroup> {
-        let group = self
+        let Some(group) = self
             .groups
             .values_mut()
             .find(|g| g.spec.name.as_str() == name)
-            .ok_or_else(|| UnknownGroup(name.to_owned()))?;
+        else {
+            return Err(UnknownGroup(name.to_owned()));
+        };
         if self.shutting_down {
             return Ok(());
         }
+        let mut cx = Cx {
+            launcher,
+            now,
+            log: &mut self.log,
+            deferred: &mut self.deferred,
+        };
         match command {
             GroupCommand::Stop => {
                 group.held = true;
                 for child in &mut group.children {
-                    stop_child(&group.spec, child, AfterStop::Stay, launcher, now);
+                    stop_child(&group.spec, child, AfterStop::Stay, &mut cx);
                 }
-                stop_predecessors(&mut self.retiring, name, None, launcher, now);
+                stop_predecessors(&mut self.retiring, name, None, &mut cx);
             }
             GroupCommand::Start => {
                 group.held = false;
                 for child in &mut group.children {
                     if child.state.pid().is_none() {
+                        // Asked for by a person: no respawn floor.
+                        child.last_start = None;
                         child.failed_starts = 0;
-                        start_child(&group.spec, child, launcher, now);
+                        start_child(&group.spec, child, &mut cx);
                     }
                 }
             }
             GroupCommand::Restart => {
                 group.held = false;
-                stop_predecessors(&mut self.retiring, name, None, launcher, now);
+                stop_predecessors(&mut self.retiring, name, None, &mut cx);
                 for child in &mut group.children {
+                    // Asked for by a person: no respawn floor.
+                    child.last_start = None;
                     child.failed_starts = 0;
                     match child.state {
                         ChildState::Stopping { ref mut after, .. } => *after = AfterStop::Restart,
                         ChildState::Starting { .. } | ChildState::Running { .. } => {
-                            stop_child(&group.spec, child, AfterStop::Restart, launcher, now)
+                            stop_child(&group.spec, child, AfterStop::Restart, &mut cx)
                         }
-                        _ => start_child(&group.spec, child, launcher, now),
+                        _ => start_child(&group.spec, child, &mut cx),
                     }
                 }
             }
@@ -281,13 +485,14 @@ impl Supervisor {
         if self.shutting_down {
             return false;
         }
+        let mut cx = cx!(self, launcher, now);
         for group in self.groups.values_mut() {
             if let Some(child) = group
                 .children
                 .iter_mut()
                 .find(|c| c.state.pid() == Some(pid))
             {
-                stop_child(&group.spec, child, AfterStop::Restart, launcher, now);
+                stop_child(&group.spec, child, AfterStop::Restart, &mut cx);
                 return true;
             }
         }
@@ -301,9 +506,21 @@ impl Supervisor {
             return;
         }
         if let Some(group) = self.groups.get_mut(name).filter(|g| !g.held) {
+            let mut cx = Cx {
+                launcher: &mut *launcher,
+                now,
+                log: &mut self.log,
+                deferred: &mut self.deferred,
+            };
             for child in &mut group.children {
-                if matches!(child.state, ChildState::Backoff { .. }) {
-                    start_child(&group.spec, child, launcher, now);
+                if matches!(
+                    child.state,
+                    ChildState::Waiting {
+                        reason: WaitReason::Template,
+                        ..
+                    }
+                ) {
+                    start_child(&group.spec, child, &mut cx);
                 }
             }
         }
@@ -318,14 +535,15 @@ impl Supervisor {
 
     /// Stops every child of `name` (`stop_signal`, SIGKILL after `stop_timeout`).
     pub fn stop_group(&mut self, name: &GroupName, launcher: &mut impl Launcher, now: Instant) {
+        let mut cx = cx!(self, launcher, now);
         if let Some(group) = self.groups.get_mut(name) {
             for child in &mut group.children {
-                stop_child(&group.spec, child, AfterStop::Stay, launcher, now);
+                stop_child(&group.spec, child, AfterStop::Stay, &mut cx);
             }
         }
-        stop_predecessors(&mut self.retiring, name.as_str(), None, launcher, now);
+        stop_predecessors(&mut self.retiring, name.as_str(), None, &mut cx);
         for r in self.retiring.iter_mut().filter(|r| &r.group == name) {
-            stop_child(&r.spec, &mut r.child, AfterStop::Stay, launcher, now);
+            stop_child(&r.spec, &mut r.child, AfterStop::Stay, &mut cx);
         }
     }
 
@@ -336,13 +554,15 @@ impl Supervisor {
             .any(|r| &r.group == name && r.child.state.pid().is_some())
     }
 
-    /// Whether any child of `name` still has a process.
+    /// Whether any child of `name` still has a process (or leftovers).
     pub fn group_is_live(&self, name: &GroupName) -> bool {
         self.retiring_is_live(name)
-            || self
-                .groups
-                .get(name)
-                .is_some_and(|g| g.children.iter().any(|c| c.state.pid().is_some()))
+            || self.strays.iter().any(|s| &s.group == name)
+            || self.groups.get(name).is_some_and(|g| {
+                g.children
+                    .iter()
+                    .any(|c| c.state.pid().is_some() || c.leftover.is_some())
+            })
     }
 
     /// Graceful shutdown of everything at once: every child gets its
@@ -380,6 +600,16 @@ impl Supervisor {
                 self.forced = true;
                 launcher.signal_group(pid, Signal::Kill);
             }
+            if let Some(leftover) = child.leftover.as_mut().filter(|l| !l.killed) {
+                leftover.killed = true;
+                self.forced = true;
+                launcher.signal_group(leftover.pgid, Signal::Kill);
+            }
+        }
+        for stray in self.strays.iter_mut().filter(|s| !s.leftover.killed) {
+            stray.leftover.killed = true;
+            self.forced = true;
+            launcher.signal_group(stray.leftover.pgid, Signal::Kill);
         }
     }
 
@@ -397,14 +627,30 @@ impl Supervisor {
     }
 }
 
+/// What every state transition needs besides the child: the launcher, the
+/// time, and the log's rate limit.
+pub(crate) struct Cx<'a, L: Launcher> {
+    pub launcher: &'a mut L,
+    pub now: Instant,
+    pub log: &'a mut RateLimit,
+    /// Set when a start was put off to a later loop turn.
+    pub deferred: &'a mut bool,
+}
+
+impl<L: Launcher> Cx<'_, L> {
+    /// Whether a line about `key` may be logged now (see [`RateLimit`]).
+    fn loud(&mut self, key: &str) -> bool {
+        self.log.allow(key, self.now)
+    }
+}
+
 /// Stops the old processes a rolling restart of `group` keeps alive: those
 /// waiting for index `index`'s new child, or all of them (`None`).
-fn stop_predecessors(
+fn stop_predecessors<L: Launcher>(
     retiring: &mut [Retiring],
     group: &str,
     index: Option<u32>,
-    launcher: &mut impl Launcher,
-    now: Instant,
+    cx: &mut Cx<'_, L>,
 ) {
     for r in retiring.iter_mut().filter(|r| {
         r.group.as_str() == group
@@ -412,47 +658,74 @@ fn stop_predecessors(
             && (index.is_none() || r.successor == index)
     }) {
         r.successor = None;
-        stop_child(&r.spec, &mut r.child, AfterStop::Stay, launcher, now);
+        stop_child(&r.spec, &mut r.child, AfterStop::Stay, cx);
     }
 }
 
-fn start_child(spec: &GroupSpec, child: &mut Child, launcher: &mut impl Launcher, now: Instant) {
-    child.outdated = false;
-    if child.attempts > 0 {
-        child.restarts += 1;
+fn start_child<L: Launcher>(spec: &GroupSpec, child: &mut Child, cx: &mut Cx<'_, L>) {
+    if child.leftover.is_some() {
+        child.state = ChildState::Waiting {
+            reason: WaitReason::ProcessGroup,
+            until: None,
+        };
+        return;
     }
-    child.attempts += 1;
-    match launcher.start(spec, child.index) {
+    // The respawn floor: no slot starts twice within start_secs.
+    if let Some(floor) = child
+        .last_start
+        .map(|t| after(t, min_start_secs(&spec.policy)))
+        .filter(|floor| cx.now < *floor)
+    {
+        child.state = ChildState::Backoff { until: floor };
+        return;
+    }
+    match cx.launcher.start(spec, child.index) {
         Err(LaunchError::Warming { until }) => {
             // Not an attempt: wait for the context (the runtime wakes us).
-            child.attempts -= 1;
-            if child.attempts > 0 {
-                child.restarts -= 1;
-            }
             tracing::debug!(group = %spec.name, index = child.index, "waiting for the template");
-            child.state = ChildState::Backoff { until: now + until };
+            child.state = ChildState::Waiting {
+                reason: WaitReason::Template,
+                until: Some(after(cx.now, until)),
+            };
+        }
+        Err(LaunchError::Deferred) => {
+            *cx.deferred = true;
+            child.state = ChildState::Waiting {
+                reason: WaitReason::Turn,
+                until: None,
+            };
         }
         Ok(pid) => {
             tracing::debug!(group = %spec.name, index = child.index, pid = pid.0, "starting");
-            child.started = Some(now);
-            child.state = if spec.policy.start_secs.is_zero() {
-                child.failed_starts = 0;
-                ChildState::Running { pid, since: now }
-            } else {
-                ChildState::Starting { pid, since: now }
-            };
+            count_attempt(child);
+            child.started = Some(cx.now);
+            child.last_start = Some(cx.now);
+            child.state = ChildState::Starting { pid, since: cx.now };
         }
         Err(err) => {
-            tracing::warn!("{}[{}]: cannot start: {err}", spec.name, child.index);
+            count_attempt(child);
+            if cx.loud(&format!("start:{}", spec.name)) {
+                tracing::warn!("{}[{}]: cannot start: {err}", spec.name, child.index);
+            }
+            child.reason = Some(err.to_string());
             child.started = None;
-            failed_start(spec, child, now);
+            child.last_start = Some(cx.now);
+            failed_start(spec, child, cx);
         }
     }
 }
 
+fn count_attempt(child: &mut Child) {
+    child.outdated = false;
+    if child.attempts > 0 {
+        child.restarts = child.restarts.saturating_add(1);
+    }
+    child.attempts = child.attempts.saturating_add(1);
+}
+
 /// A start failed (exec error, or death before `start_secs`): back off or give up.
-fn failed_start(spec: &GroupSpec, child: &mut Child, now: Instant) {
-    child.failed_starts += 1;
+fn failed_start<L: Launcher>(spec: &GroupSpec, child: &mut Child, cx: &mut Cx<'_, L>) {
+    child.failed_starts = child.failed_starts.saturating_add(1);
     let policy = &spec.policy;
     if child.failed_starts > policy.max_restarts {
         tracing::warn!(
@@ -465,33 +738,44 @@ fn failed_start(spec: &GroupSpec, child: &mut Child, now: Instant) {
         child.state = ChildState::Fatal;
     } else {
         let delay = backoff_delay(policy, child.failed_starts);
-        tracing::info!(
-            "{}[{}]: failed start {} of {}; retrying in {:?}",
-            spec.name,
-            child.index,
-            child.failed_starts,
-            policy.max_restarts + 1,
-            delay
-        );
-        child.state = ChildState::Backoff { until: now + delay };
+        if cx.loud(&format!("backoff:{}", spec.name)) {
+            tracing::info!(
+                "{}[{}]: failed start {} of {}; retrying in {:?}",
+                spec.name,
+                child.index,
+                child.failed_starts,
+                policy.max_restarts.saturating_add(1),
+                delay
+            );
+        }
+        let mut until = after(cx.now, delay);
+        if let Some(floor) = child.last_start.map(|t| after(t, min_start_secs(policy))) {
+            until = until.max(floor);
+        }
+        child.state = ChildState::Backoff { until };
     }
 }
 
-fn child_exited(
+/// The process of `child` exited with `status`: its leftovers are stopped,
+/// and it is restarted, backs off, or stays down as its policy says.
+fn child_exited<L: Launcher>(
     spec: &GroupSpec,
     child: &mut Child,
     status: ExitStatus,
     may_restart: bool,
-    launcher: &mut impl Launcher,
-    now: Instant,
+    cx: &mut Cx<'_, L>,
 ) {
     child.last_exit = Some(status);
     let previous = std::mem::replace(&mut child.state, ChildState::Stopped);
+    if let Some(pid) = previous.pid() {
+        child.leftover = stop_leftovers(spec, child.index, pid, &previous, status, cx);
+    }
     match previous {
         ChildState::Stopping { after, .. } => {
             tracing::debug!(group = %spec.name, index = child.index, ?status, "stopped");
             if after == AfterStop::Restart && may_restart {
-                start_child(spec, child, launcher, now);
+                child.failed_starts = 0;
+                start_child(spec, child, cx);
             }
         }
         ChildState::Starting { .. } | ChildState::Running { .. } if !may_restart => {}
@@ -505,49 +789,123 @@ fn child_exited(
             child.state = ChildState::Exited;
         }
         ChildState::Starting { .. } => {
-            tracing::info!(
-                "{}[{}]: exited during start ({})",
-                spec.name,
-                child.index,
+            if cx.loud(&format!("exit:{}", spec.name)) {
+                tracing::info!(
+                    "{}[{}]: exited during start ({})",
+                    spec.name,
+                    child.index,
+                    describe(status)
+                );
+            }
+            child.reason = Some(format!(
+                "exited {} ms into its start ({})",
+                child
+                    .last_start
+                    .map_or(Duration::ZERO, |t| cx.now.saturating_duration_since(t))
+                    .as_millis(),
                 describe(status)
-            );
-            failed_start(spec, child, now);
+            ));
+            failed_start(spec, child, cx);
         }
         _ => {
             // Start first, log after: the log line is not on the restart path.
             child.failed_starts = 0;
-            start_child(spec, child, launcher, now);
-            tracing::info!(
-                "{}[{}]: exited ({}); restarting",
-                spec.name,
-                child.index,
-                describe(status)
-            );
+            start_child(spec, child, cx);
+            if cx.loud(&format!("exit:{}", spec.name)) {
+                tracing::info!(
+                    "{}[{}]: exited ({}); restarting",
+                    spec.name,
+                    child.index,
+                    describe(status)
+                );
+            }
         }
     }
 }
 
-/// Returns true when it had to SIGKILL.
-fn child_deadline(
+/// A child's exit ends its process group: whatever is left in it gets
+/// `stop_signal` (SIGKILL if the child was already being killed), and
+/// SIGKILL after `stop_timeout`. Returns what to wait for, if anything.
+fn stop_leftovers<L: Launcher>(
     spec: &GroupSpec,
-    child: &mut Child,
-    launcher: &mut impl Launcher,
-    now: Instant,
-) -> bool {
+    index: u32,
+    pgid: Pid,
+    previous: &ChildState,
+    status: ExitStatus,
+    cx: &mut Cx<'_, L>,
+) -> Option<Leftover> {
+    if !cx.launcher.group_alive(pgid) {
+        return None;
+    }
+    let killed = matches!(previous, ChildState::Stopping { killed: true, .. });
+    let signal = if killed {
+        Signal::Kill
+    } else {
+        spec.policy.stop_signal
+    };
+    cx.launcher.signal_group(pgid, signal);
+    let daemonized = matches!(previous, ChildState::Starting { .. })
+        && matches!(status, ExitStatus::Code(c) if spec.policy.success_codes.contains(&c));
+    if cx.loud(&format!("leftover:{}", spec.name)) {
+        if daemonized {
+            tracing::warn!(
+                "{}[{index}]: exited with {} at once and left processes behind in its process group: \
+                 it seems to daemonize itself; drover stops them ({signal}) — run the program in the \
+                 foreground (e.g. `nginx -g 'daemon off;'`, `redis-server --daemonize no`)",
+                spec.name,
+                describe(status)
+            );
+        } else {
+            tracing::warn!(
+                "{}[{index}]: exited ({}) leaving processes in its process group; sending them {signal}{}",
+                spec.name,
+                describe(status),
+                if killed {
+                    String::new()
+                } else {
+                    format!(", SIGKILL after {:?}", spec.policy.stop_timeout)
+                }
+            );
+        }
+    }
+    Some(Leftover {
+        pgid,
+        kill_at: after(cx.now, spec.policy.stop_timeout),
+        killed,
+    })
+}
+
+/// Returns true when it had to SIGKILL.
+fn child_deadline<L: Launcher>(spec: &GroupSpec, child: &mut Child, cx: &mut Cx<'_, L>) -> bool {
+    let mut killed = false;
+    if let Some(leftover) = child.leftover.as_mut()
+        && leftover.deadline().is_some_and(|d| d <= cx.now)
+    {
+        tracing::warn!(
+            "{}[{}]: processes of its previous process group still running after {:?}; sending SIGKILL",
+            spec.name,
+            child.index,
+            spec.policy.stop_timeout
+        );
+        leftover.killed = true;
+        cx.launcher.signal_group(leftover.pgid, Signal::Kill);
+        killed = true;
+    }
     match child.state.deadline(&spec.policy) {
-        Some(deadline) if deadline <= now => {}
-        _ => return false,
+        Some(deadline) if deadline <= cx.now => {}
+        _ => return killed,
     }
     match child.state {
         ChildState::Starting { pid, since } => {
             tracing::debug!(group = %spec.name, index = child.index, "running");
             child.failed_starts = 0;
+            child.reason = None;
             child.state = ChildState::Running { pid, since };
         }
-        ChildState::Backoff { .. } => start_child(spec, child, launcher, now),
+        ChildState::Backoff { .. } | ChildState::Waiting { .. } => start_child(spec, child, cx),
         ChildState::Stopping {
             pid,
-            ref mut killed,
+            killed: ref mut sent,
             ..
         } => {
             tracing::warn!(
@@ -557,35 +915,37 @@ fn child_deadline(
                 spec.policy.stop_timeout,
                 spec.policy.stop_signal
             );
-            *killed = true;
-            launcher.signal_group(pid, Signal::Kill);
+            *sent = true;
+            cx.launcher.signal_group(pid, Signal::Kill);
             return true;
         }
         _ => {}
     }
-    false
+    killed
 }
 
-fn stop_child(
+fn stop_child<L: Launcher>(
     spec: &GroupSpec,
     child: &mut Child,
-    after: AfterStop,
-    launcher: &mut impl Launcher,
-    now: Instant,
+    after_stop: AfterStop,
+    cx: &mut Cx<'_, L>,
 ) {
     match child.state {
         ChildState::Starting { pid, .. } | ChildState::Running { pid, .. } => {
-            launcher.signal_group(pid, spec.policy.stop_signal);
+            cx.launcher.signal_group(pid, spec.policy.stop_signal);
             child.state = ChildState::Stopping {
                 pid,
-                since: now,
-                kill_at: now + spec.policy.stop_timeout,
+                since: cx.now,
+                kill_at: after(cx.now, spec.policy.stop_timeout),
                 killed: false,
-                after,
+                after: after_stop,
             };
         }
         ChildState::Stopping { .. } => {}
-        ChildState::Backoff { .. } | ChildState::Fatal | ChildState::Exited => {
+        ChildState::Backoff { .. }
+        | ChildState::Waiting { .. }
+        | ChildState::Fatal
+        | ChildState::Exited => {
             child.state = ChildState::Stopped;
         }
         ChildState::Stopped => {}

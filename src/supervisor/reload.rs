@@ -12,10 +12,10 @@ use std::fmt;
 use std::time::Instant;
 
 use super::{
-    AfterStop, Child, ChildState, Group, Launcher, Retiring, Supervisor, start_child, stop_child,
-    stop_predecessors,
+    AfterStop, Child, ChildState, Cx, Group, Launcher, Retiring, Supervisor, WaitReason, cx,
+    start_child, stop_child, stop_predecessors,
 };
-use crate::config::{Config, GroupSpec};
+use crate::config::{Config, GroupSpec, UpdateMode};
 use crate::names::GroupName;
 
 /// What a reload changed, for the log and `drover reload`.
@@ -131,8 +131,9 @@ impl Supervisor {
             children: (0..spec.processes).map(Child::new).collect(),
             held: false,
         };
+        let mut cx = cx!(self, launcher, now);
         for child in &mut group.children {
-            start_child(&group.spec, child, launcher, now);
+            start_child(&group.spec, child, &mut cx);
         }
         self.groups.insert(spec.name.clone(), group);
     }
@@ -141,153 +142,269 @@ impl Supervisor {
         let Some(group) = self.groups.remove(name) else {
             return;
         };
-        stop_predecessors(&mut self.retiring, name.as_str(), None, launcher, now);
+        let mut cx = cx!(self, launcher, now);
+        stop_predecessors(&mut self.retiring, name.as_str(), None, &mut cx);
         for child in group.children.into_iter().rev() {
-            self.retire(name, &group.spec, child, None, launcher, now);
+            self.retire(name, &group.spec, child, Successor::None, launcher, now);
         }
     }
 
     /// Starts or stops the difference; the highest indexes stop first.
     fn scale_group(&mut self, name: &GroupName, launcher: &mut impl Launcher, now: Instant) {
-        let group = self.groups.get_mut(name).expect("scaled group exists");
+        let Some(group) = self.groups.get_mut(name) else {
+            return;
+        };
         let wanted = group.spec.processes as usize;
         let surplus: Vec<Child> = if group.children.len() > wanted {
             group.children.drain(wanted..).rev().collect()
         } else {
             Vec::new()
         };
+        let mut cx = Cx {
+            launcher: &mut *launcher,
+            now,
+            log: &mut self.log,
+            deferred: &mut self.deferred,
+        };
         while group.children.len() < wanted {
+            // In bounds of u32: `wanted` came from a u32.
             let mut child = Child::new(group.children.len() as u32);
             if !group.held {
-                start_child(&group.spec, &mut child, launcher, now);
+                // Over this turn's budget, the rest start in later turns.
+                start_child(&group.spec, &mut child, &mut cx);
             }
             group.children.push(child);
         }
         let spec = group.spec.clone();
         for child in surplus {
             // An old process a rolling restart kept for this index goes too.
+            let mut cx = cx!(self, &mut *launcher, now);
             stop_predecessors(
                 &mut self.retiring,
                 name.as_str(),
                 Some(child.index),
-                launcher,
-                now,
+                &mut cx,
             );
-            self.retire(name, &spec, child, None, launcher, now);
+            self.retire(name, &spec, child, Successor::None, launcher, now);
         }
     }
 
-    /// Moves `child` out of its slot: stopped now, or (with a successor)
-    /// once the new child of the same index runs.
+    /// Moves `child` out of its slot: stopped now, or kept running until the
+    /// new child of its index runs (rolling), or stopped now with the new
+    /// child of its index starting once it has exited (stop-first).
     fn retire(
         &mut self,
         name: &GroupName,
         spec: &GroupSpec,
         mut child: Child,
-        successor: Option<u32>,
+        successor: Successor,
         launcher: &mut impl Launcher,
         now: Instant,
     ) {
-        if successor.is_none() {
-            stop_child(spec, &mut child, AfterStop::Stay, launcher, now);
+        let (keep_for, blocks) = match successor {
+            Successor::None => (None, None),
+            Successor::Runs(index) => (Some(index), None),
+            Successor::Waits(index) => (None, Some(index)),
+        };
+        if keep_for.is_none() {
+            let mut cx = cx!(self, launcher, now);
+            stop_child(spec, &mut child, AfterStop::Stay, &mut cx);
         }
         if child.state.pid().is_some() {
             self.retiring.push(Retiring {
                 group: name.clone(),
                 spec: spec.clone(),
                 child,
-                successor,
+                successor: keep_for,
+                blocks,
+                failure_logged: false,
             });
         }
     }
 
-    /// Moves rolling restarts forward, one index at a time in index order:
-    /// an outdated child with a process retires but keeps running ("waiting
-    /// for its successor") while a new child starts in its slot; once that
-    /// one is `running` the old one is stopped and the next index begins.
-    /// An outdated child without a process is simply started anew.
+    /// Moves rolling restarts forward, one index at a time in index order.
+    /// `update = "rolling"`: an outdated child with a process retires but
+    /// keeps running ("waiting for its successor") while a new child starts
+    /// in its slot; once that one is `running` the old one is stopped and
+    /// the next index begins. `update = "stop-first"`: the old child is
+    /// stopped first and its replacement starts once it has exited. An
+    /// outdated child without a process is simply started anew. A
+    /// replacement that fails its start budget holds the update at its
+    /// index: the remaining old children keep running.
     pub(super) fn advance_rolling(&mut self, launcher: &mut impl Launcher, now: Instant) {
-        let names: Vec<GroupName> = self
-            .groups
-            .iter()
-            .filter(|(name, g)| {
-                g.children.iter().any(|c| c.outdated)
-                    || self
-                        .retiring
-                        .iter()
-                        .any(|r| &r.group == *name && r.successor.is_some())
-            })
-            .map(|(n, _)| n.clone())
-            .collect();
+        let names: Vec<GroupName> =
+            self.groups
+                .iter()
+                .filter(|(name, g)| {
+                    g.children.iter().any(|c| c.outdated || c.replacement)
+                        || self.retiring.iter().any(|r| {
+                            &r.group == *name && (r.successor.is_some() || r.blocks.is_some())
+                        })
+                })
+                .map(|(n, _)| n.clone())
+                .collect();
         for name in names {
             self.advance_group(&name, launcher, now);
         }
     }
 
     fn advance_group(&mut self, name: &GroupName, launcher: &mut impl Launcher, now: Instant) {
-        let count = self.groups[name].children.len() as u32;
-        for index in 0..count {
-            let waiting = self
-                .retiring
-                .iter()
-                .any(|r| &r.group == name && r.successor == Some(index));
-            let group = self.groups.get_mut(name).expect("listed by the caller");
-            let child = &group.children[index as usize];
-            if child.outdated && group.held {
-                // A stopped group starts with the new definition later.
-                group.children[index as usize].outdated = false;
-                continue;
+        let count = self.groups.get(name).map_or(0, |g| g.children.len());
+        for slot in 0..count {
+            // In bounds of u32: group sizes come from a u32.
+            let index = slot as u32;
+            if !self.advance_index(name, index, launcher, now) {
+                return;
             }
-            if child.outdated {
-                // Begin this index (or, mid-way, swap a replacement that a
-                // newer reload made outdated: the original keeps waiting).
-                let successor = (!waiting && child.state.pid().is_some()).then_some(index);
-                let spec = group.spec.clone();
-                let old = std::mem::replace(&mut group.children[index as usize], Child::new(index));
-                let restarts = old.restarts;
-                let slot = &mut group.children[index as usize];
-                slot.restarts = restarts;
-                start_child(&spec, slot, launcher, now);
-                self.retire(name, &spec, old, successor, launcher, now);
+        }
+    }
+
+    /// One index of [`Self::advance_group`]; false while the update has to
+    /// wait at this index.
+    fn advance_index(
+        &mut self,
+        name: &GroupName,
+        index: u32,
+        launcher: &mut impl Launcher,
+        now: Instant,
+    ) -> bool {
+        let slot = index as usize;
+        let waiting = self
+            .retiring
+            .iter()
+            .any(|r| &r.group == name && r.successor == Some(index));
+        let Some(group) = self.groups.get_mut(name) else {
+            return false;
+        };
+        let Some(child) = group.children.get_mut(slot) else {
+            return false;
+        };
+        if child.outdated && group.held {
+            // A stopped group starts with the new definition later.
+            child.outdated = false;
+            return true;
+        }
+        if child.outdated {
+            let spec = group.spec.clone();
+            let mut fresh = Child::new(index);
+            fresh.restarts = child.restarts;
+            let old = std::mem::replace(child, fresh);
+            let has_process = old.state.pid().is_some();
+            let successor = match spec.update {
+                // Mid-way, a replacement that a newer reload made outdated is
+                // swapped; the original keeps waiting.
+                UpdateMode::Rolling if has_process && !waiting => Successor::Runs(index),
+                UpdateMode::StopFirst if has_process => Successor::Waits(index),
+                _ => Successor::None,
+            };
+            let Some(slot_child) = self
+                .groups
+                .get_mut(name)
+                .and_then(|g| g.children.get_mut(slot))
+            else {
+                return false;
+            };
+            slot_child.replacement = has_process || waiting;
+            if matches!(successor, Successor::Waits(_)) {
+                slot_child.state = ChildState::Waiting {
+                    reason: WaitReason::Predecessor,
+                    until: None,
+                };
+            } else {
+                let mut cx = cx!(self, &mut *launcher, now);
+                start_child(&spec, slot_child, &mut cx);
             }
-            let group = &self.groups[name];
-            let running = matches!(
-                group.children[index as usize].state,
-                ChildState::Running { .. }
-            );
-            let still_waiting = self
-                .retiring
-                .iter()
-                .any(|r| &r.group == name && r.successor == Some(index));
-            if !still_waiting {
-                continue;
+            self.retire(name, &spec, old, successor, launcher, now);
+        }
+        let blocked = self
+            .retiring
+            .iter()
+            .any(|r| &r.group == name && r.blocks == Some(index));
+        if blocked {
+            return false; // stop-first: the old process is still stopping
+        }
+        let Some(group) = self.groups.get_mut(name) else {
+            return false;
+        };
+        let spec = group.spec.clone();
+        let Some(child) = group.children.get_mut(slot) else {
+            return false;
+        };
+        if matches!(
+            child.state,
+            ChildState::Waiting {
+                reason: WaitReason::Predecessor,
+                ..
             }
-            if !running {
-                return; // wait for this index's new child to run (or be fixed)
-            }
-            stop_predecessors(
-                &mut self.retiring,
-                name.as_str(),
-                Some(index),
-                launcher,
+        ) {
+            let mut cx = Cx {
+                launcher: &mut *launcher,
                 now,
-            );
+                log: &mut self.log,
+                deferred: &mut self.deferred,
+            };
+            start_child(&spec, child, &mut cx);
+        }
+        let running = matches!(child.state, ChildState::Running { .. });
+        let fatal = child.state == ChildState::Fatal;
+        if running {
+            child.replacement = false;
+        }
+        let replacement = child.replacement;
+        let last_exit = child.last_exit;
+        let predecessor = self
+            .retiring
+            .iter_mut()
+            .find(|r| &r.group == name && r.successor == Some(index));
+        match predecessor {
+            Some(old) if !running => {
+                if fatal && !old.failure_logged {
+                    old.failure_logged = true;
+                    tracing::warn!(
+                        "{name}[{index}]: its replacement with the new definition failed every start ({}); \
+                         the old process (pid {}) keeps running the previous definition — fix the config \
+                         and save it again, or `drover restart {name}`",
+                        last_exit.map_or("never started".to_owned(), super::describe),
+                        old.child.state.pid().map_or(0, |p| p.0)
+                    );
+                }
+                false // wait for this index's new child to run (or be fixed)
+            }
+            Some(_) => {
+                let mut cx = cx!(self, launcher, now);
+                stop_predecessors(&mut self.retiring, name.as_str(), Some(index), &mut cx);
+                true
+            }
+            None => running || !replacement,
         }
     }
 
     /// Every reload gives fatal children a fresh budget.
     fn revive_fatal(&mut self, launcher: &mut impl Launcher, now: Instant) -> u32 {
         let mut revived = 0;
+        let mut cx = cx!(self, launcher, now);
         for group in self.groups.values_mut().filter(|g| !g.held) {
             for child in &mut group.children {
                 // Outdated ones are replaced by the rolling restart instead.
                 if child.state == ChildState::Fatal && !child.outdated {
                     child.failed_starts = 0;
-                    start_child(&group.spec, child, launcher, now);
+                    child.last_start = None;
+                    start_child(&group.spec, child, &mut cx);
                     revived += 1;
                 }
             }
         }
         revived
     }
+}
+
+/// What becomes of a retired child's slot.
+#[derive(Debug, Clone, Copy)]
+enum Successor {
+    /// Nothing waits: stop it now.
+    None,
+    /// Rolling: it runs until the new child of this index runs.
+    Runs(u32),
+    /// Stop-first: stop it now; the new child of this index waits for it.
+    Waits(u32),
 }

@@ -18,6 +18,8 @@ struct FakeLauncher {
     signals: Vec<(Pid, Signal)>,
     /// What each started PID runs.
     programs: std::collections::HashMap<Pid, String>,
+    /// Process groups that still have members after their leader exited.
+    groups_alive: std::collections::HashSet<Pid>,
 }
 
 impl Launcher for FakeLauncher {
@@ -42,6 +44,9 @@ impl Launcher for FakeLauncher {
     }
     fn signal(&mut self, pid: Pid, signal: Signal) {
         self.signals.push((pid, signal));
+    }
+    fn group_alive(&mut self, pgid: Pid) -> bool {
+        self.groups_alive.contains(&pgid)
     }
 }
 
@@ -142,7 +147,11 @@ fn running_child_that_crashes_restarts_at_once() {
 fn failed_starts_back_off_exponentially_then_go_fatal() {
     let t0 = Instant::now();
     let mut l = FakeLauncher::default();
-    let mut sup = Supervisor::new(&config(vec![group("w", 1, policy())]));
+    let p = Policy {
+        start_secs: ms(100),
+        ..policy()
+    };
+    let mut sup = Supervisor::new(&config(vec![group("w", 1, p)]));
     sup.start_all(&mut l, t0);
     let mut now = t0;
     let mut waits = vec![];
@@ -167,6 +176,59 @@ fn failed_starts_back_off_exponentially_then_go_fatal() {
     assert_eq!(states(&sup), ["fatal"]);
     assert_eq!(l.started.len(), 4, "max_restarts + 1 starts in a row");
     assert_eq!(sup.next_deadline(), None);
+}
+
+/// The respawn floor: no slot starts twice within `start_secs`, so a
+/// backoff shorter than that waits for the floor (s6's rule).
+#[test]
+fn no_slot_starts_twice_within_start_secs() {
+    let t0 = Instant::now();
+    let mut l = FakeLauncher::default();
+    let mut sup = Supervisor::new(&config(vec![group("w", 1, policy())]));
+    sup.start_all(&mut l, t0);
+    let mut now = t0;
+    for _ in 0..3 {
+        let pid = pid_of(&sup, 0);
+        let started = now;
+        now += ms(10);
+        sup.on_exit(pid, ExitStatus::Code(1), &mut l, now);
+        assert_eq!(states(&sup), ["backoff"]);
+        let deadline = sup.next_deadline().unwrap();
+        assert!(deadline >= started + Duration::from_secs(1), "floor");
+        now = deadline;
+        sup.on_deadline(&mut l, now);
+    }
+    assert!(l.started.len() <= 4);
+}
+
+/// Regression: `start_secs = "0s"` with a program that exits at once gave
+/// about 3,000 starts per group in 3 s, forever. The supervisor enforces a
+/// 100 ms floor whatever the config says, and such a death is a failed start.
+#[test]
+fn a_zero_start_secs_cannot_make_a_hot_loop() {
+    let t0 = Instant::now();
+    let mut l = FakeLauncher::default();
+    let p = Policy {
+        start_secs: Duration::ZERO,
+        restart_delay: Duration::ZERO,
+        restart_delay_max: Duration::ZERO,
+        max_restarts: 1000,
+        ..policy()
+    };
+    let mut sup = Supervisor::new(&config(vec![group("w", 1, p)]));
+    sup.start_all(&mut l, t0);
+    let mut now = t0;
+    while now < t0 + Duration::from_secs(3) {
+        let pid = sup.groups().next().unwrap().children[0].state.pid();
+        if let Some(pid) = pid {
+            sup.on_exit(pid, ExitStatus::Code(1), &mut l, now);
+        }
+        let next = sup.next_deadline().unwrap();
+        assert!(next > now, "a death at once waits, never spins");
+        now = next;
+        sup.on_deadline(&mut l, now);
+    }
+    assert!(l.started.len() <= 31, "{} starts in 3 s", l.started.len());
 }
 
 #[test]
@@ -657,5 +719,135 @@ mod rolling {
         settle(&mut sup, &mut l, t + ms(1));
         assert!(running_programs(&sup, &l).is_empty());
         assert_eq!(states(&sup), ["stopped", "stopped"]);
+    }
+
+    /// Regression: a failed rolling replacement showed `fatal, pid -` while
+    /// the old child kept serving, invisible. It stays in the slot's status
+    /// with the failed attempt beside it.
+    #[test]
+    fn a_failed_replacement_shows_the_old_child_that_serves() {
+        let t0 = Instant::now();
+        let mut l = FakeLauncher::default();
+        let mut sup = Supervisor::new(&config(vec![group("w", 1, policy())]));
+        sup.start_all(&mut l, t0);
+        sup.on_deadline(&mut l, t0 + Duration::from_secs(1));
+        let old = pid_of(&sup, 0);
+        l.fail_starts = true;
+        sup.apply(&cmd("w", 1, "broken"), &mut l, t0 + Duration::from_secs(2));
+        while let Some(d) = sup.next_deadline() {
+            sup.on_deadline(&mut l, d);
+        }
+        let name = GroupName::new("w").unwrap();
+        let serving = sup.predecessor(&name, 0).expect("the old child is kept");
+        assert_eq!(serving.state.pid(), Some(old));
+        assert_eq!(serving.state.name(), "running");
+        let status = crate::status::Status::capture(&sup, None, t0, |_| vec![]);
+        let child = &status.groups[0].children[0];
+        assert_eq!((child.pid, child.state.as_str()), (Some(old.0), "running"));
+        let replacement = child.replacement.as_ref().expect("shown beside it");
+        assert_eq!(replacement.state, "fatal");
+    }
+
+    #[test]
+    fn stop_first_stops_each_old_child_before_its_replacement_starts() {
+        let t0 = Instant::now();
+        let mut l = FakeLauncher::default();
+        let mut g = group("w", 2, policy());
+        g.update = crate::config::UpdateMode::StopFirst;
+        let mut sup = Supervisor::new(&config(vec![g.clone()]));
+        sup.start_all(&mut l, t0);
+        let mut now = t0 + Duration::from_secs(1);
+        sup.on_deadline(&mut l, now);
+        let (old0, old1) = (pid_of(&sup, 0), pid_of(&sup, 1));
+        g.program = Program::Command(vec!["new".into()]);
+        now += ms(1);
+        sup.apply(&config(vec![g]), &mut l, now);
+        assert_eq!(l.started.len(), 2, "nothing new runs beside the old one");
+        assert_eq!(l.group_signals, [(old0, Signal::Term)]);
+        assert_eq!(states(&sup), ["waiting", "running"]);
+        sup.on_exit(old0, ExitStatus::Signal(15), &mut l, now);
+        assert_eq!(states(&sup), ["starting", "running"]);
+        assert!(
+            !l.group_signals.iter().any(|(p, _)| *p == old1),
+            "one at a time"
+        );
+        now += Duration::from_secs(1);
+        sup.on_deadline(&mut l, now);
+        assert_eq!(l.group_signals.last(), Some(&(old1, Signal::Term)));
+        sup.on_exit(old1, ExitStatus::Signal(15), &mut l, now);
+        now += Duration::from_secs(1);
+        sup.on_deadline(&mut l, now);
+        assert_eq!(states(&sup), ["running", "running"]);
+        assert_eq!(running_programs(&sup, &l), ["new", "new"]);
+    }
+
+    /// A crashed nginx master left its workers holding the port; each
+    /// replacement failed to bind. A child's exit ends its process group,
+    /// and the replacement starts once the group is empty.
+    #[test]
+    fn a_childs_exit_stops_its_process_group_before_the_restart() {
+        let t0 = Instant::now();
+        let mut l = FakeLauncher::default();
+        let mut sup = Supervisor::new(&config(vec![group("w", 1, policy())]));
+        sup.start_all(&mut l, t0);
+        let mut now = t0 + Duration::from_secs(1);
+        sup.on_deadline(&mut l, now);
+        let master = pid_of(&sup, 0);
+        l.groups_alive.insert(master);
+        now += ms(5);
+        sup.on_exit(master, ExitStatus::Signal(9), &mut l, now);
+        assert_eq!(l.group_signals, [(master, Signal::Term)]);
+        assert_eq!(states(&sup), ["waiting"]);
+        assert_eq!(l.started.len(), 1, "no replacement while the group lives");
+        assert_eq!(sup.next_deadline(), Some(now + Duration::from_secs(10)));
+        sup.check_leftovers(&mut l, now);
+        assert_eq!(states(&sup), ["waiting"], "still alive");
+        now += Duration::from_secs(10);
+        sup.on_deadline(&mut l, now);
+        assert_eq!(l.group_signals.last(), Some(&(master, Signal::Kill)));
+        l.groups_alive.clear();
+        sup.check_leftovers(&mut l, now);
+        assert_eq!(states(&sup), ["starting"]);
+        assert_eq!(l.started.len(), 2);
+        assert!(!sup.has_leftovers());
+    }
+
+    #[test]
+    fn starts_beyond_the_turn_budget_wait_for_a_later_turn() {
+        struct Budget(FakeLauncher, u32);
+        impl Launcher for Budget {
+            fn start(&mut self, g: &GroupSpec, i: u32) -> Result<Pid, LaunchError> {
+                if self.1 == 0 {
+                    return Err(LaunchError::Deferred);
+                }
+                self.1 -= 1;
+                self.0.start(g, i)
+            }
+            fn signal_group(&mut self, pid: Pid, s: Signal) {
+                self.0.signal_group(pid, s)
+            }
+            fn signal(&mut self, pid: Pid, s: Signal) {
+                self.0.signal(pid, s)
+            }
+            fn group_alive(&mut self, pgid: Pid) -> bool {
+                self.0.group_alive(pgid)
+            }
+        }
+        let t0 = Instant::now();
+        let mut l = Budget(FakeLauncher::default(), 3);
+        let mut sup = Supervisor::new(&config(vec![group("w", 5, policy())]));
+        sup.start_all(&mut l, t0);
+        assert_eq!(l.0.started.len(), 3);
+        assert!(sup.has_deferred());
+        assert_eq!(
+            states(&sup),
+            ["starting", "starting", "starting", "waiting", "waiting"]
+        );
+        l.1 = 3;
+        sup.start_deferred(&mut l, t0);
+        assert_eq!(l.0.started.len(), 5);
+        assert!(!sup.has_deferred());
+        let child = &sup.groups().next().unwrap().children[4];
+        assert_eq!(child.attempts, 1, "a deferred start is not an attempt");
     }
 }
