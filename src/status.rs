@@ -260,8 +260,9 @@ fn group_status(
         .map(|c| {
             let mut status = match sup.predecessor(&group.spec.name, c.index) {
                 // A rolling restart keeps the old process until the new one
-                // runs: show the process that serves, and the new one beside it.
-                Some(old) if old.state.pid().is_some() => {
+                // runs: while the new one has no process (backing off, or
+                // fatal), show the process that serves, the new one beside it.
+                Some(old) if old.state.pid().is_some() && c.state.pid().is_none() => {
                     let mut status = child_status(old, now);
                     status.index = c.index;
                     status.replacement = Some(Replacement {

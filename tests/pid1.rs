@@ -44,17 +44,20 @@ fn children_of(parent: i32) -> Vec<(i32, char, String)> {
 }
 
 /// A group whose child leaves 20 short-lived orphans behind, and a group
-/// whose child exits leaving a long-lived orphan that ignores SIGTERM.
+/// whose child exits leaving a long-lived orphan that ignores SIGTERM. The
+/// orphan leaves the child's process group (setsid): what stays in a child's
+/// process group is stopped with it when it exits, this one is found only
+/// among the orphans at shutdown.
 const ORPHAN_MAKERS: &str = r#"
 [group.spawner]
 command = ["sh", "-c", "i=0; while [ $i -lt 20 ]; do sh -c 'sleep 0.05 &'; i=$((i+1)); done; echo spawned; exec sleep 1000"]
-start_secs = "0s"
+start_secs = "100ms"
 stop_timeout = "1s"
 
 [group.leaver]
-command = ["sh", "-c", "sh -c 'trap \"\" TERM; exec sleep 1000' & echo left; exit 0"]
+command = ["sh", "-c", "setsid sh -c 'trap \"\" TERM; exec sleep 1000' & echo left; sleep 0.3; exit 0"]
 restart = "never"
-start_secs = "0s"
+start_secs = "100ms"
 stop_timeout = "300ms"
 "#;
 

@@ -473,14 +473,24 @@ fn a_failed_replacement_fixed_by_a_later_reload_leaves_no_old_process() {
     let d = Drover::start("fixed", &config(r#"["sleep", "1000"]"#));
     let before = wait_children(&d, "w", 1, "running");
 
-    // A typo: the replacement cannot start, so the old child keeps running.
+    // A typo: the replacement cannot start, so the old child keeps running,
+    // and status shows it (regression: it showed `fatal, pid -` while the
+    // old child served, invisible), with the failed attempt beside it.
     edit(&d, config(r#"["drover-test-no-such-program"]"#));
     assert_eq!(wait_file_reloads(&d, 1), ["replaced: w"]);
-    wait_children(&d, "w", 1, "fatal");
+    let status = d.wait_status("the replacement to fail", |s| {
+        Drover::children(s, "w")[0]["replacement"]["state"] == "fatal"
+    });
+    let child = &Drover::children(&status, "w")[0];
+    assert_eq!(child["pid"], before[0], "{child}");
+    assert_eq!(child["state"], "running", "{child}");
     assert!(
         alive(before[0]),
         "the old child must serve until a replacement runs"
     );
+    d.stderr.wait_for("the log to say why", |t| {
+        t.contains("its replacement with the new definition failed every start")
+    });
 
     // The fix: the new child runs, and the old one is stopped.
     edit(&d, config(r#"["sleep", "1001"]"#));
