@@ -51,7 +51,9 @@ processes = 0
         [
             "index",
             "last_exit",
+            "leftovers",
             "pid",
+            "reason",
             "restarts",
             "state",
             "uptime_ms"
