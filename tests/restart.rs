@@ -42,9 +42,9 @@ fn failed_starts_back_off_and_end_fatal() {
         r#"
 [group.broken]
 command = ["sh", "-c", "echo attempt; exit 3"]
-start_secs = "5s"
-restart_delay = "10ms"
-restart_delay_max = "40ms"
+start_secs = "100ms"
+restart_delay = "100ms"
+restart_delay_max = "400ms"
 max_restarts = 3
 "#,
     );
@@ -59,7 +59,7 @@ max_restarts = 3
         4,
         "first start + max_restarts retries: {text}"
     );
-    for (n, delay) in [(1, "10ms"), (2, "20ms"), (3, "40ms")] {
+    for (n, delay) in [(1, "100ms"), (2, "200ms"), (3, "400ms")] {
         assert!(
             err.contains(&format!("failed start {n} of 4; retrying in {delay}")),
             "{err}"
@@ -204,4 +204,126 @@ start_secs = "0s"
         String::from_utf8_lossy(&out.stderr),
         "drover: no group named `nope`\n"
     );
+}
+
+/// Regression: SIGKILL an nginx master and its workers keep serving on the
+/// port, each replacement master fails to bind, and drover restarted it
+/// forever while `status` said `running`. A child's exit ends its process
+/// group (`stop_signal`, SIGKILL after `stop_timeout`); `status` lists the
+/// leftovers meanwhile, and the replacement starts once the group is empty.
+#[test]
+fn a_crashed_childs_process_group_is_stopped_before_its_replacement_starts() {
+    let d = Drover::start(
+        "leftovers",
+        r#"
+[group.master]
+command = ["sh", "-c", "(trap '' TERM; exec sleep 1000) & echo worker=$!; exec sleep 1001"]
+start_secs = "100ms"
+stop_timeout = "1500ms"
+"#,
+    );
+    let master = d.wait_group_state("master", "running")[0];
+    let text = d
+        .stdout
+        .wait_for("the worker's pid", |t| t.contains("worker="));
+    let worker: i64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("master[0] worker="))
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap();
+    assert!(alive(worker));
+    kill(Pid::from_raw(master as i32), Signal::SIGKILL).unwrap();
+    // The worker ignores SIGTERM: it is listed while drover waits for it.
+    let status = d.wait_status("the leftover to show", |s| {
+        let c = &Drover::children(s, "master")[0];
+        c["state"] == "waiting"
+            && c["leftovers"]
+                .as_array()
+                .is_some_and(|l| l.contains(&worker.into()))
+    });
+    let child = &Drover::children(&status, "master")[0];
+    assert!(child["pid"].is_null(), "{child}");
+    assert!(
+        child["reason"].as_str().unwrap().contains("process group"),
+        "{child}"
+    );
+    // SIGKILL after stop_timeout, then the replacement.
+    let status = d.wait_status("a replacement once the group is empty", |s| {
+        let c = &Drover::children(s, "master")[0];
+        c["state"] == "running" && c["pid"].as_i64().is_some_and(|p| p != master)
+    });
+    assert!(!alive(worker), "the old worker was killed with its group");
+    let child = &Drover::children(&status, "master")[0];
+    assert_eq!(child["leftovers"].as_array().unwrap().len(), 0, "{child}");
+    d.stderr.wait_for("the log to say so", |t| {
+        t.contains("leaving processes in its process group")
+    });
+}
+
+/// A program that daemonizes itself (exits 0 at once, leaving its daemon
+/// in its process group) has its daemon stopped too, with a warning.
+#[test]
+fn a_self_daemonizing_program_gets_a_warning_and_its_daemon_is_stopped() {
+    let d = Drover::start(
+        "daemonize",
+        r#"
+[group.daemon]
+command = ["sh", "-c", "sleep 1000 & echo daemon=$!; exit 0"]
+restart = "on-failure"
+"#,
+    );
+    let text = d
+        .stdout
+        .wait_for("the daemon's pid", |t| t.contains("daemon="));
+    let daemon: i64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("daemon[0] daemon="))
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap();
+    d.stderr.wait_for("the warning", |t| {
+        t.contains("it seems to daemonize itself")
+            && t.contains("run the program in the foreground")
+    });
+    wait_until("the daemon to be stopped", || !alive(daemon));
+    d.wait_group_state("daemon", "exited");
+}
+
+/// Regression: 8 children with `start_secs = "0s"` running `false` kept
+/// the loop in `waitpid` restarting them inline (1,403 starts and not one
+/// `epoll_wait` in 1.5 s): `status` timed out and SIGTERM waited seconds.
+/// Now no slot starts twice within 100 ms, and reaping yields to the loop.
+#[test]
+fn a_crash_storm_is_bounded_and_drover_stays_responsive() {
+    let mut d = Drover::start(
+        "storm",
+        r#"
+[group.storm]
+command = ["false"]
+processes = 8
+start_secs = "0s"
+restart_delay = "0s"
+restart_delay_max = "0s"
+max_restarts = 1000
+"#,
+    );
+    let starts = |t: &str| t.matches("starting group=storm").count();
+    let text = d.stderr.wait_for("the storm to begin", |t| starts(t) >= 24);
+    let (t1, c1) = (std::time::Instant::now(), starts(&text));
+    for _ in 0..10 {
+        d.status(); // answers while the storm goes on
+    }
+    wait_until("a second of storm", || {
+        t1.elapsed() >= std::time::Duration::from_secs(1)
+    });
+    let (elapsed, c2) = (t1.elapsed(), starts(&d.stderr.text()));
+    // At most one start per slot per 100 ms (+1 in flight at each end).
+    let bound = 8 * (elapsed.as_millis() as usize / 100 + 2);
+    assert!(
+        c2 - c1 <= bound,
+        "{} starts in {elapsed:?} (bound {bound})",
+        c2 - c1
+    );
+    d.signal(libc::SIGTERM);
+    let code = Drover::code(d.wait_exit());
+    assert!(code == 0 || code == 3, "exit {code}");
 }

@@ -738,6 +738,11 @@ fn failed_start<L: Launcher>(spec: &GroupSpec, child: &mut Child, cx: &mut Cx<'_
         child.state = ChildState::Fatal;
     } else {
         let delay = backoff_delay(policy, child.failed_starts);
+        let mut until = after(cx.now, delay);
+        // No slot starts twice within start_secs, whatever the backoff says.
+        if let Some(floor) = child.last_start.map(|t| after(t, min_start_secs(policy))) {
+            until = until.max(floor);
+        }
         if cx.loud(&format!("backoff:{}", spec.name)) {
             tracing::info!(
                 "{}[{}]: failed start {} of {}; retrying in {:?}",
@@ -745,12 +750,8 @@ fn failed_start<L: Launcher>(spec: &GroupSpec, child: &mut Child, cx: &mut Cx<'_
                 child.index,
                 child.failed_starts,
                 policy.max_restarts.saturating_add(1),
-                delay
+                until.saturating_duration_since(cx.now)
             );
-        }
-        let mut until = after(cx.now, delay);
-        if let Some(floor) = child.last_start.map(|t| after(t, min_start_secs(policy))) {
-            until = until.max(floor);
         }
         child.state = ChildState::Backoff { until };
     }
