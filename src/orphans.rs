@@ -77,7 +77,7 @@ impl Orphans {
                 );
                 self.signal_new(&orphans, NixSignal::SIGTERM);
                 self.phase = Phase::Terminating {
-                    kill_at: now + grace,
+                    kill_at: crate::supervisor::after(now, grace),
                 };
                 false
             }

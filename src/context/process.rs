@@ -203,8 +203,11 @@ impl Process {
 
     /// Waits at most `timeout` for the child to exit; true if it has.
     pub fn join_timeout(&mut self, timeout: Duration) -> Result<bool, Error> {
-        self.wait(Wait::Until(Instant::now() + timeout))
-            .map(|code| code.is_some())
+        // A timeout too long for the clock is no timeout.
+        let until = Instant::now()
+            .checked_add(timeout)
+            .map_or(Wait::Forever, Wait::Until);
+        self.wait(until).map(|code| code.is_some())
     }
 
     /// The exit code, or `None` while the child runs (or before it

@@ -167,7 +167,8 @@ impl<T: DeserializeOwned> Queue<T> {
     /// Takes the next item, waiting at most `timeout` for one
     /// ([`QueueError::Timeout`], Python's `queue.Empty`).
     pub fn get_timeout(&self, timeout: Duration) -> Result<T, QueueError> {
-        self.receive(Some(Instant::now() + timeout))
+        // A timeout too long for the clock is no timeout.
+        self.receive(Instant::now().checked_add(timeout))
     }
 
     fn receive(&self, deadline: Option<Instant>) -> Result<T, QueueError> {

@@ -86,7 +86,12 @@ impl Output {
             let Some(reader) = self.pipes.get_mut(&token) else {
                 continue;
             };
-            let chunk = reader.held.take().expect("stalled pipes hold a chunk");
+            let Some(chunk) = reader.held.take() else {
+                // Nothing held after all: just read the pipe again.
+                let event = EpollEvent::new(EpollFlags::EPOLLIN, token);
+                let _ = epoll.add(reader.fd(), event);
+                continue;
+            };
             match self.writer.try_send(chunk) {
                 Ok(()) => {
                     let event = EpollEvent::new(EpollFlags::EPOLLIN, token);
