@@ -96,6 +96,12 @@ impl ProcessLauncher {
         Ok(pid)
     }
 
+    /// Whether `pid` is one of drover's helpers (the fork server, a Python
+    /// template) rather than a child or an orphan.
+    pub fn is_helper(&self, pid: Pid) -> bool {
+        self.forkserver_pid() == Some(pid.0) || self.templates.is_template(pid.0)
+    }
+
     /// The fork server's PID, if one runs.
     pub fn forkserver_pid(&self) -> Option<i32> {
         self.forkserver.as_ref().map(ForkServer::pid)

@@ -136,6 +136,64 @@ pub fn live_children() -> Vec<Pid> {
         .collect()
 }
 
+/// Processes re-parented to drover that started at most `max_age` ago and
+/// lead a session of their own (they called `setsid()`), except those
+/// `known` says drover started itself: the daemons a program that
+/// daemonized itself left behind.
+pub fn recent_daemons(max_age: Duration, known: impl Fn(Pid) -> bool) -> Vec<Pid> {
+    let me = getpid().as_raw();
+    let Some(uptime) = std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+    else {
+        return Vec::new();
+    };
+    let ticks = match nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK) {
+        Ok(Some(t)) if t > 0 => t as f64,
+        _ => 100.0,
+    };
+    // One tick of slack each way: start times are in clock ticks.
+    let since = uptime - max_age.as_secs_f64() - 2.0 / ticks;
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| {
+            stat_fields(pid).is_some_and(|f| {
+                f.ppid == me
+                    && f.state != 'Z'
+                    && f.session == pid
+                    && f.start as f64 / ticks >= since
+            })
+        })
+        .map(Pid)
+        .filter(|&pid| !known(pid))
+        .collect()
+}
+
+struct StatFields {
+    state: char,
+    ppid: i32,
+    session: i32,
+    /// Start time, in clock ticks since boot.
+    start: u64,
+}
+
+fn stat_fields(pid: i32) -> Option<StatFields> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    // Fields from 3 on: state ppid pgrp session tty_nr tpgid flags minflt
+    // cminflt majflt cmajflt utime stime cutime cstime priority nice
+    // num_threads itrealvalue starttime.
+    let fields: Vec<&str> = rest.split(' ').collect();
+    Some(StatFields {
+        state: fields.first()?.chars().next()?,
+        ppid: fields.get(1)?.parse().ok()?,
+        session: fields.get(3)?.parse().ok()?,
+        start: fields.get(19)?.parse().ok()?,
+    })
+}
+
 /// The live members of process group `pgid` (for `status`'s leftovers).
 pub fn group_members(pgid: Pid) -> Vec<i32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {

@@ -228,6 +228,11 @@ impl Templates {
         }
     }
 
+    /// Whether `pid` is one of the templates.
+    pub fn is_template(&self, pid: i32) -> bool {
+        self.by_group.values().any(|t| t.pid == pid)
+    }
+
     /// Stops every template (drover is shutting down); returns their PIDs.
     pub fn stop_all(&mut self) -> Vec<i32> {
         let groups: Vec<GroupName> = self.by_group.keys().cloned().collect();

@@ -327,3 +327,33 @@ max_restarts = 1000
     let code = Drover::code(d.wait_exit());
     assert!(code == 0 || code == 3, "exit {code}");
 }
+
+/// A daemon that also left the process group (`setsid`) is found among the
+/// orphans re-parented to drover when its parent exits with success within
+/// `start_secs`, and stopped too.
+#[test]
+fn a_daemon_that_called_setsid_is_found_and_stopped() {
+    let d = Drover::start(
+        "setsid",
+        r#"
+[group.daemon]
+command = ["sh", "-c", "rm -f daemon.pid; setsid sh -c 'echo $$ > daemon.pid.tmp; mv daemon.pid.tmp daemon.pid; exec sleep 1000' & while [ ! -s daemon.pid ]; do :; done; exit 0"]
+restart = "on-failure"
+start_secs = "5s"
+"#,
+    );
+    let pidfile = d.dir.path().join("daemon.pid");
+    wait_until("the daemon to start", || pidfile.exists());
+    let daemon: i64 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    d.stderr.wait_for("the warning", |t| {
+        t.contains(&format!(
+            "left pid {daemon} running in a session of its own"
+        ))
+    });
+    wait_until("the daemon to be stopped", || !alive(daemon));
+    d.wait_group_state("daemon", "exited");
+}

@@ -442,6 +442,17 @@ impl Runtime {
             // A leftover of some child's process group may have been the last.
             self.sup.check_leftovers(&mut self.launcher, now);
         }
+        for suspect in self.sup.take_daemon_suspects() {
+            // Rare (a success exit within start_secs): one look at /proc.
+            let (sup, launcher) = (&self.sup, &self.launcher);
+            let daemons = crate::orphans::recent_daemons(suspect.age, |pid| {
+                launcher.is_helper(pid) || sup.live_pids().any(|p| p == pid)
+            });
+            if !daemons.is_empty() {
+                self.sup
+                    .adopt_daemons(&suspect, &daemons, &mut self.launcher, now);
+            }
+        }
     }
 
     /// A template that died while importing never says "ready": the children

@@ -124,6 +124,19 @@ pub struct Supervisor {
     deferred: bool,
     /// Rate limit of the log lines about repeated exits and failed starts.
     log: RateLimit,
+    /// Children that exited with success within `start_secs`: they may
+    /// have daemonized themselves (see [`Self::take_daemon_suspects`]).
+    suspects: Vec<Suspect>,
+}
+
+/// A child that exited with a success code within `start_secs`, the
+/// signature of a program that daemonizes itself.
+#[derive(Debug, Clone)]
+pub struct Suspect {
+    pub group: GroupName,
+    pub index: u32,
+    /// How long before the exit it was started.
+    pub age: Duration,
 }
 
 /// Builds a [`Cx`] from the supervisor's fields, leaving the others free.
@@ -163,6 +176,50 @@ impl Supervisor {
             forced: false,
             deferred: false,
             log: RateLimit::default(),
+            suspects: Vec::new(),
+        }
+    }
+
+    /// Children that exited like a program that daemonized itself, since
+    /// the last call: the runtime looks for their daemons among the
+    /// orphans re-parented to drover.
+    pub fn take_daemon_suspects(&mut self) -> Vec<Suspect> {
+        std::mem::take(&mut self.suspects)
+    }
+
+    /// Processes that `suspect` left behind outside its process group (a
+    /// daemon that called `setsid()`): stopped like leftovers, with a
+    /// warning.
+    pub fn adopt_daemons(
+        &mut self,
+        suspect: &Suspect,
+        daemons: &[Pid],
+        launcher: &mut impl Launcher,
+        now: Instant,
+    ) {
+        let Some(spec) = self.groups.get(&suspect.group).map(|g| g.spec.clone()) else {
+            return;
+        };
+        for &pid in daemons {
+            let signal = spec.policy.stop_signal;
+            tracing::warn!(
+                "{}[{}]: exited at once and left pid {} running in a session of its own: \
+                 it seems to daemonize itself; drover stops it ({signal}) — run the program \
+                 in the foreground",
+                suspect.group,
+                suspect.index,
+                pid.0
+            );
+            // After setsid() the daemon leads its own process group.
+            launcher.signal_group(pid, signal);
+            self.strays.push(Stray {
+                group: suspect.group.clone(),
+                leftover: Leftover {
+                    pgid: pid,
+                    kill_at: after(now, spec.policy.stop_timeout),
+                    killed: false,
+                },
+            });
         }
     }
 
@@ -353,6 +410,15 @@ impl Supervisor {
                 .find(|c| c.state.pid() == Some(pid))
             {
                 let may_restart = !shutting_down && !held;
+                if let ChildState::Starting { since, .. } = child.state
+                    && matches!(status, ExitStatus::Code(c) if group.spec.policy.success_codes.contains(&c))
+                {
+                    self.suspects.push(Suspect {
+                        group: group.spec.name.clone(),
+                        index: child.index,
+                        age: now.saturating_duration_since(since),
+                    });
+                }
                 child_exited(&group.spec, child, status, may_restart, &mut cx);
                 self.advance_rolling(launcher, now);
                 return true;
