@@ -62,8 +62,8 @@ const MAX_DEBOUNCE: Duration = Duration::from_secs(1);
 /// Events waiting for the watch thread, and changes waiting for the loop;
 /// beyond that they are dropped and stand for a [`Change::Lost`].
 const BACKLOG: usize = 1024;
-/// Entries of a config directory looked at by [`inspect`] (the loader
-/// refuses a directory with more config files than that).
+/// The most config files [`inspect`] looks at: the loader refuses a
+/// directory with more, so there is nothing to wait for.
 const MAX_INSPECTED: usize = 10_000;
 
 /// What happened to the config, as the event loop needs to know it.
@@ -289,7 +289,10 @@ impl WatchThread {
         let was_watched = self.dir_watched;
         match self.establish() {
             Ok(()) if !was_watched => {
-                tracing::info!("config directory {} is back; watching it", self.dir.display());
+                tracing::info!(
+                    "config directory {} is back; watching it",
+                    self.dir.display()
+                );
             }
             Ok(()) => {}
             Err(e) if was_watched => match &self.anchor {
@@ -406,7 +409,10 @@ impl ReloadGate {
             return Ok(found.skipped);
         }
         let files: Vec<String> = found.busy.iter().map(|f| f.display().to_string()).collect();
-        let (files, is) = (files.join(", "), if found.busy.len() == 1 { "is" } else { "are" });
+        let (files, is) = (
+            files.join(", "),
+            if found.busy.len() == 1 { "is" } else { "are" },
+        );
         if self.logged.get(trigger) != Some(&found.busy) {
             tracing::info!(
                 "{trigger}: waiting for {files} to be closed before reloading \
@@ -458,20 +464,25 @@ pub fn inspect(path: &Path, writing: &HashSet<OsString>) -> Inspection {
     found
 }
 
-/// The entries of `dir` named like config files, at most [`MAX_INSPECTED`].
+/// The entries of `dir` named like config files; none if there are more
+/// than [`MAX_INSPECTED`].
 fn config_entries(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = fs::read_dir(dir) else {
         return Vec::new();
     };
-    entries
+    let found: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .map(|entry| entry.path())
         .filter(|path| {
             path.file_name()
                 .is_some_and(|name| is_config_name(&name.to_string_lossy()))
         })
-        .take(MAX_INSPECTED)
-        .collect()
+        .take(MAX_INSPECTED + 1)
+        .collect();
+    if found.len() > MAX_INSPECTED {
+        return Vec::new();
+    }
+    found
 }
 
 /// What one config file is, as far as reading it goes.
@@ -662,13 +673,13 @@ mod tests {
         if !lease_available(&file) {
             // The kernel will not say: the events decide.
             let marked = HashSet::from([OsString::from("a.toml")]);
-            assert_eq!(inspect(&dir.0, &marked).busy, [file.clone()]);
+            assert_eq!(inspect(&dir.0, &marked).busy, std::slice::from_ref(&file));
             assert!(inspect(&dir.0, &none).busy.is_empty());
             return;
         }
         let writer = fs::OpenOptions::new().append(true).open(&file).unwrap();
-        assert_eq!(inspect(&dir.0, &none).busy, [file.clone()]);
-        assert_eq!(inspect(&file, &none).busy, [file.clone()]);
+        assert_eq!(inspect(&dir.0, &none).busy, std::slice::from_ref(&file));
+        assert_eq!(inspect(&file, &none).busy, std::slice::from_ref(&file));
 
         let mut gate = ReloadGate::default();
         let err = gate.preflight(&dir.0, "SIGHUP").unwrap_err();
@@ -679,7 +690,7 @@ mod tests {
                 file.display()
             )
         );
-        assert_eq!(gate.logged["SIGHUP"], [file.clone()]);
+        assert_eq!(gate.logged["SIGHUP"], std::slice::from_ref(&file));
         drop(writer);
         assert!(gate.preflight(&dir.0, "SIGHUP").unwrap().is_empty());
         assert!(gate.logged.is_empty());
@@ -703,7 +714,10 @@ mod tests {
         assert_eq!(
             skipped,
             [
-                format!("{}: warning: skipped: it is a FIFO, not a regular file", fifo.display()),
+                format!(
+                    "{}: warning: skipped: it is a FIFO, not a regular file",
+                    fifo.display()
+                ),
                 format!(
                     "{}: warning: skipped: it is a character device, not a regular file",
                     zero.display()
@@ -715,7 +729,8 @@ mod tests {
     /// The changes of the next wake-up (blocking, with a deadline).
     fn next_changes(watcher: &ConfigWatcher, wake: &mut UnixStream) -> Vec<Change> {
         use std::io::Read;
-        wake.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        wake.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
         loop {
             let mut bytes = [0u8; 64];
             let n = wake.read(&mut bytes).expect("a change within 30 s");

@@ -1227,12 +1227,11 @@ fn a_config_file_still_open_for_writing_is_never_read() {
         .truncate(true)
         .open(&path)
         .unwrap();
-    writer
-        .write_all(sleepers(&[("a", 1)]).as_bytes())
-        .unwrap();
-    d.stderr.wait_for("the reload after the debounce to wait", |t| {
-        t.contains(&waiting("a config file changed"))
-    });
+    writer.write_all(sleepers(&[("a", 1)]).as_bytes()).unwrap();
+    d.stderr
+        .wait_for("the reload after the debounce to wait", |t| {
+            t.contains(&waiting("a config file changed"))
+        });
     unchanged();
 
     d.signal(libc::SIGHUP);
@@ -1253,9 +1252,7 @@ fn a_config_file_still_open_for_writing_is_never_read() {
     unchanged();
 
     // The rest of the save, and the close.
-    writer
-        .write_all(sleepers(&[("b", 2)]).as_bytes())
-        .unwrap();
+    writer.write_all(sleepers(&[("b", 2)]).as_bytes()).unwrap();
     drop(writer);
     assert_eq!(wait_file_reloads(&d, 1), ["scaled: b"]);
     assert_eq!(wait_children(&d, "b", 2, "running")[0], b[0]);
@@ -1292,7 +1289,9 @@ fn a_config_directory_deleted_and_created_again_is_watched_again() {
         std::fs::remove_dir_all(&conf).unwrap();
         d.stderr.wait_count(&gone, reported + 1);
         let status = d.wait_status("the error in status", |s| {
-            s["config_error"].as_str().is_some_and(|e| e.contains(&gone))
+            s["config_error"]
+                .as_str()
+                .is_some_and(|e| e.contains(&gone))
         });
         assert_eq!(Drover::children(&status, "w")[0]["pid"], w[0]);
 
@@ -1385,12 +1384,16 @@ max_restarts = 1000
 "#,
     );
     let d = Drover::start_in(dir, &[]);
-    d.stdout.wait_for("a first start", |t| t.contains("w[0] started"));
+    d.stdout
+        .wait_for("a first start", |t| t.contains("w[0] started"));
     std::fs::remove_dir(&work).unwrap();
-    let err = d.stderr.wait_for("the start to fail", |t| {
-        t.contains("w[0]: cannot start: ")
-    });
-    let line = err.lines().find(|l| l.contains("w[0]: cannot start: ")).unwrap();
+    let err = d
+        .stderr
+        .wait_for("the start to fail", |t| t.contains("w[0]: cannot start: "));
+    let line = err
+        .lines()
+        .find(|l| l.contains("w[0]: cannot start: "))
+        .unwrap();
     assert!(
         line.ends_with(&format!(
             "w[0]: cannot start: working directory {} does not exist (cwd of group w)",

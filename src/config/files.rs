@@ -98,7 +98,12 @@ fn read_at_most(path: &Path, max: u64) -> Result<Vec<u8>, String> {
             describe(meta.file_type())
         ));
     }
-    let too_large = || format!("it is larger than {} MiB, the limit for a config file", max >> 20);
+    let too_large = || {
+        format!(
+            "it is larger than {} MiB, the limit for a config file",
+            max >> 20
+        )
+    };
     if meta.len() > max {
         return Err(too_large());
     }
