@@ -1201,13 +1201,68 @@ start_secs = "0s"
 /// still open for writing is never read as the config, however long the
 /// writer takes: not after the debounce, not on SIGHUP, not on `drover
 /// reload`. The whole file is applied once, when the writer closes it.
+/// Here drover owns the file, so the kernel tells it about the writer.
 #[test]
 fn a_config_file_still_open_for_writing_is_never_read() {
-    use std::io::Write;
     let d = Drover::start("slowsave", &sleepers(&[("a", 1), ("b", 1)]));
-    let a = wait_children(&d, "a", 1, "running");
-    let b = wait_children(&d, "b", 1, "running");
+    the_reload_waits_for_the_writer_to_close(&d);
+}
+
+/// The same where the kernel will not tell (drover neither owns the file
+/// nor holds `CAP_LEASE`): the writes and the close that inotify reports
+/// decide, with no time limit.
+#[test]
+fn without_leases_a_config_file_still_open_for_writing_is_never_read() {
+    if !nix::unistd::geteuid().is_root() {
+        println!("skipped: needs root, to give the file away and drop CAP_LEASE");
+        return;
+    }
+    let dir = TempDir::new("slowsavenolease");
+    let path = dir.write("drover.toml", &sleepers(&[("a", 1), ("b", 1)]));
+    std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+    let no_lease = [
+        "setpriv",
+        "--inh-caps",
+        "-lease",
+        "--bounding-set",
+        "-lease",
+    ];
+    let d = Drover::start_in(dir, &no_lease);
+    the_reload_waits_for_the_writer_to_close(&d);
+}
+
+/// A writer that has opened the file but written nothing yet leaves no
+/// event behind; the kernel still knows, so SIGHUP waits for its close.
+#[test]
+fn sighup_waits_for_a_writer_that_has_not_written_yet() {
+    let d = Drover::start("quietwriter", &sleepers(&[("w", 1)]));
+    let w = wait_children(&d, "w", 1, "running");
     let path = config_path(&d);
+    let writer = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    d.signal(libc::SIGHUP);
+    d.stderr.wait_for("SIGHUP to wait", |t| {
+        t.contains(&format!(
+            "SIGHUP: waiting for {} to be closed",
+            path.display()
+        ))
+    });
+    assert!(!d.stderr.text().contains("config reloaded"));
+    drop(writer);
+    assert_eq!(wait_file_reloads(&d, 1), ["no group changed"]);
+    assert_eq!(wait_children(&d, "w", 1, "running"), w);
+}
+
+/// Truncates `drover.toml` (groups `a` and `b`), writes a valid prefix that
+/// would remove `b` and holds the file open while checking that nothing is
+/// read; then completes the save, which scales `b` to 2.
+fn the_reload_waits_for_the_writer_to_close(d: &Drover) {
+    use std::io::Write;
+    let a = wait_children(d, "a", 1, "running");
+    let b = wait_children(d, "b", 1, "running");
+    let path = config_path(d);
     let waiting = |trigger: &str| {
         format!(
             "{trigger}: waiting for {} to be closed before reloading",
@@ -1215,8 +1270,8 @@ fn a_config_file_still_open_for_writing_is_never_read() {
         )
     };
     let unchanged = || {
-        assert_eq!(wait_children(&d, "a", 1, "running"), a);
-        assert_eq!(wait_children(&d, "b", 1, "running"), b);
+        assert_eq!(wait_children(d, "a", 1, "running"), a);
+        assert_eq!(wait_children(d, "b", 1, "running"), b);
         let status = d.status();
         assert!(status["config_error"].is_null(), "{status:#}");
     };
@@ -1254,14 +1309,14 @@ fn a_config_file_still_open_for_writing_is_never_read() {
     // The rest of the save, and the close.
     writer.write_all(sleepers(&[("b", 2)]).as_bytes()).unwrap();
     drop(writer);
-    assert_eq!(wait_file_reloads(&d, 1), ["scaled: b"]);
-    assert_eq!(wait_children(&d, "b", 2, "running")[0], b[0]);
-    assert_eq!(wait_children(&d, "a", 1, "running"), a);
+    assert_eq!(wait_file_reloads(d, 1), ["scaled: b"]);
+    assert_eq!(wait_children(d, "b", 2, "running")[0], b[0]);
+    assert_eq!(wait_children(d, "a", 1, "running"), a);
 
     // A sentinel edit proves no other reload (of the prefix) came.
-    edit(&d, sleepers(&[("a", 1), ("b", 2), ("sentinel", 1)]));
+    edit(d, sleepers(&[("a", 1), ("b", 2), ("sentinel", 1)]));
     assert_eq!(
-        wait_file_reload_of(&d, "added: sentinel"),
+        wait_file_reload_of(d, "added: sentinel"),
         ["scaled: b", "added: sentinel"]
     );
     let err = d.stderr.text();
