@@ -110,7 +110,7 @@ fn read_at_most(path: &Path, max: u64) -> Result<Vec<u8>, String> {
     // Held while reading: no writer can open the file meanwhile.
     let _lease = match read_lease(&file) {
         Lease::Busy => {
-            return Err("a process has it open for writing; it is read once closed".into());
+            return Err("a process still has it open for writing".into());
         }
         Lease::Held(lease) => Some(lease),
         Lease::Unavailable(_) => None,
@@ -320,7 +320,7 @@ mod tests {
         let d = read(&file).unwrap_err();
         assert_eq!(
             d.message(),
-            "cannot read config file: a process has it open for writing; it is read once closed"
+            "cannot read config file: a process still has it open for writing"
         );
         drop(writer);
         assert!(read(&file).is_ok());
