@@ -409,19 +409,19 @@ impl ReloadGate {
             return Ok(found.skipped);
         }
         let files: Vec<String> = found.busy.iter().map(|f| f.display().to_string()).collect();
-        let (files, is) = (
-            files.join(", "),
-            if found.busy.len() == 1 { "is" } else { "are" },
-        );
+        let (files, is, it) = match found.busy.len() {
+            1 => (files.join(", "), "is", "it"),
+            _ => (files.join(", "), "are", "them"),
+        };
         if self.logged.get(trigger) != Some(&found.busy) {
             tracing::info!(
                 "{trigger}: waiting for {files} to be closed before reloading \
-                 (a process has it open for writing)"
+                 (a process has {it} open for writing)"
             );
             self.logged.insert(trigger.to_owned(), found.busy);
         }
         Err(format!(
-            "reload deferred: {files} {is} still open for writing; drover reloads once it is closed"
+            "reload deferred: {files} {is} still open for writing; drover reloads once {it} {is} closed"
         ))
     }
 }
@@ -456,7 +456,7 @@ pub fn inspect(path: &Path, writing: &HashSet<OsString>) -> Inspection {
             Probe::NotRegular(kind) if in_directory => found.skipped.push(
                 Diagnostic::warning(format!("skipped: it is {kind}, not a regular file"))
                     .at(Location { file, span: None })
-                    .with_help("drover reads the regular files of a config directory (and symlinks to them)"),
+                    .with_help("only regular files (or symlinks to them) are read"),
             ),
             _ => {}
         }
@@ -470,7 +470,7 @@ fn config_entries(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = fs::read_dir(dir) else {
         return Vec::new();
     };
-    let found: Vec<PathBuf> = entries
+    let mut found: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .map(|entry| entry.path())
         .filter(|path| {
@@ -482,6 +482,7 @@ fn config_entries(dir: &Path) -> Vec<PathBuf> {
     if found.len() > MAX_INSPECTED {
         return Vec::new();
     }
+    found.sort();
     found
 }
 
@@ -494,29 +495,33 @@ enum Probe {
     Busy,
     /// A regular file; the kernel will not say whether it is being written.
     Unknown,
-    /// Not a regular file (a directory, a FIFO, a device, …).
+    /// Not a regular file nor a directory: a FIFO, a device, …
     NotRegular(&'static str),
-    /// Missing or unreadable: the loader says so.
-    Unreadable,
+    /// A directory, passed over without a word (as the loader does), or
+    /// missing or unreadable (the loader says so).
+    Other,
 }
 
 fn probe(file: &Path) -> Probe {
-    // `stat` first: looking at a FIFO or a device opens nothing.
-    let kind = match fs::metadata(file) {
-        Ok(meta) if meta.is_dir() => return Probe::Unreadable,
-        Ok(meta) if !meta.is_file() => return Probe::NotRegular(describe(meta.file_type())),
-        Ok(meta) => meta.file_type(),
-        Err(_) => return Probe::Unreadable,
+    // `stat` first: looking at a FIFO or a device opens nothing. Then the
+    // opened fd again: the name may have been swapped in between.
+    let regular = |meta: fs::Metadata| match meta {
+        meta if meta.is_file() => None,
+        meta if meta.is_dir() => Some(Probe::Other),
+        meta => Some(Probe::NotRegular(describe(meta.file_type()))),
     };
-    debug_assert!(kind.is_file());
+    match fs::metadata(file).map(regular) {
+        Ok(None) => {}
+        Ok(Some(not_regular)) => return not_regular,
+        Err(_) => return Probe::Other,
+    }
     let Ok(opened) = open_nonblocking(file) else {
-        return Probe::Unreadable;
+        return Probe::Other;
     };
-    match opened.metadata() {
-        // Swapped for something else since the `stat`.
-        Ok(meta) if !meta.is_file() => return Probe::NotRegular(describe(meta.file_type())),
-        Ok(_) => {}
-        Err(_) => return Probe::Unreadable,
+    match opened.metadata().map(regular) {
+        Ok(None) => {}
+        Ok(Some(not_regular)) => return not_regular,
+        Err(_) => return Probe::Other,
     }
     match read_lease(&opened) {
         Lease::Held(_) => Probe::Free,
