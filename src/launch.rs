@@ -497,6 +497,22 @@ fn worker_env(group: &GroupSpec, index: u32, queues: &QueueSockets) -> HashMap<S
     env
 }
 
+/// A start that failed with `ENOENT` or `ENOTDIR` may have failed at the
+/// `chdir` (all three start paths report it as the exec's error): if the
+/// working directory is what is missing, that is the error to show. Looked
+/// at only after a failure, so a start that works costs no extra syscall.
+fn cwd_error(group: &GroupSpec, error: &std::io::Error) -> Option<LaunchError> {
+    if !matches!(error.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) {
+        return None;
+    }
+    let (cwd, name) = (group.cwd.clone(), group.name.clone());
+    match std::fs::metadata(&group.cwd) {
+        Ok(meta) if meta.is_dir() => None,
+        Ok(_) => Some(LaunchError::CwdNotDirectory { cwd, group: name }),
+        Err(_) => Some(LaunchError::CwdMissing { cwd, group: name }),
+    }
+}
+
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
@@ -534,9 +550,11 @@ impl Launcher for ProcessLauncher {
             // Found on PATH before, gone now: look again next time.
             self.prepared.remove(&group.name);
         }
-        let pid = started.map_err(|source| LaunchError::Exec {
-            program: plan.argv[0].to_string_lossy().into_owned(),
-            source,
+        let pid = started.map_err(|source| {
+            cwd_error(group, &source).unwrap_or_else(|| LaunchError::Exec {
+                program: plan.argv[0].to_string_lossy().into_owned(),
+                source,
+            })
         })?;
         let pid = Pid(pid);
         let ChildIo { pipes, queues } = io;

@@ -1,69 +1,116 @@
-//! Watching the config for edits (DESIGN §5), with `notify`.
+//! Watching the config for edits, and deciding when a reload may read it.
 //!
-//! The directory is watched, not the file: editors save by writing a
-//! temporary file and renaming it over the original (vim also renames the
-//! original away first), and Kubernetes swaps a `..data` symlink to a new
-//! timestamped directory. Any event that touches a `*.toml` name of the
-//! config (or the `..data` link) is sent to the event loop, which a byte on
-//! a socket wakes; the loop debounces bursts with a deadline of its own, so
-//! one save is applied once. A file written in place is not read before its
-//! writer closes it: an editor that truncates, pauses and then writes must
-//! not make drover apply an empty config. `notify` runs its own thread;
-//! nothing else happens there.
+//! **What is watched.** The config directory (for a single file, the
+//! directory holding it), not the files: editors save by renaming a
+//! temporary file over the original (vim renames the original away first),
+//! and Kubernetes swaps a `..data` symlink to a new timestamped directory.
+//! The directory's parent is watched too, for the directory itself: one that
+//! is deleted and created again, or renamed away and replaced, is a new
+//! inode that the old watch does not see, so it is watched again; while it
+//! is missing, its nearest existing ancestor is watched until it is back.
+//! That bookkeeping runs on a thread of this module: `notify`'s own thread
+//! hands it every event, and it adds and removes watches (a round trip to
+//! `notify`'s thread that the event loop must not wait for) and passes what
+//! matters to the loop as [`Change`]s, through a bounded channel and a byte
+//! on a socket in the loop's epoll set.
+//!
+//! **When to read.** [`ReloadGate`] debounces bursts (one save is several
+//! events) and keeps every reload — a file event, SIGHUP or `drover reload`
+//! — from reading a config file that a process still has open for writing,
+//! however long the writer takes: a writer that truncates, writes half and
+//! pauses must never have its half applied. There are two ways to know, and
+//! drover uses both:
+//!
+//! - **The kernel** ([`inspect`]): a read lease cannot be taken on a file
+//!   that any process has open for writing. That is the truth at the moment
+//!   of the read, whatever events were lost or came before drover watched,
+//!   and it serves SIGHUP and `drover reload`, which have no events; the
+//!   config loader holds such a lease while it reads, so no writer can start
+//!   in between. The kernel answers only the file's owner or a holder of
+//!   `CAP_LEASE` (root-owned config read by root is the usual case).
+//! - **Events**, where the kernel will not answer: a write (`IN_MODIFY`) or
+//!   creation of a config file marks it as being written until its
+//!   `IN_CLOSE_WRITE`, with no time limit (a time limit is what once let a
+//!   pausing writer's first half through). A rename or removal of the name
+//!   ends the mark, as the inode being written is no longer under that name,
+//!   and lost events end all marks.
+//!
+//! A save by temp file and rename has no writer on the final name, so it is
+//! applied after the debounce alone.
 
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
+use std::fs;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::time::{Duration, Instant};
 
 use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
-use notify::{EventKind, RecursiveMode, Watcher};
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+
+use crate::config::{Diagnostic, Location};
+use crate::sys::file::{Lease, describe, open_nonblocking, read_lease};
+
+/// How long a burst of config events may pause before it is applied once.
+pub const DEBOUNCE: Duration = Duration::from_millis(10);
+/// A burst that never pauses is applied this long after it began.
+const MAX_DEBOUNCE: Duration = Duration::from_secs(1);
+/// Events waiting for the watch thread, and changes waiting for the loop;
+/// beyond that they are dropped and stand for a [`Change::Lost`].
+const BACKLOG: usize = 1024;
+/// The most config files [`inspect`] looks at: the loader refuses a
+/// directory with more, so there is nothing to wait for.
+const MAX_INSPECTED: usize = 10_000;
 
 /// What happened to the config, as the event loop needs to know it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    /// A file is being written in place: wait for [`Change::Closed`].
+    /// A config file is being written in place: it was written to, or
+    /// created as a regular file.
     Writing(PathBuf),
-    /// A file written in place was closed.
+    /// A config file open for writing was closed.
     Closed(PathBuf),
-    /// Anything else: renamed, removed, a link swapped, or events lost.
+    /// A config file was renamed, replaced or removed: what was being
+    /// written under that name (if anything) is not there any more.
+    Replaced(PathBuf),
+    /// Anything else: a symlink made or swapped, a mode changed.
     Other,
+    /// Events were lost, or the directory itself was replaced: forget what
+    /// was being written, and read everything again.
+    Lost,
 }
 
-/// How one notify event matters to the config.
-fn classify(event: &notify::Event, filter: &Filter) -> Vec<Change> {
-    event
-        .paths
-        .iter()
-        .filter(|p| filter.matches(p))
-        .filter_map(|p| match event.kind {
-            EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
-                Some(Change::Closed(p.clone()))
-            }
-            EventKind::Access(_) => None,
-            EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any)
-            | EventKind::Create(CreateKind::File | CreateKind::Any) => {
-                Some(Change::Writing(p.clone()))
-            }
-            _ => Some(Change::Other),
-        })
-        .collect()
+/// How one event on an entry of the config directory matters.
+fn classify(kind: &EventKind, path: &Path) -> Option<Change> {
+    let path = path.to_path_buf();
+    Some(match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => Change::Closed(path),
+        // drover's own reads open and close the files.
+        EventKind::Access(_) => return None,
+        EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any) => Change::Writing(path),
+        // Only `open(O_CREAT)` is followed by a close; a symlink or a FIFO
+        // made under the name never would be.
+        EventKind::Create(CreateKind::File | CreateKind::Any)
+            if fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) =>
+        {
+            Change::Writing(path)
+        }
+        EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_)) => Change::Replaced(path),
+        _ => Change::Other,
+    })
 }
 
-/// A running watcher; dropping it stops watching.
-pub struct ConfigWatcher {
-    _watcher: notify::RecommendedWatcher,
-    dir: PathBuf,
-    changes: Receiver<Change>,
-}
-
-impl std::fmt::Debug for ConfigWatcher {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConfigWatcher")
-            .field("dir", &self.dir)
-            .finish()
-    }
+/// Whether an event on the config directory itself (or on a directory
+/// above it) may mean that the directory is another one now.
+fn moves_the_directory(kind: &EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::Create(_) | EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_))
+    )
 }
 
 /// Which names in the watched directory matter.
@@ -85,53 +132,401 @@ impl Filter {
             return true;
         }
         match self {
-            Filter::Directory => !text.starts_with('.') && text.ends_with(".toml"),
+            Filter::Directory => is_config_name(&text),
             Filter::File(file) => name == file,
         }
     }
 }
 
+/// Whether an entry of a config directory is read as a config file.
+fn is_config_name(name: &str) -> bool {
+    !name.starts_with('.') && name.ends_with(".toml")
+}
+
+/// What `notify`'s callback hands the watch thread.
+enum Message {
+    Event(notify::Result<notify::Event>),
+    Stop,
+}
+
+/// A running watcher; dropping it stops watching.
+#[derive(Debug)]
+pub struct ConfigWatcher {
+    changes: Receiver<Change>,
+    /// Set when a change did not fit in the channel.
+    lost: Arc<AtomicBool>,
+    thread: SyncSender<Message>,
+}
+
 impl ConfigWatcher {
     /// Watches the config at `path`; whenever a relevant entry changes, sends
-    /// what happened and writes a byte to `wake`.
+    /// what happened and writes a byte to `wake`. Fails if the config
+    /// directory cannot be watched now.
     pub fn start(path: &Path, wake: UnixStream) -> notify::Result<ConfigWatcher> {
+        let path = std::path::absolute(path).map_err(notify::Error::io)?;
         let (dir, filter) = if path.is_dir() {
-            (path.to_path_buf(), Filter::Directory)
+            (path, Filter::Directory)
         } else {
-            let dir = match path.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-                _ => PathBuf::from("."),
-            };
+            let dir = path.parent().unwrap_or(Path::new("/")).to_path_buf();
             let name = path.file_name().map(OsString::from).unwrap_or_default();
             (dir, Filter::File(name))
         };
-        let mut wake = wake;
-        let (tx, changes): (Sender<Change>, _) = channel();
-        let mut watcher =
-            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                let found = match event {
-                    Ok(event) => classify(&event, &filter),
-                    // A lost event (queue overflow) may hide a change: reload.
-                    Err(_) => vec![Change::Other],
-                };
-                if !found.is_empty() {
-                    for change in found {
-                        let _ = tx.send(change);
-                    }
-                    let _ = wake.write(&[1]);
+        let (events_tx, events) = sync_channel(BACKLOG);
+        let overflow = Arc::new(AtomicBool::new(false));
+        let watcher = {
+            let (tx, overflow) = (events_tx.clone(), overflow.clone());
+            notify::recommended_watcher(move |event| {
+                // Never blocks notify's thread: the watch thread may be
+                // waiting for it (to add a watch).
+                if let Err(TrySendError::Full(_)) = tx.try_send(Message::Event(event)) {
+                    overflow.store(true, Ordering::Relaxed);
                 }
-            })?;
-        watcher.watch(&dir, RecursiveMode::NonRecursive)?;
-        Ok(ConfigWatcher {
-            _watcher: watcher,
+            })?
+        };
+        let (changes_tx, changes) = sync_channel(BACKLOG);
+        let lost = Arc::new(AtomicBool::new(false));
+        let mut thread = WatchThread {
+            watcher,
             dir,
+            filter,
+            anchor: None,
+            dir_watched: true,
+            changes: changes_tx,
+            lost: lost.clone(),
+            wake,
+        };
+        thread.establish()?;
+        std::thread::Builder::new()
+            .name("drover-watch".into())
+            .spawn(move || thread.run(events, &overflow))
+            .map_err(notify::Error::io)?;
+        Ok(ConfigWatcher {
             changes,
+            lost,
+            thread: events_tx,
         })
     }
 
     /// What happened since the last call.
     pub fn changes(&self) -> impl Iterator<Item = Change> + '_ {
-        self.changes.try_iter()
+        let lost = self.lost.swap(false, Ordering::Relaxed);
+        self.changes.try_iter().chain(lost.then_some(Change::Lost))
+    }
+}
+
+impl Drop for ConfigWatcher {
+    fn drop(&mut self) {
+        // If the channel is full, the thread ends at its next change, which
+        // finds the receiver gone.
+        let _ = self.thread.try_send(Message::Stop);
+    }
+}
+
+/// The state of the watch thread.
+struct WatchThread {
+    watcher: RecommendedWatcher,
+    /// The config directory, absolute.
+    dir: PathBuf,
+    filter: Filter,
+    /// The nearest existing directory above `dir` that is watched: its
+    /// events say when `dir` (or a directory on the way to it) is created,
+    /// removed or renamed.
+    anchor: Option<PathBuf>,
+    /// Whether `dir` itself is watched (false while it is missing).
+    dir_watched: bool,
+    changes: SyncSender<Change>,
+    lost: Arc<AtomicBool>,
+    wake: UnixStream,
+}
+
+impl WatchThread {
+    fn run(mut self, events: Receiver<Message>, overflow: &AtomicBool) {
+        while let Ok(Message::Event(event)) = events.recv() {
+            if overflow.swap(false, Ordering::Relaxed) {
+                self.rewatch();
+            }
+            if !self.on_event(event) {
+                break; // the event loop is gone
+            }
+        }
+    }
+
+    /// Passes what matters on; false once nobody listens.
+    fn on_event(&mut self, event: notify::Result<notify::Event>) -> bool {
+        let event = match event {
+            Ok(event) if !event.need_rescan() => event,
+            // A queue overflow, or an error of the watch itself.
+            _ => return self.rewatch(),
+        };
+        if event
+            .paths
+            .iter()
+            .any(|p| self.on_the_way(p) && moves_the_directory(&event.kind))
+        {
+            return self.rewatch();
+        }
+        let found: Vec<Change> = event
+            .paths
+            .iter()
+            .filter(|p| p.parent() == Some(self.dir.as_path()) && self.filter.matches(p))
+            .filter_map(|p| classify(&event.kind, p))
+            .collect();
+        if found.is_empty() {
+            return true;
+        }
+        found.into_iter().all(|change| self.send(change))
+    }
+
+    /// Whether `path` is the config directory or a directory between it
+    /// and the anchor.
+    fn on_the_way(&self, path: &Path) -> bool {
+        let top = self.anchor.as_deref().unwrap_or(&self.dir);
+        self.dir.starts_with(path) && path.starts_with(top)
+    }
+
+    /// Watches everything again and has the config read again.
+    fn rewatch(&mut self) -> bool {
+        let was_watched = self.dir_watched;
+        match self.establish() {
+            Ok(()) if !was_watched => {
+                tracing::info!(
+                    "config directory {} is back; watching it",
+                    self.dir.display()
+                );
+            }
+            Ok(()) => {}
+            Err(e) if was_watched => match &self.anchor {
+                Some(anchor) => tracing::warn!(
+                    "cannot watch {}: {e}; watching {} until it is back",
+                    self.dir.display(),
+                    anchor.display()
+                ),
+                None => tracing::warn!(
+                    "cannot watch {} for changes: {e}; reload with SIGHUP or `drover reload`",
+                    self.dir.display()
+                ),
+            },
+            Err(_) => {}
+        }
+        self.send(Change::Lost)
+    }
+
+    /// (Re)watches the nearest existing directory above the config
+    /// directory, then the config directory itself, which may be a new
+    /// inode. The anchor is watched first, so that a directory created
+    /// right after a failed watch is seen by its event.
+    fn establish(&mut self) -> notify::Result<()> {
+        let Self { watcher, dir, .. } = self;
+        let anchor = dir
+            .ancestors()
+            .skip(1)
+            .find(|a| watcher.watch(a, RecursiveMode::NonRecursive).is_ok())
+            .map(Path::to_path_buf);
+        if let Some(old) = self.anchor.take()
+            && Some(&old) != anchor.as_ref()
+        {
+            let _ = self.watcher.unwatch(&old);
+        }
+        self.anchor = anchor;
+        let _ = self.watcher.unwatch(&self.dir);
+        let watched = self.watcher.watch(&self.dir, RecursiveMode::NonRecursive);
+        self.dir_watched = watched.is_ok();
+        watched
+    }
+
+    /// Hands a change to the loop and wakes it; false once nobody listens.
+    fn send(&mut self, change: Change) -> bool {
+        match self.changes.try_send(change) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => self.lost.store(true, Ordering::Relaxed),
+            Err(TrySendError::Disconnected(_)) => return false,
+        }
+        // Non-blocking: when the socket is full, the loop has a wake-up
+        // pending anyway.
+        let _ = self.wake.write(&[1]);
+        true
+    }
+}
+
+/// When the config is read again: after a burst of events has settled, and
+/// never while a config file is open for writing (see the module
+/// documentation).
+#[derive(Debug, Default)]
+pub struct ReloadGate {
+    /// When the current burst will be applied.
+    due: Option<Instant>,
+    burst_began: Option<Instant>,
+    /// Names of config files seen being written whose close was not seen.
+    writing: HashSet<OsString>,
+    /// The files each trigger was last logged to wait for, until a reload
+    /// finds none busy.
+    logged: HashMap<String, Vec<PathBuf>>,
+}
+
+impl ReloadGate {
+    /// Takes one change into account; the reload is due after the debounce.
+    pub fn on_change(&mut self, change: Change, now: Instant) {
+        let name = |path: &Path| path.file_name().map(OsString::from).unwrap_or_default();
+        match change {
+            Change::Writing(path) => {
+                self.writing.insert(name(&path));
+            }
+            Change::Closed(path) | Change::Replaced(path) => {
+                self.writing.remove(&name(&path));
+            }
+            Change::Lost => self.writing.clear(),
+            Change::Other => {}
+        }
+        let began = *self.burst_began.get_or_insert(now);
+        self.due = Some((now + DEBOUNCE).min(began + MAX_DEBOUNCE));
+    }
+
+    /// When the loop must wake up for [`Self::take_due`].
+    pub fn deadline(&self) -> Option<Instant> {
+        self.due
+    }
+
+    /// True once a burst of changes should be applied (then it is over).
+    pub fn take_due(&mut self, now: Instant) -> bool {
+        if self.due.is_none_or(|due| due > now) {
+            return false;
+        }
+        self.due = None;
+        self.burst_began = None;
+        true
+    }
+
+    /// Checks the config at `path` before it is read. While a config file is
+    /// open for writing, the reload waits: the answer is an error for the
+    /// one who asked, and a log line, once per trigger and set of files, so
+    /// that the writer's every write does not add one (its close is an
+    /// event that makes the reload due again).
+    /// Otherwise the warnings for the entries the read will pass over.
+    pub fn preflight(&mut self, path: &Path, trigger: &str) -> Result<Vec<Diagnostic>, String> {
+        let found = inspect(path, &self.writing);
+        if found.busy.is_empty() {
+            self.logged.clear();
+            return Ok(found.skipped);
+        }
+        let files: Vec<String> = found.busy.iter().map(|f| f.display().to_string()).collect();
+        let (files, is, it) = match found.busy.len() {
+            1 => (files.join(", "), "is", "it"),
+            _ => (files.join(", "), "are", "them"),
+        };
+        if self.logged.get(trigger) != Some(&found.busy) {
+            tracing::info!(
+                "{trigger}: waiting for {files} to be closed before reloading \
+                 (a process has {it} open for writing)"
+            );
+            self.logged.insert(trigger.to_owned(), found.busy);
+        }
+        Err(format!(
+            "reload deferred: {files} {is} still open for writing; drover reloads once {it} {is} closed"
+        ))
+    }
+}
+
+/// What a read of the config at `path` will meet, found without reading.
+#[derive(Debug, Default)]
+pub struct Inspection {
+    /// Config files that a process has open for writing.
+    pub busy: Vec<PathBuf>,
+    /// Warnings for the entries of a config directory that are named like
+    /// config files but are not regular files: they are not read.
+    pub skipped: Vec<Diagnostic>,
+}
+
+/// Looks at the files that make the config at `path`: asks the kernel
+/// whether each one is open for writing, and where it will not say, takes
+/// `writing` (names seen being written) for the answer. Never opens
+/// anything in a way that blocks. Problems that the loader reports
+/// (missing or unreadable files) are left to it.
+pub fn inspect(path: &Path, writing: &HashSet<OsString>) -> Inspection {
+    let mut found = Inspection::default();
+    let (files, in_directory) = match fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => (config_entries(path), true),
+        Ok(_) => (vec![path.to_path_buf()], false),
+        Err(_) => return found,
+    };
+    for file in files {
+        let name = file.file_name().map(OsString::from).unwrap_or_default();
+        match probe(&file) {
+            Probe::Busy => found.busy.push(file),
+            Probe::Unknown if writing.contains(&name) => found.busy.push(file),
+            Probe::NotRegular(kind) if in_directory => found.skipped.push(
+                Diagnostic::warning(format!("skipped: it is {kind}, not a regular file"))
+                    .at(Location { file, span: None })
+                    .with_help("only regular files (or symlinks to them) are read"),
+            ),
+            _ => {}
+        }
+    }
+    found
+}
+
+/// The entries of `dir` named like config files; none if there are more
+/// than [`MAX_INSPECTED`].
+fn config_entries(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| {
+            path.file_name()
+                .is_some_and(|name| is_config_name(&name.to_string_lossy()))
+        })
+        .take(MAX_INSPECTED + 1)
+        .collect();
+    if found.len() > MAX_INSPECTED {
+        return Vec::new();
+    }
+    found.sort();
+    found
+}
+
+/// What one config file is, as far as reading it goes.
+#[derive(Debug, PartialEq, Eq)]
+enum Probe {
+    /// A regular file that nobody has open for writing.
+    Free,
+    /// A regular file that a process has open for writing.
+    Busy,
+    /// A regular file; the kernel will not say whether it is being written.
+    Unknown,
+    /// Not a regular file nor a directory: a FIFO, a device, …
+    NotRegular(&'static str),
+    /// A directory, passed over without a word (as the loader does), or
+    /// missing or unreadable (the loader says so).
+    Other,
+}
+
+fn probe(file: &Path) -> Probe {
+    // `stat` first: looking at a FIFO or a device opens nothing. Then the
+    // opened fd again: the name may have been swapped in between.
+    let regular = |meta: fs::Metadata| match meta {
+        meta if meta.is_file() => None,
+        meta if meta.is_dir() => Some(Probe::Other),
+        meta => Some(Probe::NotRegular(describe(meta.file_type()))),
+    };
+    match fs::metadata(file).map(regular) {
+        Ok(None) => {}
+        Ok(Some(not_regular)) => return not_regular,
+        Err(_) => return Probe::Other,
+    }
+    let Ok(opened) = open_nonblocking(file) else {
+        return Probe::Other;
+    };
+    match opened.metadata().map(regular) {
+        Ok(None) => {}
+        Ok(Some(not_regular)) => return not_regular,
+        Err(_) => return Probe::Other,
+    }
+    match read_lease(&opened) {
+        Lease::Held(_) => Probe::Free,
+        Lease::Busy => Probe::Busy,
+        Lease::Unavailable(_) => Probe::Unknown,
     }
 }
 
@@ -141,20 +536,34 @@ mod tests {
 
     #[test]
     fn an_in_place_write_is_finished_by_its_close() {
-        use notify::event::DataChange;
-        let filter = Filter::File("drover.toml".into());
-        let event = |kind| notify::Event::new(kind).add_path(PathBuf::from("/x/drover.toml"));
-        let write = event(EventKind::Modify(ModifyKind::Data(DataChange::Any)));
-        let close = event(EventKind::Access(AccessKind::Close(AccessMode::Write)));
-        let read = event(EventKind::Access(AccessKind::Close(AccessMode::Read)));
-        let rename = event(EventKind::Modify(ModifyKind::Name(
-            notify::event::RenameMode::To,
-        )));
-        let p = PathBuf::from("/x/drover.toml");
-        assert_eq!(classify(&write, &filter), [Change::Writing(p.clone())]);
-        assert_eq!(classify(&close, &filter), [Change::Closed(p)]);
-        assert!(classify(&read, &filter).is_empty());
-        assert_eq!(classify(&rename, &filter), [Change::Other]);
+        use notify::event::{DataChange, RenameMode};
+        let p = Path::new("/nonexistent/drover.toml");
+        let change = |kind| classify(&kind, p);
+        let write = EventKind::Modify(ModifyKind::Data(DataChange::Any));
+        assert_eq!(change(write), Some(Change::Writing(p.into())));
+        let close = EventKind::Access(AccessKind::Close(AccessMode::Write));
+        assert_eq!(change(close), Some(Change::Closed(p.into())));
+        let read = EventKind::Access(AccessKind::Close(AccessMode::Read));
+        assert_eq!(change(read), None);
+        let rename = EventKind::Modify(ModifyKind::Name(RenameMode::To));
+        assert_eq!(change(rename), Some(Change::Replaced(p.into())));
+        let removed = EventKind::Remove(notify::event::RemoveKind::File);
+        assert_eq!(change(removed), Some(Change::Replaced(p.into())));
+    }
+
+    #[test]
+    fn only_a_created_regular_file_is_being_written() {
+        let dir = TempDir::new("created");
+        let file = dir.0.join("a.toml");
+        fs::write(&file, "").unwrap();
+        let link = dir.0.join("link.toml");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        let fifo = dir.0.join("fifo.toml");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let created = EventKind::Create(CreateKind::File);
+        assert_eq!(classify(&created, &file), Some(Change::Writing(file)));
+        assert_eq!(classify(&created, &link), Some(Change::Other));
+        assert_eq!(classify(&created, &fifo), Some(Change::Other));
     }
 
     #[test]
@@ -169,5 +578,222 @@ mod tests {
         let file = Filter::File("drover.toml".into());
         assert!(file.matches(Path::new("/x/drover.toml")));
         assert!(!file.matches(Path::new("/x/other.toml")));
+    }
+
+    #[test]
+    fn only_structural_events_on_the_way_to_the_directory_move_it() {
+        use notify::event::{RemoveKind, RenameMode};
+        assert!(moves_the_directory(&EventKind::Create(CreateKind::Folder)));
+        assert!(moves_the_directory(&EventKind::Remove(RemoveKind::Folder)));
+        assert!(moves_the_directory(&EventKind::Modify(ModifyKind::Name(
+            RenameMode::From
+        ))));
+        // Listing the directory (every reload does) must not look like a move.
+        let open = EventKind::Access(AccessKind::Open(AccessMode::Any));
+        assert!(!moves_the_directory(&open));
+        let attrib = EventKind::Modify(ModifyKind::Metadata(notify::event::MetadataKind::Any));
+        assert!(!moves_the_directory(&attrib));
+    }
+
+    #[test]
+    fn a_burst_is_applied_once_after_it_settles_and_at_the_latest_after_a_second() {
+        let mut gate = ReloadGate::default();
+        let t0 = Instant::now();
+        assert_eq!(gate.deadline(), None);
+        gate.on_change(Change::Other, t0);
+        gate.on_change(Change::Other, t0 + Duration::from_millis(5));
+        assert_eq!(gate.deadline(), Some(t0 + Duration::from_millis(15)));
+        assert!(!gate.take_due(t0 + Duration::from_millis(14)));
+        assert!(gate.take_due(t0 + Duration::from_millis(15)));
+        assert!(!gate.take_due(t0 + Duration::from_secs(5)), "once");
+
+        // Events every 5 ms, for ever: applied after a second anyway.
+        let t1 = t0 + Duration::from_secs(10);
+        let mut t = t1;
+        while t < t1 + MAX_DEBOUNCE + Duration::from_millis(100) {
+            gate.on_change(Change::Other, t);
+            t += Duration::from_millis(5);
+        }
+        assert_eq!(gate.deadline(), Some(t1 + MAX_DEBOUNCE));
+    }
+
+    /// Without a lease, the events say what is being written; without a
+    /// time limit, and until the close, a rename or removal, or lost events.
+    #[test]
+    fn marks_of_files_being_written_end_with_their_close_and_nothing_else() {
+        let mut gate = ReloadGate::default();
+        let now = Instant::now();
+        let a = PathBuf::from("/x/a.toml");
+        let b = PathBuf::from("/x/b.toml");
+        let names = |gate: &ReloadGate| {
+            let mut names: Vec<_> = gate.writing.iter().cloned().collect();
+            names.sort();
+            names
+        };
+        gate.on_change(Change::Writing(a.clone()), now);
+        gate.on_change(Change::Writing(b.clone()), now);
+        gate.take_due(now + Duration::from_secs(3600));
+        assert_eq!(names(&gate), ["a.toml", "b.toml"], "no time limit");
+        gate.on_change(Change::Other, now);
+        gate.on_change(Change::Closed(a.clone()), now);
+        assert_eq!(names(&gate), ["b.toml"]);
+        gate.on_change(Change::Replaced(b.clone()), now);
+        assert!(names(&gate).is_empty());
+        gate.on_change(Change::Writing(a), now);
+        gate.on_change(Change::Lost, now);
+        assert!(names(&gate).is_empty());
+    }
+
+    /// A fresh directory under the system temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> Self {
+            let dir =
+                std::env::temp_dir().join(format!("drover-watch-{}-{name}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn lease_available(file: &Path) -> bool {
+        let opened = fs::File::open(file).unwrap();
+        !matches!(read_lease(&opened), Lease::Unavailable(_))
+    }
+
+    #[test]
+    fn a_file_open_for_writing_holds_the_reload_until_it_is_closed() {
+        let dir = TempDir::new("busy");
+        let file = dir.0.join("a.toml");
+        fs::write(&file, "").unwrap();
+        fs::write(dir.0.join("b.toml"), "").unwrap();
+        let none = HashSet::new();
+        if !lease_available(&file) {
+            // The kernel will not say: the events decide.
+            let marked = HashSet::from([OsString::from("a.toml")]);
+            assert_eq!(inspect(&dir.0, &marked).busy, std::slice::from_ref(&file));
+            assert!(inspect(&dir.0, &none).busy.is_empty());
+            return;
+        }
+        let writer = fs::OpenOptions::new().append(true).open(&file).unwrap();
+        assert_eq!(inspect(&dir.0, &none).busy, std::slice::from_ref(&file));
+        assert_eq!(inspect(&file, &none).busy, std::slice::from_ref(&file));
+
+        let mut gate = ReloadGate::default();
+        let err = gate.preflight(&dir.0, "SIGHUP").unwrap_err();
+        assert_eq!(
+            err,
+            format!(
+                "reload deferred: {} is still open for writing; drover reloads once it is closed",
+                file.display()
+            )
+        );
+        assert_eq!(gate.logged["SIGHUP"], std::slice::from_ref(&file));
+        drop(writer);
+        assert!(gate.preflight(&dir.0, "SIGHUP").unwrap().is_empty());
+        assert!(gate.logged.is_empty());
+    }
+
+    #[test]
+    fn fifos_and_devices_in_a_config_directory_are_named_in_warnings() {
+        let dir = TempDir::new("special");
+        fs::write(dir.0.join("a.toml"), "").unwrap();
+        let fifo = dir.0.join("fifo.toml");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let zero = dir.0.join("zero.toml");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        fs::create_dir(dir.0.join("sub.toml")).unwrap();
+        let mut skipped: Vec<String> = inspect(&dir.0, &HashSet::new())
+            .skipped
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        skipped.sort();
+        assert_eq!(
+            skipped,
+            [
+                format!(
+                    "{}: warning: skipped: it is a FIFO, not a regular file",
+                    fifo.display()
+                ),
+                format!(
+                    "{}: warning: skipped: it is a character device, not a regular file",
+                    zero.display()
+                ),
+            ]
+        );
+    }
+
+    /// The changes of the next wake-up (blocking, with a deadline).
+    fn next_changes(watcher: &ConfigWatcher, wake: &mut UnixStream) -> Vec<Change> {
+        use std::io::Read;
+        wake.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        loop {
+            let mut bytes = [0u8; 64];
+            let n = wake.read(&mut bytes).expect("a change within 30 s");
+            assert!(n > 0);
+            let changes: Vec<Change> = watcher.changes().collect();
+            if !changes.is_empty() {
+                return changes;
+            }
+        }
+    }
+
+    /// Writes `file` until the watcher reports its close: the watch of its
+    /// directory may still be on its way (each write that goes unseen waits
+    /// for the next change, such as the one that says the directory is
+    /// watched again).
+    fn write_until_seen(watcher: &ConfigWatcher, wake: &mut UnixStream, file: &Path) {
+        for _ in 0..10 {
+            fs::write(file, "").unwrap();
+            let closed = Change::Closed(file.to_path_buf());
+            if next_changes(watcher, wake).contains(&closed) {
+                return;
+            }
+        }
+        panic!("the write of {} was never seen", file.display());
+    }
+
+    fn watch(dir: &Path) -> (ConfigWatcher, UnixStream) {
+        let (wake_tx, wake) = UnixStream::pair().unwrap();
+        wake_tx.set_nonblocking(true).unwrap();
+        (ConfigWatcher::start(dir, wake_tx).unwrap(), wake)
+    }
+
+    /// Regression: a config directory deleted and created again was not
+    /// watched any more.
+    #[test]
+    fn a_directory_deleted_and_created_again_is_watched_again() {
+        let root = TempDir::new("recreate");
+        let conf = root.0.join("conf.d");
+        fs::create_dir(&conf).unwrap();
+        let (watcher, mut wake) = watch(&conf);
+        write_until_seen(&watcher, &mut wake, &conf.join("first.toml"));
+        for round in 0..2 {
+            fs::remove_dir_all(&conf).unwrap();
+            fs::create_dir(&conf).unwrap();
+            write_until_seen(&watcher, &mut wake, &conf.join(format!("{round}.toml")));
+        }
+    }
+
+    /// `mv -T new conf.d` over an empty directory: one rename, a new inode.
+    #[test]
+    fn a_directory_replaced_by_a_rename_is_watched_again() {
+        let root = TempDir::new("swap");
+        let conf = root.0.join("conf.d");
+        fs::create_dir(&conf).unwrap();
+        let (watcher, mut wake) = watch(&conf);
+        let new = root.0.join("conf.new");
+        fs::create_dir(&new).unwrap();
+        fs::rename(&new, &conf).unwrap();
+        write_until_seen(&watcher, &mut wake, &conf.join("a.toml"));
     }
 }

@@ -1,10 +1,12 @@
-//! Config reload on the real binary (DESIGN §5): a new config is applied as a
+//! Config reload on the real binary: a new config is applied as a
 //! difference (same PIDs for what did not change, scaling, policy in place,
 //! rolling replacement, added and removed groups, fatal children revived,
 //! queues kept or dead-lettered), every way editors and Kubernetes save a
 //! file is applied exactly once, an invalid config changes nothing and shows
 //! in `status`, bursts converge, and reloads during backoff, during shutdown
-//! and under queue traffic behave.
+//! and under queue traffic behave. What the file system holds cannot hurt:
+//! a file still open for writing is not read, a config directory deleted and
+//! created again is watched again, FIFOs and devices are skipped.
 //!
 //! A reload is observed through drover's own log line
 //! (`a config file changed: config reloaded: <summary>`), counted, never
@@ -1202,29 +1204,266 @@ start_secs = "0s"
     assert_eq!(file_reloads(&d.stderr.text()).len(), 1);
 }
 
-/// Regression: an editor that truncates the file, pauses longer than the
-/// debounce, then writes must not make drover apply the empty file (which
-/// would remove every group). The file is read once the writer closes it.
+// ------------------------------------------ what the file system holds
+
+/// Regression: a save in place that wrote a valid prefix and paused had the
+/// prefix applied (here it would remove `b`) once 2 s had passed. A file
+/// still open for writing is never read as the config, however long the
+/// writer takes: not after the debounce, not on SIGHUP, not on `drover
+/// reload`. The whole file is applied once, when the writer closes it.
+/// Here drover owns the file, so the kernel tells it about the writer.
 #[test]
-fn a_slow_in_place_save_is_applied_once_when_the_writer_closes_the_file() {
-    let d = Drover::start("slowsave", &sleepers(&[("w", 1)]));
-    let before = wait_children(&d, "w", 1, "running");
+fn a_config_file_still_open_for_writing_is_never_read() {
+    let d = Drover::start("slowsave", &sleepers(&[("a", 1), ("b", 1)]));
+    the_reload_waits_for_the_writer_to_close(&d);
+}
+
+/// The same where the kernel will not tell (drover neither owns the file
+/// nor holds `CAP_LEASE`): the writes and the close that inotify reports
+/// decide, with no time limit.
+#[test]
+fn without_leases_a_config_file_still_open_for_writing_is_never_read() {
+    if !nix::unistd::geteuid().is_root() {
+        println!("skipped: needs root, to give the file away and drop CAP_LEASE");
+        return;
+    }
+    let dir = TempDir::new("slowsavenolease");
+    let path = dir.write("drover.toml", &sleepers(&[("a", 1), ("b", 1)]));
+    std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+    let no_lease = [
+        "setpriv",
+        "--inh-caps",
+        "-lease",
+        "--bounding-set",
+        "-lease",
+    ];
+    let d = Drover::start_in(dir, &no_lease);
+    the_reload_waits_for_the_writer_to_close(&d);
+}
+
+/// A writer that has opened the file but written nothing yet leaves no
+/// event behind; the kernel still knows, so SIGHUP waits for its close.
+#[test]
+fn sighup_waits_for_a_writer_that_has_not_written_yet() {
+    let d = Drover::start("quietwriter", &sleepers(&[("w", 1)]));
+    let w = wait_children(&d, "w", 1, "running");
     let path = config_path(&d);
-    let saved = d.dir.write("saved.txt", &sleepers(&[("w", 2)]));
-    // The writer (not the test) pauses 200 ms between truncating and writing.
-    let status = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(r#"exec 3>"$1"; sleep 0.2; cat "$2" >&3"#)
-        .arg("sh")
-        .arg(&path)
-        .arg(&saved)
-        .status()
+    let writer = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
         .unwrap();
-    assert!(status.success());
+    d.signal(libc::SIGHUP);
+    d.stderr.wait_for("SIGHUP to wait", |t| {
+        t.contains(&format!(
+            "SIGHUP: waiting for {} to be closed",
+            path.display()
+        ))
+    });
+    assert!(!d.stderr.text().contains("config reloaded"));
+    drop(writer);
+    assert_eq!(wait_file_reloads(&d, 1), ["no group changed"]);
+    assert_eq!(wait_children(&d, "w", 1, "running"), w);
+}
+
+/// Truncates `drover.toml` (groups `a` and `b`), writes a valid prefix that
+/// would remove `b` and holds the file open while checking that nothing is
+/// read; then completes the save, which scales `b` to 2.
+fn the_reload_waits_for_the_writer_to_close(d: &Drover) {
+    use std::io::Write;
+    let a = wait_children(d, "a", 1, "running");
+    let b = wait_children(d, "b", 1, "running");
+    let path = config_path(d);
+    let waiting = |trigger: &str| {
+        format!(
+            "{trigger}: waiting for {} to be closed before reloading",
+            path.display()
+        )
+    };
+    let unchanged = || {
+        assert_eq!(wait_children(d, "a", 1, "running"), a);
+        assert_eq!(wait_children(d, "b", 1, "running"), b);
+        let status = d.status();
+        assert!(status["config_error"].is_null(), "{status:#}");
+    };
+
+    // The test is the writer: truncate, write a valid prefix, hold it open.
+    let mut writer = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    writer.write_all(sleepers(&[("a", 1)]).as_bytes()).unwrap();
+    d.stderr
+        .wait_for("the reload after the debounce to wait", |t| {
+            t.contains(&waiting("a config file changed"))
+        });
+    unchanged();
+
+    d.signal(libc::SIGHUP);
+    d.stderr
+        .wait_for("SIGHUP to wait", |t| t.contains(&waiting("SIGHUP")));
+    unchanged();
+
+    let out = d.cli(&["reload"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let answer = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        answer.contains(&format!(
+            "reload deferred: {} is still open for writing",
+            path.display()
+        )),
+        "{answer}"
+    );
+    unchanged();
+
+    // The rest of the save, and the close.
+    writer.write_all(sleepers(&[("b", 2)]).as_bytes()).unwrap();
+    drop(writer);
+    assert_eq!(wait_file_reloads(d, 1), ["scaled: b"]);
+    assert_eq!(wait_children(d, "b", 2, "running")[0], b[0]);
+    assert_eq!(wait_children(d, "a", 1, "running"), a);
+
+    // A sentinel edit proves no other reload (of the prefix) came.
+    edit(d, sleepers(&[("a", 1), ("b", 2), ("sentinel", 1)]));
+    assert_eq!(
+        wait_file_reload_of(d, "added: sentinel"),
+        ["scaled: b", "added: sentinel"]
+    );
+    let err = d.stderr.text();
+    assert!(!err.contains("config reloaded: removed"), "{err}");
+    assert!(!err.contains("invalid"), "{err}");
+    assert_eq!(
+        err.matches(&waiting("a config file changed")).count(),
+        1,
+        "logged once, not per event:\n{err}"
+    );
+}
+
+/// Regression: after the config directory was deleted and created again,
+/// no edit was ever applied. While it is gone, a reload is a config error
+/// that changes nothing; once it is back, it is watched again (twice, so
+/// that the second time is not a leftover of the first).
+#[test]
+fn a_config_directory_deleted_and_created_again_is_watched_again() {
+    let d = start_on_directory("dirgone", &[("00-w.toml", &sleepers(&[("w", 1)]))]);
+    let conf = d.dir.path().join("conf.d");
+    let w = wait_children(&d, "w", 1, "running");
+    let gone = format!("cannot read {}", conf.display());
+    for round in 1..=2 {
+        let reported = d.stderr.text().matches(&gone).count();
+        std::fs::remove_dir_all(&conf).unwrap();
+        d.stderr.wait_count(&gone, reported + 1);
+        let status = d.wait_status("the error in status", |s| {
+            s["config_error"]
+                .as_str()
+                .is_some_and(|e| e.contains(&gone))
+        });
+        assert_eq!(Drover::children(&status, "w")[0]["pid"], w[0]);
+
+        std::fs::create_dir(&conf).unwrap();
+        let n = 1 + round as usize;
+        replace_atomically(&conf.join("00-w.toml"), &sleepers(&[("w", n as u32)]));
+        assert_eq!(wait_children(&d, "w", n, "running")[0], w[0]);
+        // An edit inside the new directory: its own watch works.
+        let extra = format!("x{round}");
+        replace_atomically(&conf.join("10-x.toml"), &sleepers(&[(&extra, 1)]));
+        wait_file_reload_of(&d, &format!("added: {extra}"));
+        assert!(d.status()["config_error"].is_null());
+    }
+    assert_eq!(wait_children(&d, "w", 3, "running")[0], w[0]);
+}
+
+#[test]
+fn a_config_file_deleted_and_written_again_is_applied() {
+    let d = Drover::start("filegone", &sleepers(&[("w", 1)]));
+    let w = wait_children(&d, "w", 1, "running");
+    let path = config_path(&d);
+    std::fs::remove_file(&path).unwrap();
+    d.stderr.wait_for("the missing file to be reported", |t| {
+        t.contains("a config file changed: the new config is invalid")
+    });
+    assert_eq!(wait_children(&d, "w", 1, "running"), w);
+    std::fs::write(&path, sleepers(&[("w", 2)])).unwrap();
     assert_eq!(wait_file_reloads(&d, 1), ["scaled: w"]);
-    let after = wait_children(&d, "w", 2, "running");
-    assert_eq!(after[0], before[0], "w[0] was never stopped");
-    // A sentinel edit proves no other reload (of the empty file) happened.
-    edit(&d, sleepers(&[("w", 2), ("sentinel", 1)]));
-    assert_eq!(wait_file_reloads(&d, 2), ["scaled: w", "added: sentinel"]);
+    assert_eq!(wait_children(&d, "w", 2, "running")[0], w[0]);
+}
+
+/// Regression: a FIFO named `*.toml` in the config directory blocked every
+/// reload in `open` (no status, no reaping, SIGTERM ignored), and a symlink
+/// to `/dev/zero` was read until memory ran out. Both are there from the
+/// start: boot, SIGHUP and an edit of another file all complete, and the
+/// log names each skipped entry and what it is.
+#[test]
+fn fifos_and_devices_in_a_config_directory_are_skipped_with_a_warning() {
+    let dir = TempDir::new("special");
+    dir.write("conf.d/00-w.toml", &sleepers(&[("w", 1)]));
+    let fifo = dir.path().join("conf.d/z.toml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let zero = dir.path().join("conf.d/zero.toml");
+    symlink("/dev/zero", &zero).unwrap();
+    let d = start_in_directory(dir);
+    let w = wait_children(&d, "w", 1, "running");
+    let warned = |file: &Path, what: &str| {
+        format!(
+            "{}: warning: skipped: it is {what}, not a regular file",
+            file.display()
+        )
+    };
+    d.stderr.wait_for("the warnings at startup", |t| {
+        t.contains(&warned(&fifo, "a FIFO")) && t.contains(&warned(&zero, "a character device"))
+    });
+
+    d.signal(libc::SIGHUP);
+    d.stderr.wait_for("the SIGHUP reload", |t| {
+        t.contains("SIGHUP: config reloaded: no group changed")
+    });
+    replace_atomically(
+        &d.dir.path().join("conf.d/10-x.toml"),
+        &sleepers(&[("x", 1)]),
+    );
+    assert_eq!(wait_file_reload_of(&d, "added: x"), ["added: x"]);
+    wait_children(&d, "x", 1, "running");
+    assert_eq!(wait_children(&d, "w", 1, "running"), w);
+    let err = d.stderr.text();
+    assert!(err.matches(&warned(&fifo, "a FIFO")).count() >= 3, "{err}");
+    assert!(d.status()["config_error"].is_null());
+}
+
+/// Regression: a child whose working directory was deleted failed with
+/// "cannot execute `sh`: No such file or directory".
+#[test]
+fn a_missing_working_directory_is_named_when_a_start_fails() {
+    let dir = TempDir::new("cwdgone");
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    dir.write(
+        "drover.toml",
+        r#"
+[group.w]
+command = ["sh", "-c", "echo started; exit 1"]
+cwd = "work"
+start_secs = "0s"
+restart_delay = "10ms"
+restart_delay_max = "10ms"
+max_restarts = 1000
+"#,
+    );
+    let d = Drover::start_in(dir, &[]);
+    d.stdout
+        .wait_for("a first start", |t| t.contains("w[0] started"));
+    std::fs::remove_dir(&work).unwrap();
+    let err = d
+        .stderr
+        .wait_for("the start to fail", |t| t.contains("w[0]: cannot start: "));
+    let line = err
+        .lines()
+        .find(|l| l.contains("w[0]: cannot start: "))
+        .unwrap();
+    assert!(
+        line.ends_with(&format!(
+            "w[0]: cannot start: working directory {} does not exist (cwd of group w)",
+            work.display()
+        )),
+        "{line}"
+    );
 }

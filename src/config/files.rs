@@ -1,18 +1,40 @@
 //! Finding and reading config files: one `.toml` file, or every `*.toml`
 //! file of a directory in name order.
+//!
+//! Nothing on the file system may block drover or exhaust its memory: only
+//! regular files (after following symlinks) are read, so a FIFO or a device
+//! named `*.toml` in a directory is passed over; a file is opened without
+//! blocking and its type checked again on the opened fd (it may have been
+//! swapped since the directory was listed); at most [`MAX_FILE_BYTES`] are
+//! read from one file and a directory may hold at most [`MAX_FILES`] config
+//! files. A file that some process still has open for writing is not read:
+//! its content may be half of what is being saved.
 
 use std::fs;
-use std::io;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use super::diag::{Diagnostic, Location};
 use super::source::SourceFile;
+use crate::sys::file::{Lease, describe, open_nonblocking, read_lease};
 
-/// The files `path` stands for: itself if it is a file; else the `*.toml`
-/// entries of the directory, sorted by name, skipping names that start with
-/// `.` (editor lock files, Kubernetes' `..data`) and directories. Symlinks
-/// are followed.
+/// The largest config file drover reads.
+pub(crate) const MAX_FILE_BYTES: u64 = 4 << 20;
+
+/// The most `*.toml` files a config directory may hold.
+pub(crate) const MAX_FILES: usize = 10_000;
+
+/// The files `path` stands for: itself if it is not a directory; else the
+/// `*.toml` entries of the directory that are regular files (symlinks
+/// followed), sorted by name, skipping names that start with `.` (editor
+/// lock files, Kubernetes' `..data`). Directories, FIFOs, devices and
+/// sockets are passed over without a diagnostic here (this function only
+/// reports errors); `drover run` warns about them itself.
 pub(crate) fn discover(path: &Path) -> Result<Vec<PathBuf>, Vec<Diagnostic>> {
+    discover_at_most(path, MAX_FILES)
+}
+
+fn discover_at_most(path: &Path, max_files: usize) -> Result<Vec<PathBuf>, Vec<Diagnostic>> {
     let meta = fs::metadata(path).map_err(|e| vec![cannot_read(path, &e)])?;
     if !meta.is_dir() {
         return Ok(vec![path.to_path_buf()]);
@@ -24,6 +46,9 @@ pub(crate) fn discover(path: &Path) -> Result<Vec<PathBuf>, Vec<Diagnostic>> {
         let name = entry.file_name();
         let name_str = name.to_string_lossy();
         if !name_str.starts_with('.') && name_str.ends_with(".toml") {
+            if names.len() == max_files {
+                return Err(vec![too_many(path, max_files)]);
+            }
             names.push(name);
         }
     }
@@ -32,9 +57,10 @@ pub(crate) fn discover(path: &Path) -> Result<Vec<PathBuf>, Vec<Diagnostic>> {
     let mut diags = Vec::new();
     for name in names {
         let file = path.join(name);
+        // `stat`, not `open`: looking at a FIFO or a device does nothing.
         match fs::metadata(&file) {
-            Ok(meta) if meta.is_dir() => {}
-            Ok(_) => files.push(file),
+            Ok(meta) if meta.is_file() => files.push(file),
+            Ok(_) => {}
             Err(e) => diags.push(unreadable(&file, &e)),
         }
     }
@@ -51,8 +77,55 @@ pub(crate) fn discover(path: &Path) -> Result<Vec<PathBuf>, Vec<Diagnostic>> {
 /// Reads one file. Text that is not UTF-8 is an error located at the first
 /// bad byte.
 pub(crate) fn read(path: &Path) -> Result<SourceFile, Diagnostic> {
-    let bytes = fs::read(path).map_err(|e| unreadable(path, &e))?;
+    let bytes = read_at_most(path, MAX_FILE_BYTES).map_err(|problem| {
+        Diagnostic::error(format!("cannot read config file: {problem}")).at(Location {
+            file: path.to_path_buf(),
+            span: None,
+        })
+    })?;
     from_bytes(path, bytes)
+}
+
+/// The bytes of the regular file at `path`, if it holds at most `max`, and
+/// no process has it open for writing (when the kernel can tell: see
+/// [`read_lease`]); else what is wrong, as a sentence.
+fn read_at_most(path: &Path, max: u64) -> Result<Vec<u8>, String> {
+    let file = open_nonblocking(path).map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err(format!(
+            "it is {}, not a regular file",
+            describe(meta.file_type())
+        ));
+    }
+    let too_large = || {
+        format!(
+            "it is larger than {} MiB, the limit for a config file",
+            max >> 20
+        )
+    };
+    if meta.len() > max {
+        return Err(too_large());
+    }
+    // Held while reading: no writer can open the file meanwhile.
+    let _lease = match read_lease(&file) {
+        Lease::Busy => {
+            return Err("a process still has it open for writing".into());
+        }
+        Lease::Held(lease) => Some(lease),
+        Lease::Unavailable(_) => None,
+    };
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // A file may grow after the fstat, or report no size (procfs): the
+    // limit holds whatever it says.
+    (&file)
+        .take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > max {
+        return Err(too_large());
+    }
+    Ok(bytes)
 }
 
 /// A file's contents as source text; not UTF-8 is an error located at the
@@ -80,6 +153,14 @@ fn unreadable(file: &Path, e: &io::Error) -> Diagnostic {
         file: file.to_path_buf(),
         span: None,
     })
+}
+
+fn too_many(dir: &Path, max: usize) -> Diagnostic {
+    Diagnostic::error(format!(
+        "cannot read {}: more than {max} `.toml` files, the limit for a config directory",
+        dir.display()
+    ))
+    .with_help("merge files, or move files that are not config elsewhere")
 }
 
 fn no_files(dir: &Path) -> Diagnostic {
@@ -162,6 +243,87 @@ mod tests {
         let diags = discover(&tmp.0).unwrap_err();
         assert_eq!(diags[0].location().unwrap().file, tmp.0.join("x.toml"));
         assert!(diags[0].message().starts_with("cannot read config file: "));
+    }
+
+    #[test]
+    fn fifos_and_devices_named_toml_are_passed_over() {
+        let tmp = TempDir::new("special");
+        fs::write(tmp.0.join("a.toml"), "").unwrap();
+        nix::unistd::mkfifo(&tmp.0.join("fifo.toml"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", tmp.0.join("zero.toml")).unwrap();
+        let files = discover(&tmp.0).unwrap();
+        assert_eq!(names(&files), ["a.toml"]);
+    }
+
+    /// Regression: opening a FIFO for reading waited for a writer forever,
+    /// and `/dev/zero` was read until memory ran out.
+    #[test]
+    fn reading_a_fifo_or_a_device_fails_at_once() {
+        let tmp = TempDir::new("readspecial");
+        let fifo = tmp.0.join("fifo.toml");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let d = read(&fifo).unwrap_err();
+        assert_eq!(
+            d.message(),
+            "cannot read config file: it is a FIFO, not a regular file"
+        );
+        assert_eq!(d.location().unwrap().file, fifo);
+        let zero = tmp.0.join("zero.toml");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        let d = read(&zero).unwrap_err();
+        assert!(d.message().contains("it is a character device"), "{d}");
+    }
+
+    #[test]
+    fn a_file_over_the_size_limit_is_an_error_naming_it() {
+        let tmp = TempDir::new("large");
+        let file = tmp.0.join("a.toml");
+        fs::write(&file, vec![b'#'; (MAX_FILE_BYTES + 1) as usize]).unwrap();
+        let d = read(&file).unwrap_err();
+        assert_eq!(
+            d.message(),
+            "cannot read config file: it is larger than 4 MiB, the limit for a config file"
+        );
+        fs::write(&file, vec![b'#'; MAX_FILE_BYTES as usize]).unwrap();
+        assert!(read(&file).is_ok());
+    }
+
+    #[test]
+    fn a_directory_with_too_many_files_is_an_error_naming_the_limit() {
+        let tmp = TempDir::new("many");
+        for i in 0..4 {
+            fs::write(tmp.0.join(format!("{i}.toml")), "").unwrap();
+        }
+        fs::write(tmp.0.join("notes.txt"), "").unwrap();
+        assert_eq!(discover_at_most(&tmp.0, 4).unwrap().len(), 4);
+        let diags = discover_at_most(&tmp.0, 3).unwrap_err();
+        assert_eq!(
+            diags[0].message(),
+            format!(
+                "cannot read {}: more than 3 `.toml` files, the limit for a config directory",
+                tmp.0.display()
+            )
+        );
+    }
+
+    /// A file being saved in place is never read half-written.
+    #[test]
+    fn a_file_open_for_writing_is_not_read() {
+        let tmp = TempDir::new("writer");
+        let file = tmp.0.join("a.toml");
+        fs::write(&file, "").unwrap();
+        let probe = fs::File::open(&file).unwrap();
+        if matches!(read_lease(&probe), Lease::Unavailable(_)) {
+            return; // this file system cannot tell
+        }
+        let writer = fs::OpenOptions::new().append(true).open(&file).unwrap();
+        let d = read(&file).unwrap_err();
+        assert_eq!(
+            d.message(),
+            "cannot read config file: a process still has it open for writing"
+        );
+        drop(writer);
+        assert!(read(&file).is_ok());
     }
 
     #[test]

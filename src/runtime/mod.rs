@@ -10,7 +10,7 @@
 
 mod output;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
@@ -35,17 +35,13 @@ use crate::shutdown::{ShutdownOrder, Step};
 use crate::signal::Signal;
 use crate::status::Status;
 use crate::supervisor::{ExitStatus, GroupCommand, Pid, ReloadSummary, Supervisor};
-use crate::watch::{Change, ConfigWatcher};
+use crate::watch::{ConfigWatcher, ReloadGate};
 use output::Output;
 
 const SIGNALS: u64 = 0;
 const CONTROL: u64 = 1;
 const LOG_WAKE: u64 = 2;
 const CONFIG_WAKE: u64 = 3;
-/// How long a burst of config events may last before it is applied once.
-const DEBOUNCE: Duration = Duration::from_millis(10);
-/// The longest wait for a file being written in place to be closed.
-const MAX_WRITE_WAIT: Duration = Duration::from_secs(2);
 /// How long the fork server and templates get to exit at shutdown.
 const HELPER_GRACE: Duration = Duration::from_secs(2);
 /// A second SIGTERM/SIGINT this soon after the first is the same request
@@ -125,12 +121,8 @@ struct Runtime {
     config_path: PathBuf,
     watcher: Option<ConfigWatcher>,
     config_wake: UnixStream,
-    /// When a burst of config events will be applied.
-    reload_at: Option<Instant>,
-    /// When the current burst began.
-    edit_began: Option<Instant>,
-    /// Config files written in place and not closed yet.
-    open_writes: HashSet<PathBuf>,
+    /// When the config may be read again.
+    reloads: ReloadGate,
     /// The last reload's errors, until a valid config is applied.
     config_error: Option<String>,
     /// The fork server and templates asked to exit at shutdown.
@@ -186,6 +178,10 @@ impl Runtime {
         config_wake_tx
             .set_nonblocking(true)
             .map_err(os("config watcher"))?;
+        // `drover run` read the config before logging was set up.
+        for warning in crate::watch::inspect(path, &Default::default()).skipped {
+            tracing::warn!("{warning}");
+        }
         let watcher = match ConfigWatcher::start(path, config_wake_tx) {
             Ok(w) => Some(w),
             Err(e) => {
@@ -245,9 +241,7 @@ impl Runtime {
             config_path: path.to_path_buf(),
             watcher,
             config_wake,
-            reload_at: None,
-            edit_began: None,
-            open_writes: HashSet::new(),
+            reloads: ReloadGate::default(),
             config_error: None,
             helpers: Vec::new(),
             helpers_deadline: None,
@@ -283,10 +277,7 @@ impl Runtime {
             }
             let now = Instant::now();
             self.sup.start_deferred(&mut self.launcher, now);
-            if self.reload_at.is_some_and(|at| at <= now) {
-                self.reload_at = None;
-                self.edit_began = None;
-                self.open_writes.clear();
+            if self.reloads.take_due(now) {
                 let _ = self.reload("a config file changed");
             }
             if child_deadline.is_some_and(|d| d <= now) {
@@ -328,7 +319,7 @@ impl Runtime {
             child_deadline,
             self.orphans.deadline(),
             shutdown,
-            self.reload_at,
+            self.reloads.deadline(),
             self.helpers_deadline.filter(|_| !self.helpers.is_empty()),
         ]
         .into_iter()
@@ -486,45 +477,37 @@ impl Runtime {
         self.watch_new_outputs();
     }
 
-    /// A config file changed: apply it once the burst of events is over and
-    /// no file is still being written in place.
+    /// A config file changed: the reload is due once the burst of events
+    /// is over.
     fn on_config_event(&mut self) {
         let mut buf = [0u8; 64];
         while matches!(self.config_wake.read(&mut buf), Ok(n) if n > 0) {}
         let now = Instant::now();
         if let Some(watcher) = &self.watcher {
             for change in watcher.changes() {
-                match change {
-                    Change::Writing(path) => {
-                        self.open_writes.insert(path);
-                    }
-                    Change::Closed(path) => {
-                        self.open_writes.remove(&path);
-                    }
-                    Change::Other => {}
-                }
+                self.reloads.on_change(change, now);
             }
         }
-        let first = *self.edit_began.get_or_insert(now);
-        self.reload_at = Some(if self.open_writes.is_empty() {
-            now + DEBOUNCE
-        } else {
-            // A close wakes us sooner; a writer that never closes is waited
-            // for this long at most.
-            first + MAX_WRITE_WAIT
-        });
     }
 
     /// Reads the config again and applies it as a difference; an invalid
-    /// config changes nothing and is reported (and kept for `status`).
+    /// config changes nothing and is reported (and kept for `status`). A
+    /// config file still open for writing is not read: the reload waits for
+    /// its close (an event that makes it due again).
     fn reload(&mut self, trigger: &str) -> Result<ReloadSummary, String> {
         if self.sup.is_shutting_down() {
             tracing::info!("{trigger}: not reloading, drover is shutting down");
             return Err("drover is shutting down".into());
         }
+        for warning in self.reloads.preflight(&self.config_path, trigger)? {
+            tracing::warn!("{warning}");
+        }
         let loaded = match crate::config::load(&self.config_path) {
             Ok(loaded) => loaded,
             Err(failed) => {
+                // A writer that opened a file since the preflight made the
+                // loader refuse it: wait for its close, as above.
+                self.reloads.preflight(&self.config_path, trigger)?;
                 let errors: Vec<_> = failed.diagnostics.iter().filter(|d| d.is_error()).collect();
                 tracing::error!(
                     "{trigger}: the new config is invalid ({} errors); still running the previous one",

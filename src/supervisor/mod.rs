@@ -50,6 +50,20 @@ pub enum LaunchError {
         #[source]
         source: std::io::Error,
     },
+    /// The start failed because the group's working directory is missing
+    /// (`posix_spawn` reports a failed `chdir` as the exec's error).
+    #[error("working directory {} does not exist (cwd of group {group})", cwd.display())]
+    CwdMissing {
+        cwd: std::path::PathBuf,
+        group: crate::names::GroupName,
+    },
+    /// Like [`LaunchError::CwdMissing`], for a working directory that is
+    /// something else than a directory.
+    #[error("working directory {} is not a directory (cwd of group {group})", cwd.display())]
+    CwdNotDirectory {
+        cwd: std::path::PathBuf,
+        group: crate::names::GroupName,
+    },
     #[error("cannot prepare the child: {0}")]
     Setup(#[source] std::io::Error),
     /// The group's start context is still getting ready (a Python template

@@ -1,4 +1,5 @@
-//! Every `unsafe` call of drover: process creation.
+//! Every `unsafe` call of drover: process creation, and read leases on
+//! config files (`file`).
 //!
 //! Everything a child needs — program path, argv, envp, working directory and
 //! the fd plan — is built by the caller as C strings before anything is
@@ -17,6 +18,7 @@ use std::ptr;
 use nix::fcntl::{FcntlArg, fcntl};
 
 pub mod context;
+pub mod file;
 pub mod forkexec;
 pub mod forkserver;
 
