@@ -1,4 +1,4 @@
-//! The status snapshot: `drover status --json`'s exact shape (DESIGN §7),
+//! The status snapshot: `drover status --json`'s exact shape,
 //! and its table rendering for `drover status`.
 
 use std::fmt::Write as _;
@@ -55,6 +55,15 @@ pub struct QueueStatus {
     /// At-most-once messages a consumer died holding, unread.
     #[serde(default)]
     pub lost: u64,
+    /// Packets not taken: empty or oversized ones from producers (the
+    /// oversized ones are dead-lettered, and counted there too), and from
+    /// consumers anything but a due `ack` or `nack`.
+    #[serde(default)]
+    pub refused: u64,
+    /// A queue a reload removed, listed while its consumers still hold
+    /// messages of it (an `ack` drops them, a `nack` dead-letters them).
+    #[serde(default)]
+    pub removed: bool,
 }
 
 impl Status {
@@ -113,7 +122,7 @@ impl Status {
         if !self.queues.is_empty() {
             let _ = writeln!(
                 out,
-                "\n{:<24} {:>8} {:>9} {:>10} {:>10} {:>11} {:>13} {:>6}",
+                "\n{:<24} {:>8} {:>9} {:>10} {:>10} {:>11} {:>13} {:>6} {:>7}",
                 "QUEUE",
                 "DEPTH",
                 "IN FLIGHT",
@@ -121,19 +130,27 @@ impl Status {
                 "ACKED",
                 "REDELIVERED",
                 "DEAD LETTERED",
-                "LOST"
+                "LOST",
+                "REFUSED"
             );
             for q in &self.queues {
+                let name = if q.removed {
+                    format!("{} (removed)", q.name)
+                } else {
+                    q.name.clone()
+                };
                 let _ = writeln!(
                     out,
-                    "{:<24} {:>8} {:>9} {:>10} {:>10} {:>11} {:>13}",
-                    q.name,
+                    "{:<24} {:>8} {:>9} {:>10} {:>10} {:>11} {:>13} {:>6} {:>7}",
+                    name,
                     q.depth,
                     q.in_flight,
                     q.delivered,
                     q.acked,
                     q.redelivered,
-                    q.dead_lettered
+                    q.dead_lettered,
+                    q.lost,
+                    q.refused
                 );
             }
         }
