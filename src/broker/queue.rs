@@ -526,4 +526,76 @@ mod tests {
         );
         q.set_blocked(1, false);
     }
+
+    #[test]
+    fn a_retired_queue_dead_letters_every_failure_at_once() {
+        let mut q = QueueCore::new(spec(Delivery::AtLeastOnce, 2, 5));
+        for s in ["a", "b", "c"] {
+            q.push(msg(s));
+        }
+        q.add_consumer(1);
+        q.add_consumer(2);
+        let (c, m) = q.take_for_delivery().unwrap();
+        q.delivered(c, m, None);
+        let left = q.retire();
+        assert_eq!(left.iter().map(text).collect::<Vec<_>>(), ["b", "c"]);
+        assert!(q.holds(1) && !q.holds(2));
+        assert_eq!(
+            q.take_for_delivery(),
+            None,
+            "a retired queue hands out nothing"
+        );
+        let dead = q
+            .settle(1, false)
+            .unwrap()
+            .expect("no queue to return it to");
+        assert_eq!(text(&dead.message), "a");
+        assert!(dead.reason.contains("removed"), "{}", dead.reason);
+        assert!(q.is_drained());
+        assert_eq!(q.settle(1, true), Err("unknown consumer"));
+    }
+
+    #[test]
+    fn ready_bytes_bound_a_queue_whatever_its_capacity() {
+        let mut s = spec(Delivery::AtLeastOnce, 1, 5);
+        s.capacity = u32::MAX;
+        let mut q = QueueCore::new(s);
+        let big = vec![0u8; MAX_READY_BYTES / 4];
+        for _ in 0..3 {
+            q.push(Message::new(&big));
+        }
+        assert!(!q.is_full());
+        q.push(Message::new(&big));
+        assert!(q.is_full());
+        q.add_consumer(1);
+        let (c, m) = q.take_for_delivery().unwrap();
+        assert!(!q.is_full(), "room again once one is handed out");
+        q.delivered(c, m, None);
+    }
+
+    #[test]
+    fn the_ack_deadline_is_the_oldest_unsettled_message_s() {
+        let mut s = spec(Delivery::AtLeastOnce, 2, 5);
+        s.ack_timeout = Duration::from_secs(10);
+        let mut q = QueueCore::new(s);
+        let t0 = Instant::now();
+        q.push(msg("a"));
+        q.push(msg("b"));
+        q.add_consumer(1);
+        let (c, m) = q.take_for_delivery().unwrap();
+        q.delivered(c, m, Some(t0));
+        let (c, m) = q.take_for_delivery().unwrap();
+        q.delivered(c, m, Some(t0 + Duration::from_secs(3)));
+        assert_eq!(q.ack_deadline(1), Some(t0 + Duration::from_secs(10)));
+        q.settle(1, true).unwrap();
+        assert_eq!(q.ack_deadline(1), Some(t0 + Duration::from_secs(13)));
+        q.settle(1, true).unwrap();
+        assert_eq!(q.ack_deadline(1), None);
+        q.spec.delivery = Delivery::AtMostOnce;
+        assert_eq!(
+            q.ack_timeout(),
+            None,
+            "at-most-once has no acks to wait for"
+        );
+    }
 }
