@@ -49,6 +49,15 @@ pub fn append(
     if let Some(dir) = file.parent() {
         std::fs::create_dir_all(dir)?;
     }
+    let mut out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&file)?;
+    let size = out.metadata()?.len();
+    if size >= max_bytes {
+        // Full: not even worth serialising (a flood stays cheap).
+        return Ok(Appended::OverLimit);
+    }
     let record = Record {
         time: utc_now(),
         queue: queue.as_str(),
@@ -59,11 +68,6 @@ pub fn append(
     };
     let mut line = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
     line.push(b'\n');
-    let mut out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&file)?;
-    let size = out.metadata()?.len();
     if size.saturating_add(line.len() as u64) > max_bytes {
         return Ok(Appended::OverLimit);
     }

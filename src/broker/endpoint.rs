@@ -98,7 +98,9 @@ impl Broker {
                     );
                 }
                 Ok(n) => self.accept(queue, n),
-                Err(Errno::EINTR) => continue,
+                // (ECONNRESET: see read_settlements; a producer is never
+                // sent anything, but a reset must not cost what follows.)
+                Err(Errno::EINTR | Errno::ECONNRESET) => continue,
                 Err(Errno::EAGAIN) => break,
                 Err(e) => {
                     tracing::debug!("queue {queue}: reading a producer: {e}");
@@ -211,6 +213,24 @@ impl Broker {
                         "its consumer's socket failed before it acknowledged it",
                     );
                 }
+            }
+        }
+        // The budget is spent with packets left. Level triggering reports
+        // them again; an edge-triggered (at-most-once) endpoint is re-armed,
+        // which makes epoll look at it afresh.
+        self.rearm_edge(epoll, token);
+    }
+
+    /// Re-registers an edge-triggered endpoint with the same interest, so
+    /// that epoll reports it again if it is still ready.
+    fn rearm_edge(&mut self, epoll: &Epoll, token: u64) {
+        let Some(ep) = self.endpoints.get(&token) else {
+            return;
+        };
+        if ep.interest.contains(EpollFlags::EPOLLET) {
+            let mut event = EpollEvent::new(ep.interest, token);
+            if let Err(e) = epoll.modify(ep.fd.as_fd(), &mut event) {
+                tracing::warn!("queue {}: cannot watch a child's socket: {e}", ep.queue);
             }
         }
     }

@@ -684,3 +684,27 @@ fn an_ack_timeout_set_by_a_reload_applies_to_messages_already_held() {
     let deadline = broker.deadline().expect("armed by the reload");
     assert_eq!(broker.on_deadline(&epoll, deadline), [Pid(42)]);
 }
+
+/// An at-most-once consumer is watched edge-triggered: when one event's
+/// read budget leaves packets behind, it must be reported again.
+#[test]
+fn an_edge_triggered_consumer_left_with_packets_is_reported_again() {
+    let (mut broker, epoll, child) = with_consumer(Delivery::AtMostOnce);
+    nix::sys::socket::setsockopt(&child, nix::sys::socket::sockopt::SndBuf, &(1 << 20)).unwrap();
+    child.set_nonblocking(true).unwrap();
+    let mut sent = 0;
+    while sent < READ_BUDGET + 10
+        && nix::sys::socket::send(child.as_raw_fd(), b"x", MsgFlags::MSG_DONTWAIT).is_ok()
+    {
+        sent += 1;
+    }
+    assert!(sent > READ_BUDGET, "only {sent} packets fit");
+    let mut events = [nix::sys::epoll::EpollEvent::empty(); 4];
+    let n = epoll.wait(&mut events, 0u8).unwrap();
+    assert_eq!((n, events[0].data()), (1, 101));
+    broker.on_event(&epoll, 101, events[0].events());
+    let n = epoll.wait(&mut events, 0u8).unwrap();
+    assert_eq!((n, events[0].data()), (1, 101), "reported again");
+    broker.on_event(&epoll, 101, events[0].events());
+    assert_eq!(broker.status()[0].refused, sent as u64);
+}
