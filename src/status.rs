@@ -216,3 +216,42 @@ fn group_state(group: &Group, children: &[ChildStatus]) -> String {
         .find(|s| children.iter().any(|c| c.state == **s))
         .map_or("running".into(), |s| (*s).to_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_fields_added_later_default_when_absent() {
+        let old = r#"{"name":"jobs","depth":1,"in_flight":0,"delivered":2,"acked":2,
+            "redelivered":0,"dead_lettered":0}"#;
+        let q: QueueStatus = serde_json::from_str(old).unwrap();
+        assert_eq!((q.lost, q.refused, q.removed), (0, 0, false));
+    }
+
+    #[test]
+    fn the_table_shows_refused_and_removed_queues() {
+        let queue = |name: &str, removed| QueueStatus {
+            name: name.into(),
+            depth: 0,
+            in_flight: 1,
+            delivered: 1,
+            acked: 0,
+            redelivered: 0,
+            dead_lettered: 0,
+            lost: 3,
+            refused: 7,
+            removed,
+        };
+        let status = Status {
+            config_error: None,
+            groups: vec![],
+            queues: vec![queue("jobs", false), queue("old", true)],
+        };
+        let table = status.render_table();
+        assert!(table.contains("REFUSED"), "{table}");
+        assert!(table.contains("old (removed)"), "{table}");
+        let jobs = table.lines().find(|l| l.starts_with("jobs ")).unwrap();
+        assert!(jobs.trim_end().ends_with("3       7"), "{jobs:?}");
+    }
+}

@@ -131,7 +131,11 @@ impl Broker {
                 q.counters.refused += 1;
                 q.counters.dead_lettered += 1;
                 let max = q.spec.max_message_bytes;
-                let reason = format!("refused: {n} bytes is over max_message_bytes = {max}");
+                let reason = if n > max as usize {
+                    format!("refused: {n} bytes is over max_message_bytes = {max}")
+                } else {
+                    format!("refused: {n} bytes is more than drover reads in one packet")
+                };
                 (q.spec.dead_letter.clone(), reason)
             }
             None => {

@@ -54,7 +54,10 @@ impl Broker {
             }
         }
         self.scratch_len = scratch_len(&self.queues);
-        self.scratch.truncate(self.scratch_len);
+        if self.scratch.len() > self.scratch_len {
+            // Freed, not kept at the size of a queue that is gone.
+            self.scratch = Vec::new();
+        }
         self.rebind(epoll, &added, &changed);
         for name in &retimed {
             self.rearm(name);
