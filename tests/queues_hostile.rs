@@ -11,6 +11,7 @@ mod common;
 
 use std::cell::Cell;
 use std::collections::HashSet;
+use std::time::Instant;
 
 use common::{Drover, python, wait_until};
 use nix::sys::signal::{Signal, kill};
@@ -75,6 +76,13 @@ fn assert_alive(d: &mut Drover) {
         "drover died: {exited:?}\nstderr:\n{}",
         d.stderr.text()
     );
+}
+
+/// How many 10 s windows of drover's log rate limit (5 lines per kind
+/// each, then a count) a test that began at `started` may have seen: on a
+/// loaded machine a test can take longer than one window.
+fn log_windows(started: Instant) -> usize {
+    started.elapsed().as_secs() as usize / 10 + 2
 }
 
 /// `producer.py N`: sends m0 .. m(N-1) to `jobs`, says so, then idles.
@@ -418,6 +426,7 @@ inputs = ["dead"]
         ),
         &[("producer.py", PRODUCER), ("nack_all.py", NACK_ALL)],
     );
+    let started = Instant::now();
     let deepest = Cell::new(0);
     let status = d.wait_status("every message dead-lettered", |s| {
         deepest.set(deepest.get().max(count(s, "dead", "depth")));
@@ -433,13 +442,17 @@ inputs = ["dead"]
         dead_letters(&d, "jobs").len() == N as usize - 5
     });
     let err = d.stderr.text();
+    let windows = log_windows(started);
     let per_message = err.matches("dead-lettered to").count();
     assert!(
-        per_message <= 10,
-        "{per_message} lines for {N} dead letters"
+        per_message <= 5 * windows,
+        "{per_message} lines for {N} dead letters in {windows} windows"
     );
     let full = err.matches("dead-letter queue dead is full").count();
-    assert!((1..=2).contains(&full), "{full} lines about the full queue");
+    assert!(
+        (1..=2 * windows).contains(&full),
+        "{full} lines about the full queue in {windows} windows"
+    );
 }
 
 // ------------------------------------------------------------- defect 5
@@ -543,13 +556,15 @@ start_secs = "0s"
 "#,
         &[("producer.py", PRODUCER), ("bogus.py", BOGUS)],
     );
+    let started = Instant::now();
     let status = d.wait_status("the ack after the flood", |s| {
         count(s, "jobs", "acked") == 1
     });
     assert_eq!(count(&status, "jobs", "refused"), 10_000, "{status:#}");
     let lines = d.stderr.text().matches("only `ack` and `nack`").count();
+    let windows = log_windows(started);
     assert!(
-        (1..=10).contains(&lines),
-        "{lines} lines for 10,000 packets"
+        (1..=5 * windows).contains(&lines),
+        "{lines} lines for 10,000 packets in {windows} windows"
     );
 }

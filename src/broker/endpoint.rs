@@ -94,7 +94,7 @@ impl Broker {
                     self.refuse(
                         queue,
                         "zero-length packets from producers refused",
-                        "a zero-length packet is not a message (a consumer could not tell it from the queue closing)",
+                        "refused a zero-length packet from a producer: it is not a message (a consumer could not tell it from the queue closing)",
                     );
                 }
                 Ok(n) => self.accept(queue, n),
