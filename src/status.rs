@@ -1,4 +1,4 @@
-//! The status snapshot: `drover status --json`'s exact shape (DESIGN §7),
+//! The status snapshot: `drover status --json`'s exact shape,
 //! and its table rendering for `drover status`.
 
 use std::fmt::Write as _;
@@ -77,6 +77,15 @@ pub struct QueueStatus {
     /// At-most-once messages a consumer died holding, unread.
     #[serde(default)]
     pub lost: u64,
+    /// Packets not taken: empty or oversized ones from producers (the
+    /// oversized ones are dead-lettered, and counted there too), and from
+    /// consumers anything but a due `ack` or `nack`.
+    #[serde(default)]
+    pub refused: u64,
+    /// A queue a reload removed, listed while its consumers still hold
+    /// messages of it (an `ack` drops them, a `nack` dead-letters them).
+    #[serde(default)]
+    pub removed: bool,
 }
 
 impl Status {
@@ -141,7 +150,7 @@ impl Status {
         if !self.queues.is_empty() {
             let _ = writeln!(
                 out,
-                "\n{:<24} {:>8} {:>9} {:>10} {:>10} {:>11} {:>13} {:>6}",
+                "\n{:<24} {:>8} {:>9} {:>10} {:>10} {:>11} {:>13} {:>6} {:>7}",
                 "QUEUE",
                 "DEPTH",
                 "IN FLIGHT",
@@ -149,19 +158,27 @@ impl Status {
                 "ACKED",
                 "REDELIVERED",
                 "DEAD LETTERED",
-                "LOST"
+                "LOST",
+                "REFUSED"
             );
             for q in &self.queues {
+                let name = if q.removed {
+                    format!("{} (removed)", q.name)
+                } else {
+                    q.name.clone()
+                };
                 let _ = writeln!(
                     out,
-                    "{:<24} {:>8} {:>9} {:>10} {:>10} {:>11} {:>13}",
-                    q.name,
+                    "{:<24} {:>8} {:>9} {:>10} {:>10} {:>11} {:>13} {:>6} {:>7}",
+                    name,
                     q.depth,
                     q.in_flight,
                     q.delivered,
                     q.acked,
                     q.redelivered,
-                    q.dead_lettered
+                    q.dead_lettered,
+                    q.lost,
+                    q.refused
                 );
             }
         }
@@ -313,4 +330,43 @@ fn group_state(group: &Group, children: &[ChildStatus]) -> String {
         .iter()
         .find(|s| children.iter().any(|c| c.state == **s))
         .map_or("running".into(), |s| (*s).to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_fields_added_later_default_when_absent() {
+        let old = r#"{"name":"jobs","depth":1,"in_flight":0,"delivered":2,"acked":2,
+            "redelivered":0,"dead_lettered":0}"#;
+        let q: QueueStatus = serde_json::from_str(old).unwrap();
+        assert_eq!((q.lost, q.refused, q.removed), (0, 0, false));
+    }
+
+    #[test]
+    fn the_table_shows_refused_and_removed_queues() {
+        let queue = |name: &str, removed| QueueStatus {
+            name: name.into(),
+            depth: 0,
+            in_flight: 1,
+            delivered: 1,
+            acked: 0,
+            redelivered: 0,
+            dead_lettered: 0,
+            lost: 3,
+            refused: 7,
+            removed,
+        };
+        let status = Status {
+            config_error: None,
+            groups: vec![],
+            queues: vec![queue("jobs", false), queue("old", true)],
+        };
+        let table = status.render_table();
+        assert!(table.contains("REFUSED"), "{table}");
+        assert!(table.contains("old (removed)"), "{table}");
+        let jobs = table.lines().find(|l| l.starts_with("jobs ")).unwrap();
+        assert!(jobs.trim_end().ends_with("3       7"), "{jobs:?}");
+    }
 }

@@ -28,15 +28,35 @@ pub fn path(state_dir: &Path, queue: &QueueName) -> PathBuf {
         .join(format!("{queue}.jsonl"))
 }
 
-/// Appends `letter` to `queue`'s dead-letter file.
+/// What [`append`] did with a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    Written,
+    /// Writing it would take the file past `max_bytes`: not written.
+    OverLimit,
+}
+
+/// Appends `letter` to `queue`'s dead-letter file, unless that would make
+/// the file larger than `max_bytes`. The file's size is read on every call
+/// (not remembered), so an operator may empty or rotate it at any time.
 pub fn append(
     state_dir: &Path,
     queue: &QueueName,
     letter: &DeadLetter,
-) -> std::io::Result<PathBuf> {
+    max_bytes: u64,
+) -> std::io::Result<Appended> {
     let file = path(state_dir, queue);
     if let Some(dir) = file.parent() {
         std::fs::create_dir_all(dir)?;
+    }
+    let mut out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&file)?;
+    let size = out.metadata()?.len();
+    if size >= max_bytes {
+        // Full: not even worth serialising (a flood stays cheap).
+        return Ok(Appended::OverLimit);
     }
     let record = Record {
         time: utc_now(),
@@ -46,14 +66,13 @@ pub fn append(
         bytes: letter.message.bytes.len(),
         message: letter.message.bytes.escape_ascii().to_string(),
     };
-    let mut line = serde_json::to_vec(&record).expect("records serialise");
+    let mut line = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
     line.push(b'\n');
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&file)?
-        .write_all(&line)?;
-    Ok(file)
+    if size.saturating_add(line.len() as u64) > max_bytes {
+        return Ok(Appended::OverLimit);
+    }
+    out.write_all(&line)?;
+    Ok(Appended::Written)
 }
 
 /// `2026-11-25T16:45:03.123Z`.
@@ -110,8 +129,12 @@ mod tests {
             },
             reason: "delivered 5 times".into(),
         };
-        let file = append(&dir, &queue, &letter).unwrap();
-        append(&dir, &queue, &letter).unwrap();
+        assert_eq!(
+            append(&dir, &queue, &letter, u64::MAX).unwrap(),
+            Appended::Written
+        );
+        append(&dir, &queue, &letter, u64::MAX).unwrap();
+        let file = path(&dir, &queue);
         let text = std::fs::read_to_string(&file).unwrap();
         let lines: Vec<serde_json::Value> = text
             .lines()
@@ -122,5 +145,47 @@ mod tests {
         assert_eq!(lines[0]["deliveries"], 5);
         assert_eq!(lines[0]["bytes"], 9);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_file_never_grows_past_its_bound() {
+        let dir = std::env::temp_dir().join(format!("drover-dl-bound-{}", std::process::id()));
+        let queue = QueueName::new("jobs").unwrap();
+        let letter = DeadLetter {
+            message: Message::new(&[b'x'; 100]),
+            reason: "r".into(),
+        };
+        let max = 500;
+        let mut written = 0;
+        for _ in 0..20 {
+            if append(&dir, &queue, &letter, max).unwrap() == Appended::Written {
+                written += 1;
+            }
+        }
+        let size = std::fs::metadata(path(&dir, &queue)).unwrap().len();
+        assert!(
+            written >= 1 && size <= max,
+            "{written} records, {size} bytes"
+        );
+        // Emptied by an operator: written again.
+        std::fs::write(path(&dir, &queue), b"").unwrap();
+        assert_eq!(
+            append(&dir, &queue, &letter, max).unwrap(),
+            Appended::Written
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_unwritable_state_dir_is_an_error_not_a_panic() {
+        let file = std::env::temp_dir().join(format!("drover-dl-file-{}", std::process::id()));
+        std::fs::write(&file, b"not a directory").unwrap();
+        let queue = QueueName::new("jobs").unwrap();
+        let letter = DeadLetter {
+            message: Message::new(b"m"),
+            reason: "r".into(),
+        };
+        assert!(append(&file, &queue, &letter, u64::MAX).is_err());
+        let _ = std::fs::remove_file(&file);
     }
 }

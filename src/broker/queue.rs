@@ -1,13 +1,26 @@
 //! One queue's state, free of I/O: ready messages, consumers with their
-//! unsettled messages, round-robin hand-out and the delivery rules of
-//! DESIGN §3. The [`super::Broker`] moves bytes; this decides.
+//! unsettled messages, round-robin hand-out and the delivery rules (acks,
+//! nacks, failed deliveries, dead letters). The [`super::Broker`] moves
+//! bytes; this decides.
+//!
+//! A queue that a reload removes is *retired*, not dropped: what was ready
+//! leaves at once for the dead letters, and what its consumers still hold
+//! stays settleable here — an `ack` drops the message (counted in `acked`),
+//! a `nack` or the consumer's exit dead-letters it, whatever
+//! `max_deliveries` says (there is no queue to return it to).
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use crate::config::{Delivery, QueueSpec};
 
 /// Identifies a consumer endpoint (its event-loop token).
 pub type ConsumerId = u64;
+
+/// Bytes of ready messages a queue holds before its producers are paused,
+/// whatever `capacity` says: `capacity` alone would let 10,000 messages of
+/// 4 MiB each pile up in drover.
+pub const MAX_READY_BYTES: usize = 64 << 20;
 
 /// A message and how many times it has been delivered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +54,29 @@ pub struct Counters {
     pub dead_lettered: u64,
     /// At-most-once messages that a consumer died holding (not yet read).
     pub lost: u64,
+    /// Packets that were not taken: empty or oversized ones from producers,
+    /// and from consumers anything but a due `ack` or `nack`.
+    pub refused: u64,
+}
+
+impl Counters {
+    fn add(&mut self, other: Counters) {
+        self.delivered += other.delivered;
+        self.acked += other.acked;
+        self.redelivered += other.redelivered;
+        self.dead_lettered += other.dead_lettered;
+        self.lost += other.lost;
+        self.refused += other.refused;
+    }
+}
+
+/// A message handed to a consumer and not settled yet.
+#[derive(Debug)]
+struct InFlight {
+    message: Message,
+    /// When it was written to the consumer's socket; `None` while the
+    /// queue had no `ack_timeout` (stamped when one is set by a reload).
+    since: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -48,7 +84,7 @@ struct Consumer {
     id: ConsumerId,
     /// Handed over and not settled, oldest first: not yet acked
     /// (at-least-once), or not yet read from the socket (at-most-once).
-    unsettled: VecDeque<Message>,
+    unsettled: VecDeque<InFlight>,
     /// Its socket is full; no hand-out until it drains.
     blocked: bool,
 }
@@ -58,8 +94,12 @@ struct Consumer {
 pub struct QueueCore {
     pub spec: QueueSpec,
     ready: VecDeque<Message>,
+    /// Bytes of the messages in `ready`.
+    ready_bytes: usize,
     consumers: Vec<Consumer>,
     next: usize,
+    /// Removed from the config by a reload (see the module documentation).
+    retired: bool,
     pub counters: Counters,
 }
 
@@ -68,8 +108,10 @@ impl QueueCore {
         QueueCore {
             spec,
             ready: VecDeque::new(),
+            ready_bytes: 0,
             consumers: Vec::new(),
             next: 0,
+            retired: false,
             counters: Counters::default(),
         }
     }
@@ -86,31 +128,77 @@ impl QueueCore {
 
     /// Producers are not read while this holds (back-pressure).
     pub fn is_full(&self) -> bool {
-        self.ready.len() >= self.spec.capacity as usize
+        self.ready.len() >= self.spec.capacity as usize || self.ready_bytes >= MAX_READY_BYTES
     }
 
     /// Nothing waiting and nothing in flight.
     pub fn is_drained(&self) -> bool {
-        self.ready.is_empty() && self.in_flight() == 0
+        self.ready.is_empty() && self.consumers.iter().all(|c| c.unsettled.is_empty())
+    }
+
+    /// True once a reload removed this queue.
+    pub fn is_retired(&self) -> bool {
+        self.retired
     }
 
     /// A message from a producer (or a dead letter from another queue).
     pub fn push(&mut self, message: Message) {
+        self.ready_bytes += message.bytes.len();
         self.ready.push_back(message);
     }
 
-    /// Takes every message out (when the queue is removed or drover exits).
+    fn push_front(&mut self, message: Message) {
+        self.ready_bytes += message.bytes.len();
+        self.ready.push_front(message);
+    }
+
+    fn pop_front(&mut self) -> Option<Message> {
+        let message = self.ready.pop_front()?;
+        self.ready_bytes = self.ready_bytes.saturating_sub(message.bytes.len());
+        Some(message)
+    }
+
+    /// Takes every message out (when drover exits).
     pub fn drain_all(&mut self) -> Vec<Message> {
         let mut all: Vec<Message> = self
             .consumers
             .iter_mut()
-            .flat_map(|c| c.unsettled.drain(..))
+            .flat_map(|c| c.unsettled.drain(..).map(|f| f.message))
             .collect();
         all.extend(self.ready.drain(..));
+        self.ready_bytes = 0;
         all
     }
 
+    /// The queue was removed by a reload: returns its ready messages (for
+    /// the dead letters) and keeps only what consumers hold, settleable.
+    pub fn retire(&mut self) -> Vec<Message> {
+        self.retired = true;
+        self.consumers.retain(|c| !c.unsettled.is_empty());
+        self.next = 0;
+        self.ready_bytes = 0;
+        self.ready.drain(..).collect()
+    }
+
+    /// Merges `newer`, a later incarnation of the same queue, retired too
+    /// (removed, added again, removed again), into this retired one.
+    /// A consumer of both settles what it got from this one first: it got
+    /// those messages earlier.
+    pub fn absorb(&mut self, mut newer: QueueCore) {
+        self.spec = newer.spec.clone();
+        self.counters.add(newer.counters);
+        for mut c in newer.consumers.drain(..) {
+            match self.consumers.iter_mut().find(|o| o.id == c.id) {
+                Some(old) => old.unsettled.append(&mut c.unsettled),
+                None => self.consumers.push(c),
+            }
+        }
+    }
+
     pub fn add_consumer(&mut self, id: ConsumerId) {
+        if self.consumers.iter().any(|c| c.id == id) {
+            return;
+        }
         self.consumers.push(Consumer {
             id,
             unsettled: VecDeque::new(),
@@ -120,7 +208,7 @@ impl QueueCore {
 
     /// A consumer went away: its unsettled messages are failed deliveries
     /// (at-least-once), or lost with it (at-most-once, counted in `lost`).
-    pub fn remove_consumer(&mut self, id: ConsumerId) -> Vec<DeadLetter> {
+    pub fn remove_consumer(&mut self, id: ConsumerId, why: &str) -> Vec<DeadLetter> {
         let Some(pos) = self.consumers.iter().position(|c| c.id == id) else {
             return Vec::new();
         };
@@ -141,21 +229,27 @@ impl QueueCore {
         }
         let mut dead = Vec::new();
         // Back to the head in their original order: push the newest first.
-        for message in consumer.unsettled.into_iter().rev() {
-            dead.extend(self.fail(message, "its consumer exited before acknowledging it"));
+        for f in consumer.unsettled.into_iter().rev() {
+            dead.extend(self.fail(f.message, why));
         }
+        // Pushed newest first; the log and the records read better oldest first.
+        dead.reverse();
         dead
     }
 
     /// A failed delivery: back to the head, or to the dead letters after
-    /// the `max_deliveries`-th.
+    /// the `max_deliveries`-th (at once when the queue is retired).
     fn fail(&mut self, message: Message, why: &str) -> Option<DeadLetter> {
-        if message.deliveries >= self.spec.max_deliveries {
+        if self.retired {
+            self.counters.dead_lettered += 1;
+            let reason = format!("its queue was removed from the config; {why}");
+            Some(DeadLetter { message, reason })
+        } else if message.deliveries >= self.spec.max_deliveries {
             self.counters.dead_lettered += 1;
             let reason = format!("delivered {} times; {why}", message.deliveries);
             Some(DeadLetter { message, reason })
         } else {
-            self.ready.push_front(message);
+            self.push_front(message);
             None
         }
     }
@@ -169,26 +263,35 @@ impl QueueCore {
         let n = self.consumers.len();
         for step in 0..n {
             let i = (self.next + step) % n;
-            let c = &self.consumers[i];
+            let Some(c) = self.consumers.get(i) else {
+                break;
+            };
             if c.blocked || c.unsettled.len() >= prefetch {
                 continue;
             }
+            let id = c.id;
             self.next = (i + 1) % n;
-            let message = self.ready.pop_front().expect("checked non-empty");
-            return Some((c.id, message));
+            return self.pop_front().map(|m| (id, m));
         }
         None
     }
 
-    /// The message was written to the consumer's socket.
-    pub fn delivered(&mut self, id: ConsumerId, mut message: Message) {
+    /// The message was written to the consumer's socket at `now` (`None`:
+    /// the clock was not read because the queue has no `ack_timeout`).
+    pub fn delivered(&mut self, id: ConsumerId, mut message: Message, now: Option<Instant>) {
         if message.deliveries > 0 {
             self.counters.redelivered += 1;
         }
         message.deliveries += 1;
         self.counters.delivered += 1;
-        if let Some(c) = self.consumers.iter_mut().find(|c| c.id == id) {
-            c.unsettled.push_back(message);
+        match self.consumers.iter_mut().find(|c| c.id == id) {
+            Some(c) => c.unsettled.push_back(InFlight {
+                message,
+                since: now,
+            }),
+            // Cannot happen (the id came from take_for_delivery just now);
+            // if it did, the message must not vanish.
+            None => self.push_front(message),
         }
     }
 
@@ -202,7 +305,7 @@ impl QueueCore {
     /// The consumer's socket was full: the message goes back to the head and
     /// the consumer gets nothing until it is writable again.
     pub fn undeliverable(&mut self, id: ConsumerId, message: Message) {
-        self.ready.push_front(message);
+        self.push_front(message);
         self.set_blocked(id, true);
     }
 
@@ -214,6 +317,13 @@ impl QueueCore {
         if let Some(c) = self.consumers.iter_mut().find(|c| c.id == id) {
             c.blocked = blocked;
         }
+    }
+
+    /// True when `id` holds messages of this queue.
+    pub fn holds(&self, id: ConsumerId) -> bool {
+        self.consumers
+            .iter()
+            .any(|c| c.id == id && !c.unsettled.is_empty())
     }
 
     /// `ack` (true) or `nack` (false) settles the consumer's oldest
@@ -232,13 +342,59 @@ impl QueueCore {
             .iter_mut()
             .find(|c| c.id == id)
             .ok_or("unknown consumer")?;
-        let message = c.unsettled.pop_front().ok_or("nothing to settle")?;
+        let f = c.unsettled.pop_front().ok_or("nothing to settle")?;
+        if self.retired && c.unsettled.is_empty() {
+            // It will get nothing more from here.
+            self.consumers.retain(|c| c.id != id);
+        }
         if ack {
             self.counters.acked += 1;
             Ok(None)
         } else {
-            Ok(self.fail(message, "its consumer sent nack"))
+            Ok(self.fail(f.message, "its consumer sent nack"))
         }
+    }
+
+    /// When `id` will have held its oldest message for `ack_timeout`, if
+    /// the queue has one (at-least-once only: at-most-once has no acks).
+    pub fn ack_deadline(&self, id: ConsumerId) -> Option<Instant> {
+        let timeout = self.ack_timeout()?;
+        let c = self.consumers.iter().find(|c| c.id == id)?;
+        let since = c.unsettled.front()?.since?;
+        // A deadline past the clock's range never comes.
+        since.checked_add(timeout)
+    }
+
+    /// `ack_timeout` when it applies to this queue.
+    pub fn ack_timeout(&self) -> Option<Duration> {
+        let t = self.spec.ack_timeout;
+        (t > Duration::ZERO && self.spec.delivery == Delivery::AtLeastOnce).then_some(t)
+    }
+
+    /// Gives messages delivered while the queue had no `ack_timeout` a
+    /// delivery time (`now`), so that one set by a reload applies to them.
+    pub fn stamp_unsettled(&mut self, now: Instant) {
+        for c in &mut self.consumers {
+            for f in &mut c.unsettled {
+                f.since.get_or_insert(now);
+            }
+        }
+    }
+
+    /// How many messages `id` holds.
+    pub fn held_by(&self, id: ConsumerId) -> usize {
+        self.consumers
+            .iter()
+            .find(|c| c.id == id)
+            .map_or(0, |c| c.unsettled.len())
+    }
+
+    /// The consumers holding messages.
+    pub fn holders(&self) -> impl Iterator<Item = ConsumerId> + '_ {
+        self.consumers
+            .iter()
+            .filter(|c| !c.unsettled.is_empty())
+            .map(|c| c.id)
     }
 }
 
@@ -279,9 +435,9 @@ mod tests {
         q.add_consumer(1);
         q.add_consumer(2);
         let (c1, m1) = q.take_for_delivery().unwrap();
-        q.delivered(c1, m1);
+        q.delivered(c1, m1, None);
         let (c2, m2) = q.take_for_delivery().unwrap();
-        q.delivered(c2, m2);
+        q.delivered(c2, m2, None);
         assert_eq!((c1, c2), (1, 2));
         assert_eq!(q.take_for_delivery(), None, "prefetch 1 each, both busy");
         assert_eq!(q.in_flight(), 2);
@@ -299,13 +455,13 @@ mod tests {
         q.add_consumer(1);
         for _ in 0..2 {
             let (c, m) = q.take_for_delivery().unwrap();
-            q.delivered(c, m);
+            q.delivered(c, m, None);
         }
-        assert!(q.remove_consumer(1).is_empty());
+        assert!(q.remove_consumer(1, "it exited").is_empty());
         q.add_consumer(2);
         let (_, m) = q.take_for_delivery().unwrap();
         assert_eq!((text(&m), m.deliveries), ("a", 1));
-        q.delivered(2, m);
+        q.delivered(2, m, None);
         assert_eq!(q.counters.redelivered, 1);
     }
 
@@ -315,10 +471,10 @@ mod tests {
         q.push(msg("poison"));
         q.add_consumer(1);
         let (c, m) = q.take_for_delivery().unwrap();
-        q.delivered(c, m);
+        q.delivered(c, m, None);
         assert_eq!(q.settle(1, false), Ok(None), "first failure: requeued");
         let (c, m) = q.take_for_delivery().unwrap();
-        q.delivered(c, m);
+        q.delivered(c, m, None);
         let dead = q.settle(1, false).unwrap().expect("second failure");
         assert_eq!(text(&dead.message), "poison");
         assert_eq!(dead.message.deliveries, 2);
@@ -336,15 +492,18 @@ mod tests {
         q.add_consumer(1);
         for _ in 0..2 {
             let (c, m) = q.take_for_delivery().unwrap();
-            q.delivered(c, m);
+            q.delivered(c, m, None);
         }
         assert_eq!(q.take_for_delivery(), None, "two unread: prefetch reached");
         assert_eq!(q.in_flight(), 2);
         q.all_read(1);
         let (c, m) = q.take_for_delivery().unwrap();
-        q.delivered(c, m);
+        q.delivered(c, m, None);
         assert!(q.settle(1, true).is_err(), "no acks in at-most-once");
-        assert!(q.remove_consumer(1).is_empty(), "never redelivered");
+        assert!(
+            q.remove_consumer(1, "it exited").is_empty(),
+            "never redelivered"
+        );
         assert_eq!(q.counters.lost, 1);
         assert_eq!(q.counters.redelivered, 0);
     }
@@ -366,5 +525,77 @@ mod tests {
             "the head goes to the next consumer"
         );
         q.set_blocked(1, false);
+    }
+
+    #[test]
+    fn a_retired_queue_dead_letters_every_failure_at_once() {
+        let mut q = QueueCore::new(spec(Delivery::AtLeastOnce, 2, 5));
+        for s in ["a", "b", "c"] {
+            q.push(msg(s));
+        }
+        q.add_consumer(1);
+        q.add_consumer(2);
+        let (c, m) = q.take_for_delivery().unwrap();
+        q.delivered(c, m, None);
+        let left = q.retire();
+        assert_eq!(left.iter().map(text).collect::<Vec<_>>(), ["b", "c"]);
+        assert!(q.holds(1) && !q.holds(2));
+        assert_eq!(
+            q.take_for_delivery(),
+            None,
+            "a retired queue hands out nothing"
+        );
+        let dead = q
+            .settle(1, false)
+            .unwrap()
+            .expect("no queue to return it to");
+        assert_eq!(text(&dead.message), "a");
+        assert!(dead.reason.contains("removed"), "{}", dead.reason);
+        assert!(q.is_drained());
+        assert_eq!(q.settle(1, true), Err("unknown consumer"));
+    }
+
+    #[test]
+    fn ready_bytes_bound_a_queue_whatever_its_capacity() {
+        let mut s = spec(Delivery::AtLeastOnce, 1, 5);
+        s.capacity = u32::MAX;
+        let mut q = QueueCore::new(s);
+        let big = vec![0u8; MAX_READY_BYTES / 4];
+        for _ in 0..3 {
+            q.push(Message::new(&big));
+        }
+        assert!(!q.is_full());
+        q.push(Message::new(&big));
+        assert!(q.is_full());
+        q.add_consumer(1);
+        let (c, m) = q.take_for_delivery().unwrap();
+        assert!(!q.is_full(), "room again once one is handed out");
+        q.delivered(c, m, None);
+    }
+
+    #[test]
+    fn the_ack_deadline_is_the_oldest_unsettled_message_s() {
+        let mut s = spec(Delivery::AtLeastOnce, 2, 5);
+        s.ack_timeout = Duration::from_secs(10);
+        let mut q = QueueCore::new(s);
+        let t0 = Instant::now();
+        q.push(msg("a"));
+        q.push(msg("b"));
+        q.add_consumer(1);
+        let (c, m) = q.take_for_delivery().unwrap();
+        q.delivered(c, m, Some(t0));
+        let (c, m) = q.take_for_delivery().unwrap();
+        q.delivered(c, m, Some(t0 + Duration::from_secs(3)));
+        assert_eq!(q.ack_deadline(1), Some(t0 + Duration::from_secs(10)));
+        q.settle(1, true).unwrap();
+        assert_eq!(q.ack_deadline(1), Some(t0 + Duration::from_secs(13)));
+        q.settle(1, true).unwrap();
+        assert_eq!(q.ack_deadline(1), None);
+        q.spec.delivery = Delivery::AtMostOnce;
+        assert_eq!(
+            q.ack_timeout(),
+            None,
+            "at-most-once has no acks to wait for"
+        );
     }
 }

@@ -283,6 +283,12 @@ impl Runtime {
             if child_deadline.is_some_and(|d| d <= now) {
                 self.sup.on_deadline(&mut self.launcher, now);
             }
+            if self.broker.deadline().is_some_and(|d| d <= now) {
+                // Consumers past their queue's ack_timeout are hung.
+                for pid in self.broker.on_deadline(&self.epoll, now) {
+                    self.sup.restart_child(pid, &mut self.launcher, now);
+                }
+            }
             self.watch_new_outputs();
             self.advance_shutdown(now);
             if self.sup.is_finished() && self.helpers_deadline.is_none() {
@@ -321,6 +327,7 @@ impl Runtime {
             shutdown,
             self.reloads.deadline(),
             self.helpers_deadline.filter(|_| !self.helpers.is_empty()),
+            self.broker.deadline(),
         ]
         .into_iter()
         .flatten()

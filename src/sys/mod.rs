@@ -1,5 +1,6 @@
-//! Every `unsafe` call of drover: process creation, and read leases on
-//! config files (`file`).
+//! Every `unsafe` call of drover: process creation and resource limits,
+//! read leases on config files (`file`), and the few socket queries
+//! (`ioctl`, `poll`) that nix does not wrap.
 //!
 //! Everything a child needs — program path, argv, envp, working directory and
 //! the fd plan — is built by the caller as C strings before anything is
@@ -300,6 +301,39 @@ pub fn unread_by_peer(fd: &impl std::os::fd::AsFd) -> io::Result<i32> {
         return Err(io::Error::last_os_error());
     }
     Ok(pending)
+}
+
+/// Bytes waiting in a Unix socket's receive queue (`SIOCINQ`). On a
+/// `SOCK_SEQPACKET` socket this sums the payloads of every queued packet
+/// (zero-length packets add nothing), so after a `recv` of 0 it tells
+/// whether packets with a payload still follow.
+pub fn unread_by_us(fd: &impl std::os::fd::AsFd) -> io::Result<usize> {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: SIOCINQ (= FIONREAD) writes one int through the pointer, which
+    // points to a live local; the fd is borrowed for the call.
+    let rc = unsafe { libc::ioctl(fd.as_fd().as_raw_fd(), libc::FIONREAD, &mut queued) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(queued).unwrap_or(0))
+}
+
+/// Whether the peer of a socket has closed it, or shut down its writing
+/// side (`POLLRDHUP`, which nix does not name): then a `recv` of 0 can be
+/// the end of the stream rather than a zero-length packet.
+pub fn peer_closed(fd: &impl std::os::fd::AsFd) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_fd().as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, nfds = 1, timeout 0 (never blocks); the fd
+    // is borrowed for the call.
+    let rc = unsafe { libc::poll(&mut pfd, 1, 0) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(pfd.revents & (libc::POLLRDHUP | libc::POLLHUP) != 0)
 }
 
 /// A close-on-exec `AF_UNIX` `SOCK_SEQPACKET` pair: one packet is one

@@ -1,0 +1,523 @@
+//! The broker's side of the sockets: reading producers' messages and
+//! consumers' settlements, writing messages to consumers, and the epoll
+//! interest each endpoint needs.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::Instant;
+
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
+use nix::sys::socket::{MsgFlags, recv, send, setsockopt, sockopt};
+
+use super::queue::{DeadLetter, Message, QueueCore};
+use super::{Broker, Direction, READ_BUDGET};
+use crate::config::{Delivery, QueueSpec};
+use crate::names::QueueName;
+
+/// `SIOCOUTQ` below this means the peer has read everything: the kernel
+/// sends its write-space wake-up while it still holds one unit of the last
+/// packet's accounting, and any real packet accounts for hundreds of bytes.
+pub(super) const NOTHING_UNREAD: i32 = 64;
+
+/// What a Unix socket's send buffer needs beyond one packet's payload.
+const SNDBUF_OVERHEAD: usize = 32;
+
+/// Makes the broker's end of a consumer's socket able to send one message
+/// of the queue's `max_message_bytes`, as far as `net.core.wmem_max` lets
+/// it (a message that still does not fit is dead-lettered when it is
+/// delivered, see [`Broker::deliver`]).
+pub(super) fn fit_send_buffer(fd: &OwnedFd, spec: &QueueSpec) {
+    let need = (spec.max_message_bytes as usize).saturating_add(SNDBUF_OVERHEAD);
+    if nix::sys::socket::getsockopt(fd, sockopt::SndBuf).is_ok_and(|have| have >= need) {
+        return;
+    }
+    // The kernel doubles the value asked for, capped by wmem_max.
+    if let Err(e) = setsockopt(fd, sockopt::SndBuf, &need) {
+        tracing::debug!("queue {}: cannot size a consumer's socket: {e}", spec.name);
+    }
+}
+
+/// After a `recv` of 0 on `fd`: true when that was the end of the stream
+/// (every holder of the other end has closed it), false when it was a
+/// zero-length packet.
+///
+/// SEQPACKET returns 0 for both. While the peer is open, a non-blocking
+/// `recv` with nothing queued fails with EAGAIN, so a 0 is a packet. Once
+/// it has closed, a 0 is either the end or an empty packet; packets with a
+/// payload behind it show in `SIOCINQ`, so they are still read. What stays
+/// indistinguishable is an empty packet sent just before the close with
+/// nothing but empty packets after it: it is taken for the end, which
+/// loses nothing (it carried nothing), only its count in `refused`.
+fn end_of_stream(fd: &OwnedFd) -> bool {
+    match crate::sys::peer_closed(fd) {
+        Ok(false) => false,
+        Ok(true) => !crate::sys::unread_by_us(fd).is_ok_and(|n| n > 0),
+        // Cannot tell: take it for the end rather than read it forever.
+        Err(_) => true,
+    }
+}
+
+impl Broker {
+    /// Reads a producer's packets while its queue has room, up to
+    /// [`READ_BUDGET`] of them; detaches it at the end of its stream.
+    pub(super) fn read_producer(&mut self, epoll: &Epoll, token: u64, queue: &QueueName) {
+        let Some(fd) = self.endpoints.get(&token).map(|ep| ep.fd.as_raw_fd()) else {
+            return;
+        };
+        if self.scratch.len() < self.scratch_len {
+            self.scratch.resize(self.scratch_len, 0);
+        }
+        // `fd` stays open for the whole loop: only `detach` closes an
+        // endpoint, and nothing below detaches (deliveries are deferred to
+        // the work list).
+        let mut closed = false;
+        for _ in 0..READ_BUDGET {
+            // A queue removed by a reload is read too: its packets are
+            // dead-lettered, not left to spin the loop.
+            if self.queues.get(queue).is_some_and(QueueCore::is_full) {
+                break;
+            }
+            match recv(
+                fd,
+                &mut self.scratch,
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_TRUNC,
+            ) {
+                Ok(0) => {
+                    let ended = self
+                        .endpoints
+                        .get(&token)
+                        .is_none_or(|ep| end_of_stream(&ep.fd));
+                    if ended {
+                        closed = true;
+                        break;
+                    }
+                    self.refuse(
+                        queue,
+                        "zero-length packets from producers refused",
+                        "refused a zero-length packet from a producer: it is not a message (a consumer could not tell it from the queue closing)",
+                    );
+                }
+                Ok(n) => self.accept(queue, n),
+                // (ECONNRESET: see read_settlements; a producer is never
+                // sent anything, but a reset must not cost what follows.)
+                Err(Errno::EINTR | Errno::ECONNRESET) => continue,
+                Err(Errno::EAGAIN) => break,
+                Err(e) => {
+                    tracing::debug!("queue {queue}: reading a producer: {e}");
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        if closed {
+            self.detach(epoll, token, "its producer closed its socket");
+        } else {
+            self.refresh_interest(epoll, token);
+        }
+    }
+
+    /// One packet of `n` bytes (in `scratch`) from a producer of `queue`.
+    fn accept(&mut self, queue: &QueueName, n: usize) {
+        // MSG_TRUNC reports a packet's real length; the scratch holds what
+        // fit of it (all of it when the queue would accept it).
+        let bytes = self.scratch.get(..n).unwrap_or(&self.scratch);
+        let kept = bytes.len();
+        let (target, reason) = match self.queues.get_mut(queue) {
+            Some(q) if n <= q.spec.max_message_bytes as usize && kept == n => {
+                q.push(Message::new(bytes));
+                return;
+            }
+            Some(q) => {
+                q.counters.refused += 1;
+                q.counters.dead_lettered += 1;
+                let max = q.spec.max_message_bytes;
+                let reason = if n > max as usize {
+                    format!("refused: {n} bytes is over max_message_bytes = {max}")
+                } else {
+                    format!("refused: {n} bytes is more than drover reads in one packet")
+                };
+                (q.spec.dead_letter.clone(), reason)
+            }
+            None => {
+                // Sent to a queue a reload removed (by a child still wired
+                // to it, or a grandchild): never dropped silently.
+                let target = self.retired.get_mut(queue).and_then(|q| {
+                    q.counters.dead_lettered += 1;
+                    q.spec.dead_letter.clone()
+                });
+                (target, "its queue was removed from the config".to_owned())
+            }
+        };
+        let mut letter = DeadLetter {
+            message: Message::new(bytes),
+            reason,
+        };
+        if kept < n {
+            let note = format!(" (only the first {kept} bytes could be kept)");
+            letter.reason.push_str(&note);
+        }
+        self.dead_letter(queue, target.as_ref(), &letter);
+    }
+
+    /// Reads `ack` / `nack` packets from a consumer, up to `budget`.
+    pub(super) fn read_settlements(
+        &mut self,
+        epoll: &Epoll,
+        token: u64,
+        queue: &QueueName,
+        budget: usize,
+    ) {
+        let Some(fd) = self.endpoints.get(&token).map(|ep| ep.fd.as_raw_fd()) else {
+            return;
+        };
+        // As in read_producer, `fd` stays open until the detach below.
+        let mut buf = [0u8; 16];
+        for _ in 0..budget {
+            match recv(fd, &mut buf, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_TRUNC) {
+                Ok(0) => {
+                    let ended = self
+                        .endpoints
+                        .get(&token)
+                        .is_none_or(|ep| end_of_stream(&ep.fd));
+                    if ended {
+                        return self.detach(
+                            epoll,
+                            token,
+                            "its consumer closed its socket before acknowledging it",
+                        );
+                    }
+                    self.refuse(
+                        queue,
+                        "packets from consumers ignored",
+                        "ignoring a zero-length packet from a consumer; only `ack` and `nack` are understood",
+                    );
+                }
+                Ok(n) => match buf.get(..n) {
+                    Some(b"ack") => self.settle(token, queue, true),
+                    Some(b"nack") => self.settle(token, queue, false),
+                    other => {
+                        let shown = String::from_utf8_lossy(other.unwrap_or(&buf));
+                        let what = format!(
+                            "ignoring a packet of {n} bytes ({shown:?}) from a consumer; only `ack` and `nack` are understood"
+                        );
+                        self.refuse(queue, "packets from consumers ignored", &what);
+                    }
+                },
+                Err(Errno::EINTR) => continue,
+                // The consumer exited with messages unread in its socket.
+                // The kernel says so once, before the packets it sent last
+                // (its final acks), which are still there to read.
+                Err(Errno::ECONNRESET) => continue,
+                Err(Errno::EAGAIN) => return,
+                Err(e) => {
+                    tracing::debug!("queue {queue}: reading a consumer: {e}");
+                    return self.detach(
+                        epoll,
+                        token,
+                        "its consumer's socket failed before it acknowledged it",
+                    );
+                }
+            }
+        }
+        // The budget is spent with packets left. Level triggering reports
+        // them again; an edge-triggered (at-most-once) endpoint is re-armed,
+        // which makes epoll look at it afresh.
+        self.rearm_edge(epoll, token);
+    }
+
+    /// Re-registers an edge-triggered endpoint with the same interest, so
+    /// that epoll reports it again if it is still ready.
+    fn rearm_edge(&mut self, epoll: &Epoll, token: u64) {
+        let Some(ep) = self.endpoints.get(&token) else {
+            return;
+        };
+        if ep.interest.contains(EpollFlags::EPOLLET) {
+            let mut event = EpollEvent::new(ep.interest, token);
+            if let Err(e) = epoll.modify(ep.fd.as_fd(), &mut event) {
+                tracing::warn!("queue {}: cannot watch a child's socket: {e}", ep.queue);
+            }
+        }
+    }
+
+    /// One `ack` (true) or `nack` from the consumer `token`. A consumer of
+    /// a queue that was removed (and maybe added again) settles what it
+    /// holds from the removed one first: it got those messages earlier.
+    fn settle(&mut self, token: u64, queue: &QueueName, ack: bool) {
+        let verb = if ack { "ack" } else { "nack" };
+        if let Some(r) = self.retired.get_mut(queue).filter(|r| r.holds(token)) {
+            match r.settle(token, ack) {
+                Ok(None) => {
+                    let key =
+                        format!("queue {queue} (removed): in-flight messages dropped by an ack");
+                    if self.lines.allow(&key, Instant::now()) {
+                        tracing::info!(
+                            "queue {queue} (removed from the config): an ack dropped a message its consumer held"
+                        );
+                    }
+                }
+                Ok(Some(letter)) => {
+                    let target = r.spec.dead_letter.clone();
+                    self.dead_letter(queue, target.as_ref(), &letter);
+                }
+                // `holds` was checked just above.
+                Err(why) => tracing::debug!("queue {queue} (removed): {verb} ignored: {why}"),
+            }
+            self.gc_retired(queue);
+            return;
+        }
+        let Some(q) = self.queues.get_mut(queue) else {
+            let what = format!("{verb} ignored: its queue was removed from the config");
+            return self.refuse(queue, "packets from consumers ignored", &what);
+        };
+        match q.settle(token, ack) {
+            Ok(None) => {}
+            Ok(Some(letter)) => {
+                let target = q.spec.dead_letter.clone();
+                self.dead_letter(queue, target.as_ref(), &letter);
+            }
+            Err(why) => {
+                let what = format!("{verb} ignored: {why}");
+                self.refuse(queue, "packets from consumers ignored", &what);
+            }
+        }
+    }
+
+    /// Counts a packet that was not taken in `refused` and logs it, rate
+    /// limited under `kind`.
+    fn refuse(&mut self, queue: &QueueName, kind: &str, what: &str) {
+        let core = match self.queues.get_mut(queue) {
+            Some(q) => Some(q),
+            None => self.retired.get_mut(queue),
+        };
+        if let Some(q) = core {
+            q.counters.refused += 1;
+        }
+        let key = format!("queue {queue}: {kind}");
+        if self.lines.allow(&key, Instant::now()) {
+            tracing::warn!("queue {queue}: {what}");
+        }
+    }
+
+    /// A consumer's socket has room again (or, at-most-once, the consumer
+    /// read a packet).
+    pub(super) fn writable(&mut self, epoll: &Epoll, token: u64, queue: &QueueName) {
+        let at_most_once = |q: &QueueCore| q.spec.delivery == Delivery::AtMostOnce;
+        let watched = self.queues.get(queue).is_some_and(at_most_once)
+            || self.retired.get(queue).is_some_and(at_most_once);
+        let read_all = watched
+            && self.endpoints.get(&token).is_some_and(|ep| {
+                crate::sys::unread_by_peer(&ep.fd).is_ok_and(|n| n < NOTHING_UNREAD)
+            });
+        if let Some(q) = self.queues.get_mut(queue) {
+            q.set_blocked(token, false);
+        }
+        if read_all {
+            // The consumer has read everything it was handed.
+            let cores = [self.queues.get_mut(queue), self.retired.get_mut(queue)];
+            for q in cores.into_iter().flatten() {
+                q.all_read(token);
+            }
+            self.gc_retired(queue);
+        }
+        self.refresh_interest(epoll, token);
+    }
+
+    /// Hands out what `queue` holds to its consumers with room.
+    pub(super) fn deliver(&mut self, epoll: &Epoll, queue: &QueueName) {
+        let mut blocked = Vec::new();
+        let mut gone = Vec::new();
+        let mut too_big = Vec::new();
+        if let Some(q) = self.queues.get_mut(queue) {
+            let timeout = q.ack_timeout();
+            // Read once per call, and only when an ack timeout needs it.
+            let mut now = None;
+            while let Some((id, message)) = q.take_for_delivery() {
+                let Some(ep) = self.endpoints.get(&id) else {
+                    // Cannot happen (a consumer leaves its queue when its
+                    // endpoint is detached); if it did, drop the consumer.
+                    q.undeliverable(id, message);
+                    gone.push(id);
+                    continue;
+                };
+                match send(
+                    ep.fd.as_raw_fd(),
+                    &message.bytes,
+                    MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+                ) {
+                    Ok(_) => {
+                        let at = timeout.map(|_| *now.get_or_insert_with(Instant::now));
+                        q.delivered(id, message, at);
+                        if let Some(deadline) = at.zip(timeout).and_then(|(a, t)| a.checked_add(t))
+                        {
+                            self.timers.arm(id, deadline);
+                        }
+                    }
+                    Err(Errno::EAGAIN | Errno::EINTR) => {
+                        q.undeliverable(id, message);
+                        blocked.push(id);
+                    }
+                    // Larger than the socket can ever take (its buffer is
+                    // capped by wmem_max): no consumer could get it.
+                    Err(Errno::EMSGSIZE) => too_big.push(message),
+                    Err(_) => {
+                        q.undeliverable(id, message);
+                        gone.push(id);
+                    }
+                }
+            }
+        }
+        for id in blocked {
+            self.refresh_interest(epoll, id);
+        }
+        for id in gone {
+            if self.endpoints.contains_key(&id) {
+                self.detach(epoll, id, "its consumer's socket failed");
+            } else if let Some(q) = self.queues.get_mut(queue) {
+                let dead = q.remove_consumer(id, "its consumer is gone");
+                let target = q.spec.dead_letter.clone();
+                for letter in dead {
+                    self.dead_letter(queue, target.as_ref(), &letter);
+                }
+                self.to_deliver.push(queue.clone());
+            }
+        }
+        for message in too_big {
+            let target = self.queues.get_mut(queue).and_then(|q| {
+                q.counters.dead_lettered += 1;
+                q.spec.dead_letter.clone()
+            });
+            let reason = format!(
+                "{} bytes is more than a consumer's socket can take (raise net.core.wmem_max)",
+                message.bytes.len()
+            );
+            let letter = DeadLetter { message, reason };
+            self.dead_letter(queue, target.as_ref(), &letter);
+        }
+        self.resume_producers(epoll, queue);
+    }
+
+    /// Delivers every queue on the work list (see `Broker::to_deliver`).
+    /// It ends: a round either hands messages out, or finds consumers
+    /// blocked, or detaches one (of finitely many).
+    pub(super) fn run_deliveries(&mut self, epoll: &Epoll) {
+        while let Some(queue) = self.to_deliver.pop() {
+            self.deliver(epoll, &queue);
+        }
+    }
+
+    /// Re-arms the producers of `queue` once it has room again.
+    pub(super) fn resume_producers(&mut self, epoll: &Epoll, queue: &QueueName) {
+        if self.queues.get(queue).is_none_or(QueueCore::is_full) {
+            return;
+        }
+        for token in self.paused.remove(queue).unwrap_or_default() {
+            self.refresh_interest(epoll, token);
+        }
+    }
+
+    /// Closes an endpoint. A consumer's unsettled messages are failed
+    /// deliveries (`why` says why, in their dead-letter reason), or dead
+    /// letters at once when they belong to a removed queue.
+    pub(super) fn detach(&mut self, epoll: &Epoll, token: u64, why: &str) {
+        let Some(ep) = self.endpoints.remove(&token) else {
+            return;
+        };
+        if !ep.interest.is_empty() {
+            let _ = epoll.delete(ep.fd.as_fd());
+        }
+        self.timers.disarm(token);
+        if let Some(tokens) = self.by_pid.get_mut(&ep.pid) {
+            tokens.retain(|t| *t != token);
+            if tokens.is_empty() {
+                self.by_pid.remove(&ep.pid);
+            }
+        }
+        if let Some(n) = self.named.get_mut(&ep.queue) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.named.remove(&ep.queue);
+            }
+        }
+        if ep.direction == Direction::In {
+            for retired in [true, false] {
+                let core = if retired {
+                    self.retired.get_mut(&ep.queue)
+                } else {
+                    self.queues.get_mut(&ep.queue)
+                };
+                let Some(q) = core else {
+                    continue;
+                };
+                let dead = q.remove_consumer(token, why);
+                if dead.is_empty() {
+                    continue;
+                }
+                let target = q.spec.dead_letter.clone();
+                for letter in dead {
+                    self.dead_letter(&ep.queue, target.as_ref(), &letter);
+                }
+            }
+            if self.queues.contains_key(&ep.queue) {
+                self.to_deliver.push(ep.queue.clone());
+            }
+        }
+        self.gc_retired(&ep.queue);
+    }
+
+    /// Registers the interest an endpoint needs now: producers are read
+    /// while their queue has room; at-least-once consumers are always read
+    /// (acks, EOF) and watched for writability only while their socket is
+    /// full (a level-triggered writable socket would wake us forever).
+    pub(super) fn refresh_interest(&mut self, epoll: &Epoll, token: u64) {
+        let Some(ep) = self.endpoints.get(&token) else {
+            return;
+        };
+        let live = self.queues.get(&ep.queue);
+        let wanted = match ep.direction {
+            // A producer of a removed queue is read too: its packets become
+            // dead letters.
+            Direction::Out if live.is_some_and(QueueCore::is_full) => EpollFlags::empty(),
+            Direction::Out => EpollFlags::EPOLLIN,
+            Direction::In => {
+                let core = live.or_else(|| self.retired.get(&ep.queue));
+                match core {
+                    // At-most-once has no acks: the kernel's write-space
+                    // wake-up, sent each time the consumer reads a packet,
+                    // says when to look whether it has read everything
+                    // (edge-triggered: once per read).
+                    Some(q) if q.spec.delivery == Delivery::AtMostOnce => {
+                        EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT | EpollFlags::EPOLLET
+                    }
+                    Some(q) if q.is_blocked(token) => EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT,
+                    _ => EpollFlags::EPOLLIN,
+                }
+            }
+        };
+        if ep.direction == Direction::Out && wanted.is_empty() {
+            let paused = self.paused.entry(ep.queue.clone()).or_default();
+            if !paused.contains(&token) {
+                paused.push(token);
+            }
+        }
+        self.set_interest(epoll, token, wanted);
+    }
+
+    fn set_interest(&mut self, epoll: &Epoll, token: u64, wanted: EpollFlags) {
+        let Some(ep) = self.endpoints.get_mut(&token) else {
+            return;
+        };
+        if wanted == ep.interest {
+            return;
+        }
+        let result = match (ep.interest.is_empty(), wanted.is_empty()) {
+            (true, false) => epoll.add(ep.fd.as_fd(), EpollEvent::new(wanted, token)),
+            (false, true) => epoll.delete(ep.fd.as_fd()),
+            (false, false) => epoll.modify(ep.fd.as_fd(), &mut EpollEvent::new(wanted, token)),
+            (true, true) => Ok(()),
+        };
+        match result {
+            Ok(()) => ep.interest = wanted,
+            Err(e) => tracing::warn!("queue {}: cannot watch a child's socket: {e}", ep.queue),
+        }
+    }
+}

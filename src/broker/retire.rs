@@ -1,0 +1,174 @@
+//! Reloads: new queues appear, changed settings apply in place (messages
+//! stay), and a removed queue is retired (see [`super::queue`]): what it
+//! held goes to its dead-letter destination at once, with one log line,
+//! and what its consumers hold stays settleable until they settle it or
+//! exit. A queue that is added back while old consumers still hold
+//! messages of its previous incarnation is a new queue; those consumers
+//! consume from it too, after settling what they held.
+
+use std::time::Instant;
+
+use nix::sys::epoll::Epoll;
+
+use super::letters::Tally;
+use super::queue::{DeadLetter, QueueCore};
+use super::{Broker, Direction, deadletter, scratch_len};
+use crate::config::Config;
+use crate::names::QueueName;
+
+impl Broker {
+    /// Takes a reloaded config (see the module documentation).
+    pub fn apply(&mut self, config: &Config, epoll: &Epoll) {
+        let now = Instant::now();
+        let mut added = Vec::new();
+        let mut changed = Vec::new();
+        let mut retimed = Vec::new();
+        for (name, spec) in &config.queues {
+            match self.queues.get_mut(name) {
+                Some(q) => {
+                    let old = std::mem::replace(&mut q.spec, spec.clone());
+                    if old.delivery != spec.delivery {
+                        changed.push(name.clone());
+                    }
+                    if old.ack_timeout != spec.ack_timeout || old.delivery != spec.delivery {
+                        q.stamp_unsettled(now);
+                        retimed.push(name.clone());
+                    }
+                }
+                None => {
+                    let q = QueueCore::new(spec.clone());
+                    self.queues.insert(name.clone(), q);
+                    added.push(name.clone());
+                }
+            }
+        }
+        let removed: Vec<QueueName> = self
+            .queues
+            .keys()
+            .filter(|q| !config.queues.contains_key(*q))
+            .cloned()
+            .collect();
+        for name in removed {
+            if let Some(q) = self.queues.remove(&name) {
+                self.retire(epoll, &name, q, now);
+            }
+        }
+        self.scratch_len = scratch_len(&self.queues);
+        if self.scratch.len() > self.scratch_len {
+            // Freed, not kept at the size of a queue that is gone.
+            self.scratch = Vec::new();
+        }
+        self.rebind(epoll, &added, &changed);
+        for name in &retimed {
+            self.rearm(name);
+        }
+        for name in &added {
+            self.gc_retired(name);
+        }
+        for queue in config.queues.keys() {
+            self.resume_producers(epoll, queue);
+            self.to_deliver.push(queue.clone());
+        }
+        self.run_deliveries(epoll);
+    }
+
+    /// Retires the removed queue `name` (see the module documentation).
+    fn retire(&mut self, epoll: &Epoll, name: &QueueName, mut q: QueueCore, now: Instant) {
+        let left = q.retire();
+        let held = q.in_flight();
+        q.counters.dead_lettered += left.len() as u64;
+        let target = q.spec.dead_letter.clone();
+        match self.retired.get_mut(name) {
+            Some(older) => older.absorb(q),
+            None => {
+                self.retired.insert(name.clone(), q);
+            }
+        }
+        if !left.is_empty() {
+            let count = left.len();
+            let mut tally = Tally::default();
+            for message in left {
+                let letter = DeadLetter {
+                    message,
+                    reason: "its queue was removed from the config".into(),
+                };
+                tally.add(self.route(name, target.as_ref(), &letter, now));
+            }
+            let file = deadletter::path(&self.state_dir, name);
+            tracing::warn!(
+                "queue {name} was removed while holding {count} messages; dead-lettering them: {}",
+                tally.describe(&file)
+            );
+        }
+        if held > 0 {
+            tracing::warn!(
+                "queue {name} was removed while its consumers held {held} messages: an ack drops \
+                 them, a nack or the consumer's exit dead-letters them"
+            );
+        }
+        // Its producers are read (into dead letters) from now on.
+        for token in self.paused.remove(name).unwrap_or_default() {
+            self.refresh_interest(epoll, token);
+        }
+        self.gc_retired(name);
+    }
+
+    /// After a reload: consumers of a queue added back consume from it;
+    /// every endpoint of a queue whose delivery mode changed gets the
+    /// interest the new mode needs. One pass over the endpoints, and only
+    /// when there is something to do.
+    fn rebind(&mut self, epoll: &Epoll, added: &[QueueName], changed: &[QueueName]) {
+        let names = |ep: &super::Endpoint| added.contains(&ep.queue) || changed.contains(&ep.queue);
+        if added.iter().all(|q| !self.named.contains_key(q)) && changed.is_empty() {
+            return;
+        }
+        let tokens: Vec<u64> = self
+            .endpoints
+            .iter()
+            .filter(|(_, ep)| names(ep))
+            .map(|(t, _)| *t)
+            .collect();
+        for token in tokens {
+            let Some(ep) = self.endpoints.get(&token) else {
+                continue;
+            };
+            if ep.direction == Direction::In
+                && added.contains(&ep.queue)
+                && let Some(q) = self.queues.get_mut(&ep.queue)
+            {
+                super::endpoint::fit_send_buffer(&ep.fd, &q.spec);
+                q.add_consumer(token);
+            }
+            self.refresh_interest(epoll, token);
+        }
+    }
+
+    /// `name`'s ack_timeout changed: its holders' deadlines are armed anew
+    /// (an armed time may be later than a shorter timeout's deadline).
+    fn rearm(&mut self, name: &QueueName) {
+        let Some(q) = self.queues.get(name) else {
+            return;
+        };
+        let due: Vec<_> = q
+            .holders()
+            .filter_map(|id| q.ack_deadline(id).map(|at| (id, at)))
+            .collect();
+        for (id, at) in due {
+            self.timers.arm(id, at);
+        }
+    }
+
+    /// Forgets the retired `name` once nothing needs it: its consumers hold
+    /// nothing more, and no endpoint produces into it (or the queue is back
+    /// and takes their messages).
+    pub(super) fn gc_retired(&mut self, name: &QueueName) {
+        let Some(r) = self.retired.get(name) else {
+            return;
+        };
+        let named = self.named.contains_key(name) && !self.queues.contains_key(name);
+        if r.is_drained() && !named {
+            tracing::debug!("queue {name} (removed): nothing left in flight");
+            self.retired.remove(name);
+        }
+    }
+}
