@@ -26,7 +26,7 @@ use signal_hook::iterator::exfiltrator::SignalOnly;
 
 use crate::broker::Broker;
 use crate::config::Config;
-use crate::control::{Conn, ConnEvent, Listener, Request, Response};
+use crate::control::{Clients, Listener, Request, Response};
 use crate::launch::ProcessLauncher;
 use crate::logs::{LogWriter, Origin, Stream};
 use crate::names::GroupName;
@@ -48,7 +48,8 @@ const DEBOUNCE: Duration = Duration::from_millis(10);
 const MAX_WRITE_WAIT: Duration = Duration::from_secs(2);
 /// How long the fork server and templates get to exit at shutdown.
 const HELPER_GRACE: Duration = Duration::from_secs(2);
-/// Tokens from here on are child pipes (even) and control connections (odd).
+/// Tokens from here on are child pipes, queue sockets and templates
+/// (control connections have a range of their own, see [`Clients`]).
 const FIRST_DYNAMIC: u64 = 16;
 
 /// Errors that stop drover before or while it runs.
@@ -98,9 +99,8 @@ struct Runtime {
     sup: Supervisor,
     launcher: ProcessLauncher,
     signals: SignalDelivery<UnixStream, SignalOnly>,
-    listener: Listener,
+    clients: Clients,
     output: Output,
-    conns: HashMap<u64, Conn>,
     /// Python templates still importing, by loop token.
     templates: HashMap<u64, GroupName>,
     next_token: u64,
@@ -194,9 +194,6 @@ impl Runtime {
             .add(signals.get_read().as_fd(), readable(SIGNALS))
             .map_err(errno("epoll"))?;
         epoll
-            .add(listener.socket.as_fd(), readable(CONTROL))
-            .map_err(errno("epoll"))?;
-        epoll
             .add(wake_rx.as_fd(), readable(LOG_WAKE))
             .map_err(errno("epoll"))?;
         epoll
@@ -215,14 +212,14 @@ impl Runtime {
             config.groups.len(),
             listener.path().display()
         );
+        let clients = Clients::new(listener, &epoll, CONTROL).map_err(os("epoll"))?;
         Ok(Runtime {
             epoll,
             sup: Supervisor::new(&config),
             launcher,
             signals,
-            listener,
+            clients,
             output: Output::new(config.supervisor.log_format, writer, wake_rx),
-            conns: HashMap::new(),
             templates: HashMap::new(),
             next_token: FIRST_DYNAMIC,
             orphans: Orphans::default(),
@@ -270,6 +267,9 @@ impl Runtime {
             if child_deadline.is_some_and(|d| d <= now) {
                 self.sup.on_deadline(&mut self.launcher, now);
             }
+            if self.clients.deadline().is_some_and(|d| d <= now) {
+                self.clients.on_deadline(&self.epoll, now);
+            }
             self.watch_new_outputs();
             self.advance_shutdown(now);
             if self.sup.is_finished() && self.helpers_deadline.is_none() {
@@ -308,6 +308,7 @@ impl Runtime {
             shutdown,
             self.reload_at,
             self.helpers_deadline.filter(|_| !self.helpers.is_empty()),
+            self.clients.deadline(),
         ]
         .into_iter()
         .flatten()
@@ -325,13 +326,13 @@ impl Runtime {
     fn dispatch(&mut self, token: u64, flags: EpollFlags) {
         match token {
             SIGNALS => self.on_signals(),
-            CONTROL => self.accept_clients(),
             LOG_WAKE => self.output.on_wake(&self.epoll),
             CONFIG_WAKE => self.on_config_event(),
             t if self.output.owns(t) => self.output.on_readable(&self.epoll, t),
             t if self.broker.owns(t) => self.broker.on_event(&self.epoll, t, flags),
             t if self.templates.contains_key(&t) => self.on_template(t),
-            t => self.on_conn(t, flags),
+            t if self.clients.owns(t) => self.on_client(t, flags),
+            _ => {} // a connection or pipe closed earlier in this batch
         }
     }
 
@@ -530,61 +531,14 @@ impl Runtime {
         self.orphans.done()
     }
 
-    fn accept_clients(&mut self) {
-        loop {
-            match self.listener.socket.accept() {
-                Ok((stream, _)) => {
-                    let Ok(conn) = Conn::new(stream) else {
-                        continue;
-                    };
-                    let token = self.token();
-                    let event = EpollEvent::new(EpollFlags::EPOLLIN, token);
-                    if self.epoll.add(conn.stream.as_fd(), event).is_ok() {
-                        self.conns.insert(token, conn);
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::warn!("control socket accept: {e}");
-                    break;
-                }
-            }
-        }
-    }
-
-    fn on_conn(&mut self, token: u64, flags: EpollFlags) {
-        let Some(conn) = self.conns.get_mut(&token) else {
-            return;
-        };
-        if flags.contains(EpollFlags::EPOLLOUT) {
-            if conn.flush() {
-                self.close_conn(token);
-            }
-            return;
-        }
-        let request = match conn.on_readable() {
-            ConnEvent::Pending => return,
-            ConnEvent::Closed => return self.close_conn(token),
-            ConnEvent::Request(request) => request,
-        };
-        let response = match request {
-            Ok(request) => self.handle_request(request),
-            Err(e) => Response::error(e),
-        };
-        let conn = self.conns.get_mut(&token).expect("still open");
-        conn.respond(&response);
-        if conn.flush() {
-            self.close_conn(token);
-        } else {
-            let event = EpollEvent::new(EpollFlags::EPOLLOUT, token);
-            let _ = self.epoll.modify(conn.stream.as_fd(), &mut { event });
-        }
-    }
-
-    fn close_conn(&mut self, token: u64) {
-        if let Some(conn) = self.conns.remove(&token) {
-            let _ = self.epoll.delete(conn.stream.as_fd());
+    /// The control socket or a client connection is ready; a complete
+    /// request is handled and answered here.
+    fn on_client(&mut self, token: u64, flags: EpollFlags) {
+        let now = Instant::now();
+        if let Some((conn, request)) = self.clients.on_event(&self.epoll, token, flags, now) {
+            let response = self.handle_request(request);
+            self.clients
+                .respond(&self.epoll, conn, &response, Instant::now());
         }
     }
 
