@@ -215,9 +215,13 @@ impl Clients {
             };
             if entry.conn.is_reading() {
                 let secs = REQUEST_TIMEOUT.as_secs();
+                tracing::debug!("control socket: a client sent no complete request in {secs}s");
                 entry.conn.farewell(&Response::error(format!(
                     "request: no complete line within {secs}s; closing"
                 )));
+            } else {
+                let secs = WRITE_TIMEOUT.as_secs();
+                tracing::debug!("control socket: a client did not take its answer in {secs}s");
             }
         }
         if self.paused_until.is_some_and(|at| at <= now) {
