@@ -146,6 +146,11 @@ impl Clients {
         now: Instant,
     ) -> Option<(u64, Request)> {
         let request = if token == self.token {
+            // An event from before the listener left the epoll set (earlier
+            // in the same batch) is not a reason to accept.
+            if !self.armed {
+                return None;
+            }
             self.on_listener(epoll, now)
         } else {
             self.on_conn(epoll, token, flags, now)
