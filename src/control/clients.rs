@@ -137,7 +137,8 @@ impl Clients {
 
     /// A loop event for one of [`Self::owns`]'s tokens. Returns a request
     /// for the runtime to handle; its answer goes to [`Self::respond`] with
-    /// the connection's token.
+    /// the connection's token. The runtime answers at once: a connection
+    /// still waiting for its answer at its request deadline is closed.
     pub fn on_event(
         &mut self,
         epoll: &Epoll,
