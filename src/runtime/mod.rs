@@ -26,7 +26,7 @@ use signal_hook::iterator::exfiltrator::SignalOnly;
 
 use crate::broker::Broker;
 use crate::config::Config;
-use crate::control::{Conn, ConnEvent, Listener, Request, Response};
+use crate::control::{Clients, Listener, Request, Response};
 use crate::launch::ProcessLauncher;
 use crate::logs::{LogWriter, Origin, Stream};
 use crate::names::GroupName;
@@ -49,7 +49,8 @@ const HELPER_GRACE: Duration = Duration::from_secs(2);
 const SAME_REQUEST: Duration = Duration::from_millis(100);
 /// The most exits handled in one loop turn.
 const REAP_PER_TURN: u32 = 256;
-/// Tokens from here on are child pipes (even) and control connections (odd).
+/// Tokens from here on are child pipes, queue sockets and templates
+/// (control connections have a range of their own, see [`Clients`]).
 const FIRST_DYNAMIC: u64 = 16;
 
 /// Errors that stop drover before or while it runs.
@@ -99,9 +100,8 @@ struct Runtime {
     sup: Supervisor,
     launcher: ProcessLauncher,
     signals: SignalDelivery<UnixStream, SignalOnly>,
-    listener: Listener,
+    clients: Clients,
     output: Output,
-    conns: HashMap<u64, Conn>,
     /// Python templates still importing, by loop token.
     templates: HashMap<u64, GroupName>,
     next_token: u64,
@@ -199,9 +199,6 @@ impl Runtime {
             .add(signals.get_read().as_fd(), readable(SIGNALS))
             .map_err(errno("epoll"))?;
         epoll
-            .add(listener.socket.as_fd(), readable(CONTROL))
-            .map_err(errno("epoll"))?;
-        epoll
             .add(wake_rx.as_fd(), readable(LOG_WAKE))
             .map_err(errno("epoll"))?;
         epoll
@@ -220,14 +217,14 @@ impl Runtime {
             config.groups.len(),
             listener.path().display()
         );
+        let clients = Clients::new(listener, &epoll, CONTROL).map_err(os("epoll"))?;
         Ok(Runtime {
             epoll,
             sup: Supervisor::new(&config),
             launcher,
             signals,
-            listener,
+            clients,
             output: Output::new(config.supervisor.log_format, writer, wake_rx),
-            conns: HashMap::new(),
             templates: HashMap::new(),
             next_token: FIRST_DYNAMIC,
             orphans: Orphans::default(),
@@ -289,6 +286,9 @@ impl Runtime {
                     self.sup.restart_child(pid, &mut self.launcher, now);
                 }
             }
+            if self.clients.deadline().is_some_and(|d| d <= now) {
+                self.clients.on_deadline(&self.epoll, now);
+            }
             self.watch_new_outputs();
             self.advance_shutdown(now);
             if self.sup.is_finished() && self.helpers_deadline.is_none() {
@@ -328,6 +328,7 @@ impl Runtime {
             self.reloads.deadline(),
             self.helpers_deadline.filter(|_| !self.helpers.is_empty()),
             self.broker.deadline(),
+            self.clients.deadline(),
         ]
         .into_iter()
         .flatten()
@@ -345,13 +346,13 @@ impl Runtime {
     fn dispatch(&mut self, token: u64, flags: EpollFlags) {
         match token {
             SIGNALS => self.on_signals(),
-            CONTROL => self.accept_clients(),
             LOG_WAKE => self.output.on_wake(&self.epoll),
             CONFIG_WAKE => self.on_config_event(),
             t if self.output.owns(t) => self.output.on_readable(&self.epoll, t),
             t if self.broker.owns(t) => self.broker.on_event(&self.epoll, t, flags),
             t if self.templates.contains_key(&t) => self.on_template(t),
-            t => self.on_conn(t, flags),
+            t if self.clients.owns(t) => self.on_client(t, flags),
+            _ => {} // a connection or pipe closed earlier in this batch
         }
     }
 
@@ -582,61 +583,14 @@ impl Runtime {
         self.orphans.done()
     }
 
-    fn accept_clients(&mut self) {
-        loop {
-            match self.listener.socket.accept() {
-                Ok((stream, _)) => {
-                    let Ok(conn) = Conn::new(stream) else {
-                        continue;
-                    };
-                    let token = self.token();
-                    let event = EpollEvent::new(EpollFlags::EPOLLIN, token);
-                    if self.epoll.add(conn.stream.as_fd(), event).is_ok() {
-                        self.conns.insert(token, conn);
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::warn!("control socket accept: {e}");
-                    break;
-                }
-            }
-        }
-    }
-
-    fn on_conn(&mut self, token: u64, flags: EpollFlags) {
-        let Some(conn) = self.conns.get_mut(&token) else {
-            return;
-        };
-        if flags.contains(EpollFlags::EPOLLOUT) {
-            if conn.flush() {
-                self.close_conn(token);
-            }
-            return;
-        }
-        let request = match conn.on_readable() {
-            ConnEvent::Pending => return,
-            ConnEvent::Closed => return self.close_conn(token),
-            ConnEvent::Request(request) => request,
-        };
-        let response = match request {
-            Ok(request) => self.handle_request(request),
-            Err(e) => Response::error(e),
-        };
-        let conn = self.conns.get_mut(&token).expect("still open");
-        conn.respond(&response);
-        if conn.flush() {
-            self.close_conn(token);
-        } else {
-            let event = EpollEvent::new(EpollFlags::EPOLLOUT, token);
-            let _ = self.epoll.modify(conn.stream.as_fd(), &mut { event });
-        }
-    }
-
-    fn close_conn(&mut self, token: u64) {
-        if let Some(conn) = self.conns.remove(&token) {
-            let _ = self.epoll.delete(conn.stream.as_fd());
+    /// The control socket or a client connection is ready; a complete
+    /// request is handled and answered here.
+    fn on_client(&mut self, token: u64, flags: EpollFlags) {
+        let now = Instant::now();
+        if let Some((conn, request)) = self.clients.on_event(&self.epoll, token, flags, now) {
+            let response = self.handle_request(request);
+            self.clients
+                .respond(&self.epoll, conn, &response, Instant::now());
         }
     }
 

@@ -1,0 +1,243 @@
+//! One control connection: its request line being read, then its response
+//! being written. I/O only; what is allowed and when is decided by
+//! [`super::Clients`].
+
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+
+use super::{MAX_REQUEST, Request, Response, parse_request};
+
+/// Where a connection is in its one exchange.
+#[derive(Debug)]
+enum Phase {
+    /// Reading the request line; `input` never holds more than
+    /// [`MAX_REQUEST`] bytes.
+    Reading { input: Vec<u8> },
+    /// The request went to the runtime; the answer has not come yet.
+    Handling,
+    /// Writing the response line.
+    Writing { output: Vec<u8>, written: usize },
+}
+
+/// What a read produced.
+#[derive(Debug, PartialEq)]
+pub(super) enum Incoming {
+    /// Nothing complete yet.
+    Pending,
+    /// A whole line, parsed (or what was wrong with it).
+    Request(Result<Request, String>),
+    /// The client went away (or the socket failed) before a request.
+    Closed,
+}
+
+#[derive(Debug)]
+pub(super) struct Conn {
+    pub(super) stream: UnixStream,
+    phase: Phase,
+}
+
+impl Conn {
+    pub(super) fn new(stream: UnixStream) -> io::Result<Conn> {
+        stream.set_nonblocking(true)?;
+        Ok(Conn {
+            stream,
+            phase: Phase::Reading { input: Vec::new() },
+        })
+    }
+
+    /// True while the request line is still being read.
+    pub(super) fn is_reading(&self) -> bool {
+        matches!(self.phase, Phase::Reading { .. })
+    }
+
+    /// Reads what is available; a request once its line is complete. The
+    /// end of input also ends a line, so `printf '{"cmd":"status"}' | nc -N`
+    /// works. Bytes after the newline are never looked at.
+    pub(super) fn read_request(&mut self) -> Incoming {
+        let Phase::Reading { input } = &mut self.phase else {
+            return Incoming::Pending;
+        };
+        let mut buf = [0u8; 8192];
+        loop {
+            let n = match self.stream.read(&mut buf) {
+                Ok(0) if input.is_empty() => return Incoming::Closed,
+                Ok(0) => return self.finish_line(),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Incoming::Pending,
+                Err(_) => return Incoming::Closed,
+            };
+            let Some(chunk) = buf.get(..n) else {
+                return Incoming::Closed;
+            };
+            let newline = chunk.iter().position(|&b| b == b'\n');
+            let data = match newline {
+                Some(end) => chunk.get(..end).unwrap_or_default(),
+                None => chunk,
+            };
+            let len = input.len() + data.len();
+            if len > MAX_REQUEST {
+                self.phase = Phase::Handling;
+                return Incoming::Request(Err(format!("request: longer than {MAX_REQUEST} bytes")));
+            }
+            // Grow in powers of two up to the limit, never past it.
+            let wanted = len.next_power_of_two().min(MAX_REQUEST);
+            if input.capacity() < wanted {
+                input.reserve_exact(wanted - input.len());
+            }
+            input.extend_from_slice(data);
+            if newline.is_some() {
+                return self.finish_line();
+            }
+        }
+    }
+
+    fn finish_line(&mut self) -> Incoming {
+        match std::mem::replace(&mut self.phase, Phase::Handling) {
+            Phase::Reading { input } => Incoming::Request(parse_request(&input)),
+            other => {
+                self.phase = other;
+                Incoming::Pending
+            }
+        }
+    }
+
+    /// Queues the response line.
+    pub(super) fn respond(&mut self, response: &Response) {
+        self.phase = Phase::Writing {
+            output: response.to_line(),
+            written: 0,
+        };
+    }
+
+    /// Writes what the socket takes; true once the response is out (or can
+    /// never be: the client went away).
+    pub(super) fn flush(&mut self) -> bool {
+        let Phase::Writing { output, written } = &mut self.phase else {
+            return false;
+        };
+        while let Some(rest) = output.get(*written..).filter(|r| !r.is_empty()) {
+            match self.stream.write(rest) {
+                Ok(0) => return true,
+                Ok(n) => *written += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(_) => return true,
+            }
+        }
+        true
+    }
+
+    /// Writes `response` once, without waiting, before the connection is
+    /// dropped: a client turned away or timed out learns why when the
+    /// socket has room, and nothing is owed to it when not.
+    pub(super) fn farewell(mut self, response: &Response) {
+        self.respond(response);
+        self.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> (Conn, UnixStream) {
+        let (server, client) = UnixStream::pair().unwrap();
+        (Conn::new(server).unwrap(), client)
+    }
+
+    /// Blocks until more arrives: the test's own wait.
+    fn wait_readable(stream: &UnixStream) {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use std::os::fd::AsFd;
+        let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLIN)];
+        poll(&mut fds, PollTimeout::NONE).unwrap();
+    }
+
+    fn input_capacity(conn: &Conn) -> usize {
+        match &conn.phase {
+            Phase::Reading { input } => input.capacity(),
+            _ => 0,
+        }
+    }
+
+    #[test]
+    fn a_line_may_arrive_in_pieces_and_garbage_after_it_is_ignored() {
+        let (mut conn, mut client) = pair();
+        assert_eq!(conn.read_request(), Incoming::Pending);
+        client.write_all(br#"{"cmd":"sta"#).unwrap();
+        assert_eq!(conn.read_request(), Incoming::Pending);
+        client.write_all(b"tus\"}\n\xff\xffgarbage{{{").unwrap();
+        assert_eq!(conn.read_request(), Incoming::Request(Ok(Request::Status)));
+        assert_eq!(
+            conn.read_request(),
+            Incoming::Pending,
+            "nothing more is read"
+        );
+    }
+
+    #[test]
+    fn the_end_of_input_ends_a_line_and_nothing_is_closed() {
+        let (mut conn, mut client) = pair();
+        client.write_all(br#"{"cmd":"reload"}"#).unwrap();
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        assert_eq!(conn.read_request(), Incoming::Request(Ok(Request::Reload)));
+
+        let (mut conn, client) = pair();
+        drop(client);
+        assert_eq!(conn.read_request(), Incoming::Closed);
+    }
+
+    #[test]
+    fn a_line_longer_than_the_limit_is_refused_without_buffering_it() {
+        let (mut conn, client) = pair();
+        let writer = std::thread::spawn(move || {
+            let mut client = client;
+            // Stops with EPIPE once the server side is dropped.
+            let chunk = vec![b'x'; 64 * 1024];
+            for _ in 0..160 {
+                if client.write_all(&chunk).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut most = 0;
+        let outcome = loop {
+            match conn.read_request() {
+                Incoming::Pending => {
+                    most = most.max(input_capacity(&conn));
+                    wait_readable(&conn.stream);
+                }
+                other => break other,
+            }
+        };
+        assert_eq!(
+            outcome,
+            Incoming::Request(Err(format!("request: longer than {MAX_REQUEST} bytes")))
+        );
+        assert!(most <= MAX_REQUEST, "the buffer grew to {most}");
+        drop(conn);
+        writer.join().unwrap();
+    }
+
+    #[test]
+    fn a_line_of_exactly_the_limit_is_read() {
+        let (mut conn, mut client) = pair();
+        let mut line = br#"{"cmd":"stop","group":""#.to_vec();
+        line.resize(MAX_REQUEST - 2, b'g');
+        line.extend_from_slice(b"\"}\n");
+        assert_eq!(line.len(), MAX_REQUEST + 1);
+        let writer = std::thread::spawn(move || client.write_all(&line).unwrap());
+        let outcome = loop {
+            match conn.read_request() {
+                Incoming::Pending => wait_readable(&conn.stream),
+                other => break other,
+            }
+        };
+        writer.join().unwrap();
+        assert!(
+            matches!(outcome, Incoming::Request(Ok(Request::Stop { ref group })) if group.len() == MAX_REQUEST - 25),
+            "{outcome:?}"
+        );
+    }
+}
