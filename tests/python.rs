@@ -1,6 +1,6 @@
-//! Python function workers (DESIGN §2.2): where each method's children come
-//! from, exit codes, a broken module, a crashed worker, a dead template, and
-//! queues from a function worker.
+//! Python function workers: where each method's children come from, exit
+//! codes, a broken module, a crashed worker, a dead template, and queues
+//! from a function worker.
 
 mod common;
 
@@ -171,7 +171,11 @@ fn a_dead_template_is_replaced_and_running_workers_live_on() {
     );
     let pids = d.wait_group_state("w", "running");
     d.stdout.wait_count("up ", 2);
-    let template = template_of(d.pid()).expect("a template runs");
+    let text = d.stderr.wait_for("the template's start", |t| {
+        !templates_started(t, "w").is_empty()
+    });
+    let template = templates_started(&text, "w")[0];
+    assert!(!pids.contains(&i64::from(template)), "{pids:?} {template}");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(template),
         nix::sys::signal::Signal::SIGKILL,
@@ -181,9 +185,11 @@ fn a_dead_template_is_replaced_and_running_workers_live_on() {
         t.contains("the python template exited; starting a new one")
     });
     // A new template is started at once, not at the next worker start.
-    wait_until("a new template", || {
-        template_of(d.pid()).is_some_and(|t| t != template)
-    });
+    let text = d
+        .stderr
+        .wait_for("a new template", |t| templates_started(t, "w").len() >= 2);
+    let new = templates_started(&text, "w")[1];
+    assert!(new != template && alive(i64::from(new)), "{text}");
     for pid in &pids {
         assert!(alive(*pid), "running workers are untouched");
     }
@@ -196,21 +202,20 @@ fn a_dead_template_is_replaced_and_running_workers_live_on() {
     d.stdout.wait_count("up ", 3);
 }
 
-/// The python template among drover's children.
-fn template_of(drover: i32) -> Option<i32> {
-    std::fs::read_dir("/proc").ok()?.find_map(|e| {
-        let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let ppid: i32 = stat[stat.rfind(')')? + 2..]
-            .split(' ')
-            .nth(1)?
-            .parse()
-            .ok()?;
-        let is_template = cmdline.split(|&b| b == 0).any(|a| a == b"fork")
-            && String::from_utf8_lossy(&cmdline).contains("drover's side of Python");
-        (ppid == drover && is_template && alive(pid as i64)).then_some(pid)
-    })
+/// The PIDs of `group`'s templates, in the order drover started them, from
+/// its debug log: a template's command line is also its workers', so
+/// looking for it in /proc can find a worker instead.
+fn templates_started(log: &str, group: &str) -> Vec<i32> {
+    log.lines()
+        .filter(|l| l.contains("python template started"))
+        .filter(|l| l.split(' ').any(|w| w == format!("group={group}")))
+        .filter_map(|l| {
+            l.split(' ')
+                .find_map(|w| w.strip_prefix("pid="))?
+                .parse()
+                .ok()
+        })
+        .collect()
 }
 
 #[test]
