@@ -243,7 +243,7 @@ impl Templates {
                 .iter()
                 .map(|a| CString::new(a.as_encoded_bytes()).unwrap_or_default())
                 .collect(),
-            envp: plan.envp.clone(),
+            envp: template_env(&plan.envp),
             cwd: plan.cwd.clone(),
             fds: FdPlan {
                 sources: vec![stdin, stderr, stderr, theirs.as_raw_fd()],
@@ -438,6 +438,23 @@ impl Template {
             .map(Some)
             .map_err(|e| io::Error::other(format!("bad answer from the python template: {e}")))
     }
+}
+
+/// The environment of the worker whose start launched the template,
+/// without what is that worker's own: its index and its queue variables
+/// (which would name the template's fd 3, its socket to drover, as a
+/// queue to code that imports). Each worker is given them by its request.
+fn template_env(worker: &[CString]) -> Vec<CString> {
+    worker
+        .iter()
+        .filter(|kv| {
+            let kv = kv.as_bytes();
+            !(kv.starts_with(b"DROVER_INDEX=")
+                || kv.starts_with(b"DROVER_IN_")
+                || kv.starts_with(b"DROVER_OUT_"))
+        })
+        .cloned()
+        .collect()
 }
 
 /// `pid` if it is drover's child: the worker, which drover (a child

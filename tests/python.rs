@@ -366,17 +366,18 @@ inputs = ["results"]
         let dir = TempDir::new(&format!("pyfiles{method}"));
         dir.write(
             "opener.py",
-            "import os\nLOG = open(os.path.join(os.path.dirname(__file__), 'log.txt'), 'a', buffering=1)\n",
+            "import os\nLOG = open(os.path.join(os.path.dirname(__file__), 'log.txt'), 'a', buffering=1)\n\
+             SEEN = os.environ.get('DROVER_IN_JOBS')\n",
         );
         dir.write(
             "logworker.py",
             r#"
 import os, socket
-from opener import LOG
+from opener import LOG, SEEN
 
 def work():
     index = os.environ["DROVER_INDEX"]
-    LOG.write(f"worker {index} up\n")
+    LOG.write(f"worker {index} up, the import saw {SEEN}\n")
     jobs = socket.socket(fileno=int(os.environ["DROVER_IN_JOBS"]))
     results = socket.socket(fileno=int(os.environ["DROVER_OUT_RESULTS"]))
     while (msg := jobs.recv(65536)):
@@ -401,9 +402,16 @@ def work():
         let written = || std::fs::read_to_string(&log).unwrap_or_default();
         wait_until("both workers' first lines", || {
             let w = written();
-            w.contains("worker 0 up\n") && w.contains("worker 1 up\n")
+            w.contains("worker 0 up") && w.contains("worker 1 up")
         });
         let w = written();
+        // The template is no worker: no queue variables while it imports
+        // (they would name its socket to drover).
+        assert_eq!(
+            w.matches(" up, the import saw None\n").count(),
+            2,
+            "{method}: {w}"
+        );
         for i in 0..20 {
             assert!(
                 w.lines().any(|l| l.ends_with(&format!(" did job {i}"))),

@@ -5,11 +5,13 @@
 import array
 import json
 import os
+import select
 import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -75,12 +77,6 @@ CHATTY = textwrap.dedent(
 BUFFERED = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
 
 
-def at_fd_3(fd):
-    if fd != 3:
-        os.dup2(fd, 3)
-        os.close(fd)
-
-
 def socket_inode(sock):
     return "socket:[%d]" % os.fstat(sock.fileno()).st_ino
 
@@ -91,12 +87,12 @@ class Template:
     def __init__(self, cwd, mode, module, function, preload=(), stdout=None):
         self.ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.control = socket_inode(theirs)
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", BOOTSTRAP, mode, module, function, *preload],
-            cwd=cwd, stdout=stdout, env=BUFFERED,
+        fd = theirs.fileno()
+        argv = [sys.executable, "-c", BOOTSTRAP, mode, module, function, *preload]
+        if fd != 3:
             # The template holds stdio and fd 3, nothing else (as under drover).
-            pass_fds=(3,), preexec_fn=lambda: at_fd_3(theirs.fileno()),
-        )
+            argv = ["sh", "-c", 'exec 3<&%d %d<&-; exec "$@"' % (fd, fd), "sh", *argv]
+        self.process = subprocess.Popen(argv, cwd=cwd, stdout=stdout, env=BUFFERED, pass_fds=(fd,))
         theirs.close()
         self.ours.settimeout(60)
         self.seq = 0
@@ -125,12 +121,21 @@ class Template:
             self.process.wait()
 
 
-def read_all(fd):
+def read_all(fd, timeout=60):
+    """Everything written to pipe `fd` until its writers close it."""
+    deadline = time.monotonic() + timeout
     out = b""
-    while chunk := os.read(fd, 65536):
-        out += chunk
-    os.close(fd)
-    return out.decode()
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise TimeoutError("the pipe stayed open %d s: %r so far" % (timeout, out))
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return out.decode()
+            out += chunk
+    finally:
+        os.close(fd)
 
 
 class BootstrapTest(unittest.TestCase):
