@@ -164,7 +164,9 @@ struct Reply {
 impl Templates {
     /// Starts a worker of `group` through its template (started, or
     /// replaced when the group changed, as needed). `plan` is the worker's
-    /// prepared start: its envp and fds are what the worker gets.
+    /// prepared start: its fds are what the worker gets, and a template
+    /// launched now gets its environment (less the worker's own); `setup`
+    /// is what the worker is told besides.
     pub fn start_worker(
         &mut self,
         group: &GroupSpec,
