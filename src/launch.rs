@@ -485,16 +485,24 @@ fn fork_setup(plan: &SpawnPlan) -> ExecSetup {
 }
 
 /// What a Python worker forked from its template sets in its environment:
-/// its index and its queue fds (placed at 3, 4, … like spawn's).
-fn worker_env(group: &GroupSpec, index: u32, queues: &QueueSockets) -> HashMap<String, String> {
-    let mut env: HashMap<String, String> = queues.variables(false).into_iter().collect();
+/// its index and group, and its queue variables, as indexes of the fds sent
+/// (the queue sockets follow stdin, stdout and stderr, see `plan`): the
+/// template sets each to the fd its socket lands at.
+fn worker_env(group: &GroupSpec, index: u32, queues: &QueueSockets) -> python::WorkerSetup {
+    let queues = queues
+        .variables(false)
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, _))| (name, 3 + i))
+        .collect();
+    let mut env = HashMap::new();
     env.insert("DROVER_INDEX".into(), index.to_string());
     env.insert("DROVER_GROUP".into(), group.name.to_string());
     env.insert(
         "DROVER_START_METHOD".into(),
         group.start_method.as_str().into(),
     );
-    env
+    python::WorkerSetup { env, queues }
 }
 
 /// A start that failed with `ENOENT` or `ENOTDIR` may have failed at the
@@ -529,8 +537,8 @@ impl Launcher for ProcessLauncher {
         let started = match group.start_method {
             StartMethod::Spawn => spawn(&plan),
             _ if python => {
-                let env = worker_env(group, index, &io.queues);
-                match self.templates.start_worker(group, &plan, &env) {
+                let setup = worker_env(group, index, &io.queues);
+                match self.templates.start_worker(group, &plan, &setup) {
                     Ok(pid) => Ok(pid),
                     Err(python::StartError::Failed(e)) => Err(e),
                     Err(python::StartError::Warming) => {

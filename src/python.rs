@@ -1,4 +1,4 @@
-//! Python function workers (`python = "module:function"`, DESIGN §2.2).
+//! Python function workers (`python = "module:function"`).
 //!
 //! The interpreter side is `python/drover_worker.py`, compiled into the
 //! binary and run with `python3 -c`. Under `spawn` every child is a fresh
@@ -8,6 +8,16 @@
 //! over a `SOCK_SEQPACKET` socket, passing the child's fds by SCM_RIGHTS.
 //! The template double-forks, so drover (a child subreaper) becomes the
 //! worker's parent and reaps it like any other child.
+//!
+//! A forked worker keeps the fds its template opened while importing, so
+//! its queue sockets cannot be put at 3, 4, … as a spawned child's are:
+//! each stays at the number it arrived at in the template, and the
+//! template sets its `DROVER_IN_`/`DROVER_OUT_` variable to that number
+//! ([`WorkerSetup::queues`]).
+//!
+//! A template is user code's process: whatever it answers is checked (its
+//! size, its JSON, its sequence number, that the PID it names is drover's
+//! child) and anything else fails that start and replaces the template.
 //!
 //! Templates are drover's children but not workers: one that dies after its
 //! imports is started again at once (running workers are unaffected); while
@@ -21,9 +31,12 @@ use std::collections::HashMap;
 use std::ffi::CString;
 use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg, setsockopt, sockopt};
+use nix::errno::Errno;
+use nix::sys::socket::{ControlMessage, MsgFlags, recv, sendmsg, setsockopt, sockopt};
+use nix::sys::wait::{Id, WaitPidFlag, waitid};
+use nix::unistd::Pid;
 
 use crate::config::{GroupSpec, Program, StartMethod};
 use crate::names::GroupName;
@@ -36,6 +49,9 @@ pub const BOOTSTRAP: &str = include_str!("python/drover_worker.py");
 pub const IMPORT_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a ready template may take to answer a request.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest packet read from a template: its answers are a few dozen
+/// bytes (an error's text is cut to 1000); a longer one is refused.
+const REPLY_MAX: usize = 4096;
 
 /// Why a worker did not start.
 #[derive(Debug)]
@@ -84,6 +100,18 @@ pub fn argv(group: &GroupSpec) -> Option<Vec<std::ffi::OsString>> {
     Some(argv)
 }
 
+/// What a template is told about a worker besides its fds.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct WorkerSetup {
+    /// Variables set in the worker (`DROVER_INDEX`, `DROVER_GROUP`, …).
+    pub env: HashMap<String, String>,
+    /// Each `DROVER_IN_<QUEUE>` / `DROVER_OUT_<QUEUE>` variable and the
+    /// index of that queue's socket among the fds sent (stdin, stdout,
+    /// stderr, then the queues); the template sets the variable to the fd
+    /// number the socket has in the worker.
+    pub queues: HashMap<String, usize>,
+}
+
 /// One group's template interpreter.
 #[derive(Debug)]
 struct Template {
@@ -91,9 +119,19 @@ struct Template {
     socket: OwnedFd,
     /// The group definition it was started for; a different one replaces it.
     spec: GroupSpec,
-    ready: bool,
-    launched: std::time::Instant,
+    readiness: Readiness,
+    launched: Instant,
     seq: u64,
+}
+
+/// Where a template is in its start.
+#[derive(Debug)]
+enum Readiness {
+    Importing,
+    Ready,
+    /// It exited while importing, or said something other than "ready":
+    /// every start fails with this until the template is replaced.
+    Failed(String),
 }
 
 /// The templates of every `fork` / `forkserver` Python group.
@@ -107,7 +145,8 @@ pub struct Templates {
 #[derive(serde::Serialize)]
 struct Request<'a> {
     seq: u64,
-    env: &'a HashMap<String, String>,
+    #[serde(flatten)]
+    setup: &'a WorkerSetup,
 }
 
 #[derive(serde::Deserialize)]
@@ -125,12 +164,14 @@ struct Reply {
 impl Templates {
     /// Starts a worker of `group` through its template (started, or
     /// replaced when the group changed, as needed). `plan` is the worker's
-    /// prepared start: its envp and fds are what the worker gets.
+    /// prepared start: its fds are what the worker gets, and a template
+    /// launched now gets its environment (less the worker's own); `setup`
+    /// is what the worker is told besides.
     pub fn start_worker(
         &mut self,
         group: &GroupSpec,
         plan: &SpawnPlan,
-        env: &HashMap<String, String>,
+        setup: &WorkerSetup,
     ) -> Result<i32, StartError> {
         let stale = self
             .by_group
@@ -142,17 +183,20 @@ impl Templates {
         if !self.by_group.contains_key(&group.name) {
             self.launch(group, plan)?;
         }
-        let template = self.by_group.get_mut(&group.name).expect("launched");
-        if !template.check_ready()? {
-            if template.launched.elapsed() < IMPORT_TIMEOUT {
+        let template = self
+            .by_group
+            .get_mut(&group.name)
+            .ok_or_else(|| io::Error::other("the python template was not started"))?;
+        let result = match template.check_ready() {
+            Ok(true) => template.request(plan, setup),
+            Ok(false) if template.launched.elapsed() < IMPORT_TIMEOUT => {
                 return Err(StartError::Warming);
             }
-            self.stop(&group.name);
-            return Err(StartError::Failed(io::Error::other(format!(
+            Ok(false) => Err(io::Error::other(format!(
                 "the python template did not finish importing within {IMPORT_TIMEOUT:?}"
-            ))));
-        }
-        let result = template.request(plan, env);
+            ))),
+            Err(e) => Err(e),
+        };
         if result.is_err() {
             // A template that failed (or died) is replaced on the next start.
             self.stop(&group.name);
@@ -189,19 +233,27 @@ impl Templates {
         setsockopt(&ours, sockopt::ReceiveTimeout, &timeval(REPLY_TIMEOUT))?;
         let argv = argv(group).ok_or_else(|| io::Error::other("not a python group"))?;
         let stderr = std::io::stderr().as_raw_fd();
+        let stdin = plan
+            .fds
+            .sources
+            .first()
+            .copied()
+            .ok_or_else(|| io::Error::other("a start plan without stdin"))?;
         let template_plan = SpawnPlan {
             program: plan.program.clone(),
             argv: argv
                 .iter()
                 .map(|a| CString::new(a.as_encoded_bytes()).unwrap_or_default())
                 .collect(),
-            envp: plan.envp.clone(),
+            envp: template_env(&plan.envp),
             cwd: plan.cwd.clone(),
             fds: FdPlan {
-                sources: vec![plan.fds.sources[0], stderr, stderr, theirs.as_raw_fd()],
+                sources: vec![stdin, stderr, stderr, theirs.as_raw_fd()],
             },
         };
         let pid = spawn(&template_plan)?;
+        // Tests find the template by this line: its command line is its
+        // workers' too.
         tracing::debug!(group = %group.name, pid, "python template started");
         self.launched.push(group.name.clone());
         self.by_group.insert(
@@ -210,8 +262,8 @@ impl Templates {
                 pid,
                 socket: ours,
                 spec: group.clone(),
-                ready: false,
-                launched: std::time::Instant::now(),
+                readiness: Readiness::Importing,
+                launched: Instant::now(),
                 seq: 0,
             },
         );
@@ -221,10 +273,7 @@ impl Templates {
     /// Stops `group`'s template (it exits when its socket closes).
     pub fn stop(&mut self, group: &GroupName) {
         if let Some(t) = self.by_group.remove(group) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(t.pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
+            let _ = nix::sys::signal::kill(Pid::from_raw(t.pid), nix::sys::signal::Signal::SIGTERM);
         }
     }
 
@@ -254,8 +303,8 @@ impl Templates {
             .iter()
             .find(|(_, t)| t.pid == pid)
             .map(|(g, _)| g.clone())?;
-        let template = self.by_group.remove(&group).expect("found above");
-        if template.ready {
+        let template = self.by_group.remove(&group)?;
+        if matches!(template.readiness, Readiness::Ready) {
             tracing::warn!(%group, pid, "the python template exited; starting a new one");
             Some(Some(template.spec))
         } else {
@@ -281,37 +330,42 @@ impl Templates {
 
 impl Template {
     /// Whether the template has said it finished importing, without waiting.
-    /// An error means it exited (its imports failed).
+    /// An error means it exited (its imports failed) or sent something else;
+    /// it stays failed.
     fn check_ready(&mut self) -> io::Result<bool> {
-        if self.ready {
-            return Ok(true);
+        match &self.readiness {
+            Readiness::Ready => return Ok(true),
+            Readiness::Failed(why) => return Err(io::Error::other(why.clone())),
+            Readiness::Importing => {}
         }
-        let mut buf = [0u8; 256];
-        let n =
-            match nix::sys::socket::recv(self.socket.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT)
-            {
-                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => return Ok(false),
-                other => other?,
-            };
-        if n == 0 {
-            return Err(io::Error::other(
-                "the python template exited while importing (its traceback is in drover's log)",
-            ));
-        }
-        let reply: Reply = serde_json::from_slice(&buf[..n])
-            .map_err(|e| io::Error::other(format!("bad answer from the python template: {e}")))?;
-        if reply.ready != Some(true) {
-            return Err(io::Error::other(
-                "the python template sent no ready message",
-            ));
-        }
-        self.ready = true;
-        Ok(true)
+        let why = match self.receive(MsgFlags::MSG_DONTWAIT) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Ok(Some(Reply {
+                ready: Some(true), ..
+            })) => {
+                self.readiness = Readiness::Ready;
+                return Ok(true);
+            }
+            Ok(Some(_)) => "the python template sent something other than its ready message".into(),
+            Ok(None) => {
+                "the python template exited while importing (its traceback is in drover's log)"
+                    .into()
+            }
+            Err(e) => e.to_string(),
+        };
+        self.readiness = Readiness::Failed(why.clone());
+        Err(io::Error::other(why))
     }
 
-    fn request(&mut self, plan: &SpawnPlan, env: &HashMap<String, String>) -> io::Result<i32> {
+    /// Asks the template for a worker; its PID, checked to be drover's
+    /// child. The reply is waited for (at most [`REPLY_TIMEOUT`]).
+    fn request(&mut self, plan: &SpawnPlan, setup: &WorkerSetup) -> io::Result<i32> {
         self.seq += 1;
-        let body = serde_json::to_vec(&Request { seq: self.seq, env }).expect("serialises");
+        let body = serde_json::to_vec(&Request {
+            seq: self.seq,
+            setup,
+        })
+        .map_err(io::Error::other)?;
         let fds: &[RawFd] = &plan.fds.sources;
         let cmsg = [ControlMessage::ScmRights(fds)];
         loop {
@@ -322,40 +376,113 @@ impl Template {
                 MsgFlags::MSG_NOSIGNAL,
                 None,
             ) {
-                Err(nix::errno::Errno::EINTR) => continue,
+                Err(Errno::EINTR) => continue,
                 other => break other.map(|_| ())?,
             }
         }
-        loop {
-            let reply = self.receive()?;
-            if reply.seq != Some(self.seq) {
-                continue;
+        let reply = match self.receive(MsgFlags::empty()) {
+            Ok(Some(reply)) => reply,
+            Ok(None) => {
+                return Err(io::Error::other(
+                    "the python template exited (its traceback, if any, is in drover's log)",
+                ));
             }
-            return match (reply.pid, reply.error) {
-                (Some(pid), _) => Ok(pid),
-                (None, error) => Err(io::Error::other(format!(
-                    "the python template could not fork: {}",
-                    error.unwrap_or_default()
-                ))),
-            };
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Err(io::Error::other(format!(
+                    "the python template did not answer within {REPLY_TIMEOUT:?}"
+                )));
+            }
+            Err(e) => return Err(e),
+        };
+        // One request at a time, and a template that failed one is
+        // replaced: any other sequence number is a broken template.
+        if reply.seq != Some(self.seq) {
+            return Err(io::Error::other(format!(
+                "the python template answered request {} with sequence number {}",
+                self.seq,
+                reply
+                    .seq
+                    .map_or_else(|| "none".into(), |seq| seq.to_string())
+            )));
+        }
+        match (reply.pid, reply.error) {
+            (Some(pid), _) if pid == self.pid => Err(io::Error::other(
+                "the python template named itself as the worker it forked",
+            )),
+            (Some(pid), _) => drovers_child(pid),
+            (None, error) => Err(io::Error::other(format!(
+                "the python template could not fork: {}",
+                error.unwrap_or_default()
+            ))),
         }
     }
 
-    fn receive(&self) -> io::Result<Reply> {
-        let mut buf = vec![0u8; 64 * 1024];
+    /// One packet from the template: `None` when it closed its end. A
+    /// packet longer than [`REPLY_MAX`] or not a JSON reply is an error;
+    /// so is `WouldBlock` (nothing yet, or the receive timeout).
+    fn receive(&self, flags: MsgFlags) -> io::Result<Option<Reply>> {
+        let mut buf = [0u8; REPLY_MAX];
+        // MSG_TRUNC: the packet's whole length, to tell a long one.
         let n = loop {
-            match nix::sys::socket::recv(self.socket.as_raw_fd(), &mut buf, MsgFlags::empty()) {
-                Err(nix::errno::Errno::EINTR) => continue,
+            match recv(
+                self.socket.as_raw_fd(),
+                &mut buf,
+                flags | MsgFlags::MSG_TRUNC,
+            ) {
+                Err(Errno::EINTR) => continue,
                 other => break other?,
             }
         };
         if n == 0 {
-            return Err(io::Error::other(
-                "the python template exited (an import failed? its traceback is in drover's log)",
-            ));
+            return Ok(None);
         }
-        serde_json::from_slice(&buf[..n])
+        let packet = buf.get(..n).ok_or_else(|| {
+            io::Error::other(format!(
+                "the python template sent {n} bytes, more than the {REPLY_MAX} bytes an answer may have"
+            ))
+        })?;
+        serde_json::from_slice(packet)
+            .map(Some)
             .map_err(|e| io::Error::other(format!("bad answer from the python template: {e}")))
+    }
+}
+
+/// The environment of the worker whose start launched the template,
+/// without what is that worker's own: its index and its queue variables
+/// (which would name the template's fd 3, its socket to drover, as a
+/// queue to code that imports). Each worker is given them by its request.
+fn template_env(worker: &[CString]) -> Vec<CString> {
+    worker
+        .iter()
+        .filter(|kv| {
+            let kv = kv.as_bytes();
+            !(kv.starts_with(b"DROVER_INDEX=")
+                || kv.starts_with(b"DROVER_IN_")
+                || kv.starts_with(b"DROVER_OUT_"))
+        })
+        .cloned()
+        .collect()
+}
+
+/// `pid` if it is drover's child: the worker, which drover (a child
+/// subreaper) adopted when the template's middle process exited, before
+/// the template answered. Anything else (0, -1, a stranger) would have
+/// drover signal and wait for a process that is not its worker.
+fn drovers_child(pid: i32) -> io::Result<i32> {
+    let not_ours = || {
+        io::Error::other(format!(
+            "the python template named PID {pid}, which is not drover's child"
+        ))
+    };
+    if pid <= 0 {
+        return Err(not_ours());
+    }
+    // WNOWAIT: an exited worker stays to be reaped by the runtime's loop.
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    match waitid(Id::Pid(Pid::from_raw(pid)), flags) {
+        Ok(_) => Ok(pid),
+        Err(Errno::ECHILD) => Err(not_ours()),
+        Err(e) => Err(e.into()),
     }
 }
 

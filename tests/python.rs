@@ -1,6 +1,7 @@
-//! Python function workers (DESIGN §2.2): where each method's children come
-//! from, exit codes, a broken module, a crashed worker, a dead template, and
-//! queues from a function worker.
+//! Python function workers: where each method's children come from, exit
+//! codes, a broken module, a crashed worker, a dead template, queues from a
+//! function worker, what a forked worker keeps of its template (its files,
+//! its flushed output), and a template that answers nonsense.
 
 mod common;
 
@@ -171,7 +172,11 @@ fn a_dead_template_is_replaced_and_running_workers_live_on() {
     );
     let pids = d.wait_group_state("w", "running");
     d.stdout.wait_count("up ", 2);
-    let template = template_of(d.pid()).expect("a template runs");
+    let text = d.stderr.wait_for("the template's start", |t| {
+        !templates_started(t, "w").is_empty()
+    });
+    let template = templates_started(&text, "w")[0];
+    assert!(!pids.contains(&i64::from(template)), "{pids:?} {template}");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(template),
         nix::sys::signal::Signal::SIGKILL,
@@ -181,9 +186,11 @@ fn a_dead_template_is_replaced_and_running_workers_live_on() {
         t.contains("the python template exited; starting a new one")
     });
     // A new template is started at once, not at the next worker start.
-    wait_until("a new template", || {
-        template_of(d.pid()).is_some_and(|t| t != template)
-    });
+    let text = d
+        .stderr
+        .wait_for("a new template", |t| templates_started(t, "w").len() >= 2);
+    let new = templates_started(&text, "w")[1];
+    assert!(new != template && alive(i64::from(new)), "{text}");
     for pid in &pids {
         assert!(alive(*pid), "running workers are untouched");
     }
@@ -196,21 +203,20 @@ fn a_dead_template_is_replaced_and_running_workers_live_on() {
     d.stdout.wait_count("up ", 3);
 }
 
-/// The python template among drover's children.
-fn template_of(drover: i32) -> Option<i32> {
-    std::fs::read_dir("/proc").ok()?.find_map(|e| {
-        let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let ppid: i32 = stat[stat.rfind(')')? + 2..]
-            .split(' ')
-            .nth(1)?
-            .parse()
-            .ok()?;
-        let is_template = cmdline.split(|&b| b == 0).any(|a| a == b"fork")
-            && String::from_utf8_lossy(&cmdline).contains("drover's side of Python");
-        (ppid == drover && is_template && alive(pid as i64)).then_some(pid)
-    })
+/// The PIDs of `group`'s templates, in the order drover started them, from
+/// its debug log: a template's command line is also its workers', so
+/// looking for it in /proc can find a worker instead.
+fn templates_started(log: &str, group: &str) -> Vec<i32> {
+    log.lines()
+        .filter(|l| l.contains("python template started"))
+        .filter(|l| l.split(' ').any(|w| w == format!("group={group}")))
+        .filter_map(|l| {
+            l.split(' ')
+                .find_map(|w| w.strip_prefix("pid="))?
+                .parse()
+                .ok()
+        })
+        .collect()
 }
 
 #[test]
@@ -281,7 +287,7 @@ fn the_python_bootstrap_passes_its_own_tests() {
         .expect("python3 runs");
     let report = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{report}");
-    assert!(report.contains("Ran 2 tests"), "{report}");
+    assert!(report.contains("Ran 5 tests"), "{report}");
 }
 
 /// A template's import does not stall drover: status answers, other groups
@@ -320,5 +326,216 @@ fn drover_stays_responsive_while_a_template_imports() {
     let status = d.status();
     for child in Drover::children(&status, "slow") {
         assert_eq!(child["restarts"], 0, "{status:#}");
+    }
+}
+
+/// Regression: a forked worker's queue sockets were put at 3, 4, … over the
+/// files its template had opened while importing, so a module's log went
+/// into a queue. Under fork the template imports the module that opens the
+/// log; under forkserver a `preload` module does.
+#[test]
+fn a_forked_worker_keeps_the_files_its_template_opened() {
+    for method in ["fork", "forkserver"] {
+        let preload = if method == "forkserver" {
+            "preload = [\"opener\"]"
+        } else {
+            ""
+        };
+        let config = format!(
+            r#"
+[queue.jobs]
+[queue.results]
+
+[group.producer]
+command = ["python3", "-c", "import os, socket, signal\ns = socket.socket(fileno=int(os.environ['DROVER_OUT_JOBS']))\nfor i in range(20): s.send(b'job %d' % i)\nsignal.pause()"]
+outputs = ["jobs"]
+
+[group.workers]
+python = "logworker:work"
+start_method = "{method}"
+{preload}
+processes = 2
+inputs = ["jobs"]
+outputs = ["results"]
+
+[group.sink]
+command = ["python3", "-c", "import os, socket\ns = socket.socket(fileno=int(os.environ['DROVER_IN_RESULTS']))\nwhile (m := s.recv(100)):\n    print(repr(m), flush=True)\n    s.send(b'ack')"]
+inputs = ["results"]
+"#
+        );
+        let dir = TempDir::new(&format!("pyfiles{method}"));
+        dir.write(
+            "opener.py",
+            "import os\nLOG = open(os.path.join(os.path.dirname(__file__), 'log.txt'), 'a', buffering=1)\n\
+             SEEN = os.environ.get('DROVER_IN_JOBS')\n",
+        );
+        dir.write(
+            "logworker.py",
+            r#"
+import os, socket
+from opener import LOG, SEEN
+
+def work():
+    index = os.environ["DROVER_INDEX"]
+    LOG.write(f"worker {index} up, the import saw {SEEN}\n")
+    jobs = socket.socket(fileno=int(os.environ["DROVER_IN_JOBS"]))
+    results = socket.socket(fileno=int(os.environ["DROVER_OUT_RESULTS"]))
+    while (msg := jobs.recv(65536)):
+        LOG.write(f"worker {index} did {msg.decode()}\n")
+        results.send(msg.upper())
+        jobs.send(b"ack")
+"#,
+        );
+        dir.write("drover.toml", &config);
+        let log = dir.path().join("log.txt");
+        let d = Drover::start_in(dir, &[]);
+        let text = d
+            .stdout
+            .wait_for("20 results", |t| t.matches("sink[0] b'JOB ").count() >= 20);
+        for line in text.lines().filter(|l| l.starts_with("sink[0] ")) {
+            assert!(
+                line.starts_with("sink[0] b'JOB ") && line.ends_with('\''),
+                "{method}: only queue messages in the queue: {text}"
+            );
+        }
+        // Each line is written before the result it precedes is sent.
+        let written = || std::fs::read_to_string(&log).unwrap_or_default();
+        wait_until("both workers' first lines", || {
+            let w = written();
+            w.contains("worker 0 up") && w.contains("worker 1 up")
+        });
+        let w = written();
+        // The template is no worker: no queue variables while it imports
+        // (they would name its socket to drover).
+        assert_eq!(
+            w.matches(" up, the import saw None\n").count(),
+            2,
+            "{method}: {w}"
+        );
+        for i in 0..20 {
+            assert!(
+                w.lines().any(|l| l.ends_with(&format!(" did job {i}"))),
+                "{method}: job {i} not logged: {w}"
+            );
+        }
+    }
+}
+
+/// Regression: text a module printed while imported (no newline, so still
+/// in the template's buffer) was written again by every forked worker.
+#[test]
+fn import_time_output_appears_once() {
+    let mut config = String::new();
+    for method in ["fork", "forkserver"] {
+        let preload = if method == "forkserver" {
+            "preload = [\"chatty\"]"
+        } else {
+            ""
+        };
+        config.push_str(&format!(
+            // Buffered output, whatever the tests' environment says.
+            "[group.{method}]\npython = \"chatty:hello\"\nstart_method = \"{method}\"\n{preload}\n\
+             processes = 2\nrestart = \"never\"\nenv = {{ PYTHONUNBUFFERED = \"\" }}\n\n"
+        ));
+    }
+    let dir = TempDir::new("pyimportprint");
+    dir.write(
+        "chatty.py",
+        "import os\nprint('printed-at-import', end='')\n\ndef hello():\n    print('hello from', os.environ['DROVER_START_METHOD'], flush=True)\n",
+    );
+    dir.write("drover.toml", &config);
+    let d = Drover::start_in(dir, &[]);
+    // A worker's copy of the buffer would come out with its own line.
+    let out = d.stdout.wait_for("every worker's line", |t| {
+        t.matches("hello from fork\n").count() >= 2
+            && t.matches("hello from forkserver\n").count() >= 2
+    });
+    assert!(!out.contains("printed-at-import"), "{out}");
+    // The template's own output is drover's stderr.
+    let err = d
+        .stderr
+        .wait_count("printed-at-import", 2)
+        .matches("printed-at-import")
+        .count();
+    assert_eq!(err, 2, "once per template");
+}
+
+/// Whatever a template answers, drover neither panics nor hangs: the start
+/// fails with the reason in the log, the template is replaced, and the
+/// group backs off to fatal. The "template" here is a script standing in
+/// for the interpreter.
+#[test]
+fn a_template_that_answers_nonsense_fails_the_start() {
+    const FAKE: &str = r#"
+import json, os, signal, socket, sys
+how = os.environ["FAKE"]
+sock = socket.socket(fileno=3)
+if how == "huge_ready":
+    sock.send(b" " * 100000)
+    sock.recv(1)
+    sys.exit(0)
+sock.send(b'{"ready": true}')
+while True:
+    msg, _, _, _ = sock.recvmsg(1 << 20, socket.CMSG_SPACE(64 * 4))
+    if not msg:
+        sys.exit(0)
+    seq = json.loads(msg)["seq"]
+    if how == "huge":
+        sock.send(b" " * 100000)
+    elif how == "garbage":
+        sock.send(b"not json")
+    elif how == "wrong_seq":
+        while True:
+            sock.send(json.dumps({"seq": seq + 1000, "pid": os.getpid()}).encode())
+    elif how == "stranger":
+        # A process of its own, not drover's child.
+        pid = os.fork()
+        if pid == 0:
+            signal.pause()
+            os._exit(0)
+        sock.send(json.dumps({"seq": seq, "pid": pid}).encode())
+"#;
+    let cases = [
+        ("huge_ready", "more than the 4096 bytes an answer may have"),
+        ("huge", "more than the 4096 bytes an answer may have"),
+        ("garbage", "bad answer from the python template"),
+        ("wrong_seq", "answered request 1 with sequence number 1001"),
+        ("stranger", "which is not drover's child"),
+    ];
+    let dir = TempDir::new("pyfake");
+    let fake = dir.write("fake.py", &format!("#!{}\n{FAKE}", common::python()));
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut config = String::new();
+    for (how, _) in cases {
+        config.push_str(&format!(
+            "[group.{how}]\npython = \"nothing:here\"\nstart_method = \"fork\"\n\
+             python_executable = \"{}\"\nenv = {{ FAKE = \"{how}\" }}\n\
+             restart_delay = \"10ms\"\nmax_restarts = 1\n\n",
+            fake.display()
+        ));
+    }
+    dir.write("drover.toml", &config);
+    let d = Drover::start_in(dir, &[]);
+    // drover's log, not its status: a drover stuck on a template would
+    // never answer a status request.
+    for (how, why) in cases {
+        let err = d
+            .stderr
+            .wait_for(&format!("{how} to fail for its reason"), |t| {
+                t.lines()
+                    .any(|l| l.contains(&format!("{how}[0]: cannot start")) && l.contains(why))
+            });
+        assert!(!err.contains("panicked"), "{err}");
+        d.stderr.wait_for(&format!("{how} to be fatal"), |t| {
+            t.contains(&format!("{how}[0]: fatal after 2 failed starts"))
+        });
+    }
+    let status = d.status();
+    for (how, _) in cases {
+        assert_eq!(
+            Drover::children(&status, how)[0]["state"],
+            "fatal",
+            "{status:#}"
+        );
     }
 }

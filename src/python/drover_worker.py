@@ -1,4 +1,4 @@
-"""drover's side of Python function workers (DESIGN §2.2).
+"""drover's side of Python function workers.
 
 Standard library only, Python >= 3.8. drover runs it as
 
@@ -12,17 +12,27 @@ forkserver  the group's *server*: import only PRELOAD, then fork a worker
             per request, which imports MODULE itself and calls FUNCTION.
 
 A template or server reads requests on fd 3, a SOCK_SEQPACKET socket: one
-JSON packet {"seq", "env"} carrying the worker's fds (stdin, stdout,
-stderr, then its queue sockets) as SCM_RIGHTS. It double-forks, so the
-worker's parent becomes drover (a child subreaper), which reaps it like any
-child, and answers {"seq", "pid"} or {"seq", "error"}. It says
-{"ready": true} once its imports are done; if they fail it prints the
-traceback and exits 1. It exits when drover closes the socket.
+JSON packet {"seq", "env", "queues"} carrying the worker's fds (stdin,
+stdout, stderr, then its queue sockets) as SCM_RIGHTS; "queues" maps each
+queue variable (DROVER_IN_<QUEUE>, DROVER_OUT_<QUEUE>) to the index of its
+socket among those fds. It double-forks, so the worker's parent becomes
+drover (a child subreaper), which reaps it like any child, and answers
+{"seq", "pid"} or {"seq", "error"}. It says {"ready": true} once its
+imports are done; if they fail it prints the traceback and exits 1. It
+exits when drover closes the socket.
+
+A forked worker keeps every fd its template opened while importing (a log
+file, a socket), at its number: stdin, stdout and stderr go to 0, 1 and 2;
+each queue socket stays at the number it was received at, which was free in
+the template, and its variable names that number. The template's own socket
+and pipe are closed. The template flushes sys.stdout and sys.stderr before
+forking, so what the imports printed is written once, not by every worker.
 
 A worker's outcome: FUNCTION returns -> exit 0; raises -> traceback on
 stderr, exit 1; SystemExit(n) -> exit n.
 """
 import array
+import fcntl
 import importlib
 import json
 import os
@@ -32,6 +42,9 @@ import sys
 import traceback
 
 MAX_FDS = 64
+# Replies are short; an error's text is cut so that one fits drover's buffer.
+MAX_ERROR = 1000
+STDIO = 3
 
 
 def run(module_name, function_name):
@@ -51,11 +64,7 @@ def run(module_name, function_name):
     except BaseException:
         traceback.print_exc()
         code = 1
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:
-            pass
+    flush_std()
     return code
 
 
@@ -75,15 +84,46 @@ def fresh_signals():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
 
-def become_worker(fds, env):
-    """In the worker: own process group, fds at 0, 1, 2, 3, ..., environment."""
+def flush_std():
+    """Writes what sys.stdout and sys.stderr hold (best effort)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+
+
+def become_worker(fds, env, queues):
+    """In the worker: own process group, stdio at 0, 1, 2, queue sockets
+    where they were received (free in the template, so they cover none of
+    its files), their variables saying where, the request's environment.
+
+    `fds` are the received fds, nothing else of the template's may be open
+    here but what it opened itself."""
     os.setpgid(0, 0)
     fresh_signals()
-    high = [os.dup(fd) for fd in fds]  # out of the way of the targets
-    for target, fd in enumerate(high):
+    # A received fd below 3 (the template closed its stdin, say) would be
+    # overwritten by the stdio of the next line: move it up first.
+    fds = [fd if fd >= STDIO else fcntl.fcntl(fd, fcntl.F_DUPFD, STDIO) for fd in fds]
+    for target, fd in enumerate(fds[:STDIO]):
         os.dup2(fd, target)
-    os.closerange(len(fds), os.sysconf("SC_OPEN_MAX"))
+    queue_fds = {fds[index] for index in queues.values()}
+    for fd in set(fds) - queue_fds - {0, 1, 2}:
+        os.close(fd)
+    env = dict(env)
+    env.update((name, str(fds[index])) for name, index in queues.items())
     os.environ.update(env)
+
+
+def checked_queues(request, fds):
+    """The request's {variable: fd index}, each index one of a queue fd."""
+    if len(fds) < STDIO:
+        raise ValueError("%d fds received, stdin, stdout and stderr are needed" % len(fds))
+    queues = request.get("queues") or {}
+    for name, index in queues.items():
+        if not isinstance(index, int) or not STDIO <= index < len(fds):
+            raise ValueError("%s names fd %r of the %d received" % (name, index, len(fds)))
+    return queues
 
 
 def receive(sock):
@@ -98,8 +138,26 @@ def receive(sock):
     return json.loads(msg), list(fds)
 
 
+def worker(ours, fds, env, queues, module, function):
+    """The forked worker, from its first instruction to its exit."""
+    code = 1
+    try:
+        for fd in ours:
+            os.close(fd)
+        become_worker(fds, env, queues)
+        code = run(module, function)
+    except BaseException:
+        traceback.print_exc()
+        flush_std()
+    finally:
+        os._exit(code)
+
+
 def start_worker(sock, request, fds, module, function):
     """Double-forks a worker; returns its pid."""
+    queues = checked_queues(request, fds)
+    env = request.get("env") or {}
+    flush_std()  # or every worker writes what the imports left in the buffers
     r, w = os.pipe()
     middle = os.fork()
     if middle == 0:
@@ -107,10 +165,7 @@ def start_worker(sock, request, fds, module, function):
             os.close(r)
             pid = os.fork()
             if pid == 0:
-                os.close(w)
-                sock.close()
-                become_worker(fds, request["env"])
-                os._exit(run(module, function))
+                worker([w, sock.detach()], fds, env, queues, module, function)
             os.write(w, str(pid).encode())
         finally:
             os._exit(0)
@@ -130,6 +185,7 @@ def start_worker(sock, request, fds, module, function):
 
 def serve(module, function):
     sock = socket.socket(fileno=3)
+    flush_std()
     sock.send(json.dumps({"ready": True}).encode())
     while True:
         request, fds = receive(sock)
@@ -138,7 +194,7 @@ def serve(module, function):
         try:
             reply = {"seq": request["seq"], "pid": start_worker(sock, request, fds, module, function)}
         except Exception as e:
-            reply = {"seq": request.get("seq"), "error": str(e)}
+            reply = {"seq": request.get("seq"), "error": str(e)[:MAX_ERROR]}
         for fd in fds:
             os.close(fd)
         sock.send(json.dumps(reply).encode())

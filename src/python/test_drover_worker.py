@@ -5,15 +5,18 @@
 import array
 import json
 import os
+import select
 import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-BOOTSTRAP = open(os.path.join(HERE, "drover_worker.py")).read()
+with open(os.path.join(HERE, "drover_worker.py")) as f:
+    BOOTSTRAP = f.read()
 
 MODULE = textwrap.dedent(
     """
@@ -27,15 +30,131 @@ MODULE = textwrap.dedent(
     """
 )
 
+# Opens a file while it is imported (by the fork template, or by the
+# forkserver as a preload), as a module that logs to a file does.
+OPENER = textwrap.dedent(
+    """
+    import os
+    LOG = open("log.txt", "a", buffering=1)
+    """
+)
+
+# What a worker holds: every open fd with its target, where its log and
+# queues are, written on stdout; then a line in the log and a message on
+# its queue.
+INSPECT = textwrap.dedent(
+    """
+    import json, os, socket
+    from opener import LOG
+
+    def inspect():
+        held = {}
+        for name in os.listdir("/proc/self/fd"):
+            try:
+                held[name] = os.readlink("/proc/self/fd/" + name)
+            except OSError:
+                pass  # the directory listed
+        queues = {k: v for k, v in os.environ.items() if k.startswith("DROVER_IN_") or k.startswith("DROVER_OUT_")}
+        print(json.dumps({"held": held, "log": LOG.fileno(), "queues": queues}), flush=True)
+        LOG.write("from worker %s\\n" % os.environ["DROVER_INDEX"])
+        out = socket.socket(fileno=int(os.environ["DROVER_OUT_RESULTS"]))
+        out.send(b"result %s" % os.environ["DROVER_INDEX"].encode())
+    """
+)
+
+# Prints while imported, without a newline: the text sits in the buffer of
+# sys.stdout when the template forks.
+CHATTY = textwrap.dedent(
+    """
+    import sys
+    print("imported!", end="")
+    def hello(): print("hello", flush=True)
+    """
+)
+
+
+# Output buffered as by default (the tests' environment may say otherwise).
+BUFFERED = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+
+
+def socket_inode(sock):
+    return "socket:[%d]" % os.fstat(sock.fileno()).st_ino
+
+
+class Template:
+    """A template (or server) run as drover runs it: requests on fd 3."""
+
+    def __init__(self, cwd, mode, module, function, preload=(), stdout=None):
+        self.ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.control = socket_inode(theirs)
+        fd = theirs.fileno()
+        argv = [sys.executable, "-c", BOOTSTRAP, mode, module, function, *preload]
+        if fd != 3:
+            # The template holds stdio and fd 3, nothing else (as under drover).
+            argv = ["sh", "-c", 'exec 3<&%d %d<&-; exec "$@"' % (fd, fd), "sh", *argv]
+        self.process = subprocess.Popen(argv, cwd=cwd, stdout=stdout, env=BUFFERED, pass_fds=(fd,))
+        theirs.close()
+        self.ours.settimeout(60)
+        self.seq = 0
+
+    def ready(self):
+        return json.loads(self.ours.recv(4096))
+
+    def start(self, fds, env, queues=None):
+        """Asks for a worker with `fds` (stdin, stdout, stderr, queues...)."""
+        self.seq += 1
+        request = {"seq": self.seq, "env": env, "queues": queues or {}}
+        self.ours.sendmsg(
+            [json.dumps(request).encode()],
+            [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))],
+        )
+        return json.loads(self.ours.recv(4096))
+
+    def close(self):
+        """Closes drover's end; returns the template's exit code."""
+        self.ours.close()
+        return self.process.wait(timeout=60)
+
+    def kill(self):
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def read_all(fd, timeout=60):
+    """Everything written to pipe `fd` until its writers close it."""
+    deadline = time.monotonic() + timeout
+    out = b""
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise TimeoutError("the pipe stayed open %d s: %r so far" % (timeout, out))
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return out.decode()
+            out += chunk
+    finally:
+        os.close(fd)
+
 
 class BootstrapTest(unittest.TestCase):
     def setUp(self):
         self.dir = tempfile.TemporaryDirectory()
-        with open(os.path.join(self.dir.name, "mod.py"), "w") as f:
-            f.write(MODULE)
+        for name, text in [("mod.py", MODULE), ("opener.py", OPENER), ("inspect_fds.py", INSPECT), ("chatty.py", CHATTY)]:
+            with open(os.path.join(self.dir.name, name), "w") as f:
+                f.write(text)
+        self.templates = []
 
     def tearDown(self):
+        for template in self.templates:
+            template.kill()
         self.dir.cleanup()
+
+    def template(self, *args, **kw):
+        template = Template(self.dir.name, *args, **kw)
+        self.templates.append(template)
+        return template
 
     def spawn(self, function):
         return subprocess.run(
@@ -53,34 +172,103 @@ class BootstrapTest(unittest.TestCase):
         self.assertEqual((message.returncode, message.stderr.strip()), (1, "bye"))
 
     def test_a_template_forks_workers_that_share_its_import(self):
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        template = subprocess.Popen(
-            [sys.executable, "-c", BOOTSTRAP, "fork", "mod", "where"],
-            cwd=self.dir.name, close_fds=False,
-            preexec_fn=lambda: os.dup2(theirs.fileno(), 3),
-        )
-        theirs.close()
-        try:
-            ours.settimeout(60)
-            self.assertEqual(json.loads(ours.recv(4096)), {"ready": True})
+        template = self.template("fork", "mod", "where")
+        self.assertEqual(template.ready(), {"ready": True})
+        r, w = os.pipe()
+        null = os.open(os.devnull, os.O_RDONLY)
+        reply = template.start([null, w, w], {"DROVER_INDEX": "0"})
+        os.close(w)
+        os.close(null)
+        self.assertEqual(reply["seq"], 1)
+        loaded_in, worker = read_all(r).split()
+        self.assertEqual(int(worker), reply["pid"])
+        self.assertEqual(int(loaded_in), template.process.pid, "imported once, by the template")
+        self.assertEqual(template.close(), 0, "exits when drover's end closes")
+
+    def test_a_forked_worker_keeps_what_its_template_opened(self):
+        """Regression: the worker's queue sockets were put at 3, 4, ... over
+        the files the template had opened while importing."""
+        # fork: the template imports the target, which imports the opener;
+        # forkserver: the server preloads the opener, the worker imports the
+        # target, which finds the opener already imported.
+        for mode, preload in [("fork", []), ("forkserver", ["opener"])]:
+            with self.subTest(mode):
+                self.check_worker_fds(mode, preload)
+
+    def check_worker_fds(self, mode, preload):
+        log = os.path.join(self.dir.name, "log.txt")
+        if os.path.exists(log):
+            os.remove(log)
+        template = self.template(mode, "inspect_fds", "inspect", preload=preload)
+        self.assertEqual(template.ready(), {"ready": True})
+        reports = []
+        for index in range(2):
             r, w = os.pipe()
             null = os.open(os.devnull, os.O_RDONLY)
-            fds = array.array("i", [null, w, w])
-            request = json.dumps({"seq": 1, "env": {"DROVER_INDEX": "0"}}).encode()
-            ours.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
-            os.close(w)
-            os.close(null)
-            reply = json.loads(ours.recv(4096))
-            self.assertEqual(reply["seq"], 1)
-            out = b""
-            while chunk := os.read(r, 100):
-                out += chunk
-            loaded_in, worker = out.decode().split()
-            self.assertEqual(int(worker), reply["pid"])
-            self.assertEqual(int(loaded_in), template.pid, "imported once, by the template")
-        finally:
-            ours.close()
-            self.assertEqual(template.wait(timeout=60), 0, "exits when drover's end closes")
+            jobs, jobs_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            results, results_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            passed = {"jobs": socket_inode(jobs_theirs), "results": socket_inode(results_theirs)}
+            reply = template.start(
+                [null, w, w, jobs_theirs.fileno(), results_theirs.fileno()],
+                {"DROVER_INDEX": str(index), "DROVER_IN_JOBS": "3", "DROVER_OUT_RESULTS": "4"},
+                {"DROVER_IN_JOBS": 3, "DROVER_OUT_RESULTS": 4},
+            )
+            self.assertIn("pid", reply, reply)
+            for fd in (w, null, jobs_theirs.fileno(), results_theirs.fileno()):
+                os.close(fd)
+            jobs_theirs.detach()
+            results_theirs.detach()
+            report = json.loads(read_all(r))
+            results.settimeout(60)
+            self.assertEqual(results.recv(100), b"result %d" % index, "the queue carries queue messages")
+            jobs.close()
+            results.close()
+            reports.append((report, passed))
+        self.assertEqual(template.close(), 0)
+
+        with open(log) as f:
+            self.assertEqual(sorted(f.read().splitlines()), ["from worker 0", "from worker 1"])
+        for report, passed in reports:
+            held = {int(fd): target for fd, target in report["held"].items()}
+            queues = {k: int(v) for k, v in report["queues"].items()}
+            log_fd = report["log"]
+            self.assertEqual(held.get(log_fd), log, "the template's file stays at its number")
+            self.assertEqual(held.get(queues["DROVER_IN_JOBS"]), passed["jobs"])
+            self.assertEqual(held.get(queues["DROVER_OUT_RESULTS"]), passed["results"])
+            self.assertEqual(
+                set(held), {0, 1, 2, log_fd, *queues.values()},
+                "nothing else leaks in: not the template's socket, not another worker's fds: %s" % held,
+            )
+            self.assertNotIn(template.control, held.values())
+            self.assertEqual(held[0], "/dev/null")
+
+    def test_import_time_output_is_written_once(self):
+        """Regression: text printed while importing sat in the template's
+        buffer and every forked worker wrote it again."""
+        out_r, out_w = os.pipe()
+        template = self.template("fork", "chatty", "hello", stdout=out_w)
+        os.close(out_w)
+        self.assertEqual(template.ready(), {"ready": True})
+        r, w = os.pipe()
+        null = os.open(os.devnull, os.O_RDONLY)
+        for index in range(2):
+            self.assertIn("pid", template.start([null, w, w], {"DROVER_INDEX": str(index)}))
+        os.close(w)
+        os.close(null)
+        workers = read_all(r)
+        self.assertEqual(workers, "hello\nhello\n")
+        self.assertEqual(template.close(), 0)
+        self.assertEqual(read_all(out_r), "imported!")
+
+    def test_a_request_naming_a_missing_fd_is_refused(self):
+        template = self.template("fork", "mod", "ok")
+        self.assertEqual(template.ready(), {"ready": True})
+        null = os.open(os.devnull, os.O_RDONLY)
+        reply = template.start([null, null, null], {}, {"DROVER_IN_JOBS": 3})
+        os.close(null)
+        self.assertEqual(reply["seq"], 1)
+        self.assertIn("error", reply)
+        self.assertEqual(template.close(), 0, "and the template serves on")
 
 
 if __name__ == "__main__":
