@@ -320,20 +320,26 @@ start_secs = "0s"
 
 /// Sends one message, forks a grandchild that inherits the socket, and
 /// exits. The grandchild sends 7 more once told to (SIGUSR1), that is
-/// after drover has seen the child exit.
+/// after drover has seen the child exit. It leaves the child's process
+/// group first (what stays in it is stopped when the child exits) and
+/// tells the child so before the child exits.
 const FORKING_PRODUCER: &str = r#"
 import os, signal, socket
 out = socket.socket(fileno=int(os.environ["DROVER_OUT_JOBS"]))
 out.send(b"from the child")
 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+r, w = os.pipe()
 if os.fork() == 0:
+    os.setsid()
+    os.write(w, b"x")
     print("grandchild", os.getpid(), flush=True)
     signal.sigwait({signal.SIGUSR1})
     for i in range(7):
         out.send(f"late{i}".encode())
     print("grandchild sent 7", flush=True)
     os._exit(0)
-os._exit(0)
+os.read(r, 1)
+os._exit(3)  # not a success: a daemonizer's signature would stop the grandchild
 "#;
 
 /// Regression: a producer's socket was read once at the child's exit and
