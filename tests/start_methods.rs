@@ -194,11 +194,11 @@ processes = 3
 start_secs = "0s"
 
 [group.churn]
-command = ["sh", "-c", "echo up"]
+command = ["sh", "-c", "echo up; sleep 0.15"]
 start_method = "forkserver"
 processes = 2
 restart = "always"
-start_secs = "0s"
+start_secs = "100ms"
 "#,
     );
     let steady = d.wait_group_state("steady", "running");
