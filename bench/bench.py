@@ -33,7 +33,7 @@ BENCH = ROOT / "target" / "bench"
 RUN = BENCH / "run"
 DEFAULT_DROVER = ROOT / "target" / "release" / "drover"
 
-# Figures quoted in the issue / DESIGN §9 for this machine class.
+# Reference figures for this machine class.
 REF = {
     "spawn": "≈ 0.13 ms",
     "fork": "≈ 0.23 ms",

@@ -1,5 +1,5 @@
 //! The second program of Python's start-method tutorial, ported line for
-//! line (DESIGN §2.4): `multiprocessing.get_context('fork')`, then a child
+//! line: `multiprocessing.get_context('fork')`, then a child
 //! that prints its PID and puts `Python` on a queue for the parent.
 //!
 //! ```text

@@ -1,4 +1,4 @@
-"""The Python worker of DESIGN §3, verbatim: upper-cases every job.
+"""The documented Python worker, verbatim: upper-cases every job.
 
 It reads `jobs`, writes `results`, and acknowledges each job after handling
 it; if it dies before the `ack`, drover hands the job to another worker.

@@ -1,5 +1,5 @@
 //! The first program of Python's start-method tutorial, ported line for
-//! line (DESIGN §2.4): `multiprocessing.set_start_method('spawn')`, then a
+//! line: `multiprocessing.set_start_method('spawn')`, then a
 //! child that prints its PID and puts `Python` on a queue for the parent.
 //!
 //! ```text

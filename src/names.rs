@@ -1,6 +1,6 @@
 //! Validated names of groups and queues.
 //!
-//! Both share one namespace and the syntax `[a-z][a-z0-9_]*` (DESIGN §1). A
+//! Both share one namespace and the syntax `[a-z][a-z0-9_]*`. A
 //! value of these types is always valid: construct them with [`GroupName::new`]
 //! / [`QueueName::new`], which return the reason a candidate is rejected.
 

@@ -1,4 +1,4 @@
-//! The order of a graceful shutdown (DESIGN §6).
+//! The order of a graceful shutdown.
 //!
 //! Groups that read no queue stop first. A group that reads queues keeps
 //! receiving until every group feeding those queues has stopped (a group

@@ -1,4 +1,4 @@
-//! The `drover::context` library (DESIGN §2.4): the two ported tutorial
+//! The `drover::context` library: the two ported tutorial
 //! programs print exactly what Python's print, under every start method;
 //! queues carry structs and refuse oversize messages; exit codes, join,
 //! is_alive, terminate and kill behave as in Python; one fork server serves

@@ -1,4 +1,4 @@
-//! Child output capture (DESIGN §7): whole prefixed lines, JSON lines, 5 MB
+//! Child output capture: whole prefixed lines, JSON lines, 5 MB
 //! line-exact, invalid UTF-8 replaced, a last line without newline kept.
 
 mod common;

@@ -1,4 +1,4 @@
-//! Container-entrypoint duties (DESIGN §6): zombie reaping as PID 1 and as a
+//! Container-entrypoint duties: zombie reaping as PID 1 and as a
 //! plain subreaper, orphans stopped at shutdown, signal forwarding, and
 //! children that get a clean signal state even when drover did not.
 

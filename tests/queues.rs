@@ -1,4 +1,4 @@
-//! Queues on the real binary (DESIGN §3, and the drain order of §6):
+//! Queues on the real binary:
 //! SEQPACKET sockets wired into every child, at-least-once and at-most-once
 //! delivery, prefetch, acks and nacks, redelivery when a consumer dies,
 //! dead letters (to a file under `state_dir` or to another queue),
@@ -6,7 +6,7 @@
 //! and a graceful shutdown that drains a pipeline from source to sink.
 //!
 //! The workers are small Python programs kept below as strings and written
-//! into each test's directory; they reach their queues exactly as DESIGN §3
+//! into each test's directory; they reach their queues exactly as the queue protocol
 //! shows, through the `DROVER_IN_*` / `DROVER_OUT_*` fds.
 
 mod common;
@@ -1141,7 +1141,7 @@ while (msg := jobs.recv(65536)):
         os.kill(os.getpid(), signal.SIGKILL)
 "#;
 
-/// DESIGN §3, at-most-once: "a message is lost only if its consumer dies
+/// At-most-once: "a message is lost only if its consumer dies
 /// after receiving it", and "nothing is ever dropped without a log line and
 /// a counter". Messages that the broker wrote into a consumer's socket and
 /// the consumer never read were not received by it: with `prefetch = 1`, a
@@ -1227,7 +1227,7 @@ while (msg := dead.recv(65536)):
 print("closed", flush=True)
 "#;
 
-/// DESIGN §6 with §3: a dead-letter queue is fed by the consumers of the
+/// Shutdown order with dead letters: a dead-letter queue is fed by the consumers of the
 /// queue it serves, so its own consumers must outlive them at shutdown.
 #[test]
 fn graceful_shutdown_keeps_a_dead_letter_consumer_until_its_feeders_stop() {

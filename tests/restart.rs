@@ -1,4 +1,4 @@
-//! Restart rules of DESIGN §4 on the real binary: immediate restart of a
+//! Restart rules on the real binary: immediate restart of a
 //! running child, exponential backoff of failed starts ending in `fatal`, the
 //! exit-code policy, and commands that cannot be executed.
 

@@ -1,4 +1,4 @@
-//! What a child of the spawn start method starts with (DESIGN §2.1, §2.3):
+//! What a child of the spawn start method starts with:
 //! exactly stdin, stdout and stderr open; its own process group; the
 //! environment overlay; `clear_env`; the working directory.
 

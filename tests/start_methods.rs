@@ -1,4 +1,4 @@
-//! The three start methods for command groups (DESIGN §2.1, §2.3): they
+//! The three start methods for command groups: they
 //! differ in which fds a child inherits and agree on everything else — own
 //! process group, drover as parent, empty signal mask, default dispositions,
 //! the DROVER_* variables. Plus the fork server's own supervision.

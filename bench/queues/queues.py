@@ -1,4 +1,4 @@
-"""drover's queue benchmark (DESIGN §3, §9): messages/s and latency through
+"""drover's queue benchmark: messages/s and latency through
 drover's queues, side by side with a bare SEQPACKET socketpair and Python's
 multiprocessing.Queue / SimpleQueue, all measured in the same run.
 
@@ -761,7 +761,7 @@ def report(b: Bench) -> str:
     out.append("")
 
     # Goals
-    out.append("## Goals (DESIGN §9 and the issue), 64 B messages")
+    out.append("## Goals, 64 B messages")
     out.append("")
     g = []
 

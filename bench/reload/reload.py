@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""drover's config-reload benchmark (DESIGN §5 and the reload target of §9).
+"""drover's config-reload benchmark.
 
 Run it through `bash bench/reload/run.sh` (which builds and compiles what it
 needs); `--help` lists the options. Standard library only.
@@ -43,7 +43,7 @@ OUT = ROOT / "target" / "bench"
 RUN = OUT / "reload" / "run"
 
 DEBOUNCE_MS = 10  # src/runtime/mod.rs: DEBOUNCE
-GOAL_MS = 25  # DESIGN §9
+GOAL_MS = 25  # the reload target
 REFERENCE = {
     "inotify": "≈ 0.1 ms",
     "supervisorctl": "≈ 1350 ms",

@@ -1,5 +1,5 @@
 //! Start-method contexts as a Rust library, after Python's
-//! `multiprocessing` (DESIGN §2.4): [`get_context`] gives a [`Context`]
+//! `multiprocessing`: [`get_context`] gives a [`Context`]
 //! whose [`Process`]es run a Rust function in a child process started by
 //! `spawn`, `fork` or `forkserver`, and whose [`Queue`]s carry typed values
 //! between processes.

@@ -1,4 +1,4 @@
-//! Applying a new config as a difference (DESIGN §5).
+//! Applying a new config as a difference.
 //!
 //! Unchanged groups keep their children; a change of `processes` alone
 //! starts or stops just the difference (highest indexes first); a change of
