@@ -2,7 +2,7 @@
  *
  * Every message is SIZE bytes (SIZE >= 16): [u64 send time, CLOCK_MONOTONIC
  * ns][u64 sequence number][filler]. One packet = one message, as in drover's
- * queues (DESIGN §3). All sockets here are blocking and use plain send/recv,
+ * queues. All sockets here are blocking and use plain send/recv,
  * one message per syscall, for drover's children and the bare pair alike.
  *
  *   qb produce N SIZE RATE READY
