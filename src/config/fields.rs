@@ -15,7 +15,7 @@ use super::limits::{MAX_ARG_BYTES, MAX_DURATION};
 use super::size::{format_size, parse_size};
 use super::source::SourceFile;
 use super::suggest::{did_you_mean, one_of};
-use crate::names::MAX_NAME_LEN;
+use crate::names::{MAX_NAME_LEN, NameError};
 
 /// A key of a TOML table, with its span.
 pub(crate) type Key<'i> = Spanned<DeString<'i>>;
@@ -300,24 +300,28 @@ impl<'a> Cx<'a> {
 /// A group or queue name checked by `new` (`GroupName::new`,
 /// `QueueName::new`); `kind` is "group" or "queue", `place` says where a
 /// reference appears (" in `inputs[0]`", or "" for a table name).
-pub(crate) fn name<T, E: std::fmt::Display>(
+pub(crate) fn name<T>(
     cx: &mut Cx<'_>,
     (kind, place): (&str, &str),
     raw: &str,
     span: Range<usize>,
-    new: fn(&str) -> Result<T, E>,
+    new: fn(&str) -> Result<T, NameError>,
 ) -> Option<T> {
     let err = match new(raw) {
         Ok(name) => return Some(name),
         Err(err) => err,
     };
-    let rule = "names match `[a-z][a-z0-9_]*`".to_owned();
-    let fixed = (raw.len() <= MAX_NAME_LEN)
-        .then(|| raw.to_lowercase().replace('-', "_"))
-        .filter(|fixed| fixed != raw && new(fixed).is_ok());
-    let help = match fixed {
-        Some(fixed) => format!("{rule}; try `{fixed}`"),
-        None => rule,
+    let help = if let NameError::TooLong(_) = err {
+        format!("shorten it to at most {MAX_NAME_LEN} characters")
+    } else {
+        let rule = "names match `[a-z][a-z0-9_]*`";
+        let fixed = (raw.len() <= MAX_NAME_LEN)
+            .then(|| raw.to_lowercase().replace('-', "_"))
+            .filter(|fixed| fixed != raw && new(fixed).is_ok());
+        match fixed {
+            Some(fixed) => format!("{rule}; try `{fixed}`"),
+            None => rule.to_owned(),
+        }
     };
     cx.error(
         span,

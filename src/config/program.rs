@@ -173,6 +173,11 @@ impl ProgramDraft {
 /// How to write `command = "a b c"` as argv: split on whitespace, or run it
 /// through a shell when it uses shell syntax.
 fn split_help(line: &str) -> String {
+    if line.len() > 200 {
+        return "write the program and each argument as a string of an array, \
+                e.g. `command = [\"python3\", \"worker.py\"]`"
+            .to_owned();
+    }
     let quote = |s: &str| format!("{s:?}");
     if line.contains(['|', '&', ';', '<', '>', '$', '`', '*', '\'', '"']) {
         let argv = ["/bin/sh", "-c", line].map(quote).join(", ");

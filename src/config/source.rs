@@ -16,14 +16,15 @@ pub(crate) struct SourceFile {
     pub text: String,
     /// Byte offset of the start of every line.
     line_starts: Vec<usize>,
-    /// `chars_at[k]`: the number of chars in the first `k * CHUNK` bytes,
-    /// so that a column is counted from the nearest mark instead of from
-    /// the start of a line that may be megabytes long.
-    chars_at: Vec<usize>,
+    /// `marks[k]`: the char boundary at or just before byte `k * CHUNK`,
+    /// and the number of chars before it; a column is counted from the
+    /// nearest mark instead of from the start of a line that may be
+    /// megabytes long.
+    marks: Vec<(usize, usize)>,
 }
 
-/// Bytes between two marks of [`SourceFile::chars_at`].
-const CHUNK: usize = 4096;
+/// Bytes between two of [`SourceFile::marks`].
+const CHUNK: usize = 1024;
 
 /// A line longer than this many bytes is quoted as an excerpt around the
 /// offending text: a diagnostic about one value of a 10 MB line does not
@@ -40,17 +41,20 @@ impl SourceFile {
         let line_starts = std::iter::once(0)
             .chain(text.match_indices('\n').map(|(i, _)| i + 1))
             .collect();
-        let mut chars_at = vec![0];
-        for chunk in text.as_bytes().chunks(CHUNK) {
-            let before = chars_at.last().copied().unwrap_or(0);
-            chars_at.push(before + count_chars(chunk));
+        let mut marks = Vec::with_capacity(text.len() / CHUNK + 1);
+        let mut last = (0, 0);
+        for at in (0..=text.len()).step_by(CHUNK) {
+            let at = floor_char_boundary(&text, at);
+            let chars = text.get(last.0..at).map_or(0, |s| s.chars().count());
+            last = (at, last.1 + chars);
+            marks.push(last);
         }
         SourceFile {
             path,
             dir,
             text,
             line_starts,
-            chars_at,
+            marks,
         }
     }
 
@@ -133,23 +137,13 @@ impl SourceFile {
         self.chars_before(bytes.end) - self.chars_before(bytes.start)
     }
 
-    /// The number of chars before byte `offset`.
+    /// The number of chars before byte `offset` (a char boundary).
     fn chars_before(&self, offset: usize) -> usize {
-        let mark = offset / CHUNK;
-        let counted = self.chars_at.get(mark).copied().unwrap_or(0);
-        let rest = self
-            .text
-            .as_bytes()
-            .get(mark * CHUNK..offset)
-            .unwrap_or_default();
-        counted + count_chars(rest)
+        let mark = self.marks.get(offset / CHUNK).copied();
+        let (at, counted) = mark.unwrap_or((0, 0));
+        let rest = self.text.get(at..offset).unwrap_or_default();
+        counted + rest.chars().count()
     }
-}
-
-/// The number of chars that start in `bytes`: every byte but UTF-8
-/// continuation bytes.
-fn count_chars(bytes: &[u8]) -> usize {
-    bytes.iter().filter(|&&b| b & 0xC0 != 0x80).count()
 }
 
 fn floor_char_boundary(text: &str, mut i: usize) -> usize {
@@ -216,6 +210,44 @@ mod tests {
         assert_eq!(pos(&f, 4..10), (1, 5, 1, "a = [".into()));
         assert_eq!(pos(&f, 11..11), (3, 1, 1, String::new()));
         assert_eq!(pos(&f, 50..60), (3, 1, 1, String::new()));
+    }
+
+    #[test]
+    fn counts_columns_across_marks() {
+        // Multi-byte chars straddle the marks every `CHUNK` bytes.
+        let text = format!("a\n{}x", "é".repeat(CHUNK * 3));
+        let f = file(&text);
+        let x = text.len() - 1;
+        let s = f.span(x..x + 1);
+        assert_eq!((s.line, s.col), (2, CHUNK * 3 + 1));
+        for offset in [2, CHUNK, CHUNK + 1, 2 * CHUNK - 1, x] {
+            let start = floor_char_boundary(&text, offset);
+            assert_eq!(f.chars_before(start), text[..start].chars().count());
+        }
+    }
+
+    /// Regression: every diagnostic copied its whole line, so many errors
+    /// on one megabyte line were quadratic.
+    #[test]
+    fn quotes_an_excerpt_of_a_long_line() {
+        let line = format!("v = [{}\"bad\"{}]", "1, ".repeat(1000), ", 2".repeat(1000));
+        let f = file(&line);
+        let at = line.find("\"bad\"").unwrap();
+        let s = f.span(at..at + 5);
+        assert_eq!((s.line, s.col, s.width), (1, at + 1, 5));
+        assert!(s.source_line.len() < 2 * (CONTEXT + UNDERLINE));
+        assert!(s.source_line.starts_with('…') && s.source_line.ends_with('…'));
+        let marked: String = s
+            .source_line
+            .chars()
+            .skip(s.source_col - 1)
+            .take(s.width)
+            .collect();
+        assert_eq!(marked, "\"bad\"");
+        // A long span is underlined up to a limit.
+        let s = f.span(0..line.len());
+        assert_eq!((s.col, s.source_col, s.width), (1, 1, UNDERLINE));
+        assert!(!s.source_line.starts_with('…'));
     }
 
     #[test]
