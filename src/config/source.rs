@@ -88,7 +88,7 @@ impl SourceFile {
             .saturating_sub(1);
         let line_start = self.line_starts.get(line_index).copied().unwrap_or(0);
         let line_end = match self.line_starts.get(line_index + 1) {
-            Some(next) => next - 1,
+            Some(next) => next.saturating_sub(1),
             None => text.len(),
         };
         let line = text.get(line_start..line_end).unwrap_or_default();

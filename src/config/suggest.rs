@@ -9,15 +9,20 @@ pub(crate) fn levenshtein(a: &str, b: &str) -> usize {
     // `row[j]` is the distance between the prefix of `a` seen so far and `b[..j]`.
     let mut row: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {
-        let mut diagonal = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let substitution = diagonal + usize::from(ca != *cb);
-            diagonal = row[j + 1];
-            row[j + 1] = substitution.min(row[j] + 1).min(diagonal + 1);
+        // `diagonal` is the old `row[j]`, `left` the new one.
+        let (mut diagonal, mut left) = (i, i + 1);
+        for (cell, cb) in row.iter_mut().skip(1).zip(&b) {
+            let up = *cell;
+            *cell = (diagonal + usize::from(ca != *cb))
+                .min(left + 1)
+                .min(up + 1);
+            (diagonal, left) = (up, *cell);
+        }
+        if let Some(first) = row.first_mut() {
+            *first = i + 1;
         }
     }
-    row[b.len()]
+    row.last().copied().unwrap_or(0)
 }
 
 /// Folds the differences people make by accident: case and `-` vs `_`.
