@@ -1,10 +1,17 @@
 //! Validated names of groups and queues.
 //!
-//! Both share one namespace and the syntax `[a-z][a-z0-9_]*`. A
-//! value of these types is always valid: construct them with [`GroupName::new`]
-//! / [`QueueName::new`], which return the reason a candidate is rejected.
+//! Both share one namespace, the syntax `[a-z][a-z0-9_]*` and a length of at
+//! most [`MAX_NAME_LEN`] characters. A value of these types is always valid:
+//! construct them with [`GroupName::new`] / [`QueueName::new`], which return
+//! the reason a candidate is rejected.
 
 use std::fmt;
+
+/// The longest group or queue name, in characters. Names end up in
+/// environment variable names (`DROVER_IN_<QUEUE>`), log lines, status
+/// output and file names under `state_dir`; 64 is ample for a person and
+/// keeps all of those small.
+pub const MAX_NAME_LEN: usize = 64;
 
 /// Why a string is not a valid group or queue name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -15,6 +22,8 @@ pub enum NameError {
     BadStart,
     #[error("a name may only contain lowercase letters, digits and `_` (found {0:?})")]
     BadChar(char),
+    #[error("a name is at most {MAX_NAME_LEN} characters long (this one has {0})")]
+    TooLong(usize),
 }
 
 fn check(name: &str) -> Result<(), NameError> {
@@ -24,9 +33,13 @@ fn check(name: &str) -> Result<(), NameError> {
         Some('a'..='z') => {}
         Some(_) => return Err(NameError::BadStart),
     }
-    match chars.find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '_')) {
-        Some(c) => Err(NameError::BadChar(c)),
-        None => Ok(()),
+    if let Some(c) = chars.find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '_')) {
+        return Err(NameError::BadChar(c));
+    }
+    // Only ASCII is left, so bytes are characters.
+    match name.len() {
+        n if n > MAX_NAME_LEN => Err(NameError::TooLong(n)),
+        _ => Ok(()),
     }
 }
 
@@ -91,5 +104,20 @@ mod tests {
         assert_eq!(GroupName::new("_a"), Err(NameError::BadStart));
         assert_eq!(QueueName::new("Jobs"), Err(NameError::BadStart));
         assert_eq!(QueueName::new("jo-bs"), Err(NameError::BadChar('-')));
+    }
+
+    #[test]
+    fn names_are_at_most_64_characters() {
+        let longest = "a".repeat(MAX_NAME_LEN);
+        assert!(QueueName::new(&longest).is_ok());
+        let too_long = "a".repeat(MAX_NAME_LEN + 1);
+        assert_eq!(GroupName::new(&too_long), Err(NameError::TooLong(65)));
+        assert_eq!(
+            NameError::TooLong(65).to_string(),
+            "a name is at most 64 characters long (this one has 65)"
+        );
+        // A bad character is the more useful report.
+        let bad = format!("{too_long}-");
+        assert_eq!(QueueName::new(&bad), Err(NameError::BadChar('-')));
     }
 }

@@ -10,7 +10,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use drover::config::{self, Delivery, LogFormat, Program, RestartPolicy, StartMethod, render_all};
+use drover::config::{
+    self, Delivery, LogFormat, Program, RestartPolicy, StartMethod, UpdateMode, render_all,
+};
 use drover::names::{GroupName, QueueName};
 use drover::signal::Signal;
 
@@ -79,9 +81,10 @@ fn rejects(case: &str) {
 }
 
 /// Every case directory, so that a new one cannot be forgotten.
-const CASES: [&str; 19] = [
+const CASES: [&str; 24] = [
     "bad_duration",
     "bad_names",
+    "bad_new_keys",
     "bad_signal",
     "bad_start_method",
     "both_command_and_python",
@@ -89,10 +92,14 @@ const CASES: [&str; 19] = [
     "duplicate_supervisor",
     "durable_queue",
     "empty_dir",
+    "long_line",
     "many_errors",
     "neither_command_nor_python",
+    "new_keys",
+    "out_of_bounds",
     "program_not_found",
     "queue_without_consumer",
+    "start_secs_floor",
     "syntax_error",
     "undefined_queue",
     "unknown_key",
@@ -190,6 +197,48 @@ fn warnings_with_errors() {
 #[test]
 fn empty_dir() {
     rejects("empty_dir");
+}
+
+/// One past every bound: durations over a year, `processes` over 100,000,
+/// queue counts, a name over 64 characters.
+#[test]
+fn out_of_bounds() {
+    rejects("out_of_bounds");
+}
+
+#[test]
+fn bad_new_keys() {
+    rejects("bad_new_keys");
+}
+
+/// Several errors on one long line: each quotes an excerpt of it.
+#[test]
+fn long_line() {
+    rejects("long_line");
+}
+
+#[test]
+fn start_secs_floor() {
+    let config = loads("start_secs_floor");
+    let start_secs = |name: &str| {
+        config.groups[&GroupName::new(name).unwrap()]
+            .policy
+            .start_secs
+    };
+    for group in ["crashes", "fast", "at_the_floor"] {
+        assert_eq!(start_secs(group), Duration::from_millis(100), "{group}");
+    }
+}
+
+#[test]
+fn new_keys() {
+    let config = loads("new_keys");
+    assert_eq!(config.supervisor.dead_letter_max_bytes, 64 << 20);
+    let jobs = &config.queues[&QueueName::new("jobs").unwrap()];
+    assert_eq!(jobs.ack_timeout, Duration::from_secs(30));
+    let update = |name: &str| config.groups[&GroupName::new(name).unwrap()].update;
+    assert_eq!(update("workers"), UpdateMode::StopFirst);
+    assert_eq!(update("producer"), UpdateMode::Rolling);
 }
 
 #[test]

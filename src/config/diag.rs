@@ -49,13 +49,17 @@ pub struct Span {
     pub line: usize,
     /// 1-based column, counted in chars.
     pub col: usize,
-    /// How many chars to underline (at least 1, never past the line's end
-    /// plus one).
+    /// How many chars of `source_line` to underline from `source_col` (at
+    /// least 1, never past the line's end plus one).
     pub width: usize,
     /// Byte offsets into the file.
     pub bytes: Range<usize>,
-    /// The whole line `line`, without its line ending.
+    /// The line `line`, without its line ending; of a very long line, an
+    /// excerpt around the offending text, with `…` where text is left out.
     pub source_line: String,
+    /// The 1-based column in chars of the offending text in `source_line`:
+    /// `col`, unless `source_line` is an excerpt.
+    pub source_col: usize,
 }
 
 /// One error or warning, with what a person needs to act on it.
@@ -181,7 +185,7 @@ fn render_snippet(span: &Span, pad: &str) -> String {
     let indent: usize = span
         .source_line
         .chars()
-        .take(span.col - 1)
+        .take(span.source_col.saturating_sub(1))
         .map(|c| if c == '\t' { 4 } else { 1 })
         .sum();
     let line_part = format!("{} | {line}", span.line);
@@ -249,6 +253,7 @@ mod tests {
                 width,
                 bytes: 0..width,
                 source_line: text.to_owned(),
+                source_col: col,
             }),
         }
     }

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use super::fields::shown;
+
 /// The units a duration may use, with their length in nanoseconds.
 const UNITS: [(&str, u128); 4] = [
     ("ms", 1_000_000),
@@ -32,8 +34,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let (number, unit) = s.split_at(split);
     check_number(number)?;
     let nanos = scale(number, unit_nanos(unit)?)?;
-    let secs = u64::try_from(nanos / 1_000_000_000).map_err(|_| "the duration is too long")?;
-    let subsec = u32::try_from(nanos % 1_000_000_000).expect("below 10^9");
+    let too_long = |_| "the duration is too long".to_owned();
+    let secs = u64::try_from(nanos / 1_000_000_000).map_err(too_long)?;
+    // Below 10^9, so it always fits.
+    let subsec = u32::try_from(nanos % 1_000_000_000).map_err(too_long)?;
     Ok(Duration::new(secs, subsec))
 }
 
@@ -45,7 +49,12 @@ fn unit_nanos(unit: &str) -> Result<u128, String> {
         .iter()
         .find(|(name, _)| *name == unit)
         .map(|(_, nanos)| *nanos)
-        .ok_or_else(|| format!("unknown unit `{unit}`; expected one of `ms`, `s`, `m`, `h`"))
+        .ok_or_else(|| {
+            format!(
+                "unknown unit `{}`; expected one of `ms`, `s`, `m`, `h`",
+                shown(unit)
+            )
+        })
 }
 
 /// Accepts digits, optionally followed by `.` and more digits.
@@ -64,12 +73,14 @@ fn scale(number: &str, nanos_per_unit: u128) -> Result<u128, String> {
     let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
     let too_long = || "the duration is too long".to_owned();
     let whole: u128 = whole.parse().map_err(|_| too_long())?;
-    let fraction = &fraction[..fraction.len().min(MAX_FRACTION_DIGITS)];
-    let fraction_nanos = if fraction.is_empty() {
-        0
-    } else {
-        let digits: u128 = fraction.parse().expect("only digits");
-        digits * nanos_per_unit / 10u128.pow(fraction.len() as u32)
+    // Only ASCII digits (see `check_number`), so any index is a boundary.
+    let fraction = fraction.get(..MAX_FRACTION_DIGITS).unwrap_or(fraction);
+    let fraction_nanos = match fraction.len() {
+        0 => 0,
+        len => {
+            let digits: u128 = fraction.parse().map_err(|_| too_long())?;
+            digits * nanos_per_unit / 10u128.pow(len as u32)
+        }
     };
     whole
         .checked_mul(nanos_per_unit)

@@ -2,6 +2,7 @@
 //! or a bad value as a located diagnostic and returns `None`, so a table walk
 //! goes on and collects every problem instead of stopping at the first.
 
+use std::borrow::Cow;
 use std::ops::Range;
 use std::time::Duration;
 
@@ -9,9 +10,12 @@ use toml::Spanned;
 use toml::de::{DeString, DeTable, DeValue};
 
 use super::diag::{Diagnostic, Location};
-use super::duration::parse_duration;
+use super::duration::{format_duration, parse_duration};
+use super::limits::{MAX_ARG_BYTES, MAX_DURATION};
+use super::size::{format_size, parse_size};
 use super::source::SourceFile;
 use super::suggest::{did_you_mean, one_of};
+use crate::names::{MAX_NAME_LEN, NameError};
 
 /// A key of a TOML table, with its span.
 pub(crate) type Key<'i> = Spanned<DeString<'i>>;
@@ -58,9 +62,10 @@ impl<'a> Cx<'a> {
             ("an integer", DeValue::String(s)) if s.trim().parse::<i64>().is_ok() => {
                 Some(format!("remove the quotes: `{}`", s.trim()))
             }
-            (e, DeValue::String(_)) if e.starts_with("an array") => {
-                Some(format!("write `[{}]` for a list of one", self.raw(value)))
-            }
+            (e, DeValue::String(_)) if e.starts_with("an array") => Some(format!(
+                "write `[{}]` for a list of one",
+                shown(self.raw(value))
+            )),
             _ => None,
         };
         let message = format!(
@@ -99,32 +104,48 @@ impl<'a> Cx<'a> {
             Some(n) if (i128::from(min)..=i128::from(max)).contains(&n) => i64::try_from(n).ok(),
             _ => {
                 let below = int.as_str().starts_with('-') || n.is_some_and(|n| n < i128::from(min));
-                let message = range_message(label, self.raw(value), below, min, max);
+                let beyond = match below {
+                    true if min == 0 => Beyond::Negative,
+                    true => Beyond::Below(min.to_string()),
+                    false => Beyond::Above(max.to_string()),
+                };
+                let message = beyond.message(label, &shown(self.raw(value)));
                 self.error(value.span(), message, None);
                 None
             }
         }
     }
 
-    /// An integer that fits a `u32` and is at least `min`.
-    pub fn u32(&mut self, label: &str, value: &Value<'_>, min: u32) -> Option<u32> {
-        let n = self.int(label, value, min.into(), u32::MAX.into())?;
+    /// An integer in `min..=max`, as a `u32`.
+    pub fn u32(&mut self, label: &str, value: &Value<'_>, min: u32, max: u32) -> Option<u32> {
+        let n = self.int(label, value, min.into(), max.into())?;
         u32::try_from(n).ok()
     }
 
-    /// A string such as `"10s"` (see [`parse_duration`]).
+    /// A string such as `"10s"` (see [`parse_duration`]), at most
+    /// [`MAX_DURATION`].
     pub fn duration(&mut self, label: &str, value: &Value<'_>) -> Option<Duration> {
         match value.get_ref() {
             DeValue::String(s) => match parse_duration(s) {
-                Ok(d) => Some(d),
+                Ok(d) if d <= MAX_DURATION => Some(d),
+                Ok(_) => {
+                    let message = format!(
+                        "`{label}` is too long: {} (the maximum is one year, {})",
+                        shown(s),
+                        format_duration(MAX_DURATION)
+                    );
+                    self.error(value.span(), message, None);
+                    None
+                }
                 Err(reason) => {
-                    let message = format!("invalid duration `{s}` for `{label}`: {reason}");
+                    let message =
+                        format!("invalid duration `{}` for `{label}`: {reason}", shown(s));
                     self.error(value.span(), message, None);
                     None
                 }
             },
             DeValue::Integer(_) | DeValue::Float(_) => {
-                let raw = self.raw(value);
+                let raw = shown(self.raw(value));
                 let message = format!(
                     "`{label}` needs a unit: expected a string such as \"10s\", found {}",
                     a_type(value.get_ref())
@@ -142,6 +163,54 @@ impl<'a> Cx<'a> {
         }
     }
 
+    /// A number of bytes in `min..=max`: an integer, or a string with a
+    /// unit such as `"64MiB"` (see [`parse_size`]).
+    pub fn size(&mut self, label: &str, value: &Value<'_>, min: u64, max: u64) -> Option<u64> {
+        let n = match value.get_ref() {
+            // Negative or too large for a u64: beyond the bounds either way.
+            DeValue::Integer(int) if int.as_str().starts_with('-') => Err(Beyond::Negative),
+            DeValue::Integer(int) => u64::from_str_radix(int.as_str(), int.radix())
+                .or(Err(Beyond::Above(format_size(max)))),
+            DeValue::String(s) => match parse_size(s) {
+                Ok(n) => Ok(n),
+                Err((reason, help)) => {
+                    let message = format!("invalid size `{}` for `{label}`: {reason}", shown(s));
+                    self.error(value.span(), message, help);
+                    return None;
+                }
+            },
+            _ => {
+                let expected = "a number of bytes or a size such as \"64MiB\"";
+                self.type_error(label, value, expected);
+                return None;
+            }
+        };
+        let beyond = match n {
+            Ok(n) if n < min => Beyond::Below(format_size(min)),
+            Ok(n) if n > max => Beyond::Above(format_size(max)),
+            Ok(n) => return Some(n),
+            Err(beyond) => beyond,
+        };
+        let message = beyond.message(label, &shown(self.raw(value)));
+        self.error(value.span(), message, None);
+        None
+    }
+
+    /// Whether a string of `len` bytes, the value of `label` at `span`,
+    /// is at most [`MAX_ARG_BYTES`] long; reports it if not. Arguments,
+    /// environment strings and paths all go to `execve` or the kernel.
+    pub fn fits_exec(&mut self, label: &str, len: usize, span: Range<usize>) -> bool {
+        if len <= MAX_ARG_BYTES {
+            return true;
+        }
+        let message =
+            format!("`{label}` is too long: {len} bytes (the maximum is {MAX_ARG_BYTES} bytes)");
+        let help = "the kernel takes at most 128 KiB, NUL included, for one argument or \
+                    environment string";
+        self.error(span, message, Some(help.into()));
+        false
+    }
+
     /// One of a fixed set of strings; `what` names the set in messages
     /// ("start method").
     pub fn choice<T: Copy>(
@@ -156,7 +225,11 @@ impl<'a> Cx<'a> {
             return Some(*t);
         }
         let names: Vec<&str> = options.iter().map(|(name, _)| *name).collect();
-        let message = format!("unknown {what} `{s}`; expected one of {}", one_of(&names));
+        let message = format!(
+            "unknown {what} `{}`; expected one of {}",
+            shown(s),
+            one_of(&names)
+        );
         self.error(value.span(), message, did_you_mean(s, &names));
         None
     }
@@ -219,46 +292,91 @@ impl<'a> Cx<'a> {
             }
             _ => Some(format!("expected one of {}", one_of(known))),
         });
-        self.error(key.span(), format!("unknown key `{name}` {place}"), help);
+        let message = format!("unknown key `{}` {place}", shown(name));
+        self.error(key.span(), message, help);
     }
 }
 
 /// A group or queue name checked by `new` (`GroupName::new`,
 /// `QueueName::new`); `kind` is "group" or "queue", `place` says where a
 /// reference appears (" in `inputs[0]`", or "" for a table name).
-pub(crate) fn name<T, E: std::fmt::Display>(
+pub(crate) fn name<T>(
     cx: &mut Cx<'_>,
     (kind, place): (&str, &str),
     raw: &str,
     span: Range<usize>,
-    new: fn(&str) -> Result<T, E>,
+    new: fn(&str) -> Result<T, NameError>,
 ) -> Option<T> {
     let err = match new(raw) {
         Ok(name) => return Some(name),
         Err(err) => err,
     };
-    let fixed = raw.to_lowercase().replace('-', "_");
-    let help = if fixed != raw && new(&fixed).is_ok() {
-        format!("names match `[a-z][a-z0-9_]*`; try `{fixed}`")
+    let help = if let NameError::TooLong(_) = err {
+        format!("shorten it to at most {MAX_NAME_LEN} characters")
     } else {
-        "names match `[a-z][a-z0-9_]*`".to_owned()
+        let rule = "names match `[a-z][a-z0-9_]*`";
+        let fixed = (raw.len() <= MAX_NAME_LEN)
+            .then(|| raw.to_lowercase().replace('-', "_"))
+            .filter(|fixed| fixed != raw && new(fixed).is_ok());
+        match fixed {
+            Some(fixed) => format!("{rule}; try `{fixed}`"),
+            None => rule.to_owned(),
+        }
     };
     cx.error(
         span,
-        format!("invalid {kind} name `{raw}`{place}: {err}"),
+        format!("invalid {kind} name `{}`{place}: {err}", shown(raw)),
         Some(help),
     );
     None
 }
 
-fn range_message(label: &str, found: &str, below: bool, min: i64, max: i64) -> String {
-    let unbounded = max == i64::from(u32::MAX);
-    match (below, unbounded) {
-        (true, _) if min == 0 => format!("`{label}` cannot be negative, found {found}"),
-        (true, true) => format!("`{label}` must be at least {min}, found {found}"),
-        (false, true) => format!("`{label}` is too large: {found} (the maximum is {max})"),
-        (_, false) => format!("`{label}` must be between {min} and {max}, found {found}"),
+/// How a number is out of range, with the bound it breaks as written in
+/// a config.
+enum Beyond {
+    Negative,
+    Below(String),
+    Above(String),
+}
+
+impl Beyond {
+    /// The message for `label` set to `found`, naming the bound.
+    fn message(&self, label: &str, found: &str) -> String {
+        match self {
+            Beyond::Negative => format!("`{label}` cannot be negative, found {found}"),
+            Beyond::Below(min) => format!("`{label}` must be at least {min}, found {found}"),
+            Beyond::Above(max) => {
+                format!("`{label}` is too large: {found} (the maximum is {max})")
+            }
+        }
     }
+}
+
+/// At most this many characters of a value a config wrote are quoted in a
+/// message; the rest is elided.
+const SHOWN_CHARS: usize = 60;
+
+/// Text from a config file as quoted in a message: control characters
+/// escaped (a TOML string can hold any of them, and they would reach the
+/// terminal) and cut after [`SHOWN_CHARS`] characters, so that a 10 MB
+/// string is not repeated in every message about it.
+pub(crate) fn shown(text: &str) -> Cow<'_, str> {
+    if text.len() <= SHOWN_CHARS && !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::new();
+    for (i, c) in text.chars().enumerate() {
+        if i == SHOWN_CHARS {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// "a string", "an integer": a value's type for messages.
@@ -307,7 +425,7 @@ mod tests {
             msgs,
             ["invalid type for `cwd`: expected a string, found an integer|"]
         );
-        let (_, msgs) = read("\"4\"", |cx, v| cx.u32("processes", v, 0));
+        let (_, msgs) = read("\"4\"", |cx, v| cx.u32("processes", v, 0, 10));
         assert_eq!(
             msgs,
             [
@@ -325,34 +443,123 @@ mod tests {
 
     #[test]
     fn integers_are_range_checked() {
-        assert_eq!(read("0x10", |cx, v| cx.u32("p", v, 0)).0, Some(16));
+        let max = u32::MAX;
+        assert_eq!(read("0x10", |cx, v| cx.u32("p", v, 0, max)).0, Some(16));
         assert_eq!(
-            read("-1", |cx, v| cx.u32("p", v, 0)).1,
+            read("-1", |cx, v| cx.u32("p", v, 0, max)).1,
             ["`p` cannot be negative, found -1|"]
         );
         assert_eq!(
-            read("0", |cx, v| cx.u32("c", v, 1)).1,
+            read("0", |cx, v| cx.u32("c", v, 1, max)).1,
             ["`c` must be at least 1, found 0|"]
         );
         assert_eq!(
-            read("4294967296", |cx, v| cx.u32("c", v, 1)).1,
+            read("4294967296", |cx, v| cx.u32("c", v, 1, max)).1,
             ["`c` is too large: 4294967296 (the maximum is 4294967295)|"]
         );
         assert_eq!(
             read("99999999999999999999999999999999999999999", |cx, v| cx
-                .u32("c", v, 1))
+                .u32("c", v, 1, max))
             .1
             .len(),
             1
         );
         assert_eq!(
             read("256", |cx, v| cx.int("s", v, 0, 255)).1,
-            ["`s` must be between 0 and 255, found 256|"]
+            ["`s` is too large: 256 (the maximum is 255)|"]
         );
         assert_eq!(
-            read("1.0", |cx, v| cx.u32("p", v, 0)).1,
+            read("1.0", |cx, v| cx.u32("p", v, 0, max)).1,
             ["invalid type for `p`: expected an integer, found a float|"]
         );
+    }
+
+    /// Regression: `processes = 1000000000` passed and made drover
+    /// allocate 88 GB at run time.
+    #[test]
+    fn a_value_beyond_its_bound_names_the_bound() {
+        let (v, msgs) = read("1000000000", |cx, v| cx.u32("processes", v, 0, 100_000));
+        assert_eq!(v, None);
+        assert_eq!(
+            msgs,
+            ["`processes` is too large: 1000000000 (the maximum is 100000)|"]
+        );
+        assert_eq!(
+            read("100000", |cx, v| cx.u32("processes", v, 0, 100_000)).0,
+            Some(100_000)
+        );
+    }
+
+    /// Regression: durations of up to `u64::MAX` seconds passed `check`
+    /// and made drover abort on `Instant + Duration` overflow.
+    #[test]
+    fn durations_are_at_most_a_year() {
+        assert_eq!(
+            read("\"8760h\"", |cx, v| cx.duration("d", v)).0,
+            Some(MAX_DURATION)
+        );
+        for huge in ["18446744073709551615s", "100000000h", "8760.001h"] {
+            let (v, msgs) = read(&format!("\"{huge}\""), |cx, v| cx.duration("start_secs", v));
+            assert_eq!(v, None);
+            assert_eq!(
+                msgs,
+                [format!(
+                    "`start_secs` is too long: {huge} (the maximum is one year, 8760h)|"
+                )]
+            );
+        }
+    }
+
+    #[test]
+    fn sizes_are_integers_or_strings_with_a_unit() {
+        let size = |toml: &str| read(toml, |cx, v| cx.size("m", v, 4096, 1 << 40));
+        assert_eq!(size("4096").0, Some(4096));
+        assert_eq!(size("\"64MiB\"").0, Some(64 << 20));
+        assert_eq!(size("\"1TiB\"").0, Some(1 << 40));
+        assert_eq!(size("-1").1, ["`m` cannot be negative, found -1|"]);
+        assert_eq!(size("4095").1, ["`m` must be at least 4KiB, found 4095|"]);
+        assert_eq!(
+            size("\"1025GiB\"").1,
+            ["`m` is too large: \"1025GiB\" (the maximum is 1TiB)|"]
+        );
+        assert_eq!(
+            size("99999999999999999999").1,
+            ["`m` is too large: 99999999999999999999 (the maximum is 1TiB)|"]
+        );
+        assert_eq!(
+            size("\"64MB\"").1,
+            [
+                "invalid size `64MB` for `m`: unknown unit `MB`; expected one of `B`, `KiB`, `MiB`, `GiB`, `TiB`|did you mean `MiB`? (units are binary: 1MiB is 1048576 bytes)"
+            ]
+        );
+        assert_eq!(
+            size("1.5").1,
+            [
+                "invalid type for `m`: expected a number of bytes or a size such as \"64MiB\", found a float|"
+            ]
+        );
+    }
+
+    #[test]
+    fn strings_for_execve_fit_the_kernel_limit() {
+        let fits = |len: usize| read("1", |cx, _| Some(cx.fits_exec("command[1]", len, 4..5)));
+        assert_eq!(fits(MAX_ARG_BYTES), (Some(true), vec![]));
+        let (v, msgs) = fits(MAX_ARG_BYTES + 1);
+        assert_eq!(v, Some(false));
+        assert_eq!(
+            msgs,
+            [
+                "`command[1]` is too long: 131072 bytes (the maximum is 131071 bytes)|the kernel takes at most 128 KiB, NUL included, for one argument or environment string"
+            ]
+        );
+    }
+
+    #[test]
+    fn shown_text_is_escaped_and_cut() {
+        assert_eq!(shown("jobs"), "jobs");
+        assert_eq!(shown("a\u{1b}[31mb\0"), "a\\u{1b}[31mb\\u{0}");
+        let long = "x".repeat(10 << 20);
+        assert_eq!(shown(&long), format!("{}…", "x".repeat(SHOWN_CHARS)));
     }
 
     #[test]

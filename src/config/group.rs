@@ -1,25 +1,26 @@
 //! `[group.NAME]`: one worker group. The program keys are read by
 //! [`super::program`], the restart policy by [`super::policy`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsStr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use toml::de::DeTable;
 
-use super::fields::{Cx, Key, Value};
+use super::fields::{Cx, Key, Value, shown};
 use super::host::Host;
+use super::limits::MAX_PROCESSES;
 use super::lookup;
-use super::model::{GroupSpec, StartMethod};
+use super::model::{GroupSpec, StartMethod, UpdateMode};
 use super::policy::{self, PolicyDraft};
 use super::program::{self, ProgramDraft};
 use super::queue::{self, QueueRef};
 use super::source::resolve;
 use crate::names::GroupName;
 
-/// Every key of a group table, in the order DESIGN §1 lists them.
-pub(crate) const ALL_KEYS: [&str; 19] = [
+/// Every key of a group table, in the order the README lists them.
+pub(crate) const ALL_KEYS: [&str; 20] = [
     "command",
     "python",
     "preload",
@@ -39,12 +40,18 @@ pub(crate) const ALL_KEYS: [&str; 19] = [
     "max_restarts",
     "stop_signal",
     "stop_timeout",
+    "update",
 ];
 
 const START_METHODS: [(&str, StartMethod); 3] = [
     ("spawn", StartMethod::Spawn),
     ("fork", StartMethod::Fork),
     ("forkserver", StartMethod::Forkserver),
+];
+
+const UPDATE_MODES: [(&str, UpdateMode); 2] = [
+    ("rolling", UpdateMode::Rolling),
+    ("stop-first", UpdateMode::StopFirst),
 ];
 
 /// One `[group.NAME]` table, read. `spec` is `None` when the program could
@@ -55,6 +62,8 @@ pub(crate) struct GroupDraft {
     /// The span of NAME in the header.
     pub span: Range<usize>,
     pub spec: Option<GroupSpec>,
+    /// The span of the `processes` value, if given.
+    pub processes_span: Option<Range<usize>>,
     pub inputs: Vec<QueueRef>,
     pub outputs: Vec<QueueRef>,
     /// False when `inputs` or `outputs` was present but unreadable: which
@@ -68,7 +77,9 @@ struct Builder {
     program: ProgramDraft,
     policy: PolicyDraft,
     start_method: StartMethod,
+    update: UpdateMode,
     processes: Option<u32>,
+    processes_span: Option<Range<usize>>,
     inputs: Option<Vec<QueueRef>>,
     outputs: Option<Vec<QueueRef>>,
     wiring_complete: bool,
@@ -93,22 +104,24 @@ pub(crate) fn read(
         wiring_complete: true,
         ..Builder::default()
     };
-    let place = format!("in [group.{raw}]");
+    // The name as messages quote it (it may be invalid, and long).
+    let group = shown(raw);
+    let place = format!("in [group.{group}]");
     for (key, value) in table.iter() {
         b.read(cx, key, value, &place);
     }
-    let program = b.program.finish(cx, raw, header);
+    let program = b.program.finish(cx, &group, header);
     let policy = b.policy.finish(cx);
     let cwd = match b.cwd {
         Some((cwd, span)) => {
-            check_cwd(cx, raw, &cwd, span);
+            check_cwd(cx, &group, &cwd, span);
             cwd
         }
         None => cx.file.dir.clone(),
     };
     if let Some(command) = program.as_ref().and_then(|p| p.command_program.clone()) {
         let path = b.env.get("PATH").map(OsStr::new).or(host.path.as_deref());
-        lookup::check_program(cx, raw, (&command.0, command.1), &cwd, path);
+        lookup::check_program(cx, &group, (&command.0, command.1), &cwd, path);
     }
     let (inputs, outputs) = (b.inputs.unwrap_or_default(), b.outputs.unwrap_or_default());
     let name = name?;
@@ -124,13 +137,14 @@ pub(crate) fn read(
         clear_env: b.clear_env,
         cwd,
         policy,
-        update: Default::default(),
+        update: b.update,
         file: cx.file.path.clone(),
     });
     Some(GroupDraft {
         name,
         span,
         spec,
+        processes_span: b.processes_span,
         inputs,
         outputs,
         wiring_complete: b.wiring_complete,
@@ -147,7 +161,14 @@ impl Builder {
                 let method = cx.choice(name, value, "start method", &START_METHODS);
                 self.start_method = method.unwrap_or_default();
             }
-            "processes" => self.processes = cx.u32(name, value, 0),
+            "update" => {
+                let mode = cx.choice(name, value, "update mode", &UPDATE_MODES);
+                self.update = mode.unwrap_or_default();
+            }
+            "processes" => {
+                self.processes = cx.u32(name, value, 0, MAX_PROCESSES);
+                self.processes_span = Some(value.span());
+            }
             "inputs" => self.inputs = self.wiring(cx, name, value),
             "outputs" => self.outputs = self.wiring(cx, name, value),
             "env" => self.env = env(cx, value).unwrap_or_default(),
@@ -174,13 +195,14 @@ impl Builder {
 fn queue_list(cx: &mut Cx<'_>, label: &str, value: &Value<'_>) -> Option<Vec<QueueRef>> {
     let names = cx.strings(label, value)?;
     let mut refs: Vec<QueueRef> = Vec::with_capacity(names.len());
+    let mut seen = HashSet::with_capacity(names.len());
     let mut complete = true;
     for (i, (raw, span)) in names.into_iter().enumerate() {
         let Some(r) = queue::queue_ref(cx, &format!(" in `{label}[{i}]`"), raw, span) else {
             complete = false;
             continue;
         };
-        if refs.iter().any(|seen| seen.name == r.name) {
+        if !seen.insert(raw) {
             let message = format!("queue `{raw}` is listed twice in `{label}`");
             cx.error(r.span, message, Some("remove one of them".into()));
             continue;
@@ -190,41 +212,15 @@ fn queue_list(cx: &mut Cx<'_>, label: &str, value: &Value<'_>) -> Option<Vec<Que
     complete.then_some(refs)
 }
 
-/// `env`: variable names without `=` or NUL, string values without NUL.
+/// `env`: variable names without `=` or NUL, string values without NUL,
+/// each `NAME=value` short enough for `execve`.
 fn env(cx: &mut Cx<'_>, value: &Value<'_>) -> Option<BTreeMap<String, String>> {
     let table = cx.table("env", value)?;
     let mut vars = BTreeMap::new();
     let mut complete = true;
     for (key, value) in table.iter() {
         let name: &str = key.get_ref();
-        let problem = match name {
-            "" => Some("environment variable names cannot be empty".to_owned()),
-            _ if name.contains(['=', '\0']) => {
-                let bad = if name.contains('=') {
-                    "`=`"
-                } else {
-                    "a NUL byte"
-                };
-                Some(format!(
-                    "invalid environment variable name `{name}`: it cannot contain {bad}"
-                ))
-            }
-            _ => None,
-        };
-        if let Some(problem) = problem {
-            cx.error(key.span(), problem, None);
-            complete = false;
-            continue;
-        }
-        match cx.string(&format!("env.{name}"), value) {
-            Some(s) if s.contains('\0') => {
-                cx.error(
-                    value.span(),
-                    format!("`env.{name}` cannot contain a NUL byte"),
-                    None,
-                );
-                complete = false;
-            }
+        match env_var(cx, name, key.span(), value) {
             Some(s) => {
                 vars.insert(name.to_owned(), s.to_owned());
             }
@@ -232,6 +228,47 @@ fn env(cx: &mut Cx<'_>, value: &Value<'_>) -> Option<BTreeMap<String, String>> {
         }
     }
     complete.then_some(vars)
+}
+
+/// The value of `env.NAME`, if the name and the value are valid.
+fn env_var<'v>(
+    cx: &mut Cx<'_>,
+    name: &str,
+    name_span: Range<usize>,
+    value: &'v Value<'_>,
+) -> Option<&'v str> {
+    let problem = match name {
+        "" => Some("environment variable names cannot be empty".to_owned()),
+        _ if name.contains(['=', '\0']) => {
+            let bad = if name.contains('=') {
+                "`=`"
+            } else {
+                "a NUL byte"
+            };
+            Some(format!(
+                "invalid environment variable name `{}`: it cannot contain {bad}",
+                shown(name)
+            ))
+        }
+        _ => None,
+    };
+    if let Some(problem) = problem {
+        cx.error(name_span, problem, None);
+        return None;
+    }
+    let label = format!("env.{}", shown(name));
+    let s = cx.string(&label, value)?;
+    if s.contains('\0') {
+        cx.error(
+            value.span(),
+            format!("`{label}` cannot contain a NUL byte"),
+            None,
+        );
+        return None;
+    }
+    // The child gets `NAME=value` as one string.
+    let len = name.len() + 1 + s.len();
+    cx.fits_exec(&label, len, value.span()).then_some(s)
 }
 
 /// `cwd`, resolved against the directory of the file.
@@ -246,7 +283,9 @@ fn cwd(cx: &mut Cx<'_>, value: &Value<'_>) -> Option<PathBuf> {
         cx.error(value.span(), format!("`cwd` {problem}"), None);
         return None;
     }
-    Some(resolve(&cx.file.dir, Path::new(s)))
+    let cwd = resolve(&cx.file.dir, Path::new(s));
+    let len = cwd.as_os_str().len();
+    cx.fits_exec("cwd", len, value.span()).then_some(cwd)
 }
 
 /// A `cwd` that is not a directory fails every start: a warning, like a
@@ -275,6 +314,7 @@ mod tests {
     #[test]
     fn all_keys_is_every_key_read() {
         let mut read: Vec<&str> = [
+            "update",
             "start_method",
             "processes",
             "inputs",

@@ -9,10 +9,11 @@ use super::diag::Diagnostic;
 use super::document::FileDraft;
 use super::fields::Cx;
 use super::host::Host;
+use super::limits::MAX_TOTAL_PROCESSES;
 use super::model::{Config, DEFAULT_DEAD_LETTER_MAX_BYTES, SupervisorConfig};
 use super::queue::QueueRef;
 use super::source::SourceFile;
-use super::suggest::did_you_mean;
+use super::suggest::Suggester;
 
 /// A file that parsed, with what it defines.
 pub(crate) struct Parsed {
@@ -53,8 +54,10 @@ impl Def<'_> {
 /// `path:line:col`, to name another place in a message.
 fn position(file: &SourceFile, span: &Range<usize>) -> String {
     let at = file.at(span.clone());
-    let span = at.span.expect("located");
-    format!("{}:{}:{}", at.file.display(), span.line, span.col)
+    match at.span {
+        Some(span) => format!("{}:{}:{}", at.file.display(), span.line, span.col),
+        None => at.file.display().to_string(),
+    }
 }
 
 /// Checks what spans files and assembles the config. `complete` is false
@@ -71,6 +74,7 @@ pub(crate) fn merge(
 ) -> Option<Config> {
     let supervisor = supervisor(parsed, host, diags);
     let (defs, duplicated) = namespace(parsed, diags);
+    total_processes(parsed, diags);
     if complete {
         let all_defined = references(parsed, &defs, diags);
         let wiring_known = all_defined
@@ -95,18 +99,19 @@ fn supervisor(
         .iter()
         .filter_map(|p| p.draft.supervisor.as_ref().map(|s| (&p.file, s)));
     let first = tables.next();
-    for (file, table) in tables {
-        let (first_file, first_table) = first.expect("a second implies a first");
-        let message = format!(
-            "`[supervisor]` is already defined in {}",
-            position(first_file, &first_table.span)
-        );
-        let help = "keep one `[supervisor]` table across all config files";
-        diags.push(
-            Diagnostic::error(message)
-                .at(file.at(table.span.clone()))
-                .with_help(help),
-        );
+    if let Some((first_file, first_table)) = first {
+        for (file, table) in tables {
+            let message = format!(
+                "`[supervisor]` is already defined in {}",
+                position(first_file, &first_table.span)
+            );
+            let help = "keep one `[supervisor]` table across all config files";
+            diags.push(
+                Diagnostic::error(message)
+                    .at(file.at(table.span.clone()))
+                    .with_help(help),
+            );
+        }
     }
     let first_dir = &parsed.first()?.file.dir;
     Some(match first {
@@ -117,7 +122,7 @@ fn supervisor(
                 .state_dir
                 .clone()
                 .unwrap_or_else(|| host.default_state_dir(first_dir)),
-            dead_letter_max_bytes: DEFAULT_DEAD_LETTER_MAX_BYTES,
+            dead_letter_max_bytes: s.dead_letter_max_bytes,
         },
         None => SupervisorConfig {
             control_socket: None,
@@ -126,6 +131,33 @@ fn supervisor(
             dead_letter_max_bytes: DEFAULT_DEAD_LETTER_MAX_BYTES,
         },
     })
+}
+
+/// All groups together may not ask for more children than the kernel can
+/// ever run; the error points at the group that crosses the line.
+fn total_processes(parsed: &[Parsed], diags: &mut Vec<Diagnostic>) {
+    let mut total: u64 = 0;
+    for p in parsed {
+        for g in &p.draft.groups {
+            let processes = g.spec.as_ref().map_or(0, |s| s.processes);
+            total += u64::from(processes);
+            if total > MAX_TOTAL_PROCESSES {
+                let message = format!(
+                    "groups ask for {total} children in all by group `{}`, more than the kernel \
+                     can run (the maximum is {MAX_TOTAL_PROCESSES}, Linux's limit on process ids)",
+                    g.name
+                );
+                let span = g.processes_span.clone().unwrap_or_else(|| g.span.clone());
+                let help = "lower `processes` of some groups";
+                diags.push(
+                    Diagnostic::error(message)
+                        .at(p.file.at(span))
+                        .with_help(help),
+                );
+                return;
+            }
+        }
+    }
 }
 
 /// Groups and queues share one namespace: a second definition of a name is
@@ -205,34 +237,37 @@ fn references(
         .map(|(n, _)| *n)
         .collect();
     queues.sort_unstable();
+    let mut suggester = Suggester::new(&queues);
     for p in parsed {
         let mut cx = Cx::new(&p.file, diags);
         for g in &p.draft.groups {
             for (list, refs) in [("inputs", &g.inputs), ("outputs", &g.outputs)] {
                 for r in refs {
-                    let context = format!("in `{list}` of group `{}`", g.name);
-                    all_defined &= check_ref(&mut cx, r, "queue", &context, defs, &queues);
+                    let context = || format!("in `{list}` of group `{}`", g.name);
+                    let known = (defs, &mut suggester);
+                    all_defined &= check_ref(&mut cx, r, "queue", context, known);
                 }
             }
         }
         for q in &p.draft.queues {
             if let Some(r) = &q.dead_letter {
-                let context = format!("for queue `{}`", q.spec.name);
-                all_defined &= check_ref(&mut cx, r, "dead-letter queue", &context, defs, &queues);
+                let context = || format!("for queue `{}`", q.spec.name);
+                let known = (defs, &mut suggester);
+                all_defined &= check_ref(&mut cx, r, "dead-letter queue", context, known);
             }
         }
     }
     all_defined
 }
 
-/// Reports `r` unless it names a queue; returns whether it does.
+/// Reports `r` unless it names a queue; returns whether it does. `known`:
+/// every definition, and suggestions among the queues.
 fn check_ref(
     cx: &mut Cx<'_>,
     r: &QueueRef,
     what: &str,
-    context: &str,
-    defs: &HashMap<&str, Def<'_>>,
-    queues: &[&str],
+    context: impl FnOnce() -> String,
+    (defs, queues): (&HashMap<&str, Def<'_>>, &mut Suggester<'_>),
 ) -> bool {
     let name = r.name.as_str();
     let help = match defs.get(name) {
@@ -241,12 +276,13 @@ fn check_ref(
             "`{name}` is a group (defined in {}), not a queue",
             def.position()
         ),
-        None => did_you_mean(name, queues)
+        None => queues
+            .did_you_mean(name)
             .unwrap_or_else(|| format!("define it with a `[queue.{name}]` table")),
     };
     cx.error(
         r.span.clone(),
-        format!("undefined {what} `{name}` {context}"),
+        format!("undefined {what} `{name}` {}", context()),
         Some(help),
     );
     false
@@ -257,16 +293,18 @@ fn check_ref(
 /// has an error; a warning about it would be noise.
 fn usage(parsed: &[Parsed], duplicated: &HashSet<&str>, diags: &mut Vec<Diagnostic>) {
     let groups = || parsed.iter().flat_map(|p| &p.draft.groups);
-    let read = |name: &str| groups().any(|g| g.inputs.iter().any(|r| r.name.as_str() == name));
-    let written = |name: &str| {
-        groups().any(|g| g.outputs.iter().any(|r| r.name.as_str() == name))
-            || parsed.iter().flat_map(|p| &p.draft.queues).any(|q| {
-                q.spec
-                    .dead_letter
-                    .as_ref()
-                    .is_some_and(|d| d.as_str() == name)
-            })
-    };
+    let read: HashSet<&str> = groups()
+        .flat_map(|g| &g.inputs)
+        .map(|r| r.name.as_str())
+        .collect();
+    let mut written: HashSet<&str> = groups()
+        .flat_map(|g| &g.outputs)
+        .map(|r| r.name.as_str())
+        .collect();
+    let queues = parsed.iter().flat_map(|p| &p.draft.queues);
+    written.extend(queues.filter_map(|q| q.spec.dead_letter.as_ref().map(|d| d.as_str())));
+    let read = |name: &str| read.contains(name);
+    let written = |name: &str| written.contains(name);
     for p in parsed {
         for q in &p.draft.queues {
             let name = q.spec.name.as_str();

@@ -3,8 +3,8 @@
 //! # How a config is loaded
 //!
 //! [`load`] takes the path given to `drover run` / `drover check`: one
-//! `.toml` file, or a directory whose `*.toml` files are merged in name order
-//! (DESIGN §1). Then, for each file:
+//! `.toml` file, or a directory whose `*.toml` files are merged in name order.
+//! Then, for each file:
 //!
 //! 1. **Syntax** — `toml`'s `DeTable` parser keeps the byte span of every key
 //!    and value. A syntax error is one diagnostic for that file.
@@ -18,7 +18,9 @@
 //! groups and queues, every referenced queue defined, and warnings for queues
 //! without producer or consumer. Defaults that depend on the machine (the
 //! state directory, `PATH` for finding programs) are read once into a `Host`
-//! and resolved here, never inside the parser.
+//! and resolved here, never inside the parser. Every value is bounded
+//! (`limits`): past `config`, no value can overflow a deadline or allocate
+//! absurdly.
 //!
 //! Problems are [`Diagnostic`]s: a severity, a `subject: problem` message, the
 //! file, line and column with the offending text, and help. Any error rejects
@@ -32,12 +34,14 @@ mod fields;
 mod files;
 mod group;
 mod host;
+mod limits;
 mod lookup;
 mod merge;
 mod model;
 mod policy;
 mod program;
 mod queue;
+mod size;
 mod source;
 mod suggest;
 mod supervisor;
@@ -93,7 +97,8 @@ pub fn load(path: &Path) -> Result<Loaded, Failed> {
 /// Validates a config given as files in memory, in the order a directory
 /// of them would be merged (the path names only serve the diagnostics and
 /// relative paths). The whole loader but the file system: the fuzz target
-/// for configs drives this.
+/// for configs drives this, and it never panics, whatever the bytes. No
+/// files at all is an error.
 pub fn load_files(files: Vec<(std::path::PathBuf, Vec<u8>)>) -> Result<Loaded, Failed> {
     let mut diags = Vec::new();
     let count = files.len();
@@ -117,6 +122,10 @@ fn validate(
     host: &Host,
     mut diags: Vec<Diagnostic>,
 ) -> Result<Loaded, Failed> {
+    if sources.is_empty() && diags.is_empty() {
+        let help = "give a `.toml` file, or a directory of them";
+        diags.push(Diagnostic::error("no config files").with_help(help));
+    }
     let mut parsed = Vec::with_capacity(sources.len());
     let mut complete = all_read;
     for file in sources {
@@ -132,11 +141,13 @@ fn validate(
             config,
             warnings: diags,
         }),
-        _ => {
-            debug_assert!(
-                diags.iter().any(Diagnostic::is_error),
-                "a config is only missing after an error"
-            );
+        Some(_) => Err(Failed { diagnostics: diags }),
+        None => {
+            // A config is only missing after an error; should a path miss
+            // that, the config is still rejected, with a reason.
+            if !diags.iter().any(Diagnostic::is_error) {
+                diags.insert(0, Diagnostic::error("the config is incomplete"));
+            }
             Err(Failed { diagnostics: diags })
         }
     }

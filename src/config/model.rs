@@ -2,7 +2,10 @@
 //!
 //! Every value here has been checked and every default resolved; a `Config`
 //! cannot hold a dangling queue reference, an invalid name or a duration
-//! without a unit. Produced by [`crate::config::load`].
+//! without a unit, and every value is within the bounds documented on its
+//! field (a duration is at most a year, a string handed to `execve` at most
+//! 131071 bytes), so arithmetic on them cannot overflow. Produced by
+//! [`crate::config::load`].
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -28,14 +31,15 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SupervisorConfig {
     /// `control_socket`, made absolute relative to the config file; `None`
-    /// means "use the default path of DESIGN §7", resolved at run time.
+    /// means "use the default path", resolved at run time.
     pub control_socket: Option<PathBuf>,
     pub log_format: LogFormat,
     /// `state_dir`, absolute; default `/var/lib/drover` for root, else
     /// `$XDG_STATE_HOME/drover` or `./.drover-state`.
     pub state_dir: PathBuf,
     /// `dead_letter_max_bytes`: the most a queue's dead-letter record file
-    /// may grow to (default 1 GiB); past it records are counted, not written.
+    /// may grow to (default 1 GiB, 4 KiB to 1 TiB); past it records are
+    /// counted, not written.
     pub dead_letter_max_bytes: u64,
 }
 
@@ -102,17 +106,19 @@ pub enum RestartPolicy {
 }
 
 /// How a group's children are restarted and stopped. Changing only these
-/// fields on reload never restarts a child (DESIGN §5).
+/// fields on reload never restarts a child. Every duration is at most a year.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
     pub restart: RestartPolicy,
     /// Exit codes that count as success (default `[0]`).
     pub success_codes: Vec<i32>,
-    /// Up this long = `running`; a faster death is a failed start.
+    /// Up this long = `running`; a faster death is a failed start. At least
+    /// 100 ms.
     pub start_secs: Duration,
     pub restart_delay: Duration,
     pub restart_delay_max: Duration,
-    /// Retries of failed starts before the child is `fatal`.
+    /// Retries of failed starts before the child is `fatal` (at most a
+    /// million).
     pub max_restarts: u32,
     pub stop_signal: Signal,
     pub stop_timeout: Duration,
@@ -141,7 +147,8 @@ pub struct GroupSpec {
     /// `python_executable` for `python` groups (default `python3`).
     pub python_executable: OsString,
     pub start_method: StartMethod,
-    /// Children running at once; 0 = defined but idle.
+    /// Children running at once; 0 = defined but idle. At most 100,000, and
+    /// all groups together at most 2^22.
     pub processes: u32,
     pub inputs: Vec<QueueName>,
     pub outputs: Vec<QueueName>,
@@ -169,19 +176,20 @@ pub enum Delivery {
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueueSpec {
     pub name: QueueName,
-    /// Messages held before producers block (default 10000, at least 1).
+    /// Messages held before producers block (default 10000, 1 to 1,000,000).
     pub capacity: u32,
-    /// Default 65536, at least 1.
+    /// Default 65536, 1 to 4 MiB.
     pub max_message_bytes: u32,
     pub delivery: Delivery,
-    /// Default 1, at least 1.
+    /// Default 1, 1 to 10,000.
     pub prefetch: u32,
-    /// Default 5, at least 1.
+    /// Default 5, 1 to 10,000.
     pub max_deliveries: u32,
     /// Must name another defined queue.
     pub dead_letter: Option<QueueName>,
     /// A consumer holding a message longer than this is hung: it is
-    /// restarted and its messages redelivered. Zero: no limit.
+    /// restarted and its messages redelivered. Zero: no limit. At most a
+    /// year.
     pub ack_timeout: Duration,
     pub file: PathBuf,
 }

@@ -1,10 +1,12 @@
-//! The restart and stop policy of a group (DESIGN §4): the keys that a
-//! reload applies without restarting children.
+//! The restart and stop policy of a group: the keys that a reload applies
+//! without restarting children.
 
 use std::ops::Range;
 
+use super::diag::Diagnostic;
 use super::duration::format_duration;
-use super::fields::{Cx, Key, Value};
+use super::fields::{Cx, Key, Value, shown};
+use super::limits::{MAX_RESTARTS, MIN_START_SECS};
 use super::model::{Policy, RestartPolicy};
 use super::suggest::{did_you_mean, one_of};
 use crate::signal::Signal;
@@ -45,7 +47,7 @@ impl PolicyDraft {
                 cx.choice("restart", value, "restart policy", &RESTART),
             ),
             "success_codes" => set(&mut p.success_codes, success_codes(cx, value)),
-            "start_secs" => set(&mut p.start_secs, cx.duration("start_secs", value)),
+            "start_secs" => set(&mut p.start_secs, start_secs(cx, value)),
             "restart_delay" => {
                 if let Some(d) = cx.duration("restart_delay", value) {
                     (p.restart_delay, self.delay) = (d, Some(value.span()));
@@ -56,7 +58,10 @@ impl PolicyDraft {
                     (p.restart_delay_max, self.delay_max) = (d, Some(value.span()));
                 }
             }
-            "max_restarts" => set(&mut p.max_restarts, cx.u32("max_restarts", value, 0)),
+            "max_restarts" => set(
+                &mut p.max_restarts,
+                cx.u32("max_restarts", value, 0, MAX_RESTARTS),
+            ),
             "stop_signal" => set(&mut p.stop_signal, signal(cx, value)),
             _ => set(&mut p.stop_timeout, cx.duration("stop_timeout", value)),
         }
@@ -85,7 +90,8 @@ impl PolicyDraft {
                         "`restart_delay` ({d}) is longer than the default `restart_delay_max` ({m})"
                     ),
                 ),
-                (None, None) => unreachable!("the defaults are ordered"),
+                // The defaults are ordered: one of them was set.
+                (None, None) => return self.policy,
             };
             let help = "backoff starts at `restart_delay` and doubles up to `restart_delay_max`; \
                         make `restart_delay_max` at least `restart_delay`";
@@ -99,6 +105,29 @@ fn set<T>(slot: &mut T, value: Option<T>) {
     if let Some(value) = value {
         *slot = value;
     }
+}
+
+/// `start_secs`, raised to [`MIN_START_SECS`] with a warning when shorter.
+fn start_secs(cx: &mut Cx<'_>, value: &Value<'_>) -> Option<std::time::Duration> {
+    let d = cx.duration("start_secs", value)?;
+    if d >= MIN_START_SECS {
+        return Some(d);
+    }
+    let min = format_duration(MIN_START_SECS);
+    let message = format!(
+        "`start_secs` is {}, below the minimum of {min}: drover uses {min}",
+        format_duration(d)
+    );
+    let help = format!(
+        "a child that dies within `start_secs` is a failed start and backs off; \
+         write `start_secs = \"{min}\"` to say so"
+    );
+    cx.report(
+        Diagnostic::warning(message)
+            .at(cx.at(value.span()))
+            .with_help(help),
+    );
+    Some(MIN_START_SECS)
 }
 
 /// A non-empty array of exit codes, 0 to 255.
@@ -132,7 +161,8 @@ fn signal(cx: &mut Cx<'_>, value: &Value<'_>) -> Option<Signal> {
     let short: Vec<&str> = names.iter().map(|n| n.trim_start_matches("SIG")).collect();
     let candidates: Vec<&str> = names.iter().chain(&short).copied().collect();
     let message = format!(
-        "unknown signal `{s}` for `stop_signal`; expected one of {} (the `SIG` prefix is optional)",
+        "unknown signal `{}` for `stop_signal`; expected one of {} (the `SIG` prefix is optional)",
+        shown(s),
         one_of(&names)
     );
     cx.error(value.span(), message, did_you_mean(s, &candidates));
@@ -201,7 +231,7 @@ mod tests {
         assert_eq!(
             msgs,
             [
-                "`success_codes[1]` must be between 0 and 255, found 256|",
+                "`success_codes[1]` is too large: 256 (the maximum is 255)|",
                 "`success_codes[2]` cannot be negative, found -1|",
             ]
         );

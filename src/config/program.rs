@@ -4,7 +4,7 @@
 use std::ffi::OsString;
 use std::ops::Range;
 
-use super::fields::{Cx, Key, Value};
+use super::fields::{Cx, Key, Value, shown};
 use super::model::Program;
 
 pub(crate) const KEYS: [&str; 4] = ["command", "python", "preload", "python_executable"];
@@ -85,15 +85,19 @@ impl ProgramDraft {
             );
             return;
         }
+        let mut ok = true;
         for (i, (arg, span)) in args.iter().enumerate() {
+            let label = format!("command[{i}]");
             if arg.contains('\0') {
-                cx.error(
-                    span.clone(),
-                    format!("`command[{i}]` cannot contain a NUL byte"),
-                    None,
-                );
-                return;
+                let message = format!("`{label}` cannot contain a NUL byte");
+                cx.error(span.clone(), message, None);
+                ok = false;
+            } else {
+                ok &= cx.fits_exec(&label, arg.len(), span.clone());
             }
+        }
+        if !ok {
+            return;
         }
         self.program = Some((program.to_string(), span.clone()));
         self.command = Some(args.iter().map(|(a, _)| OsString::from(a)).collect());
@@ -169,6 +173,11 @@ impl ProgramDraft {
 /// How to write `command = "a b c"` as argv: split on whitespace, or run it
 /// through a shell when it uses shell syntax.
 fn split_help(line: &str) -> String {
+    if line.len() > 200 {
+        return "write the program and each argument as a string of an array, \
+                e.g. `command = [\"python3\", \"worker.py\"]`"
+            .to_owned();
+    }
     let quote = |s: &str| format!("{s:?}");
     if line.contains(['|', '&', ';', '<', '>', '$', '`', '*', '\'', '"']) {
         let argv = ["/bin/sh", "-c", line].map(quote).join(", ");
@@ -186,6 +195,9 @@ fn split_help(line: &str) -> String {
 /// `"pkg.module:function"` → (`pkg.module`, `function`).
 fn python_target(cx: &mut Cx<'_>, value: &Value<'_>) -> Option<(String, String)> {
     let s = cx.string("python", value)?;
+    if !cx.fits_exec("python", s.len(), value.span()) {
+        return None;
+    }
     match parse_target(s) {
         Ok((module, function)) => Some((module.to_owned(), function.to_owned())),
         Err(reason) => {
@@ -193,7 +205,7 @@ fn python_target(cx: &mut Cx<'_>, value: &Value<'_>) -> Option<(String, String)>
                 "write the module and the function, e.g. `python = \"examples.worker:main\"`";
             cx.error(
                 value.span(),
-                format!("invalid `python` target `{s}`: {reason}"),
+                format!("invalid `python` target `{}`: {reason}", shown(s)),
                 Some(help.into()),
             );
             None
@@ -217,11 +229,12 @@ fn parse_target(s: &str) -> Result<(&str, &str), String> {
     }
     if !is_module_name(module) {
         return Err(format!(
-            "`{module}` is not a module name (dotted Python identifiers)"
+            "`{}` is not a module name (dotted Python identifiers)",
+            shown(module)
         ));
     }
     if !is_identifier(function) {
-        return Err(format!("`{function}` is not a Python identifier"));
+        return Err(format!("`{}` is not a Python identifier", shown(function)));
     }
     Ok((module, function))
 }
@@ -230,9 +243,12 @@ fn preload(cx: &mut Cx<'_>, value: &Value<'_>) -> Option<Vec<String>> {
     let modules = cx.strings("preload", value)?;
     let mut ok = true;
     for (i, (module, span)) in modules.iter().enumerate() {
-        if !is_module_name(module) {
+        if !cx.fits_exec(&format!("preload[{i}]"), module.len(), span.clone()) {
+            ok = false;
+        } else if !is_module_name(module) {
             let message = format!(
-                "invalid module name `{module}` in `preload[{i}]`: expected dotted Python identifiers"
+                "invalid module name `{}` in `preload[{i}]`: expected dotted Python identifiers",
+                shown(module)
             );
             cx.error(span.clone(), message, None);
             ok = false;
@@ -252,7 +268,7 @@ fn os_string(cx: &mut Cx<'_>, label: &str, value: &Value<'_>) -> Option<OsString
         cx.error(value.span(), format!("`{label}` {problem}"), None);
         return None;
     }
-    Some(s.into())
+    cx.fits_exec(label, s.len(), value.span()).then(|| s.into())
 }
 
 fn is_identifier(s: &str) -> bool {

@@ -1,21 +1,32 @@
 //! `[queue.NAME]`: one queue, and references to queues from elsewhere.
 
 use std::ops::Range;
+use std::time::Duration;
 
 use toml::de::DeTable;
 
 use super::fields::{self, Cx};
+use super::limits::{MAX_CAPACITY, MAX_DELIVERIES, MAX_MESSAGE_BYTES, MAX_PREFETCH};
 use super::model::{Delivery, QueueSpec};
 use crate::names::QueueName;
 
-pub(crate) const KEYS: [&str; 7] = [
+pub(crate) const KEYS: [&str; 8] = [
     "capacity",
     "max_message_bytes",
     "delivery",
     "prefetch",
     "max_deliveries",
     "dead_letter",
+    "ack_timeout",
     "durable",
+];
+
+/// The integer keys: each with its default and its bounds.
+const COUNTS: [(&str, u32, u32); 4] = [
+    ("capacity", 10_000, MAX_CAPACITY),
+    ("max_message_bytes", 65_536, MAX_MESSAGE_BYTES),
+    ("prefetch", 1, MAX_PREFETCH),
+    ("max_deliveries", 5, MAX_DELIVERIES),
 ];
 
 const DELIVERY: [(&str, Delivery); 2] = [
@@ -51,43 +62,42 @@ pub(crate) fn read(
     (raw, span): (&str, Range<usize>),
     table: &DeTable<'_>,
 ) -> Option<QueueDraft> {
-    let (mut capacity, mut max_message_bytes) = (10_000, 65_536);
-    let (mut prefetch, mut max_deliveries) = (1, 5);
+    let mut counts = COUNTS.map(|(_, default, _)| default);
     let mut delivery = Delivery::default();
+    let mut ack_timeout = Duration::ZERO;
     let mut dead_letter = None;
     let mut wiring_complete = true;
-    let place = format!("in [queue.{raw}]");
+    let place = format!("in [queue.{}]", fields::shown(raw));
     for (key, value) in table.iter() {
         let key_name: &str = key.get_ref();
-        let slot = match key_name {
-            "capacity" => &mut capacity,
-            "max_message_bytes" => &mut max_message_bytes,
-            "prefetch" => &mut prefetch,
-            "max_deliveries" => &mut max_deliveries,
+        match key_name {
             "delivery" => {
                 let read = cx.choice("delivery", value, "delivery mode", &DELIVERY);
                 delivery = read.unwrap_or_default();
-                continue;
             }
             "dead_letter" => {
                 dead_letter = dead_letter_ref(cx, raw, value);
                 wiring_complete = dead_letter.is_some();
-                continue;
             }
-            "durable" => {
-                durable(cx, value);
-                continue;
+            "ack_timeout" => {
+                ack_timeout = cx.duration(key_name, value).unwrap_or(ack_timeout);
             }
+            "durable" => durable(cx, value),
             _ => {
-                let group_keys = super::group::ALL_KEYS.as_slice();
-                cx.unknown_key(key, &place, &KEYS, Some(("[group.NAME]", group_keys)));
-                continue;
+                let mut slots = COUNTS.iter().zip(counts.iter_mut());
+                match slots.find(|((name, ..), _)| *name == key_name) {
+                    Some(((_, _, max), slot)) => {
+                        *slot = cx.u32(key_name, value, 1, *max).unwrap_or(*slot);
+                    }
+                    None => {
+                        let group_keys = super::group::ALL_KEYS.as_slice();
+                        cx.unknown_key(key, &place, &KEYS, Some(("[group.NAME]", group_keys)));
+                    }
+                }
             }
-        };
-        if let Some(n) = cx.u32(key_name, value, 1) {
-            *slot = n;
         }
     }
+    let [capacity, max_message_bytes, prefetch, max_deliveries] = counts;
     let spec = QueueSpec {
         name: name?,
         capacity,
@@ -96,7 +106,7 @@ pub(crate) fn read(
         prefetch,
         max_deliveries,
         dead_letter: dead_letter.as_ref().map(|r: &QueueRef| r.name.clone()),
-        ack_timeout: std::time::Duration::ZERO,
+        ack_timeout,
         file: cx.file.path.clone(),
     };
     Some(QueueDraft {
@@ -123,7 +133,7 @@ fn dead_letter_ref(cx: &mut Cx<'_>, queue: &str, value: &fields::Value<'_>) -> O
 
 fn durable(cx: &mut Cx<'_>, value: &fields::Value<'_>) {
     if cx.bool("durable", value) == Some(true) {
-        let message = "durable queues are not supported yet (DESIGN §10); remove `durable = true`";
+        let message = "durable queues are not supported yet; remove `durable = true`";
         cx.error(value.span(), message.into(), None);
     }
 }
@@ -226,7 +236,7 @@ mod tests {
             [
                 "`capacity` must be at least 1, found 0|",
                 "queue `jobs` cannot be its own dead-letter queue|name another queue, or remove `dead_letter` to record dead letters under `state_dir`",
-                "durable queues are not supported yet (DESIGN §10); remove `durable = true`|",
+                "durable queues are not supported yet; remove `durable = true`|",
                 "`prefetch` must be at least 1, found 0|",
             ]
         );
@@ -241,7 +251,7 @@ mod tests {
         );
         assert_eq!(
             msgs[1],
-            "unknown key `foo` in [queue.jobs]|expected one of `capacity`, `max_message_bytes`, `delivery`, `prefetch`, `max_deliveries`, `dead_letter`, `durable`"
+            "unknown key `foo` in [queue.jobs]|expected one of `capacity`, `max_message_bytes`, `delivery`, `prefetch`, `max_deliveries`, `dead_letter`, `ack_timeout`, `durable`"
         );
         assert_eq!(
             msgs[2],

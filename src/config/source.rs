@@ -16,7 +16,24 @@ pub(crate) struct SourceFile {
     pub text: String,
     /// Byte offset of the start of every line.
     line_starts: Vec<usize>,
+    /// `marks[k]`: the char boundary at or just before byte `k * CHUNK`,
+    /// and the number of chars before it; a column is counted from the
+    /// nearest mark instead of from the start of a line that may be
+    /// megabytes long.
+    marks: Vec<(usize, usize)>,
 }
+
+/// Bytes between two of [`SourceFile::marks`].
+const CHUNK: usize = 1024;
+
+/// A line longer than this many bytes is quoted as an excerpt around the
+/// offending text: a diagnostic about one value of a 10 MB line does not
+/// copy the line.
+const LONG_LINE: usize = 240;
+/// Bytes of context on each side of the offending text in an excerpt.
+const CONTEXT: usize = 60;
+/// The most bytes of the offending text an excerpt underlines.
+const UNDERLINE: usize = 120;
 
 impl SourceFile {
     pub fn new(path: PathBuf, text: String) -> Self {
@@ -24,11 +41,20 @@ impl SourceFile {
         let line_starts = std::iter::once(0)
             .chain(text.match_indices('\n').map(|(i, _)| i + 1))
             .collect();
+        let mut marks = Vec::with_capacity(text.len() / CHUNK + 1);
+        let mut last = (0, 0);
+        for at in (0..=text.len()).step_by(CHUNK) {
+            let at = floor_char_boundary(&text, at);
+            let chars = text.get(last.0..at).map_or(0, |s| s.chars().count());
+            last = (at, last.1 + chars);
+            marks.push(last);
+        }
         SourceFile {
             path,
             dir,
             text,
             line_starts,
+            marks,
         }
     }
 
@@ -49,27 +75,74 @@ impl SourceFile {
     }
 
     /// Line, column and underline width of `bytes`; a span running over
-    /// several lines is underlined to the end of its first line.
+    /// several lines is underlined to the end of its first line. Costs the
+    /// same on a line of any length.
     fn span(&self, bytes: Range<usize>) -> Span {
-        let start = floor_char_boundary(&self.text, bytes.start.min(self.text.len()));
-        let end = floor_char_boundary(&self.text, bytes.end.clamp(start, self.text.len()));
-        let line_index = self.line_starts.partition_point(|&s| s <= start) - 1;
-        let line_start = self.line_starts[line_index];
-        let line_end = self.text[line_start..]
-            .find('\n')
-            .map_or(self.text.len(), |i| line_start + i);
-        let source_line = self.text[line_start..line_end].trim_end_matches('\r');
-        let content_end = line_start + source_line.len();
-        let width = self.text[start..end.clamp(start, content_end.max(start))]
-            .chars()
-            .count();
+        let text = &self.text;
+        let start = floor_char_boundary(text, bytes.start.min(text.len()));
+        let end = floor_char_boundary(text, bytes.end.clamp(start, text.len()));
+        // The first line start is 0, so there is always one at or before `start`.
+        let line_index = self
+            .line_starts
+            .partition_point(|&s| s <= start)
+            .saturating_sub(1);
+        let line_start = self.line_starts.get(line_index).copied().unwrap_or(0);
+        let line_end = match self.line_starts.get(line_index + 1) {
+            Some(next) => next.saturating_sub(1),
+            None => text.len(),
+        };
+        let line = text.get(line_start..line_end).unwrap_or_default();
+        let content_end = line_start + line.trim_end_matches('\r').len();
+        let marked_end = end.clamp(start, content_end.max(start));
+        let col = self.chars(line_start..start) + 1;
+        let (source_line, source_col, width) = if content_end - line_start <= LONG_LINE {
+            let width = self.chars(start..marked_end);
+            let whole = text.get(line_start..content_end).unwrap_or_default();
+            (whole.to_owned(), col, width)
+        } else {
+            self.excerpt(line_start..content_end, start, marked_end)
+        };
         Span {
             line: line_index + 1,
-            col: self.text[line_start..start].chars().count() + 1,
+            col,
             width: width.max(1),
             bytes: start..end,
-            source_line: source_line.to_owned(),
+            source_line,
+            source_col,
         }
+    }
+
+    /// The part of the long line `line` around `start..end` (a range within
+    /// it, on char boundaries), with `…` where text is left out; the column
+    /// of `start` in it and the width to underline.
+    fn excerpt(&self, line: Range<usize>, start: usize, end: usize) -> (String, usize, usize) {
+        let text = &self.text;
+        let from = floor_char_boundary(text, start.saturating_sub(CONTEXT).max(line.start));
+        let marked_end = floor_char_boundary(text, end.min(start + UNDERLINE)).max(start);
+        let to = floor_char_boundary(text, (marked_end + CONTEXT).min(line.end)).max(marked_end);
+        let mut excerpt = String::new();
+        if from > line.start {
+            excerpt.push('…');
+        }
+        let col = excerpt.chars().count() + self.chars(from..start) + 1;
+        excerpt += text.get(from..to).unwrap_or_default();
+        if to < line.end {
+            excerpt.push('…');
+        }
+        (excerpt, col, self.chars(start..marked_end))
+    }
+
+    /// The number of chars in `bytes` (whose ends are char boundaries).
+    fn chars(&self, bytes: Range<usize>) -> usize {
+        self.chars_before(bytes.end) - self.chars_before(bytes.start)
+    }
+
+    /// The number of chars before byte `offset` (a char boundary).
+    fn chars_before(&self, offset: usize) -> usize {
+        let mark = self.marks.get(offset / CHUNK).copied();
+        let (at, counted) = mark.unwrap_or((0, 0));
+        let rest = self.text.get(at..offset).unwrap_or_default();
+        counted + rest.chars().count()
     }
 }
 
@@ -137,6 +210,44 @@ mod tests {
         assert_eq!(pos(&f, 4..10), (1, 5, 1, "a = [".into()));
         assert_eq!(pos(&f, 11..11), (3, 1, 1, String::new()));
         assert_eq!(pos(&f, 50..60), (3, 1, 1, String::new()));
+    }
+
+    #[test]
+    fn counts_columns_across_marks() {
+        // Multi-byte chars straddle the marks every `CHUNK` bytes.
+        let text = format!("a\n{}x", "é".repeat(CHUNK * 3));
+        let f = file(&text);
+        let x = text.len() - 1;
+        let s = f.span(x..x + 1);
+        assert_eq!((s.line, s.col), (2, CHUNK * 3 + 1));
+        for offset in [2, CHUNK, CHUNK + 1, 2 * CHUNK - 1, x] {
+            let start = floor_char_boundary(&text, offset);
+            assert_eq!(f.chars_before(start), text[..start].chars().count());
+        }
+    }
+
+    /// Regression: every diagnostic copied its whole line, so many errors
+    /// on one megabyte line were quadratic.
+    #[test]
+    fn quotes_an_excerpt_of_a_long_line() {
+        let line = format!("v = [{}\"bad\"{}]", "1, ".repeat(1000), ", 2".repeat(1000));
+        let f = file(&line);
+        let at = line.find("\"bad\"").unwrap();
+        let s = f.span(at..at + 5);
+        assert_eq!((s.line, s.col, s.width), (1, at + 1, 5));
+        assert!(s.source_line.len() < 2 * (CONTEXT + UNDERLINE));
+        assert!(s.source_line.starts_with('…') && s.source_line.ends_with('…'));
+        let marked: String = s
+            .source_line
+            .chars()
+            .skip(s.source_col - 1)
+            .take(s.width)
+            .collect();
+        assert_eq!(marked, "\"bad\"");
+        // A long span is underlined up to a limit.
+        let s = f.span(0..line.len());
+        assert_eq!((s.col, s.source_col, s.width), (1, 1, UNDERLINE));
+        assert!(!s.source_line.starts_with('…'));
     }
 
     #[test]

@@ -6,10 +6,16 @@ use std::path::{Path, PathBuf};
 use toml::de::DeTable;
 
 use super::fields::Cx;
-use super::model::LogFormat;
+use super::limits::{MAX_DEAD_LETTER_BYTES, MIN_DEAD_LETTER_BYTES};
+use super::model::{DEFAULT_DEAD_LETTER_MAX_BYTES, LogFormat};
 use super::source::resolve;
 
-pub(crate) const KEYS: [&str; 3] = ["control_socket", "log_format", "state_dir"];
+pub(crate) const KEYS: [&str; 4] = [
+    "control_socket",
+    "log_format",
+    "state_dir",
+    "dead_letter_max_bytes",
+];
 
 const LOG_FORMATS: [(&str, LogFormat); 2] = [("text", LogFormat::Text), ("json", LogFormat::Json)];
 
@@ -22,6 +28,7 @@ pub(crate) struct SupervisorDraft {
     pub control_socket: Option<PathBuf>,
     pub log_format: LogFormat,
     pub state_dir: Option<PathBuf>,
+    pub dead_letter_max_bytes: u64,
 }
 
 /// Reads `[supervisor]`; `span` is where the table is named.
@@ -31,6 +38,7 @@ pub(crate) fn read(cx: &mut Cx<'_>, span: Range<usize>, table: &DeTable<'_>) -> 
         control_socket: None,
         log_format: LogFormat::default(),
         state_dir: None,
+        dead_letter_max_bytes: DEFAULT_DEAD_LETTER_MAX_BYTES,
     };
     for (key, value) in table.iter() {
         match key.get_ref().as_ref() {
@@ -39,6 +47,11 @@ pub(crate) fn read(cx: &mut Cx<'_>, span: Range<usize>, table: &DeTable<'_>) -> 
             "log_format" => {
                 let format = cx.choice("log_format", value, "log format", &LOG_FORMATS);
                 draft.log_format = format.unwrap_or_default();
+            }
+            "dead_letter_max_bytes" => {
+                let (min, max) = (MIN_DEAD_LETTER_BYTES, MAX_DEAD_LETTER_BYTES);
+                let bytes = cx.size("dead_letter_max_bytes", value, min, max);
+                draft.dead_letter_max_bytes = bytes.unwrap_or(draft.dead_letter_max_bytes);
             }
             _ => cx.unknown_key(key, "in [supervisor]", &KEYS, None),
         }
@@ -58,7 +71,9 @@ fn path(cx: &mut Cx<'_>, label: &str, value: &super::fields::Value<'_>) -> Optio
         cx.error(value.span(), format!("`{label}` {problem}"), None);
         return None;
     }
-    Some(resolve(&cx.file.dir, Path::new(s)))
+    let path = resolve(&cx.file.dir, Path::new(s));
+    let len = path.as_os_str().len();
+    cx.fits_exec(label, len, value.span()).then_some(path)
 }
 
 #[cfg(test)]
@@ -80,7 +95,8 @@ mod tests {
     #[test]
     fn resolves_paths_against_the_file() {
         let (draft, diags) = read_str(
-            "[supervisor]\ncontrol_socket = \"run/d.sock\"\nstate_dir = \"/var/d\"\nlog_format = \"json\"",
+            "[supervisor]\ncontrol_socket = \"run/d.sock\"\nstate_dir = \"/var/d\"\nlog_format = \"json\"\n\
+             dead_letter_max_bytes = \"64MiB\"",
         );
         assert!(diags.is_empty(), "{diags:?}");
         assert_eq!(
@@ -89,6 +105,7 @@ mod tests {
         );
         assert_eq!(draft.state_dir, Some(PathBuf::from("/var/d")));
         assert_eq!(draft.log_format, LogFormat::Json);
+        assert_eq!(draft.dead_letter_max_bytes, 64 << 20);
     }
 
     #[test]
@@ -99,6 +116,7 @@ mod tests {
             (draft.control_socket, draft.state_dir, draft.log_format),
             (None, None, LogFormat::Text)
         );
+        assert_eq!(draft.dead_letter_max_bytes, DEFAULT_DEAD_LETTER_MAX_BYTES);
     }
 
     #[test]

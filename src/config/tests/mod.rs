@@ -8,8 +8,11 @@ use super::*;
 use crate::names::{GroupName, QueueName};
 use crate::signal::Signal;
 
+mod bounds;
 mod groups;
+mod hostile;
 mod merge;
+mod scale;
 
 /// A program that certainly exists: the test binary, found through the
 /// `PATH` of [`host`].
