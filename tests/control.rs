@@ -24,7 +24,7 @@ fn status_json_has_the_documented_shape() {
 [group.workers]
 command = ["sleep", "1000"]
 processes = 2
-start_secs = "0s"
+start_secs = "100ms"
 
 [group.idle]
 command = ["sleep", "1000"]
@@ -164,7 +164,7 @@ command = ["sleep", "1000"]
 const ONE_SLEEPER: &str = r#"
 [group.w]
 command = ["sleep", "1000"]
-start_secs = "0s"
+start_secs = "100ms"
 "#;
 
 /// Runs drover under `sh -c SCRIPT` (`exec "$@"` ends the script).

@@ -12,7 +12,7 @@ fn dropping_the_guard_kills_drover_and_every_descendant() {
         r#"
 [group.stubborn]
 command = ["sh", "-c", "trap '' TERM; setsid sh -c 'trap \"\" TERM; exec sleep 1000' & echo escaped $!; exec sleep 1000"]
-start_secs = "0s"
+start_secs = "100ms"
 "#,
     );
     let pids = d.wait_group_state("stubborn", "running");

@@ -15,7 +15,7 @@ fn five_megabytes_of_output_arrive_line_exact() {
 command = ["python3", "-c", "import os, sys\ni = os.environ['DROVER_INDEX']\nfor n in range(50000):\n    sys.stdout.write(f'{i}:{n:06d}:' + 'x' * 90 + '\\n')\nsys.stdout.flush()"]
 processes = 2
 restart = "never"
-start_secs = "0s"
+start_secs = "100ms"
 "#,
     );
     d.wait_group_state("bulk", "exited");
@@ -49,7 +49,7 @@ log_format = "json"
 [group.talk]
 command = ["sh", "-c", "echo out; echo err >&2; printf 'no newline'"]
 restart = "never"
-start_secs = "0s"
+start_secs = "100ms"
 "#,
     );
     d.wait_group_state("talk", "exited");
@@ -80,7 +80,7 @@ fn invalid_utf8_is_replaced_and_a_final_partial_line_is_kept() {
 [group.bytes]
 command = ["printf", 'ok \377 bytes\nlast line without newline']
 restart = "never"
-start_secs = "0s"
+start_secs = "100ms"
 "#,
     );
     d.wait_group_state("bytes", "exited");
@@ -102,7 +102,7 @@ fn over_long_lines_are_split_not_buffered_without_bound() {
 [group.long]
 command = ["python3", "-c", "import sys; sys.stdout.write('y' * 200000 + '\\n')"]
 restart = "never"
-start_secs = "0s"
+start_secs = "100ms"
 "#,
     );
     d.wait_group_state("long", "exited");

@@ -136,7 +136,7 @@ fn usr1_and_usr2_are_forwarded_to_each_child_pid_not_its_group() {
 [group.listener]
 command = ["sh", "-c", "trap 'echo got USR1' USR1; trap 'echo got USR2' USR2; sleep 1000 & echo grandchild $!; while :; do wait; done"]
 processes = 2
-start_secs = "0s"
+start_secs = "100ms"
 "#,
     );
     d.wait_group_state("listener", "running");
@@ -163,7 +163,7 @@ fn sighup_reloads_and_does_not_kill_drover() {
         r#"
 [group.a]
 command = ["sleep", "1000"]
-start_secs = "0s"
+start_secs = "100ms"
 "#,
     );
     let pids = d.wait_group_state("a", "running");
@@ -183,7 +183,7 @@ fn children_get_an_empty_mask_and_default_dispositions_even_if_drover_did_not() 
 [group.report]
 command = ["grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"]
 restart = "never"
-start_secs = "0s"
+start_secs = "100ms"
 "#,
     );
     // Start drover with signals blocked and ignored, as a careless parent might.

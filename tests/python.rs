@@ -69,7 +69,7 @@ fn each_method_starts_children_from_where_it_should() {
     let mut config = String::new();
     for m in ["spawn", "fork", "forkserver"] {
         config.push_str(&format!(
-            "[group.{m}]\npython = \"work:report\"\nstart_method = \"{m}\"\nprocesses = 2\nstart_secs = \"0s\"\n\n"
+            "[group.{m}]\npython = \"work:report\"\nstart_method = \"{m}\"\nprocesses = 2\nstart_secs = \"100ms\"\n\n"
         ));
     }
     let d = start("pymethods", &config);
@@ -143,7 +143,7 @@ fn return_exception_and_system_exit_become_exit_codes() {
 fn a_crashed_forked_worker_is_replaced_from_the_living_template() {
     let d = start(
         "pycrash",
-        "[group.w]\npython = \"work:crash_later\"\nstart_method = \"fork\"\nprocesses = 2\nstart_secs = \"0s\"\n",
+        "[group.w]\npython = \"work:crash_later\"\nstart_method = \"fork\"\nprocesses = 2\nstart_secs = \"100ms\"\n",
     );
     let pids = d.wait_group_state("w", "running");
     d.stdout.wait_count("up ", 2);
@@ -168,7 +168,7 @@ fn a_crashed_forked_worker_is_replaced_from_the_living_template() {
 fn a_dead_template_is_replaced_and_running_workers_live_on() {
     let d = start(
         "pytemplate",
-        "[group.w]\npython = \"work:crash_later\"\nstart_method = \"fork\"\nprocesses = 2\nstart_secs = \"0s\"\n",
+        "[group.w]\npython = \"work:crash_later\"\nstart_method = \"fork\"\nprocesses = 2\nstart_secs = \"100ms\"\n",
     );
     let pids = d.wait_group_state("w", "running");
     d.stdout.wait_count("up ", 2);
@@ -301,7 +301,7 @@ fn drover_stays_responsive_while_a_template_imports() {
     );
     dir.write(
         "drover.toml",
-        "[group.slow]\npython = \"slow:main\"\nstart_method = \"fork\"\nprocesses = 2\nstart_secs = \"0s\"\n\n[group.other]\ncommand = [\"sleep\", \"1000\"]\nstart_secs = \"0s\"\n",
+        "[group.slow]\npython = \"slow:main\"\nstart_method = \"fork\"\nprocesses = 2\nstart_secs = \"100ms\"\n\n[group.other]\ncommand = [\"sleep\", \"1000\"]\nstart_secs = \"100ms\"\n",
     );
     let go = dir.path().join("go");
     let d = Drover::start_in(dir, &[]);

@@ -218,19 +218,19 @@ prefetch = 64
 command = ["@PY@", "producer.py", "{n}"]
 outputs = ["jobs"]
 restart = "never"
-start_secs = "0s"
+start_secs = "100ms"
 
 [group.workers]
 command = ["@PY@", "{worker_script}"]
 processes = 3
 inputs = ["jobs"]
 outputs = ["results"]
-start_secs = "0s"
+start_secs = "100ms"
 
 [group.sink]
 command = ["@PY@", "sink.py", "sink.txt"]
 inputs = ["results"]
-start_secs = "0s"
+start_secs = "100ms"
 "#
     )
 }
@@ -440,19 +440,19 @@ max_deliveries = 3
 command = ["@PY@", "producer.py"]
 outputs = ["jobs"]
 restart = "never"
-start_secs = "0s"
+start_secs = "100ms"
 
 [group.workers]
 command = ["@PY@", "poison.py"]
 processes = 2
 inputs = ["jobs"]
 outputs = ["results"]
-start_secs = "0s"
+start_secs = "100ms"
 
 [group.sink]
 command = ["@PY@", "sink.py"]
 inputs = ["results"]
-start_secs = "0s"
+start_secs = "100ms"
 "#
     )
 }
@@ -530,7 +530,7 @@ fn a_poison_message_goes_to_the_dead_letter_queue_when_one_is_named() {
 [group.graveyard]
 command = ["@PY@", "graveyard.py"]
 inputs = ["dead"]
-start_secs = "0s"
+start_secs = "100ms"
 "#;
     let d = launch(
         "deadqueue",
@@ -621,7 +621,7 @@ capacity = 100
 command = ["@PY@", "flood.py"]
 outputs = ["jobs"]
 restart = "never"
-start_secs = "0s"
+start_secs = "100ms"
 
 [group.consumers]
 command = ["@PY@", "-c", "pass"]
@@ -717,12 +717,12 @@ max_message_bytes = 1000
 command = ["@PY@", "oversized.py"]
 outputs = ["jobs"]
 restart = "never"
-start_secs = "0s"
+start_secs = "100ms"
 
 [group.consumer]
 command = ["@PY@", "print_ack.py", "jobs"]
 inputs = ["jobs"]
-start_secs = "0s"
+start_secs = "100ms"
 "#,
         &[("oversized.py", OVERSIZED), ("print_ack.py", PRINT_ACK)],
     );
@@ -787,13 +787,13 @@ delivery = "at-most-once"
 command = ["@PY@", "producer.py", "{N}", "m"]
 outputs = ["jobs"]
 restart = "never"
-start_secs = "0s"
+start_secs = "100ms"
 
 [group.consumers]
 command = ["@PY@", "print_noack.py"]
 processes = 2
 inputs = ["jobs"]
-start_secs = "0s"
+start_secs = "100ms"
 "#
         ),
         &[("producer.py", PRODUCER), ("print_noack.py", PRINT_NOACK)],
@@ -859,13 +859,13 @@ prefetch = 8
 [group.producer]
 command = ["@PY@", "endless.py"]
 outputs = ["jobs"]
-start_secs = "0s"
+start_secs = "100ms"
 
 [group.workers]
 command = ["@PY@", "watch.py"]
 processes = 2
 inputs = ["jobs"]
-start_secs = "0s"
+start_secs = "100ms"
 "#,
         &[("endless.py", ENDLESS), ("watch.py", WATCH)],
     );
@@ -938,12 +938,12 @@ state_dir = "state"
 command = ["@PY@", "producer.py", "{N}", "m"]
 outputs = ["jobs"]
 restart = "never"
-start_secs = "0s"
+start_secs = "100ms"
 
 [group.consumer]
 command = ["@PY@", "nack_once.py"]
 inputs = ["jobs"]
-start_secs = "0s"
+start_secs = "100ms"
 "#
         ),
         &[("producer.py", PRODUCER), ("nack_once.py", NACK_ONCE)],
@@ -1000,12 +1000,12 @@ state_dir = "state"
 command = ["@PY@", "fan_out.py"]
 outputs = ["q_spawn", "q_fork", "q_forkserver"]
 restart = "never"
-start_secs = "0s"
+start_secs = "100ms"
 
 [group.sink]
 command = ["@PY@", "sink.py"]
 inputs = ["results"]
-start_secs = "0s"
+start_secs = "100ms"
 "#,
     );
     for m in METHODS {
@@ -1019,7 +1019,7 @@ start_method = "{m}"
 processes = 2
 inputs = ["q_{m}"]
 outputs = ["results"]
-start_secs = "0s"
+start_secs = "100ms"
 "#
         ));
     }
@@ -1079,20 +1079,20 @@ state_dir = "state"
 command = ["@PY@", "producer.py", "{N}"]
 outputs = ["jobs"]
 restart = "never"
-start_secs = "0s"
+start_secs = "100ms"
 
 [group.workers]
 command = ["@PY@", "slow.py"]
 processes = 2
 inputs = ["jobs"]
 outputs = ["results"]
-start_secs = "0s"
+start_secs = "100ms"
 stop_timeout = "25s"
 
 [group.sink]
 command = ["@PY@", "sink.py"]
 inputs = ["results"]
-start_secs = "0s"
+start_secs = "100ms"
 stop_timeout = "25s"
 "#
         ),
@@ -1164,12 +1164,12 @@ prefetch = 1
 command = ["@PY@", "producer.py", "{N}", "m"]
 outputs = ["jobs"]
 restart = "never"
-start_secs = "0s"
+start_secs = "100ms"
 
 [group.consumer]
 command = ["@PY@", "die_once.py"]
 inputs = ["jobs"]
-start_secs = "0s"
+start_secs = "100ms"
 "#
         ),
         &[("producer.py", PRODUCER), ("die_once.py", DIE_ONCE)],
@@ -1249,18 +1249,18 @@ dead_letter = "dead"
 command = ["@PY@", "producer.py", "{N}", "m"]
 outputs = ["jobs"]
 restart = "never"
-start_secs = "0s"
+start_secs = "100ms"
 
 [group.workers]
 command = ["@PY@", "nack_slowly.py"]
 inputs = ["jobs"]
-start_secs = "0s"
+start_secs = "100ms"
 stop_timeout = "20s"
 
 [group.graveyard]
 command = ["@PY@", "graveyard.py"]
 inputs = ["dead"]
-start_secs = "0s"
+start_secs = "100ms"
 stop_timeout = "20s"
 "#
         ),

@@ -125,13 +125,13 @@ state_dir = "state"
 command = ["@PY@", "producer.py", "1"]
 outputs = ["jobs"]
 restart = "never"
-start_secs = "0s"
+start_secs = "100ms"
 
 [group.holder]
 command = ["@PY@", "hold.py", "{verdict}"]
 inputs = ["jobs"]
 restart = "never"
-start_secs = "0s"
+start_secs = "100ms"
 stop_timeout = "60s"
 "#
     )
@@ -144,7 +144,7 @@ state_dir = "state"
 
 [group.idle]
 command = ["@PY@", "-c", "import signal; signal.pause()"]
-start_secs = "0s"
+start_secs = "100ms"
 "#;
 
 /// Starts a consumer holding `m0`, removes its queue with a reload, makes
@@ -230,7 +230,7 @@ state_dir = "state"
 command = ["@PY@", "producer.py", "300"]
 outputs = ["jobs"]
 restart = "never"
-start_secs = "0s"
+start_secs = "100ms"
 
 [group.consumer]
 command = ["@PY@", "-c", "pass"]
@@ -290,12 +290,12 @@ state_dir = "state"
 command = ["@PY@", "empty.py"]
 outputs = ["jobs"]
 restart = "never"
-start_secs = "0s"
+start_secs = "100ms"
 
 [group.consumer]
 command = ["@PY@", "print_ack.py"]
 inputs = ["jobs"]
-start_secs = "0s"
+start_secs = "100ms"
 "#,
         &[("empty.py", EMPTY_BETWEEN), ("print_ack.py", PRINT_ACK)],
     );
@@ -358,12 +358,12 @@ state_dir = "state"
 command = ["@PY@", "fork.py"]
 outputs = ["jobs"]
 restart = "never"
-start_secs = "0s"
+start_secs = "100ms"
 
 [group.consumer]
 command = ["@PY@", "print_ack.py"]
 inputs = ["jobs"]
-start_secs = "0s"
+start_secs = "100ms"
 "#,
         &[("fork.py", FORKING_PRODUCER), ("print_ack.py", PRINT_ACK)],
     );
@@ -417,12 +417,12 @@ capacity = 5
 command = ["@PY@", "producer.py", "{N}"]
 outputs = ["jobs"]
 restart = "never"
-start_secs = "0s"
+start_secs = "100ms"
 
 [group.nacker]
 command = ["@PY@", "nack_all.py"]
 inputs = ["jobs"]
-start_secs = "0s"
+start_secs = "100ms"
 
 [group.graveyard]
 command = ["@PY@", "-c", "pass"]
@@ -476,7 +476,6 @@ signal.pause()
 /// the message redelivered; at its `max_deliveries`-th hang it is a dead
 /// letter.
 #[test]
-#[ignore = "needs the config parser to read `ack_timeout` (config branch)"]
 fn a_consumer_that_never_acks_is_restarted_and_the_message_redelivered() {
     let d = Drover::launch(
         "ack_timeout",
@@ -492,12 +491,12 @@ max_deliveries = 2
 command = ["@PY@", "producer.py", "1"]
 outputs = ["jobs"]
 restart = "never"
-start_secs = "0s"
+start_secs = "100ms"
 
 [group.hang]
 command = ["@PY@", "hang.py"]
 inputs = ["jobs"]
-start_secs = "0s"
+start_secs = "100ms"
 stop_timeout = "10s"
 "#,
         &[("producer.py", PRODUCER), ("hang.py", HANG)],
@@ -553,12 +552,12 @@ state_dir = "state"
 command = ["@PY@", "producer.py", "1"]
 outputs = ["jobs"]
 restart = "never"
-start_secs = "0s"
+start_secs = "100ms"
 
 [group.consumer]
 command = ["@PY@", "bogus.py"]
 inputs = ["jobs"]
-start_secs = "0s"
+start_secs = "100ms"
 "#,
         &[("producer.py", PRODUCER), ("bogus.py", BOGUS)],
     );

@@ -34,7 +34,7 @@ fn sleepers(groups: &[(&str, u32)]) -> String {
         .iter()
         .map(|(name, n)| {
             format!(
-                "[group.{name}]\ncommand = [\"sleep\", \"1000\"]\nprocesses = {n}\nstart_secs = \"0s\"\n\n"
+                "[group.{name}]\ncommand = [\"sleep\", \"1000\"]\nprocesses = {n}\nstart_secs = \"100ms\"\n\n"
             )
         })
         .collect()
@@ -267,7 +267,7 @@ fn a_policy_change_applies_in_place_and_the_new_stop_signal_is_used() {
 [group.w]
 command = ["sh", "-c", "trap 'echo got-usr1; exit 0' USR1; trap 'echo got-term; exit 0' TERM; echo ready; sleep 1000 & wait"]
 processes = 2
-start_secs = "0s"
+start_secs = "100ms"
 stop_signal = "{signal}"
 stop_timeout = "{timeout}"
 restart_delay = "50ms"
@@ -469,7 +469,7 @@ fn stopping_a_group_during_its_rolling_restart_stops_the_old_processes_too() {
 fn a_failed_replacement_fixed_by_a_later_reload_leaves_no_old_process() {
     let config = |command: &str| {
         format!(
-            "[group.w]\ncommand = {command}\nstart_secs = \"0s\"\nrestart_delay = \"10ms\"\nmax_restarts = 1\n"
+            "[group.w]\ncommand = {command}\nstart_secs = \"100ms\"\nrestart_delay = \"10ms\"\nmax_restarts = 1\n"
         )
     };
     let d = Drover::start("fixed", &config(r#"["sleep", "1000"]"#));
@@ -541,7 +541,7 @@ max_restarts = 0
 
 [group.fine]
 command = ["sleep", "1000"]
-start_secs = "0s"
+start_secs = "100ms"
 "#;
     let d = Drover::start("revive", config);
     wait_children(&d, "broken", 1, "fatal");
@@ -609,7 +609,7 @@ state_dir = "state"
 [group.producer]
 command = ["@PY@", "producer.py", "5"]
 outputs = ["old"]
-start_secs = "0s"
+start_secs = "100ms"
 
 [group.consumer]
 command = ["@PY@", "consumer.py"]
@@ -878,18 +878,18 @@ state_dir = "state"
 [group.producer]
 command = ["@PY@", "producer.py", "10"]
 outputs = ["jobs"]
-start_secs = "0s"
+start_secs = "100ms"
 
 [group.consumer]
 command = ["@PY@", "consumer.py"]
 processes = 0
 inputs = ["jobs"]
-start_secs = "0s"
+start_secs = "100ms"
 
 [group.w]
 command = ["sleep", "1000"]
 processes = 2
-start_secs = "0s"
+start_secs = "100ms"
 "#;
     let d = launch(
         "invalid",
@@ -1030,7 +1030,7 @@ fn a_reload_during_shutdown_is_ignored() {
             r#"
 [group.w]
 command = ["sh", "-c", "trap 'echo in-trap; while [ ! -e {release} ]; do sleep 0.01; done; exit 0' TERM; echo ready; sleep 1000 & wait"]
-start_secs = "0s"
+start_secs = "100ms"
 stop_timeout = "25s"
 "#,
             release = release.display()
@@ -1122,7 +1122,7 @@ max_deliveries = 1000
 [group.producer]
 command = ["@PY@", "paced.py", "{N}"]
 outputs = ["jobs"]
-start_secs = "0s"
+start_secs = "100ms"
 
 [group.workers]
 command = ["@PY@", "forward.py", "{version}"]
@@ -1134,7 +1134,7 @@ start_secs = "200ms"
 [group.sink]
 command = ["@PY@", "sink.py", "sink.txt"]
 inputs = ["results"]
-start_secs = "0s"
+start_secs = "100ms"
 "#
         )
     };
@@ -1442,7 +1442,7 @@ fn a_missing_working_directory_is_named_when_a_start_fails() {
 [group.w]
 command = ["sh", "-c", "echo started; exit 1"]
 cwd = "work"
-start_secs = "0s"
+start_secs = "100ms"
 restart_delay = "10ms"
 restart_delay_max = "10ms"
 max_restarts = 1000

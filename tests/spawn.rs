@@ -28,7 +28,7 @@ fn report(name: &str, group_extra: &str) -> (BTreeMap<String, String>, String) {
     dir.write(
         "drover.toml",
         &format!(
-            "[group.report]\ncommand = [\"{}\", \"{}\"]\nrestart = \"never\"\nstart_secs = \"0s\"\n{group_extra}\n",
+            "[group.report]\ncommand = [\"{}\", \"{}\"]\nrestart = \"never\"\nstart_secs = \"100ms\"\n{group_extra}\n",
             common::python(),
             dir.path().join("report.py").display()
         ),

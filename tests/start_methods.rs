@@ -35,13 +35,13 @@ fn config() -> String {
 command = ["ls", "/proc/self/fd"]
 start_method = "{m}"
 restart = "never"
-start_secs = "0s"
+start_secs = "100ms"
 
 [group.sig_{m}]
 command = ["grep", "-E", "^(SigBlk|SigIgn|PPid|NSpgid|NSpid):", "/proc/self/status"]
 start_method = "{m}"
 restart = "never"
-start_secs = "0s"
+start_secs = "100ms"
 
 [group.env_{m}]
 command = ["sh", "-c", "echo \"method=$DROVER_START_METHOD group=$DROVER_GROUP index=$DROVER_INDEX extra=$EXTRA\""]
@@ -49,7 +49,7 @@ start_method = "{m}"
 processes = 2
 env = {{ EXTRA = "yes" }}
 restart = "never"
-start_secs = "0s"
+start_secs = "100ms"
 "#
         ));
     }
@@ -134,18 +134,18 @@ fn a_fork_child_can_accept_on_an_inherited_socket_a_spawn_child_cannot() {
 command = ["python3", "-c", "import socket; s = socket.socket(fileno=3); c, _ = s.accept(); c.sendall(b'hello from fork'); print('accepted')"]
 start_method = "fork"
 restart = "never"
-start_secs = "0s"
+start_secs = "100ms"
 
 [group.spawned]
 command = ["python3", "-c", "import os\ntry:\n    os.fstat(3); print('fd 3 is open')\nexcept OSError:\n    print('no fd 3')"]
 restart = "never"
-start_secs = "0s"
+start_secs = "100ms"
 
 [group.served]
 command = ["python3", "-c", "import os\ntry:\n    os.fstat(3); print('fd 3 is open')\nexcept OSError:\n    print('no fd 3')"]
 start_method = "forkserver"
 restart = "never"
-start_secs = "0s"
+start_secs = "100ms"
 "#,
     );
     let listen = dir.path().join("listen.sock");
@@ -191,7 +191,7 @@ fn the_fork_server_is_restarted_when_it_dies_and_children_live_on() {
 command = ["sleep", "1000"]
 start_method = "forkserver"
 processes = 3
-start_secs = "0s"
+start_secs = "100ms"
 
 [group.churn]
 command = ["sh", "-c", "echo up; sleep 0.15"]
@@ -243,7 +243,7 @@ fn two_hundred_children_through_the_fork_server_at_once() {
 command = ["sleep", "1000"]
 start_method = "forkserver"
 processes = 200
-start_secs = "0s"
+start_secs = "100ms"
 "#,
     );
     let pids = d.wait_group_state("many", "running");

@@ -9,7 +9,7 @@ use common::{Drover, alive, wait_until};
 const STUBBORN: &str = r#"
 [group.stubborn]
 command = ["sh", "-c", "trap '' TERM; sleep 1000 & echo grandchild $!; wait"]
-start_secs = "0s"
+start_secs = "100ms"
 stop_timeout = "300ms"
 "#;
 
@@ -57,7 +57,7 @@ fn stop_signal_reaches_grandchildren_through_the_process_group() {
         r#"
 [group.parent]
 command = ["sh", "-c", "sleep 1000 & echo grandchild $!; wait"]
-start_secs = "0s"
+start_secs = "100ms"
 stop_timeout = "1h"
 "#,
     );
@@ -84,11 +84,11 @@ fn graceful_shutdown_exits_zero_when_everything_stops_in_time() {
 [group.a]
 command = ["sleep", "1000"]
 processes = 3
-start_secs = "0s"
+start_secs = "100ms"
 
 [group.b]
 command = ["sh", "-c", "trap 'echo bye; exit 0' TERM; while :; do sleep 1 & wait; done"]
-start_secs = "0s"
+start_secs = "100ms"
 "#,
     );
     let pids = d.wait_group_state("a", "running");
@@ -122,7 +122,7 @@ fn a_second_sigint_kills_at_once() {
         r#"
 [group.stubborn]
 command = ["sh", "-c", "trap '' TERM INT; sleep 1000 & wait"]
-start_secs = "0s"
+start_secs = "100ms"
 stop_timeout = "1h"
 "#,
     );
