@@ -494,16 +494,16 @@ fn connect_and_close_in_a_loop() {
 /// the loop nor keeps its slot: the answer is dropped after 10 s.
 #[test]
 fn a_client_that_never_reads_its_answer_is_dropped() {
-    // 100 groups with 20 KB names: a 2 MB status, more than a socket takes.
-    let mut config = String::new();
-    for i in 0..100 {
-        config += &format!(
-            "[group.g{i}{}]\ncommand = [\"sleep\", \"1000\"]\nprocesses = 0\n",
-            "x".repeat(20_000)
-        );
+    // A reload with thousands of errors: status carries them all in
+    // `config_error`, a 2 MB answer, more than a socket takes.
+    let d = Drover::start("unread", ONE_SLEEPER);
+    let mut broken = ONE_SLEEPER.to_owned();
+    for i in 0..6000 {
+        broken += &format!("no_such_key_{i:05} = 1\n");
     }
-    config += ONE_SLEEPER;
-    let d = Drover::start("unread", &config);
+    d.dir.write("drover.toml", &broken);
+    let out = d.cli(&["reload"]);
+    assert!(!out.status.success(), "the reload must fail: {out:?}");
     let full = serde_json::to_vec(&d.status()).unwrap().len();
     assert!(full > 2_000_000, "{full}");
     let mut lazy: Vec<UnixStream> = (0..10)

@@ -57,7 +57,7 @@ max_restarts = 3
     assert_eq!(
         text.matches("broken[0] attempt").count(),
         4,
-        "first start + max_restarts retries: {text}"
+        "first start + max_restarts retries: {text}\nstderr:\n{err}"
     );
     for (n, delay) in [(1, "100ms"), (2, "200ms"), (3, "400ms")] {
         assert!(
