@@ -513,7 +513,7 @@ impl Supervisor {
             return Ok(());
         }
         let mut cx = Cx {
-            launcher,
+            launcher: &mut *launcher,
             now,
             log: &mut self.log,
             deferred: &mut self.deferred,
@@ -538,6 +538,8 @@ impl Supervisor {
                 }
             }
             GroupCommand::Restart => {
+                // As the group's `update` says: rolling (each new child
+                // runs before its old one stops) or stop-first.
                 group.held = false;
                 stop_predecessors(&mut self.retiring, name, None, &mut cx);
                 for child in &mut group.children {
@@ -547,11 +549,12 @@ impl Supervisor {
                     match child.state {
                         ChildState::Stopping { ref mut after, .. } => *after = AfterStop::Restart,
                         ChildState::Starting { .. } | ChildState::Running { .. } => {
-                            stop_child(&group.spec, child, AfterStop::Restart, &mut cx)
+                            child.outdated = true;
                         }
                         _ => start_child(&group.spec, child, &mut cx),
                     }
                 }
+                self.advance_rolling(launcher, now);
             }
         }
         Ok(())

@@ -340,20 +340,26 @@ fn start_and_restart_commands() {
     let mut l = FakeLauncher::default();
     let mut sup = Supervisor::new(&config(vec![group("w", 1, policy())]));
     sup.start_all(&mut l, t0);
+    sup.on_deadline(&mut l, t0 + Duration::from_secs(1));
     let first = pid_of(&sup, 0);
-    sup.group_command("w", GroupCommand::Restart, &mut l, t0 + ms(1))
+    // `restart` is rolling by default: the new child starts first, and the
+    // old one stops once it runs.
+    sup.group_command("w", GroupCommand::Restart, &mut l, t0 + ms(1001))
         .unwrap();
-    assert_eq!(states(&sup), ["stopping"]);
-    sup.on_exit(first, ExitStatus::Signal(15), &mut l, t0 + ms(2));
     assert_eq!(states(&sup), ["starting"]);
     let second = pid_of(&sup, 0);
     assert_ne!(first, second);
+    assert!(l.group_signals.is_empty(), "the old child still serves");
+    sup.on_deadline(&mut l, t0 + ms(2001));
+    assert_eq!(l.group_signals, [(first, Signal::Term)]);
+    sup.on_exit(first, ExitStatus::Signal(15), &mut l, t0 + ms(2002));
+    assert_eq!(states(&sup), ["running"]);
 
-    sup.group_command("w", GroupCommand::Stop, &mut l, t0 + ms(3))
+    sup.group_command("w", GroupCommand::Stop, &mut l, t0 + ms(2003))
         .unwrap();
-    sup.on_exit(second, ExitStatus::Signal(15), &mut l, t0 + ms(4));
+    sup.on_exit(second, ExitStatus::Signal(15), &mut l, t0 + ms(2004));
     assert_eq!(states(&sup), ["stopped"]);
-    sup.group_command("w", GroupCommand::Start, &mut l, t0 + ms(5))
+    sup.group_command("w", GroupCommand::Start, &mut l, t0 + ms(2005))
         .unwrap();
     assert_eq!(states(&sup), ["starting"]);
     assert_eq!(
