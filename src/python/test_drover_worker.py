@@ -3,6 +3,7 @@
     python3 -m unittest src/python/test_drover_worker.py
 """
 import array
+import ast
 import json
 import os
 import select
@@ -278,7 +279,7 @@ class BootstrapTest(unittest.TestCase):
         group = {"DROVER_GROUP": "workers"}
         spawned = self.spawn("title", dict(group, DROVER_INDEX="3"))
         self.assertEqual(
-            eval(spawned.stdout), (b"drover-worker workers[3] mod:title\0", b"workers[3]\n"), spawned.stderr
+            ast.literal_eval(spawned.stdout), (b"drover-worker workers[3] mod:title\0", b"workers[3]\n"), spawned.stderr
         )
         for mode, kind, tag in [("fork", "drover-template", "tpl"), ("forkserver", "drover-forkserver-template", "srv")]:
             with self.subTest(mode):
@@ -294,7 +295,7 @@ class BootstrapTest(unittest.TestCase):
                 self.assertIn("pid", template.start([null, w, w], dict(group, DROVER_INDEX="1")))
                 os.close(w)
                 os.close(null)
-                self.assertEqual(eval(read_all(r)), (b"drover-worker workers[1] mod:title\0", b"workers[1]\n"))
+                self.assertEqual(ast.literal_eval(read_all(r)), (b"drover-worker workers[1] mod:title\0", b"workers[1]\n"))
                 self.assertEqual(template.close(), 0)
 
     def test_a_long_group_name_keeps_the_index_in_the_process_name(self):
@@ -313,7 +314,7 @@ class BootstrapTest(unittest.TestCase):
         show = "print(repr((open('/proc/self/cmdline', 'rb').read(), open('/proc/self/comm').read())))"
         foreign = "import drover_worker as w; w.set_title('drover-worker x[0] m:f', 'x[0]'); " + show
         out = subprocess.run([sys.executable, "-B", "-c", foreign], cwd=HERE, capture_output=True, text=True, timeout=60)
-        cmdline, comm = eval(out.stdout)
+        cmdline, comm = ast.literal_eval(out.stdout)
         self.assertIn(b"import drover_worker", cmdline, "not our source: left as it was")
         self.assertEqual(comm, "x[0]\n")
         no_proc = (
