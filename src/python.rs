@@ -15,6 +15,11 @@
 //! template sets its `DROVER_IN_`/`DROVER_OUT_` variable to that number
 //! ([`WorkerSetup::queues`]).
 //!
+//! Every interpreter says what it is in `ps` and `top` (`drover-worker
+//! workers[3] mod:fn`, `drover-template workers mod:fn`,
+//! `drover-forkserver-template workers mod:fn`): the bootstrap writes that
+//! title over its own command line as its first act (see [`argv`]).
+//!
 //! A template is user code's process: whatever it answers is checked (its
 //! size, its JSON, its sequence number, that the PID it names is drover's
 //! child) and anything else fails that start and replaces the template.
@@ -77,6 +82,17 @@ pub fn mode(method: StartMethod) -> &'static str {
 }
 
 /// argv of the bootstrap: `python -c BOOTSTRAP MODE MODULE FUNCTION [PRELOAD...]`.
+///
+/// The whole source is the command line the interpreter starts with; the
+/// bootstrap then writes its title over it, through /proc/self/mem, before
+/// it imports anything. The source's length is what makes that possible: a
+/// title can only replace the argv area the kernel set up at exec, never
+/// grow it. A short loader that read the source from a variable or an fd
+/// would still be what `ps` shows (and what a forked worker inherits from
+/// its template), so it would need the same rewrite in a smaller area, and
+/// the variable would sit in every worker's /proc/PID/environ. The
+/// interpreter's own command line shows only for the milliseconds before
+/// the bootstrap runs.
 pub fn argv(group: &GroupSpec) -> Option<Vec<std::ffi::OsString>> {
     let Program::Python {
         module,
@@ -252,8 +268,8 @@ impl Templates {
             },
         };
         let pid = spawn(&template_plan)?;
-        // Tests find the template by this line: its command line is its
-        // workers' too.
+        // Tests find the template by this line: it names itself only once
+        // its interpreter runs the bootstrap.
         tracing::debug!(group = %group.name, pid, "python template started");
         self.launched.push(group.name.clone());
         self.by_group.insert(

@@ -1,7 +1,8 @@
 //! Python function workers: where each method's children come from, exit
 //! codes, a broken module, a crashed worker, a dead template, queues from a
 //! function worker, what a forked worker keeps of its template (its files,
-//! its flushed output), and a template that answers nonsense.
+//! its flushed output), a template that answers nonsense, and what `ps`
+//! shows of each process.
 
 mod common;
 
@@ -204,8 +205,8 @@ fn a_dead_template_is_replaced_and_running_workers_live_on() {
 }
 
 /// The PIDs of `group`'s templates, in the order drover started them, from
-/// its debug log: a template's command line is also its workers', so
-/// looking for it in /proc can find a worker instead.
+/// its debug log: a template names itself only once its interpreter runs,
+/// so looking for it in /proc could miss one that just started.
 fn templates_started(log: &str, group: &str) -> Vec<i32> {
     log.lines()
         .filter(|l| l.contains("python template started"))
@@ -287,7 +288,7 @@ fn the_python_bootstrap_passes_its_own_tests() {
         .expect("python3 runs");
     let report = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{report}");
-    assert!(report.contains("Ran 5 tests"), "{report}");
+    assert!(report.contains("Ran 8 tests"), "{report}");
 }
 
 /// A template's import does not stall drover: status answers, other groups
@@ -537,5 +538,76 @@ while True:
             "fatal",
             "{status:#}"
         );
+    }
+}
+
+/// What the kernel shows as `pid`'s command line and name.
+fn title(pid: i64) -> (String, String) {
+    let read = |what: &str| {
+        String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/{what}")).unwrap_or_default())
+            .into_owned()
+    };
+    (read("cmdline"), read("comm"))
+}
+
+/// Regression: every worker and template showed the bootstrap's 5 KB source
+/// as its command line in `ps`, the same for all of them. Each now says
+/// what it is, in a command line that is its title and nothing more (no
+/// trailing NULs), and a name for `top`.
+#[test]
+fn every_python_process_says_what_it_is_in_ps() {
+    let mut config = String::new();
+    for (group, method) in [
+        ("spawned", "spawn"),
+        ("forked", "fork"),
+        ("served", "forkserver"),
+    ] {
+        config.push_str(&format!(
+            "[group.{group}]\npython = \"work:crash_later\"\nstart_method = \"{method}\"\nprocesses = 2\nstart_secs = \"100ms\"\n\n"
+        ));
+    }
+    let d = start("pytitles", &config);
+    // A worker sets its title before it calls the function, and its
+    // template before importing, so every title is set once all are up.
+    d.stdout.wait_count("up ", 6);
+    let status = d.status();
+    for group in ["spawned", "forked", "served"] {
+        for child in Drover::children(&status, group) {
+            let (pid, index) = (child["pid"].as_i64().unwrap(), &child["index"]);
+            assert_eq!(
+                title(pid),
+                (
+                    format!("drover-worker {group}[{index}] work:crash_later\0"),
+                    format!("{group}[{index}]\n")
+                ),
+                "pid {pid}"
+            );
+        }
+    }
+    let log = d.stderr.text();
+    for (group, kind, tag) in [
+        ("forked", "drover-template", "tpl"),
+        ("served", "drover-forkserver-template", "srv"),
+    ] {
+        let template = i64::from(templates_started(&log, group)[0]);
+        assert_eq!(
+            title(template),
+            (
+                format!("{kind} {group} work:crash_later\0"),
+                format!("{group}[{tag}]\n")
+            ),
+        );
+    }
+    // `pgrep -f` finds one worker by group and index, among all of
+    // drover's children (its templates included).
+    for group in ["spawned", "forked", "served"] {
+        let out = std::process::Command::new("pgrep")
+            .args(["-P", &d.pid().to_string(), "-f"])
+            .arg(format!("^drover-worker {group}\\[1\\] "))
+            .output()
+            .expect("pgrep runs");
+        let found = String::from_utf8_lossy(&out.stdout);
+        let worker = Drover::children(&status, group)[1]["pid"].clone();
+        assert_eq!(found.trim(), worker.to_string(), "{group}");
     }
 }

@@ -30,6 +30,16 @@ forking, so what the imports printed is written once, not by every worker.
 
 A worker's outcome: FUNCTION returns -> exit 0; raises -> traceback on
 stderr, exit 1; SystemExit(n) -> exit n.
+
+Every process says what it is in `ps` (its command line) and `top` (its
+name), rather than showing this file's source (see set_title):
+
+    drover-worker GROUP[INDEX] MODULE:FUNCTION               name GROUP[INDEX]
+    drover-template GROUP MODULE:FUNCTION                    name GROUP[tpl]
+    drover-forkserver-template GROUP MODULE:FUNCTION         name GROUP[srv]
+
+GROUP and INDEX come from DROVER_GROUP and DROVER_INDEX (the request's, for
+a forked worker).
 """
 import array
 import fcntl
@@ -41,6 +51,13 @@ import socket
 import sys
 import traceback
 
+# The first line of this file: the original command line holds it (as the
+# source given to -c), which set_title checks before writing over it.
+SOURCE_MARK = b"drover's side of Python function workers."
+# How a title starts once set_title wrote it.
+TITLE_MARK = b"drover-"
+# The longest process name (comm) Linux keeps, without its NUL.
+COMM_MAX = 15
 MAX_FDS = 64
 # Replies are short; an error's text is cut so that one fits drover's buffer.
 MAX_ERROR = 1000
@@ -66,6 +83,71 @@ def run(module_name, function_name):
         code = 1
     flush_std()
     return code
+
+
+def set_title(title, name):
+    """Shows `title` as this process's command line (`ps`, `pgrep -f`,
+    /proc/PID/cmdline) and `name` as its name (`top`, `ps -e`, `pgrep`).
+    Best effort: where /proc is missing or refuses, the process keeps the
+    interpreter's command line and name and runs on."""
+    try:
+        _write_cmdline(title.encode(errors="replace"))
+    except Exception:
+        pass
+    try:
+        with open("/proc/self/comm", "wb") as f:
+            f.write(name.encode(errors="replace")[:COMM_MAX])
+    except Exception:
+        pass
+
+
+def _write_cmdline(title):
+    """Writes `title` over the argv strings the kernel shows as the command
+    line: the area [arg_start, arg_end) of stat(5) (fields 48 and 49).
+
+    The original area is drover's `python3 -c <this file> ...`, thousands of
+    bytes, so a title fits; it is cut to the area if not. The title is one
+    string, then NULs, and the area's last byte is not a NUL: the kernel
+    (fs/proc/base.c, get_mm_cmdline) then takes the area for a setproctitle
+    title and shows only its first string, so /proc/PID/cmdline is the title
+    and not the title followed by thousands of NULs.
+
+    The write goes through /proc/self/mem, not ctypes.memmove: a wrong
+    address is then an OSError rather than a crashed worker, ctypes need not
+    exist, and the bytes written are checked first to be our own command
+    line (the source of this file, or a title written here, which a forked
+    worker inherits from its template). The interpreter copied argv at
+    startup and never reads this memory again."""
+    with open("/proc/self/stat", "rb") as f:
+        stat = f.read()
+    # Fields after the name, which may hold spaces and parentheses; the
+    # first of them is field 3.
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    start, end = int(fields[48 - 3]), int(fields[49 - 3])
+    size = end - start
+    if start <= 0 or size < 2:
+        return
+    fd = os.open("/proc/self/mem", os.O_RDWR)
+    try:
+        old = os.pread(fd, size, start)
+        if len(old) != size or not (SOURCE_MARK in old or old.startswith(TITLE_MARK)):
+            return
+        title = title.replace(b"\0", b" ")[: size - 2]
+        os.pwrite(fd, title + b"\0" * (size - len(title) - 1) + b" ", start)
+    finally:
+        os.close(fd)
+
+
+def worker_title(group, index, module, function):
+    """set_title's arguments for a worker."""
+    tag = "[%s]" % index
+    return "drover-worker %s%s %s:%s" % (group, tag, module, function), group[: COMM_MAX - len(tag)] + tag
+
+
+def template_title(mode, group, module, function):
+    """set_title's arguments for a fork template or a forkserver."""
+    kind, tag = ("drover-template", "[tpl]") if mode == "fork" else ("drover-forkserver-template", "[srv]")
+    return "%s %s %s:%s" % (kind, group, module, function), group[: COMM_MAX - len(tag)] + tag
 
 
 def fresh_signals():
@@ -142,6 +224,7 @@ def worker(ours, fds, env, queues, module, function):
     """The forked worker, from its first instruction to its exit."""
     code = 1
     try:
+        set_title(*worker_title(env.get("DROVER_GROUP", "?"), env.get("DROVER_INDEX", "?"), module, function))
         for fd in ours:
             os.close(fd)
         become_worker(fds, env, queues)
@@ -204,8 +287,11 @@ def main(argv):
     mode, module, function, preload = argv[0], argv[1], argv[2], argv[3:]
     sys.argv = [module]
     sys.path.insert(0, os.getcwd())
+    group = os.environ.get("DROVER_GROUP", "?")
     if mode == "spawn":
+        set_title(*worker_title(group, os.environ.get("DROVER_INDEX", "?"), module, function))
         return run(module, function)
+    set_title(*template_title(mode, group, module, function))
     for name in preload if mode == "forkserver" else [module]:
         importlib.import_module(name)
     return serve(module, function)

@@ -3,6 +3,7 @@
     python3 -m unittest src/python/test_drover_worker.py
 """
 import array
+import ast
 import json
 import os
 import select
@@ -15,6 +16,9 @@ import time
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# drover_worker is imported too, for its pure functions; no .pyc beside it.
+sys.path.insert(0, HERE)
+sys.dont_write_bytecode = True
 with open(os.path.join(HERE, "drover_worker.py")) as f:
     BOOTSTRAP = f.read()
 
@@ -27,6 +31,12 @@ MODULE = textwrap.dedent(
     def code(): sys.exit(5)
     def message(): sys.exit("bye")
     def where(): print(LOADED_IN, os.getpid(), flush=True)
+    def title():
+        with open("/proc/self/cmdline", "rb") as f:
+            cmdline = f.read()
+        with open("/proc/self/comm", "rb") as f:
+            comm = f.read()
+        print(repr((cmdline, comm)), flush=True)
     """
 )
 
@@ -84,7 +94,7 @@ def socket_inode(sock):
 class Template:
     """A template (or server) run as drover runs it: requests on fd 3."""
 
-    def __init__(self, cwd, mode, module, function, preload=(), stdout=None):
+    def __init__(self, cwd, mode, module, function, preload=(), stdout=None, env=None):
         self.ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.control = socket_inode(theirs)
         fd = theirs.fileno()
@@ -92,7 +102,9 @@ class Template:
         if fd != 3:
             # The template holds stdio and fd 3, nothing else (as under drover).
             argv = ["sh", "-c", 'exec 3<&%d %d<&-; exec "$@"' % (fd, fd), "sh", *argv]
-        self.process = subprocess.Popen(argv, cwd=cwd, stdout=stdout, env=BUFFERED, pass_fds=(fd,))
+        self.process = subprocess.Popen(
+            argv, cwd=cwd, stdout=stdout, env=dict(BUFFERED, **(env or {})), pass_fds=(fd,)
+        )
         theirs.close()
         self.ours.settimeout(60)
         self.seq = 0
@@ -156,10 +168,11 @@ class BootstrapTest(unittest.TestCase):
         self.templates.append(template)
         return template
 
-    def spawn(self, function):
+    def spawn(self, function, env=None):
         return subprocess.run(
             [sys.executable, "-c", BOOTSTRAP, "spawn", "mod", function],
             cwd=self.dir.name, capture_output=True, text=True, timeout=60,
+            env=dict(os.environ, **(env or {})),
         )
 
     def test_spawn_maps_outcomes_to_exit_codes(self):
@@ -259,6 +272,60 @@ class BootstrapTest(unittest.TestCase):
         self.assertEqual(workers, "hello\nhello\n")
         self.assertEqual(template.close(), 0)
         self.assertEqual(read_all(out_r), "imported!")
+
+    def test_every_process_shows_a_short_title(self):
+        """ps showed the whole of this file's source as the command line of
+        every worker and template, the same for all of them."""
+        group = {"DROVER_GROUP": "workers"}
+        spawned = self.spawn("title", dict(group, DROVER_INDEX="3"))
+        self.assertEqual(
+            ast.literal_eval(spawned.stdout), (b"drover-worker workers[3] mod:title\0", b"workers[3]\n"), spawned.stderr
+        )
+        for mode, kind, tag in [("fork", "drover-template", "tpl"), ("forkserver", "drover-forkserver-template", "srv")]:
+            with self.subTest(mode):
+                template = self.template(mode, "mod", "title", env=group)
+                self.assertEqual(template.ready(), {"ready": True})
+                pid = template.process.pid
+                with open("/proc/%d/cmdline" % pid, "rb") as f:
+                    self.assertEqual(f.read(), b"%s workers mod:title\0" % kind.encode())
+                with open("/proc/%d/comm" % pid, "rb") as f:
+                    self.assertEqual(f.read(), b"workers[%s]\n" % tag.encode())
+                r, w = os.pipe()
+                null = os.open(os.devnull, os.O_RDONLY)
+                self.assertIn("pid", template.start([null, w, w], dict(group, DROVER_INDEX="1")))
+                os.close(w)
+                os.close(null)
+                self.assertEqual(ast.literal_eval(read_all(r)), (b"drover-worker workers[1] mod:title\0", b"workers[1]\n"))
+                self.assertEqual(template.close(), 0)
+
+    def test_a_long_group_name_keeps_the_index_in_the_process_name(self):
+        import drover_worker
+
+        # The kernel keeps 15 bytes of a name: the group is cut, not the tag.
+        self.assertEqual(
+            drover_worker.worker_title("a_rather_long_group", 12, "m", "f"),
+            ("drover-worker a_rather_long_group[12] m:f", "a_rather_lo[12]"),
+        )
+        self.assertEqual(drover_worker.template_title("fork", "a_rather_long_group", "m", "f")[1], "a_rather_l[tpl]")
+
+    def test_a_title_is_written_only_over_our_own_command_line_and_never_fails(self):
+        """set_title writes over the argv area only when it holds the
+        bootstrap's source (or a title); without /proc it does nothing."""
+        show = "print(repr((open('/proc/self/cmdline', 'rb').read(), open('/proc/self/comm').read())))"
+        foreign = "import drover_worker as w; w.set_title('drover-worker x[0] m:f', 'x[0]'); " + show
+        out = subprocess.run([sys.executable, "-B", "-c", foreign], cwd=HERE, capture_output=True, text=True, timeout=60)
+        cmdline, comm = ast.literal_eval(out.stdout)
+        self.assertIn(b"import drover_worker", cmdline, "not our source: left as it was")
+        self.assertEqual(comm, "x[0]\n")
+        no_proc = (
+            "import builtins, os, drover_worker as w\n"
+            "def refuse(*a, **kw): raise PermissionError('no /proc here')\n"
+            "builtins.open = os.open = refuse\n"
+            "w.set_title('drover-worker x[0] m:f', 'x[0]')\n"
+            "print('ran on')\n"
+        )
+        out = subprocess.run([sys.executable, "-B", "-c", no_proc], cwd=HERE, capture_output=True, text=True, timeout=60)
+        self.assertEqual((out.returncode, out.stdout, out.stderr), (0, "ran on\n", ""))
 
     def test_a_request_naming_a_missing_fd_is_refused(self):
         template = self.template("fork", "mod", "ok")
