@@ -14,7 +14,8 @@ rate = float(os.environ.get("RATE", "0.2"))
 print(f"producer: sending a job every {rate:g}s", flush=True)
 
 # SIGTERM stays pending while a job is being sent, so the count is exact;
-# between jobs it ends the wait at once.
+# between jobs it ends the wait at once. (A send held up by back-pressure
+# holds it up too, until drover's SIGKILL after `stop_timeout`.)
 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
 n = 0
 while count == 0 or n < count:
