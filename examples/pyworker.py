@@ -27,3 +27,4 @@ def main():
     print(f"pyworker[{index}] pid {os.getpid()} {how} (module loaded by {LOADED_BY})", flush=True)
     while not stopping:
         time.sleep(1)
+    print(f"pyworker[{index}] got SIGTERM, stopping", flush=True)

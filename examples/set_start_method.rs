@@ -5,6 +5,13 @@
 //! ```text
 //! cargo run --example set_start_method [spawn|fork|forkserver]   # default: spawn
 //! ```
+//!
+//! After the tutorial's two lines, exactly as Python prints them, one more
+//! says which start method ran. An unknown method name is an error (exit 2).
+
+mod tutorial;
+
+use std::process::ExitCode;
 
 use drover::context::{self, Process, Queue, StartMethod};
 
@@ -13,12 +20,7 @@ fn foo(q: Queue<String>) {
     q.put("Python".to_owned()).expect("put");
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    context::init();
-    let method = match std::env::args().nth(1) {
-        Some(name) => context::parse_start_method(&name)?,
-        None => StartMethod::Spawn,
-    };
+fn run(method: StartMethod) -> Result<(), Box<dyn std::error::Error>> {
     context::set_start_method(method)?;
     let q = Queue::new()?;
     let mut mp = Process::new(foo, q.clone());
@@ -26,4 +28,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("{}", q.get()?);
     mp.join()?;
     Ok(())
+}
+
+fn main() -> ExitCode {
+    context::init();
+    let method = match tutorial::method_from_args(std::env::args_os(), StartMethod::Spawn) {
+        Ok(method) => method,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(method) {
+        Ok(()) => {
+            println!("{}", tutorial::explain(method));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

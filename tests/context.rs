@@ -1,5 +1,6 @@
 //! The `drover::context` library: the two ported tutorial
-//! programs print exactly what Python's print, under every start method;
+//! programs print exactly what Python's print, under every start method,
+//! then name the method that ran, and refuse an unknown one in one line;
 //! queues carry structs and refuse oversize messages; exit codes, join,
 //! is_alive, terminate and kill behave as in Python; one fork server serves
 //! every start.
@@ -104,8 +105,10 @@ fn run(name: &str, args: &[&str]) -> Output {
 }
 
 /// Runs a tutorial program and checks that it printed exactly the child's
-/// line, with a PID that is not the parent's, then the parent's.
-fn assert_tutorial(name: &str, args: &[&str]) {
+/// line, with a PID that is not the parent's, then the parent's (the
+/// tutorial's output, unchanged), then one line naming `method` as the
+/// start method that ran.
+fn assert_tutorial(name: &str, args: &[&str], method: &str) {
     let out = run(name, args);
     let what = format!("{name} {args:?}");
     assert_eq!(out.code, Some(0), "{what}: stderr:\n{}", out.stderr);
@@ -117,43 +120,75 @@ fn assert_tutorial(name: &str, args: &[&str]) {
         .and_then(|(pid, _)| pid.parse().ok())
         .unwrap_or_else(|| panic!("{what}: unexpected output {:?}", out.stdout));
     assert_ne!(child_pid, out.pid, "{what}: the child has its own PID");
-    assert_eq!(
-        out.stdout,
-        format!("被启动的新进程: ({child_pid})\nPython\n"),
-        "{what}"
+    let python = format!("被启动的新进程: ({child_pid})\nPython\n");
+    let explanation = out
+        .stdout
+        .strip_prefix(&python)
+        .unwrap_or_else(|| panic!("{what}: the tutorial's lines first, got {:?}", out.stdout));
+    let prefix = format!("(start method: {method} — ");
+    assert!(
+        explanation.starts_with(&prefix) && explanation.ends_with(")\n"),
+        "{what}: then one line naming {method}, got {explanation:?}"
     );
+    assert_eq!(explanation.lines().count(), 1, "{what}: {explanation:?}");
+}
+
+/// Runs a tutorial program with bad arguments and checks that it exits 2
+/// with exactly `error` on stderr and nothing on stdout.
+fn assert_usage_error(name: &str, args: &[&str], error: &str) {
+    let out = run(name, args);
+    let what = format!("{name} {args:?}");
+    assert_eq!(out.code, Some(2), "{what}: stderr:\n{}", out.stderr);
+    assert_eq!(out.stderr, format!("{error}\n"), "{what}");
+    assert_eq!(out.stdout, "", "{what}: nothing on stdout");
 }
 
 #[test]
 fn set_start_method_prints_like_python_under_spawn_its_default() {
-    assert_tutorial("set_start_method", &[]);
-    assert_tutorial("set_start_method", &["spawn"]);
+    assert_tutorial("set_start_method", &[], "spawn");
+    assert_tutorial("set_start_method", &["spawn"], "spawn");
 }
 
 #[test]
 fn set_start_method_prints_like_python_under_fork() {
-    assert_tutorial("set_start_method", &["fork"]);
+    assert_tutorial("set_start_method", &["fork"], "fork");
 }
 
 #[test]
 fn set_start_method_prints_like_python_under_forkserver() {
-    assert_tutorial("set_start_method", &["forkserver"]);
+    assert_tutorial("set_start_method", &["forkserver"], "forkserver");
 }
 
 #[test]
 fn get_context_prints_like_python_under_fork_its_default() {
-    assert_tutorial("get_context", &[]);
-    assert_tutorial("get_context", &["fork"]);
+    assert_tutorial("get_context", &[], "fork");
+    assert_tutorial("get_context", &["fork"], "fork");
 }
 
 #[test]
 fn get_context_prints_like_python_under_spawn() {
-    assert_tutorial("get_context", &["spawn"]);
+    assert_tutorial("get_context", &["spawn"], "spawn");
 }
 
 #[test]
 fn get_context_prints_like_python_under_forkserver() {
-    assert_tutorial("get_context", &["forkserver"]);
+    assert_tutorial("get_context", &["forkserver"], "forkserver");
+}
+
+#[test]
+fn an_unknown_start_method_is_a_one_line_error_listing_the_valid_ones() {
+    for name in ["get_context", "set_start_method"] {
+        assert_usage_error(
+            name,
+            &["bogus"],
+            r#"error: unknown start method "bogus"; expected one of spawn, fork, forkserver"#,
+        );
+        assert_usage_error(
+            name,
+            &["fork", "spawn"],
+            r#"error: unexpected argument "spawn"; give at most one start method (spawn, fork, forkserver)"#,
+        );
+    }
 }
 
 /// Runs a probe scenario that must succeed; returns its `key rest` lines.
