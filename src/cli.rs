@@ -287,16 +287,12 @@ fn check_known(status: &Status, names: &[String]) -> Result<(), ExitCode> {
     if unknown.is_empty() {
         return Ok(());
     }
-    let known: Vec<&str> = status.groups.iter().map(|g| g.name.as_str()).collect();
+    // The supervisor's own wording for one unknown group.
+    let quoted: Vec<String> = unknown.iter().map(|n| format!("`{n}`")).collect();
     eprintln!(
-        "drover: unknown group{} {} (groups: {})",
+        "drover: no group{} named {}",
         if unknown.len() == 1 { "" } else { "s" },
-        unknown.join(", "),
-        if known.is_empty() {
-            "none".to_owned()
-        } else {
-            known.join(", ")
-        }
+        quoted.join(", ")
     );
     Err(ExitCode::from(1))
 }
