@@ -352,6 +352,9 @@ impl Verb {
 /// notification, and a person does not notice 50 ms.
 const POLL_EVERY: Duration = Duration::from_millis(50);
 
+/// The least time one `status` poll of a wait is given, even past its deadline.
+const LAST_POLL_FLOOR: Duration = Duration::from_secs(1);
+
 /// `drover start|stop|restart`: sends one request per group, then (unless
 /// `--no-wait`) reads `status` until each group reached its state, failed
 /// to, or the timeout passed, printing one line per group as it settles.
@@ -426,9 +429,10 @@ fn wait_for(verb: Verb, path: &Path, mut pending: Vec<(String, Goal)>, timeout: 
     loop {
         // Each poll is bounded by what is left of the wait (a stuck
         // supervisor must not hold the client for the usual 30 s), with a
-        // floor so that the last poll can still be answered.
+        // floor of a second so that a busy supervisor's answer to the last
+        // poll still says where each group stands.
         let left = deadline.saturating_duration_since(Instant::now());
-        let within = left.clamp(POLL_EVERY, control::CLIENT_TIMEOUT);
+        let within = left.clamp(LAST_POLL_FLOOR, control::CLIENT_TIMEOUT);
         let status = match control::request_within(path, &Request::Status, within) {
             Ok(Response {
                 status: Some(status),

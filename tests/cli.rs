@@ -168,7 +168,9 @@ fn timeout_and_no_wait_return_before_the_state() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let said = stdout(&out);
     assert!(
-        said.starts_with("stubborn: timed out after 1s waiting to be stopped (1 stopping"),
+        // `(1 stopping)`, or `(the supervisor did not answer)` on a machine
+        // too busy to answer the last poll in time.
+        said.starts_with("stubborn: timed out after 1s waiting to be stopped ("),
         "{said}"
     );
     assert_eq!(said.lines().count(), 1, "{said}");
