@@ -5,18 +5,22 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::config;
-use crate::control::{self, Request};
+use crate::control::wait::{self, Goal, Progress};
+use crate::control::{self, ClientError, Request, Response};
 use crate::runtime::{self, Outcome};
+use crate::status::Status;
 
 const EXIT_CODES: &str = "\
 Exit status:
   0  success; for `run`: shutdown was requested and every process stopped in time
   1  failure: invalid config, control socket in use, no supervisor listening,
-     or the supervisor refused the request
+     or the supervisor refused the request; for `start`, `stop` and
+     `restart`: a group failed to reach its state, or the wait timed out
   2  usage error (bad arguments)
   3  `run` only: shutdown had to SIGKILL something (a stop_timeout passed,
      or a second SIGTERM/SIGINT asked for an immediate stop)";
@@ -50,29 +54,31 @@ enum Command {
     },
     /// Show every group, child and queue of the running supervisor.
     Status {
+        /// Show only these groups (queues are still shown).
+        groups: Vec<String>,
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Start the children of a stopped group (gives fatal children a fresh start budget).
+    /// Start the children of stopped groups (gives fatal children a fresh
+    /// start budget) and wait until they run.
     Start {
-        group: String,
         #[command(flatten)]
-        client: ClientArgs,
+        groups: GroupArgs,
     },
-    /// Stop a group's children; they stay stopped until `start` or `restart`.
+    /// Stop groups' children and wait until they are gone; they stay
+    /// stopped until `start` or `restart`.
     Stop {
-        group: String,
         #[command(flatten)]
-        client: ClientArgs,
+        groups: GroupArgs,
     },
-    /// Stop and start again every child of a group.
+    /// Stop and start again every child of groups (following each group's
+    /// `update` mode) and wait until new processes run.
     Restart {
-        group: String,
         #[command(flatten)]
-        client: ClientArgs,
+        groups: GroupArgs,
     },
     /// Read the config again and apply the difference; prints what changed
     /// or, for an invalid config, every error (nothing is changed then).
@@ -85,6 +91,26 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+}
+
+/// The groups a `start`, `stop` or `restart` acts on, and how it waits.
+#[derive(Debug, Args)]
+struct GroupArgs {
+    /// The groups, by name.
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    groups: Vec<String>,
+    /// Every group of the running supervisor.
+    #[arg(long)]
+    all: bool,
+    /// Return once the supervisor accepted the request, without waiting.
+    #[arg(long)]
+    no_wait: bool,
+    /// How long to wait for every group to reach its state (e.g. `30s`).
+    #[arg(long, value_name = "DURATION", default_value = "60s",
+          value_parser = config::parse_duration, conflicts_with = "no_wait")]
+    timeout: Duration,
+    #[command(flatten)]
+    client: ClientArgs,
 }
 
 /// How a client finds the supervisor's control socket.
@@ -136,10 +162,14 @@ pub fn main() -> ExitCode {
             code
         }
         Command::Check { path } => check(&path),
-        Command::Status { json, client } => status(json, &client),
-        Command::Start { group, client } => send(&client, Request::Start { group }),
-        Command::Stop { group, client } => send(&client, Request::Stop { group }),
-        Command::Restart { group, client } => send(&client, Request::Restart { group }),
+        Command::Status {
+            groups,
+            json,
+            client,
+        } => status(&groups, json, &client),
+        Command::Start { groups } => group_command(Verb::Start, &groups),
+        Command::Stop { groups } => group_command(Verb::Stop, &groups),
+        Command::Restart { groups } => group_command(Verb::Restart, &groups),
         Command::Reload { client } => send(&client, Request::Reload),
         Command::Shutdown { client } => send(&client, Request::Shutdown),
     }
@@ -214,26 +244,74 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
-fn connect(client: &ClientArgs, request: &Request) -> Result<control::Response, ExitCode> {
-    let path = client.socket_path().map_err(|e| {
+fn client_socket(client: &ClientArgs) -> Result<PathBuf, ExitCode> {
+    client.socket_path().map_err(|e| {
         eprint!("{e}");
         ExitCode::from(1)
-    })?;
+    })
+}
+
+fn connect(client: &ClientArgs, request: &Request) -> Result<control::Response, ExitCode> {
+    let path = client_socket(client)?;
     control::request(&path, request).map_err(|e| {
         eprintln!("drover: {e}");
         ExitCode::from(1)
     })
 }
 
-fn status(json: bool, client: &ClientArgs) -> ExitCode {
-    let response = match connect(client, &Request::Status) {
-        Ok(r) => r,
+/// One `status` snapshot, or the error already printed.
+fn fetch_status(path: &Path) -> Result<Status, ExitCode> {
+    match control::request(path, &Request::Status) {
+        Ok(Response {
+            status: Some(status),
+            ..
+        }) => Ok(status),
+        Ok(response) => {
+            eprintln!("drover: {}", response.message.unwrap_or_default());
+            Err(ExitCode::from(1))
+        }
+        Err(e) => {
+            eprintln!("drover: {e}");
+            Err(ExitCode::from(1))
+        }
+    }
+}
+
+/// Every name in `names` is a group of `status`; else one line and exit 1.
+fn check_known(status: &Status, names: &[String]) -> Result<(), ExitCode> {
+    let unknown: Vec<&str> = names
+        .iter()
+        .filter(|n| !status.groups.iter().any(|g| &g.name == *n))
+        .map(String::as_str)
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    // The supervisor's own wording for one unknown group.
+    let quoted: Vec<String> = unknown.iter().map(|n| format!("`{n}`")).collect();
+    eprintln!(
+        "drover: no group{} named {}",
+        if unknown.len() == 1 { "" } else { "s" },
+        quoted.join(", ")
+    );
+    Err(ExitCode::from(1))
+}
+
+fn status(groups: &[String], json: bool, client: &ClientArgs) -> ExitCode {
+    let path = match client_socket(client) {
+        Ok(path) => path,
         Err(code) => return code,
     };
-    let Some(status) = response.status else {
-        eprintln!("drover: {}", response.message.unwrap_or_default());
-        return ExitCode::from(1);
+    let mut status = match fetch_status(&path) {
+        Ok(status) => status,
+        Err(code) => return code,
     };
+    if !groups.is_empty() {
+        if let Err(code) = check_known(&status, groups) {
+            return code;
+        }
+        status.groups.retain(|g| groups.contains(&g.name));
+    }
     if json {
         println!(
             "{}",
@@ -243,6 +321,181 @@ fn status(json: bool, client: &ClientArgs) -> ExitCode {
         print!("{}", status.render_table());
     }
     ExitCode::SUCCESS
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verb {
+    Start,
+    Stop,
+    Restart,
+}
+
+impl Verb {
+    fn request(self, group: String) -> Request {
+        match self {
+            Verb::Start => Request::Start { group },
+            Verb::Stop => Request::Stop { group },
+            Verb::Restart => Request::Restart { group },
+        }
+    }
+
+    /// The state waited for, in a timeout message.
+    fn target(self) -> &'static str {
+        match self {
+            Verb::Stop => "stopped",
+            Verb::Start | Verb::Restart => "running",
+        }
+    }
+}
+
+/// How often a waiting client reads `status`: the supervisor has no change
+/// notification, and a person does not notice 50 ms.
+const POLL_EVERY: Duration = Duration::from_millis(50);
+
+/// The least time one `status` poll of a wait is given, even past its deadline.
+const LAST_POLL_FLOOR: Duration = Duration::from_secs(1);
+
+/// `drover start|stop|restart`: sends one request per group, then (unless
+/// `--no-wait`) reads `status` until each group reached its state, failed
+/// to, or the timeout passed, printing one line per group as it settles.
+fn group_command(verb: Verb, args: &GroupArgs) -> ExitCode {
+    let path = match client_socket(&args.client) {
+        Ok(path) => path,
+        Err(code) => return code,
+    };
+    let before = match fetch_status(&path) {
+        Ok(status) => status,
+        Err(code) => return code,
+    };
+    let names: Vec<String> = if args.all {
+        before.groups.iter().map(|g| g.name.clone()).collect()
+    } else {
+        let mut names = args.groups.clone();
+        let mut seen = std::collections::HashSet::new();
+        names.retain(|n| seen.insert(n.clone()));
+        if let Err(code) = check_known(&before, &names) {
+            return code;
+        }
+        names
+    };
+    let mut failed = false;
+    let mut pending = Vec::new();
+    for name in names {
+        let Some(group) = before.groups.iter().find(|g| g.name == name) else {
+            continue; // checked above
+        };
+        if verb == Verb::Start && wait::already_running(group) {
+            println!("{name}: already running");
+            continue;
+        }
+        let goal = match verb {
+            Verb::Start => Goal::Start,
+            Verb::Stop => Goal::Stop,
+            Verb::Restart => Goal::restart(group),
+        };
+        match control::request(&path, &verb.request(name.clone())) {
+            Ok(r) if r.ok => {
+                if args.no_wait {
+                    println!("{name}: {}", r.message.unwrap_or_else(|| "ok".into()));
+                } else {
+                    pending.push((name, goal));
+                }
+            }
+            Ok(r) => {
+                println!("{name}: failed: {}", r.message.unwrap_or_default());
+                failed = true;
+            }
+            Err(e) => {
+                eprintln!("drover: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    if !pending.is_empty() && !wait_for(verb, &path, pending, args.timeout) {
+        failed = true;
+    }
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Reads `status` until every `(group, goal)` settled or `timeout` passed;
+/// true when every goal was reached.
+fn wait_for(verb: Verb, path: &Path, mut pending: Vec<(String, Goal)>, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut all_reached = true;
+    loop {
+        // Each poll is bounded by what is left of the wait (a stuck
+        // supervisor must not hold the client for the usual 30 s), with a
+        // floor of a second so that a busy supervisor's answer to the last
+        // poll still says where each group stands.
+        let left = deadline.saturating_duration_since(Instant::now());
+        let within = left.clamp(LAST_POLL_FLOOR, control::CLIENT_TIMEOUT);
+        let status = match control::request_within(path, &Request::Status, within) {
+            Ok(Response {
+                status: Some(status),
+                ..
+            }) => status,
+            Ok(response) => {
+                eprintln!("drover: {}", response.message.unwrap_or_default());
+                return false;
+            }
+            Err(ClientError::Timeout(..)) => {
+                for (name, _) in &pending {
+                    println!(
+                        "{name}: timed out after {} waiting to be {} (the supervisor did not answer)",
+                        human(timeout),
+                        verb.target()
+                    );
+                }
+                return false;
+            }
+            Err(e) => {
+                eprintln!("drover: {e}");
+                return false;
+            }
+        };
+        pending.retain(|(name, goal)| match wait::progress(goal, name, &status) {
+            Progress::Pending => true,
+            Progress::Done(words) => {
+                println!("{name}: {words}");
+                false
+            }
+            Progress::Failed(words) => {
+                println!("{name}: {words}");
+                all_reached = false;
+                false
+            }
+        });
+        if pending.is_empty() {
+            return all_reached;
+        }
+        if Instant::now() >= deadline {
+            for (name, _) in &pending {
+                println!(
+                    "{name}: timed out after {} waiting to be {} ({})",
+                    human(timeout),
+                    verb.target(),
+                    wait::summary(name, &status)
+                );
+            }
+            return false;
+        }
+        std::thread::sleep(POLL_EVERY.min(deadline.saturating_duration_since(Instant::now())));
+    }
+}
+
+/// `1.5s` / `60s` / `200ms`.
+fn human(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
 }
 
 fn send(client: &ClientArgs, request: Request) -> ExitCode {

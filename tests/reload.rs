@@ -291,7 +291,7 @@ max_restarts = 7
         "nothing restarted"
     );
 
-    let out = d.cli(&["stop", "w"]);
+    let out = d.cli(&["stop", "w", "--no-wait"]);
     assert!(out.status.success(), "{out:?}");
     wait_children(&d, "w", 2, "stopped");
     let text = d.stdout.text();
@@ -457,7 +457,7 @@ fn stopping_a_group_during_its_rolling_restart_stops_the_old_processes_too() {
     let new = wait_children(&d, "w", 1, "starting");
     assert_ne!(new, before);
 
-    let out = d.cli(&["stop", "w"]);
+    let out = d.cli(&["stop", "w", "--no-wait"]);
     assert!(out.status.success(), "{out:?}");
     wait_children(&d, "w", 1, "stopped");
     wait_gone(&d, &new);

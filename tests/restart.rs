@@ -73,7 +73,7 @@ max_restarts = 3
     assert_eq!(status["groups"][0]["state"], "fatal");
 
     // `drover restart` gives it a fresh budget.
-    let out = d.cli(&["restart", "broken"]);
+    let out = d.cli(&["restart", "broken", "--no-wait"]);
     assert!(out.status.success());
     d.stdout.wait_count("broken[0] attempt", 8);
     d.wait_group_state("broken", "fatal");

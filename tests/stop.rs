@@ -31,7 +31,7 @@ fn stop_escalates_to_sigkill_of_the_whole_process_group() {
     let grandchild = grandchild(&d);
     assert!(alive(grandchild));
 
-    let out = d.cli(&["stop", "stubborn"]);
+    let out = d.cli(&["stop", "stubborn", "--no-wait"]);
     assert!(out.status.success());
     let status = d.wait_status("stubborn stopped", |s| {
         Drover::children(s, "stubborn")[0]["state"] == "stopped"
@@ -63,7 +63,7 @@ stop_timeout = "1h"
     );
     d.wait_group_state("parent", "running");
     let grandchild = grandchild(&d);
-    assert!(d.cli(&["stop", "parent"]).status.success());
+    assert!(d.cli(&["stop", "parent", "--no-wait"]).status.success());
     // stop_timeout is an hour: only the SIGTERM sent to the whole group can
     // have ended the grandchild.
     wait_until("grandchild gone", || !alive(grandchild));

@@ -8,7 +8,8 @@
 //! - [`Clients`] is the server side in the event loop: it accepts, bounds
 //!   and times out connections and hands complete requests to the runtime,
 //!   which decides what they do and gives the answer back.
-//! - [`request`] is the client side used by the CLI.
+//! - [`request`] is the client side used by the CLI, and [`wait`] decides
+//!   when a `start`, `stop` or `restart` it sent has reached its state.
 //!
 //! Everything a client sends is bounded: at most [`MAX_CLIENTS`] connections
 //! (plus [`RESERVED`] kept for `status` and `shutdown`), a request line of at
@@ -19,6 +20,7 @@ mod client;
 mod clients;
 mod conn;
 mod listener;
+pub mod wait;
 
 use std::path::PathBuf;
 

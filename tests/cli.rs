@@ -1,0 +1,255 @@
+//! The client commands on the real binary: `start`, `stop` and `restart`
+//! wait for the state they ask for and say how each group ended; `status`
+//! filters by group; a client finds the socket from `--config`.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::{Drover, TempDir, alive, drover_bin};
+
+/// Two groups that start fast and stop on SIGTERM.
+const TWO_GROUPS: &str = r#"
+[group.a]
+command = ["sleep", "1000"]
+processes = 2
+start_secs = "100ms"
+
+[group.b]
+command = ["sleep", "1000"]
+start_secs = "100ms"
+"#;
+
+/// A child that ignores SIGTERM and is given an hour to stop; it says
+/// `ready` once the signal is ignored.
+const STUBBORN: &str = r#"
+[group.stubborn]
+command = ["sh", "-c", "trap '' TERM; echo ready; exec sleep 1000"]
+start_secs = "100ms"
+stop_timeout = "1h"
+"#;
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn pids(status: &serde_json::Value, group: &str) -> Vec<i64> {
+    Drover::children(status, group)
+        .iter()
+        .filter_map(|c| c["pid"].as_i64())
+        .collect()
+}
+
+/// `stop` returns only once the children are gone: the status read right
+/// after it already says `stopped`.
+#[test]
+fn stop_waits_until_the_group_is_stopped() {
+    let d = Drover::start("cli-stop", TWO_GROUPS);
+    let a = d.wait_group_state("a", "running");
+    let out = d.cli(&["stop", "a"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stdout(&out), "a: stopped\n");
+    let status = d.status();
+    for c in Drover::children(&status, "a") {
+        assert_eq!(c["state"], "stopped", "{status:#}");
+        assert!(c["pid"].is_null(), "{status:#}");
+    }
+    assert!(a.iter().all(|p| !alive(*p)), "stopped children are reaped");
+    assert_eq!(Drover::children(&status, "b")[0]["state"], "running");
+}
+
+/// `start` of a group whose children all run claims nothing.
+#[test]
+fn start_of_a_running_group_says_already_running() {
+    let d = Drover::start("cli-already", TWO_GROUPS);
+    let a = d.wait_group_state("a", "running");
+    let out = d.cli(&["start", "a"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stdout(&out), "a: already running\n");
+    assert_eq!(pids(&d.status(), "a"), a, "nothing was restarted");
+
+    // After a stop, `start` waits until the children run again.
+    assert!(d.cli(&["stop", "a"]).status.success());
+    let out = d.cli(&["start", "a"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stdout(&out), "a: running (2 children)\n");
+    let status = d.status();
+    assert!(
+        Drover::children(&status, "a")
+            .iter()
+            .all(|c| c["state"] == "running"),
+        "{status:#}"
+    );
+}
+
+/// `restart a b` returns once both groups run processes they did not run
+/// before.
+#[test]
+fn restart_of_two_groups_waits_for_new_pids() {
+    let d = Drover::start("cli-restart", TWO_GROUPS);
+    let a = d.wait_group_state("a", "running");
+    let b = d.wait_group_state("b", "running");
+    let out = d.cli(&["restart", "a", "b"]);
+    assert!(out.status.success(), "{out:?}");
+    let said = stdout(&out);
+    assert!(said.contains("a: running (2 children)\n"), "{said}");
+    assert!(said.contains("b: running (1 child)\n"), "{said}");
+    assert_eq!(said.lines().count(), 2, "{said}");
+    let status = d.status();
+    for (group, old) in [("a", &a), ("b", &b)] {
+        let kids = Drover::children(&status, group);
+        assert!(kids.iter().all(|c| c["state"] == "running"), "{status:#}");
+        let new = pids(&status, group);
+        assert_eq!(new.len(), old.len(), "{status:#}");
+        assert!(new.iter().all(|p| !old.contains(p)), "{status:#}");
+    }
+}
+
+/// `--all` acts on every group.
+#[test]
+fn all_stops_every_group() {
+    let d = Drover::start("cli-all", TWO_GROUPS);
+    d.wait_group_state("a", "running");
+    d.wait_group_state("b", "running");
+    let out = d.cli(&["stop", "--all"]);
+    assert!(out.status.success(), "{out:?}");
+    let said = stdout(&out);
+    assert!(said.contains("a: stopped\n"), "{said}");
+    assert!(said.contains("b: stopped\n"), "{said}");
+    let status = d.status();
+    for group in ["a", "b"] {
+        let kids = Drover::children(&status, group);
+        assert!(kids.iter().all(|c| c["state"] == "stopped"), "{status:#}");
+    }
+    // Neither groups nor --all is a usage error.
+    assert_eq!(d.cli(&["stop"]).status.code(), Some(2));
+}
+
+/// A group whose command fails: the wait ends at `fatal`, not at the timeout.
+#[test]
+fn restart_of_a_failing_group_exits_1_with_failed() {
+    let d = Drover::start(
+        "cli-failed",
+        r#"
+[group.broken]
+command = ["sh", "-c", "exit 1"]
+start_secs = "100ms"
+restart_delay = "100ms"
+max_restarts = 1
+"#,
+    );
+    d.wait_group_state("broken", "fatal");
+    let out = d.cli(&["restart", "broken"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(stdout(&out), "broken: failed: fatal (exit code 1)\n");
+}
+
+/// A child that ignores SIGTERM with an hour to stop: `--timeout` bounds
+/// the wait and says so; `--no-wait` returns while it is still stopping.
+#[test]
+fn timeout_and_no_wait_return_before_the_state() {
+    let d = Drover::start("cli-timeout", STUBBORN);
+    d.wait_group_state("stubborn", "running");
+    d.stdout
+        .wait_for("the trap", |t| t.contains("stubborn[0] ready"));
+
+    let out = d.cli(&["stop", "stubborn", "--no-wait"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        Drover::children(&d.status(), "stubborn")[0]["state"],
+        "stopping"
+    );
+
+    let out = d.cli(&["stop", "stubborn", "--timeout", "1s"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let said = stdout(&out);
+    assert!(
+        // `(1 stopping)`, or `(the supervisor did not answer)` on a machine
+        // too busy to answer the last poll in time.
+        said.starts_with("stubborn: timed out after 1s waiting to be stopped ("),
+        "{said}"
+    );
+    assert_eq!(said.lines().count(), 1, "{said}");
+}
+
+/// `status GROUP` shows only that group, in the table and the JSON.
+#[test]
+fn status_filters_by_group() {
+    let d = Drover::start("cli-status", TWO_GROUPS);
+    d.wait_group_state("b", "running");
+    let out = d.cli(&["status", "b", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = status["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["b"]);
+
+    let out = d.cli(&["status", "b"]);
+    assert!(out.status.success(), "{out:?}");
+    let table = stdout(&out);
+    assert!(table.contains("b[0]"), "{table}");
+    assert!(!table.contains("a[0]"), "{table}");
+}
+
+/// An unknown group is one line on stderr and exit 1, and nothing is sent
+/// for the known ones named with it.
+#[test]
+fn unknown_groups_are_one_line_errors() {
+    let d = Drover::start("cli-unknown", TWO_GROUPS);
+    let a = d.wait_group_state("a", "running");
+    for args in [
+        &["status", "nope"][..],
+        &["stop", "a", "nope"],
+        &["start", "nope"],
+        &["restart", "nope", "--no-wait"],
+    ] {
+        let out = d.cli(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        assert_eq!(stderr(&out), "drover: no group named `nope`\n", "{args:?}");
+        assert_eq!(stdout(&out), "", "{args:?}");
+    }
+    assert_eq!(pids(&d.status(), "a"), a, "a was not stopped");
+}
+
+/// With `control_socket` in the config, `--config DIR` finds the socket
+/// whatever the client's directory and `$XDG_RUNTIME_DIR` (as the README's
+/// quick start does with `--config configs/`).
+#[test]
+fn config_flag_finds_the_socket_of_the_config() {
+    let d = Drover::start(
+        "cli-config",
+        &format!("[supervisor]\ncontrol_socket = \"drover.sock\"\n{TWO_GROUPS}"),
+    );
+    d.wait_group_state("b", "running");
+    let elsewhere = TempDir::new("cli-config-elsewhere");
+    let client = |args: &[&str]| {
+        Command::new(drover_bin())
+            .args(args)
+            .current_dir(elsewhere.path())
+            .env_remove("DROVER_SOCKET")
+            .env("XDG_RUNTIME_DIR", elsewhere.path())
+            .output()
+            .expect("run drover client")
+    };
+    let dir = d.dir.path().display().to_string();
+    let out = client(&["status", "b", "--config", &dir]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout(&out).contains("b[0]"), "{}", stdout(&out));
+
+    let out = client(&["stop", "b", "--config", &dir]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stdout(&out), "b: stopped\n");
+
+    // Without it the client looks elsewhere, and says so in one line.
+    let out = client(&["status"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+}
