@@ -96,7 +96,10 @@ fn check_all(diags: &[Diagnostic], texts: &[(PathBuf, String)]) {
 /// (For a file that is not UTF-8 the text is its lossy decoding, which is
 /// what the loader locates the error in.)
 fn check_span(span: &Span, text: &str, d: &Diagnostic) {
-    assert!(span.line >= 1 && span.col >= 1 && span.width >= 1, "{d}: {span:?}");
+    assert!(
+        span.line >= 1 && span.col >= 1 && span.width >= 1,
+        "{d}: {span:?}"
+    );
     let Span { bytes, .. } = span;
     assert!(
         bytes.start <= bytes.end && bytes.end <= text.len(),
