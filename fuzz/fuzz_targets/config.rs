@@ -19,7 +19,9 @@ use libfuzzer_sys::fuzz_target;
 /// fuzzer loses nothing by using it as a separator.
 const SEPARATOR: &[u8] = b"\n---8<---\n";
 
-/// More files add little: merging is pairwise.
+/// Enough for every rule across files (a name defined twice, a second
+/// `[supervisor]`, a queue used in one file and defined in another) and
+/// their combinations; more would only make inputs longer.
 const MAX_FILES: usize = 4;
 
 fuzz_target!(|data: &[u8]| {
