@@ -122,10 +122,8 @@ fn check_span(span: &Span, text: &str, d: &Diagnostic) {
         "{d}: source_line is not line {}",
         span.line
     );
-    // Counted with the '\r's that `source_line` drops: a span after a bare
-    // '\r' at the end of a line has its column counted past them (reported;
-    // the caret is still drawn at the end of the shown line).
-    let chars = line.chars().count();
+    // Within the shown line (trailing '\r's dropped), plus one past its end.
+    let chars = span.source_line.chars().count();
     assert!(
         span.col - 1 + span.width <= chars + 1,
         "{d}: col {} width {} past the end of a line of {chars} chars",

@@ -94,7 +94,9 @@ impl SourceFile {
         let line = text.get(line_start..line_end).unwrap_or_default();
         let content_end = line_start + line.trim_end_matches('\r').len();
         let marked_end = end.clamp(start, content_end.max(start));
-        let col = self.chars(line_start..start) + 1;
+        // A span that starts in a line's trailing '\r's (which the shown
+        // line drops) points just past the shown text.
+        let col = self.chars(line_start..start.min(content_end)) + 1;
         let (source_line, source_col, width) = if content_end - line_start <= LONG_LINE {
             let width = self.chars(start..marked_end);
             let whole = text.get(line_start..content_end).unwrap_or_default();
@@ -185,6 +187,14 @@ mod tests {
     fn pos(f: &SourceFile, bytes: Range<usize>) -> (usize, usize, usize, String) {
         let s = f.span(bytes);
         (s.line, s.col, s.width, s.source_line)
+    }
+
+    /// Found by the config fuzz target: a span after a line's trailing
+    /// '\r' had its column counted past the shown line.
+    #[test]
+    fn a_span_in_trailing_carriage_returns_points_past_the_shown_line() {
+        let f = file("x = 1\r\r\n");
+        assert_eq!(pos(&f, 6..7), (1, 6, 1, "x = 1".into()));
     }
 
     #[test]
