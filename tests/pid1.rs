@@ -105,11 +105,11 @@ fn orphans_are_reaped_and_stopped(name: &str, wrapper: &[&str]) {
     );
     let err = d.stderr.text();
     assert!(
-        err.contains("1 orphaned descendants still running; sending SIGTERM"),
+        err.contains("1 orphaned descendant still running; sending SIGTERM"),
         "{err}"
     );
     assert!(
-        err.contains("1 orphaned descendants still running; sending SIGKILL"),
+        err.contains("1 orphaned descendant still running; sending SIGKILL"),
         "{err}"
     );
     assert!(!alive(orphan as i64));

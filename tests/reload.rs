@@ -552,7 +552,7 @@ start_secs = "100ms"
 
     // An edit that changes nothing still revives it.
     edit(&d, config);
-    assert_eq!(wait_file_reloads(&d, 1), ["1 fatal children restarted"]);
+    assert_eq!(wait_file_reloads(&d, 1), ["1 fatal child restarted"]);
     d.stdout.wait_count("broken[0] attempt", 2);
     let status = d.wait_status("broken fatal again after one more start", |s| {
         Drover::children(s, "broken")[0]["state"] == "fatal" && restarts(s) == 1
@@ -567,7 +567,7 @@ start_secs = "100ms"
     assert!(out.status.success(), "{out:?}");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        "reloaded: 1 fatal children restarted"
+        "reloaded: 1 fatal child restarted"
     );
     d.stdout.wait_count("broken[0] attempt", 3);
     d.wait_status("broken fatal again after a third start", |s| {

@@ -44,6 +44,7 @@ use crate::status::QueueStatus;
 use crate::supervisor::Pid;
 use queue::QueueCore;
 use timers::AckTimers;
+use crate::wording::plural;
 
 /// The smallest scratch buffer for producers' packets. A SEQPACKET message
 /// is bounded by its sender's socket buffer (about 208 KiB by default), so
@@ -318,9 +319,9 @@ impl Broker {
             let left = q.drain_all();
             if !left.is_empty() {
                 tracing::warn!(
-                    "queue {}: {} messages still queued at exit are lost (queues are not durable yet)",
+                    "queue {}: {} still queued at exit are lost (queues are not durable yet)",
                     q.spec.name,
-                    left.len()
+                    plural(left.len(), "message", "messages")
                 );
             }
         }

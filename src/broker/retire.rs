@@ -15,6 +15,7 @@ use super::queue::{DeadLetter, QueueCore};
 use super::{Broker, Direction, deadletter, scratch_len};
 use crate::config::Config;
 use crate::names::QueueName;
+use crate::wording::plural;
 
 impl Broker {
     /// Takes a reloaded config (see the module documentation).
@@ -96,14 +97,16 @@ impl Broker {
             }
             let file = deadletter::path(&self.state_dir, name);
             tracing::warn!(
-                "queue {name} was removed while holding {count} messages; dead-lettering them: {}",
+                "queue {name} was removed while holding {}; dead-lettering them: {}",
+                plural(count, "message", "messages"),
                 tally.describe(&file)
             );
         }
         if held > 0 {
             tracing::warn!(
-                "queue {name} was removed while its consumers held {held} messages: an ack drops \
-                 them, a nack or the consumer's exit dead-letters them"
+                "queue {name} was removed while its consumers held {}: an ack drops \
+                 them, a nack or the consumer's exit dead-letters them",
+                plural(held, "message", "messages")
             );
         }
         // Its producers are read (into dead letters) from now on.

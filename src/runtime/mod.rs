@@ -37,6 +37,7 @@ use crate::status::Status;
 use crate::supervisor::{ExitStatus, GroupCommand, Pid, ReloadSummary, Supervisor};
 use crate::watch::{ConfigWatcher, ReloadGate};
 use output::Output;
+use crate::wording::plural;
 
 const SIGNALS: u64 = 0;
 const CONTROL: u64 = 1;
@@ -212,9 +213,9 @@ impl Runtime {
             .max()
             .unwrap_or(Duration::from_secs(10));
         tracing::info!(
-            "drover {} supervising {} groups; control socket {}",
+            "drover {} supervising {}; control socket {}",
             env!("CARGO_PKG_VERSION"),
-            config.groups.len(),
+            plural(config.groups.len(), "group", "groups"),
             listener.path().display()
         );
         let clients = Clients::new(listener, &epoll, CONTROL).map_err(os("epoll"))?;
@@ -518,8 +519,8 @@ impl Runtime {
                 self.reloads.preflight(&self.config_path, trigger)?;
                 let errors: Vec<_> = failed.diagnostics.iter().filter(|d| d.is_error()).collect();
                 tracing::error!(
-                    "{trigger}: the new config is invalid ({} errors); still running the previous one",
-                    errors.len()
+                    "{trigger}: the new config is invalid ({}); still running the previous one",
+                    plural(errors.len(), "error", "errors")
                 );
                 for diagnostic in &errors {
                     tracing::error!("{diagnostic}");
@@ -700,9 +701,10 @@ fn raise_fd_limit(config: &Config) {
     let needed = FDS_PER_CHILD * children + FDS_RESERVED;
     if needed > limit {
         tracing::warn!(
-            "the open-file limit is {limit}, but {children} children need about {needed} \
+            "the open-file limit is {limit}, but {} need about {needed} \
              ({FDS_PER_CHILD} per child for its output pipes); some starts will fail with \
-             \"Too many open files\" — raise the hard limit (ulimit -Hn, LimitNOFILE=)"
+             \"Too many open files\" — raise the hard limit (ulimit -Hn, LimitNOFILE=)",
+            plural(children as usize, "child", "children")
         );
     }
 }

@@ -17,6 +17,7 @@ use super::{
 };
 use crate::config::{Config, GroupSpec, UpdateMode};
 use crate::names::GroupName;
+use crate::wording::plural;
 
 /// What a reload changed, for the log and `drover reload`.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -47,7 +48,10 @@ impl fmt::Display for ReloadSummary {
             }
         }
         if self.revived > 0 {
-            parts.push(format!("{} fatal children restarted", self.revived));
+            parts.push(format!(
+                "{} restarted",
+                plural(self.revived as usize, "fatal child", "fatal children")
+            ));
         }
         if parts.is_empty() {
             parts.push("no group changed".into());

@@ -615,7 +615,7 @@ mod reload {
         assert_eq!(states(&sup), ["starting", "starting", "starting"]);
         assert_eq!(
             summary.to_string(),
-            "added: new; removed: gone; 1 fatal children restarted"
+            "added: new; removed: gone; 1 fatal child restarted"
         );
     }
 }
