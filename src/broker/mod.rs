@@ -42,9 +42,9 @@ use crate::names::{GroupName, QueueName};
 use crate::ratelimit::RateLimit;
 use crate::status::QueueStatus;
 use crate::supervisor::Pid;
+use crate::wording::plural;
 use queue::QueueCore;
 use timers::AckTimers;
-use crate::wording::plural;
 
 /// The smallest scratch buffer for producers' packets. A SEQPACKET message
 /// is bounded by its sender's socket buffer (about 208 KiB by default), so

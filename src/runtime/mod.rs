@@ -36,8 +36,8 @@ use crate::signal::Signal;
 use crate::status::Status;
 use crate::supervisor::{ExitStatus, GroupCommand, Pid, ReloadSummary, Supervisor};
 use crate::watch::{ConfigWatcher, ReloadGate};
-use output::Output;
 use crate::wording::plural;
+use output::Output;
 
 const SIGNALS: u64 = 0;
 const CONTROL: u64 = 1;
