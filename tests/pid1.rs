@@ -169,7 +169,7 @@ start_secs = "100ms"
     let pids = d.wait_group_state("a", "running");
     d.signal(libc::SIGHUP);
     d.stderr.wait_for("SIGHUP to be handled", |t| {
-        t.contains("SIGHUP: config reloaded: no group changed")
+        t.contains("SIGHUP: config reloaded: no group or queue changed")
     });
     assert_eq!(d.wait_group_state("a", "running"), pids);
 }

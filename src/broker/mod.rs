@@ -29,6 +29,8 @@ pub mod queue;
 mod retire;
 mod timers;
 
+pub use retire::QueueChanges;
+
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::os::fd::OwnedFd;

@@ -541,8 +541,11 @@ impl Runtime {
         }
         // Timers of the children it starts count from now, after the parse.
         let now = Instant::now();
-        self.broker.apply(&config, &self.epoll);
-        let summary = self.sup.apply(&config, &mut self.launcher, now);
+        let queues = self.broker.apply(&config, &self.epoll);
+        let mut summary = self.sup.apply(&config, &mut self.launcher, now);
+        summary.queues_added = queues.added;
+        summary.queues_removed = queues.removed;
+        summary.queues_changed = queues.changed;
         self.launcher.retain_templates(&config);
         self.watch_new_outputs();
         tracing::info!("{trigger}: config reloaded: {summary}");
