@@ -229,11 +229,11 @@ fn check(path: &Path) -> ExitCode {
             }
             let c = &loaded.config;
             println!(
-                "{}: ok ({} groups, {} queues, {} files)",
+                "{}: ok ({}, {}, {})",
                 path.display(),
-                c.groups.len(),
-                c.queues.len(),
-                c.files.len()
+                crate::wording::plural(c.groups.len(), "group", "groups"),
+                crate::wording::plural(c.queues.len(), "queue", "queues"),
+                crate::wording::plural(c.files.len(), "file", "files")
             );
             ExitCode::SUCCESS
         }

@@ -54,3 +54,4 @@ pub mod status;
 pub mod supervisor;
 pub mod sys;
 pub mod watch;
+pub mod wording;

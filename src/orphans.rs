@@ -13,6 +13,7 @@ use nix::sys::signal::{Signal as NixSignal, kill};
 use nix::unistd::{Pid as NixPid, getpid};
 
 use crate::supervisor::Pid;
+use crate::wording::plural;
 
 /// How long to wait for SIGKILLed orphans to be reaped before giving up.
 const REAP_LIMIT: Duration = Duration::from_secs(5);
@@ -72,8 +73,8 @@ impl Orphans {
             }
             Phase::NotStarted if !self.hurry => {
                 tracing::info!(
-                    "{} orphaned descendants still running; sending SIGTERM",
-                    orphans.len()
+                    "{} still running; sending SIGTERM",
+                    plural(orphans.len(), "orphaned descendant", "orphaned descendants")
                 );
                 self.signal_new(&orphans, NixSignal::SIGTERM);
                 self.phase = Phase::Terminating {
@@ -87,8 +88,8 @@ impl Orphans {
             }
             Phase::NotStarted | Phase::Terminating { .. } => {
                 tracing::warn!(
-                    "{} orphaned descendants still running; sending SIGKILL",
-                    orphans.len()
+                    "{} still running; sending SIGKILL",
+                    plural(orphans.len(), "orphaned descendant", "orphaned descendants")
                 );
                 for pid in &orphans {
                     let _ = kill(NixPid::from_raw(pid.0), NixSignal::SIGKILL);
@@ -104,8 +105,8 @@ impl Orphans {
                 }
                 if now >= give_up_at {
                     tracing::error!(
-                        "{} descendants survived SIGKILL for {REAP_LIMIT:?}; exiting anyway",
-                        orphans.len()
+                        "{} survived SIGKILL for {REAP_LIMIT:?}; exiting anyway",
+                        plural(orphans.len(), "descendant", "descendants")
                     );
                     self.phase = Phase::Done;
                 }

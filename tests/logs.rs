@@ -116,3 +116,35 @@ start_secs = "100ms"
         .collect();
     assert_eq!(pieces, [65536, 65536, 65536, 3392]);
 }
+
+/// drover's own events carry the child as fields, not only in the message:
+/// a JSON log can be filtered by group and index without parsing text.
+#[test]
+fn json_events_of_drover_carry_group_index_pid_and_exit() {
+    let d = Drover::start(
+        "jsonevents",
+        r#"
+[supervisor]
+log_format = "json"
+
+[group.quits]
+command = ["sh", "-c", "exit 3"]
+restart = "never"
+start_secs = "100ms"
+"#,
+    );
+    d.wait_group_state("quits", "exited");
+    let text = d
+        .stderr
+        .wait_for("the exit event", |t| t.contains("quits[0]: exited"));
+    let event: serde_json::Value = text
+        .lines()
+        .find(|l| l.contains("quits[0]: exited"))
+        .map(|l| serde_json::from_str(l).expect("every line is JSON"))
+        .unwrap();
+    let fields = &event["fields"];
+    assert_eq!(fields["group"], "quits", "{event}");
+    assert_eq!(fields["index"], 0, "{event}");
+    assert!(fields["pid"].as_i64().unwrap() > 0, "{event}");
+    assert_eq!(fields["exit"], "3", "{event}");
+}

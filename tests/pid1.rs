@@ -105,11 +105,11 @@ fn orphans_are_reaped_and_stopped(name: &str, wrapper: &[&str]) {
     );
     let err = d.stderr.text();
     assert!(
-        err.contains("1 orphaned descendants still running; sending SIGTERM"),
+        err.contains("1 orphaned descendant still running; sending SIGTERM"),
         "{err}"
     );
     assert!(
-        err.contains("1 orphaned descendants still running; sending SIGKILL"),
+        err.contains("1 orphaned descendant still running; sending SIGKILL"),
         "{err}"
     );
     assert!(!alive(orphan as i64));
@@ -169,7 +169,7 @@ start_secs = "100ms"
     let pids = d.wait_group_state("a", "running");
     d.signal(libc::SIGHUP);
     d.stderr.wait_for("SIGHUP to be handled", |t| {
-        t.contains("SIGHUP: config reloaded: no group changed")
+        t.contains("SIGHUP: config reloaded: no group or queue changed")
     });
     assert_eq!(d.wait_group_state("a", "running"), pids);
 }

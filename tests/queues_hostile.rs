@@ -161,7 +161,7 @@ fn settle_after_removal(name: &str, verdict: &str) -> Drover {
     let holder = pid_after(&text, "holder[0] holding ");
     reload(&d, WITHOUT_JOBS);
     d.stderr.wait_for("the removal's log line", |t| {
-        t.contains("queue jobs was removed while its consumers held 1 messages")
+        t.contains("queue jobs was removed while its consumers held 1 message")
     });
     let status = d.status();
     let removed = status["queues"]

@@ -196,7 +196,7 @@ fn an_unchanged_config_rewritten_keeps_every_pid() {
     let b = wait_children(&d, "b", 1, "running");
 
     edit(&d, &config);
-    assert_eq!(wait_file_reloads(&d, 1), ["no group changed"]);
+    assert_eq!(wait_file_reloads(&d, 1), ["no group or queue changed"]);
     assert_eq!(wait_children(&d, "a", 2, "running"), a);
     assert_eq!(wait_children(&d, "b", 1, "running"), b);
 
@@ -204,7 +204,7 @@ fn an_unchanged_config_rewritten_keeps_every_pid() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        "reloaded: no group changed"
+        "reloaded: no group or queue changed"
     );
     let status = d.status();
     let pids = |g| -> Vec<i64> {
@@ -552,7 +552,7 @@ start_secs = "100ms"
 
     // An edit that changes nothing still revives it.
     edit(&d, config);
-    assert_eq!(wait_file_reloads(&d, 1), ["1 fatal children restarted"]);
+    assert_eq!(wait_file_reloads(&d, 1), ["1 fatal child restarted"]);
     d.stdout.wait_count("broken[0] attempt", 2);
     let status = d.wait_status("broken fatal again after one more start", |s| {
         Drover::children(s, "broken")[0]["state"] == "fatal" && restarts(s) == 1
@@ -567,7 +567,7 @@ start_secs = "100ms"
     assert!(out.status.success(), "{out:?}");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        "reloaded: 1 fatal children restarted"
+        "reloaded: 1 fatal child restarted"
     );
     d.stdout.wait_count("broken[0] attempt", 3);
     d.wait_status("broken fatal again after a third start", |s| {
@@ -637,6 +637,7 @@ inputs = ["old"]
     let summaries = wait_file_reloads(&d, 1);
     assert_eq!(summaries.len(), 1);
     assert!(summaries[0].contains("removed: consumer"), "{summaries:?}");
+    assert!(summaries[0].contains("queue removed: old"), "{summaries:?}");
     assert!(summaries[0].contains("replaced: producer"), "{summaries:?}");
     let err = d.stderr.text();
     assert!(
@@ -1261,7 +1262,7 @@ fn sighup_waits_for_a_writer_that_has_not_written_yet() {
     });
     assert!(!d.stderr.text().contains("config reloaded"));
     drop(writer);
-    assert_eq!(wait_file_reloads(&d, 1), ["no group changed"]);
+    assert_eq!(wait_file_reloads(&d, 1), ["no group or queue changed"]);
     assert_eq!(wait_children(&d, "w", 1, "running"), w);
 }
 
@@ -1415,7 +1416,7 @@ fn fifos_and_devices_in_a_config_directory_are_skipped_with_a_warning() {
 
     d.signal(libc::SIGHUP);
     d.stderr.wait_for("the SIGHUP reload", |t| {
-        t.contains("SIGHUP: config reloaded: no group changed")
+        t.contains("SIGHUP: config reloaded: no group or queue changed")
     });
     replace_atomically(
         &d.dir.path().join("conf.d/10-x.toml"),

@@ -12,6 +12,7 @@ use super::Broker;
 use super::deadletter::{self, Appended};
 use super::queue::{DeadLetter, Message};
 use crate::names::QueueName;
+use crate::wording::plural;
 
 /// Where one dead letter went.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,8 +127,8 @@ impl Broker {
             let key = format!("queue {source}: dead-letter queue {t} is full");
             if self.bursts.allow(&key, now) {
                 tracing::warn!(
-                    "{key} ({} messages); dead letters are recorded in {} until it has room",
-                    q.depth(),
+                    "{key} ({}); dead letters are recorded in {} until it has room",
+                    plural(q.depth(), "message", "messages"),
                     deadletter::path(&self.state_dir, source).display()
                 );
             }

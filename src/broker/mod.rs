@@ -29,6 +29,8 @@ pub mod queue;
 mod retire;
 mod timers;
 
+pub use retire::QueueChanges;
+
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::os::fd::OwnedFd;
@@ -42,6 +44,7 @@ use crate::names::{GroupName, QueueName};
 use crate::ratelimit::RateLimit;
 use crate::status::QueueStatus;
 use crate::supervisor::Pid;
+use crate::wording::plural;
 use queue::QueueCore;
 use timers::AckTimers;
 
@@ -318,9 +321,9 @@ impl Broker {
             let left = q.drain_all();
             if !left.is_empty() {
                 tracing::warn!(
-                    "queue {}: {} messages still queued at exit are lost (queues are not durable yet)",
+                    "queue {}: {} still queued at exit are lost (queues are not durable yet)",
                     q.spec.name,
-                    left.len()
+                    plural(left.len(), "message", "messages")
                 );
             }
         }

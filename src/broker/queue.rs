@@ -13,6 +13,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::config::{Delivery, QueueSpec};
+use crate::wording::plural;
 
 /// Identifies a consumer endpoint (its event-loop token).
 pub type ConsumerId = u64;
@@ -221,8 +222,9 @@ impl QueueCore {
             if lost > 0 {
                 self.counters.lost += lost as u64;
                 tracing::warn!(
-                    "queue {}: {lost} messages handed to a consumer that exited before reading them are lost (at-most-once)",
-                    self.spec.name
+                    "queue {}: {} handed to a consumer that exited before reading them are lost (at-most-once)",
+                    self.spec.name,
+                    plural(lost, "message", "messages")
                 );
             }
             return Vec::new();

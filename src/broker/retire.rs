@@ -13,20 +13,46 @@ use nix::sys::epoll::Epoll;
 use super::letters::Tally;
 use super::queue::{DeadLetter, QueueCore};
 use super::{Broker, Direction, deadletter, scratch_len};
-use crate::config::Config;
+use crate::config::{Config, QueueSpec};
 use crate::names::QueueName;
+use crate::wording::plural;
+
+/// What a reload did to the queues, for its summary.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct QueueChanges {
+    pub added: Vec<QueueName>,
+    pub removed: Vec<QueueName>,
+    /// Queues kept with a new setting (the file that defines a queue is
+    /// not a setting).
+    pub changed: Vec<QueueName>,
+}
+
+/// Whether two definitions of a queue set the same; moving a queue to
+/// another file changes nothing.
+fn same_settings(a: &QueueSpec, b: &QueueSpec) -> bool {
+    let moved = QueueSpec {
+        file: b.file.clone(),
+        ..a.clone()
+    };
+    moved == *b
+}
 
 impl Broker {
-    /// Takes a reloaded config (see the module documentation).
-    pub fn apply(&mut self, config: &Config, epoll: &Epoll) {
+    /// Takes a reloaded config (see the module documentation) and says
+    /// which queues it added, removed and changed.
+    pub fn apply(&mut self, config: &Config, epoll: &Epoll) -> QueueChanges {
         let now = Instant::now();
         let mut added = Vec::new();
         let mut changed = Vec::new();
         let mut retimed = Vec::new();
+        let mut settings = Vec::new();
         for (name, spec) in &config.queues {
             match self.queues.get_mut(name) {
                 Some(q) => {
                     let old = std::mem::replace(&mut q.spec, spec.clone());
+                    if !same_settings(&old, spec) {
+                        settings.push(name.clone());
+                    }
                     if old.delivery != spec.delivery {
                         changed.push(name.clone());
                     }
@@ -48,9 +74,9 @@ impl Broker {
             .filter(|q| !config.queues.contains_key(*q))
             .cloned()
             .collect();
-        for name in removed {
-            if let Some(q) = self.queues.remove(&name) {
-                self.retire(epoll, &name, q, now);
+        for name in &removed {
+            if let Some(q) = self.queues.remove(name) {
+                self.retire(epoll, name, q, now);
             }
         }
         self.scratch_len = scratch_len(&self.queues);
@@ -70,6 +96,11 @@ impl Broker {
             self.to_deliver.push(queue.clone());
         }
         self.run_deliveries(epoll);
+        QueueChanges {
+            added,
+            removed,
+            changed: settings,
+        }
     }
 
     /// Retires the removed queue `name` (see the module documentation).
@@ -96,14 +127,16 @@ impl Broker {
             }
             let file = deadletter::path(&self.state_dir, name);
             tracing::warn!(
-                "queue {name} was removed while holding {count} messages; dead-lettering them: {}",
+                "queue {name} was removed while holding {}; dead-lettering them: {}",
+                plural(count, "message", "messages"),
                 tally.describe(&file)
             );
         }
         if held > 0 {
             tracing::warn!(
-                "queue {name} was removed while its consumers held {held} messages: an ack drops \
-                 them, a nack or the consumer's exit dead-letters them"
+                "queue {name} was removed while its consumers held {}: an ack drops \
+                 them, a nack or the consumer's exit dead-letters them",
+                plural(held, "message", "messages")
             );
         }
         // Its producers are read (into dead letters) from now on.

@@ -708,3 +708,30 @@ fn an_edge_triggered_consumer_left_with_packets_is_reported_again() {
     broker.on_event(&epoll, 101, events[0].events());
     assert_eq!(broker.status()[0].refused, sent as u64);
 }
+
+/// A reload's summary names the queues it added, removed and changed; a
+/// queue only moved to another file is not changed.
+#[test]
+fn a_reload_reports_the_queues_it_added_removed_and_changed() {
+    let state = State::new("queue-changes");
+    let cfg = config_of(
+        vec![spec("kept"), spec("moved"), spec("gone")],
+        state.0.clone(),
+    );
+    let mut broker = Broker::new(&cfg);
+    let epoll = epoll();
+    let mut kept = spec("kept");
+    kept.capacity = 20;
+    let mut moved = spec("moved");
+    moved.file = "/elsewhere.toml".into();
+    let next = config_of(vec![kept, moved, spec("new")], state.0.clone());
+    assert_eq!(
+        broker.apply(&next, &epoll),
+        QueueChanges {
+            added: vec![q("new")],
+            removed: vec![q("gone")],
+            changed: vec![q("kept")],
+        }
+    );
+    assert_eq!(broker.apply(&next, &epoll), QueueChanges::default());
+}

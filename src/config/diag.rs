@@ -14,6 +14,8 @@ use std::fmt;
 use std::ops::Range;
 use std::path::PathBuf;
 
+use crate::wording::plural;
+
 /// Whether a diagnostic rejects the config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Severity {
@@ -218,10 +220,10 @@ pub fn render_all(diags: &[Diagnostic]) -> String {
     let warnings = diags.len() - errors;
     let mut counts = Vec::new();
     if errors > 0 {
-        counts.push(plural(errors, "error"));
+        counts.push(plural(errors, "error", "errors"));
     }
     if warnings > 0 {
-        counts.push(plural(warnings, "warning"));
+        counts.push(plural(warnings, "warning", "warnings"));
     }
     let summary_severity = if errors > 0 { "error" } else { "warning" };
     let rendered: Vec<String> = diags.iter().map(Diagnostic::render).collect();
@@ -230,14 +232,6 @@ pub fn render_all(diags: &[Diagnostic]) -> String {
         rendered.join("\n\n"),
         counts.join(", ")
     )
-}
-
-fn plural(n: usize, word: &str) -> String {
-    if n == 1 {
-        format!("1 {word}")
-    } else {
-        format!("{n} {word}s")
-    }
 }
 
 #[cfg(test)]

@@ -22,15 +22,43 @@ pub(crate) type Key<'i> = Spanned<DeString<'i>>;
 /// A TOML value, with its span.
 pub(crate) type Value<'i> = Spanned<DeValue<'i>>;
 
-/// The file being validated and the diagnostics found so far.
+/// The file being validated, the table being read in it and the
+/// diagnostics found so far.
 pub(crate) struct Cx<'a> {
     pub file: &'a SourceFile,
     diags: &'a mut Vec<Diagnostic>,
+    /// The table whose keys are being read (`[group.workers]`), named in
+    /// every message about one of them; `None` at the top level.
+    table: Option<String>,
 }
 
 impl<'a> Cx<'a> {
     pub fn new(file: &'a SourceFile, diags: &'a mut Vec<Diagnostic>) -> Self {
-        Cx { file, diags }
+        Cx {
+            file,
+            diags,
+            table: None,
+        }
+    }
+
+    /// Names the table whose keys are read next (`[group.workers]`), or
+    /// none; messages about keys say which table they are in.
+    pub fn set_table(&mut self, table: Option<String>) {
+        self.table = table;
+    }
+
+    /// Where the key being read is, for messages: ` in [group.workers]`,
+    /// or nothing at the top level.
+    pub fn place(&self) -> String {
+        match &self.table {
+            Some(table) => format!(" in {table}"),
+            None => String::new(),
+        }
+    }
+
+    /// A key as messages name it: `` `cwd` in [group.workers] ``.
+    pub fn key(&self, label: &str) -> String {
+        format!("`{label}`{}", self.place())
     }
 
     pub fn at(&self, span: Range<usize>) -> Location {
@@ -69,7 +97,8 @@ impl<'a> Cx<'a> {
             _ => None,
         };
         let message = format!(
-            "invalid type for `{label}`: expected {expected}, found {}",
+            "invalid type for {}: expected {expected}, found {}",
+            self.key(label),
             a_type(found)
         );
         self.error(value.span(), message, help);
@@ -109,7 +138,7 @@ impl<'a> Cx<'a> {
                     true => Beyond::Below(min.to_string()),
                     false => Beyond::Above(max.to_string()),
                 };
-                let message = beyond.message(label, &shown(self.raw(value)));
+                let message = beyond.message(&self.key(label), &shown(self.raw(value)));
                 self.error(value.span(), message, None);
                 None
             }
@@ -130,7 +159,8 @@ impl<'a> Cx<'a> {
                 Ok(d) if d <= MAX_DURATION => Some(d),
                 Ok(_) => {
                     let message = format!(
-                        "`{label}` is too long: {} (the maximum is one year, {})",
+                        "{} is too long: {} (the maximum is one year, {})",
+                        self.key(label),
                         shown(s),
                         format_duration(MAX_DURATION)
                     );
@@ -138,8 +168,11 @@ impl<'a> Cx<'a> {
                     None
                 }
                 Err(reason) => {
-                    let message =
-                        format!("invalid duration `{}` for `{label}`: {reason}", shown(s));
+                    let message = format!(
+                        "invalid duration `{}` for {}: {reason}",
+                        shown(s),
+                        self.key(label)
+                    );
                     self.error(value.span(), message, None);
                     None
                 }
@@ -147,7 +180,8 @@ impl<'a> Cx<'a> {
             DeValue::Integer(_) | DeValue::Float(_) => {
                 let raw = shown(self.raw(value));
                 let message = format!(
-                    "`{label}` needs a unit: expected a string such as \"10s\", found {}",
+                    "{} needs a unit: expected a string such as \"10s\", found {}",
+                    self.key(label),
                     a_type(value.get_ref())
                 );
                 let help = format!(
@@ -174,7 +208,11 @@ impl<'a> Cx<'a> {
             DeValue::String(s) => match parse_size(s) {
                 Ok(n) => Ok(n),
                 Err((reason, help)) => {
-                    let message = format!("invalid size `{}` for `{label}`: {reason}", shown(s));
+                    let message = format!(
+                        "invalid size `{}` for {}: {reason}",
+                        shown(s),
+                        self.key(label)
+                    );
                     self.error(value.span(), message, help);
                     return None;
                 }
@@ -191,7 +229,7 @@ impl<'a> Cx<'a> {
             Ok(n) => return Some(n),
             Err(beyond) => beyond,
         };
-        let message = beyond.message(label, &shown(self.raw(value)));
+        let message = beyond.message(&self.key(label), &shown(self.raw(value)));
         self.error(value.span(), message, None);
         None
     }
@@ -203,8 +241,10 @@ impl<'a> Cx<'a> {
         if len <= MAX_ARG_BYTES {
             return true;
         }
-        let message =
-            format!("`{label}` is too long: {len} bytes (the maximum is {MAX_ARG_BYTES} bytes)");
+        let message = format!(
+            "{} is too long: {len} bytes (the maximum is {MAX_ARG_BYTES} bytes)",
+            self.key(label)
+        );
         let help = "the kernel takes at most 128 KiB, NUL included, for one argument or \
                     environment string";
         self.error(span, message, Some(help.into()));
@@ -226,8 +266,9 @@ impl<'a> Cx<'a> {
         }
         let names: Vec<&str> = options.iter().map(|(name, _)| *name).collect();
         let message = format!(
-            "unknown {what} `{}`; expected one of {}",
+            "unknown {what} `{}`{}; expected one of {}",
             shown(s),
+            self.place(),
             one_of(&names)
         );
         self.error(value.span(), message, did_you_mean(s, &names));
@@ -323,9 +364,10 @@ pub(crate) fn name<T>(
             None => rule.to_owned(),
         }
     };
+    let table = cx.place();
     cx.error(
         span,
-        format!("invalid {kind} name `{}`{place}: {err}", shown(raw)),
+        format!("invalid {kind} name `{}`{place}{table}: {err}", shown(raw)),
         Some(help),
     );
     None
@@ -340,13 +382,14 @@ enum Beyond {
 }
 
 impl Beyond {
-    /// The message for `label` set to `found`, naming the bound.
-    fn message(&self, label: &str, found: &str) -> String {
+    /// The message for `key` (as [`Cx::key`] names it) set to `found`,
+    /// naming the bound.
+    fn message(&self, key: &str, found: &str) -> String {
         match self {
-            Beyond::Negative => format!("`{label}` cannot be negative, found {found}"),
-            Beyond::Below(min) => format!("`{label}` must be at least {min}, found {found}"),
+            Beyond::Negative => format!("{key} cannot be negative, found {found}"),
+            Beyond::Below(min) => format!("{key} must be at least {min}, found {found}"),
             Beyond::Above(max) => {
-                format!("`{label}` is too large: {found} (the maximum is {max})")
+                format!("{key} is too large: {found} (the maximum is {max})")
             }
         }
     }

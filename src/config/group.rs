@@ -107,6 +107,7 @@ pub(crate) fn read(
     // The name as messages quote it (it may be invalid, and long).
     let group = shown(raw);
     let place = format!("in [group.{group}]");
+    cx.set_table(Some(format!("[group.{group}]")));
     for (key, value) in table.iter() {
         b.read(cx, key, value, &place);
     }
@@ -123,6 +124,7 @@ pub(crate) fn read(
         let path = b.env.get("PATH").map(OsStr::new).or(host.path.as_deref());
         lookup::check_program(cx, &group, (&command.0, command.1), &cwd, path);
     }
+    cx.set_table(None);
     let (inputs, outputs) = (b.inputs.unwrap_or_default(), b.outputs.unwrap_or_default());
     let name = name?;
     let spec = program.map(|p| GroupSpec {
@@ -203,7 +205,7 @@ fn queue_list(cx: &mut Cx<'_>, label: &str, value: &Value<'_>) -> Option<Vec<Que
             continue;
         };
         if !seen.insert(raw) {
-            let message = format!("queue `{raw}` is listed twice in `{label}`");
+            let message = format!("queue `{raw}` is listed twice in {}", cx.key(label));
             cx.error(r.span, message, Some("remove one of them".into()));
             continue;
         }
@@ -238,7 +240,10 @@ fn env_var<'v>(
     value: &'v Value<'_>,
 ) -> Option<&'v str> {
     let problem = match name {
-        "" => Some("environment variable names cannot be empty".to_owned()),
+        "" => Some(format!(
+            "environment variable names{} cannot be empty",
+            cx.place()
+        )),
         _ if name.contains(['=', '\0']) => {
             let bad = if name.contains('=') {
                 "`=`"
@@ -246,8 +251,9 @@ fn env_var<'v>(
                 "a NUL byte"
             };
             Some(format!(
-                "invalid environment variable name `{}`: it cannot contain {bad}",
-                shown(name)
+                "invalid environment variable name `{}`{}: it cannot contain {bad}",
+                shown(name),
+                cx.place()
             ))
         }
         _ => None,
@@ -259,11 +265,8 @@ fn env_var<'v>(
     let label = format!("env.{}", shown(name));
     let s = cx.string(&label, value)?;
     if s.contains('\0') {
-        cx.error(
-            value.span(),
-            format!("`{label}` cannot contain a NUL byte"),
-            None,
-        );
+        let message = format!("{} cannot contain a NUL byte", cx.key(&label));
+        cx.error(value.span(), message, None);
         return None;
     }
     // The child gets `NAME=value` as one string.
@@ -280,7 +283,8 @@ fn cwd(cx: &mut Cx<'_>, value: &Value<'_>) -> Option<PathBuf> {
         } else {
             "cannot contain a NUL byte"
         };
-        cx.error(value.span(), format!("`cwd` {problem}"), None);
+        let message = format!("{} {problem}", cx.key("cwd"));
+        cx.error(value.span(), message, None);
         return None;
     }
     let cwd = resolve(&cx.file.dir, Path::new(s));

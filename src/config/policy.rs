@@ -76,18 +76,23 @@ impl PolicyDraft {
             let (span, message) = match (self.delay, self.delay_max) {
                 (Some(_), Some(span)) => (
                     span,
-                    format!("`restart_delay_max` ({m}) is shorter than `restart_delay` ({d})"),
+                    format!(
+                        "`restart_delay_max` ({m}){} is shorter than `restart_delay` ({d})",
+                        cx.place()
+                    ),
                 ),
                 (None, Some(span)) => (
                     span,
                     format!(
-                        "`restart_delay_max` ({m}) is shorter than the default `restart_delay` ({d})"
+                        "`restart_delay_max` ({m}){} is shorter than the default `restart_delay` ({d})",
+                        cx.place()
                     ),
                 ),
                 (Some(span), None) => (
                     span,
                     format!(
-                        "`restart_delay` ({d}) is longer than the default `restart_delay_max` ({m})"
+                        "`restart_delay` ({d}){} is longer than the default `restart_delay_max` ({m})",
+                        cx.place()
                     ),
                 ),
                 // The defaults are ordered: one of them was set.
@@ -115,7 +120,8 @@ fn start_secs(cx: &mut Cx<'_>, value: &Value<'_>) -> Option<std::time::Duration>
     }
     let min = format_duration(MIN_START_SECS);
     let message = format!(
-        "`start_secs` is {}, below the minimum of {min}: drover uses {min}",
+        "{} is {}, below the minimum of {min}: drover uses {min}",
+        cx.key("start_secs"),
         format_duration(d)
     );
     let help = format!(
@@ -135,11 +141,8 @@ fn success_codes(cx: &mut Cx<'_>, value: &Value<'_>) -> Option<Vec<i32>> {
     let items = cx.array("success_codes", value, "an array of exit codes")?;
     if items.is_empty() {
         let help = "list the exit codes that count as success, e.g. `success_codes = [0]`";
-        cx.error(
-            value.span(),
-            "`success_codes` cannot be empty".into(),
-            Some(help.into()),
-        );
+        let message = format!("{} cannot be empty", cx.key("success_codes"));
+        cx.error(value.span(), message, Some(help.into()));
         return None;
     }
     let codes: Vec<Option<i32>> = items
@@ -161,8 +164,9 @@ fn signal(cx: &mut Cx<'_>, value: &Value<'_>) -> Option<Signal> {
     let short: Vec<&str> = names.iter().map(|n| n.trim_start_matches("SIG")).collect();
     let candidates: Vec<&str> = names.iter().chain(&short).copied().collect();
     let message = format!(
-        "unknown signal `{}` for `stop_signal`; expected one of {} (the `SIG` prefix is optional)",
+        "unknown signal `{}` for {}; expected one of {} (the `SIG` prefix is optional)",
         shown(s),
+        cx.key("stop_signal"),
         one_of(&names)
     );
     cx.error(value.span(), message, did_you_mean(s, &candidates));

@@ -59,9 +59,12 @@ impl ProgramDraft {
 
     fn read_command(&mut self, cx: &mut Cx<'_>, value: &Value<'_>) {
         if let Some(line) = value.get_ref().as_str() {
-            let message = "invalid type for `command`: expected an array of strings \
-                           (the program and its arguments), found a string";
-            cx.error(value.span(), message.into(), Some(split_help(line)));
+            let message = format!(
+                "invalid type for {}: expected an array of strings \
+                 (the program and its arguments), found a string",
+                cx.key("command")
+            );
+            cx.error(value.span(), message, Some(split_help(line)));
             return;
         }
         let Some(args) = cx.strings("command", value) else {
@@ -70,26 +73,23 @@ impl ProgramDraft {
         let Some((program, span)) = args.first() else {
             let help =
                 "give the program and its arguments, e.g. `command = [\"python3\", \"worker.py\"]`";
-            cx.error(
-                value.span(),
-                "`command` cannot be empty".into(),
-                Some(help.into()),
-            );
+            let message = format!("{} cannot be empty", cx.key("command"));
+            cx.error(value.span(), message, Some(help.into()));
             return;
         };
         if program.is_empty() {
-            cx.error(
-                span.clone(),
-                "the program name (`command[0]`) cannot be empty".into(),
-                None,
+            let message = format!(
+                "{} cannot be empty: it is the program to run",
+                cx.key("command[0]")
             );
+            cx.error(span.clone(), message, None);
             return;
         }
         let mut ok = true;
         for (i, (arg, span)) in args.iter().enumerate() {
             let label = format!("command[{i}]");
             if arg.contains('\0') {
-                let message = format!("`{label}` cannot contain a NUL byte");
+                let message = format!("{} cannot contain a NUL byte", cx.key(&label));
                 cx.error(span.clone(), message, None);
                 ok = false;
             } else {
@@ -155,11 +155,8 @@ impl ProgramDraft {
                 let help = format!(
                     "remove `{name}`, or run a Python function with `python = \"module:function\"` instead of `command`"
                 );
-                cx.error(
-                    span.clone(),
-                    format!("`{name}` only applies to `python` groups"),
-                    Some(help),
-                );
+                let message = format!("{} only applies to `python` groups", cx.key(name));
+                cx.error(span.clone(), message, Some(help));
             }
         }
         Some(ProgramSpec {
@@ -205,7 +202,11 @@ fn python_target(cx: &mut Cx<'_>, value: &Value<'_>) -> Option<(String, String)>
                 "write the module and the function, e.g. `python = \"examples.worker:main\"`";
             cx.error(
                 value.span(),
-                format!("invalid `python` target `{}`: {reason}", shown(s)),
+                format!(
+                    "invalid `python` target `{}`{}: {reason}",
+                    shown(s),
+                    cx.place()
+                ),
                 Some(help.into()),
             );
             None
@@ -247,8 +248,9 @@ fn preload(cx: &mut Cx<'_>, value: &Value<'_>) -> Option<Vec<String>> {
             ok = false;
         } else if !is_module_name(module) {
             let message = format!(
-                "invalid module name `{}` in `preload[{i}]`: expected dotted Python identifiers",
-                shown(module)
+                "invalid module name `{}` in {}: expected dotted Python identifiers",
+                shown(module),
+                cx.key(&format!("preload[{i}]"))
             );
             cx.error(span.clone(), message, None);
             ok = false;
@@ -265,7 +267,8 @@ fn os_string(cx: &mut Cx<'_>, label: &str, value: &Value<'_>) -> Option<OsString
         } else {
             "cannot contain a NUL byte"
         };
-        cx.error(value.span(), format!("`{label}` {problem}"), None);
+        let message = format!("{} {problem}", cx.key(label));
+        cx.error(value.span(), message, None);
         return None;
     }
     cx.fits_exec(label, s.len(), value.span()).then(|| s.into())

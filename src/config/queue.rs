@@ -68,6 +68,7 @@ pub(crate) fn read(
     let mut dead_letter = None;
     let mut wiring_complete = true;
     let place = format!("in [queue.{}]", fields::shown(raw));
+    cx.set_table(Some(format!("[queue.{}]", fields::shown(raw))));
     for (key, value) in table.iter() {
         let key_name: &str = key.get_ref();
         match key_name {
@@ -97,6 +98,7 @@ pub(crate) fn read(
             }
         }
     }
+    cx.set_table(None);
     let [capacity, max_message_bytes, prefetch, max_deliveries] = counts;
     let spec = QueueSpec {
         name: name?,
@@ -133,8 +135,11 @@ fn dead_letter_ref(cx: &mut Cx<'_>, queue: &str, value: &fields::Value<'_>) -> O
 
 fn durable(cx: &mut Cx<'_>, value: &fields::Value<'_>) {
     if cx.bool("durable", value) == Some(true) {
-        let message = "durable queues are not supported yet; remove `durable = true`";
-        cx.error(value.span(), message.into(), None);
+        let message = format!(
+            "{}: durable queues are not supported yet; remove `durable = true`",
+            cx.key("durable")
+        );
+        cx.error(value.span(), message, None);
     }
 }
 
@@ -234,10 +239,10 @@ mod tests {
         assert_eq!(
             msgs,
             [
-                "`capacity` must be at least 1, found 0|",
+                "`capacity` in [queue.jobs] must be at least 1, found 0|",
                 "queue `jobs` cannot be its own dead-letter queue|name another queue, or remove `dead_letter` to record dead letters under `state_dir`",
-                "durable queues are not supported yet; remove `durable = true`|",
-                "`prefetch` must be at least 1, found 0|",
+                "`durable` in [queue.jobs]: durable queues are not supported yet; remove `durable = true`|",
+                "`prefetch` in [queue.jobs] must be at least 1, found 0|",
             ]
         );
     }
@@ -266,7 +271,7 @@ mod tests {
         assert_eq!(
             msgs,
             [
-                "invalid queue name `Dead` in `dead_letter`: a name must start with a lowercase letter a-z|names match `[a-z][a-z0-9_]*`; try `dead`"
+                "invalid queue name `Dead` in `dead_letter` in [queue.jobs]: a name must start with a lowercase letter a-z|names match `[a-z][a-z0-9_]*`; try `dead`"
             ]
         );
     }

@@ -40,6 +40,7 @@ pub(crate) fn read(cx: &mut Cx<'_>, span: Range<usize>, table: &DeTable<'_>) -> 
         state_dir: None,
         dead_letter_max_bytes: DEFAULT_DEAD_LETTER_MAX_BYTES,
     };
+    cx.set_table(Some("[supervisor]".into()));
     for (key, value) in table.iter() {
         match key.get_ref().as_ref() {
             "control_socket" => draft.control_socket = path(cx, "control_socket", value),
@@ -56,6 +57,7 @@ pub(crate) fn read(cx: &mut Cx<'_>, span: Range<usize>, table: &DeTable<'_>) -> 
             _ => cx.unknown_key(key, "in [supervisor]", &KEYS, None),
         }
     }
+    cx.set_table(None);
     draft
 }
 
@@ -68,7 +70,8 @@ fn path(cx: &mut Cx<'_>, label: &str, value: &super::fields::Value<'_>) -> Optio
         } else {
             "cannot contain a NUL byte"
         };
-        cx.error(value.span(), format!("`{label}` {problem}"), None);
+        let message = format!("{} {problem}", cx.key(label));
+        cx.error(value.span(), message, None);
         return None;
     }
     let path = resolve(&cx.file.dir, Path::new(s));
@@ -127,9 +130,9 @@ mod tests {
         assert_eq!(
             messages,
             [
-                "unknown log format `xml`; expected one of `text`, `json`",
+                "unknown log format `xml` in [supervisor]; expected one of `text`, `json`",
                 "unknown key `socket` in [supervisor]",
-                "`state_dir` cannot be empty",
+                "`state_dir` in [supervisor] cannot be empty",
             ]
         );
     }

@@ -36,6 +36,7 @@ use crate::signal::Signal;
 use crate::status::Status;
 use crate::supervisor::{ExitStatus, GroupCommand, Pid, ReloadSummary, Supervisor};
 use crate::watch::{ConfigWatcher, ReloadGate};
+use crate::wording::plural;
 use output::Output;
 
 const SIGNALS: u64 = 0;
@@ -212,9 +213,9 @@ impl Runtime {
             .max()
             .unwrap_or(Duration::from_secs(10));
         tracing::info!(
-            "drover {} supervising {} groups; control socket {}",
+            "drover {} supervising {}; control socket {}",
             env!("CARGO_PKG_VERSION"),
-            config.groups.len(),
+            plural(config.groups.len(), "group", "groups"),
             listener.path().display()
         );
         let clients = Clients::new(listener, &epoll, CONTROL).map_err(os("epoll"))?;
@@ -518,8 +519,8 @@ impl Runtime {
                 self.reloads.preflight(&self.config_path, trigger)?;
                 let errors: Vec<_> = failed.diagnostics.iter().filter(|d| d.is_error()).collect();
                 tracing::error!(
-                    "{trigger}: the new config is invalid ({} errors); still running the previous one",
-                    errors.len()
+                    "{trigger}: the new config is invalid ({}); still running the previous one",
+                    plural(errors.len(), "error", "errors")
                 );
                 for diagnostic in &errors {
                     tracing::error!("{diagnostic}");
@@ -540,8 +541,11 @@ impl Runtime {
         }
         // Timers of the children it starts count from now, after the parse.
         let now = Instant::now();
-        self.broker.apply(&config, &self.epoll);
-        let summary = self.sup.apply(&config, &mut self.launcher, now);
+        let queues = self.broker.apply(&config, &self.epoll);
+        let mut summary = self.sup.apply(&config, &mut self.launcher, now);
+        summary.queues_added = queues.added;
+        summary.queues_removed = queues.removed;
+        summary.queues_changed = queues.changed;
         self.launcher.retain_templates(&config);
         self.watch_new_outputs();
         tracing::info!("{trigger}: config reloaded: {summary}");
@@ -700,9 +704,10 @@ fn raise_fd_limit(config: &Config) {
     let needed = FDS_PER_CHILD * children + FDS_RESERVED;
     if needed > limit {
         tracing::warn!(
-            "the open-file limit is {limit}, but {children} children need about {needed} \
+            "the open-file limit is {limit}, but {} need about {needed} \
              ({FDS_PER_CHILD} per child for its output pipes); some starts will fail with \
-             \"Too many open files\" — raise the hard limit (ulimit -Hn, LimitNOFILE=)"
+             \"Too many open files\" — raise the hard limit (ulimit -Hn, LimitNOFILE=)",
+            plural(children as usize, "child", "children")
         );
     }
 }

@@ -217,6 +217,9 @@ impl Supervisor {
         for &pid in daemons {
             let signal = spec.policy.stop_signal;
             tracing::warn!(
+                group = %suspect.group,
+                index = suspect.index,
+                pid = pid.0,
                 "{}[{}]: exited at once and left pid {} running in a session of its own: \
                  it seems to daemonize itself; drover stops it ({signal}) — run the program \
                  in the foreground",
@@ -788,7 +791,13 @@ fn start_child<L: Launcher>(spec: &GroupSpec, child: &mut Child, cx: &mut Cx<'_,
         Err(err) => {
             count_attempt(child);
             if cx.loud(&format!("start:{}", spec.name)) {
-                tracing::warn!("{}[{}]: cannot start: {err}", spec.name, child.index);
+                tracing::warn!(
+                    group = %spec.name,
+                    index = child.index,
+                    "{}[{}]: cannot start: {err}",
+                    spec.name,
+                    child.index
+                );
             }
             child.reason = Some(err.to_string());
             child.started = None;
@@ -812,6 +821,8 @@ fn failed_start<L: Launcher>(spec: &GroupSpec, child: &mut Child, cx: &mut Cx<'_
     let policy = &spec.policy;
     if child.failed_starts > policy.max_restarts {
         tracing::warn!(
+            group = %spec.name,
+            index = child.index,
             "{}[{}]: fatal after {} failed starts in a row; `drover restart {}` tries again",
             spec.name,
             child.index,
@@ -828,6 +839,8 @@ fn failed_start<L: Launcher>(spec: &GroupSpec, child: &mut Child, cx: &mut Cx<'_
         }
         if cx.loud(&format!("backoff:{}", spec.name)) {
             tracing::info!(
+                group = %spec.name,
+                index = child.index,
                 "{}[{}]: failed start {} of {}; retrying in {:?}",
                 spec.name,
                 child.index,
@@ -851,6 +864,13 @@ fn child_exited<L: Launcher>(
 ) {
     child.last_exit = Some(status);
     let previous = std::mem::replace(&mut child.state, ChildState::Stopped);
+    // Structured fields of the log lines below, for JSON logs.
+    let (group, index, pid, exit) = (
+        spec.name.as_str(),
+        child.index,
+        previous.pid().map(|p| p.0),
+        exit_field(status),
+    );
     if let Some(pid) = previous.pid() {
         child.leftover = stop_leftovers(spec, child.index, pid, &previous, status, cx);
     }
@@ -865,6 +885,10 @@ fn child_exited<L: Launcher>(
         ChildState::Starting { .. } | ChildState::Running { .. } if !may_restart => {}
         _ if !wants_restart(&spec.policy, status) => {
             tracing::info!(
+                group,
+                index,
+                pid,
+                %exit,
                 "{}[{}]: exited ({})",
                 spec.name,
                 child.index,
@@ -875,6 +899,10 @@ fn child_exited<L: Launcher>(
         ChildState::Starting { .. } => {
             if cx.loud(&format!("exit:{}", spec.name)) {
                 tracing::info!(
+                    group,
+                    index,
+                    pid,
+                    %exit,
                     "{}[{}]: exited during start ({})",
                     spec.name,
                     child.index,
@@ -897,6 +925,10 @@ fn child_exited<L: Launcher>(
             start_child(spec, child, cx);
             if cx.loud(&format!("exit:{}", spec.name)) {
                 tracing::info!(
+                    group,
+                    index,
+                    pid,
+                    %exit,
                     "{}[{}]: exited ({}); restarting",
                     spec.name,
                     child.index,
@@ -933,6 +965,10 @@ fn stop_leftovers<L: Launcher>(
     if cx.loud(&format!("leftover:{}", spec.name)) {
         if daemonized {
             tracing::warn!(
+                group = %spec.name,
+                index,
+                pid = pgid.0,
+                exit = %exit_field(status),
                 "{}[{index}]: exited with {} at once and left processes behind in its process group: \
                  it seems to daemonize itself; drover stops them ({signal}) — run the program in the \
                  foreground (e.g. `nginx -g 'daemon off;'`, `redis-server --daemonize no`)",
@@ -941,6 +977,10 @@ fn stop_leftovers<L: Launcher>(
             );
         } else {
             tracing::warn!(
+                group = %spec.name,
+                index,
+                pid = pgid.0,
+                exit = %exit_field(status),
                 "{}[{index}]: exited ({}) leaving processes in its process group; sending them {signal}{}",
                 spec.name,
                 describe(status),
@@ -966,6 +1006,8 @@ fn child_deadline<L: Launcher>(spec: &GroupSpec, child: &mut Child, cx: &mut Cx<
         && leftover.deadline().is_some_and(|d| d <= cx.now)
     {
         tracing::warn!(
+            group = %spec.name,
+            index = child.index,
             "{}[{}]: processes of its previous process group still running after {:?}; sending SIGKILL",
             spec.name,
             child.index,
@@ -993,6 +1035,9 @@ fn child_deadline<L: Launcher>(spec: &GroupSpec, child: &mut Child, cx: &mut Cx<
             ..
         } => {
             tracing::warn!(
+                group = %spec.name,
+                index = child.index,
+                pid = pid.0,
                 "{}[{}]: still running {:?} after {}; sending SIGKILL to its process group",
                 spec.name,
                 child.index,
@@ -1037,6 +1082,15 @@ fn stop_child<L: Launcher>(
 }
 
 /// `exit code 1` / `killed by SIGKILL`, for log lines.
+/// An exit status as the `exit` field of a log event: the code (`1`) or
+/// the signal (`SIGKILL`).
+fn exit_field(status: ExitStatus) -> String {
+    match status {
+        ExitStatus::Code(c) => c.to_string(),
+        ExitStatus::Signal(s) => Signal::name_of_raw(s).to_string(),
+    }
+}
+
 pub fn describe(status: ExitStatus) -> String {
     match status {
         ExitStatus::Code(c) => format!("exit code {c}"),

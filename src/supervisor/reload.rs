@@ -16,7 +16,8 @@ use super::{
     start_child, stop_child, stop_predecessors,
 };
 use crate::config::{Config, GroupSpec, UpdateMode};
-use crate::names::GroupName;
+use crate::names::{GroupName, QueueName};
+use crate::wording::plural;
 
 /// What a reload changed, for the log and `drover reload`.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -29,6 +30,11 @@ pub struct ReloadSummary {
     pub unchanged: Vec<GroupName>,
     /// Fatal children given a fresh start.
     pub revived: u32,
+    /// Queues the broker added, removed, and kept with new settings; the
+    /// supervisor does not know them, the runtime fills them in.
+    pub queues_added: Vec<QueueName>,
+    pub queues_removed: Vec<QueueName>,
+    pub queues_changed: Vec<QueueName>,
 }
 
 impl fmt::Display for ReloadSummary {
@@ -46,11 +52,25 @@ impl fmt::Display for ReloadSummary {
                 parts.push(format!("{what}: {}", list.join(", ")));
             }
         }
+        for (one, many, names) in [
+            ("queue added", "queues added", &self.queues_added),
+            ("queue removed", "queues removed", &self.queues_removed),
+            ("queue changed", "queues changed", &self.queues_changed),
+        ] {
+            if !names.is_empty() {
+                let what = if names.len() == 1 { one } else { many };
+                let list: Vec<&str> = names.iter().map(QueueName::as_str).collect();
+                parts.push(format!("{what}: {}", list.join(", ")));
+            }
+        }
         if self.revived > 0 {
-            parts.push(format!("{} fatal children restarted", self.revived));
+            parts.push(format!(
+                "{} restarted",
+                plural(self.revived as usize, "fatal child", "fatal children")
+            ));
         }
         if parts.is_empty() {
-            parts.push("no group changed".into());
+            parts.push("no group or queue changed".into());
         }
         f.write_str(&parts.join("; "))
     }

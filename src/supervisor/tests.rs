@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::config::{Config, GroupSpec, LogFormat, Policy, Program, StartMethod, SupervisorConfig};
-use crate::names::GroupName;
+use crate::names::{GroupName, QueueName};
 
 #[derive(Default)]
 struct FakeLauncher {
@@ -621,7 +621,30 @@ mod reload {
         assert_eq!(states(&sup), ["starting", "starting", "starting"]);
         assert_eq!(
             summary.to_string(),
-            "added: new; removed: gone; 1 fatal children restarted"
+            "added: new; removed: gone; 1 fatal child restarted"
+        );
+    }
+
+    /// The runtime adds the broker's queue changes; one queue is named in
+    /// the singular, several in the plural.
+    #[test]
+    fn the_summary_names_changed_queues() {
+        let names = |list: &[&str]| -> Vec<QueueName> {
+            list.iter().map(|n| QueueName::new(n).unwrap()).collect()
+        };
+        let summary = ReloadSummary {
+            queues_added: names(&["jobs"]),
+            queues_removed: names(&["old", "older"]),
+            queues_changed: names(&["results"]),
+            ..ReloadSummary::default()
+        };
+        assert_eq!(
+            summary.to_string(),
+            "queue added: jobs; queues removed: old, older; queue changed: results"
+        );
+        assert_eq!(
+            ReloadSummary::default().to_string(),
+            "no group or queue changed"
         );
     }
 }

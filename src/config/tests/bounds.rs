@@ -27,7 +27,7 @@ fn every_duration_is_at_most_a_year() {
             assert_eq!(
                 error,
                 format!(
-                    "/cfg/a.toml:9:{}: error: `{key}` is too long: {huge} (the maximum is one year, 8760h)",
+                    "/cfg/a.toml:9:{}: error: `{key}` in [group.workers] is too long: {huge} (the maximum is one year, 8760h)",
                     key.len() + 4
                 )
             );
@@ -36,7 +36,7 @@ fn every_duration_is_at_most_a_year() {
     // `restart_delay` may not exceed `restart_delay_max` either.
     let error = group_error("restart_delay = \"100000000h\"\nrestart_delay_max = \"8760h\"\n");
     assert!(
-        error.ends_with("`restart_delay` is too long: 100000000h (the maximum is one year, 8760h)")
+        error.ends_with("`restart_delay` in [group.workers] is too long: 100000000h (the maximum is one year, 8760h)")
     );
     let found = errors(&group_and_queue(
         "outputs = [\"jobs\"]",
@@ -45,7 +45,7 @@ fn every_duration_is_at_most_a_year() {
     assert_eq!(
         found,
         [
-            "/cfg/a.toml:2:15: error: `ack_timeout` is too long: 9000h (the maximum is one year, 8760h)"
+            "/cfg/a.toml:2:15: error: `ack_timeout` in [queue.jobs] is too long: 9000h (the maximum is one year, 8760h)"
         ]
     );
 }
@@ -63,7 +63,7 @@ fn start_secs_below_100ms_is_a_warning_and_becomes_100ms() {
         assert_eq!(
             warnings,
             [format!(
-                "/cfg/a.toml:9:14: warning: `start_secs` is {shown}, below the minimum of 100ms: drover uses 100ms"
+                "/cfg/a.toml:9:14: warning: `start_secs` in [group.workers] is {shown}, below the minimum of 100ms: drover uses 100ms"
             )]
         );
     }
@@ -83,7 +83,7 @@ fn processes_are_bounded_per_group_and_in_all() {
     );
     assert_eq!(
         group_error("processes = 1000000000\n"),
-        "/cfg/a.toml:9:13: error: `processes` is too large: 1000000000 (the maximum is 100000)"
+        "/cfg/a.toml:9:13: error: `processes` in [group.workers] is too large: 1000000000 (the maximum is 100000)"
     );
     // 42 groups of 100,000 children: more than the kernel has process ids.
     let text: String = (0..42)
@@ -131,8 +131,10 @@ fn strings_for_the_kernel_are_at_most_131071_bytes() {
         long(max),
         long(max - 2)
     ));
-    let too_long =
-        |label: &str| format!("`{label}` is too long: 131072 bytes (the maximum is 131071 bytes)");
+    let too_long_in = |label: &str, table: &str| {
+        format!("`{label}` in {table} is too long: 131072 bytes (the maximum is 131071 bytes)")
+    };
+    let too_long = |label: &str| too_long_in(label, "[group.w]");
     let cases = [
         (
             format!("command = [\"PROG\", \"{}\"]", long(max + 1)),
@@ -188,7 +190,10 @@ fn strings_for_the_kernel_are_at_most_131071_bytes() {
     for key in ["control_socket", "state_dir"] {
         let found = errors(&format!("[supervisor]\n{key} = \"/{}\"", long(max)));
         assert_eq!(found.len(), 1, "{found:?}");
-        assert!(found[0].ends_with(&too_long(key)), "{found:?}");
+        assert!(
+            found[0].ends_with(&too_long_in(key, "[supervisor]")),
+            "{found:?}"
+        );
     }
 }
 
@@ -212,15 +217,15 @@ fn queue_counts_have_upper_bounds() {
     assert_eq!(
         errors(&group_and_queue("outputs = [\"jobs\"]", beyond)),
         [
-            "/cfg/a.toml:2:12: error: `capacity` is too large: 1000001 (the maximum is 1000000)",
-            "/cfg/a.toml:3:21: error: `max_message_bytes` is too large: 4194305 (the maximum is 4194304)",
-            "/cfg/a.toml:4:12: error: `prefetch` is too large: 10001 (the maximum is 10000)",
-            "/cfg/a.toml:5:18: error: `max_deliveries` is too large: 10001 (the maximum is 10000)",
+            "/cfg/a.toml:2:12: error: `capacity` in [queue.jobs] is too large: 1000001 (the maximum is 1000000)",
+            "/cfg/a.toml:3:21: error: `max_message_bytes` in [queue.jobs] is too large: 4194305 (the maximum is 4194304)",
+            "/cfg/a.toml:4:12: error: `prefetch` in [queue.jobs] is too large: 10001 (the maximum is 10000)",
+            "/cfg/a.toml:5:18: error: `max_deliveries` in [queue.jobs] is too large: 10001 (the maximum is 10000)",
         ]
     );
     assert_eq!(
         group_error("max_restarts = 1000001\n"),
-        "/cfg/a.toml:9:16: error: `max_restarts` is too large: 1000001 (the maximum is 1000000)"
+        "/cfg/a.toml:9:16: error: `max_restarts` in [group.workers] is too large: 1000001 (the maximum is 1000000)"
     );
 }
 
@@ -233,7 +238,7 @@ fn update_mode_is_read() {
     assert_eq!(p.update, UpdateMode::Rolling);
     assert_eq!(
         group_error("update = \"stop_first\"\n"),
-        "/cfg/a.toml:9:10: error: unknown update mode `stop_first`; expected one of `rolling`, `stop-first`"
+        "/cfg/a.toml:9:10: error: unknown update mode `stop_first` in [group.workers]; expected one of `rolling`, `stop-first`"
     );
     assert_eq!(
         helps(&format!("{WIRED}update = \"stop_first\"\n")),
@@ -257,7 +262,7 @@ fn ack_timeout_is_read() {
     assert_eq!(
         errors(&group_and_queue("outputs = [\"jobs\"]", "ack_timeout = 30")),
         [
-            "/cfg/a.toml:2:15: error: `ack_timeout` needs a unit: expected a string such as \"10s\", found an integer"
+            "/cfg/a.toml:2:15: error: `ack_timeout` in [queue.jobs] needs a unit: expected a string such as \"10s\", found an integer"
         ]
     );
 }
@@ -276,34 +281,38 @@ fn dead_letter_max_bytes_is_a_bounded_size() {
     let found = |text: &str| errors(&format!("[supervisor]\ndead_letter_max_bytes = {text}"));
     assert_eq!(
         found("-1"),
-        ["/cfg/a.toml:2:25: error: `dead_letter_max_bytes` cannot be negative, found -1"]
+        [
+            "/cfg/a.toml:2:25: error: `dead_letter_max_bytes` in [supervisor] cannot be negative, found -1"
+        ]
     );
     assert_eq!(
         found("\"1KiB\""),
-        ["/cfg/a.toml:2:25: error: `dead_letter_max_bytes` must be at least 4KiB, found \"1KiB\""]
+        [
+            "/cfg/a.toml:2:25: error: `dead_letter_max_bytes` in [supervisor] must be at least 4KiB, found \"1KiB\""
+        ]
     );
     assert_eq!(
         found("\"2TiB\""),
         [
-            "/cfg/a.toml:2:25: error: `dead_letter_max_bytes` is too large: \"2TiB\" (the maximum is 1TiB)"
+            "/cfg/a.toml:2:25: error: `dead_letter_max_bytes` in [supervisor] is too large: \"2TiB\" (the maximum is 1TiB)"
         ]
     );
     assert_eq!(
         found("\"99999999999GiB\""),
         [
-            "/cfg/a.toml:2:25: error: invalid size `99999999999GiB` for `dead_letter_max_bytes`: the size is too large"
+            "/cfg/a.toml:2:25: error: invalid size `99999999999GiB` for `dead_letter_max_bytes` in [supervisor]: the size is too large"
         ]
     );
     assert_eq!(
         found("\"64 lb\""),
         [
-            "/cfg/a.toml:2:25: error: invalid size `64 lb` for `dead_letter_max_bytes`: remove the spaces; write e.g. `64MiB`"
+            "/cfg/a.toml:2:25: error: invalid size `64 lb` for `dead_letter_max_bytes` in [supervisor]: remove the spaces; write e.g. `64MiB`"
         ]
     );
     assert_eq!(
         found("\"64MB\""),
         [
-            "/cfg/a.toml:2:25: error: invalid size `64MB` for `dead_letter_max_bytes`: unknown unit `MB`; expected one of `B`, `KiB`, `MiB`, `GiB`, `TiB`"
+            "/cfg/a.toml:2:25: error: invalid size `64MB` for `dead_letter_max_bytes` in [supervisor]: unknown unit `MB`; expected one of `B`, `KiB`, `MiB`, `GiB`, `TiB`"
         ]
     );
 }

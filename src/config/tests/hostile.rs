@@ -83,7 +83,7 @@ fn deep_nesting_is_a_syntax_error_not_a_stack_overflow() {
     let failed = load_one(&text).unwrap_err();
     assert_eq!(
         failed.diagnostics[0].message(),
-        "invalid type for `inputs[0]`: expected a string, found an array"
+        "invalid type for `inputs[0]` in [group.w]: expected a string, found an array"
     );
 }
 
@@ -100,11 +100,11 @@ fn huge_integers_are_range_errors() {
     assert_eq!(
         messages,
         [
-            "`capacity` is too large: 999999999999999999999999999999999999999999 (the maximum is 1000000)",
-            "`prefetch` must be at least 1, found -9223372036854775808",
-            "`max_deliveries` is too large: 0x7fffffffffffffff (the maximum is 10000)",
-            "`processes` is too large: 0xffffffffffffffffffffffffffffffffffff (the maximum is 100000)",
-            "`success_codes[0]` is too large: 99999999999999999999 (the maximum is 255)",
+            "`capacity` in [queue.q] is too large: 999999999999999999999999999999999999999999 (the maximum is 1000000)",
+            "`prefetch` in [queue.q] must be at least 1, found -9223372036854775808",
+            "`max_deliveries` in [queue.q] is too large: 0x7fffffffffffffff (the maximum is 10000)",
+            "`processes` in [group.w] is too large: 0xffffffffffffffffffffffffffffffffffff (the maximum is 100000)",
+            "`success_codes[0]` in [group.w] is too large: 99999999999999999999 (the maximum is 255)",
         ]
     );
 }
@@ -147,7 +147,7 @@ fn a_ten_megabyte_argument_is_reported_briefly() {
     assert_eq!(failed.diagnostics.len(), 1);
     assert_eq!(
         failed.diagnostics[0].message(),
-        "`command[1]` is too long: 10485760 bytes (the maximum is 131071 bytes)"
+        "`command[1]` in [group.w] is too long: 10485760 bytes (the maximum is 131071 bytes)"
     );
     assert_short(&failed.diagnostics);
 }
@@ -165,7 +165,7 @@ fn control_characters_in_names_are_escaped() {
         [
             "unknown key `a\\u{0}b` at the top level",
             "invalid group name `w\\u{1b}[31m`: a name may only contain lowercase letters, digits and `_` (found '\\u{1b}')",
-            "invalid environment variable name `A\\u{0}`: it cannot contain a NUL byte",
+            "invalid environment variable name `A\\u{0}` in [group.w\\u{1b}[31m]: it cannot contain a NUL byte",
             "invalid queue name `\\u{0}`: a name must start with a lowercase letter a-z",
         ]
     );

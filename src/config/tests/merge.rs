@@ -34,7 +34,7 @@ fn referenced_queues_must_be_defined() {
 fn a_queue_listed_twice_is_an_error() {
     assert_eq!(
         errors(&format!("{WIRED}outputs = [\"jobs\", \"jobs\"]")),
-        ["/cfg/a.toml:9:20: error: queue `jobs` is listed twice in `outputs`"]
+        ["/cfg/a.toml:9:20: error: queue `jobs` is listed twice in `outputs` in [group.workers]"]
     );
 }
 
@@ -61,7 +61,7 @@ fn usage_warnings_wait_for_readable_wiring() {
     assert_eq!(
         errors(text),
         [
-            "/cfg/a.toml:4:10: error: invalid type for `inputs`: expected an array of strings, found a string"
+            "/cfg/a.toml:4:10: error: invalid type for `inputs` in [group.w]: expected an array of strings, found a string"
         ]
     );
 }

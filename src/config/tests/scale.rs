@@ -71,7 +71,7 @@ fn forty_thousand_queues_listed_twice_are_each_reported() {
     assert_eq!(failed.diagnostics.len(), QUEUES);
     assert_eq!(
         failed.diagnostics[0].message(),
-        "queue `q000000` is listed twice in `inputs`"
+        "queue `q000000` is listed twice in `inputs` in [group.w]"
     );
 }
 
