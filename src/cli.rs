@@ -190,7 +190,7 @@ fn init_tracing(format: config::LogFormat) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         config::LogFormat::Text => builder.init(),
-        config::LogFormat::Json => builder.json().init(),
+        config::LogFormat::Json => builder.json().flatten_event(true).init(),
     }
 }
 

@@ -142,7 +142,9 @@ start_secs = "100ms"
         .find(|l| l.contains("quits[0]: exited"))
         .map(|l| serde_json::from_str(l).expect("every line is JSON"))
         .unwrap();
-    let fields = &event["fields"];
+    // Top-level fields, like the child-output lines.
+    let fields = &event;
+    assert!(event["message"].as_str().is_some(), "{event}");
     assert_eq!(fields["group"], "quits", "{event}");
     assert_eq!(fields["index"], 0, "{event}");
     assert!(fields["pid"].as_i64().unwrap() > 0, "{event}");
