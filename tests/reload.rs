@@ -1461,7 +1461,7 @@ max_restarts = 1000
         .find(|l| l.contains("w[0]: cannot start: "))
         .unwrap();
     assert!(
-        line.ends_with(&format!(
+        line.contains(&format!(
             "w[0]: cannot start: working directory {} does not exist (cwd of group w)",
             work.display()
         )),
