@@ -28,6 +28,7 @@ import re
 import resource
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -62,7 +63,7 @@ def on_signal(signum, _frame):
 # ------------------------------------------------------------------ config
 
 
-def config_text(run: Path, generation: int) -> str:
+def config_text(run: Path, generation: int, inject_loss: bool = False) -> str:
     """The whole config for one generation: even = the base config."""
     consumers = CONSUMERS[generation % 2]
     common = """restart = "always"
@@ -100,7 +101,7 @@ env = {{ {env}, CHAOS_GENERATION = "{generation}" }}
 command = ["{PYTHON}", "{WORKER}", "consume"]
 processes = {consumers}
 inputs = ["jobs"]
-env = {{ {env} }}
+env = {{ {env}{', CHAOS_INJECT_LOSS = "1"' if inject_loss else ''} }}
 {common}
 [group.fconsumers]
 python = "chaos_worker:consume"
@@ -202,6 +203,24 @@ def kill_marked(needle: bytes) -> list[int]:
     return first or []
 
 
+def quantiles(seconds: list[float]) -> dict:
+    """Median, p99 and max of durations, in ms (nearest rank)."""
+    v = sorted(seconds)
+    if not v:
+        return {}
+    return {"n": len(v), "median": round(v[len(v) // 2] * 1e3, 2),
+            "p99": round(v[min(len(v) - 1, int(len(v) * 0.99))] * 1e3, 2),
+            "max": round(v[-1] * 1e3, 2)}
+
+
+def is_producer(pid: int) -> bool:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"produce" in argv
+
+
 def vm_rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -265,6 +284,25 @@ class Drover:
             timeout=timeout,
             env={**os.environ, MARKER_VAR: self.marker},
         )
+
+    def status_fast(self) -> dict:
+        """What `drover status --json` prints, read from the control socket
+        directly (one JSON line each way), so that a kill every 50 ms does
+        not also start a process every 50 ms."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(10)
+            try:
+                s.connect(str(self.sock))
+                s.sendall(b'{"cmd":"status"}\n')
+                chunks = []
+                while chunk := s.recv(1 << 16):
+                    chunks.append(chunk)
+            except OSError as e:
+                raise SoakError(f"status over {self.sock}: {e}") from e
+        reply = json.loads(b"".join(chunks))
+        if not reply.get("ok") or "status" not in reply:
+            raise SoakError(f"status over {self.sock}: {reply}")
+        return reply["status"]
 
     def status(self) -> dict:
         r = self.cli("status", "--json")
@@ -548,13 +586,15 @@ class Soak:
         self.d: Drover | None = None
         self.sampler: Sampler | None = None
         self.r: dict = {
-            "kills": 0, "kills_by_group": {}, "kill_misses": 0, "helper_kills": 0,
+            "kills": 0, "kills_by_group": {}, "kill_misses": 0, "unlisted_kills": 0,
             "reloads": 0, "reloads_in_place": 0, "config_errors": 0,
             "stalls": [], "violations": [], "notes": [], "progress": [],
             "producer_kills_uninspected": 0,
         }
         self.inspected: dict[str, int | None] = {}  # producer incarnation -> wchar at kill
         self.generation = 0
+        self.timing: dict[str, list[float]] = {"status": [], "kill": []}
+        self.began = time.monotonic()
 
     # -- helpers
 
@@ -567,11 +607,12 @@ class Soak:
         print(f"-- {text}", flush=True)
 
     def step(self, text: str) -> None:
-        print(f"== {text}", flush=True)
+        print(f"== {time.monotonic() - self.began:5.1f} s  {text}", flush=True)
 
     def edit(self, generation: int, in_place: bool) -> None:
         self.generation = generation
-        write_config(self.conf, config_text(self.run, generation), in_place)
+        text = config_text(self.run, generation, self.args.inject_loss)
+        write_config(self.conf, text, in_place)
 
     # -- phases
 
@@ -596,7 +637,10 @@ class Soak:
                 raise SoakError("drover did not open its control socket:\n"
                                 + "\n".join(d.stderr_tail()))
             time.sleep(0.02)
-        wait_settled(d, 0, timeout=30)
+        st = wait_settled(d, 0, timeout=30)
+        fast = d.status_fast()
+        if [g["name"] for g in fast["groups"]] != [g["name"] for g in st["groups"]]:
+            raise SoakError(f"the control socket's status differs from `drover status --json`: {fast}")
         self.sampler = Sampler(d)
         self.sampler.start()
 
@@ -629,7 +673,9 @@ class Soak:
                 r["reloads_in_place"] += in_place
                 next_edit += a.edit_interval
             if now >= next_kill:
-                st = d.status()
+                t_kill = time.monotonic()
+                st = d.status_fast()
+                t_status = time.monotonic()
                 if st.get("config_error"):
                     r["config_errors"] += 1
                     self.violation(f"status shows a config error {now - start:.1f} s in "
@@ -643,7 +689,12 @@ class Soak:
                                    f"({now - start:.1f} s in): queue jobs = {queue(st, 'jobs')}")
                     last_progress = now
                 self.kill_one(st)
-                next_kill = max(next_kill + a.kill_interval, time.monotonic())
+                done = time.monotonic()
+                self.timing["status"].append(t_status - t_kill)
+                self.timing["kill"].append(done - t_status)
+                # On schedule; a late kill is made up for, but never more
+                # than one interval's worth (no bursts after a long stall).
+                next_kill = max(next_kill + a.kill_interval, done - a.kill_interval)
             if now >= next_report:
                 self.report_progress(now - start)
                 next_report += 5
@@ -652,12 +703,11 @@ class Soak:
     def kill_one(self, st: dict) -> None:
         a, r = self.args, self.r
         victims = child_pids(st)
-        helper = a.helper_kill_every and (r["kills"] + 1) % a.helper_kill_every == 0
-        if helper:
+        if a.unlisted_kill_every and (r["kills"] + 1) % a.unlisted_kill_every == 0:
             listed = {pid for _, pid in victims}
-            helpers = [pid for pid, s in children_of(self.d.pid)
-                       if s != "Z" and pid not in listed]
-            victims = [("(helper)", pid) for pid in helpers] or victims
+            unlisted = [pid for pid, s in children_of(self.d.pid)
+                        if s != "Z" and pid not in listed]
+            victims = [("(unlisted)", pid) for pid in unlisted] or victims
         if not victims:
             return
         group, pid = self.rng.choice(victims)
@@ -666,7 +716,7 @@ class Soak:
             r["kill_misses"] += 1
             return
         try:
-            if group == "producers":
+            if is_producer(pid):
                 self.kill_producer(pid)
             else:
                 os.kill(pid, signal.SIGKILL)
@@ -674,7 +724,7 @@ class Soak:
             r["kill_misses"] += 1
             return
         r["kills"] += 1
-        r["helper_kills"] += group == "(helper)"
+        r["unlisted_kills"] += group == "(unlisted)"
         r["kills_by_group"][group] = r["kills_by_group"].get(group, 0) + 1
 
     def kill_producer(self, pid: int) -> None:
@@ -805,6 +855,9 @@ class Soak:
         self.chaos_started = time.monotonic()
         self.chaos()
         r["chaos_secs"] = round(time.monotonic() - self.chaos_started, 1)
+        r["kills_scheduled"] = int(a.duration / a.kill_interval)
+        r["status_ms"] = quantiles(self.timing["status"])
+        r["kill_ms"] = quantiles(self.timing["kill"])
         if self.d.alive():
             self.finish()
         r["elapsed_secs"] = round(time.monotonic() - self.t0, 1)
@@ -897,7 +950,10 @@ def report(s: Soak) -> str:
                           f"of {au.get('poison', 0)}, {au.get('dead_lettered_other', 0)} other)", ""),
         ("lost = produced − consumed − dead-lettered", f"{au.get('lost', '?')}", ok(au.get("lost") == 0)),
         ("consumed but never produced", f"{au.get('unknown', '?')}", ok(au.get("unknown") == 0)),
-        ("kills", f"{r['kills']} ({kbg}; {r['kill_misses']} already gone)", ok(r["kills"] > 0)),
+        ("kills (SIGKILL)", f"{r['kills']} of {r.get('kills_scheduled', '?')} scheduled ({kbg}; "
+                            f"{r['kill_misses']} already gone)", ok(r["kills"] > 0)),
+        ("status over the control socket, ms", "median {median}, p99 {p99}, max {max}".format(
+            **(r.get("status_ms") or {"median": "?", "p99": "?", "max": "?"})), ""),
         ("config edits", f"{r['reloads']} ({r['reloads_in_place']} in place)",
          ok(r["config_errors"] == 0)),
         ("stalls (no ack for "f"{a.stall_secs:.0f} s)", f"{len(r['stalls'])}", ok(not r["stalls"])),
@@ -947,8 +1003,9 @@ def main() -> int:
     p.add_argument("--warmup", type=float, default=3, help="seconds of traffic before the first footprint")
     p.add_argument("--in-place-share", type=float, default=1 / 3,
                    help="share of edits written in place instead of rename")
-    p.add_argument("--helper-kill-every", type=int, default=50,
-                   help="every Nth kill hits a helper (fork server, Python server) instead; 0 = never")
+    p.add_argument("--unlisted-kill-every", type=int, default=50,
+                   help="every Nth kill hits a child of drover that status does not list instead (fork "
+                        "server, Python fork server, an old child a rolling restart is stopping); 0 = never")
     p.add_argument("--fd-tolerance", type=int, default=2, help="fds drover may gain")
     p.add_argument("--rss-tolerance-kib", type=int, default=1024, help="KiB of RSS drover may gain ...")
     p.add_argument("--rss-tolerance-pct", type=float, default=20, help="... or this %% of its start RSS if more")
@@ -956,6 +1013,9 @@ def main() -> int:
     p.add_argument("--drain-timeout", type=float, default=60)
     p.add_argument("--shutdown-timeout", type=float, default=30)
     p.add_argument("--seed", type=int, help="random seed (kills, in-place edits)")
+    p.add_argument("--inject-loss", action="store_true",
+                   help="self-check: each spawned consumer acks one message without recording it; "
+                        "the soak must then report lost > 0 and fail")
     p.add_argument("--keep", action="store_true", help="keep the run directory even when all is well")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args()
