@@ -42,6 +42,7 @@ WORKER = HERE / "chaos_worker.py"
 PYTHON = sys.executable  # not a shim (pyenv's is a shell script)
 MARKER_VAR = "DROVER_CHAOS_MARKER"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+STATUS_TIMEOUT = 10  # s; a slower answer is a violation (drover's loop was blocked)
 
 CONSUMERS = (6, 8)  # the spawned consumer group alternates between these
 PRODUCERS = 4
@@ -50,6 +51,10 @@ FS_CONSUMERS = 2  # forkserver Python function consumers, never scaled
 
 class SoakError(Exception):
     """The soak could not do what it needed (not a finding about drover)."""
+
+
+class StatusTimeout(SoakError):
+    """drover did not answer a status request in time."""
 
 
 class Interrupted(BaseException):
@@ -71,7 +76,7 @@ start_secs = "100ms"
 restart_delay = "50ms"
 restart_delay_max = "1s"
 max_restarts = 1000
-stop_timeout = "5s"
+stop_timeout = "30s"
 """
     records = run / "records"
     env = f'CHAOS_RECORDS = "{records}", PYTHONDONTWRITEBYTECODE = "1"'
@@ -213,6 +218,48 @@ def quantiles(seconds: list[float]) -> dict:
             "max": round(v[-1] * 1e3, 2)}
 
 
+def diagnose(pid: int) -> list[str]:
+    """What a process's threads and its children are doing, from /proc:
+    state, wchan, the syscall in progress (number and first argument) and,
+    when readable, the kernel stack of each of drover's threads."""
+    def read(path: str) -> str:
+        try:
+            return Path(path).read_text().strip()
+        except OSError as e:
+            return f"({e.strerror})"
+
+    out = []
+    for tid in sorted(os.listdir(f"/proc/{pid}/task"), key=int):
+        base = f"/proc/{pid}/task/{tid}"
+        st = read(f"{base}/stat")
+        state = st[st.rindex(")") + 2:].split()[0] if ")" in st else "?"
+        syscall = " ".join(read(f"{base}/syscall").split()[:2])
+        fds = ""
+        parts = syscall.split()
+        if len(parts) == 2 and parts[0].isdigit():
+            try:
+                fds = " fd " + str(int(parts[1], 16)) + " = " + os.readlink(f"/proc/{pid}/fd/{int(parts[1], 16)}")
+            except (OSError, ValueError):
+                pass
+        out.append(f"drover thread {tid} ({read(base + '/comm')}): state {state}, "
+                   f"wchan {read(base + '/wchan')}, syscall {syscall}{fds}")
+        stack = read(f"{base}/stack")
+        if not stack.startswith("("):
+            out.append("  stack: " + " < ".join(line.split()[-1] for line in stack.splitlines()[:6]))
+    for child, state in sorted(children_of(pid)):
+        out.append(f"child {child}: state {state}, wchan {read(f'/proc/{child}/wchan')}, {cmdline(child)[:60]}")
+    return out
+
+
+def cmdline(pid: int) -> str:
+    """The first 80 characters of a process's command line."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return "?"
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip()[:80]
+
+
 def is_producer(pid: int) -> bool:
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -277,7 +324,7 @@ class Drover:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def cli(self, *args: str, timeout: float = 10) -> subprocess.CompletedProcess:
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run(
             [str(self.binary), *args, "--socket", str(self.sock)],
             capture_output=True,
@@ -290,13 +337,15 @@ class Drover:
         directly (one JSON line each way), so that a kill every 50 ms does
         not also start a process every 50 ms."""
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(10)
+            s.settimeout(STATUS_TIMEOUT)
             try:
                 s.connect(str(self.sock))
                 s.sendall(b'{"cmd":"status"}\n')
                 chunks = []
                 while chunk := s.recv(1 << 16):
                     chunks.append(chunk)
+            except TimeoutError as e:
+                raise StatusTimeout(f"no answer to status within {STATUS_TIMEOUT} s") from e
             except OSError as e:
                 raise SoakError(f"status over {self.sock}: {e}") from e
         reply = json.loads(b"".join(chunks))
@@ -365,16 +414,22 @@ def wait_settled(d: Drover, generation: int, timeout: float) -> dict:
     raise SoakError(f"children did not settle within {timeout:.0f} s")
 
 
-def footprint(d: Drover) -> dict:
+def footprint(d: Drover, status: dict) -> dict:
     """drover's VmRSS and open fds: the smallest of 5 samples 100 ms apart
     (a control connection or a child being replaced holds a few fds for a
-    moment; the minimum is the steady state)."""
-    rss, fds = [], []
+    moment; the minimum is the steady state). Also its children that status
+    does not list: the fork server and the Python fork server when all is
+    well; a process drover lost track of shows up here."""
+    rss, fds, unlisted = [], [], []
+    listed = {pid for _, pid in child_pids(status)}
     for _ in range(5):
         rss.append(vm_rss_kib(d.pid))
         fds.append(fd_count(d.pid))
+        unlisted.append(sorted(p for p, s in children_of(d.pid) if s != "Z" and p not in listed))
         time.sleep(0.1)
-    return {"rss_kib": min(rss), "fds": min(fds), "rss_samples": rss, "fd_samples": fds}
+    fewest = min(unlisted, key=len)
+    return {"rss_kib": min(rss), "fds": min(fds), "rss_samples": rss, "fd_samples": fds,
+            "unlisted": [(p, cmdline(p)) for p in fewest]}
 
 
 # ------------------------------------------------------------------ sampler
@@ -589,7 +644,7 @@ class Soak:
             "kills": 0, "kills_by_group": {}, "kill_misses": 0, "unlisted_kills": 0,
             "reloads": 0, "reloads_in_place": 0, "config_errors": 0,
             "stalls": [], "violations": [], "notes": [], "progress": [],
-            "producer_kills_uninspected": 0,
+            "producer_kills_uninspected": 0, "unresponsive": [],
         }
         self.inspected: dict[str, int | None] = {}  # producer incarnation -> wchar at kill
         self.generation = 0
@@ -647,7 +702,7 @@ class Soak:
     def warm_up(self) -> dict:
         time.sleep(self.args.warmup)
         st = wait_settled(self.d, self.generation, timeout=30)
-        fp = footprint(self.d)
+        fp = footprint(self.d, st)
         fp["acked"] = queue(st, "jobs")["acked"]
         return fp
 
@@ -674,7 +729,12 @@ class Soak:
                 next_edit += a.edit_interval
             if now >= next_kill:
                 t_kill = time.monotonic()
-                st = d.status_fast()
+                try:
+                    st = d.status_fast()
+                except StatusTimeout as e:
+                    self.unresponsive(now - start, str(e))
+                    next_kill = time.monotonic()
+                    continue
                 t_status = time.monotonic()
                 if st.get("config_error"):
                     r["config_errors"] += 1
@@ -699,6 +759,14 @@ class Soak:
                 self.report_progress(now - start)
                 next_report += 5
             time.sleep(max(0.0, min(next_kill, next_edit, end) - time.monotonic()))
+
+    def unresponsive(self, t: float, why: str) -> None:
+        """drover did not answer: say so, with what it and its children were
+        doing (read from /proc while it still hangs), and carry on."""
+        diag = diagnose(self.d.pid)
+        self.r["unresponsive"].append({"t": round(t, 1), "why": why, "diagnosis": diag})
+        self.violation(f"drover did not answer status {t:.1f} s into the chaos ({why}); "
+                       "what it was doing:\n      " + "\n      ".join(diag))
 
     def kill_one(self, st: dict) -> None:
         a, r = self.args, self.r
@@ -763,9 +831,9 @@ class Soak:
 
     def report_progress(self, t: float) -> None:
         try:
-            st = self.d.status()
-        except (SoakError, subprocess.TimeoutExpired):
-            return
+            st = self.d.status_fast()
+        except SoakError:
+            return  # the kill loop reports a drover that does not answer
         j = queue(st, "jobs")
         row = {"t": round(t), "acked": j["acked"], "depth": j["depth"],
                "redelivered": j["redelivered"], "dead_lettered": j["dead_lettered"],
@@ -787,8 +855,8 @@ class Soak:
         # the start, so the footprint compares like with like.
         st = wait_settled(d, self.generation, timeout=60)
         time.sleep(a.warmup)
-        wait_settled(d, self.generation, timeout=30)
-        r["footprint_end"] = footprint(d)
+        st = wait_settled(d, self.generation, timeout=30)
+        r["footprint_end"] = footprint(d, st)
         r["messages_in_chaos"] = queue(d.status(), "jobs")["acked"] - r["footprint_start"]["acked"]
 
         self.step("stopping the producers (drover stop producers), draining the queues")
@@ -876,6 +944,31 @@ class Soak:
         self.judge()
         return 1 if r["violations"] else 0
 
+    def check_counters(self) -> None:
+        """drover's queue counters at the end against the records."""
+        au = self.r["audit"]
+        qs = {q["name"]: q for q in self.r.get("queues_end", [])}
+        if "jobs" not in qs or "dead" not in qs:
+            return
+        checks = []
+        for name in ("jobs", "dead"):
+            q = qs[name]
+            # Every delivery ends in an ack, a redelivery or a dead letter.
+            checks.append((f"{name}: delivered = acked + redelivered + dead_lettered",
+                           q["delivered"], q["acked"] + q["redelivered"] + q["dead_lettered"]))
+        j = qs["jobs"]
+        # A message is acked once; one that was recorded and then
+        # dead-lettered (its consumer died before acking, 50 times) never.
+        checks.append(("jobs: acked = consumed (unique) − consumed and dead-lettered",
+                       j["acked"], au["consumed_unique"] - au["consumed_and_dead_lettered"]))
+        checks.append(("jobs: dead_lettered = dead letters recorded", j["dead_lettered"], au["dead_lettered"]))
+        checks.append(("dead: acked + dead_lettered = dead letters recorded",
+                       qs["dead"]["acked"] + qs["dead"]["dead_lettered"], au["dead_lettered"]))
+        self.r["counter_checks"] = [(what, a, b) for what, a, b in checks]
+        for what, a, b in checks:
+            if a != b:
+                self.violation(f"drover's counters disagree with the records: {what}: {a} ≠ {b}")
+
     def judge(self) -> None:
         a, r = self.args, self.r
         au = r["audit"]
@@ -901,6 +994,13 @@ class Soak:
             self.note(f"drover counts {j['dead_lettered']} dead letters of jobs, the records "
                       f"{au['dead_lettered']}")
         fs, fe = r.get("footprint_start"), r.get("footprint_end")
+        if fs and fe and len(fe["unlisted"]) > len(fs["unlisted"]):
+            self.violation(f"drover has children that status does not list: {fe['unlisted']} "
+                           f"(after warm-up only {fs['unlisted']})")
+        self.check_counters()
+        orphans = [line for line in self.d.stderr_tail(200) if "orphaned descendants still running" in line]
+        if orphans:
+            self.violation(f"at shutdown drover found processes it did not supervise: {orphans[0]}")
         if fs and fe:
             dfd = fe["fds"] - fs["fds"]
             drss = fe["rss_kib"] - fs["rss_kib"]
@@ -950,6 +1050,9 @@ def report(s: Soak) -> str:
                           f"of {au.get('poison', 0)}, {au.get('dead_lettered_other', 0)} other)", ""),
         ("lost = produced − consumed − dead-lettered", f"{au.get('lost', '?')}", ok(au.get("lost") == 0)),
         ("consumed but never produced", f"{au.get('unknown', '?')}", ok(au.get("unknown") == 0)),
+        ("drover's queue counters agree with the records",
+         f"{sum(a == b for _, a, b in r.get('counter_checks', []))} of {len(r.get('counter_checks', []))} checks",
+         ok(r.get("counter_checks") and all(a == b for _, a, b in r["counter_checks"]))),
         ("kills (SIGKILL)", f"{r['kills']} of {r.get('kills_scheduled', '?')} scheduled ({kbg}; "
                             f"{r['kill_misses']} already gone)", ok(r["kills"] > 0)),
         ("status over the control socket, ms", "median {median}, p99 {p99}, max {max}".format(
@@ -967,6 +1070,9 @@ def report(s: Soak) -> str:
          ok(fs and fe and fe["rss_kib"] - fs["rss_kib"] <= r.get("rss_tolerance_kib", 0))),
         ("drover fds start → end", f"{fs.get('fds', '?')} → {fe.get('fds', '?')} (tolerance +{a.fd_tolerance})",
          ok(fs and fe and fe["fds"] - fs["fds"] <= a.fd_tolerance)),
+        ("drover's children that status does not list, start → end",
+         f"{len(fs.get('unlisted', []))} → {len(fe.get('unlisted', []))} (fork server, Python fork server)",
+         ok(fs and fe and len(fe["unlisted"]) <= len(fs["unlisted"]))),
         ("drover alive until SIGTERM", "yes" if d and d.died_at is None else "NO", ok(d and d.died_at is None)),
         ("drover exit status after SIGTERM",
          f"{d.exit_code if d else '?'} after {r.get('shutdown_secs', '?')} s", ok(d and d.exit_code == 0)),
