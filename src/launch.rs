@@ -540,7 +540,9 @@ impl Launcher for ProcessLauncher {
                 let setup = worker_env(group, index, &io.queues);
                 match self.templates.start_worker(group, &plan, &setup) {
                     Ok(pid) => Ok(pid),
-                    Err(python::StartError::Failed(e)) => Err(e),
+                    // The interpreter is not what failed: say so, not "cannot
+                    // execute python3: Broken pipe".
+                    Err(python::StartError::Failed(e)) => return Err(LaunchError::Template(e)),
                     Err(python::StartError::Warming) => {
                         return Err(LaunchError::Warming {
                             until: python::IMPORT_TIMEOUT,

@@ -156,7 +156,16 @@ pub struct Templates {
     by_group: HashMap<GroupName, Template>,
     /// Templates launched since the runtime last asked, to watch for "ready".
     launched: Vec<GroupName>,
+    /// Ready templates of a group that failed a request in a row (see
+    /// [`MAX_TEMPLATE_FAILURES`]).
+    failures: HashMap<GroupName, u32>,
 }
+
+/// A ready template that fails a request (killed, or answering nonsense) is
+/// replaced and the start waits for the new one, instead of counting as a
+/// failed start of the worker; this many times in a row, then the start
+/// fails (and backs off as usual).
+const MAX_TEMPLATE_FAILURES: u32 = 3;
 
 #[derive(serde::Serialize)]
 struct Request<'a> {
@@ -203,6 +212,7 @@ impl Templates {
             .by_group
             .get_mut(&group.name)
             .ok_or_else(|| io::Error::other("the python template was not started"))?;
+        let was_ready = matches!(template.readiness, Readiness::Ready);
         let result = match template.check_ready() {
             Ok(true) => template.request(plan, setup),
             Ok(false) if template.launched.elapsed() < IMPORT_TIMEOUT => {
@@ -216,6 +226,19 @@ impl Templates {
         if result.is_err() {
             // A template that failed (or died) is replaced on the next start.
             self.stop(&group.name);
+            let failures = self.failures.entry(group.name.clone()).or_default();
+            *failures += 1;
+            if was_ready && *failures <= MAX_TEMPLATE_FAILURES {
+                // It had imported fine: the worker's start is not what
+                // failed. Start a new template now and wait for it.
+                if let Err(e) = &result {
+                    tracing::warn!(group = %group.name, "the python template failed ({e}); starting a new one");
+                }
+                self.launch(group, plan)?;
+                return Err(StartError::Warming);
+            }
+        } else {
+            self.failures.remove(&group.name);
         }
         Ok(result?)
     }

@@ -220,13 +220,19 @@ def receive(sock):
     return json.loads(msg), list(fds)
 
 
-def worker(ours, fds, env, queues, module, function):
-    """The forked worker, from its first instruction to its exit."""
+def worker(ours, go, fds, env, queues, module, function):
+    """The forked worker, from its first instruction to its exit. It runs
+    nothing of the user's before its template says "go" on `go`, which the
+    template does once drover has its pid: a template killed in between
+    leaves no worker behind that drover does not know."""
     code = 1
     try:
         set_title(*worker_title(env.get("DROVER_GROUP", "?"), env.get("DROVER_INDEX", "?"), module, function))
         for fd in ours:
             os.close(fd)
+        if os.read(go, 1) != b"g":
+            os._exit(0)  # the template died before drover learnt our pid
+        os.close(go)
         become_worker(fds, env, queues)
         code = run(module, function)
     except BaseException:
@@ -237,10 +243,13 @@ def worker(ours, fds, env, queues, module, function):
 
 
 def start_worker(sock, request, fds, module, function):
-    """Double-forks a worker; returns its pid."""
+    """Double-forks a worker; returns its pid and the fd on which to tell
+    it to go (write b"g", after drover has the pid; closing it unwritten
+    makes the worker exit at once)."""
     queues = checked_queues(request, fds)
     env = request.get("env") or {}
     flush_std()  # or every worker writes what the imports left in the buffers
+    go_r, go_w = os.pipe()
     r, w = os.pipe()
     middle = os.fork()
     if middle == 0:
@@ -248,11 +257,12 @@ def start_worker(sock, request, fds, module, function):
             os.close(r)
             pid = os.fork()
             if pid == 0:
-                worker([w, sock.detach()], fds, env, queues, module, function)
+                worker([w, go_w, sock.detach()], go_r, fds, env, queues, module, function)
             os.write(w, str(pid).encode())
         finally:
             os._exit(0)
     os.close(w)
+    os.close(go_r)
     answer = b""
     while True:
         chunk = os.read(r, 32)
@@ -262,8 +272,9 @@ def start_worker(sock, request, fds, module, function):
     os.close(r)
     os.waitpid(middle, 0)
     if not answer:
+        os.close(go_w)
         raise OSError("the worker could not be forked")
-    return int(answer)
+    return int(answer), go_w
 
 
 def serve(module, function):
@@ -274,13 +285,19 @@ def serve(module, function):
         request, fds = receive(sock)
         if request is None:
             return 0
+        go = None
         try:
-            reply = {"seq": request["seq"], "pid": start_worker(sock, request, fds, module, function)}
+            pid, go = start_worker(sock, request, fds, module, function)
+            reply = {"seq": request["seq"], "pid": pid}
         except Exception as e:
             reply = {"seq": request.get("seq"), "error": str(e)[:MAX_ERROR]}
         for fd in fds:
             os.close(fd)
         sock.send(json.dumps(reply).encode())
+        if go is not None:
+            # drover has the pid now: the worker may run.
+            os.write(go, b"g")
+            os.close(go)
 
 
 def main(argv):

@@ -327,6 +327,36 @@ class BootstrapTest(unittest.TestCase):
         out = subprocess.run([sys.executable, "-B", "-c", no_proc], cwd=HERE, capture_output=True, text=True, timeout=60)
         self.assertEqual((out.returncode, out.stdout, out.stderr), (0, "ran on\n", ""))
 
+    def test_a_worker_runs_only_once_its_template_says_go(self):
+        """A template killed between forking a worker and telling drover its
+        pid left that worker running unsupervised beside its replacement.
+        The worker waits for "go", which the template writes only after its
+        reply; a template that dies first closes the pipe unwritten."""
+        import drover_worker
+
+        cwd = os.getcwd()
+        os.chdir(self.dir.name)
+        sys.path.insert(0, self.dir.name)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            for say_go, expected in [(False, ""), (True, "ok 0\n")]:
+                r, w = os.pipe()
+                null = os.open(os.devnull, os.O_RDONLY)
+                request = {"seq": 1, "env": {"DROVER_INDEX": "0"}, "queues": {}}
+                pid, go = drover_worker.start_worker(theirs, request, [null, w, w], "mod", "ok")
+                os.close(w)
+                os.close(null)
+                self.assertGreater(pid, 0)
+                if say_go:
+                    os.write(go, b"g")
+                os.close(go)
+                self.assertEqual(read_all(r), expected, "told to go: %s" % say_go)
+        finally:
+            sys.path.remove(self.dir.name)
+            os.chdir(cwd)
+            ours.close()
+            theirs.close()
+
     def test_a_request_naming_a_missing_fd_is_refused(self):
         template = self.template("fork", "mod", "ok")
         self.assertEqual(template.ready(), {"ready": True})

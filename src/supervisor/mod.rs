@@ -66,6 +66,10 @@ pub enum LaunchError {
     },
     #[error("cannot prepare the child: {0}")]
     Setup(#[source] std::io::Error),
+    /// The group's Python template failed the request (it died, timed out,
+    /// or could not import the module).
+    #[error("{0}")]
+    Template(#[source] std::io::Error),
     /// The group's start context is still getting ready (a Python template
     /// importing its module). Not a failure: the start is retried when the
     /// runtime reports the context ready ([`Supervisor::context_ready`]), or
