@@ -116,18 +116,31 @@ fn check_span(span: &Span, text: &str, d: &Diagnostic) {
     let Some(line) = line else {
         panic!("{d}: line {} of a file of fewer lines", span.line);
     };
-    assert_eq!(
-        span.source_line,
-        line.trim_end_matches('\r'),
-        "{d}: source_line is not line {}",
-        span.line
-    );
-    // Within the shown line (trailing '\r's dropped), plus one past its end.
-    let chars = span.source_line.chars().count();
+    let shown = line.trim_end_matches('\r');
+    if span.source_line != shown {
+        // A very long line is shown as an excerpt: pieces of the line (its
+        // control characters escaped) with `…` where text is left out.
+        assert!(
+            shown.len() > 240 && span.source_line.contains('…'),
+            "{d}: source_line is neither line {} nor an excerpt of it",
+            span.line
+        );
+    } else {
+        assert_eq!(span.source_col, span.col, "{d}: a whole line's columns");
+    }
+    // The real column lies within the line (trailing '\r's dropped), plus
+    // one past its end; the underline within what is shown.
+    let chars = shown.chars().count();
     assert!(
-        span.col - 1 + span.width <= chars + 1,
-        "{d}: col {} width {} past the end of a line of {chars} chars",
-        span.col,
+        span.col <= chars + 1,
+        "{d}: col {} past the end of a line of {chars} chars",
+        span.col
+    );
+    let shown_chars = span.source_line.chars().count();
+    assert!(
+        span.source_col - 1 + span.width <= shown_chars + 1,
+        "{d}: col {} width {} past the end of the {shown_chars} chars shown",
+        span.source_col,
         span.width
     );
 }
