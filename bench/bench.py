@@ -293,7 +293,7 @@ class Drover:
             f"command = [{json.dumps(str(bench.stamp))}]\n"
             f"processes = {processes}\n"
             + (f"start_method = {json.dumps(start_method)}\n" if start_method else "")
-            + 'start_secs = "0s"\n'
+            + 'start_secs = "100ms"\n'
             'restart = "always"\n'
             f"env = {{ STAMP_DIR = {json.dumps(str(self.dir))} }}\n"
         )
@@ -1222,7 +1222,7 @@ def report_methods(b: Bench) -> list[str]:
     out = [
         "## Start methods: restart latency per start method and supervisor size",
         "",
-        'drover with one `stamp` child (`start_secs = "0s"`, `restart = "always"`) per',
+        'drover with one `stamp` child (`start_secs = "100ms"`, the shortest drover allows, `restart = "always"`) per',
         f"`start_method`, as is and with `--ballast-mib {mib}` (the supervisor holds {big} of",
         "touched memory): SIGKILL of the running child → its replacement's stamp. Bare calls",
         f"from `probe`, a small C parent, and the same holding {big} (mmap, MADV_NOHUGEPAGE,",
@@ -1407,7 +1407,7 @@ def main() -> int:
     p.add_argument("--supervisord", default=None, help="supervisord executable (omit: skip it)")
     p.add_argument("--restarts", type=int, default=200, help="drover / baseline iterations")
     p.add_argument("--sv-restarts", type=int, default=20, help="supervisord iterations")
-    p.add_argument("--gap-ms", type=int, default=5, help="pause between two kills of drover's child")
+    p.add_argument("--gap-ms", type=int, default=120, help="pause between two kills of drover's child (above start_secs: a child killed sooner is a failed start, which backs off)")
     p.add_argument("--idle-secs", type=float, default=10.0)
     p.add_argument(
         "--ballast-mib",

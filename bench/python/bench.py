@@ -12,7 +12,7 @@ Phases, all with the heavy module (bench/python/heavy.py: ~300 ms import,
      fork as drover's template does it (baselines.py);
   2. Python's multiprocessing, start() -> first result, per start method
      (baselines.py mp), and the same with a light target for reference;
-  3. drover restart latency per method: one worker, start_secs = "0s",
+  3. drover restart latency per method: one worker, start_secs = "100ms",
      restart = "always"; SIGKILL -> the replacement's timestamp;
   4. drover with 8 workers per method: PSS from /proc/PID/smaps_rollup;
   5. optionally the same restarts with a numpy target (a venv made by run.sh).
@@ -358,7 +358,7 @@ class Drover:
             lines.append(f'preload = ["{module}"]')
         lines += [
             f"processes = {processes}",
-            'start_secs = "0s"',
+            'start_secs = "100ms"',
             'restart = "always"',
             'stop_timeout = "5s"',
             f"cwd = {json.dumps(str(HERE))}",
@@ -674,7 +674,7 @@ def report(args, R: dict, load: dict) -> str:
 
     L += ["", "## drover: restart and start latency per method (heavy module)", ""]
     L += [
-        "*restart*: SIGKILL of the running worker → its replacement's first line (one worker, `start_secs = \"0s\"`, "
+        "*restart*: SIGKILL of the running worker → its replacement's first line (one worker, `start_secs = \"100ms\"`, "
         "`restart = \"always\"`). *start*: `drover start w` issued (after `drover stop w` and the worker gone) → the "
         "worker's first line; includes the CLI's own round trip (*cli*: an idle `drover status`). *first start*: "
         "`drover run` launched → the first worker running, i.e. with the template's / server's interpreter start and "
@@ -895,7 +895,7 @@ def main() -> int:
     ap.add_argument("--mp-slow-runs", type=int, default=10, help="multiprocessing starts, heavy spawn / forkserver")
     ap.add_argument("--fork-runs", type=int, default=30, help="bare fork samples")
     ap.add_argument("--workers", type=int, default=8)
-    ap.add_argument("--gap-ms", type=int, default=20, help="pause between a replacement's stamp and the next kill")
+    ap.add_argument("--gap-ms", type=int, default=120, help="pause between a replacement's stamp and the next kill (above start_secs = 100ms: a worker killed sooner is a failed start, which backs off)")
     ap.add_argument("--settle", type=float, default=0.5, help="seconds between all workers running and reading PSS")
     ap.add_argument("--sleep-ms", type=int, default=300, help="the heavy import's sleep")
     ap.add_argument("--mib", type=int, default=200, help="the heavy module's ballast")

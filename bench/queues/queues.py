@@ -179,7 +179,7 @@ class Drover:
                 f"command = {toml_list(consumer)}",
                 'inputs = ["bench"]',
                 'restart = "never"',
-                'start_secs = "0s"',
+                'start_secs = "100ms"',
                 "",
             ]
         lines += [
@@ -188,7 +188,7 @@ class Drover:
             'outputs = ["bench"]',
             f"processes = {producers}",
             'restart = "never"',
-            'start_secs = "0s"',
+            'start_secs = "100ms"',
             "",
         ]
         self.config.write_text("\n".join(lines))

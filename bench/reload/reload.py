@@ -385,7 +385,7 @@ class Bench:
             "[group.stamp]\n"
             f"command = [{json.dumps(str(self.stamp))}]\n"
             f"processes = {n}\n"
-            'start_secs = "0s"\n'
+            'start_secs = "100ms"\n'
             'restart = "always"\n'
             f"env = {{ STAMP_DIR = {json.dumps(str(d))} }}\n"
         )
