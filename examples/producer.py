@@ -22,7 +22,7 @@ while count == 0 or n < count:
     jobs.send(f"job {n}".encode())
     n += 1
     if signal.sigtimedwait({signal.SIGTERM}, rate):
-        print(f"producer: SIGTERM, stopping after {n} job{"" if n == 1 else "s"}", flush=True)
+        print(f"producer: SIGTERM, stopping after {n} job{'' if n == 1 else 's'}", flush=True)
         break
 else:
-    print(f"producer: sent {n} job{"" if n == 1 else "s"}", flush=True)
+    print(f"producer: sent {n} job{'' if n == 1 else 's'}", flush=True)

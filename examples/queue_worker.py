@@ -19,4 +19,4 @@ while (msg := jobs.recv(65536)):
     done += 1
     job = msg.decode(errors="replace")
     print(f"{job} -> {job.upper()}", flush=True)
-print(f"queue closed, exiting after {done} job{"" if done == 1 else "s"}", flush=True)
+print(f"queue closed, exiting after {done} job{'' if done == 1 else 's'}", flush=True)

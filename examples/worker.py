@@ -26,8 +26,8 @@ def main():
         time.sleep(0.5)
         done += 1
         if done % 10 == 0:
-            print(f"worker {group}[{index}] finished {done} job{"" if done == 1 else "s"}", flush=True)
-    print(f"worker {group}[{index}] stopping after {done} job{"" if done == 1 else "s"}", flush=True)
+            print(f"worker {group}[{index}] finished {done} job{'' if done == 1 else 's'}", flush=True)
+    print(f"worker {group}[{index}] stopping after {done} job{'' if done == 1 else 's'}", flush=True)
 
 
 if __name__ == "__main__":
