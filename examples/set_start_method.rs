@@ -32,21 +32,5 @@ fn run(method: StartMethod) -> Result<(), Box<dyn std::error::Error>> {
 
 fn main() -> ExitCode {
     context::init();
-    let method = match tutorial::method_from_args(std::env::args_os(), StartMethod::Spawn) {
-        Ok(method) => method,
-        Err(message) => {
-            eprintln!("error: {message}");
-            return ExitCode::from(2);
-        }
-    };
-    match run(method) {
-        Ok(()) => {
-            println!("{}", tutorial::explain(method));
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    tutorial::main(StartMethod::Spawn, run)
 }

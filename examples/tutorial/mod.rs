@@ -46,3 +46,29 @@ pub fn explain(method: StartMethod) -> String {
     };
     format!("(start method: {} — {how})", method.as_str())
 }
+
+/// The examples' `main`: the start method from the arguments (`default`
+/// without one; a bad one is a one-line error, exit 2), the tutorial's
+/// program, then the line that explains which method ran.
+pub fn main(
+    default: StartMethod,
+    run: fn(StartMethod) -> Result<(), Box<dyn std::error::Error>>,
+) -> std::process::ExitCode {
+    let method = match method_from_args(std::env::args_os(), default) {
+        Ok(method) => method,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match run(method) {
+        Ok(()) => {
+            println!("{}", explain(method));
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

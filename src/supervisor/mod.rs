@@ -313,17 +313,7 @@ impl Supervisor {
         }
         let mut cx = cx!(self, launcher, now);
         for group in self.groups.values_mut().filter(|g| !g.held) {
-            for child in &mut group.children {
-                if matches!(
-                    child.state,
-                    ChildState::Waiting {
-                        reason: WaitReason::Turn,
-                        ..
-                    }
-                ) {
-                    start_child(&group.spec, child, &mut cx);
-                }
-            }
+            start_waiting(group, WaitReason::Turn, &mut cx);
         }
     }
 
@@ -602,17 +592,7 @@ impl Supervisor {
                 log: &mut self.log,
                 deferred: &mut self.deferred,
             };
-            for child in &mut group.children {
-                if matches!(
-                    child.state,
-                    ChildState::Waiting {
-                        reason: WaitReason::Template,
-                        ..
-                    }
-                ) {
-                    start_child(&group.spec, child, &mut cx);
-                }
-            }
+            start_waiting(group, WaitReason::Template, &mut cx);
         }
         self.advance_rolling(launcher, now);
     }
@@ -749,6 +729,15 @@ fn stop_predecessors<L: Launcher>(
     }) {
         r.successor = None;
         stop_child(&r.spec, &mut r.child, AfterStop::Stay, cx);
+    }
+}
+
+/// Starts the children of `group` that wait for `reason`.
+fn start_waiting<L: Launcher>(group: &mut Group, reason: WaitReason, cx: &mut Cx<'_, L>) {
+    for child in &mut group.children {
+        if matches!(child.state, ChildState::Waiting { reason: r, .. } if r == reason) {
+            start_child(&group.spec, child, cx);
+        }
     }
 }
 
