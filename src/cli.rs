@@ -222,6 +222,11 @@ fn run(path: &Path, socket: Option<&Path>) -> ExitCode {
 }
 
 fn check(path: &Path) -> ExitCode {
+    // Entries of a config directory that are not regular files (a FIFO, a
+    // device) are passed over, with a warning (`run` logs the same).
+    for skipped in crate::watch::inspect(path, &Default::default()).skipped {
+        eprintln!("{skipped}");
+    }
     match config::load(path) {
         Ok(loaded) => {
             if !loaded.warnings.is_empty() {

@@ -366,3 +366,30 @@ mod cli {
         assert_eq!(out.status.code(), Some(0), "{err}");
     }
 }
+
+/// `drover check` says which entries of a config directory it passes over
+/// (a FIFO named `*.toml` is never opened), as `drover run` does.
+#[test]
+fn check_warns_about_entries_that_are_not_regular_files() {
+    let dir = std::env::temp_dir().join(format!("drover-check-fifo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("a.toml"), "[group.a]\ncommand = [\"true\"]\n").unwrap();
+    nix::unistd::mkfifo(
+        &dir.join("z.toml"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
+        .arg("check")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("z.toml: warning: skipped: it is a FIFO, not a regular file"),
+        "{stderr}"
+    );
+}
