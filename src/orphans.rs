@@ -128,13 +128,7 @@ impl Orphans {
 /// Every non-zombie process whose parent is drover.
 pub fn live_children() -> Vec<Pid> {
     let me = getpid().as_raw();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&pid| matches!(parent_and_state(pid), Some((ppid, state)) if ppid == me && state != 'Z'))
-        .map(Pid)
-        .collect()
+    processes(|_, f| f.ppid == me && f.state != 'Z')
 }
 
 /// Processes re-parented to drover that started at most `max_age` ago and
@@ -155,26 +149,38 @@ pub fn recent_daemons(max_age: Duration, known: impl Fn(Pid) -> bool) -> Vec<Pid
     };
     // One tick of slack each way: start times are in clock ticks.
     let since = uptime - max_age.as_secs_f64() - 2.0 / ticks;
+    processes(|pid, f| {
+        f.ppid == me && f.state != 'Z' && f.session == pid && f.start as f64 / ticks >= since
+    })
+    .into_iter()
+    .filter(|&pid| !known(pid))
+    .collect()
+}
+
+/// The live members of process group `pgid` (for `status`'s leftovers).
+pub fn group_members(pgid: Pid) -> Vec<i32> {
+    processes(|_, f| f.pgrp == pgid.0 && f.state != 'Z')
+        .into_iter()
+        .map(|p| p.0)
+        .collect()
+}
+
+/// Every process in `/proc` whose stat fields `keep` accepts.
+fn processes(keep: impl Fn(i32, &StatFields) -> bool) -> Vec<Pid> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     dir.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&pid| {
-            stat_fields(pid).is_some_and(|f| {
-                f.ppid == me
-                    && f.state != 'Z'
-                    && f.session == pid
-                    && f.start as f64 / ticks >= since
-            })
-        })
+        .filter(|&pid| stat_fields(pid).is_some_and(|f| keep(pid, &f)))
         .map(Pid)
-        .filter(|&pid| !known(pid))
         .collect()
 }
 
+/// The fields of `/proc/PID/stat` drover looks at.
 struct StatFields {
     state: char,
     ppid: i32,
+    pgrp: i32,
     session: i32,
     /// Start time, in clock ticks since boot.
     start: u64,
@@ -182,51 +188,19 @@ struct StatFields {
 
 fn stat_fields(pid: i32) -> Option<StatFields> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may itself contain ") ".
     let rest = stat.get(stat.rfind(')')? + 2..)?;
     // Fields from 3 on: state ppid pgrp session tty_nr tpgid flags minflt
     // cminflt majflt cmajflt utime stime cutime cstime priority nice
     // num_threads itrealvalue starttime.
-    let fields: Vec<&str> = rest.split(' ').collect();
+    let fields: Vec<&str> = rest.split(' ').take(20).collect();
     Some(StatFields {
         state: fields.first()?.chars().next()?,
         ppid: fields.get(1)?.parse().ok()?,
+        pgrp: fields.get(2)?.parse().ok()?,
         session: fields.get(3)?.parse().ok()?,
         start: fields.get(19)?.parse().ok()?,
     })
-}
-
-/// The live members of process group `pgid` (for `status`'s leftovers).
-pub fn group_members(pgid: Pid) -> Vec<i32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&pid| process_group(pid) == Some(pgid.0))
-        .collect()
-}
-
-/// The process group of a live (non-zombie) process, from `/proc/PID/stat`.
-fn process_group(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.get(stat.rfind(')')? + 2..)?;
-    let mut fields = rest.split(' ');
-    let state = fields.next()?;
-    if state == "Z" {
-        return None;
-    }
-    fields.next()?; // ppid
-    fields.next()?.parse().ok()
-}
-
-/// Parent PID and state letter from `/proc/PID/stat`.
-fn parent_and_state(pid: i32) -> Option<(i32, char)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may itself contain ") ".
-    let rest = stat.get(stat.rfind(')')? + 2..)?;
-    let mut fields = rest.split(' ');
-    let state = fields.next()?.chars().next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    Some((ppid, state))
 }
 
 #[cfg(test)]
@@ -236,8 +210,9 @@ mod tests {
     #[test]
     fn reads_parent_of_self() {
         let me = std::process::id() as i32;
-        let (ppid, state) = parent_and_state(me).unwrap();
-        assert_eq!(ppid, nix::unistd::getppid().as_raw());
-        assert_ne!(state, 'Z');
+        let f = stat_fields(me).unwrap();
+        assert_eq!(f.ppid, nix::unistd::getppid().as_raw());
+        assert_eq!(f.pgrp, nix::unistd::getpgrp().as_raw());
+        assert_ne!(f.state, 'Z');
     }
 }

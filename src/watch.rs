@@ -52,7 +52,7 @@ use std::time::{Duration, Instant};
 use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 
-use crate::config::{Diagnostic, Location};
+use crate::config::{Diagnostic, Location, is_config_name};
 use crate::sys::file::{Lease, describe, open_nonblocking, read_lease};
 
 /// How long a burst of config events may pause before it is applied once.
@@ -64,7 +64,7 @@ const MAX_DEBOUNCE: Duration = Duration::from_secs(1);
 const BACKLOG: usize = 1024;
 /// The most config files [`inspect`] looks at: the loader refuses a
 /// directory with more, so there is nothing to wait for.
-const MAX_INSPECTED: usize = 10_000;
+const MAX_INSPECTED: usize = crate::config::MAX_FILES;
 
 /// What happened to the config, as the event loop needs to know it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,11 +136,6 @@ impl Filter {
             Filter::File(file) => name == file,
         }
     }
-}
-
-/// Whether an entry of a config directory is read as a config file.
-fn is_config_name(name: &str) -> bool {
-    !name.starts_with('.') && name.ends_with(".toml")
 }
 
 /// What `notify`'s callback hands the watch thread.

@@ -22,7 +22,7 @@ use crate::sys::file::{Lease, describe, open_nonblocking, read_lease};
 pub(crate) const MAX_FILE_BYTES: u64 = 4 << 20;
 
 /// The most `*.toml` files a config directory may hold.
-pub(crate) const MAX_FILES: usize = 10_000;
+pub const MAX_FILES: usize = 10_000;
 
 /// The files `path` stands for: itself if it is not a directory; else the
 /// `*.toml` entries of the directory that are regular files (symlinks
@@ -30,6 +30,12 @@ pub(crate) const MAX_FILES: usize = 10_000;
 /// lock files, Kubernetes' `..data`). Directories, FIFOs, devices and
 /// sockets are passed over without a diagnostic here (this function only
 /// reports errors); `drover run` warns about them itself.
+/// Whether an entry of a config directory is read as a config file:
+/// `*.toml`, not hidden (editor lock files, Kubernetes' `..data`).
+pub fn is_config_name(name: &str) -> bool {
+    !name.starts_with('.') && name.ends_with(".toml")
+}
+
 pub(crate) fn discover(path: &Path) -> Result<Vec<PathBuf>, Vec<Diagnostic>> {
     discover_at_most(path, MAX_FILES)
 }
@@ -45,7 +51,7 @@ fn discover_at_most(path: &Path, max_files: usize) -> Result<Vec<PathBuf>, Vec<D
         let entry = entry.map_err(|e| vec![cannot_read(path, &e)])?;
         let name = entry.file_name();
         let name_str = name.to_string_lossy();
-        if !name_str.starts_with('.') && name_str.ends_with(".toml") {
+        if is_config_name(&name_str) {
             if names.len() == max_files {
                 return Err(vec![too_many(path, max_files)]);
             }

@@ -51,6 +51,7 @@ use std::path::Path;
 
 pub use diag::{Diagnostic, Location, Severity, Span, render_all};
 pub use duration::parse_duration;
+pub use files::{MAX_FILES, is_config_name};
 pub use model::*;
 
 use host::Host;

@@ -21,7 +21,7 @@ pub use child::{
 };
 pub use reload::ReloadSummary;
 
-use crate::config::{Config, GroupSpec};
+use crate::config::{Config, GroupSpec, Policy};
 use crate::names::GroupName;
 use crate::ratelimit::RateLimit;
 use crate::signal::Signal;
@@ -509,12 +509,7 @@ impl Supervisor {
         if self.shutting_down {
             return Ok(());
         }
-        let mut cx = Cx {
-            launcher: &mut *launcher,
-            now,
-            log: &mut self.log,
-            deferred: &mut self.deferred,
-        };
+        let mut cx = cx!(self, &mut *launcher, now);
         match command {
             GroupCommand::Stop => {
                 group.held = true;
@@ -586,12 +581,7 @@ impl Supervisor {
             return;
         }
         if let Some(group) = self.groups.get_mut(name).filter(|g| !g.held) {
-            let mut cx = Cx {
-                launcher: &mut *launcher,
-                now,
-                log: &mut self.log,
-                deferred: &mut self.deferred,
-            };
+            let mut cx = cx!(self, &mut *launcher, now);
             start_waiting(group, WaitReason::Template, &mut cx);
         }
         self.advance_rolling(launcher, now);
@@ -750,11 +740,7 @@ fn start_child<L: Launcher>(spec: &GroupSpec, child: &mut Child, cx: &mut Cx<'_,
         return;
     }
     // The respawn floor: no slot starts twice within start_secs.
-    if let Some(floor) = child
-        .last_start
-        .map(|t| after(t, min_start_secs(&spec.policy)))
-        .filter(|floor| cx.now < *floor)
-    {
+    if let Some(floor) = respawn_floor(child, &spec.policy).filter(|floor| cx.now < *floor) {
         child.state = ChildState::Backoff { until: floor };
         return;
     }
@@ -800,6 +786,12 @@ fn start_child<L: Launcher>(spec: &GroupSpec, child: &mut Child, cx: &mut Cx<'_,
     }
 }
 
+/// The earliest moment `child` may start again: `start_secs` after its
+/// last start.
+fn respawn_floor(child: &Child, policy: &Policy) -> Option<Instant> {
+    child.last_start.map(|t| after(t, min_start_secs(policy)))
+}
+
 fn count_attempt(child: &mut Child) {
     child.outdated = false;
     if child.attempts > 0 {
@@ -827,7 +819,7 @@ fn failed_start<L: Launcher>(spec: &GroupSpec, child: &mut Child, cx: &mut Cx<'_
         let delay = backoff_delay(policy, child.failed_starts);
         let mut until = after(cx.now, delay);
         // No slot starts twice within start_secs, whatever the backoff says.
-        if let Some(floor) = child.last_start.map(|t| after(t, min_start_secs(policy))) {
+        if let Some(floor) = respawn_floor(child, policy) {
             until = until.max(floor);
         }
         if cx.loud(&format!("backoff:{}", spec.name)) {

@@ -180,12 +180,7 @@ impl Supervisor {
         } else {
             Vec::new()
         };
-        let mut cx = Cx {
-            launcher: &mut *launcher,
-            now,
-            log: &mut self.log,
-            deferred: &mut self.deferred,
-        };
+        let mut cx = cx!(self, &mut *launcher, now);
         while group.children.len() < wanted {
             // In bounds of u32: `wanted` came from a u32.
             let mut child = Child::new(group.children.len() as u32);
@@ -357,12 +352,7 @@ impl Supervisor {
                 ..
             }
         ) {
-            let mut cx = Cx {
-                launcher: &mut *launcher,
-                now,
-                log: &mut self.log,
-                deferred: &mut self.deferred,
-            };
+            let mut cx = cx!(self, &mut *launcher, now);
             start_child(&spec, child, &mut cx);
         }
         let running = matches!(child.state, ChildState::Running { .. });
