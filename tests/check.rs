@@ -10,11 +10,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use drover::config::names::{GroupName, QueueName};
+use drover::config::signal::Signal;
 use drover::config::{
     self, Delivery, LogFormat, Program, RestartPolicy, StartMethod, UpdateMode, render_all,
 };
-use drover::names::{GroupName, QueueName};
-use drover::signal::Signal;
 
 fn case_dir(case: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -278,12 +278,12 @@ inputs = ["results"]
     }
 }
 
-/// The interpreter-side code on its own (src/python/test_drover_worker.py).
+/// The interpreter-side code on its own (src/start/python/test_drover_worker.py).
 #[test]
 fn the_python_bootstrap_passes_its_own_tests() {
     let out = std::process::Command::new("python3")
         .args(["-m", "unittest", "-v", "test_drover_worker"])
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/src/python"))
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/src/start/python"))
         .output()
         .expect("python3 runs");
     let report = String::from_utf8_lossy(&out.stderr);

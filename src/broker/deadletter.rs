@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::queue::DeadLetter;
-use crate::names::QueueName;
+use crate::config::names::QueueName;
 
 #[derive(serde::Serialize)]
 struct Record<'a> {

@@ -11,8 +11,8 @@ use nix::sys::socket::{MsgFlags, recv, send, setsockopt, sockopt};
 
 use super::queue::{DeadLetter, Message, QueueCore};
 use super::{Broker, Direction, READ_BUDGET};
+use crate::config::names::QueueName;
 use crate::config::{Delivery, QueueSpec};
-use crate::names::QueueName;
 
 /// `SIOCOUTQ` below this means the peer has read everything: the kernel
 /// sends its write-space wake-up while it still holds one unit of the last

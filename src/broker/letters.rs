@@ -11,8 +11,8 @@ use std::time::Instant;
 use super::Broker;
 use super::deadletter::{self, Appended};
 use super::queue::{DeadLetter, Message};
-use crate::names::QueueName;
-use crate::wording::plural;
+use crate::config::names::QueueName;
+use crate::text::wording::plural;
 
 /// Where one dead letter went.
 #[derive(Debug, Clone, PartialEq, Eq)]

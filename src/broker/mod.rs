@@ -39,12 +39,12 @@ use std::time::{Duration, Instant};
 
 use nix::sys::epoll::{Epoll, EpollFlags};
 
+use crate::config::names::{GroupName, QueueName};
 use crate::config::{Config, QueueSpec};
-use crate::names::{GroupName, QueueName};
-use crate::ratelimit::RateLimit;
-use crate::status::QueueStatus;
+use crate::control::status::QueueStatus;
 use crate::supervisor::Pid;
-use crate::wording::plural;
+use crate::text::ratelimit::RateLimit;
+use crate::text::wording::plural;
 use queue::QueueCore;
 use timers::AckTimers;
 
@@ -145,7 +145,7 @@ impl Broker {
             to_deliver: Vec::new(),
             timers: AckTimers::default(),
             lines: RateLimit::default(),
-            bursts: RateLimit::new(1, crate::ratelimit::DEFAULT_WINDOW),
+            bursts: RateLimit::new(1, crate::text::ratelimit::DEFAULT_WINDOW),
         }
     }
 

@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::config::{Delivery, QueueSpec};
-use crate::wording::plural;
+use crate::text::wording::plural;
 
 /// Identifies a consumer endpoint (its event-loop token).
 pub type ConsumerId = u64;
@@ -403,7 +403,7 @@ impl QueueCore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::names::QueueName;
+    use crate::config::names::QueueName;
 
     fn spec(delivery: Delivery, prefetch: u32, max_deliveries: u32) -> QueueSpec {
         QueueSpec {

@@ -13,9 +13,9 @@ use nix::sys::epoll::Epoll;
 use super::letters::Tally;
 use super::queue::{DeadLetter, QueueCore};
 use super::{Broker, Direction, deadletter, scratch_len};
+use crate::config::names::QueueName;
 use crate::config::{Config, QueueSpec};
-use crate::names::QueueName;
-use crate::wording::plural;
+use crate::text::wording::plural;
 
 /// What a reload did to the queues, for its summary.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

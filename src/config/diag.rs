@@ -14,7 +14,7 @@ use std::fmt;
 use std::ops::Range;
 use std::path::PathBuf;
 
-use crate::wording::plural;
+use crate::text::wording::plural;
 
 /// Whether a diagnostic rejects the config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

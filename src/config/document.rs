@@ -10,7 +10,7 @@ use super::host::Host;
 use super::queue::{self, QueueDraft};
 use super::source::SourceFile;
 use super::supervisor::{self, SupervisorDraft};
-use crate::names::{GroupName, QueueName};
+use crate::config::names::{GroupName, QueueName};
 
 const TOP_KEYS: [&str; 3] = ["supervisor", "group", "queue"];
 

@@ -15,7 +15,7 @@ use super::limits::{MAX_ARG_BYTES, MAX_DURATION};
 use super::size::{format_size, parse_size};
 use super::source::SourceFile;
 use super::suggest::{did_you_mean, one_of};
-use crate::names::{MAX_NAME_LEN, NameError};
+use crate::config::names::{MAX_NAME_LEN, NameError};
 
 /// A key of a TOML table, with its span.
 pub(crate) type Key<'i> = Spanned<DeString<'i>>;

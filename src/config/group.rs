@@ -17,7 +17,7 @@ use super::policy::{self, PolicyDraft};
 use super::program::{self, ProgramDraft};
 use super::queue::{self, QueueRef};
 use super::source::resolve;
-use crate::names::GroupName;
+use crate::config::names::GroupName;
 
 /// Every key of a group table, in the order the README lists them.
 pub(crate) const ALL_KEYS: [&str; 20] = [

@@ -12,8 +12,8 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::names::{GroupName, QueueName};
-use crate::signal::Signal;
+use crate::config::names::{GroupName, QueueName};
+use crate::config::signal::Signal;
 
 /// The whole merged configuration of one `drover run PATH`.
 #[derive(Debug, Clone, PartialEq)]

@@ -9,7 +9,7 @@ use super::fields::{Cx, Key, Value, shown};
 use super::limits::{MAX_RESTARTS, MIN_START_SECS};
 use super::model::{Policy, RestartPolicy};
 use super::suggest::{did_you_mean, one_of};
-use crate::signal::Signal;
+use crate::config::signal::Signal;
 
 pub(crate) const KEYS: [&str; 8] = [
     "restart",

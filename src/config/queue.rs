@@ -8,7 +8,7 @@ use toml::de::DeTable;
 use super::fields::{self, Cx};
 use super::limits::{MAX_CAPACITY, MAX_DELIVERIES, MAX_MESSAGE_BYTES, MAX_PREFETCH};
 use super::model::{Delivery, QueueSpec};
-use crate::names::QueueName;
+use crate::config::names::QueueName;
 
 pub(crate) const KEYS: [&str; 8] = [
     "capacity",

@@ -1,36 +1,29 @@
-//! The control socket: line-delimited JSON over a Unix socket.
+//! The control protocol and its client: line-delimited JSON over a Unix
+//! socket.
 //!
 //! A client connects, writes one [`Request`] as a JSON line and reads one
-//! [`Response`] line; the server then closes the connection.
+//! [`Response`] line; the server then closes the connection. The server
+//! side lives in the event loop ([`crate::runtime::control`]); [`request`]
+//! is the client side used by the CLI, [`status`] the shape of a `status`
+//! answer, and [`wait`] decides when a `start`, `stop` or `restart` it sent
+//! has reached its state.
 //!
-//! - [`Listener`] creates the socket file, mode 0600 from the moment its path
-//!   exists, and never replaces anything but a dead socket.
-//! - [`Clients`] is the server side in the event loop: it accepts, bounds
-//!   and times out connections and hands complete requests to the runtime,
-//!   which decides what they do and gives the answer back.
-//! - [`request`] is the client side used by the CLI, and [`wait`] decides
-//!   when a `start`, `stop` or `restart` it sent has reached its state.
-//!
-//! Everything a client sends is bounded: at most [`MAX_CLIENTS`] connections
-//! (plus [`RESERVED`] kept for `status` and `shutdown`), a request line of at
-//! most [`MAX_REQUEST`] bytes, [`REQUEST_TIMEOUT`] to send it and
-//! [`WRITE_TIMEOUT`] to read the answer.
+//! Everything a client sends is bounded: at most `MAX_CLIENTS` connections
+//! (plus `RESERVED` kept for `status` and `shutdown`), a request line of at
+//! most [`MAX_REQUEST`] bytes, `REQUEST_TIMEOUT` to send it and
+//! `WRITE_TIMEOUT` to read the answer (see [`crate::runtime::control`]).
 
 mod client;
-mod clients;
-mod conn;
-mod listener;
+pub mod status;
 pub mod wait;
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::status::Status;
+use crate::control::status::Status;
 
 pub use client::{CLIENT_TIMEOUT, ClientError, request, request_within};
-pub use clients::{Clients, MAX_CLIENTS, REQUEST_TIMEOUT, RESERVED, WRITE_TIMEOUT};
-pub use listener::{BindError, Listener};
 
 /// Largest request line accepted, without its newline.
 pub const MAX_REQUEST: usize = 64 * 1024;
@@ -83,7 +76,7 @@ impl Response {
     }
 
     /// The response as one line, newline included.
-    fn to_line(&self) -> Vec<u8> {
+    pub(crate) fn to_line(&self) -> Vec<u8> {
         // Strings, numbers and options only: serde_json cannot fail on them,
         // but a fixed line is still better than a panic in PID 1.
         let mut line = serde_json::to_vec(self).unwrap_or_else(|_| {

@@ -8,7 +8,7 @@
 
 use std::collections::HashSet;
 
-use crate::status::{ChildStatus, GroupStatus, LastExit, Status};
+use crate::control::status::{ChildStatus, GroupStatus, LastExit, Status};
 
 /// What a group command asked of one group.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,7 +173,7 @@ pub fn summary(name: &str, status: &Status) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::Replacement;
+    use crate::control::status::Replacement;
 
     fn child(state: &str, pid: Option<i32>, last_exit: Option<LastExit>) -> ChildStatus {
         ChildStatus {

@@ -8,7 +8,11 @@
 //!
 //! The runtime owns the I/O; decisions are made by [`Supervisor`].
 
+pub mod control;
+pub mod logs;
+pub mod orphans;
 mod output;
+pub mod watch;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
@@ -26,17 +30,18 @@ use signal_hook::iterator::exfiltrator::SignalOnly;
 
 use crate::broker::Broker;
 use crate::config::Config;
-use crate::control::{Clients, Listener, Request, Response};
-use crate::launch::ProcessLauncher;
-use crate::logs::{LogWriter, Origin, Stream};
-use crate::names::GroupName;
-use crate::orphans::Orphans;
-use crate::shutdown::{ShutdownOrder, Step};
-use crate::signal::Signal;
-use crate::status::Status;
+use crate::config::names::GroupName;
+use crate::config::signal::Signal;
+use crate::control::status::Status;
+use crate::control::{Request, Response};
+use crate::runtime::logs::{LogWriter, Origin, Stream};
+use crate::runtime::orphans::Orphans;
+use crate::runtime::watch::{ConfigWatcher, ReloadGate};
+use crate::start::ProcessLauncher;
+use crate::supervisor::shutdown::{ShutdownOrder, Step};
 use crate::supervisor::{ExitStatus, GroupCommand, Pid, ReloadSummary, Supervisor};
-use crate::watch::{ConfigWatcher, ReloadGate};
-use crate::wording::plural;
+use crate::text::wording::plural;
+use control::{Clients, Listener};
 use output::Output;
 
 const SIGNALS: u64 = 0;
@@ -58,7 +63,7 @@ const FIRST_DYNAMIC: u64 = 16;
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error(transparent)]
-    Bind(#[from] crate::control::BindError),
+    Bind(#[from] control::BindError),
     #[error("{what}: {source}")]
     Os {
         what: &'static str,
@@ -180,7 +185,7 @@ impl Runtime {
             .set_nonblocking(true)
             .map_err(os("config watcher"))?;
         // `drover run` read the config before logging was set up.
-        for warning in crate::watch::inspect(path, &Default::default()).skipped {
+        for warning in crate::runtime::watch::inspect(path, &Default::default()).skipped {
             tracing::warn!("{warning}");
         }
         let watcher = match ConfigWatcher::start(path, config_wake_tx) {
@@ -445,7 +450,7 @@ impl Runtime {
         for suspect in self.sup.take_daemon_suspects() {
             // Rare (a success exit within start_secs): one look at /proc.
             let (sup, launcher) = (&self.sup, &self.launcher);
-            let daemons = crate::orphans::recent_daemons(suspect.age, |pid| {
+            let daemons = crate::runtime::orphans::recent_daemons(suspect.age, |pid| {
                 launcher.is_helper(pid) || sup.live_pids().any(|p| p == pid)
             });
             if !daemons.is_empty() {
@@ -613,7 +618,7 @@ impl Runtime {
                     &self.sup,
                     self.config_error.clone(),
                     now,
-                    crate::orphans::group_members,
+                    crate::runtime::orphans::group_members,
                 );
                 status.queues = self.broker.status();
                 return Response::status(status);

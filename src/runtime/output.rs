@@ -1,5 +1,5 @@
 //! Child output in the event loop: the pipes being read, and the hand-off
-//! to the log writer thread with its back-pressure (see [`crate::logs`]).
+//! to the log writer thread with its back-pressure (see [`crate::runtime::logs`]).
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -9,7 +9,7 @@ use std::os::unix::net::UnixStream;
 use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
 
 use crate::config::LogFormat;
-use crate::logs::{LogWriter, Origin, PipeReader};
+use crate::runtime::logs::{LogWriter, Origin, PipeReader};
 
 /// Every child pipe being read, and the writer they feed.
 #[derive(Debug)]

@@ -9,6 +9,7 @@
 
 mod child;
 mod reload;
+pub mod shutdown;
 #[cfg(test)]
 mod tests;
 
@@ -21,10 +22,10 @@ pub use child::{
 };
 pub use reload::ReloadSummary;
 
+use crate::config::names::GroupName;
+use crate::config::signal::Signal;
 use crate::config::{Config, GroupSpec, Policy};
-use crate::names::GroupName;
-use crate::ratelimit::RateLimit;
-use crate::signal::Signal;
+use crate::text::ratelimit::RateLimit;
 
 /// Starts processes and delivers signals on the supervisor's behalf.
 pub trait Launcher {
@@ -55,14 +56,14 @@ pub enum LaunchError {
     #[error("working directory {} does not exist (cwd of group {group})", cwd.display())]
     CwdMissing {
         cwd: std::path::PathBuf,
-        group: crate::names::GroupName,
+        group: crate::config::names::GroupName,
     },
     /// Like [`LaunchError::CwdMissing`], for a working directory that is
     /// something else than a directory.
     #[error("working directory {} is not a directory (cwd of group {group})", cwd.display())]
     CwdNotDirectory {
         cwd: std::path::PathBuf,
-        group: crate::names::GroupName,
+        group: crate::config::names::GroupName,
     },
     #[error("cannot prepare the child: {0}")]
     Setup(#[source] std::io::Error),

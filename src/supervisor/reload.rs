@@ -15,9 +15,9 @@ use super::{
     AfterStop, Child, ChildState, Cx, Group, Launcher, Retiring, Supervisor, WaitReason, cx,
     start_child, stop_child, stop_predecessors,
 };
+use crate::config::names::{GroupName, QueueName};
 use crate::config::{Config, GroupSpec, UpdateMode};
-use crate::names::{GroupName, QueueName};
-use crate::wording::plural;
+use crate::text::wording::plural;
 
 /// What a reload changed, for the log and `drover reload`.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

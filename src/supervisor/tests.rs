@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::config::names::{GroupName, QueueName};
 use crate::config::{Config, GroupSpec, LogFormat, Policy, Program, StartMethod, SupervisorConfig};
-use crate::names::{GroupName, QueueName};
 
 #[derive(Default)]
 struct FakeLauncher {
@@ -770,7 +770,7 @@ mod rolling {
         let serving = sup.predecessor(&name, 0).expect("the old child is kept");
         assert_eq!(serving.state.pid(), Some(old));
         assert_eq!(serving.state.name(), "running");
-        let status = crate::status::Status::capture(&sup, None, t0, |_| vec![]);
+        let status = crate::control::status::Status::capture(&sup, None, t0, |_| vec![]);
         let child = &status.groups[0].children[0];
         assert_eq!((child.pid, child.state.as_str()), (Some(old.0), "running"));
         let replacement = child.replacement.as_ref().expect("shown beside it");

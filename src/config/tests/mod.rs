@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::*;
-use crate::names::{GroupName, QueueName};
-use crate::signal::Signal;
+use crate::config::names::{GroupName, QueueName};
+use crate::config::signal::Signal;
 
 mod bounds;
 mod groups;

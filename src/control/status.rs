@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::signal::Signal;
+use crate::config::signal::Signal;
 use crate::supervisor::{Child, ChildState, ExitStatus, Group, Pid, Supervisor};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

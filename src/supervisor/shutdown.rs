@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::names::{GroupName, QueueName};
+use crate::config::names::{GroupName, QueueName};
 
 #[derive(Debug)]
 struct Pending {

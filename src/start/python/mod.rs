@@ -1,6 +1,6 @@
 //! Python function workers (`python = "module:function"`).
 //!
-//! The interpreter side is `python/drover_worker.py`, compiled into the
+//! The interpreter side is `drover_worker.py`, compiled into the
 //! binary and run with `python3 -c`. Under `spawn` every child is a fresh
 //! interpreter running it in "spawn" mode. Under `fork` and `forkserver`,
 //! drover keeps one *template* interpreter per group — it imports the target
@@ -43,12 +43,12 @@ use nix::sys::socket::{ControlMessage, MsgFlags, recv, sendmsg, setsockopt, sock
 use nix::sys::wait::{Id, WaitPidFlag, waitid};
 use nix::unistd::Pid;
 
+use crate::config::names::GroupName;
 use crate::config::{GroupSpec, Program, StartMethod};
-use crate::names::GroupName;
 use crate::sys::{FdPlan, SpawnPlan, spawn};
 
 /// The interpreter side, run with `python3 -c`.
-pub const BOOTSTRAP: &str = include_str!("python/drover_worker.py");
+pub const BOOTSTRAP: &str = include_str!("drover_worker.py");
 
 /// How long a template may take to import before its start counts as failed.
 pub const IMPORT_TIMEOUT: Duration = Duration::from_secs(120);

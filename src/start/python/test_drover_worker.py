@@ -1,6 +1,6 @@
 """Tests of drover_worker.py on its own, without drover (run by tests/python.rs).
 
-    python3 -m unittest src/python/test_drover_worker.py
+    python3 -m unittest src/start/python/test_drover_worker.py
 """
 import array
 import ast

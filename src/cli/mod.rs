@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config;
+use crate::control::status::Status;
 use crate::control::wait::{self, Goal, Progress};
 use crate::control::{self, ClientError, Request, Response};
 use crate::runtime::{self, Outcome};
-use crate::status::Status;
 
 const EXIT_CODES: &str = "\
 Exit status:
@@ -224,7 +224,7 @@ fn run(path: &Path, socket: Option<&Path>) -> ExitCode {
 fn check(path: &Path) -> ExitCode {
     // Entries of a config directory that are not regular files (a FIFO, a
     // device) are passed over, with a warning (`run` logs the same).
-    for skipped in crate::watch::inspect(path, &Default::default()).skipped {
+    for skipped in crate::runtime::watch::inspect(path, &Default::default()).skipped {
         eprintln!("{skipped}");
     }
     match config::load(path) {
@@ -236,9 +236,9 @@ fn check(path: &Path) -> ExitCode {
             println!(
                 "{}: ok ({}, {}, {})",
                 path.display(),
-                crate::wording::plural(c.groups.len(), "group", "groups"),
-                crate::wording::plural(c.queues.len(), "queue", "queues"),
-                crate::wording::plural(c.files.len(), "file", "files")
+                crate::text::wording::plural(c.groups.len(), "group", "groups"),
+                crate::text::wording::plural(c.queues.len(), "queue", "queues"),
+                crate::text::wording::plural(c.files.len(), "file", "files")
             );
             ExitCode::SUCCESS
         }

@@ -13,7 +13,7 @@ use nix::sys::signal::{Signal as NixSignal, kill};
 use nix::unistd::{Pid as NixPid, getpid};
 
 use crate::supervisor::Pid;
-use crate::wording::plural;
+use crate::text::wording::plural;
 
 /// How long to wait for SIGKILLed orphans to be reaped before giving up.
 const REAP_LIMIT: Duration = Duration::from_secs(5);

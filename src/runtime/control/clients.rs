@@ -41,7 +41,7 @@ use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
 
 use super::conn::{Conn, Incoming};
 use super::{Listener, Request, Response};
-use crate::ratelimit::RateLimit;
+use crate::text::ratelimit::RateLimit;
 
 /// Ordinary client connections open at once.
 pub const MAX_CLIENTS: usize = 64;
@@ -113,7 +113,7 @@ impl Clients {
             paused_until: None,
             backoff: BACKOFF_MIN,
             // One line per burst; the summary says how many followed.
-            log: RateLimit::new(1, crate::ratelimit::DEFAULT_WINDOW),
+            log: RateLimit::new(1, crate::text::ratelimit::DEFAULT_WINDOW),
         })
     }
 

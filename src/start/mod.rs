@@ -16,14 +16,16 @@ use nix::sys::signal::{kill, killpg};
 use nix::unistd::{Pid as NixPid, pipe2};
 
 use crate::broker::{Direction, socket_pair};
+use crate::config::names::{GroupName, QueueName};
 use crate::config::{GroupSpec, Program, StartMethod};
-use crate::names::{GroupName, QueueName};
-use crate::python::{self, Templates};
-use crate::signal::Signal;
+pub mod python;
+
+use crate::config::signal::Signal;
 use crate::supervisor::{LaunchError, Launcher, Pid};
 use crate::sys::forkexec::{ExecSetup, FdSetup, ForkKind, fork_exec};
 use crate::sys::forkserver::ForkServer;
 use crate::sys::{FdPlan, SpawnPlan, spawn};
+use python::Templates;
 
 /// The variables `clear_env = true` keeps from drover's own environment.
 const KEPT_BY_CLEAR_ENV: [&str; 4] = ["PATH", "HOME", "LANG", "TZ"];

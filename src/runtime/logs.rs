@@ -20,7 +20,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
 
 use crate::config::LogFormat;
-use crate::names::GroupName;
+use crate::config::names::GroupName;
 use crate::supervisor::Pid;
 
 /// Longest line written in one piece; longer lines are split.
