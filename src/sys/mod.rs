@@ -22,6 +22,7 @@ pub mod context;
 pub mod file;
 pub mod forkexec;
 pub mod forkserver;
+pub mod wire;
 
 /// The fds a child starts with: each `source` ends up as `target`. Targets
 /// are 0, 1, 2, 3, … in order; every other fd is closed.
