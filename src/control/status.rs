@@ -237,7 +237,9 @@ fn last_exit(e: Option<ExitStatus>) -> Option<LastExit> {
 /// The words for why `c` is not simply running (`None` when it is).
 fn reason(c: &Child) -> Option<String> {
     match &c.state {
-        ChildState::Running { .. } | ChildState::Starting { .. } => None,
+        ChildState::Requested { .. } | ChildState::Running { .. } | ChildState::Starting { .. } => {
+            None
+        }
         ChildState::Waiting { reason, .. } => Some(reason.describe().to_owned()),
         ChildState::Stopped | ChildState::Stopping { .. } => None,
         ChildState::Exited => None,

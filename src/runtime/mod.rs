@@ -14,7 +14,7 @@ pub mod orphans;
 mod output;
 pub mod watch;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
@@ -30,7 +30,6 @@ use signal_hook::iterator::exfiltrator::SignalOnly;
 
 use crate::broker::Broker;
 use crate::config::Config;
-use crate::config::names::GroupName;
 use crate::config::signal::Signal;
 use crate::control::status::Status;
 use crate::control::{Request, Response};
@@ -55,6 +54,8 @@ const HELPER_GRACE: Duration = Duration::from_secs(2);
 const SAME_REQUEST: Duration = Duration::from_millis(100);
 /// The most exits handled in one loop turn.
 const REAP_PER_TURN: u32 = 256;
+/// The most rounds of start answers handled in one loop turn.
+const SETTLE_ROUNDS: u32 = 8;
 /// Tokens from here on are child pipes, queue sockets and templates
 /// (control connections have a range of their own, see [`Clients`]).
 const FIRST_DYNAMIC: u64 = 16;
@@ -108,8 +109,6 @@ struct Runtime {
     signals: SignalDelivery<UnixStream, SignalOnly>,
     clients: Clients,
     output: Output,
-    /// Python templates still importing, by loop token.
-    templates: HashMap<u64, GroupName>,
     next_token: u64,
     orphans: Orphans,
     broker: Broker,
@@ -121,6 +120,8 @@ struct Runtime {
     term_signals: u32,
     /// The last reap stopped at its per-turn bound; more may be waiting.
     reap_pending: bool,
+    /// The last [`Self::settle_starts`] stopped at its bound.
+    starts_pending: bool,
     /// When the first stop request arrived.
     first_stop: Option<Instant>,
     /// The PATH given to `drover run`, read again on every reload.
@@ -231,7 +232,6 @@ impl Runtime {
             signals,
             clients,
             output: Output::new(config.supervisor.log_format, writer, wake_rx),
-            templates: HashMap::new(),
             next_token: FIRST_DYNAMIC,
             orphans: Orphans::default(),
             broker: Broker::new(&config),
@@ -239,6 +239,7 @@ impl Runtime {
             orphan_grace,
             term_signals: 0,
             reap_pending: false,
+            starts_pending: false,
             first_stop: None,
             config,
             config_path: path.to_path_buf(),
@@ -259,7 +260,7 @@ impl Runtime {
             // One scan of the children per turn; on_deadline (another scan)
             // only runs when one of their deadlines has come.
             let child_deadline = self.sup.next_deadline();
-            let timeout = if self.sup.has_deferred() || self.reap_pending {
+            let timeout = if self.sup.has_deferred() || self.reap_pending || self.starts_pending {
                 // Work left over from the last turn: look at events, then
                 // go on with it.
                 EpollTimeout::ZERO
@@ -272,6 +273,7 @@ impl Runtime {
                 Err(e) => return Err(errno("epoll_wait")(e)),
             };
             self.launcher.new_turn();
+            self.starts_pending = false;
             if self.reap_pending {
                 self.reap(Instant::now());
             }
@@ -295,6 +297,11 @@ impl Runtime {
             if self.clients.deadline().is_some_and(|d| d <= now) {
                 self.clients.on_deadline(&self.epoll, now);
             }
+            if self.launcher.deadline().is_some_and(|d| d <= now) {
+                // A start helper that kept its group waiting too long.
+                self.launcher.on_deadline(now);
+            }
+            self.settle_starts(now);
             self.watch_new_outputs();
             self.advance_shutdown(now);
             if self.sup.is_finished() && self.helpers_deadline.is_none() {
@@ -335,6 +342,7 @@ impl Runtime {
             self.helpers_deadline.filter(|_| !self.helpers.is_empty()),
             self.broker.deadline(),
             self.clients.deadline(),
+            self.launcher.deadline(),
         ]
         .into_iter()
         .flatten()
@@ -356,7 +364,7 @@ impl Runtime {
             CONFIG_WAKE => self.on_config_event(),
             t if self.output.owns(t) => self.output.on_readable(&self.epoll, t),
             t if self.broker.owns(t) => self.broker.on_event(&self.epoll, t, flags),
-            t if self.templates.contains_key(&t) => self.on_template(t),
+            t if self.launcher.owns(t) => self.launcher.on_event(t),
             t if self.clients.owns(t) => self.on_client(t, flags),
             _ => {} // a connection or pipe closed earlier in this batch
         }
@@ -435,9 +443,10 @@ impl Runtime {
                 self.broker.child_exited(&self.epoll, pid);
             } else if self.helpers.contains(&pid) {
                 self.helpers.retain(|p| *p != pid);
-            } else if self.launcher.on_unknown_exit(pid) {
-                self.wake_template_waiters(now);
+            } else if self.launcher.on_helper_exit(pid) {
+                // A start helper: replaced, its starts settled below.
             } else {
+                self.launcher.note_exit(pid, status);
                 self.orphans.reaped(pid);
                 strangers = true;
                 tracing::debug!(pid = pid.0, ?status, "reaped an orphaned descendant");
@@ -460,35 +469,36 @@ impl Runtime {
         }
     }
 
-    /// A template that died while importing never says "ready": the children
-    /// waiting for it try again now (and fail, or get a new template).
-    fn wake_template_waiters(&mut self, now: Instant) {
-        let gone: Vec<(u64, GroupName)> = self
-            .templates
-            .iter()
-            .filter(|(_, g)| self.launcher.template_socket(g).is_none())
-            .map(|(t, g)| (*t, g.clone()))
-            .collect();
-        for (token, group) in gone {
-            self.templates.remove(&token);
-            self.sup.context_ready(&group, &mut self.launcher, now);
+    /// Hands the start contexts' news to the supervisor: answers to start
+    /// requests, and contexts that became ready (their waiting children
+    /// start). A start made here can settle at once (its helper broke), so
+    /// this goes on until nothing is left, within a bound; the rest is for
+    /// the next turn.
+    fn settle_starts(&mut self, now: Instant) {
+        for _ in 0..SETTLE_ROUNDS {
+            let ready = self.launcher.take_ready();
+            let completions = self.launcher.take_completions();
+            if ready.is_empty() && completions.is_empty() {
+                return;
+            }
+            for group in ready {
+                self.sup.context_ready(&group, &mut self.launcher, now);
+            }
+            for c in completions {
+                let pid = c.result.as_ref().ok().copied();
+                self.sup
+                    .start_replied(&c.spec, c.index, c.ticket, c.result, &mut self.launcher, now);
+                if let (Some(pid), Some(status)) = (pid, c.exited) {
+                    // It exited before its answer was read: its queue
+                    // sockets are attached first, then it is gone.
+                    self.watch_new_outputs();
+                    if self.sup.on_exit(pid, status, &mut self.launcher, now) {
+                        self.broker.child_exited(&self.epoll, pid);
+                    }
+                }
+            }
         }
-    }
-
-    /// A Python template said it is ready (or exited): its group's waiting
-    /// children start now; the template needs no more watching.
-    fn on_template(&mut self, token: u64) {
-        let group = self.templates[&token].clone();
-        if !self.launcher.template_readable(&group) {
-            return;
-        }
-        self.templates.remove(&token);
-        if let Some(fd) = self.launcher.template_socket(&group) {
-            let _ = self.epoll.delete(fd);
-        }
-        self.sup
-            .context_ready(&group, &mut self.launcher, Instant::now());
-        self.watch_new_outputs();
+        self.starts_pending = true;
     }
 
     /// A config file changed: the reload is due once the burst of events
@@ -652,23 +662,13 @@ impl Runtime {
     }
 
     /// Starts watching the output pipes of children started since last time,
-    /// and the sockets of Python templates still importing.
+    /// and the sockets of new start helpers.
     fn watch_new_outputs(&mut self) {
-        for group in self.launcher.take_launched_templates() {
-            let token = self.token();
-            let Some(fd) = self.launcher.template_socket(&group) else {
-                continue;
-            };
-            match self
-                .epoll
-                .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, token))
-            {
-                Ok(()) => {
-                    self.templates.insert(token, group);
-                }
-                Err(e) => tracing::warn!("cannot watch the python template of {group}: {e}"),
-            }
-        }
+        let next = &mut self.next_token;
+        self.launcher.watch_helpers(&self.epoll, || {
+            *next += 1;
+            *next
+        });
         for mut out in self.launcher.take_outputs() {
             let sockets = std::mem::take(&mut out.queues);
             let next = &mut self.next_token;

@@ -1,68 +1,141 @@
-//! The real [`Launcher`]: turns a group spec into a started process.
+//! Start contexts: how a child of each start method comes to run, behind
+//! the supervisor's [`Launcher`].
 //!
-//! It prepares everything a child needs (resolved program, argv, envp, fd
-//! plan with its log pipes) and hands it to [`crate::sys::spawn`]. The read
-//! ends of each child's stdout/stderr pipes are queued in
-//! [`ProcessLauncher::take_outputs`] for the runtime to watch.
+//! Every start is prepared the same way — the group's program, argv and
+//! environment once per definition ([`prepare`]), the child's pipes, queue
+//! sockets and variables per start ([`plan`]) — and then made by its
+//! group's context:
+//!
+//! - `spawn`: `posix_spawn` from drover ([`crate::sys::spawn`]).
+//! - `fork` (commands): fork and exec from drover.
+//! - `forkserver` (commands): a request to the fork server ([`forkserver`]).
+//! - `fork` / `forkserver` (Python functions): a request to the group's
+//!   template interpreter ([`python`]).
+//!
+//! The first two are system calls that return once the program runs (or
+//! fails to). The last two ask another process, which may be slow, hung or
+//! lying; they never make the loop wait: the request is sent
+//! ([`Started::Requested`]) and its answer comes back as a loop event
+//! ([`ProcessLauncher::on_event`]), to be handed to the supervisor as a
+//! [`Completion`]. A helper that does not answer within its deadline is
+//! killed and replaced ([`helper`]); only its own group's starts wait.
 
-use std::collections::{BTreeMap, HashMap};
-use std::ffi::{CString, OsStr, OsString};
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::path::{Path, PathBuf};
-
-use nix::fcntl::OFlag;
-use nix::sys::signal::{kill, killpg};
-use nix::unistd::{Pid as NixPid, pipe2};
-
-use crate::broker::{Direction, socket_pair};
-use crate::config::names::{GroupName, QueueName};
-use crate::config::{GroupSpec, Program, StartMethod};
+pub mod forkserver;
+mod helper;
+mod plan;
+mod prepare;
 pub mod python;
 
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::{CString, OsString};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+use std::rc::Rc;
+use std::time::Instant;
+
+use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
+use nix::sys::signal::{kill, killpg};
+use nix::unistd::Pid as NixPid;
+
+use crate::config::names::GroupName;
 use crate::config::signal::Signal;
-use crate::supervisor::{LaunchError, Launcher, Pid};
+use crate::config::{GroupSpec, Program, StartMethod};
+use crate::supervisor::{ExitStatus, LaunchError, Launcher, Pid, Started};
 use crate::sys::forkexec::{ExecSetup, FdSetup, ForkKind, fork_exec};
-use crate::sys::forkserver::ForkServer;
-use crate::sys::{FdPlan, SpawnPlan, spawn};
-use python::Templates;
+use crate::sys::{SpawnPlan, spawn};
+use helper::{Broken, Event, Helper};
+use plan::ChildIo;
+pub use plan::ChildOutput;
+use prepare::{Prepared, start_error};
 
-/// The variables `clear_env = true` keeps from drover's own environment.
-const KEPT_BY_CLEAR_ENV: [&str; 4] = ["PATH", "HOME", "LANG", "TZ"];
+/// The most processes started in one loop turn: a scale-up to thousands, or
+/// a crash storm, must not keep the loop from reaping, serving `status` and
+/// moving queue traffic (one start costs about half a millisecond).
+pub const STARTS_PER_TURN: u32 = 64;
 
-/// A started child's output pipes, for the log router.
+/// A ready template that breaks while it holds requests (killed, or
+/// answering nonsense) is replaced and those starts wait for the new one,
+/// instead of counting as failed starts of their workers; this many times
+/// in a row, then they fail (and back off as usual).
+const MAX_TEMPLATE_FAILURES: u32 = 3;
+
+/// Exits of unknown processes remembered while answers are awaited (see
+/// [`ProcessLauncher::note_exit`]).
+const EARLY_EXITS_MAX: usize = 4096;
+
+/// The answer to a [`Started::Requested`] start, for
+/// [`crate::supervisor::Supervisor::start_replied`].
 #[derive(Debug)]
-pub struct ChildOutput {
-    pub group: GroupName,
+pub struct Completion {
+    /// The definition the start was made with.
+    pub spec: Rc<GroupSpec>,
     pub index: u32,
-    pub pid: Pid,
-    pub stdout: OwnedFd,
-    pub stderr: OwnedFd,
-    /// The broker's ends of the child's queue sockets.
-    pub queues: Vec<(QueueName, Direction, OwnedFd)>,
+    pub ticket: u64,
+    pub result: Result<Pid, LaunchError>,
+    /// The process already exited (and was reaped) before its answer was
+    /// read: its exit, to be handled right after the start.
+    pub exited: Option<ExitStatus>,
 }
 
-/// Starts children through their group's start-method context; see the
-/// module documentation.
+/// What a request to a helper carries until its answer.
+#[derive(Debug)]
+struct Pending {
+    ticket: u64,
+    spec: Rc<GroupSpec>,
+    index: u32,
+    io: ChildIo,
+    /// The program's name, for error messages.
+    program: CString,
+}
+
+/// Which helper a loop token belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum HelperId {
+    ForkServer,
+    Template(GroupName),
+}
+
+/// A group's Python template.
+#[derive(Debug)]
+struct Template {
+    helper: Helper<Pending>,
+    /// The definition it was started for; a different one replaces it.
+    spec: Rc<GroupSpec>,
+}
+
+/// Starts children through their group's start context; see the module
+/// documentation.
 #[derive(Debug)]
 pub struct ProcessLauncher {
     base_env: BTreeMap<OsString, OsString>,
     devnull: OwnedFd,
     outputs: Vec<ChildOutput>,
     /// The `forkserver` context's server, started on first use.
-    forkserver: Option<ForkServer>,
+    forkserver: Option<Helper<Pending>>,
     /// Template interpreters of Python groups under fork / forkserver.
-    templates: Templates,
+    templates: HashMap<GroupName, Template>,
+    /// Why a group's last template could not import: its next start fails
+    /// with this (and the one after launches a new template).
+    import_failures: HashMap<GroupName, String>,
+    /// Ready templates of a group that broke in a row holding requests.
+    template_failures: HashMap<GroupName, u32>,
+    /// Loop tokens of the helpers' sockets.
+    tokens: HashMap<u64, HelperId>,
     /// Per group, what every start shares.
     prepared: HashMap<GroupName, Prepared>,
     /// Processes started in this loop turn (see [`STARTS_PER_TURN`]).
     starts_this_turn: u32,
+    next_ticket: u64,
+    completions: Vec<Completion>,
+    /// Groups whose template became ready, or failed to: their waiting
+    /// children should try again.
+    ready: Vec<GroupName>,
+    /// Unknown processes reaped while answers were awaited: a child can
+    /// exit before its helper's answer is read.
+    early_exits: HashMap<Pid, ExitStatus>,
+    /// Helpers dropped (killed, or told to go) and not yet reaped.
+    retired: Vec<Pid>,
 }
-
-/// The most processes started in one loop turn: a scale-up to thousands, or
-/// a crash storm, must not keep the loop from reaping, serving `status` and
-/// moving queue traffic (one start costs about half a millisecond).
-pub const STARTS_PER_TURN: u32 = 64;
 
 impl ProcessLauncher {
     /// A launcher whose children inherit `base_env` (drover's environment).
@@ -73,9 +146,17 @@ impl ProcessLauncher {
             devnull,
             outputs: Vec::new(),
             forkserver: None,
-            templates: Templates::default(),
+            templates: HashMap::new(),
+            import_failures: HashMap::new(),
+            template_failures: HashMap::new(),
+            tokens: HashMap::new(),
             prepared: HashMap::new(),
             starts_this_turn: 0,
+            next_ticket: 0,
+            completions: Vec::new(),
+            ready: Vec::new(),
+            early_exits: HashMap::new(),
+            retired: Vec::new(),
         })
     }
 
@@ -87,128 +168,403 @@ impl ProcessLauncher {
     /// Starts the fork server now (drover calls this before it has any
     /// thread when a group uses `forkserver`; later starts are on demand).
     pub fn start_forkserver(&mut self) -> std::io::Result<i32> {
-        let server = ForkServer::start(
+        let (pid, socket) = forkserver::launch(
             Path::new("/proc/self/exe"),
             self.devnull.as_raw_fd(),
             std::io::stderr().as_raw_fd(),
         )?;
-        let pid = server.pid();
         tracing::debug!(pid, "fork server started");
-        self.forkserver = Some(server);
+        let now = Instant::now();
+        self.forkserver = Some(Helper::new(
+            pid,
+            socket,
+            now,
+            forkserver::READY_TIMEOUT,
+            true,
+        ));
         Ok(pid)
     }
 
     /// Whether `pid` is one of drover's helpers (the fork server, a Python
     /// template) rather than a child or an orphan.
     pub fn is_helper(&self, pid: Pid) -> bool {
-        self.forkserver_pid() == Some(pid.0) || self.templates.is_template(pid.0)
+        self.forkserver.as_ref().is_some_and(|h| h.pid() == pid.0)
+            || self.templates.values().any(|t| t.helper.pid() == pid.0)
+            || self.retired.contains(&pid)
     }
 
-    /// The fork server's PID, if one runs.
-    pub fn forkserver_pid(&self) -> Option<i32> {
-        self.forkserver.as_ref().map(ForkServer::pid)
-    }
-
-    /// Called for every reaped PID the supervisor does not know. When it is
-    /// the fork server, a new one is started at once; children it started
-    /// are drover's own and keep running.
-    pub fn on_unknown_exit(&mut self, pid: Pid) -> bool {
-        match self.templates.on_exit(pid.0) {
-            Some(Some(spec)) => {
-                // It had imported fine: replace it now, so the next start
-                // does not wait for the import.
-                if let Err(e) = self.relaunch_template(&spec) {
-                    tracing::error!(group = %spec.name, "cannot restart the python template: {e}");
+    /// Watches the sockets of helpers started since the last call, with
+    /// tokens from `token`.
+    pub fn watch_helpers(&mut self, epoll: &Epoll, mut token: impl FnMut() -> u64) {
+        let helpers = self
+            .forkserver
+            .iter_mut()
+            .map(|h| (HelperId::ForkServer, h))
+            .chain(
+                self.templates
+                    .iter_mut()
+                    .map(|(g, t)| (HelperId::Template(g.clone()), &mut t.helper)),
+            );
+        for (id, helper) in helpers.filter(|(_, h)| h.token.is_none()) {
+            let t = token();
+            match epoll.add(helper.socket(), EpollEvent::new(EpollFlags::EPOLLIN, t)) {
+                Ok(()) => {
+                    helper.token = Some(t);
+                    self.tokens.insert(t, id);
                 }
-                return true;
+                // Its deadline still catches a helper that never answers.
+                Err(e) => tracing::error!("cannot watch a start helper's socket: {e}"),
             }
-            Some(None) => return true,
-            None => {}
         }
-        if self.forkserver_pid() != Some(pid.0) {
+    }
+
+    /// Whether `token` is a helper's socket.
+    pub fn owns(&self, token: u64) -> bool {
+        self.tokens.contains_key(&token)
+    }
+
+    /// A helper's socket is readable: its answers become completions, its
+    /// hello a ready context.
+    pub fn on_event(&mut self, token: u64) {
+        let Some(id) = self.tokens.get(&token).cloned() else {
+            return;
+        };
+        let now = Instant::now();
+        let mut events = Vec::new();
+        let result = match &id {
+            HelperId::ForkServer => self.forkserver.as_mut().map(|h| h.on_readable(now, &mut events)),
+            HelperId::Template(g) => self
+                .templates
+                .get_mut(g)
+                .map(|t| t.helper.on_readable(now, &mut events)),
+        };
+        let mut broken = match result {
+            None => return, // replaced since the event was queued
+            Some(result) => result.err(),
+        };
+        for event in events {
+            match (event, &id) {
+                (Event::Ready, HelperId::Template(g)) => {
+                    tracing::debug!(group = %g, "python template ready");
+                    self.ready.push(g.clone());
+                }
+                (Event::Ready, HelperId::ForkServer) => {}
+                (Event::Answer(pending, result), id) => {
+                    if let Err((pending, why)) = self.answered(id, pending, result) {
+                        // A template that names a stranger is replaced;
+                        // this start goes with its other requests.
+                        self.requeue(id, pending);
+                        broken = Some(why);
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(why) = broken {
+            self.broken(&id, why);
+        }
+        if self.pending() == 0 {
+            self.early_exits.clear();
+        }
+    }
+
+    /// An answer: the PID (checked, for a template) or why not.
+    fn answered(
+        &mut self,
+        id: &HelperId,
+        p: Pending,
+        result: std::io::Result<i32>,
+    ) -> Result<(), (Pending, Broken)> {
+        let template = matches!(id, HelperId::Template(_));
+        let pid = match result {
+            Ok(pid) => pid,
+            Err(e) => {
+                let error = if template {
+                    LaunchError::Template(e)
+                } else {
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        // Found on PATH before, gone now: look again next time.
+                        self.prepared.remove(&p.spec.name);
+                    }
+                    start_error(&p.spec, &p.program, e)
+                };
+                self.complete(p, Err(error));
+                return Ok(());
+            }
+        };
+        let exited = self.early_exits.remove(&Pid(pid));
+        if template {
+            if exited.is_none()
+                && let Err(why) = python::drovers_child(pid)
+            {
+                return Err((p, Broken(why)));
+            }
+            self.template_failures.remove(&p.spec.name);
+        }
+        let Pending {
+            ticket,
+            spec,
+            index,
+            io,
+            ..
+        } = p;
+        self.outputs
+            .push(io.into_output(&spec.name, index, Pid(pid)));
+        self.completions.push(Completion {
+            spec,
+            index,
+            ticket,
+            result: Ok(Pid(pid)),
+            exited,
+        });
+        Ok(())
+    }
+
+    /// Puts a start back at the head of its helper's requests, to be failed
+    /// or re-routed with them.
+    fn requeue(&mut self, id: &HelperId, p: Pending) {
+        let helper = match id {
+            HelperId::ForkServer => self.forkserver.as_mut(),
+            HelperId::Template(g) => self.templates.get_mut(g).map(|t| &mut t.helper),
+        };
+        match helper {
+            Some(h) => h.push_front_answered(p),
+            None => self.complete_failed(p, "its start helper is gone".into(), false),
+        }
+    }
+
+    fn complete(&mut self, p: Pending, result: Result<Pid, LaunchError>) {
+        self.completions.push(Completion {
+            spec: p.spec,
+            index: p.index,
+            ticket: p.ticket,
+            result,
+            exited: None,
+        });
+    }
+
+    /// Fails a start whose helper broke: for a template, a `Warming` wait
+    /// for its replacement (`retry`), or the error.
+    fn complete_failed(&mut self, p: Pending, why: String, retry: bool) {
+        let error = match &p.spec.program {
+            _ if retry => LaunchError::Warming {
+                until: python::IMPORT_TIMEOUT,
+            },
+            Program::Python { .. } => LaunchError::Template(std::io::Error::other(why)),
+            Program::Command(_) => LaunchError::Exec {
+                program: p.program.to_string_lossy().into_owned(),
+                source: std::io::Error::other(why),
+            },
+        };
+        self.complete(p, Err(error));
+    }
+
+    /// Drops a helper that cannot be used any more (killing it) and settles
+    /// the starts it held; the fork server is started again at once, so is
+    /// a template that had imported fine.
+    fn broken(&mut self, id: &HelperId, why: Broken) {
+        match id {
+            HelperId::ForkServer => {
+                let Some(mut server) = self.forkserver.take() else {
+                    return;
+                };
+                let why = format!("the fork server {}", why.0);
+                tracing::warn!("{why}; starting a new one");
+                for p in self.retire(&mut server) {
+                    self.complete_failed(p, why.clone(), false);
+                }
+                if let Err(e) = self.start_forkserver() {
+                    tracing::error!("cannot restart the fork server: {e}; forkserver starts will retry");
+                }
+            }
+            HelperId::Template(group) => {
+                let Some(mut t) = self.templates.remove(group) else {
+                    return;
+                };
+                let why = format!("the python template {}", why.0);
+                let was_ready = t.helper.is_ready();
+                let held = self.retire(&mut t.helper);
+                if !was_ready {
+                    tracing::warn!(%group, "{group}: {why}");
+                    self.import_failures.insert(group.clone(), why.clone());
+                    self.ready.push(group.clone());
+                    for p in held {
+                        self.complete_failed(p, why.clone(), false);
+                    }
+                    return;
+                }
+                let failures = self.template_failures.entry(group.clone()).or_default();
+                if !held.is_empty() {
+                    *failures += 1;
+                }
+                let retry = *failures <= MAX_TEMPLATE_FAILURES;
+                if retry {
+                    tracing::warn!(%group, "{why}; starting a new one");
+                    if let Err(e) = self.launch_template(&t.spec) {
+                        tracing::error!(%group, "cannot restart the python template: {e}");
+                    }
+                } else {
+                    tracing::warn!(%group, "{why}");
+                }
+                let retry = retry && self.templates.contains_key(group);
+                for p in held {
+                    self.complete_failed(p, why.clone(), retry);
+                }
+            }
+        }
+    }
+
+    /// Kills a helper being dropped; the requests it held.
+    fn retire(&mut self, helper: &mut Helper<Pending>) -> Vec<Pending> {
+        let pid = helper.pid();
+        let _ = kill(NixPid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        self.retired.push(Pid(pid));
+        if let Some(token) = helper.token {
+            self.tokens.remove(&token);
+        }
+        helper.take_requests()
+    }
+
+    /// The earliest moment a helper is late.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.forkserver
+            .iter()
+            .chain(self.templates.values().map(|t| &t.helper))
+            .filter_map(Helper::deadline)
+            .min()
+    }
+
+    /// Replaces the helpers that are late at `now`.
+    pub fn on_deadline(&mut self, now: Instant) {
+        let late: Vec<(HelperId, Broken)> = self
+            .forkserver
+            .iter()
+            .filter_map(|h| h.overdue(now).map(|b| (HelperId::ForkServer, b)))
+            .chain(self.templates.iter().filter_map(|(g, t)| {
+                t.helper
+                    .overdue(now)
+                    .map(|b| (HelperId::Template(g.clone()), b))
+            }))
+            .collect();
+        for (id, why) in late {
+            self.broken(&id, why);
+        }
+    }
+
+    /// Called for every reaped PID the supervisor does not know: true when
+    /// it was a helper (one still in use is replaced: children it started
+    /// are drover's own and keep running).
+    pub fn on_helper_exit(&mut self, pid: Pid) -> bool {
+        if let Some(at) = self.retired.iter().position(|p| *p == pid) {
+            self.retired.swap_remove(at);
+            return true;
+        }
+        let id = if self.forkserver.as_ref().is_some_and(|h| h.pid() == pid.0) {
+            HelperId::ForkServer
+        } else if let Some(group) = self
+            .templates
+            .iter()
+            .find(|(_, t)| t.helper.pid() == pid.0)
+            .map(|(g, _)| g.clone())
+        {
+            HelperId::Template(group)
+        } else {
             return false;
-        }
-        self.forkserver = None;
-        tracing::warn!(pid = pid.0, "the fork server exited; starting a new one");
-        if let Err(e) = self.start_forkserver() {
-            tracing::error!("cannot restart the fork server: {e}; forkserver starts will retry");
-        }
+        };
+        self.broken(&id, Broken("exited".into()));
+        self.retired.retain(|p| *p != pid);
         true
+    }
+
+    /// An unknown process was reaped: while answers are awaited it may be
+    /// a child whose answer is still unread, so its exit is kept for it.
+    pub fn note_exit(&mut self, pid: Pid, status: ExitStatus) {
+        if self.pending() > 0 && self.early_exits.len() < EARLY_EXITS_MAX {
+            self.early_exits.insert(pid, status);
+        }
+    }
+
+    /// Starts awaiting an answer.
+    fn pending(&self) -> usize {
+        self.forkserver
+            .iter()
+            .chain(self.templates.values().map(|t| &t.helper))
+            .map(Helper::pending)
+            .sum()
+    }
+
+    /// Answers that arrived since the last call.
+    pub fn take_completions(&mut self) -> Vec<Completion> {
+        std::mem::take(&mut self.completions)
+    }
+
+    /// Groups whose start context became ready (or failed to) since the
+    /// last call.
+    pub fn take_ready(&mut self) -> Vec<GroupName> {
+        std::mem::take(&mut self.ready)
     }
 
     /// After a reload: templates of groups that no longer run Python
     /// functions under fork/forkserver are stopped.
     pub fn retain_templates(&mut self, config: &crate::config::Config) {
-        self.templates.retain(|name| {
-            config.groups.get(name).is_some_and(|g| {
-                matches!(g.program, Program::Python { .. }) && g.start_method != StartMethod::Spawn
+        let gone: Vec<GroupName> = self
+            .templates
+            .keys()
+            .filter(|name| {
+                !config.groups.get(*name).is_some_and(|g| {
+                    matches!(g.program, Program::Python { .. })
+                        && g.start_method != StartMethod::Spawn
+                })
             })
-        });
+            .cloned()
+            .collect();
+        for group in gone {
+            self.stop_template(&group);
+        }
     }
 
-    fn relaunch_template(&mut self, group: &GroupSpec) -> Result<(), LaunchError> {
+    /// Stops `group`'s template; the starts it held fail.
+    fn stop_template(&mut self, group: &GroupName) {
+        if let Some(mut t) = self.templates.remove(group) {
+            for p in self.retire(&mut t.helper) {
+                self.complete_failed(p, "its python template was stopped".into(), false);
+            }
+        }
+    }
+
+    /// Starts `group`'s template without waiting for its imports.
+    fn launch_template(&mut self, group: &GroupSpec) -> Result<(), LaunchError> {
         let devnull = self.devnull.as_raw_fd();
         let prepared = self.prepared(group)?;
-        let plan = SpawnPlan {
-            program: prepared.program.clone(),
-            argv: prepared.argv.clone(),
-            envp: prepared.envp.clone(),
-            cwd: prepared.cwd.clone(),
-            fds: FdPlan {
-                sources: vec![devnull],
-            },
-        };
+        let spec = Rc::clone(&prepared.spec);
+        let (pid, socket) =
+            python::launch(group, prepared, devnull).map_err(LaunchError::Setup)?;
+        let helper = Helper::new(pid, socket, Instant::now(), python::IMPORT_TIMEOUT, false);
         self.templates
-            .relaunch(group, &plan)
-            .map_err(LaunchError::Setup)
-    }
-
-    /// Python templates launched since the last call, with their sockets:
-    /// the runtime watches them until they are ready.
-    pub fn take_launched_templates(&mut self) -> Vec<GroupName> {
-        self.templates.take_launched()
-    }
-
-    /// The socket of `group`'s Python template, while it has one.
-    pub fn template_socket(&self, group: &GroupName) -> Option<std::os::fd::BorrowedFd<'_>> {
-        self.templates.socket(group)
-    }
-
-    /// A watched template socket is readable; true when its group's waiting
-    /// children should try again (the template is ready, or gone).
-    pub fn template_readable(&mut self, group: &GroupName) -> bool {
-        self.templates.on_readable(group)
+            .insert(group.name.clone(), Template { helper, spec });
+        Ok(())
     }
 
     /// Stops the fork server and the Python templates (they exit when
     /// their sockets close; SIGTERM makes sure). Returns their PIDs.
     pub fn stop_helpers(&mut self) -> Vec<Pid> {
-        let mut pids: Vec<Pid> = self.templates.stop_all().into_iter().map(Pid).collect();
-        if let Some(server) = self.forkserver.take() {
+        let mut helpers: Vec<Helper<Pending>> = self.forkserver.take().into_iter().collect();
+        helpers.extend(self.templates.drain().map(|(_, t)| t.helper));
+        let mut pids = Vec::new();
+        for mut helper in helpers {
             let _ = kill(
-                NixPid::from_raw(server.pid()),
+                NixPid::from_raw(helper.pid()),
                 nix::sys::signal::Signal::SIGTERM,
             );
-            pids.push(Pid(server.pid()));
+            pids.push(Pid(helper.pid()));
+            if let Some(token) = helper.token {
+                self.tokens.remove(&token);
+            }
+            for p in helper.take_requests() {
+                self.complete_failed(p, "drover is stopping".into(), false);
+            }
         }
         pids
-    }
-
-    /// Starts `plan` through the fork server, starting (or replacing a dead)
-    /// server as needed.
-    fn spawn_via_forkserver(&mut self, plan: &SpawnPlan) -> std::io::Result<i32> {
-        if self.forkserver.is_none() {
-            self.start_forkserver()?;
-        }
-        let server = self.forkserver.as_ref().expect("just started");
-        match server.spawn(plan) {
-            Err(e) if server_gone(&e) => {
-                tracing::warn!("the fork server did not answer ({e}); starting a new one");
-                self.start_forkserver()?;
-                self.forkserver.as_ref().expect("just started").spawn(plan)
-            }
-            other => other,
-        }
     }
 
     /// Output pipes of the children started since the last call.
@@ -216,251 +572,65 @@ impl ProcessLauncher {
         std::mem::take(&mut self.outputs)
     }
 
-    /// The part of a child's environment that is the same for every child
-    /// of `group`: drover's environment (or its PATH, HOME, LANG and TZ with
-    /// `clear_env`) overlaid by `env`, plus `DROVER_GROUP` and
-    /// `DROVER_START_METHOD`.
-    fn group_environment(&self, group: &GroupSpec) -> Vec<CString> {
-        let mut env: BTreeMap<OsString, OsString> = if group.clear_env {
-            self.base_env
-                .iter()
-                .filter(|(k, _)| KEPT_BY_CLEAR_ENV.iter().any(|kept| k.as_os_str() == *kept))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect()
-        } else {
-            self.base_env.clone()
-        };
-        // Set per child below; drover may itself run under a drover.
-        env.retain(|k, _| {
-            let k = k.as_bytes();
-            k != b"DROVER_INDEX" && !k.starts_with(b"DROVER_IN_") && !k.starts_with(b"DROVER_OUT_")
-        });
-        for (k, v) in &group.env {
-            env.insert(k.into(), v.into());
-        }
-        env.insert("DROVER_GROUP".into(), group.name.as_str().into());
-        env.insert(
-            "DROVER_START_METHOD".into(),
-            group.start_method.as_str().into(),
-        );
-        env.into_iter()
-            .filter_map(|(k, v)| {
-                let mut kv = k.into_vec();
-                kv.push(b'=');
-                kv.extend_from_slice(v.as_bytes());
-                CString::new(kv).ok()
-            })
-            .collect()
-    }
-
-    /// What every start of `group` shares, prepared once per definition:
-    /// argv, the program found on PATH, the environment.
+    /// What every start of `group` shares, prepared once per definition.
     fn prepared(&mut self, group: &GroupSpec) -> Result<&Prepared, LaunchError> {
         let fresh = self
             .prepared
             .get(&group.name)
-            .is_some_and(|p| p.spec == *group);
+            .is_some_and(|p| *p.spec == *group);
         if !fresh {
-            let argv: Vec<OsString> = match &group.program {
-                Program::Command(argv) => argv.clone(),
-                Program::Python { .. } => python::argv(group).expect("a python group"),
-            };
-            let search_path = group
-                .env
-                .get("PATH")
-                .map(OsString::from)
-                .or_else(|| self.base_env.get(OsStr::new("PATH")).cloned())
-                .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-            let program = resolve_program(&argv[0], &group.cwd, &search_path)?;
-            let prepared = Prepared {
-                spec: group.clone(),
-                program: cstring(program.as_os_str()),
-                argv: argv.iter().map(|a| cstring(a)).collect(),
-                envp: self.group_environment(group),
-                cwd: cstring(group.cwd.as_os_str()),
-            };
+            let prepared = Prepared::new(group, &self.base_env)?;
             self.prepared.insert(group.name.clone(), prepared);
         }
         Ok(&self.prepared[&group.name])
     }
 
-    fn plan(&mut self, group: &GroupSpec, index: u32) -> Result<(SpawnPlan, ChildIo), LaunchError> {
-        let queues = QueueSockets::new(group).map_err(LaunchError::Setup)?;
-        let pipes = Pipes::new().map_err(LaunchError::Setup)?;
-        let devnull = self.devnull.as_raw_fd();
-        let prepared = self.prepared(group)?;
-        let mut envp = prepared.envp.clone();
-        envp.push(cstring(format!("DROVER_INDEX={index}").as_ref()));
-        for (k, v) in queues.variables(keeps_fd_numbers(group)) {
-            envp.push(cstring(format!("{k}={v}").as_ref()));
+    /// Whether `group`'s template can take a request now; launches (or
+    /// replaces a stale) one as needed.
+    fn template_ready(&mut self, group: &GroupSpec) -> Result<(), LaunchError> {
+        if let Some(why) = self.import_failures.remove(&group.name) {
+            return Err(LaunchError::Template(std::io::Error::other(why)));
         }
-        let mut sources = vec![
-            devnull,
-            pipes.stdout_w.as_raw_fd(),
-            pipes.stderr_w.as_raw_fd(),
-        ];
-        sources.extend(queues.theirs.iter().map(AsRawFd::as_raw_fd));
-        let plan = SpawnPlan {
-            program: prepared.program.clone(),
-            argv: prepared.argv.clone(),
-            envp,
-            cwd: prepared.cwd.clone(),
-            fds: FdPlan { sources },
+        if self
+            .templates
+            .get(&group.name)
+            .is_some_and(|t| *t.spec != *group)
+        {
+            self.stop_template(&group.name);
+        }
+        if !self.templates.contains_key(&group.name) {
+            self.launch_template(group)?;
+        }
+        match self.templates.get(&group.name) {
+            Some(t) if t.helper.is_ready() => Ok(()),
+            _ => Err(LaunchError::Warming {
+                until: python::IMPORT_TIMEOUT,
+            }),
+        }
+    }
+
+    /// Sends a start to a helper; its answer comes as a completion.
+    fn request(&mut self, id: HelperId, plan: &SpawnPlan, p: Pending) -> Started {
+        let ticket = p.ticket;
+        let fds = plan.fds.sources.clone();
+        let now = Instant::now();
+        let submitted = match &id {
+            HelperId::ForkServer => self.forkserver.as_mut().map(|h| {
+                h.submit(|seq| forkserver::request(seq, plan), fds, p, now)
+            }),
+            HelperId::Template(g) => {
+                let (env, queues) = worker_request(&p.spec, p.index, &p.io);
+                self.templates.get_mut(g).map(|t| {
+                    t.helper
+                        .submit(|seq| python::request(seq, &env, &queues), fds, p, now)
+                })
+            }
         };
-        Ok((plan, ChildIo { pipes, queues }))
-    }
-}
-
-/// What every start of a group shares (see [`ProcessLauncher::prepared`]).
-#[derive(Debug)]
-struct Prepared {
-    /// The definition it was prepared for; another one prepares again.
-    spec: GroupSpec,
-    program: CString,
-    argv: Vec<CString>,
-    envp: Vec<CString>,
-    cwd: CString,
-}
-
-/// Everything a starting child is given besides stdin.
-struct ChildIo {
-    pipes: Pipes,
-    queues: QueueSockets,
-}
-
-/// One socket pair per queue the group names (inputs first, then outputs).
-struct QueueSockets {
-    names: Vec<(QueueName, Direction)>,
-    ours: Vec<OwnedFd>,
-    theirs: Vec<OwnedFd>,
-}
-
-impl QueueSockets {
-    fn new(group: &GroupSpec) -> std::io::Result<QueueSockets> {
-        let names: Vec<(QueueName, Direction)> = group
-            .inputs
-            .iter()
-            .map(|q| (q.clone(), Direction::In))
-            .chain(group.outputs.iter().map(|q| (q.clone(), Direction::Out)))
-            .collect();
-        let mut ours = Vec::with_capacity(names.len());
-        let mut theirs = Vec::with_capacity(names.len());
-        for _ in &names {
-            let (a, b) = socket_pair()?;
-            ours.push(a);
-            theirs.push(b);
+        if let Some(Err(why)) = submitted {
+            self.broken(&id, why);
         }
-        Ok(QueueSockets {
-            names,
-            ours,
-            theirs,
-        })
+        Started::Requested(ticket)
     }
-
-    /// `DROVER_IN_<QUEUE>` / `DROVER_OUT_<QUEUE>` = the fd number the child
-    /// will find its end at: 3, 4, … after stdio, or (`in_place`: the fork
-    /// method for commands, which keeps fds where they are) its own number.
-    fn variables(&self, in_place: bool) -> Vec<(String, String)> {
-        self.names
-            .iter()
-            .zip(&self.theirs)
-            .enumerate()
-            .map(|(i, ((queue, direction), fd))| {
-                let prefix = match direction {
-                    Direction::In => "DROVER_IN_",
-                    Direction::Out => "DROVER_OUT_",
-                };
-                let number = if in_place {
-                    fd.as_raw_fd()
-                } else {
-                    3 + i as i32
-                };
-                (
-                    format!("{prefix}{}", queue.env_suffix()),
-                    number.to_string(),
-                )
-            })
-            .collect()
-    }
-
-    /// The broker's ends, once the child runs.
-    fn into_ours(self) -> Vec<(QueueName, Direction, OwnedFd)> {
-        self.names
-            .into_iter()
-            .zip(self.ours)
-            .map(|((q, d), fd)| (q, d, fd))
-            .collect()
-    }
-}
-
-/// The pipes a child writes its stdout and stderr into.
-struct Pipes {
-    stdout_r: OwnedFd,
-    stdout_w: OwnedFd,
-    stderr_r: OwnedFd,
-    stderr_w: OwnedFd,
-}
-
-impl Pipes {
-    fn new() -> std::io::Result<Self> {
-        let flags = OFlag::O_CLOEXEC;
-        let (stdout_r, stdout_w) = pipe2(flags)?;
-        let (stderr_r, stderr_w) = pipe2(flags)?;
-        for r in [&stdout_r, &stderr_r] {
-            nix::fcntl::fcntl(r, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
-        }
-        Ok(Pipes {
-            stdout_r,
-            stdout_w,
-            stderr_r,
-            stderr_w,
-        })
-    }
-}
-
-fn cstring(s: &OsStr) -> CString {
-    // Config values cannot contain NUL (TOML strings may, but validation
-    // rejects env keys with NUL); replace defensively rather than panic.
-    CString::new(s.as_bytes().to_vec()).unwrap_or_else(|e| {
-        let mut bytes = e.into_vec();
-        bytes.retain(|b| *b != 0);
-        CString::new(bytes).expect("NUL bytes removed")
-    })
-}
-
-/// Finds the file to execute: a name with a `/` is relative to `cwd`;
-/// otherwise it is searched in `search_path` like `execvp` does.
-pub fn resolve_program(
-    program: &OsStr,
-    cwd: &Path,
-    search_path: &OsStr,
-) -> Result<PathBuf, LaunchError> {
-    if program.as_bytes().contains(&b'/') {
-        return Ok(cwd.join(program));
-    }
-    std::env::split_paths(search_path)
-        .map(|dir| cwd.join(dir).join(program))
-        .find(|candidate| is_executable(candidate))
-        .ok_or_else(|| LaunchError::NotFound {
-            program: program.to_string_lossy().into_owned(),
-            path: search_path.to_string_lossy().into_owned(),
-        })
-}
-
-/// Whether a child keeps its queue fds at drover's numbers (a command
-/// under `fork`) rather than at 3, 4, … after stdio.
-fn keeps_fd_numbers(group: &GroupSpec) -> bool {
-    group.start_method == StartMethod::Fork && matches!(group.program, Program::Command(_))
-}
-
-/// Errors that mean the fork server is dead or wedged, not that the
-/// program failed.
-fn server_gone(e: &std::io::Error) -> bool {
-    use std::io::ErrorKind::*;
-    matches!(
-        e.kind(),
-        BrokenPipe | ConnectionReset | ConnectionAborted | NotConnected | WouldBlock | TimedOut
-    )
 }
 
 /// The `fork` method: stdio placed at 0, 1, 2; every other fd drover holds
@@ -486,101 +656,87 @@ fn fork_setup(plan: &SpawnPlan) -> ExecSetup {
     )
 }
 
-/// What a Python worker forked from its template sets in its environment:
-/// its index and group, and its queue variables, as indexes of the fds sent
-/// (the queue sockets follow stdin, stdout and stderr, see `plan`): the
-/// template sets each to the fd its socket lands at.
-fn worker_env(group: &GroupSpec, index: u32, queues: &QueueSockets) -> python::WorkerSetup {
-    let queues = queues
+/// What a Python worker forked from its template is told besides its fds:
+/// its index, group and start method, and its queue variables, as indexes
+/// of the fds sent (the queue sockets follow stdin, stdout and stderr).
+fn worker_request(
+    group: &GroupSpec,
+    index: u32,
+    io: &ChildIo,
+) -> (Vec<(String, String)>, Vec<(String, usize)>) {
+    let env = vec![
+        ("DROVER_INDEX".to_owned(), index.to_string()),
+        ("DROVER_GROUP".to_owned(), group.name.to_string()),
+        (
+            "DROVER_START_METHOD".to_owned(),
+            group.start_method.as_str().to_owned(),
+        ),
+    ];
+    let queues = io
+        .queues
         .variables(false)
         .into_iter()
         .enumerate()
         .map(|(i, (name, _))| (name, 3 + i))
         .collect();
-    let mut env = HashMap::new();
-    env.insert("DROVER_INDEX".into(), index.to_string());
-    env.insert("DROVER_GROUP".into(), group.name.to_string());
-    env.insert(
-        "DROVER_START_METHOD".into(),
-        group.start_method.as_str().into(),
-    );
-    python::WorkerSetup { env, queues }
-}
-
-/// A start that failed with `ENOENT` or `ENOTDIR` may have failed at the
-/// `chdir` (all three start paths report it as the exec's error): if the
-/// working directory is what is missing, that is the error to show. Looked
-/// at only after a failure, so a start that works costs no extra syscall.
-fn cwd_error(group: &GroupSpec, error: &std::io::Error) -> Option<LaunchError> {
-    if !matches!(error.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) {
-        return None;
-    }
-    let (cwd, name) = (group.cwd.clone(), group.name.clone());
-    match std::fs::metadata(&group.cwd) {
-        Ok(meta) if meta.is_dir() => None,
-        Ok(_) => Some(LaunchError::CwdNotDirectory { cwd, group: name }),
-        Err(_) => Some(LaunchError::CwdMissing { cwd, group: name }),
-    }
-}
-
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    (env, queues)
 }
 
 impl Launcher for ProcessLauncher {
-    fn start(&mut self, group: &GroupSpec, index: u32) -> Result<Pid, LaunchError> {
+    fn start(&mut self, group: &GroupSpec, index: u32) -> Result<Started, LaunchError> {
         if self.starts_this_turn >= STARTS_PER_TURN {
             return Err(LaunchError::Deferred);
         }
-        self.starts_this_turn += 1;
-        let (plan, io) = self.plan(group, index)?;
         let python = matches!(group.program, Program::Python { .. });
-        let started = match group.start_method {
-            StartMethod::Spawn => spawn(&plan),
-            _ if python => {
-                let setup = worker_env(group, index, &io.queues);
-                match self.templates.start_worker(group, &plan, &setup) {
-                    Ok(pid) => Ok(pid),
-                    // The interpreter is not what failed: say so, not "cannot
-                    // execute python3: Broken pipe".
-                    Err(python::StartError::Failed(e)) => return Err(LaunchError::Template(e)),
-                    Err(python::StartError::Warming) => {
-                        return Err(LaunchError::Warming {
-                            until: python::IMPORT_TIMEOUT,
-                        });
-                    }
-                }
+        let helper = match group.start_method {
+            StartMethod::Spawn => None,
+            StartMethod::Fork | StartMethod::Forkserver if python => {
+                self.template_ready(group)?;
+                Some(HelperId::Template(group.name.clone()))
             }
-            StartMethod::Fork => fork_exec(&fork_setup(&plan), ForkKind::Fork),
-            StartMethod::Forkserver => self.spawn_via_forkserver(&plan),
+            StartMethod::Fork => None,
+            StartMethod::Forkserver => {
+                if self.forkserver.is_none() {
+                    self.start_forkserver().map_err(LaunchError::Setup)?;
+                }
+                Some(HelperId::ForkServer)
+            }
         };
-        if started
-            .as_ref()
-            .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
-        {
-            // Found on PATH before, gone now: look again next time.
-            self.prepared.remove(&group.name);
+        self.starts_this_turn += 1;
+        let devnull = self.devnull.as_raw_fd();
+        let prepared = self.prepared(group)?;
+        let (spec, program) = (Rc::clone(&prepared.spec), prepared.argv[0].clone());
+        let (plan, io) =
+            ChildIo::plan(group, index, prepared, devnull).map_err(LaunchError::Setup)?;
+        if let Some(id) = helper {
+            self.next_ticket += 1;
+            let pending = Pending {
+                ticket: self.next_ticket,
+                spec,
+                index,
+                io,
+                program,
+            };
+            return Ok(self.request(id, &plan, pending));
         }
-        let pid = started.map_err(|source| {
-            cwd_error(group, &source).unwrap_or_else(|| LaunchError::Exec {
-                program: plan.argv[0].to_string_lossy().into_owned(),
-                source,
-            })
-        })?;
-        let pid = Pid(pid);
-        let ChildIo { pipes, queues } = io;
-        drop(pipes.stdout_w);
-        drop(pipes.stderr_w);
-        self.outputs.push(ChildOutput {
-            group: group.name.clone(),
-            index,
-            pid,
-            stdout: pipes.stdout_r,
-            stderr: pipes.stderr_r,
-            queues: queues.into_ours(),
-        });
-        Ok(pid)
+        let started = match group.start_method {
+            StartMethod::Fork => fork_exec(&fork_setup(&plan), ForkKind::Fork),
+            _ => spawn(&plan),
+        };
+        match started {
+            Ok(pid) => {
+                self.outputs
+                    .push(io.into_output(&group.name, index, Pid(pid)));
+                Ok(Started::Running(Pid(pid)))
+            }
+            Err(e) => {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    // Found on PATH before, gone now: look again next time.
+                    self.prepared.remove(&group.name);
+                }
+                Err(start_error(group, &program, e))
+            }
+        }
     }
 
     fn signal_group(&mut self, pid: Pid, signal: Signal) {

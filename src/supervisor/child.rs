@@ -74,6 +74,12 @@ impl Leftover {
 /// The state of a child slot.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ChildState {
+    /// Its start was sent to the group's start context (the fork server, a
+    /// Python template), whose answer — the PID, or why not — arrives later
+    /// as a loop event ([`crate::supervisor::Supervisor::start_replied`]).
+    /// Shown as `starting`; the context answers (or is replaced) within its
+    /// own deadline.
+    Requested { ticket: u64, since: Instant },
     /// Started less than `start_secs` ago.
     Starting { pid: Pid, since: Instant },
     /// Up for at least `start_secs`.
@@ -106,7 +112,7 @@ impl ChildState {
     /// The name used by `drover status`.
     pub fn name(&self) -> &'static str {
         match self {
-            ChildState::Starting { .. } => "starting",
+            ChildState::Requested { .. } | ChildState::Starting { .. } => "starting",
             ChildState::Running { .. } => "running",
             ChildState::Backoff { .. } => "backoff",
             ChildState::Waiting { .. } => "waiting",
@@ -124,6 +130,12 @@ impl ChildState {
             | ChildState::Stopping { pid, .. } => Some(*pid),
             _ => None,
         }
+    }
+
+    /// Whether a process exists for this slot, or is being made for it: a
+    /// slot in such a state is never started again.
+    pub fn has_process(&self) -> bool {
+        self.pid().is_some() || matches!(self, ChildState::Requested { .. })
     }
 
     /// The next moment this state needs attention, if any.

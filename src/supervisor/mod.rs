@@ -29,15 +29,26 @@ use crate::text::ratelimit::RateLimit;
 
 /// Starts processes and delivers signals on the supervisor's behalf.
 pub trait Launcher {
-    /// Starts child `index` of `group`. An error is a failed start (for
-    /// instance a command that cannot be executed).
-    fn start(&mut self, group: &GroupSpec, index: u32) -> Result<Pid, LaunchError>;
+    /// Starts child `index` of `group`, or asks its start context to (the
+    /// answer then comes through [`Supervisor::start_replied`]). An error
+    /// is a failed start (for instance a command that cannot be executed).
+    fn start(&mut self, group: &GroupSpec, index: u32) -> Result<Started, LaunchError>;
     /// Sends `signal` to the process group led by `pid`.
     fn signal_group(&mut self, pid: Pid, signal: Signal);
     /// Sends `signal` to `pid` alone.
     fn signal(&mut self, pid: Pid, signal: Signal);
     /// Whether any process is left in process group `pgid`.
     fn group_alive(&mut self, pgid: Pid) -> bool;
+}
+
+/// What [`Launcher::start`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Started {
+    /// The process runs.
+    Running(Pid),
+    /// The start was sent to the group's start context; its answer comes
+    /// back with this ticket, and never blocks the loop in between.
+    Requested(u64),
 }
 
 /// Why a start failed before the program ran.
@@ -522,7 +533,7 @@ impl Supervisor {
             GroupCommand::Start => {
                 group.held = false;
                 for child in &mut group.children {
-                    if child.state.pid().is_none() {
+                    if !child.state.has_process() {
                         // Asked for by a person: no respawn floor.
                         child.last_start = None;
                         child.failed_starts = 0;
@@ -541,7 +552,9 @@ impl Supervisor {
                     child.failed_starts = 0;
                     match child.state {
                         ChildState::Stopping { ref mut after, .. } => *after = AfterStop::Restart,
-                        ChildState::Starting { .. } | ChildState::Running { .. } => {
+                        ChildState::Requested { .. }
+                        | ChildState::Starting { .. }
+                        | ChildState::Running { .. } => {
                             child.outdated = true;
                         }
                         _ => start_child(&group.spec, child, &mut cx),
@@ -573,6 +586,61 @@ impl Supervisor {
             }
         }
         false
+    }
+
+    /// The answer of a start context to the start with `ticket` of
+    /// `group[index]`: the child's PID, or why it did not start. A process
+    /// that nothing waits for any more (its slot was stopped, scaled away,
+    /// replaced or removed since the request) is stopped at once, as
+    /// `requested` (the definition the start was made with) says.
+    pub fn start_replied(
+        &mut self,
+        requested: &GroupSpec,
+        index: u32,
+        ticket: u64,
+        result: Result<Pid, LaunchError>,
+        launcher: &mut impl Launcher,
+        now: Instant,
+    ) {
+        let shutting_down = self.shutting_down;
+        let group = &requested.name;
+        let slot = self.groups.get_mut(group).and_then(|g| {
+            let held = g.held;
+            let spec = &g.spec;
+            g.children
+                .get_mut(index as usize)
+                .filter(|c| matches!(c.state, ChildState::Requested { ticket: t, .. } if t == ticket))
+                .map(|c| (spec, c, held))
+        });
+        match (slot, result) {
+            (Some((spec, child, held)), result) => {
+                let mut cx = cx!(self, &mut *launcher, now);
+                start_result(spec, child, result.map(Started::Running), &mut cx);
+                if shutting_down || held {
+                    // Stopped while its start was on the way.
+                    stop_child(spec, child, AfterStop::Stay, &mut cx);
+                }
+            }
+            (None, Ok(pid)) => {
+                let spec = requested.clone();
+                tracing::debug!(%group, index, pid = pid.0, "started after its slot moved on; stopping it");
+                let mut child = Child::new(index);
+                child.started = Some(now);
+                child.state = ChildState::Starting { pid, since: now };
+                let mut cx = cx!(self, &mut *launcher, now);
+                stop_child(&spec, &mut child, AfterStop::Stay, &mut cx);
+                self.retiring.push(Retiring {
+                    group: group.clone(),
+                    spec,
+                    child,
+                    successor: None,
+                    blocks: None,
+                    failure_logged: false,
+                });
+            }
+            (None, Err(_)) => {}
+        }
+        self.advance_rolling(launcher, now);
     }
 
     /// The start context of `name` became ready (a Python template finished
@@ -745,7 +813,18 @@ fn start_child<L: Launcher>(spec: &GroupSpec, child: &mut Child, cx: &mut Cx<'_,
         child.state = ChildState::Backoff { until: floor };
         return;
     }
-    match cx.launcher.start(spec, child.index) {
+    let started = cx.launcher.start(spec, child.index);
+    start_result(spec, child, started, cx);
+}
+
+/// Applies the outcome of a start (at once, or as its context's answer).
+fn start_result<L: Launcher>(
+    spec: &GroupSpec,
+    child: &mut Child,
+    started: Result<Started, LaunchError>,
+    cx: &mut Cx<'_, L>,
+) {
+    match started {
         Err(LaunchError::Warming { until }) => {
             // Not an attempt: wait for the context (the runtime wakes us).
             tracing::debug!(group = %spec.name, index = child.index, "waiting for the template");
@@ -761,7 +840,14 @@ fn start_child<L: Launcher>(spec: &GroupSpec, child: &mut Child, cx: &mut Cx<'_,
                 until: None,
             };
         }
-        Ok(pid) => {
+        Ok(Started::Requested(ticket)) => {
+            tracing::debug!(group = %spec.name, index = child.index, ticket, "start requested");
+            child.state = ChildState::Requested {
+                ticket,
+                since: cx.now,
+            };
+        }
+        Ok(Started::Running(pid)) => {
             tracing::debug!(group = %spec.name, index = child.index, pid = pid.0, "starting");
             count_attempt(child);
             child.started = Some(cx.now);
@@ -1057,7 +1143,10 @@ fn stop_child<L: Launcher>(
             };
         }
         ChildState::Stopping { .. } => {}
-        ChildState::Backoff { .. }
+        // Its process, if the context makes one, is stopped when the
+        // answer arrives: nothing waits for it any more.
+        ChildState::Requested { .. }
+        | ChildState::Backoff { .. }
         | ChildState::Waiting { .. }
         | ChildState::Fatal
         | ChildState::Exited => {

@@ -299,6 +299,10 @@ impl Supervisor {
             child.outdated = false;
             return true;
         }
+        if child.outdated && matches!(child.state, ChildState::Requested { .. }) {
+            // Its start is on the way: replaced once it runs.
+            return false;
+        }
         if child.outdated {
             let spec = group.spec.clone();
             let mut fresh = Child::new(index);

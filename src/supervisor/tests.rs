@@ -20,10 +20,19 @@ struct FakeLauncher {
     programs: std::collections::HashMap<Pid, String>,
     /// Process groups that still have members after their leader exited.
     groups_alive: std::collections::HashSet<Pid>,
+    /// Starts go to a start context whose answer comes later: each is
+    /// recorded here (group, index, ticket) instead of getting a PID.
+    asks: bool,
+    requests: Vec<(String, u32, u64)>,
 }
 
 impl Launcher for FakeLauncher {
-    fn start(&mut self, group: &GroupSpec, index: u32) -> Result<Pid, LaunchError> {
+    fn start(&mut self, group: &GroupSpec, index: u32) -> Result<Started, LaunchError> {
+        if self.asks {
+            let ticket = self.requests.len() as u64 + 1;
+            self.requests.push((group.name.to_string(), index, ticket));
+            return Ok(Started::Requested(ticket));
+        }
         if self.fail_starts {
             return Err(LaunchError::NotFound {
                 program: "nope".into(),
@@ -37,7 +46,7 @@ impl Launcher for FakeLauncher {
             self.programs
                 .insert(pid, argv[0].to_string_lossy().into_owned());
         }
-        Ok(pid)
+        Ok(Started::Running(pid))
     }
     fn signal_group(&mut self, pid: Pid, signal: Signal) {
         self.group_signals.push((pid, signal));
@@ -450,6 +459,108 @@ fn forwarding_reaches_every_live_child_by_pid() {
     assert!(l.group_signals.is_empty(), "never the process group");
 }
 
+/// Starts answered later by a start context (the fork server, a template).
+mod requested {
+    use super::*;
+
+    fn asking(processes: u32) -> (Supervisor, FakeLauncher, Instant, GroupSpec) {
+        let spec = group("w", processes, policy());
+        let mut l = FakeLauncher {
+            asks: true,
+            ..FakeLauncher::default()
+        };
+        let mut sup = Supervisor::new(&config(vec![spec.clone()]));
+        let t0 = Instant::now();
+        sup.start_all(&mut l, t0);
+        (sup, l, t0, spec)
+    }
+
+    #[test]
+    fn a_requested_start_is_starting_until_its_pid_arrives() {
+        let (mut sup, mut l, t0, spec) = asking(1);
+        assert_eq!(states(&sup), ["starting"]);
+        assert_eq!(sup.live_pids().count(), 0);
+        assert_eq!(sup.next_deadline(), None, "the context keeps the deadline");
+        let child = &sup.groups().next().unwrap().children[0];
+        assert_eq!(child.attempts, 0, "counted when the answer comes");
+        sup.start_replied(&spec, 0, 1, Ok(Pid(77)), &mut l, t0 + ms(5));
+        assert_eq!(pid_of(&sup, 0), Pid(77));
+        assert_eq!(
+            sup.next_deadline(),
+            Some(t0 + ms(5) + Duration::from_secs(1)),
+            "start_secs counts from the answer"
+        );
+        let child = &sup.groups().next().unwrap().children[0];
+        assert_eq!(child.attempts, 1);
+    }
+
+    #[test]
+    fn a_refused_start_backs_off_and_a_warming_one_waits() {
+        let (mut sup, mut l, t0, spec) = asking(2);
+        let refused = LaunchError::Exec {
+            program: "x".into(),
+            source: std::io::Error::from_raw_os_error(libc::ENOENT),
+        };
+        sup.start_replied(&spec, 0, 1, Err(refused), &mut l, t0);
+        sup.start_replied(
+            &spec,
+            1,
+            2,
+            Err(LaunchError::Warming { until: ms(500) }),
+            &mut l,
+            t0,
+        );
+        assert_eq!(states(&sup), ["backoff", "waiting"]);
+        sup.context_ready(&spec.name, &mut l, t0 + ms(1));
+        assert_eq!(l.requests.len(), 3, "the waiting one asks again");
+    }
+
+    #[test]
+    fn a_slot_is_never_started_twice_while_its_answer_is_due() {
+        let (mut sup, mut l, t0, _) = asking(1);
+        sup.group_command("w", GroupCommand::Start, &mut l, t0)
+            .unwrap();
+        assert_eq!(l.requests.len(), 1);
+        sup.group_command("w", GroupCommand::Restart, &mut l, t0)
+            .unwrap();
+        assert_eq!(l.requests.len(), 1, "restart waits for the answer");
+        assert!(sup.groups().next().unwrap().children[0].outdated);
+    }
+
+    #[test]
+    fn a_process_nobody_waits_for_any_more_is_stopped() {
+        let (mut sup, mut l, t0, spec) = asking(1);
+        sup.group_command("w", GroupCommand::Stop, &mut l, t0)
+            .unwrap();
+        assert_eq!(states(&sup), ["stopped"]);
+        sup.start_replied(&spec, 0, 1, Ok(Pid(90)), &mut l, t0 + ms(3));
+        assert_eq!(states(&sup), ["stopped"]);
+        assert_eq!(l.group_signals, [(Pid(90), Signal::Term)]);
+        assert_eq!(sup.live_pids().collect::<Vec<_>>(), [Pid(90)]);
+        assert!(sup.on_exit(Pid(90), ExitStatus::Signal(15), &mut l, t0 + ms(4)));
+        assert_eq!(sup.live_pids().count(), 0);
+        // A stale ticket (the slot asked again since) is stopped too.
+        sup.group_command("w", GroupCommand::Start, &mut l, t0 + ms(5))
+            .unwrap();
+        sup.start_replied(&spec, 0, 1, Ok(Pid(91)), &mut l, t0 + ms(6));
+        assert_eq!(l.group_signals.last(), Some(&(Pid(91), Signal::Term)));
+        assert_eq!(states(&sup), ["starting"]);
+        sup.start_replied(&spec, 0, 2, Ok(Pid(92)), &mut l, t0 + ms(7));
+        assert_eq!(pid_of(&sup, 0), Pid(92));
+    }
+
+    #[test]
+    fn shutdown_does_not_wait_for_an_answer_but_stops_what_it_brings() {
+        let (mut sup, mut l, t0, spec) = asking(1);
+        sup.shutdown(&mut l, t0);
+        assert!(sup.is_finished());
+        sup.start_replied(&spec, 0, 1, Ok(Pid(50)), &mut l, t0 + ms(1));
+        assert!(!sup.is_finished(), "the late process is stopped first");
+        assert!(sup.on_exit(Pid(50), ExitStatus::Signal(15), &mut l, t0 + ms(2)));
+        assert!(sup.is_finished());
+    }
+}
+
 #[test]
 fn unknown_pids_are_not_ours() {
     let t0 = Instant::now();
@@ -845,7 +956,7 @@ mod rolling {
     fn starts_beyond_the_turn_budget_wait_for_a_later_turn() {
         struct Budget(FakeLauncher, u32);
         impl Launcher for Budget {
-            fn start(&mut self, g: &GroupSpec, i: u32) -> Result<Pid, LaunchError> {
+            fn start(&mut self, g: &GroupSpec, i: u32) -> Result<Started, LaunchError> {
                 if self.1 == 0 {
                     return Err(LaunchError::Deferred);
                 }

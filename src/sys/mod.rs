@@ -21,7 +21,6 @@ use nix::fcntl::{FcntlArg, fcntl};
 pub mod context;
 pub mod file;
 pub mod forkexec;
-pub mod forkserver;
 pub mod wire;
 
 /// The fds a child starts with: each `source` ends up as `target`. Targets
