@@ -468,39 +468,47 @@ fn import_time_output_appears_once() {
 #[test]
 fn a_template_that_answers_nonsense_fails_the_start() {
     const FAKE: &str = r#"
-import json, os, signal, socket, sys
+import os, signal, socket, struct, sys
 how = os.environ["FAKE"]
 sock = socket.socket(fileno=3)
+def reply(seq, pid=0):
+    sock.send(struct.pack("<Qii", seq, 0, pid))
 if how == "huge_ready":
     sock.send(b" " * 100000)
     sock.recv(1)
     sys.exit(0)
-sock.send(b'{"ready": true}')
+reply(0)
 while True:
     msg, _, _, _ = sock.recvmsg(1 << 20, socket.CMSG_SPACE(64 * 4))
     if not msg:
         sys.exit(0)
-    seq = json.loads(msg)["seq"]
+    seq = struct.unpack_from("<Q", msg)[0]
     if how == "huge":
         sock.send(b" " * 100000)
     elif how == "garbage":
-        sock.send(b"not json")
+        sock.send(b"not a reply")
     elif how == "wrong_seq":
         while True:
-            sock.send(json.dumps({"seq": seq + 1000, "pid": os.getpid()}).encode())
+            reply(seq + 1000, os.getpid())
     elif how == "stranger":
         # A process of its own, not drover's child.
         pid = os.fork()
         if pid == 0:
             signal.pause()
             os._exit(0)
-        sock.send(json.dumps({"seq": seq, "pid": pid}).encode())
+        reply(seq, pid)
 "#;
     let cases = [
-        ("huge_ready", "more than the 4096 bytes an answer may have"),
-        ("huge", "more than the 4096 bytes an answer may have"),
-        ("garbage", "bad answer from the python template"),
-        ("wrong_seq", "answered request 1 with sequence number 1001"),
+        (
+            "huge_ready",
+            "the python template sent an unreadable answer",
+        ),
+        ("huge", "the python template sent an unreadable answer"),
+        (
+            "garbage",
+            "the python template sent a malformed answer (11 bytes)",
+        ),
+        ("wrong_seq", "answered request 1001 when 1 was due"),
         ("stranger", "which is not drover's child"),
     ];
     let dir = TempDir::new("pyfake");

@@ -486,8 +486,14 @@ impl Runtime {
             }
             for c in completions {
                 let pid = c.result.as_ref().ok().copied();
-                self.sup
-                    .start_replied(&c.spec, c.index, c.ticket, c.result, &mut self.launcher, now);
+                self.sup.start_replied(
+                    &c.spec,
+                    c.index,
+                    c.ticket,
+                    c.result,
+                    &mut self.launcher,
+                    now,
+                );
                 if let (Some(pid), Some(status)) = (pid, c.exited) {
                     // It exited before its answer was read: its queue
                     // sockets are attached first, then it is gone.

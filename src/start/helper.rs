@@ -81,7 +81,13 @@ pub struct Helper<T> {
 
 impl<T> Helper<T> {
     /// A helper just started as `pid`, talking on `socket`.
-    pub fn new(pid: i32, socket: OwnedFd, now: Instant, ready_within: Duration, early: bool) -> Self {
+    pub fn new(
+        pid: i32,
+        socket: OwnedFd,
+        now: Instant,
+        ready_within: Duration,
+        early: bool,
+    ) -> Self {
         Helper {
             pid,
             socket,
@@ -113,11 +119,11 @@ impl<T> Helper<T> {
         self.queue.len()
     }
 
-    /// Queues a request (built by `build` from its sequence number) with
-    /// `fds` attached, and sends what the socket takes.
+    /// Queues a request (built by `build` from its sequence number and
+    /// payload) with `fds` attached, and sends what the socket takes.
     pub fn submit(
         &mut self,
-        build: impl FnOnce(u64) -> Vec<u8>,
+        build: impl FnOnce(u64, &T) -> Vec<u8>,
         fds: Vec<RawFd>,
         payload: T,
         now: Instant,
@@ -126,7 +132,7 @@ impl<T> Helper<T> {
         self.next_seq += 1;
         self.queue.push_back(Request {
             seq,
-            packet: build(seq),
+            packet: build(seq, &payload),
             fds,
             payload,
             sent: None,
@@ -275,7 +281,7 @@ mod tests {
         }
     }
 
-    fn build(seq: u64) -> Vec<u8> {
+    fn build(seq: u64, _: &u32) -> Vec<u8> {
         wire::RequestBuilder::new(seq).finish()
     }
 
@@ -319,7 +325,10 @@ mod tests {
         assert!(h.on_readable(now, &mut Vec::new()).is_err());
 
         let (mut h, peer, now) = pair(true);
-        reply(&peer, Reply::refused(0, 1, "ImportError: no module named x"));
+        reply(
+            &peer,
+            Reply::refused(0, 1, "ImportError: no module named x"),
+        );
         let Err(Broken(why)) = h.on_readable(now, &mut Vec::new()) else {
             panic!("a refused hello breaks it")
         };
@@ -348,14 +357,15 @@ mod tests {
     #[test]
     fn a_full_socket_holds_requests_until_replies_free_room() {
         let (mut h, peer, now) = pair(true);
-        let big = |seq| {
+        let big = |seq, _: &u32| {
             let mut b = wire::RequestBuilder::new(seq);
             b.field(&[0u8; 60_000]);
             b.finish()
         };
         let mut submitted = 0u32;
         while h.sent == h.queue.len() {
-            h.submit(big, vec![peer.as_raw_fd()], submitted, now).unwrap();
+            h.submit(big, vec![peer.as_raw_fd()], submitted, now)
+                .unwrap();
             submitted += 1;
             assert!(submitted < 10_000, "the socket never filled");
         }

@@ -232,7 +232,10 @@ impl ProcessLauncher {
         let now = Instant::now();
         let mut events = Vec::new();
         let result = match &id {
-            HelperId::ForkServer => self.forkserver.as_mut().map(|h| h.on_readable(now, &mut events)),
+            HelperId::ForkServer => self
+                .forkserver
+                .as_mut()
+                .map(|h| h.on_readable(now, &mut events)),
             HelperId::Template(g) => self
                 .templates
                 .get_mut(g)
@@ -250,7 +253,8 @@ impl ProcessLauncher {
                 }
                 (Event::Ready, HelperId::ForkServer) => {}
                 (Event::Answer(pending, result), id) => {
-                    if let Err((pending, why)) = self.answered(id, pending, result) {
+                    if let Err(wrong) = self.answered(id, pending, result) {
+                        let (pending, why) = *wrong;
                         // A template that names a stranger is replaced;
                         // this start goes with its other requests.
                         self.requeue(id, pending);
@@ -274,7 +278,7 @@ impl ProcessLauncher {
         id: &HelperId,
         p: Pending,
         result: std::io::Result<i32>,
-    ) -> Result<(), (Pending, Broken)> {
+    ) -> Result<(), Box<(Pending, Broken)>> {
         let template = matches!(id, HelperId::Template(_));
         let pid = match result {
             Ok(pid) => pid,
@@ -297,7 +301,7 @@ impl ProcessLauncher {
             if exited.is_none()
                 && let Err(why) = python::drovers_child(pid)
             {
-                return Err((p, Broken(why)));
+                return Err(Box::new((p, Broken(why))));
             }
             self.template_failures.remove(&p.spec.name);
         }
@@ -374,7 +378,9 @@ impl ProcessLauncher {
                     self.complete_failed(p, why.clone(), false);
                 }
                 if let Err(e) = self.start_forkserver() {
-                    tracing::error!("cannot restart the fork server: {e}; forkserver starts will retry");
+                    tracing::error!(
+                        "cannot restart the fork server: {e}; forkserver starts will retry"
+                    );
                 }
             }
             HelperId::Template(group) => {
@@ -537,8 +543,7 @@ impl ProcessLauncher {
         let devnull = self.devnull.as_raw_fd();
         let prepared = self.prepared(group)?;
         let spec = Rc::clone(&prepared.spec);
-        let (pid, socket) =
-            python::launch(group, prepared, devnull).map_err(LaunchError::Setup)?;
+        let (pid, socket) = python::launch(group, prepared, devnull).map_err(LaunchError::Setup)?;
         let helper = Helper::new(pid, socket, Instant::now(), python::IMPORT_TIMEOUT, false);
         self.templates
             .insert(group.name.clone(), Template { helper, spec });
@@ -615,16 +620,16 @@ impl ProcessLauncher {
         let fds = plan.fds.sources.clone();
         let now = Instant::now();
         let submitted = match &id {
-            HelperId::ForkServer => self.forkserver.as_mut().map(|h| {
-                h.submit(|seq| forkserver::request(seq, plan), fds, p, now)
+            HelperId::ForkServer => self
+                .forkserver
+                .as_mut()
+                .map(|h| h.submit(|seq, _| forkserver::request(seq, plan), fds, p, now)),
+            HelperId::Template(g) => self.templates.get_mut(g).map(|t| {
+                let build = |seq, p: &Pending| {
+                    python::request(seq, &p.spec, p.index, &p.io.queues.variables(false))
+                };
+                t.helper.submit(build, fds, p, now)
             }),
-            HelperId::Template(g) => {
-                let (env, queues) = worker_request(&p.spec, p.index, &p.io);
-                self.templates.get_mut(g).map(|t| {
-                    t.helper
-                        .submit(|seq| python::request(seq, &env, &queues), fds, p, now)
-                })
-            }
         };
         if let Some(Err(why)) = submitted {
             self.broken(&id, why);
@@ -654,32 +659,6 @@ fn fork_setup(plan: &SpawnPlan) -> ExecSetup {
             close_from: None,
         },
     )
-}
-
-/// What a Python worker forked from its template is told besides its fds:
-/// its index, group and start method, and its queue variables, as indexes
-/// of the fds sent (the queue sockets follow stdin, stdout and stderr).
-fn worker_request(
-    group: &GroupSpec,
-    index: u32,
-    io: &ChildIo,
-) -> (Vec<(String, String)>, Vec<(String, usize)>) {
-    let env = vec![
-        ("DROVER_INDEX".to_owned(), index.to_string()),
-        ("DROVER_GROUP".to_owned(), group.name.to_string()),
-        (
-            "DROVER_START_METHOD".to_owned(),
-            group.start_method.as_str().to_owned(),
-        ),
-    ];
-    let queues = io
-        .queues
-        .variables(false)
-        .into_iter()
-        .enumerate()
-        .map(|(i, (name, _))| (name, 3 + i))
-        .collect();
-    (env, queues)
 }
 
 impl Launcher for ProcessLauncher {

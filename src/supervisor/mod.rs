@@ -609,7 +609,9 @@ impl Supervisor {
             let spec = &g.spec;
             g.children
                 .get_mut(index as usize)
-                .filter(|c| matches!(c.state, ChildState::Requested { ticket: t, .. } if t == ticket))
+                .filter(
+                    |c| matches!(c.state, ChildState::Requested { ticket: t, .. } if t == ticket),
+                )
                 .map(|c| (spec, c, held))
         });
         match (slot, result) {

@@ -98,19 +98,28 @@ pub fn argv(group: &GroupSpec) -> Option<Vec<OsString>> {
     Some(argv)
 }
 
-/// The request for a worker: the variables to set in it (`DROVER_INDEX`,
-/// `DROVER_GROUP`, …), then each queue variable with the index of its
-/// socket among the fds sent (stdin, stdout, stderr, then the queues); the
-/// template sets the variable to the fd number the socket has in the worker.
-pub fn request(seq: u64, env: &[(String, String)], queues: &[(String, usize)]) -> Vec<u8> {
+/// The request for worker `index` of `group`: the variables to set in it
+/// (its index, group and start method), then each of its `queues`
+/// variables with the index of its socket among the fds sent (stdin,
+/// stdout, stderr, then the queues, in order); the template sets the
+/// variable to the fd number the socket has in the worker.
+pub fn request(seq: u64, group: &GroupSpec, index: u32, queues: &[(String, String)]) -> Vec<u8> {
+    let env = [
+        ("DROVER_INDEX", index.to_string()),
+        ("DROVER_GROUP", group.name.to_string()),
+        (
+            "DROVER_START_METHOD",
+            group.start_method.as_str().to_owned(),
+        ),
+    ];
     let mut b = RequestBuilder::new(seq);
     b.count(env.len());
     for (k, v) in env {
         b.field(format!("{k}={v}").as_bytes());
     }
     b.count(queues.len());
-    for (name, index) in queues {
-        b.field(format!("{name}={index}").as_bytes());
+    for (i, (name, _)) in queues.iter().enumerate() {
+        b.field(format!("{name}={}", 3 + i).as_bytes());
     }
     b.finish()
 }
