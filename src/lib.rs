@@ -45,4 +45,6 @@ pub mod runtime;
 pub mod start;
 pub mod supervisor;
 pub mod sys;
+#[cfg(test)]
+mod testing;
 pub mod text;

@@ -180,24 +180,7 @@ fn no_files(dir: &Path) -> Diagnostic {
 mod tests {
     use super::*;
 
-    /// A fresh directory under the system temp dir, removed on drop.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(name: &str) -> Self {
-            let dir =
-                std::env::temp_dir().join(format!("drover-files-{}-{name}", std::process::id()));
-            let _ = fs::remove_dir_all(&dir);
-            fs::create_dir_all(&dir).unwrap();
-            TempDir(dir)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::testing::TempDir;
 
     fn names(files: &[PathBuf]) -> Vec<String> {
         files
@@ -208,7 +191,7 @@ mod tests {
 
     #[test]
     fn a_directory_yields_its_toml_files_in_name_order() {
-        let tmp = TempDir::new("order");
+        let tmp = TempDir::new("files", "order");
         for name in ["b.toml", "a.toml", ".#a.toml", "notes.txt", "c.toml.bak"] {
             fs::write(tmp.0.join(name), "").unwrap();
         }
@@ -222,7 +205,7 @@ mod tests {
 
     #[test]
     fn a_file_is_taken_as_is() {
-        let tmp = TempDir::new("single");
+        let tmp = TempDir::new("files", "single");
         let file = tmp.0.join("drover.conf");
         fs::write(&file, "").unwrap();
         assert_eq!(discover(&file).unwrap(), [file]);
@@ -230,7 +213,7 @@ mod tests {
 
     #[test]
     fn an_empty_directory_is_an_error() {
-        let tmp = TempDir::new("empty");
+        let tmp = TempDir::new("files", "empty");
         fs::write(tmp.0.join(".hidden.toml"), "").unwrap();
         let diags = discover(&tmp.0).unwrap_err();
         assert!(
@@ -242,7 +225,7 @@ mod tests {
 
     #[test]
     fn missing_paths_and_dangling_symlinks_are_errors() {
-        let tmp = TempDir::new("missing");
+        let tmp = TempDir::new("files", "missing");
         let diags = discover(&tmp.0.join("nope")).unwrap_err();
         assert!(diags[0].message().contains("cannot read"), "{}", diags[0]);
         std::os::unix::fs::symlink(tmp.0.join("gone"), tmp.0.join("x.toml")).unwrap();
@@ -253,7 +236,7 @@ mod tests {
 
     #[test]
     fn fifos_and_devices_named_toml_are_passed_over() {
-        let tmp = TempDir::new("special");
+        let tmp = TempDir::new("files", "special");
         fs::write(tmp.0.join("a.toml"), "").unwrap();
         nix::unistd::mkfifo(&tmp.0.join("fifo.toml"), nix::sys::stat::Mode::S_IRWXU).unwrap();
         std::os::unix::fs::symlink("/dev/zero", tmp.0.join("zero.toml")).unwrap();
@@ -265,7 +248,7 @@ mod tests {
     /// and `/dev/zero` was read until memory ran out.
     #[test]
     fn reading_a_fifo_or_a_device_fails_at_once() {
-        let tmp = TempDir::new("readspecial");
+        let tmp = TempDir::new("files", "readspecial");
         let fifo = tmp.0.join("fifo.toml");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
         let d = read(&fifo).unwrap_err();
@@ -282,7 +265,7 @@ mod tests {
 
     #[test]
     fn a_file_over_the_size_limit_is_an_error_naming_it() {
-        let tmp = TempDir::new("large");
+        let tmp = TempDir::new("files", "large");
         let file = tmp.0.join("a.toml");
         fs::write(&file, vec![b'#'; (MAX_FILE_BYTES + 1) as usize]).unwrap();
         let d = read(&file).unwrap_err();
@@ -296,7 +279,7 @@ mod tests {
 
     #[test]
     fn a_directory_with_too_many_files_is_an_error_naming_the_limit() {
-        let tmp = TempDir::new("many");
+        let tmp = TempDir::new("files", "many");
         for i in 0..4 {
             fs::write(tmp.0.join(format!("{i}.toml")), "").unwrap();
         }
@@ -315,7 +298,7 @@ mod tests {
     /// A file being saved in place is never read half-written.
     #[test]
     fn a_file_open_for_writing_is_not_read() {
-        let tmp = TempDir::new("writer");
+        let tmp = TempDir::new("files", "writer");
         let file = tmp.0.join("a.toml");
         fs::write(&file, "").unwrap();
         let probe = fs::File::open(&file).unwrap();
@@ -334,7 +317,7 @@ mod tests {
 
     #[test]
     fn invalid_utf8_is_located() {
-        let tmp = TempDir::new("utf8");
+        let tmp = TempDir::new("files", "utf8");
         let file = tmp.0.join("a.toml");
         fs::write(&file, b"a = 1\nb = \"\xff\"\n").unwrap();
         let d = read(&file).unwrap_err();

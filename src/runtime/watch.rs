@@ -548,7 +548,7 @@ mod tests {
 
     #[test]
     fn only_a_created_regular_file_is_being_written() {
-        let dir = TempDir::new("created");
+        let dir = TempDir::new("watch", "created");
         let file = dir.0.join("a.toml");
         fs::write(&file, "").unwrap();
         let link = dir.0.join("link.toml");
@@ -639,24 +639,7 @@ mod tests {
         assert!(names(&gate).is_empty());
     }
 
-    /// A fresh directory under the system temp dir, removed on drop.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(name: &str) -> Self {
-            let dir =
-                std::env::temp_dir().join(format!("drover-watch-{}-{name}", std::process::id()));
-            let _ = fs::remove_dir_all(&dir);
-            fs::create_dir_all(&dir).unwrap();
-            TempDir(dir)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::testing::TempDir;
 
     fn lease_available(file: &Path) -> bool {
         let opened = fs::File::open(file).unwrap();
@@ -665,7 +648,7 @@ mod tests {
 
     #[test]
     fn a_file_open_for_writing_holds_the_reload_until_it_is_closed() {
-        let dir = TempDir::new("busy");
+        let dir = TempDir::new("watch", "busy");
         let file = dir.0.join("a.toml");
         fs::write(&file, "").unwrap();
         fs::write(dir.0.join("b.toml"), "").unwrap();
@@ -698,7 +681,7 @@ mod tests {
 
     #[test]
     fn fifos_and_devices_in_a_config_directory_are_named_in_warnings() {
-        let dir = TempDir::new("special");
+        let dir = TempDir::new("watch", "special");
         fs::write(dir.0.join("a.toml"), "").unwrap();
         let fifo = dir.0.join("fifo.toml");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
@@ -767,7 +750,7 @@ mod tests {
     /// watched any more.
     #[test]
     fn a_directory_deleted_and_created_again_is_watched_again() {
-        let root = TempDir::new("recreate");
+        let root = TempDir::new("watch", "recreate");
         let conf = root.0.join("conf.d");
         fs::create_dir(&conf).unwrap();
         let (watcher, mut wake) = watch(&conf);
@@ -782,7 +765,7 @@ mod tests {
     /// `mv -T new conf.d` over an empty directory: one rename, a new inode.
     #[test]
     fn a_directory_replaced_by_a_rename_is_watched_again() {
-        let root = TempDir::new("swap");
+        let root = TempDir::new("watch", "swap");
         let conf = root.0.join("conf.d");
         fs::create_dir(&conf).unwrap();
         let (watcher, mut wake) = watch(&conf);

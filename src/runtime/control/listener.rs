@@ -256,15 +256,8 @@ fn remove_dead(staging: &Staging, path: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::TempDir;
     use std::os::unix::net::UnixStream;
-
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("drover-listener-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        dir
-    }
 
     fn entries(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir(dir)
@@ -277,7 +270,8 @@ mod tests {
 
     #[test]
     fn binds_0600_and_leaves_nothing_else_behind() {
-        let dir = temp_dir("mode");
+        let tmp = TempDir::new("listener", "mode");
+        let dir = tmp.path().to_path_buf();
         let path = dir.join("d.sock");
         let listener = Listener::bind(&path).unwrap();
         let meta = fs::symlink_metadata(&path).unwrap();
@@ -288,12 +282,12 @@ mod tests {
         UnixStream::connect(&path).expect("reachable through the linked name");
         drop(listener);
         assert!(entries(&dir).is_empty());
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_dead_socket_is_replaced_and_a_live_one_is_an_error() {
-        let dir = temp_dir("stale");
+        let tmp = TempDir::new("listener", "stale");
+        let dir = tmp.path().to_path_buf();
         let path = dir.join("d.sock");
         drop(UnixListener::bind(&path).unwrap()); // leaves a dead socket file
         let first = Listener::bind(&path).expect("the dead socket is replaced");
@@ -304,12 +298,12 @@ mod tests {
         UnixStream::connect(&path).expect("the first one still listens");
         drop(first);
         assert!(entries(&dir).is_empty());
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn anything_but_a_socket_is_left_alone() {
-        let dir = temp_dir("other");
+        let tmp = TempDir::new("listener", "other");
+        let dir = tmp.path().to_path_buf();
         let path = dir.join("d.sock");
         fs::write(&path, "precious").unwrap();
         assert!(matches!(
@@ -336,12 +330,12 @@ mod tests {
         ));
         assert!(fs::symlink_metadata(&target).is_ok());
         assert_eq!(entries(&dir), ["d.sock", "target.sock"]);
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn removing_a_dead_socket_spares_a_file_that_took_its_place() {
-        let dir = temp_dir("race");
+        let tmp = TempDir::new("listener", "race");
+        let dir = tmp.path().to_path_buf();
         let path = dir.join("d.sock");
         drop(UnixListener::bind(&path).unwrap());
         assert_eq!(probe(&path).unwrap(), Found::Dead);
@@ -353,12 +347,12 @@ mod tests {
         drop(staging);
         assert_eq!(probe(&path).unwrap(), Found::Live);
         drop(other);
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_path_too_long_for_the_staging_name_still_binds() {
-        let base = temp_dir("long");
+        let tmp = TempDir::new("listener", "long");
+        let base = tmp.path().to_path_buf();
         // The target fits in sun_path (108 bytes); `.drover-PID-N/s` does not.
         let room = 100usize.saturating_sub(base.as_os_str().len());
         let dir = base.join("d".repeat(room.max(1)));
@@ -367,6 +361,5 @@ mod tests {
         let listener = Listener::bind(&path).unwrap();
         UnixStream::connect(&path).unwrap();
         drop(listener);
-        fs::remove_dir_all(&base).unwrap();
     }
 }
