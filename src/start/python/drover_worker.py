@@ -11,15 +11,27 @@ fork        the group's *template*: import MODULE once (its module-level
 forkserver  the group's *server*: import only PRELOAD, then fork a worker
             per request, which imports MODULE itself and calls FUNCTION.
 
-A template or server reads requests on fd 3, a SOCK_SEQPACKET socket: one
-JSON packet {"seq", "env", "queues"} carrying the worker's fds (stdin,
-stdout, stderr, then its queue sockets) as SCM_RIGHTS; "queues" maps each
-queue variable (DROVER_IN_<QUEUE>, DROVER_OUT_<QUEUE>) to the index of its
-socket among those fds. It double-forks, so the worker's parent becomes
-drover (a child subreaper), which reaps it like any child, and answers
-{"seq", "pid"} or {"seq", "error"}. It says {"ready": true} once its
-imports are done; if they fail it prints the traceback and exits 1. It
-exits when drover closes the socket.
+A template or server serves drover on fd 3, a SOCK_SEQPACKET socket, one
+message a packet, integers little-endian (drover's sys::wire):
+
+request  seq (u64, >= 1), then fields, each a u32 length and its bytes: a
+         count field (4 bytes, a u32 N), N fields KEY=VALUE (the worker's
+         variables), a count field M, M fields NAME=INDEX: queue variable
+         NAME (DROVER_IN_<QUEUE>, DROVER_OUT_<QUEUE>) names fd INDEX (>= 3)
+         of those the request carries as SCM_RIGHTS (at most 64): stdin,
+         stdout, stderr, then the queue sockets.
+reply    seq (u64), errno (i32, 0 for success), pid (i32, the worker's, or
+         0), then for a refusal UTF-8 text, at most 1000 bytes. One per
+         request, in request order; a malformed request is refused with
+         EINVAL, a packet too short to hold a seq is ignored.
+hello    a reply with seq 0, once the imports are done: errno 0, or when
+         they failed (after the traceback on stderr) a refusal naming the
+         exception, and exit 1.
+
+For each request it double-forks, so the worker's parent becomes drover (a
+child subreaper), which reaps it like any child; the worker runs only once
+the reply with its pid is sent. The template exits 0 when drover closes
+the socket.
 
 A forked worker keeps every fd its template opened while importing (a log
 file, a socket), at its number: stdin, stdout and stderr go to 0, 1 and 2;
@@ -42,12 +54,13 @@ GROUP and INDEX come from DROVER_GROUP and DROVER_INDEX (the request's, for
 a forked worker).
 """
 import array
+import errno
 import fcntl
 import importlib
-import json
 import os
 import signal
 import socket
+import struct
 import sys
 import traceback
 
@@ -59,9 +72,13 @@ TITLE_MARK = b"drover-"
 # The longest process name (comm) Linux keeps, without its NUL.
 COMM_MAX = 15
 MAX_FDS = 64
-# Replies are short; an error's text is cut so that one fits drover's buffer.
-MAX_ERROR = 1000
+MAX_REQUEST = 1 << 20
+# A reply's text is cut so that the reply fits drover's buffer.
+MAX_TEXT = 1000
 STDIO = 3
+SEQ = struct.Struct("<Q")
+LENGTH = struct.Struct("<I")
+REPLY = struct.Struct("<Qii")
 
 
 def run(module_name, function_name):
@@ -197,27 +214,82 @@ def become_worker(fds, env, queues):
     os.environ.update(env)
 
 
-def checked_queues(request, fds):
-    """The request's {variable: fd index}, each index one of a queue fd."""
-    if len(fds) < STDIO:
-        raise ValueError("%d fds received, stdin, stdout and stderr are needed" % len(fds))
-    queues = request.get("queues") or {}
-    for name, index in queues.items():
-        if not isinstance(index, int) or not STDIO <= index < len(fds):
-            raise ValueError("%s names fd %r of the %d received" % (name, index, len(fds)))
-    return queues
-
-
 def receive(sock):
-    """One request: (json, [fds]); (None, []) when drover closed the socket."""
+    """One packet and the fds it carried; (None, []) when drover closed the
+    socket. A packet over MAX_REQUEST bytes or MAX_FDS fds comes cut, yet
+    still over the limit, for parse_request to refuse."""
     fds = array.array("i")
-    msg, ancdata, _flags, _addr = sock.recvmsg(1 << 20, socket.CMSG_SPACE(MAX_FDS * fds.itemsize))
+    packet, ancdata, _flags, _addr = sock.recvmsg(MAX_REQUEST + 1, socket.CMSG_SPACE((MAX_FDS + 1) * fds.itemsize))
     for level, kind, data in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
-    if not msg:
-        return None, list(fds)
-    return json.loads(msg), list(fds)
+    if not packet and not fds:
+        return None, []
+    return packet, list(fds)
+
+
+def parse_request(packet, nfds):
+    """A request's (env, queues): the worker's {variable: value} and
+    {queue variable: index among the `nfds` fds received}. ValueError when
+    the request is malformed."""
+    if len(packet) > MAX_REQUEST or nfds > MAX_FDS:
+        raise ValueError("over %d bytes or %d fds" % (MAX_REQUEST, MAX_FDS))
+    if nfds < STDIO:
+        raise ValueError("%d fds received, stdin, stdout and stderr are needed" % nfds)
+    fields = iter_fields(packet)
+    env = counted_pairs(fields)
+    queues = {}
+    for name, index in counted_pairs(fields).items():
+        if not (index.isascii() and index.isdigit() and STDIO <= int(index) < nfds):
+            raise ValueError("%s names fd %r of the %d received" % (name, index, nfds))
+        queues[name] = int(index)
+    if next(fields, None) is not None:
+        raise ValueError("more fields than counted")
+    return env, queues
+
+
+def iter_fields(packet):
+    """The fields after a request's seq."""
+    at = SEQ.size
+    while at < len(packet):
+        if at + LENGTH.size > len(packet):
+            raise ValueError("a field's length is cut")
+        (size,) = LENGTH.unpack_from(packet, at)
+        at += LENGTH.size
+        if at + size > len(packet):
+            raise ValueError("a field is cut")
+        yield packet[at : at + size]
+        at += size
+
+
+def counted_pairs(fields):
+    """A count field N, then N fields NAME=VALUE: {NAME: VALUE}."""
+    count = next(fields, b"")
+    if len(count) != LENGTH.size:
+        raise ValueError("a count field is missing or not 4 bytes")
+    pairs = {}
+    for _ in range(LENGTH.unpack(count)[0]):
+        field = next(fields, None)
+        if field is None:
+            raise ValueError("fewer fields than counted")
+        text = field.decode()
+        name, equals, value = text.partition("=")
+        if not name or not equals:
+            raise ValueError("%r is not NAME=VALUE" % text)
+        pairs[name] = value
+    return pairs
+
+
+def refusal(seq, number, text):
+    """A reply refusing request `seq`: errno `number`, `text` cut to
+    MAX_TEXT bytes on a character boundary."""
+    cut = text.encode(errors="replace")[:MAX_TEXT].decode(errors="ignore")
+    return REPLY.pack(seq, number, 0) + cut.encode()
+
+
+def error_number(exception):
+    """The errno a refusal caused by `exception` carries."""
+    return getattr(exception, "errno", None) or errno.EIO
 
 
 def worker(ours, go, fds, env, queues, module, function):
@@ -242,12 +314,10 @@ def worker(ours, go, fds, env, queues, module, function):
         os._exit(code)
 
 
-def start_worker(sock, request, fds, module, function):
+def start_worker(sock, fds, env, queues, module, function):
     """Double-forks a worker; returns its pid and the fd on which to tell
     it to go (write b"g", after drover has the pid; closing it unwritten
     makes the worker exit at once)."""
-    queues = checked_queues(request, fds)
-    env = request.get("env") or {}
     flush_std()  # or every worker writes what the imports left in the buffers
     go_r, go_w = os.pipe()
     r, w = os.pipe()
@@ -277,27 +347,38 @@ def start_worker(sock, request, fds, module, function):
     return int(answer), go_w
 
 
-def serve(module, function):
-    sock = socket.socket(fileno=3)
-    flush_std()
-    sock.send(json.dumps({"ready": True}).encode())
+def serve(sock, module, function):
     while True:
-        request, fds = receive(sock)
-        if request is None:
+        packet, fds = receive(sock)
+        if packet is None:
             return 0
-        go = None
-        try:
-            pid, go = start_worker(sock, request, fds, module, function)
-            reply = {"seq": request["seq"], "pid": pid}
-        except Exception as e:
-            reply = {"seq": request.get("seq"), "error": str(e)[:MAX_ERROR]}
+        reply, go = reply_to(sock, packet, fds, module, function)
         for fd in fds:
             os.close(fd)
-        sock.send(json.dumps(reply).encode())
+        if reply is None:
+            continue
+        sock.send(reply)
         if go is not None:
             # drover has the pid now: the worker may run.
             os.write(go, b"g")
             os.close(go)
+
+
+def reply_to(sock, packet, fds, module, function):
+    """The reply to a request packet (None to one too short to hold a seq)
+    and the go fd of the worker it started (None if none)."""
+    if len(packet) < SEQ.size:
+        return None, None
+    (seq,) = SEQ.unpack_from(packet)
+    try:
+        env, queues = parse_request(packet, len(fds))
+    except ValueError as e:
+        return refusal(seq, errno.EINVAL, "malformed request: %s" % e), None
+    try:
+        pid, go = start_worker(sock, fds, env, queues, module, function)
+    except Exception as e:
+        return refusal(seq, error_number(e), str(e)), None
+    return REPLY.pack(seq, 0, pid), go
 
 
 def main(argv):
@@ -309,9 +390,22 @@ def main(argv):
         set_title(*worker_title(group, os.environ.get("DROVER_INDEX", "?"), module, function))
         return run(module, function)
     set_title(*template_title(mode, group, module, function))
-    for name in preload if mode == "forkserver" else [module]:
-        importlib.import_module(name)
-    return serve(module, function)
+    sock = socket.socket(fileno=3)
+    try:
+        for name in preload if mode == "forkserver" else [module]:
+            importlib.import_module(name)
+    except Exception as e:
+        traceback.print_exc()
+        flush_std()
+        summary = traceback.format_exception_only(type(e), e)[-1].strip()
+        try:
+            sock.send(refusal(0, error_number(e), summary))
+        except OSError:
+            pass  # drover is gone
+        return 1
+    flush_std()
+    sock.send(REPLY.pack(0, 0, 0))
+    return serve(sock, module, function)
 
 
 if __name__ == "__main__":

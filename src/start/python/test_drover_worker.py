@@ -4,10 +4,14 @@
 """
 import array
 import ast
+import collections
+import errno
 import json
 import os
 import select
+import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -83,6 +87,14 @@ CHATTY = textwrap.dedent(
 )
 
 
+# Fails opening a file while imported: an OSError, with an errno.
+OPENS_MISSING = textwrap.dedent(
+    """
+    open("missing.txt")
+    """
+)
+
+
 # Output buffered as by default (the tests' environment may say otherwise).
 BUFFERED = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
 
@@ -91,10 +103,51 @@ def socket_inode(sock):
     return "socket:[%d]" % os.fstat(sock.fileno()).st_ino
 
 
+# drover's side of the protocol (see drover_worker's docstring).
+Reply = collections.namedtuple("Reply", "seq errno pid text")
+HELLO = Reply(0, 0, 0, "")
+
+
+def field(data):
+    """One field: its u32 length, then its bytes."""
+    data = data.encode() if isinstance(data, str) else data
+    return struct.pack("<I", len(data)) + data
+
+
+def count(n):
+    """A count field."""
+    return field(struct.pack("<I", n))
+
+
+def encode_request(seq, env, queues=None):
+    """A request: seq, then the counted KEY=VALUE and NAME=INDEX fields."""
+    packet = struct.pack("<Q", seq)
+    for pairs in (env, queues or {}):
+        packet += count(len(pairs)) + b"".join(field("%s=%s" % pair) for pair in pairs.items())
+    return packet
+
+
+def decode_reply(packet):
+    """A reply packet as a Reply; its text must be UTF-8."""
+    seq, number, pid = struct.unpack_from("<Qii", packet)
+    return Reply(seq, number, pid, packet[struct.calcsize("<Qii") :].decode())
+
+
+def kill_worker(pid):
+    """Kills worker `pid` if it still runs (and the number is not another
+    process's by now)."""
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            if f.read().startswith(b"drover-worker"):
+                os.kill(pid, signal.SIGKILL)
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+
+
 class Template:
     """A template (or server) run as drover runs it: requests on fd 3."""
 
-    def __init__(self, cwd, mode, module, function, preload=(), stdout=None, env=None):
+    def __init__(self, cwd, mode, module, function, preload=(), stdout=None, stderr=None, env=None):
         self.ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.control = socket_inode(theirs)
         fd = theirs.fileno()
@@ -103,24 +156,33 @@ class Template:
             # The template holds stdio and fd 3, nothing else (as under drover).
             argv = ["sh", "-c", 'exec 3<&%d %d<&-; exec "$@"' % (fd, fd), "sh", *argv]
         self.process = subprocess.Popen(
-            argv, cwd=cwd, stdout=stdout, env=dict(BUFFERED, **(env or {})), pass_fds=(fd,)
+            argv, cwd=cwd, stdout=stdout, stderr=stderr, env=dict(BUFFERED, **(env or {})), pass_fds=(fd,)
         )
         theirs.close()
         self.ours.settimeout(60)
         self.seq = 0
+        self.workers = []
 
-    def ready(self):
-        return json.loads(self.ours.recv(4096))
+    def next_seq(self):
+        self.seq += 1
+        return self.seq
+
+    def send(self, packet, fds=()):
+        """Sends one packet, `fds` riding along as SCM_RIGHTS."""
+        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+        self.ours.sendmsg([packet], rights)
+
+    def reply(self):
+        """The next reply (the hello first)."""
+        reply = decode_reply(self.ours.recv(4096))
+        if reply.seq and not reply.errno:
+            self.workers.append(reply.pid)
+        return reply
 
     def start(self, fds, env, queues=None):
         """Asks for a worker with `fds` (stdin, stdout, stderr, queues...)."""
-        self.seq += 1
-        request = {"seq": self.seq, "env": env, "queues": queues or {}}
-        self.ours.sendmsg(
-            [json.dumps(request).encode()],
-            [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))],
-        )
-        return json.loads(self.ours.recv(4096))
+        self.send(encode_request(self.next_seq(), env, queues), fds)
+        return self.reply()
 
     def close(self):
         """Closes drover's end; returns the template's exit code."""
@@ -128,9 +190,13 @@ class Template:
         return self.process.wait(timeout=60)
 
     def kill(self):
+        """Kills the template and the workers it started that still run."""
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+        self.ours.close()
+        for pid in self.workers:
+            kill_worker(pid)
 
 
 def read_all(fd, timeout=60):
@@ -157,10 +223,13 @@ class BootstrapTest(unittest.TestCase):
             with open(os.path.join(self.dir.name, name), "w") as f:
                 f.write(text)
         self.templates = []
+        self.workers = []
 
     def tearDown(self):
         for template in self.templates:
             template.kill()
+        for pid in self.workers:
+            kill_worker(pid)
         self.dir.cleanup()
 
     def template(self, *args, **kw):
@@ -186,15 +255,15 @@ class BootstrapTest(unittest.TestCase):
 
     def test_a_template_forks_workers_that_share_its_import(self):
         template = self.template("fork", "mod", "where")
-        self.assertEqual(template.ready(), {"ready": True})
+        self.assertEqual(template.reply(), HELLO)
         r, w = os.pipe()
         null = os.open(os.devnull, os.O_RDONLY)
         reply = template.start([null, w, w], {"DROVER_INDEX": "0"})
         os.close(w)
         os.close(null)
-        self.assertEqual(reply["seq"], 1)
+        self.assertEqual((reply.seq, reply.errno, reply.text), (1, 0, ""))
         loaded_in, worker = read_all(r).split()
-        self.assertEqual(int(worker), reply["pid"])
+        self.assertEqual(int(worker), reply.pid)
         self.assertEqual(int(loaded_in), template.process.pid, "imported once, by the template")
         self.assertEqual(template.close(), 0, "exits when drover's end closes")
 
@@ -213,7 +282,7 @@ class BootstrapTest(unittest.TestCase):
         if os.path.exists(log):
             os.remove(log)
         template = self.template(mode, "inspect_fds", "inspect", preload=preload)
-        self.assertEqual(template.ready(), {"ready": True})
+        self.assertEqual(template.reply(), HELLO)
         reports = []
         for index in range(2):
             r, w = os.pipe()
@@ -226,7 +295,7 @@ class BootstrapTest(unittest.TestCase):
                 {"DROVER_INDEX": str(index), "DROVER_IN_JOBS": "3", "DROVER_OUT_RESULTS": "4"},
                 {"DROVER_IN_JOBS": 3, "DROVER_OUT_RESULTS": 4},
             )
-            self.assertIn("pid", reply, reply)
+            self.assertEqual(reply.errno, 0, reply)
             for fd in (w, null, jobs_theirs.fileno(), results_theirs.fileno()):
                 os.close(fd)
             jobs_theirs.detach()
@@ -261,11 +330,11 @@ class BootstrapTest(unittest.TestCase):
         out_r, out_w = os.pipe()
         template = self.template("fork", "chatty", "hello", stdout=out_w)
         os.close(out_w)
-        self.assertEqual(template.ready(), {"ready": True})
+        self.assertEqual(template.reply(), HELLO)
         r, w = os.pipe()
         null = os.open(os.devnull, os.O_RDONLY)
         for index in range(2):
-            self.assertIn("pid", template.start([null, w, w], {"DROVER_INDEX": str(index)}))
+            self.assertEqual(template.start([null, w, w], {"DROVER_INDEX": str(index)}).errno, 0)
         os.close(w)
         os.close(null)
         workers = read_all(r)
@@ -284,7 +353,7 @@ class BootstrapTest(unittest.TestCase):
         for mode, kind, tag in [("fork", "drover-template", "tpl"), ("forkserver", "drover-forkserver-template", "srv")]:
             with self.subTest(mode):
                 template = self.template(mode, "mod", "title", env=group)
-                self.assertEqual(template.ready(), {"ready": True})
+                self.assertEqual(template.reply(), HELLO)
                 pid = template.process.pid
                 with open("/proc/%d/cmdline" % pid, "rb") as f:
                     self.assertEqual(f.read(), b"%s workers mod:title\0" % kind.encode())
@@ -292,7 +361,7 @@ class BootstrapTest(unittest.TestCase):
                     self.assertEqual(f.read(), b"workers[%s]\n" % tag.encode())
                 r, w = os.pipe()
                 null = os.open(os.devnull, os.O_RDONLY)
-                self.assertIn("pid", template.start([null, w, w], dict(group, DROVER_INDEX="1")))
+                self.assertEqual(template.start([null, w, w], dict(group, DROVER_INDEX="1")).errno, 0)
                 os.close(w)
                 os.close(null)
                 self.assertEqual(ast.literal_eval(read_all(r)), (b"drover-worker workers[1] mod:title\0", b"workers[1]\n"))
@@ -342,8 +411,8 @@ class BootstrapTest(unittest.TestCase):
             for say_go, expected in [(False, ""), (True, "ok 0\n")]:
                 r, w = os.pipe()
                 null = os.open(os.devnull, os.O_RDONLY)
-                request = {"seq": 1, "env": {"DROVER_INDEX": "0"}, "queues": {}}
-                pid, go = drover_worker.start_worker(theirs, request, [null, w, w], "mod", "ok")
+                pid, go = drover_worker.start_worker(theirs, [null, w, w], {"DROVER_INDEX": "0"}, {}, "mod", "ok")
+                self.workers.append(pid)
                 os.close(w)
                 os.close(null)
                 self.assertGreater(pid, 0)
@@ -359,13 +428,181 @@ class BootstrapTest(unittest.TestCase):
 
     def test_a_request_naming_a_missing_fd_is_refused(self):
         template = self.template("fork", "mod", "ok")
-        self.assertEqual(template.ready(), {"ready": True})
+        self.assertEqual(template.reply(), HELLO)
         null = os.open(os.devnull, os.O_RDONLY)
         reply = template.start([null, null, null], {}, {"DROVER_IN_JOBS": 3})
         os.close(null)
-        self.assertEqual(reply["seq"], 1)
-        self.assertIn("error", reply)
+        self.assertEqual(reply, Reply(1, errno.EINVAL, 0, reply.text))
+        self.assertIn("DROVER_IN_JOBS", reply.text)
         self.assertEqual(template.close(), 0, "and the template serves on")
+
+    def test_a_failing_import_is_a_refused_hello(self):
+        with open(os.path.join(self.dir.name, "opens_missing.py"), "w") as f:
+            f.write(OPENS_MISSING)
+        missing = Reply(0, errno.EIO, 0, "ModuleNotFoundError: No module named 'missing'")
+        for mode, module, preload, expected in [
+            ("fork", "missing", [], missing),
+            ("forkserver", "mod", ["missing"], missing),
+            (
+                "fork", "opens_missing", [],
+                Reply(0, errno.ENOENT, 0, "FileNotFoundError: [Errno 2] No such file or directory: 'missing.txt'"),
+            ),
+        ]:
+            with self.subTest(mode=mode, module=module, preload=preload):
+                err_r, err_w = os.pipe()
+                template = self.template(mode, module, "ok", preload=preload, stderr=err_w)
+                os.close(err_w)
+                self.assertEqual(template.reply(), expected)
+                self.assertEqual(template.process.wait(timeout=60), 1)
+                stderr = read_all(err_r)
+                self.assertIn("Traceback (most recent call last):", stderr)
+                self.assertIn(expected.text, stderr)
+
+        # drover gone before the hello: the template exits 1 all the same.
+        err_r, err_w = os.pipe()
+        template = self.template("fork", "missing", "ok", stderr=err_w)
+        os.close(err_w)
+        template.ours.close()
+        self.assertEqual(template.process.wait(timeout=60), 1)
+        self.assertEqual(read_all(err_r).count("Traceback"), 1, "the import's, none of the send")
+
+    def test_a_malformed_request_is_refused_and_serving_goes_on(self):
+        template = self.template("fork", "mod", "ok")
+        self.assertEqual(template.reply(), HELLO)
+        good = {"DROVER_INDEX": "0"}
+
+        def raw(seq, *fields):
+            return struct.pack("<Q", seq) + b"".join(fields)
+
+        malformed = {
+            "no fields": lambda seq: raw(seq),
+            "a count not 4 bytes": lambda seq: raw(seq, field(b"\0\0\0"), count(0)),
+            "a count over the fields": lambda seq: raw(seq, count(0), count(2), field("DROVER_IN_JOBS=3")),
+            "a field cut": lambda seq: encode_request(seq, good)[:-2],
+            "a length cut": lambda seq: encode_request(seq, good) + b"\1\0",
+            "an extra field": lambda seq: encode_request(seq, good) + field("X=1"),
+            "bad UTF-8": lambda seq: raw(seq, count(1), field(b"A=\xff"), count(0)),
+            "a KEY without =": lambda seq: raw(seq, count(1), field("DROVER_INDEX"), count(0)),
+            "an index out of range": lambda seq: encode_request(seq, good, {"DROVER_IN_JOBS": 3}),
+            "an index of stdio": lambda seq: encode_request(seq, good, {"DROVER_IN_JOBS": 2}),
+            "an index not an integer": lambda seq: encode_request(seq, good, {"DROVER_IN_JOBS": "x"}),
+            "a signed index": lambda seq: encode_request(seq, good, {"DROVER_IN_JOBS": "+3"}),
+            "a padded index": lambda seq: encode_request(seq, good, {"DROVER_IN_JOBS": " 3"}),
+        }
+        null = os.open(os.devnull, os.O_RDONLY)
+        try:
+            for name, encode in malformed.items():
+                with self.subTest(name):
+                    r, w = os.pipe()
+                    seq = template.next_seq()
+                    template.send(encode(seq), [null, w, w])
+                    os.close(w)
+                    reply = template.reply()
+                    self.assertEqual(reply, Reply(seq, errno.EINVAL, 0, reply.text))
+                    self.assertTrue(reply.text)
+                    self.assertEqual(read_all(r), "", "its fds are closed, no worker holds them")
+
+                    r, w = os.pipe()
+                    reply = template.start([null, w, w], good)
+                    os.close(w)
+                    self.assertEqual((reply.seq, reply.errno), (seq + 1, 0), "the next request is served")
+                    self.assertEqual(read_all(r), "ok 0\n")
+            with self.subTest("no fds"):
+                reply = template.start([], good)
+                self.assertEqual(reply, Reply(template.seq, errno.EINVAL, 0, reply.text))
+        finally:
+            os.close(null)
+        self.assertEqual(template.close(), 0)
+
+    def test_a_packet_too_short_for_a_seq_is_ignored(self):
+        template = self.template("fork", "mod", "ok")
+        self.assertEqual(template.reply(), HELLO)
+        null = os.open(os.devnull, os.O_RDONLY)
+        try:
+            for packet in [b"", b"\1", b"\1\0\0\0\0\0\0"]:
+                with self.subTest(packet=packet):
+                    r, w = os.pipe()
+                    template.send(packet, [null, w, w])
+                    os.close(w)
+                    self.assertEqual(read_all(r), "", "its fds are closed")
+                    r, w = os.pipe()
+                    reply = template.start([null, w, w], {"DROVER_INDEX": "0"})
+                    os.close(w)
+                    self.assertEqual((reply.seq, reply.errno), (template.seq, 0), "no reply came before")
+                    self.assertEqual(read_all(r), "ok 0\n")
+        finally:
+            os.close(null)
+        self.assertEqual(template.close(), 0)
+
+    def test_replies_come_in_request_order(self):
+        template = self.template("fork", "mod", "ok")
+        self.assertEqual(template.reply(), HELLO)
+        r, w = os.pipe()
+        null = os.open(os.devnull, os.O_RDONLY)
+        # Every request is sent before any reply is read; the third is refused.
+        for seq in range(1, 7):
+            queues = {"DROVER_IN_JOBS": 9} if seq == 3 else {}
+            template.send(encode_request(seq, {"DROVER_INDEX": str(seq)}, queues), [null, w, w])
+        os.close(w)
+        os.close(null)
+        replies = [template.reply() for _ in range(6)]
+        self.assertEqual([reply.seq for reply in replies], [1, 2, 3, 4, 5, 6])
+        self.assertEqual([reply.errno for reply in replies], [0, 0, errno.EINVAL, 0, 0, 0])
+        pids = [reply.pid for reply in replies if reply.errno == 0]
+        self.assertEqual(len(set(pids)), 5, pids)
+        self.assertEqual(sorted(read_all(r).splitlines()), ["ok %d" % seq for seq in (1, 2, 4, 5, 6)])
+        self.assertEqual(template.close(), 0)
+
+    def test_reply_text_is_cut_on_a_character_boundary(self):
+        import drover_worker
+
+        # A 3-byte character at each of its offsets against the 1000-byte limit.
+        for prefix in ["", "x", "xx"]:
+            with self.subTest(prefix=prefix):
+                text = prefix + "\u20ac" * 400
+                reply = decode_reply(drover_worker.refusal(7, errno.EINVAL, text))  # UTF-8, or this raises
+                self.assertEqual(reply[:3], (7, errno.EINVAL, 0))
+                self.assertTrue(text.startswith(reply.text))
+                self.assertGreater(len(reply.text.encode()), 1000 - 3)
+        # Through a template: a refusal quoting a long field of 2-byte characters.
+        template = self.template("fork", "mod", "ok")
+        self.assertEqual(template.reply(), HELLO)
+        null = os.open(os.devnull, os.O_RDONLY)
+        try:
+            for prefix in ["", "x"]:
+                with self.subTest(prefix=prefix):
+                    seq = template.next_seq()
+                    name = prefix + "\u00e9" * 600
+                    template.send(struct.pack("<Q", seq) + count(1) + field(name) + count(0), [null, null, null])
+                    reply = template.reply()  # UTF-8, or this raises
+                    self.assertEqual(reply[:3], (seq, errno.EINVAL, 0))
+                    self.assertIn(len(reply.text.encode()), (999, 1000))
+        finally:
+            os.close(null)
+        self.assertEqual(template.close(), 0)
+
+    def test_a_failure_to_fork_is_refused_with_its_errno(self):
+        import drover_worker
+
+        def failing(error):
+            def start_worker(*args):
+                raise error
+            return start_worker
+
+        packet = encode_request(4, {"DROVER_INDEX": "0"})
+        saved = drover_worker.start_worker
+        try:
+            for error, expected in [
+                (OSError(errno.EAGAIN, "Resource temporarily unavailable"), errno.EAGAIN),
+                (OSError("the worker could not be forked"), errno.EIO),
+                (RuntimeError("can't start new thread"), errno.EIO),
+            ]:
+                with self.subTest(error=error):
+                    drover_worker.start_worker = failing(error)
+                    reply, go = drover_worker.reply_to(None, packet, [0, 1, 2], "mod", "ok")
+                    self.assertEqual((decode_reply(reply), go), (Reply(4, expected, 0, str(error)), None))
+        finally:
+            drover_worker.start_worker = saved
 
 
 if __name__ == "__main__":
