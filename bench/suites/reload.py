@@ -121,13 +121,14 @@ def drover_and_inotify(ctx, r: dict) -> None:
     if watcher.line(10) != "ready":
         raise BenchError("inotify_watch did not start")
 
-    # drover's first child, then the socket
+    # drover's first child, then its socket, then status calling it running
+    # (a child is `starting` for its first start_secs).
     stamps.wait_new(1, 10, drover.alive)
     drover.wait_socket()
-    first = children(drover.status(), "stamp")
-    running = {c["pid"] for c in first if c["state"] == "running"}
+    running = wait_for("drover's first child running", 10, lambda: {
+        c["pid"] for c in children(drover.status(), "stamp") if c["state"] == "running"}, 0.01, alive=drover.alive)
     if len(running) != 1:
-        raise BenchError(f"drover did not start its one child: {first}")
+        raise BenchError(f"drover did not start its one child: {children(drover.status(), 'stamp')}")
     started = {pid: stat(pid).start_time for pid in running}
     offset = realtime_offset_ns()
     time.sleep(0.1)  # let the start settle
@@ -164,7 +165,8 @@ def drover_and_inotify(ctx, r: dict) -> None:
             extra_stamps += len(new) - 1
             problems.append(f"edit {i + 1}: {len(new)} children started: {new}")
         kids = children(drover.status(), "stamp")
-        now = {c["pid"] for c in kids if c["state"] == "running" and c["pid"]}
+        # The new child is still `starting` (its first start_secs).
+        now = {c["pid"] for c in kids if c["state"] in ("running", "starting") and c["pid"]}
         restarts += sum(c["restarts"] for c in kids)
         if not running <= now:
             gone = running - now
@@ -173,7 +175,7 @@ def drover_and_inotify(ctx, r: dict) -> None:
         if now != running | {pid} or len(kids) != k + 1:
             grew_wrong += 1
             problems.append(f"edit {i + 1}: expected {k + 1} running children (the old ones + {pid}), "
-                            f"status shows {len(now)} running of {len(kids)}")
+                            f"status shows {len(now)} running or starting of {len(kids)}")
         for old in running:
             if old in now and not same_process(old, started.get(old)):
                 lost += 1
@@ -192,8 +194,8 @@ def drover_and_inotify(ctx, r: dict) -> None:
     logged = [t - offset for t in log_times(log, "a config file changed: config reloaded")]
     if len(logged) != len(t0s):
         problems.append(f"drover logged {len(logged)} reloads for {len(t0s)} edits")
-    final = children(drover.status(), "stamp")
-    drover.alive()
+    final = wait_for("every child running after the last edit", 5, lambda: (lambda kids: kids if all(
+        c["state"] == "running" for c in kids) else None)(children(drover.status(), "stamp")), 0.02, alive=drover.alive)
     stop = drover.stop()
     ctx.procs.kill_session(watcher.proc)
     watcher.proc.stdout.close()
