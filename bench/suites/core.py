@@ -257,8 +257,20 @@ def fd_limit(ctx, r: dict, n: int, nofile: int, hard: bool) -> None:
 # ------------------------------------------------------------------ report
 
 
+def measured(s: dict | None, cells, width: int) -> list[str]:
+    """The cells of a measurement, or `skipped` where supervisord is not installed."""
+    return cells(s) if s else ["skipped (supervisord not installed)", *[""] * (width - 1)]
+
+
+def memory_cells(s: dict) -> list[str]:
+    return [mb(s["rss_kb"]), mb(s["pss_kb"]), mb(s["anon_kb"]), mb(s["file_kb"]), str(s["threads"])]
+
+
+def idle_cells(s: dict) -> list[str]:
+    return [f"{s['seconds']:g} s", str(s["switches"]), f"{s['switches'] / s['seconds']:.1f}", str(s["threads"])]
+
+
 def report(r: dict, header: dict) -> list[str]:
-    skipped = "skipped (supervisord not installed)"
     out = [
         "### Restart latency: SIGKILL of a running child → its replacement running",
         "",
@@ -270,8 +282,7 @@ def report(r: dict, header: dict) -> list[str]:
     rows = []
 
     def lat_row(name, key, ref=""):
-        s = r.get(key)
-        rows.append([name, *latency_cells(s), ref] if s else [name, DASH, skipped, "", "", "", ref])
+        rows.append([name, *measured(r.get(key), latency_cells, 5), ref])
 
     lat_row("baseline: bare posix_spawn → running", "baseline_spawn", REF["spawn"])
     lat_row("baseline: bare fork+exec → running", "baseline_fork", REF["fork"])
@@ -313,8 +324,8 @@ def report(r: dict, header: dict) -> list[str]:
         rows.append(["**drover**", str(n), ms(s["last_stamp_ms"]), ms(s["status_ms"]),
                      f"{s['last_stamp_ms'] / n * 1000:.0f} µs", goal])
     s = r.get("supervisord_start_100")
-    rows.append(["supervisord", "100", ms(s["last_stamp_ms"]) if s else skipped, DASH,
-                 f"{s['last_stamp_ms'] / 100 * 1000:.0f} µs" if s else "", ""])
+    rows.append(["supervisord", "100", *measured(s, lambda s: [ms(s["last_stamp_ms"]), DASH,
+                                                               f"{s['last_stamp_ms'] / 100 * 1000:.0f} µs"], 3), ""])
     out.append(table(["", "children", "last stamp", "status: all running", "per child", ""], rows))
     per_child = r["drover_start_1000"]["last_stamp_ms"] / 1000
     spawn = r["baseline_spawn"]["median"]
@@ -333,9 +344,7 @@ def report(r: dict, header: dict) -> list[str]:
     rows = []
 
     def mem_row(name, key, n, goal=""):
-        s = r.get(key)
-        rows.append([name, str(n), mb(s["rss_kb"]), mb(s["pss_kb"]), mb(s["anon_kb"]), mb(s["file_kb"]),
-                     str(s["threads"]), goal] if s else [name, str(n), skipped, "", "", "", "", goal])
+        rows.append([name, str(n), *measured(r.get(key), memory_cells, 5), goal])
 
     mem_row("**drover**", "drover_mem_1", 1, f"tini: {REF['tini_rss']}")
     d100 = r["drover_mem_100"]["rss_kb"] / 1024
@@ -359,9 +368,7 @@ def report(r: dict, header: dict) -> list[str]:
     rows = []
 
     def idle_row(name, key, n, goal=""):
-        s = r.get(key)
-        rows.append([name, str(n), f"{s['seconds']:g} s", str(s["switches"]), f"{s['switches'] / s['seconds']:.1f}",
-                     str(s["threads"]), goal] if s else [name, str(n), "", skipped, "", "", goal])
+        rows.append([name, str(n), *measured(r.get(key), idle_cells, 4), goal])
 
     idle_row("**drover**", "drover_idle_100", 100, f"goal 0: {verdict(r['drover_idle_100']['switches'] == 0)}")
     idle_row("**drover**", "drover_idle_1000", 1000)
