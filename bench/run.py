@@ -102,7 +102,7 @@ def run(args) -> int:
         procs.sweeps.append((OUT / "run", str(bins["stamp"])))
     ctx = Context(args, drover, bins, venv, procs, sys.executable)
     header = {
-        "command": "bash bench/run.sh " + shlex.join(sys.argv[1:]),
+        "command": " ".join(["bash bench/run.sh", *map(shlex.quote, sys.argv[1:])]),
         "suites": args.suites,
         "machine": machine(),
         "drover": f"{drover} ({label})" if drover else None,
