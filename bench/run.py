@@ -124,10 +124,13 @@ def run(args) -> int:
                 print(f"\n{name} FAILED: {e}", file=sys.stderr, flush=True)
                 entry["error"] = str(e)
                 code = 1
+            except Interrupted as e:
+                entry["error"] = str(e)
+                raise
             finally:
                 procs.cleanup()
-            entry.update(notes=ctx.notes, seconds=time.monotonic() - t, others_pct=others.pct())
-            results["suites"][name] = entry
+                entry.update(notes=ctx.notes, seconds=time.monotonic() - t, others_pct=others.pct())
+                results["suites"][name] = entry
     except Interrupted as e:
         print(f"\n{e}: every process the bench started was stopped; reporting what was measured",
               file=sys.stderr, flush=True)
@@ -161,7 +164,8 @@ def report(results: dict) -> str:
         if h[f"load_{when}"]["busy_pct"] > QUIET_PCT:
             out.append(f"- **the machine was busy {when} the run: latencies are inflated — rerun on a quiet machine**")
     if h.get("interrupted"):
-        out.append(f"- **{h['interrupted']}: the suites after the last one below did not run**")
+        out.append(f"- **{h['interrupted']}: the suites after the last one below did not run, and that one"
+                   " did not finish**")
     for leftover in h.get("leftovers", []):
         out.append(f"- **left behind: {leftover}**")
     rows = [[name, f"{r['seconds']:.0f} s", f"{r['others_pct']:.1f}%", "FAILED" if r.get("error") else "ok"]
