@@ -262,6 +262,12 @@ def measured(s: dict | None, cells, width: int) -> list[str]:
     return cells(s) if s else ["skipped (supervisord not installed)", *[""] * (width - 1)]
 
 
+def per_supervisor(r: dict, cells, width: int, rows: list[tuple]) -> list[list[str]]:
+    """Table rows (name, key of the measurement, children, goal) with the
+    measurement's cells in between."""
+    return [[name, str(n), *measured(r.get(key), cells, width), goal] for name, key, n, goal in rows]
+
+
 def memory_cells(s: dict) -> list[str]:
     return [mb(s["rss_kb"]), mb(s["pss_kb"]), mb(s["anon_kb"]), mb(s["file_kb"]), str(s["threads"])]
 
@@ -341,17 +347,14 @@ def report(r: dict, header: dict) -> list[str]:
         "between the processes mapping them), 1 s after all children run. supervisord: its main process.",
         "",
     ]
-    rows = []
-
-    def mem_row(name, key, n, goal=""):
-        rows.append([name, str(n), *measured(r.get(key), memory_cells, 5), goal])
-
-    mem_row("**drover**", "drover_mem_1", 1, f"tini: {REF['tini_rss']}")
     d100 = r["drover_mem_100"]["rss_kb"] / 1024
-    mem_row("**drover**", "drover_mem_100", 100, f"goal < {RSS_GOAL_MB:g} MB: {verdict(d100 < RSS_GOAL_MB)}")
-    mem_row("**drover**", "drover_mem_1000", 1000)
-    mem_row("supervisord", "supervisord_mem_1", 1)
-    mem_row("supervisord", "supervisord_mem_100", 100, f"reference {REF['supervisord_rss']}")
+    rows = per_supervisor(r, memory_cells, 5, [
+        ("**drover**", "drover_mem_1", 1, f"tini: {REF['tini_rss']}"),
+        ("**drover**", "drover_mem_100", 100, f"goal < {RSS_GOAL_MB:g} MB: {verdict(d100 < RSS_GOAL_MB)}"),
+        ("**drover**", "drover_mem_1000", 1000, ""),
+        ("supervisord", "supervisord_mem_1", 1, ""),
+        ("supervisord", "supervisord_mem_100", 100, f"reference {REF['supervisord_rss']}"),
+    ])
     out.append(table(["", "children", "VmRSS", "PSS", "RssAnon", "RssFile", "threads", ""], rows))
     if r.get("supervisord_mem_100"):
         out += ["", "- supervisord / drover RSS with 100 children: "
@@ -365,14 +368,11 @@ def report(r: dict, header: dict) -> list[str]:
         "running and nothing happening.",
         "",
     ]
-    rows = []
-
-    def idle_row(name, key, n, goal=""):
-        rows.append([name, str(n), *measured(r.get(key), idle_cells, 4), goal])
-
-    idle_row("**drover**", "drover_idle_100", 100, f"goal 0: {verdict(r['drover_idle_100']['switches'] == 0)}")
-    idle_row("**drover**", "drover_idle_1000", 1000)
-    idle_row("supervisord", "supervisord_idle_100", 100, f"reference {REF['supervisord_wakeups']}")
+    rows = per_supervisor(r, idle_cells, 4, [
+        ("**drover**", "drover_idle_100", 100, f"goal 0: {verdict(r['drover_idle_100']['switches'] == 0)}"),
+        ("**drover**", "drover_idle_1000", 1000, ""),
+        ("supervisord", "supervisord_idle_100", 100, f"reference {REF['supervisord_wakeups']}"),
+    ])
     out.append(table(["", "children", "window", "wake-ups", "per second", "threads", ""], rows))
 
     out += ["", "### Other observations", ""]
