@@ -61,7 +61,7 @@ def parse_args(argv: list[str]):
                 p.add_argument(opt.flag, action="store_true", default=None, help=opt.help)
             else:
                 p.add_argument(opt.flag, type=opt.type, default=None, metavar="N",
-                               help=f"{opt.help} [{opt.default:,g}, {opt.quick:,g}]")
+                               help=f"{opt.help} [{opt.default:,}, {opt.quick:,}]")
     args = p.parse_args(argv)
     unknown = [s for s in args.suites if s not in (*SUITES, "all")]
     if unknown:
