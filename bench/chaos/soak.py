@@ -28,7 +28,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,31 +37,23 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+sys.dont_write_bytecode = True  # no __pycache__ in bench/
+sys.path.insert(0, str(HERE.parent))
+
+from lib import BenchError  # noqa: E402
+from lib.drover import Drover, StatusTimeout  # noqa: E402
+from lib.proc import CLK_TCK, children, cmdline, environ, fd_count, machine_cpu, pids, stat, status_kb  # noqa: E402
+from lib.procs import Interrupted, Procs, catch_signals  # noqa: E402
+from lib.stats import ms, summary  # noqa: E402
+
 WORKER = HERE / "chaos_worker.py"
 PYTHON = sys.executable  # not a shim (pyenv's is a shell script)
 MARKER_VAR = "DROVER_CHAOS_MARKER"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 STATUS_TIMEOUT = 10  # s; a slower answer is a violation (drover's loop was blocked)
 
 CONSUMERS = (6, 8)  # the spawned consumer group alternates between these
 PRODUCERS = 4
 FS_CONSUMERS = 2  # forkserver Python function consumers, never scaled
-
-
-class SoakError(Exception):
-    """The soak could not do what it needed (not a finding about drover)."""
-
-
-class StatusTimeout(SoakError):
-    """drover did not answer a status request in time."""
-
-
-class Interrupted(BaseException):
-    """SIGINT / SIGTERM / SIGHUP: unwind through every `finally`."""
-
-
-def on_signal(signum, _frame):
-    raise Interrupted(f"interrupted by {signal.Signals(signum).name}")
 
 
 # ------------------------------------------------------------------ config
@@ -146,46 +137,18 @@ def write_config(path: Path, text: str, in_place: bool) -> None:
 # ------------------------------------------------------------------ /proc
 
 
-def proc_stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, ppid, utime+stime ticks) of a process, or None if gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2 :].split()
-    return fields[0], int(fields[1]), int(fields[11]) + int(fields[12])
-
-
-def all_pids() -> list[int]:
-    return [int(n) for n in os.listdir("/proc") if n.isdigit()]
-
-
-def children_of(ppid: int) -> list[tuple[int, str]]:
-    """(pid, state) of every process whose parent is `ppid`."""
-    out = []
-    for pid in all_pids():
-        st = proc_stat(pid)
-        if st and st[1] == ppid:
-            out.append((pid, st[0]))
-    return out
-
-
 def has_marker(pid: int, needle: bytes) -> bool:
-    try:
-        env = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return False
-    return needle in env.split(b"\0")
+    return needle in environ(pid)
 
 
 def marked_processes(needle: bytes) -> list[int]:
     me = os.getpid()
     out = []
-    for pid in all_pids():
+    for pid in pids():
         if pid == me:
             continue
-        st = proc_stat(pid)
-        if st and st[0] != "Z" and has_marker(pid, needle):
+        st = stat(pid)
+        if st and st.state != "Z" and has_marker(pid, needle):
             out.append(pid)
     return out
 
@@ -207,16 +170,6 @@ def kill_marked(needle: bytes) -> list[int]:
                 pass
         time.sleep(0.01)
     return first or []
-
-
-def quantiles(seconds: list[float]) -> dict:
-    """Median, p99 and max of durations, in ms (nearest rank)."""
-    v = sorted(seconds)
-    if not v:
-        return {}
-    return {"n": len(v), "median": round(v[len(v) // 2] * 1e3, 2),
-            "p99": round(v[min(len(v) - 1, int(len(v) * 0.99))] * 1e3, 2),
-            "max": round(v[-1] * 1e3, 2)}
 
 
 def diagnose(pid: int) -> list[str]:
@@ -247,18 +200,9 @@ def diagnose(pid: int) -> list[str]:
         stack = read(f"{base}/stack")
         if not stack.startswith("("):
             out.append("  stack: " + " < ".join(line.split()[-1] for line in stack.splitlines()[:6]))
-    for child, state in sorted(children_of(pid)):
+    for child, state in sorted(children(pid)):
         out.append(f"child {child}: state {state}, wchan {read(f'/proc/{child}/wchan')}, {cmdline(child)[:60]}")
     return out
-
-
-def cmdline(pid: int) -> str:
-    """The first 80 characters of a process's command line."""
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return "?"
-    return raw.replace(b"\0", b" ").decode(errors="replace").strip()[:80]
 
 
 def is_producer(pid: int) -> bool:
@@ -269,105 +213,7 @@ def is_producer(pid: int) -> bool:
     return b"produce" in argv
 
 
-def vm_rss_kib(pid: int, key: str = "VmRSS") -> int:
-    """VmRSS (or another field, e.g. RssAnon: the heap and stacks without the
-    mapped binary, whose pages the kernel may drop under memory pressure)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    return 0
-
-
-def fd_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def cpu_busy_ticks() -> tuple[int, int]:
-    """(busy, total) jiffies of the whole machine, from /proc/stat."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
-    total = sum(fields[:8])
-    idle = fields[3] + fields[4]
-    return total - idle, total
-
-
 # ------------------------------------------------------------------ drover
-
-
-class Drover:
-    def __init__(self, binary: Path, run: Path, marker: str):
-        self.binary = binary
-        self.run = run
-        self.sock = run / "drover.sock"
-        self.marker = marker
-        self.proc: subprocess.Popen | None = None
-        self.err_path = run / "drover.stderr"
-        self.out_path = run / "drover.stdout"
-        self.exit_code: int | None = None
-        self.died_at: float | None = None  # exited before we asked it to
-
-    def start(self) -> None:
-        env = dict(os.environ)
-        env[MARKER_VAR] = self.marker
-        env.pop("DROVER_SOCKET", None)
-        with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
-            self.proc = subprocess.Popen(
-                [str(self.binary), "run", str(self.run / "conf")],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                env=env,
-                start_new_session=True,
-            )
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [str(self.binary), *args, "--socket", str(self.sock)],
-            capture_output=True,
-            timeout=timeout,
-            env={**os.environ, MARKER_VAR: self.marker},
-        )
-
-    def status_fast(self) -> dict:
-        """What `drover status --json` prints, read from the control socket
-        directly (one JSON line each way), so that a kill every 50 ms does
-        not also start a process every 50 ms."""
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(STATUS_TIMEOUT)
-            try:
-                s.connect(str(self.sock))
-                s.sendall(b'{"cmd":"status"}\n')
-                chunks = []
-                while chunk := s.recv(1 << 16):
-                    chunks.append(chunk)
-            except TimeoutError as e:
-                raise StatusTimeout(f"no answer to status within {STATUS_TIMEOUT} s") from e
-            except OSError as e:
-                raise SoakError(f"status over {self.sock}: {e}") from e
-        reply = json.loads(b"".join(chunks))
-        if not reply.get("ok") or "status" not in reply:
-            raise SoakError(f"status over {self.sock}: {reply}")
-        return reply["status"]
-
-    def status(self) -> dict:
-        r = self.cli("status", "--json")
-        if r.returncode != 0:
-            raise SoakError(f"drover status failed: {r.stderr.decode().strip()}")
-        return json.loads(r.stdout)
-
-    def stderr_tail(self, n: int = 20) -> list[str]:
-        try:
-            lines = self.err_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return []
-        return lines[-n:]
 
 
 def child_pids(status: dict) -> list[tuple[str, int]]:
@@ -401,8 +247,8 @@ def wait_settled(d: Drover, generation: int, timeout: float) -> dict:
     deadline = time.monotonic() + timeout
     stable_since, pids = None, None
     while time.monotonic() < deadline:
-        if not d.alive():
-            raise SoakError("drover exited while the soak waited for its children")
+        if not d.is_running():
+            raise BenchError("drover exited while the soak waited for its children")
         st = d.status()
         now = time.monotonic()
         if settled(st, generation):
@@ -414,7 +260,7 @@ def wait_settled(d: Drover, generation: int, timeout: float) -> dict:
         else:
             stable_since, pids = None, None
         time.sleep(0.1)
-    raise SoakError(f"children did not settle within {timeout:.0f} s")
+    raise BenchError(f"children did not settle within {timeout:.0f} s")
 
 
 def footprint(d: Drover, status: dict) -> dict:
@@ -426,10 +272,10 @@ def footprint(d: Drover, status: dict) -> dict:
     rss, anon, fds, unlisted = [], [], [], []
     listed = {pid for _, pid in child_pids(status)}
     for _ in range(5):
-        rss.append(vm_rss_kib(d.pid))
-        anon.append(vm_rss_kib(d.pid, "RssAnon"))
+        rss.append(status_kb(d.pid, "VmRSS"))
+        anon.append(status_kb(d.pid, "RssAnon"))
         fds.append(fd_count(d.pid))
-        unlisted.append(sorted(p for p, s in children_of(d.pid) if s != "Z" and p not in listed))
+        unlisted.append(sorted(p for p, s in children(d.pid) if s != "Z" and p not in listed))
         time.sleep(0.1)
     fewest = min(unlisted, key=len)
     return {"rss_kib": min(rss), "anon_kib": min(anon), "fds": min(fds), "rss_samples": rss, "fd_samples": fds,
@@ -454,11 +300,11 @@ class Sampler(threading.Thread):
         self.lock = threading.Lock()
 
     def sample(self) -> set[int]:
-        return {pid for pid, state in children_of(self.d.pid) if state == "Z"}
+        return {pid for pid, state in children(self.d.pid) if state == "Z"}
 
     def run(self) -> None:
         while not self.stop.wait(1.0):
-            if not self.d.alive():
+            if not self.d.is_running():
                 continue
             z = self.sample()
             with self.lock:
@@ -504,7 +350,7 @@ class Incarnation:
         self.poison = {i for i, line in enumerate(body) if line.endswith(" p")}
         for i in (0, self.n - 1):
             if self.n and int(body[i].split()[0]) != i:
-                raise SoakError(f"{path}: line {i + 2} is not seq {i}")
+                raise BenchError(f"{path}: line {i + 2} is not seq {i}")
         # The fate of the last recorded message: sent, unsent, doubt
         # (nobody looked) or inconsistent (wchar matches neither).
         if not self.n:
@@ -642,7 +488,10 @@ class Soak:
         self.needle = f"{MARKER_VAR}={self.marker}".encode()
         self.run = Path(tempfile.mkdtemp(prefix="drover-chaos."))
         self.conf = self.run / "conf" / "soak.toml"
+        self.procs = Procs()
         self.d: Drover | None = None
+        self.exit_code: int | None = None  # drover's, after SIGTERM
+        self.died_at: float | None = None  # drover exited before we asked it to
         self.sampler: Sampler | None = None
         self.r: dict = {
             "kills": 0, "kills_by_group": {}, "kill_misses": 0, "unlisted_kills": 0,
@@ -682,24 +531,21 @@ class Soak:
         r = subprocess.run([str(self.args.drover), "check", str(self.run / "conf")],
                            capture_output=True, text=True)
         if r.returncode != 0:
-            raise SoakError(f"drover check refused the soak's config:\n{r.stdout}{r.stderr}")
+            raise BenchError(f"drover check refused the soak's config:\n{r.stdout}{r.stderr}")
 
     def start(self) -> None:
-        d = self.d = Drover(self.args.drover, self.run, self.marker)
+        env = {**os.environ, MARKER_VAR: self.marker}
+        env.pop("DROVER_SOCKET", None)
+        d = self.d = Drover(self.args.drover, self.procs, self.run, self.run / "conf", env=env)
         self.load_before = os.getloadavg()
-        self.busy0 = cpu_busy_ticks()
+        self.busy0 = machine_cpu()
         self.t0 = time.monotonic()
         d.start()
-        deadline = time.monotonic() + 20
-        while not d.sock.exists():
-            if not d.alive() or time.monotonic() > deadline:
-                raise SoakError("drover did not open its control socket:\n"
-                                + "\n".join(d.stderr_tail()))
-            time.sleep(0.02)
+        d.wait_socket(20)
         st = wait_settled(d, 0, timeout=30)
-        fast = d.status_fast()
+        fast = d.status_socket(STATUS_TIMEOUT)
         if [g["name"] for g in fast["groups"]] != [g["name"] for g in st["groups"]]:
-            raise SoakError(f"the control socket's status differs from `drover status --json`: {fast}")
+            raise BenchError(f"the control socket's status differs from `drover status --json`: {fast}")
         self.sampler = Sampler(d)
         self.sampler.start()
 
@@ -721,8 +567,8 @@ class Soak:
             now = time.monotonic()
             if now >= end:
                 break
-            if not d.alive():
-                d.died_at = now - start
+            if not d.is_running():
+                self.died_at = now - start
                 self.violation(f"drover died {now - start:.1f} s into the chaos phase "
                                f"(exit status {d.proc.returncode})")
                 return
@@ -735,7 +581,7 @@ class Soak:
             if now >= next_kill:
                 t_kill = time.monotonic()
                 try:
-                    st = d.status_fast()
+                    st = d.status_socket(STATUS_TIMEOUT)
                 except StatusTimeout as e:
                     self.unresponsive(now - start, str(e))
                     next_kill = time.monotonic()
@@ -780,7 +626,7 @@ class Soak:
         victims = child_pids(st)
         if a.unlisted_kill_every and (r["kills"] + 1) % a.unlisted_kill_every == 0:
             listed = {pid for _, pid in victims}
-            unlisted = [pid for pid, s in children_of(self.d.pid)
+            unlisted = [pid for pid, s in children(self.d.pid)
                         if s != "Z" and pid not in listed]
             victims = [("(unlisted)", pid) for pid in unlisted] or victims
         if not victims:
@@ -811,11 +657,11 @@ class Soak:
         try:
             deadline = time.monotonic() + 1.0
             while time.monotonic() < deadline:
-                st = proc_stat(pid)
-                if st is None or st[0] in "TtZX":
+                st = stat(pid)
+                if st is None or st.state in "TtZX":
                     break
                 time.sleep(0.0002)
-            if st and st[0] in "Tt":
+            if st and st.state in "Tt":
                 prod = self.run / "records" / "prod"
                 for fd in os.listdir(f"/proc/{pid}/fd"):
                     try:
@@ -838,14 +684,14 @@ class Soak:
 
     def report_progress(self, t: float) -> None:
         try:
-            st = self.d.status_fast()
-        except SoakError:
+            st = self.d.status_socket(STATUS_TIMEOUT)
+        except BenchError:
             return  # the kill loop reports a drover that does not answer
         j = queue(st, "jobs")
         row = {"t": round(t), "acked": j["acked"], "depth": j["depth"],
                "redelivered": j["redelivered"], "dead_lettered": j["dead_lettered"],
                "kills": self.r["kills"], "reloads": self.r["reloads"],
-               "rss_kib": vm_rss_kib(self.d.pid), "anon_kib": vm_rss_kib(self.d.pid, "RssAnon"),
+               "rss_kib": status_kb(self.d.pid, "VmRSS"), "anon_kib": status_kb(self.d.pid, "RssAnon"),
                "fds": fd_count(self.d.pid)}
         self.r["progress"].append(row)
         print(f"   {row['t']:>4} s: acked {row['acked']:>8}  depth {row['depth']:>5}  "
@@ -867,9 +713,9 @@ class Soak:
         r["footprint_end"] = footprint(d, st)
 
         self.step("stopping the producers (drover stop producers), draining the queues")
-        c = d.cli("stop", "producers", timeout=40)
+        c = d.ctl("stop", "producers", timeout=40)
         if c.returncode != 0:
-            self.violation(f"`drover stop producers` failed: {c.stdout.decode()}{c.stderr.decode()}")
+            self.violation(f"`drover stop producers` failed: {c.stdout}{c.stderr}")
         deadline = time.monotonic() + a.drain_timeout
         while True:
             st = d.status()
@@ -896,18 +742,18 @@ class Soak:
             self.violation(f"zombies whose parent is drover at the end: {sorted(zombies)}")
 
         self.step("SIGTERM to drover, waiting for it to exit")
-        if d.alive():
+        if d.is_running():
             t = time.monotonic()
             d.proc.send_signal(signal.SIGTERM)
             try:
-                d.exit_code = d.proc.wait(timeout=a.shutdown_timeout)
+                self.exit_code = d.proc.wait(timeout=a.shutdown_timeout)
                 r["shutdown_secs"] = round(time.monotonic() - t, 2)
             except subprocess.TimeoutExpired:
                 self.violation(f"drover still running {a.shutdown_timeout:.0f} s after SIGTERM")
-            if d.exit_code not in (None, 0):
-                self.violation(f"drover exited with status {d.exit_code} after SIGTERM "
+            if self.exit_code not in (None, 0):
+                self.violation(f"drover exited with status {self.exit_code} after SIGTERM "
                                "(0 = every child stopped in time)")
-            left = marked_processes(self.needle) if d.exit_code is not None else []
+            left = marked_processes(self.needle) if self.exit_code is not None else []
             if left:
                 desc = [f"{p} ({Path(f'/proc/{p}/cmdline').read_bytes()[:60]!r})" for p in left
                         if Path(f"/proc/{p}").exists()]
@@ -927,27 +773,27 @@ class Soak:
         r["footprint_start"] = self.warm_up()
         self.step(f"chaos for {a.duration:.0f} s: SIGKILL a child every "
                   f"{a.kill_interval * 1000:.0f} ms, edit the config every {a.edit_interval:.1f} s")
-        acked0 = queue(self.d.status_fast(), "jobs")["acked"]
+        acked0 = queue(self.d.status_socket(STATUS_TIMEOUT), "jobs")["acked"]
         self.chaos_started = time.monotonic()
         self.chaos()
-        if self.d.alive():
+        if self.d.is_running():
             try:
-                r["messages_in_chaos"] = queue(self.d.status_fast(), "jobs")["acked"] - acked0
-            except SoakError:
+                r["messages_in_chaos"] = queue(self.d.status_socket(STATUS_TIMEOUT), "jobs")["acked"] - acked0
+            except BenchError:
                 pass
         r["chaos_secs"] = round(time.monotonic() - self.chaos_started, 1)
         r["kills_scheduled"] = int(a.duration / a.kill_interval)
-        r["status_ms"] = quantiles(self.timing["status"])
-        r["kill_ms"] = quantiles(self.timing["kill"])
-        if self.d.alive():
+        r["status_ms"] = summary([int(t * 1e9) for t in self.timing["status"]])
+        r["kill_ms"] = summary([int(t * 1e9) for t in self.timing["kill"]])
+        if self.d.is_running():
             self.finish()
         r["elapsed_secs"] = round(time.monotonic() - self.t0, 1)
         self.load_after = os.getloadavg()
-        busy1 = cpu_busy_ticks()
+        busy1 = machine_cpu()
         ours = resource.getrusage(resource.RUSAGE_CHILDREN)
         ours_s = ours.ru_utime + ours.ru_stime
         busy_s = (busy1[0] - self.busy0[0]) / CLK_TCK
-        total_s = (busy1[1] - self.busy0[1]) / CLK_TCK
+        total_s = (busy1[2] - self.busy0[2]) / CLK_TCK
         r["load"] = {"loadavg_before": self.load_before[0], "loadavg_after": self.load_after[0],
                      "machine_busy_pct": round(100 * busy_s / total_s, 1) if total_s else None,
                      "soak_tree_cpu_s": round(ours_s, 1),
@@ -1007,7 +853,7 @@ class Soak:
             self.violation(f"drover has children that status does not list: {fe['unlisted']} "
                            f"(after warm-up only {fs['unlisted']})")
         self.check_counters()
-        orphans = [line for line in self.d.stderr_tail(200) if "orphaned descendants still running" in line]
+        orphans = [line for line in self.d.stderr_lines(200) if "orphaned descendants still running" in line]
         if orphans:
             self.violation(f"at shutdown drover found processes it did not supervise: {orphans[0]}")
         if fs and fe:
@@ -1023,7 +869,7 @@ class Soak:
                     self.violation(f"drover's {name} grew from {fs[key]} to {fe[key]} KiB "
                                    f"(tolerance {rss_tol:.0f} KiB)")
             r["rss_tolerance_kib"] = round(rss_tol)
-        elif self.d and self.d.died_at is None:
+        elif self.d and self.died_at is None:
             self.violation("no footprint at the end")
         if r["kills"] == 0:
             self.violation("no child was killed: the soak tested nothing")
@@ -1066,8 +912,8 @@ def report(s: Soak) -> str:
          ok(r.get("counter_checks") and all(a == b for _, a, b in r["counter_checks"]))),
         ("kills (SIGKILL)", f"{r['kills']} of {r.get('kills_scheduled', '?')} scheduled ({kbg}; "
                             f"{r['kill_misses']} already gone)", ok(r["kills"] > 0)),
-        ("status over the control socket, ms", "median {median}, p99 {p99}, max {max}".format(
-            **(r.get("status_ms") or {"median": "?", "p99": "?", "max": "?"})), ""),
+        ("status over the control socket", "median {}, p99 {}, max {}".format(
+            *(ms(r.get("status_ms", {}).get(q)) for q in ("median", "p99", "max"))), ""),
         ("config edits", f"{r['reloads']} ({r['reloads_in_place']} in place)",
          ok(r["config_errors"] == 0)),
         (f"stalls: no ack for {a.stall_secs:.0f} s / no status answer for {STATUS_TIMEOUT} s",
@@ -1086,9 +932,9 @@ def report(s: Soak) -> str:
         ("drover's children that status does not list, start → end",
          f"{len(fs.get('unlisted', []))} → {len(fe.get('unlisted', []))} (fork server, Python fork server)",
          ok(fs and fe and len(fe["unlisted"]) <= len(fs["unlisted"]))),
-        ("drover alive until SIGTERM", "yes" if d and d.died_at is None else "NO", ok(d and d.died_at is None)),
+        ("drover alive until SIGTERM", "yes" if d and s.died_at is None else "NO", ok(d and s.died_at is None)),
         ("drover exit status after SIGTERM",
-         f"{d.exit_code if d else '?'} after {r.get('shutdown_secs', '?')} s", ok(d and d.exit_code == 0)),
+         f"{s.exit_code if d else '?'} after {r.get('shutdown_secs', '?')} s", ok(d and s.exit_code == 0)),
         ("machine load", f"loadavg {load.get('loadavg_before', 0):.2f} → {load.get('loadavg_after', 0):.2f}; "
                          f"others used {load.get('others_pct', '?')}% of the CPUs", ""),
     ]
@@ -1149,18 +995,17 @@ def main() -> int:
         print(f"soak: no drover binary at {args.drover}", file=sys.stderr)
         return 2
 
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
+    catch_signals()
     print(f"== drover chaos soak: {platform.node()}, {os.cpu_count()} CPUs, seed {args.seed}, "
           f"loadavg {os.getloadavg()[0]:.2f}", flush=True)
     s = Soak(args)
     code = 2
     try:
         code = s.go()
-    except SoakError as e:
+    except BenchError as e:
         print(f"soak: {e}", file=sys.stderr)
         if s.d:
-            print("drover's last log lines:\n  " + "\n  ".join(s.d.stderr_tail()), file=sys.stderr)
+            print("drover's last log lines:\n  " + "\n  ".join(s.d.stderr_lines(20)), file=sys.stderr)
         code = 2
     except Interrupted as e:
         print(f"soak: {e}; cleaning up", file=sys.stderr)
@@ -1168,9 +1013,7 @@ def main() -> int:
     finally:
         if s.sampler:
             s.sampler.stop.set()
-        if s.d and s.d.alive():
-            s.d.proc.kill()
-            s.d.proc.wait()
+        s.procs.cleanup()  # drover, if it still runs, and everything in its session
         stray = kill_marked(s.needle)
         if stray and code == 0:
             print(f"soak: killed stray processes {stray}", file=sys.stderr)
@@ -1185,17 +1028,17 @@ def main() -> int:
     if code == 0 and not args.keep:
         shutil.rmtree(s.run, ignore_errors=True)
     else:
-        print(f"\nrun directory kept: {s.run} (drover.stderr, drover.stdout, records/, conf/)")
+        print(f"\nrun directory kept: {s.run} (stderr.log, stdout.log, records/, conf/)")
     print(f"\nsoak: {'PASS' if code == 0 else 'FAIL'}")
     return code
 
 
 def log_summary(s: Soak) -> None:
     """The warning and error lines of drover's log, grouped by their shape."""
-    if not s.d or not s.d.err_path.exists():
+    if not s.d or not s.d.stderr_path.exists():
         return
     shapes: dict[str, int] = {}
-    for line in s.d.err_path.read_text(errors="replace").splitlines():
+    for line in s.d.stderr_path.read_text(errors="replace").splitlines():
         if " WARN " not in line and " ERROR " not in line and "panic" not in line:
             continue
         shape = re.sub(r"\d+", "N", line.split(" ", 1)[-1])

@@ -8,7 +8,7 @@
  * blocks in read(2). For every batch of events that contains IN_MOVED_TO of
  * NAME (a file renamed into place), it prints the CLOCK_MONOTONIC time at
  * which read(2) returned, in ns, one line per rename, unbuffered. The writer
- * (bench/reload/reload.py) takes t0 just before rename(2); the difference is
+ * (bench/suites/reload.py) takes t0 just before rename(2); the difference is
  * what the kernel and one wake-up of a blocked reader cost: the floor of any
  * config watcher.
  *

@@ -1,8 +1,8 @@
-"""The Python-side anchors of bench/python: Python's own multiprocessing and a
-bare os.fork(), run by bench.py as separate processes (one per measurement,
-each in its own session so that bench.py can kill whatever is left).
+"""The Python-side anchors of the python suite: Python's own multiprocessing and a
+bare os.fork(), run by bench/suites/python.py as separate processes (one per measurement,
+each in its own session so that the bench can kill whatever is left).
 
-    python baselines.py mp METHOD MODULE RUNS [preload]
+    python mp_anchors.py mp METHOD MODULE RUNS [preload]
         multiprocessing.get_context(METHOD) (spawn | fork | forkserver):
         Process(target=MODULE.mp_child, args=(w,)).start() -> the child's
         first line (its timestamp) -> the parent's conn.recv() returning.
@@ -10,13 +10,13 @@ each in its own session so that bench.py can kill whatever is left).
         Without it, forkserver keeps its default preload ["__main__"], which
         is this file: it imports MODULE only inside main(), so the server does
         not have it.
-    python baselines.py fork MODULE RUNS
+    python mp_anchors.py fork MODULE RUNS
         bare os.fork() from a process that imported MODULE ("-" for none):
         t0 -> the child's timestamp (its first statement after fork returns).
-    python baselines.py refork MODULE RUNS
+    python mp_anchors.py refork MODULE RUNS
         the floor of a restart by a fork template: SIGKILL the running child,
         waitpid, os.fork() -> the new child's timestamp.
-    python baselines.py dfork MODULE RUNS
+    python mp_anchors.py dfork MODULE RUNS
         a double fork as drover's template does it (fork, the middle process
         forks the worker and exits; the parent, a child subreaper, waits for
         the middle): t0 -> the grandchild's timestamp.

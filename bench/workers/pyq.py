@@ -1,5 +1,5 @@
 """Python baselines for drover's queue benchmark: multiprocessing.Queue and
-SimpleQueue between two processes, measured like bench/queues/qb.c measures
+SimpleQueue between two processes, measured like bench/c/qb.c measures
 the bare socketpair and drover.
 
     python3 pyq.py queue|simple tput|lat N SIZE RATE

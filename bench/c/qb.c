@@ -240,19 +240,32 @@ static char *consume(int fd, long n, size_t size, int lat_mode, int ack)
 
 /* ------------------------------------------------------------ baselines */
 
-static void pair(long n, size_t size, int lat_mode, double rate, const char *result)
+/* A SOCK_SEQPACKET pair between this process and a forked child, which dies
+ * with its parent. Returns the child's pid (0 in the child); the parent keeps
+ * sv[0], the child sv[1]. */
+static pid_t fork_pair(int sv[2])
 {
-    int sv[2], ready[2];
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
         die("socketpair");
-    if (pipe(ready) != 0)
-        die("pipe");
     pid_t pid = fork();
     if (pid < 0)
         die("fork");
     if (pid == 0) {
         prctl(PR_SET_PDEATHSIG, SIGKILL);
         close(sv[0]);
+    } else {
+        close(sv[1]);
+    }
+    return pid;
+}
+
+static void pair(long n, size_t size, int lat_mode, double rate, const char *result)
+{
+    int sv[2], ready[2];
+    if (pipe(ready) != 0)
+        die("pipe");
+    pid_t pid = fork_pair(sv);
+    if (pid == 0) {
         close(ready[0]);
         if (write(ready[1], "r", 1) != 1)
             die("write");
@@ -261,7 +274,6 @@ static void pair(long n, size_t size, int lat_mode, double rate, const char *res
         write_file(result, out);
         _exit(0);
     }
-    close(sv[1]);
     close(ready[1]);
     char c;
     if (read(ready[0], &c, 1) != 1)
@@ -281,18 +293,12 @@ static void pair(long n, size_t size, int lat_mode, double rate, const char *res
 static void pingpong(long n, size_t size, const char *result)
 {
     int sv[2];
-    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
-        die("socketpair");
     char *buf = calloc(1, size > 65536 ? size : 65536);
     uint64_t *rtt = malloc(sizeof(uint64_t) * (size_t)n);
     if (!buf || !rtt)
         die("alloc");
-    pid_t pid = fork();
-    if (pid < 0)
-        die("fork");
+    pid_t pid = fork_pair(sv);
     if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        close(sv[0]);
         for (;;) {
             ssize_t r = recv(sv[1], buf, 65536, 0);
             if (r <= 0)
@@ -301,7 +307,6 @@ static void pingpong(long n, size_t size, const char *result)
                 _exit(1);
         }
     }
-    close(sv[1]);
     /* A few warm-up round trips, not timed. */
     for (long i = 0; i < n + 100; i++) {
         uint64_t t0 = now_ns();

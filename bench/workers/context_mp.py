@@ -1,8 +1,8 @@
-"""Python's multiprocessing, timed like examples/context_bench.rs: for one
+"""Python's multiprocessing, timed like drover's context_bench example: for one
 start method, the time from Process.start() to the parent receiving the
 child's first message (q.get()).
 
-    python3 bench/context/mp_bench.py spawn|fork|forkserver|forkserver-preload [RUNS]
+    python3 bench/workers/context_mp.py spawn|fork|forkserver|forkserver-preload [RUNS]
 
 Prints one JSON line: median and p99 of RUNS timed starts in microseconds,
 plus the first (cold) start, which for forkserver includes the server's.
