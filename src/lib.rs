@@ -31,15 +31,16 @@
 //! ([`orphans`]) before drover exits with a status that tells whether
 //! everything stopped in time.
 //!
-//! The same start methods are also a library for Rust programs:
-//! [`context`] mirrors Python's `multiprocessing` (`get_context(method)`,
-//! processes running a Rust function, typed queues), with its `unsafe` in
-//! `sys::context`.
+//! The same start methods are also a library for Rust programs, the
+//! `drover-context` crate (re-exported as [`context`]): it mirrors Python's
+//! `multiprocessing` (`get_context(method)`, processes running a Rust
+//! function, typed queues). Process creation itself is the `drover-sys`
+//! crate, which both use and [`sys`] re-exports.
 
 pub mod broker;
 pub mod cli;
 pub mod config;
-pub mod context;
+pub use drover_context as context;
 pub mod control;
 pub mod runtime;
 pub mod start;
