@@ -3,8 +3,8 @@
 //! children start with — and the start helpers' framing ([`wire`]) are the
 //! `drover-sys` crate, shared with `drover-context` and re-exported here.
 //! What only drover needs is here: its fork server ([`forkserver`]), read
-//! leases on config files ([`file`]), the few socket queries (`ioctl`,
-//! `poll`) that nix does not wrap, and its standard fds.
+//! leases on config files ([`file`](mod@file)), the few socket queries
+//! (`ioctl`, `poll`) that nix does not wrap, and its standard fds.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
