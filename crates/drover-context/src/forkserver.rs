@@ -28,7 +28,7 @@ use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::Mutex;
 
-use drover_sys::wire::{self, Received as Packet, Reply, RequestBuilder};
+use drover_sys::wire::{self, Reply, RequestBuilder};
 use drover_sys::{seqpacket_pair, spawn_self};
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -118,8 +118,8 @@ pub(crate) fn start(job: &dyn Job) -> Result<Running, Error> {
     drop((far, boot));
     let mut buf = [0u8; wire::MAX_REPLY];
     let (len, mut got) = match wire::recv(conn.as_fd(), &mut buf, false) {
-        Ok(Packet::Packet(len, fds)) => (len, fds),
-        Ok(Packet::Eof) => return Err(Error::Forkserver("exited before answering")),
+        Ok(wire::Received::Packet(len, fds)) => (len, fds),
+        Ok(wire::Received::Eof) => return Err(Error::Forkserver("exited before answering")),
         Err(e) => return Err(Error::io("fork server reply")(e)),
     };
     let reply = Reply::decode(&buf[..len]).filter(|r| r.seq == seq);
@@ -267,8 +267,8 @@ impl ServerLoop {
                 let mut buf = [0u8; MAX_REQUEST];
                 let (len, fds) =
                     match wire::recv_up_to(control.as_fd(), &mut buf, wire::SCM_MAX_FD, false) {
-                        Ok(Packet::Packet(len, fds)) => (len, fds),
-                        Ok(Packet::Eof) => return Ok(()),
+                        Ok(wire::Received::Packet(len, fds)) => (len, fds),
+                        Ok(wire::Received::Eof) => return Ok(()),
                         // A truncated request: its fds are closed, nothing to do.
                         Err(e) if e.kind() == std::io::ErrorKind::InvalidData => continue,
                         Err(e) => return Err(e),
@@ -387,4 +387,40 @@ fn read_all(fd: OwnedFd) -> std::io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes)?;
     Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nulls(n: usize) -> Vec<OwnedFd> {
+        (0..n)
+            .map(|_| std::fs::File::open("/dev/null").unwrap().into())
+            .collect()
+    }
+
+    #[test]
+    fn start_requests_parse_and_a_malformed_one_keeps_its_connection_for_the_refusal() {
+        let mut packet = RequestBuilder::new(7);
+        packet.count(2);
+        let packet = packet.finish();
+        // Connection, payload and two queue fds.
+        let request = StartRequest::parse(&packet, nulls(4)).unwrap();
+        assert_eq!((request.seq, request.queue_fds.len()), (7, 2));
+        // A queue fd short: refused, on the connection it brought.
+        assert!(matches!(
+            StartRequest::parse(&packet, nulls(3)),
+            Err(Some((7, _)))
+        ));
+        // No connection: nowhere to answer.
+        assert!(matches!(StartRequest::parse(&packet, nulls(0)), Err(None)));
+        // Sequence number 0 is a helper's hello, never a request.
+        let mut hello = RequestBuilder::new(0);
+        hello.count(0);
+        assert!(matches!(
+            StartRequest::parse(&hello.finish(), nulls(2)),
+            Err(None)
+        ));
+        assert!(matches!(StartRequest::parse(b"R", nulls(2)), Err(None)));
+    }
 }
