@@ -9,8 +9,9 @@
 //! The runtime is one thread and one `epoll` loop. Everything that can
 //! happen arrives there as an event: signals (SIGCHLD among them) through
 //! `signal-hook`'s self-pipe, control requests on the Unix socket of
-//! [`control`], child output on pipes ([`logs`](runtime::logs)). Timers — backoff delays,
-//! `start_secs`, stop timeouts — are deadlines that bound the loop's wait.
+//! [`control`], child output on pipes ([`logs`](runtime::logs)). Timers —
+//! backoff delays, `start_secs`, stop timeouts — are deadlines that bound
+//! the loop's wait.
 //! Nothing sleeps and nothing polls, so an idle drover makes no wake-ups.
 //!
 //! Decisions are made by the [`supervisor`], which is pure: it owns the
@@ -28,8 +29,8 @@
 //! writes, never drover's loop or memory. At shutdown every group gets its
 //! `stop_signal`, then SIGKILL after `stop_timeout`; drover is a child
 //! subreaper, so descendants orphaned on the way are reaped, and stopped
-//! ([`orphans`](runtime::orphans)) before drover exits with a status that tells whether
-//! everything stopped in time.
+//! ([`orphans`](runtime::orphans)) before drover exits with a status that
+//! tells whether everything stopped in time.
 //!
 //! The same start methods are also a library for Rust programs, the
 //! `drover-context` crate (re-exported as [`context`]): it mirrors Python's
