@@ -9,14 +9,15 @@
 //! The runtime is one thread and one `epoll` loop. Everything that can
 //! happen arrives there as an event: signals (SIGCHLD among them) through
 //! `signal-hook`'s self-pipe, control requests on the Unix socket of
-//! [`control`], child output on pipes ([`logs`]). Timers — backoff delays,
-//! `start_secs`, stop timeouts — are deadlines that bound the loop's wait.
+//! [`control`], child output on pipes ([`logs`](runtime::logs)). Timers —
+//! backoff delays, `start_secs`, stop timeouts — are deadlines that bound
+//! the loop's wait.
 //! Nothing sleeps and nothing polls, so an idle drover makes no wake-ups.
 //!
 //! Decisions are made by the [`supervisor`], which is pure: it owns the
 //! child state machines (`starting → running → exited | backoff | fatal`,
 //! `stopping → stopped`) and is told what happened and what time it is. It
-//! acts through a [`supervisor::Launcher`]; the real one ([`launch`])
+//! acts through a [`supervisor::Launcher`]; the real one ([`start`])
 //! prepares argv, environment and the child's fd plan and calls [`sys`],
 //! the only module with `unsafe`, which starts the child with
 //! `posix_spawn` (own process group, empty signal mask, default signal
@@ -28,18 +29,19 @@
 //! writes, never drover's loop or memory. At shutdown every group gets its
 //! `stop_signal`, then SIGKILL after `stop_timeout`; drover is a child
 //! subreaper, so descendants orphaned on the way are reaped, and stopped
-//! ([`orphans`]) before drover exits with a status that tells whether
-//! everything stopped in time.
+//! ([`orphans`](runtime::orphans)) before drover exits with a status that
+//! tells whether everything stopped in time.
 //!
-//! The same start methods are also a library for Rust programs:
-//! [`context`] mirrors Python's `multiprocessing` (`get_context(method)`,
-//! processes running a Rust function, typed queues), with its `unsafe` in
-//! `sys::context`.
+//! The same start methods are also a library for Rust programs, the
+//! `drover-context` crate (re-exported as [`context`]): it mirrors Python's
+//! `multiprocessing` (`get_context(method)`, processes running a Rust
+//! function, typed queues). Process creation itself is the `drover-sys`
+//! crate, which both use and [`sys`] re-exports.
 
 pub mod broker;
 pub mod cli;
 pub mod config;
-pub mod context;
+pub use drover_context as context;
 pub mod control;
 pub mod runtime;
 pub mod start;

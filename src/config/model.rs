@@ -67,23 +67,9 @@ pub enum Program {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum StartMethod {
-    #[default]
-    Spawn,
-    Fork,
-    Forkserver,
-}
-
-impl StartMethod {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StartMethod::Spawn => "spawn",
-            StartMethod::Fork => "fork",
-            StartMethod::Forkserver => "forkserver",
-        }
-    }
-}
+/// How a group's children start (`start_method`): the type of the
+/// `drover-context` library, whose methods these are.
+pub use drover_context::StartMethod;
 
 /// How a group whose definition changed is replaced on reload (`update`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use crate::sys::forkexec::{ExecSetup, FdSetup, ForkKind, fork_exec};
 use crate::sys::wire::{self, Received, Reply, RequestBuilder};
-use crate::sys::{FdPlan, SpawnPlan, relocate_sources, spawn};
+use crate::sys::{FdPlan, SpawnPlan, relocate, spawn};
 
 /// Environment variable through which a re-executed drover learns it is a
 /// fork server, and the fd of its socket.
@@ -110,7 +110,7 @@ pub fn serve_if_requested() {
     else {
         return;
     };
-    let socket = match crate::sys::context::claim_inherited_fd(fd) {
+    let socket = match crate::sys::claim_inherited_fd(fd) {
         Ok(socket) => socket,
         Err(e) => {
             eprintln!("drover-forkserver: fd {fd}: {e}");
@@ -170,7 +170,7 @@ fn serve(socket: &OwnedFd) -> io::Result<()> {
 /// Starts one child as drover's child: fds placed at 0..n, the rest closed.
 fn start(request: Start, fds: &[OwnedFd]) -> io::Result<i32> {
     let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
-    let (sources, _moved) = relocate_sources(&raw)?;
+    let (sources, _moved) = relocate(&raw, 0)?;
     let setup = ExecSetup::new(
         request.program,
         request.argv,

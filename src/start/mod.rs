@@ -2,8 +2,8 @@
 //! the supervisor's [`Launcher`].
 //!
 //! Every start is prepared the same way — the group's program, argv and
-//! environment once per definition ([`prepare`]), the child's pipes, queue
-//! sockets and variables per start ([`plan`]) — and then made by its
+//! environment once per definition (`prepare`), the child's pipes, queue
+//! sockets and variables per start (`plan`) — and then made by its
 //! group's context:
 //!
 //! - `spawn`: `posix_spawn` from drover ([`crate::sys::spawn`]).
@@ -18,7 +18,7 @@
 //! ([`Started::Requested`]) and its answer comes back as a loop event
 //! ([`ProcessLauncher::on_event`]), to be handed to the supervisor as a
 //! [`Completion`]. A helper that does not answer within its deadline is
-//! killed and replaced ([`helper`]); only its own group's starts wait.
+//! killed and replaced (`helper`); only its own group's starts wait.
 
 pub mod forkserver;
 mod helper;

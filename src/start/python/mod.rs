@@ -6,7 +6,7 @@
 //! drover keeps one *template* interpreter per group — it imports the target
 //! module (fork) or only `preload` (forkserver) — and asks it for each child
 //! in the helpers' protocol ([`crate::sys::wire`], driven without blocking
-//! by [`super::helper`]), passing the child's fds by SCM_RIGHTS.
+//! by the start helper driver), passing the child's fds by SCM_RIGHTS.
 //! The template double-forks, so drover (a child subreaper) becomes the
 //! worker's parent and reaps it like any other child.
 //!
@@ -14,7 +14,7 @@
 //! its queue sockets cannot be put at 3, 4, … as a spawned child's are:
 //! each stays at the number it arrived at in the template, and the
 //! template sets its `DROVER_IN_`/`DROVER_OUT_` variable to that number
-//! ([`WorkerSetup::queues`]).
+//! (see [`request`]).
 //!
 //! Every interpreter says what it is in `ps` and `top` (`drover-worker
 //! workers[3] mod:fn`, `drover-template workers mod:fn`,

@@ -1,33 +1,25 @@
-//! The `unsafe` half of [`crate::context`] (Python-style start-method
-//! contexts as a Rust library): `fork` of the calling process, `posix_spawn`
-//! of this very program, pidfds, memfds, fds received over Unix sockets, and
-//! code addresses that survive an exec of the same executable.
+//! The `unsafe` of this library beyond what it shares with drover (the
+//! `drover-sys` crate: `posix_spawn` of this very program, fds over Unix
+//! sockets): `fork` of the calling process, pidfds, memfds, inherited fds,
+//! and code addresses that survive an exec of the same executable.
 //!
 //! Each function wraps one system call or one conversion so that its
 //! `SAFETY:` argument stays local. What they mean for users — the fork
 //! caveat, what a re-executed child runs, how a queue bounds its messages —
-//! is documented in [`crate::context`].
+//! is documented in [the crate docs](crate).
 
-use std::ffi::{CStr, CString, c_int, c_void};
+use std::ffi::{CStr, c_int, c_void};
 use std::fmt;
 use std::io;
-use std::mem::MaybeUninit;
 use std::ops::Range;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::ptr;
 use std::sync::OnceLock;
 
-use nix::fcntl::{FcntlArg, FdFlag, fcntl};
-
-use super::{check, ptr_array};
-use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 use serde::{Deserialize, Serialize};
 
-use crate::context::boot::Trampoline;
-
-/// The most fds one message may carry (the kernel's `SCM_MAX_FD`).
-pub(crate) const MAX_FDS_PER_MESSAGE: usize = 253;
+use crate::boot::Trampoline;
 
 // ---------------------------------------------------------------------------
 // Processes
@@ -38,7 +30,7 @@ pub(crate) const MAX_FDS_PER_MESSAGE: usize = 253;
 /// drops `child` unrun.
 ///
 /// This is the `fork` start method's primitive; its caveat (a process with
-/// other threads) is documented in [`crate::context`].
+/// other threads) is documented in [the crate docs](crate).
 pub(crate) fn fork_run<F: FnOnce() -> i32>(child: F) -> io::Result<libc::pid_t> {
     // SAFETY: fork() itself only duplicates the process; the question is
     // what the child may do afterwards. The child is a complete copy of the
@@ -104,96 +96,6 @@ pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: c_int) -> io::Res
     }
 }
 
-/// Starts this program again (`/proc/self/exe`, so the very file this
-/// process runs even if its path was replaced since) with `argv` and `envp`.
-/// `fds[i]` becomes the child's fd `3 + i`; 0, 1 and 2 are inherited and
-/// every other fd is closed. Returns the child's PID.
-///
-/// glibc implements `posix_spawn` with `CLONE_VFORK`, so the cost does not
-/// grow with this process's memory, and an exec failure is reported here.
-pub(crate) fn spawn_self(
-    argv: &[CString],
-    envp: &[CString],
-    fds: &[BorrowedFd<'_>],
-) -> io::Result<i32> {
-    let (sources, _moved) = relocate(fds)?;
-    let mut actions = FileActions::new()?;
-    for (i, &source) in sources.iter().enumerate() {
-        // SAFETY: `actions` is initialised; fd numbers are plain integers
-        // recorded for the child, which performs the dup2 (clearing
-        // close-on-exec on the copy).
-        check(unsafe {
-            libc::posix_spawn_file_actions_adddup2(&mut actions.0, source, 3 + i as RawFd)
-        })?;
-    }
-    // SAFETY: `actions` is initialised; the child closes every fd after the
-    // planned ones.
-    check(unsafe {
-        libc::posix_spawn_file_actions_addclosefrom_np(&mut actions.0, 3 + sources.len() as RawFd)
-    })?;
-    let argv_ptrs = ptr_array(argv);
-    let envp_ptrs = ptr_array(envp);
-    let mut pid: libc::pid_t = 0;
-    // SAFETY: the path is a NUL-terminated literal; `argv_ptrs` and
-    // `envp_ptrs` are null-terminated arrays of pointers into `argv` and
-    // `envp`, which are borrowed for the whole call; `actions` is
-    // initialised and a null attribute pointer means default attributes.
-    check(unsafe {
-        libc::posix_spawn(
-            &mut pid,
-            c"/proc/self/exe".as_ptr(),
-            &actions.0,
-            ptr::null(),
-            argv_ptrs.as_ptr(),
-            envp_ptrs.as_ptr(),
-        )
-    })?;
-    Ok(pid)
-}
-
-/// Copies every source whose number lies in the target range `3..3+n` out
-/// of it, so that placing one fd never clobbers a source still to be placed
-/// (or relies on dup2 of an fd onto itself clearing close-on-exec). The
-/// copies must live until the spawn has happened.
-fn relocate(fds: &[BorrowedFd<'_>]) -> io::Result<(Vec<RawFd>, Vec<OwnedFd>)> {
-    let limit = 3 + fds.len() as RawFd;
-    let mut sources = Vec::with_capacity(fds.len());
-    let mut copies = Vec::new();
-    for fd in fds {
-        if fd.as_raw_fd() < limit {
-            let copy = fcntl(*fd, FcntlArg::F_DUPFD_CLOEXEC(limit))?;
-            // SAFETY: F_DUPFD_CLOEXEC returned a new fd that nothing else owns.
-            let copy = unsafe { OwnedFd::from_raw_fd(copy) };
-            sources.push(copy.as_raw_fd());
-            copies.push(copy);
-        } else {
-            sources.push(fd.as_raw_fd());
-        }
-    }
-    Ok((sources, copies))
-}
-
-/// Owns a `posix_spawn_file_actions_t` and destroys it on drop.
-struct FileActions(libc::posix_spawn_file_actions_t);
-
-impl FileActions {
-    fn new() -> io::Result<Self> {
-        let mut raw = MaybeUninit::<libc::posix_spawn_file_actions_t>::uninit();
-        // SAFETY: init writes the whole object behind the valid pointer.
-        check(unsafe { libc::posix_spawn_file_actions_init(raw.as_mut_ptr()) })?;
-        // SAFETY: init succeeded, so the object is initialised.
-        Ok(FileActions(unsafe { raw.assume_init() }))
-    }
-}
-
-impl Drop for FileActions {
-    fn drop(&mut self) {
-        // SAFETY: self.0 was initialised by posix_spawn_file_actions_init
-        // and is destroyed exactly once.
-        unsafe { libc::posix_spawn_file_actions_destroy(&mut self.0) };
-    }
-}
-
 // ---------------------------------------------------------------------------
 // File descriptors
 
@@ -208,136 +110,7 @@ pub(crate) fn memfd(name: &CStr) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Takes ownership of fd `fd`, which this process inherited at a number its
-/// parent chose, and makes it close-on-exec. Fails unless the fd is open.
-///
-/// Only for the fds a spawned child finds at `3..` when `context::init()`
-/// runs first thing in `main`: the parent placed them there
-/// ([`spawn_self`]), nothing else in the process knows their numbers yet,
-/// and each number is claimed once.
-pub(crate) fn claim_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
-    if fd < 3 {
-        return Err(io::Error::from(io::ErrorKind::InvalidInput));
-    }
-    // SAFETY: the borrow lasts for the two fcntl calls below and is never
-    // closed through; F_GETFD on a closed number fails with EBADF, which is
-    // the check.
-    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    fcntl(borrowed, FcntlArg::F_GETFD)?;
-    fcntl(borrowed, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
-    // SAFETY: the fd is open (checked above) and, per this function's
-    // contract, was placed for this process by its parent and is claimed
-    // exactly once, so no other owner exists.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Sends one packet with `fds` attached (SCM_RIGHTS), never raising SIGPIPE.
-pub(crate) fn send_with_fds(
-    sock: BorrowedFd<'_>,
-    data: &[u8],
-    fds: &[BorrowedFd<'_>],
-) -> io::Result<()> {
-    let raw: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
-    let cmsgs = [ControlMessage::ScmRights(&raw)];
-    let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &cmsgs };
-    loop {
-        match sendmsg::<()>(
-            sock.as_raw_fd(),
-            &[io::IoSlice::new(data)],
-            cmsgs,
-            MsgFlags::MSG_NOSIGNAL,
-            None,
-        ) {
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(e.into()),
-            Ok(_) => return Ok(()),
-        }
-    }
-}
-
-/// Receives one packet into `buf` with the fds attached to it, each
-/// close-on-exec. `(0, [])` is end of file.
-pub(crate) fn recv_with_fds(
-    sock: BorrowedFd<'_>,
-    buf: &mut [u8],
-) -> io::Result<(usize, Vec<OwnedFd>)> {
-    let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS_PER_MESSAGE]);
-    let (len, raw, truncated) = loop {
-        let mut iov = [io::IoSliceMut::new(buf)];
-        let msg = match recvmsg::<()>(
-            sock.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        ) {
-            Err(nix::errno::Errno::EINTR) => continue,
-            other => other?,
-        };
-        let mut raw = Vec::new();
-        for c in msg.cmsgs()? {
-            if let ControlMessageOwned::ScmRights(fds) = c {
-                raw.extend(fds);
-            }
-        }
-        let truncated = msg
-            .flags
-            .intersects(MsgFlags::MSG_CTRUNC | MsgFlags::MSG_TRUNC);
-        break (msg.bytes, raw, truncated);
-    };
-    let fds: Vec<OwnedFd> = raw
-        .into_iter()
-        // SAFETY: the kernel installed these fds in this process for this
-        // message; nothing else knows their numbers.
-        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
-        .collect();
-    if truncated {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "message or its fds truncated",
-        ));
-    }
-    Ok((len, fds))
-}
-
-/// What [`recv_packet`] got.
-#[derive(Debug)]
-pub(crate) enum Packet {
-    Data(Vec<u8>),
-    /// A packet longer than the buffer (its real length); it is consumed.
-    TooLong(usize),
-    /// The other end is closed.
-    Eof,
-}
-
-/// Receives one packet of at most `max` bytes from a SOCK_SEQPACKET socket
-/// (without blocking if `dontwait`; then `WouldBlock` is an error).
-pub(crate) fn recv_packet(sock: BorrowedFd<'_>, max: usize, dontwait: bool) -> io::Result<Packet> {
-    let mut buf = Vec::<u8>::with_capacity(max);
-    let flags = libc::MSG_TRUNC | if dontwait { libc::MSG_DONTWAIT } else { 0 };
-    loop {
-        // SAFETY: the pointer is valid for writes of `max` bytes (the
-        // vector's capacity) and recv writes at most `max` bytes there.
-        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), max, flags) };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
-        }
-        // With MSG_TRUNC a packet socket reports the packet's real length.
-        let n = n as usize;
-        return Ok(if n == 0 {
-            Packet::Eof
-        } else if n > max {
-            Packet::TooLong(n)
-        } else {
-            // SAFETY: recv initialised the first n ≤ capacity bytes.
-            unsafe { buf.set_len(n) };
-            Packet::Data(buf)
-        });
-    }
-}
+pub(crate) use drover_sys::claim_inherited_fd;
 
 // ---------------------------------------------------------------------------
 // Code addresses across exec

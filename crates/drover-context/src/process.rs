@@ -17,6 +17,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use drover_sys::wire::{Packet, recv_packet};
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
@@ -28,7 +29,7 @@ use super::boot::Payload;
 use super::error::{BootError, Error};
 use super::wait::readable_before;
 use super::{StartMethod, fork, forkserver, get_start_method, initialised, spawn};
-use crate::sys::context::{Packet, pidfd_open, pidfd_send_signal, recv_packet};
+use crate::sys::{pidfd_open, pidfd_send_signal};
 
 /// What a [`Process`] can take as its target's argument: anything serde can
 /// carry (a spawn or fork-server child decodes it from JSON), including
@@ -109,8 +110,9 @@ pub(crate) struct Running {
 pub(crate) enum Reaper {
     /// This process: the child is ours, `waitpid(pid)`.
     Parent,
-    /// The fork server, which sends it over this connection.
-    Server(OwnedFd),
+    /// The fork server, which sends it over `conn`, in a notice about its
+    /// start request `seq`.
+    Server { conn: OwnedFd, seq: u64 },
 }
 
 /// How long a status check may block.
@@ -297,7 +299,7 @@ impl Running {
     fn wait(&mut self, how: Wait) -> Result<Option<i32>, Error> {
         match &self.reaper {
             Reaper::Parent => wait_own(self.pid, &self.pidfd, how),
-            Reaper::Server(conn) => wait_server(self.pid, conn, how),
+            Reaper::Server { conn, seq } => wait_server(self.pid, conn, *seq, how),
         }
     }
 }
@@ -328,9 +330,9 @@ fn wait_own(pid: i32, pidfd: &OwnedFd, how: Wait) -> Result<Option<i32>, Error> 
     }
 }
 
-/// Waits for the fork server's report on a child: `X` and the exit code
-/// as a little-endian `i32`.
-fn wait_server(pid: i32, conn: &OwnedFd, how: Wait) -> Result<Option<i32>, Error> {
+/// Waits for the fork server's exit notice about the child it started for
+/// request `seq`.
+fn wait_server(pid: i32, conn: &OwnedFd, seq: u64, how: Wait) -> Result<Option<i32>, Error> {
     loop {
         if let Wait::Until(deadline) = how
             && !readable_before(conn.as_fd(), deadline).map_err(Error::io("wait"))?
@@ -338,9 +340,9 @@ fn wait_server(pid: i32, conn: &OwnedFd, how: Wait) -> Result<Option<i32>, Error
             return Ok(None);
         }
         let dontwait = !matches!(how, Wait::Forever);
-        match recv_packet(conn.as_fd(), 16, dontwait) {
+        match recv_packet(conn.as_fd(), forkserver::MAX_EXIT_NOTICE, dontwait) {
             Ok(Packet::Data(msg)) => {
-                return match forkserver::decode_exit(&msg) {
+                return match forkserver::decode_exit(&msg, seq) {
                     Some(code) => Ok(Some(code)),
                     None => Err(Error::StatusLost { pid }),
                 };

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{BootError, Error};
 use super::queue::{EncodedArgs, decode_args, encode_args};
-use crate::sys::context::{
+use crate::sys::{
     CodeAddr, ExeIdentity, as_target, as_trampoline, code_offset, resolve, same_executable,
 };
 

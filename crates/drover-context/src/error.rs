@@ -4,7 +4,7 @@
 
 use std::io;
 
-use crate::sys::context::CodeError;
+use crate::sys::CodeError;
 
 /// A process could not be created, started or waited for.
 #[derive(Debug, thiserror::Error)]
@@ -21,7 +21,7 @@ pub enum Error {
     #[error("process: not started yet")]
     NotStarted,
     #[error(
-        "start method {method}: drover::context::init() was not called first thing in main; \
+        "start method {method}: drover_context::init() was not called first thing in main; \
          this method re-executes the program and the child needs it to find its target"
     )]
     NotInitialised { method: &'static str },

@@ -21,14 +21,21 @@
 //! and refuse anything else: a helper runs code drover does not control (a
 //! template is user code's process), so every reply is checked, never
 //! trusted.
+//!
+//! Besides [`send`] and [`recv`] for these packets (fds attached),
+//! [`recv_packet`] takes a packet that carries no fds as a vector: a queue
+//! message, or a helper's later notice about a child it started.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 
-/// The most fds one request may carry.
+/// The most fds one request may carry ([`recv`] refuses more).
 pub const MAX_FDS: usize = 64;
+/// The most fds one packet can carry at all (the kernel's `SCM_MAX_FD`):
+/// the limit of [`recv_up_to`].
+pub const SCM_MAX_FD: usize = 253;
 /// The largest request (a command's argv and environment).
 pub const MAX_REQUEST: usize = 1 << 20;
 /// The largest reply: the header and at most [`MAX_TEXT`] bytes of text.
@@ -241,7 +248,18 @@ pub enum Received {
 /// fds than [`MAX_FDS`], is consumed and refused (`InvalidData`); its fds
 /// are closed. With `dontwait`, no packet is `WouldBlock`.
 pub fn recv(socket: BorrowedFd<'_>, buf: &mut [u8], dontwait: bool) -> io::Result<Received> {
-    let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
+    recv_up_to(socket, buf, MAX_FDS, dontwait)
+}
+
+/// [`recv`] for packets that may carry up to `max_fds` fds (at most
+/// [`SCM_MAX_FD`]) rather than [`MAX_FDS`].
+pub fn recv_up_to(
+    socket: BorrowedFd<'_>,
+    buf: &mut [u8],
+    max_fds: usize,
+    dontwait: bool,
+) -> io::Result<Received> {
+    let mut cmsg = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
     let mut flags = MsgFlags::MSG_CMSG_CLOEXEC;
     if dontwait {
         flags |= MsgFlags::MSG_DONTWAIT;
@@ -270,7 +288,7 @@ pub fn recv(socket: BorrowedFd<'_>, buf: &mut [u8], dontwait: bool) -> io::Resul
         // one owner.
         .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
         .collect();
-    if truncated {
+    if truncated || fds.len() > max_fds {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "a packet or its fds did not fit and were cut",
@@ -280,6 +298,47 @@ pub fn recv(socket: BorrowedFd<'_>, buf: &mut [u8], dontwait: bool) -> io::Resul
         return Ok(Received::Eof);
     }
     Ok(Received::Packet(len, fds))
+}
+
+/// What [`recv_packet`] got.
+#[derive(Debug)]
+pub enum Packet {
+    Data(Vec<u8>),
+    /// A packet longer than the limit (its real length); it is consumed.
+    TooLong(usize),
+    /// The other end is closed.
+    Eof,
+}
+
+/// Receives one packet of at most `max` bytes as a vector (without
+/// blocking if `dontwait`; then `WouldBlock` is an error). Fds attached to
+/// it are not taken: the kernel closes them.
+pub fn recv_packet(socket: BorrowedFd<'_>, max: usize, dontwait: bool) -> io::Result<Packet> {
+    let mut buf = Vec::<u8>::with_capacity(max);
+    let flags = libc::MSG_TRUNC | if dontwait { libc::MSG_DONTWAIT } else { 0 };
+    loop {
+        // SAFETY: the pointer is valid for writes of `max` bytes (the
+        // vector's capacity) and recv writes at most `max` bytes there.
+        let n = unsafe { libc::recv(socket.as_raw_fd(), buf.as_mut_ptr().cast(), max, flags) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        // With MSG_TRUNC a packet socket reports the packet's real length.
+        let n = n as usize;
+        return Ok(if n == 0 {
+            Packet::Eof
+        } else if n > max {
+            Packet::TooLong(n)
+        } else {
+            // SAFETY: recv initialised the first n ≤ capacity bytes.
+            unsafe { buf.set_len(n) };
+            Packet::Data(buf)
+        });
+    }
 }
 
 #[cfg(test)]
@@ -334,7 +393,7 @@ mod tests {
     #[test]
     fn packets_carry_fds_and_eof_is_seen() {
         use std::os::fd::AsFd;
-        let (a, b) = crate::sys::seqpacket_pair().unwrap();
+        let (a, b) = crate::seqpacket_pair().unwrap();
         let (r, w) = nix::unistd::pipe().unwrap();
         send(a.as_fd(), b"hi", &[r.as_raw_fd(), w.as_raw_fd()], false).unwrap();
         let mut buf = [0u8; 16];
@@ -352,5 +411,45 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::InvalidData, "too long");
         drop(a);
         assert!(matches!(recv(b.as_fd(), &mut buf, true), Ok(Received::Eof)));
+    }
+
+    #[test]
+    fn more_fds_than_max_fds_are_refused_by_recv_and_taken_by_recv_up_to() {
+        use std::os::fd::AsFd;
+        let (a, b) = crate::seqpacket_pair().unwrap();
+        let null = std::fs::File::open("/dev/null").unwrap();
+        let many = vec![null.as_raw_fd(); MAX_FDS + 1];
+        let mut buf = [0u8; 16];
+        send(a.as_fd(), b"many", &many, false).unwrap();
+        let err = recv(b.as_fd(), &mut buf, false).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        send(a.as_fd(), b"many", &many, false).unwrap();
+        match recv_up_to(b.as_fd(), &mut buf, SCM_MAX_FD, false).unwrap() {
+            Received::Packet(n, fds) => {
+                assert_eq!(&buf[..n], b"many");
+                assert_eq!(fds.len(), MAX_FDS + 1);
+            }
+            Received::Eof => panic!("a packet was sent"),
+        }
+    }
+
+    #[test]
+    fn recv_packet_returns_data_the_length_of_a_long_packet_and_eof() {
+        use std::os::fd::AsFd;
+        let (a, b) = crate::seqpacket_pair().unwrap();
+        send(a.as_fd(), b"hello", &[], false).unwrap();
+        assert!(matches!(
+            recv_packet(b.as_fd(), 5, false).unwrap(),
+            Packet::Data(bytes) if bytes == b"hello"
+        ));
+        send(a.as_fd(), b"hello!", &[], false).unwrap();
+        assert!(matches!(
+            recv_packet(b.as_fd(), 5, false).unwrap(),
+            Packet::TooLong(6)
+        ));
+        let err = recv_packet(b.as_fd(), 5, true).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        drop(a);
+        assert!(matches!(recv_packet(b.as_fd(), 5, true), Ok(Packet::Eof)));
     }
 }

@@ -5,7 +5,7 @@
 //! between processes.
 //!
 //! ```no_run
-//! use drover::context::{self, Queue, StartMethod};
+//! use drover_context::{self as context, Queue, StartMethod};
 //!
 //! fn foo(q: Queue<String>) {
 //!     println!("被启动的新进程: ({})", std::process::id());
@@ -88,6 +88,7 @@ mod forkserver;
 mod process;
 mod queue;
 mod spawn;
+mod sys;
 mod wait;
 
 #[cfg(test)]
@@ -97,10 +98,31 @@ use std::os::fd::RawFd;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-pub use crate::config::StartMethod;
 pub use error::{Error, QueueError};
 pub use process::{Args, Process};
 pub use queue::{DEFAULT_MAX_MESSAGE_BYTES, Queue};
+
+/// How a child is started, by its Python name: `"spawn"`, `"fork"` or
+/// `"forkserver"` (see [the three methods](crate#the-three-methods)).
+/// drover's config uses the same type for a group's `start_method`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum StartMethod {
+    #[default]
+    Spawn,
+    Fork,
+    Forkserver,
+}
+
+impl StartMethod {
+    /// The method's Python name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StartMethod::Spawn => "spawn",
+            StartMethod::Fork => "fork",
+            StartMethod::Forkserver => "forkserver",
+        }
+    }
+}
 
 /// The start method of the default context ([`Process::new`]).
 static DEFAULT_METHOD: OnceLock<StartMethod> = OnceLock::new();

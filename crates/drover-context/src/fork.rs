@@ -2,14 +2,14 @@
 //! the target directly, without exec and without encoding anything — the
 //! arguments (queues included) are already in its memory.
 //!
-//! Python's caveat applies and is documented in [`crate::context`]: only
+//! Python's caveat applies and is documented in [the crate docs](crate): only
 //! safe from a process whose other threads hold no lock the child needs.
 
 use std::io::Write;
 
 use super::error::Error;
 use super::process::{Job, Running, child_exit_code, own_child};
-use crate::sys::context::fork_run;
+use crate::sys::fork_run;
 
 /// Forks a child that runs `job` (only the child calls it; the parent's
 /// copy is dropped by the caller once the child exists).

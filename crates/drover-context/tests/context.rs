@@ -1,4 +1,4 @@
-//! The `drover::context` library: the two ported tutorial
+//! The `drover-context` library: the two ported tutorial
 //! programs print exactly what Python's print, under every start method,
 //! then name the method that ran, and refuse an unknown one in one line;
 //! queues carry structs and refuse oversize messages; exit codes, join,
@@ -20,7 +20,7 @@ use std::sync::OnceLock;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use drover::context::{Queue, QueueError};
+use drover_context::{Queue, QueueError};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};

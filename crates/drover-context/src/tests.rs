@@ -13,7 +13,7 @@ use super::boot::Payload;
 use super::error::BootError;
 use super::queue::{decode_args, encode_args};
 use super::*;
-use crate::sys::context::CodeError;
+use crate::sys::CodeError;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Job {
@@ -235,10 +235,18 @@ fn a_process_that_never_started_has_no_pid_and_is_not_alive() {
 
 #[test]
 fn exit_reports_decode() {
-    assert_eq!(forkserver::decode_exit(&[b'X', 3, 0, 0, 0]), Some(3));
+    use forkserver::{decode_exit, encode_exit};
+    assert_eq!(decode_exit(&encode_exit(4, 3), 4), Some(3));
+    let killed = encode_exit(4, -15);
     assert_eq!(
-        forkserver::decode_exit(&[b'X', 0xf1, 0xff, 0xff, 0xff]),
-        Some(-15)
+        killed,
+        [4, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0xf1, 0xff, 0xff, 0xff],
+        "seq, then one field: the code"
     );
-    assert_eq!(forkserver::decode_exit(b"P1234"), None);
+    assert_eq!(decode_exit(&killed, 4), Some(-15));
+    assert!(killed.len() <= forkserver::MAX_EXIT_NOTICE);
+    assert_eq!(decode_exit(&killed, 5), None, "another start's notice");
+    assert_eq!(decode_exit(&killed[..14], 4), None, "truncated");
+    let reply = drover_sys::wire::Reply::ok(4, 1234).encode();
+    assert_eq!(decode_exit(&reply, 4), None, "a start reply is no notice");
 }

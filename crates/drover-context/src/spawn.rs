@@ -11,10 +11,12 @@ use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 
+use drover_sys::spawn_self;
+
 use super::boot::{Payload, Received};
 use super::error::Error;
 use super::process::{Job, Running, child_exit_code, own_child};
-use crate::sys::context::{claim_inherited_fd, memfd, spawn_self};
+use crate::sys::{claim_inherited_fd, memfd};
 
 /// The argv flag of a spawned child; the next argument is its boot fd.
 pub(crate) const CHILD_FLAG: &str = "--drover-context-child";

@@ -21,17 +21,16 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use drover_sys::seqpacket_pair;
+use drover_sys::wire::{Packet, recv_packet};
 use nix::errno::Errno;
-use nix::sys::socket::{
-    AddressFamily, MsgFlags, SockFlag, SockType, getsockopt, send, setsockopt, socketpair, sockopt,
-};
+use nix::sys::socket::{MsgFlags, getsockopt, send, setsockopt, sockopt};
 use serde::de::{DeserializeOwned, Error as _};
 use serde::ser::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::error::QueueError;
 use super::wait::readable_before;
-use crate::sys::context::{Packet, recv_packet};
 
 /// The default limit of one message: its JSON encoding may be this long.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -112,13 +111,7 @@ impl<T> Queue<T> {
     /// [`QueueError::LimitUnavailable`].
     pub fn with_max_message_bytes(max: usize) -> Result<Self, QueueError> {
         let max = max.max(1);
-        let (tx, rx) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .map_err(std::io::Error::from)?;
+        let (tx, rx) = seqpacket_pair()?;
         fit_send_buffer(&tx, max)?;
         Ok(Queue {
             ends: Arc::new(Ends { tx, rx, max }),

@@ -4,7 +4,7 @@
 
 use std::ffi::OsString;
 
-use drover::context::{StartMethod, parse_start_method};
+use drover_context::{StartMethod, parse_start_method};
 
 /// The valid names, in the order the usage lines give them.
 const NAMES: &str = "spawn, fork, forkserver";

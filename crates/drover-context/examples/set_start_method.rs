@@ -13,7 +13,7 @@ mod tutorial;
 
 use std::process::ExitCode;
 
-use drover::context::{self, Process, Queue, StartMethod};
+use drover_context::{self as context, Process, Queue, StartMethod};
 
 fn foo(q: Queue<String>) {
     println!("被启动的新进程: ({})", std::process::id());

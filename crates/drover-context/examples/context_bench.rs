@@ -12,7 +12,7 @@
 
 use std::time::{Duration, Instant};
 
-use drover::context::{self, Queue, StartMethod};
+use drover_context::{self as context, Queue, StartMethod};
 
 fn ping(q: Queue<u64>) {
     q.put(1).expect("put");

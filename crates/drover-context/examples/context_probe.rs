@@ -1,5 +1,5 @@
 //! Test helper for `tests/context.rs`: runs one scenario of the
-//! `drover::context` library under one start method and prints what it
+//! `drover-context` library under one start method and prints what it
 //! observed as `key value` lines, for the test to check. The scenarios need
 //! a `main` of their own (`init()` first, and no test-harness threads around
 //! a fork), hence a separate program.
@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use drover::context::{self, Context, Error, Queue};
+use drover_context::{self as context, Context, Error, Queue};
 use serde::{Deserialize, Serialize};
 
 /// Bounds every wait, so a broken library fails the probe instead of
