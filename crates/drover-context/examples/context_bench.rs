@@ -1,4 +1,4 @@
-//! Benchmark behind `bench/context/run.sh`: for each start method, the time
+//! Benchmark behind `bash bench/run.sh context`: for each start method, the time
 //! from `Process::start` to the parent receiving the child's first message
 //! — the structure of Python's tutorial program, timed.
 //!
