@@ -3,6 +3,6 @@
 fn main() -> std::process::ExitCode {
     // A re-executed drover serving the `forkserver` start method never
     // reaches the CLI.
-    drover::start::forkserver::serve_if_requested();
+    drover::serve_if_requested();
     drover::cli::main()
 }

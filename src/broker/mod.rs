@@ -29,8 +29,6 @@ pub mod queue;
 mod retire;
 mod timers;
 
-pub use retire::QueueChanges;
-
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::os::fd::OwnedFd;
@@ -39,8 +37,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::epoll::{Epoll, EpollFlags};
 
+use crate::config::Config;
 use crate::config::names::{GroupName, QueueName};
-use crate::config::{Config, QueueSpec};
 use crate::control::status::QueueStatus;
 use crate::supervisor::Pid;
 use crate::text::ratelimit::RateLimit;
@@ -151,10 +149,6 @@ impl Broker {
 
     pub fn owns(&self, token: u64) -> bool {
         self.endpoints.contains_key(&token)
-    }
-
-    pub fn spec(&self, queue: &QueueName) -> Option<&QueueSpec> {
-        self.queues.get(queue).map(|q| &q.spec)
     }
 
     /// True when `queue` holds nothing and has nothing in flight.

@@ -137,11 +137,6 @@ impl QueueCore {
         self.ready.is_empty() && self.consumers.iter().all(|c| c.unsettled.is_empty())
     }
 
-    /// True once a reload removed this queue.
-    pub fn is_retired(&self) -> bool {
-        self.retired
-    }
-
     /// A message from a producer (or a dead letter from another queue).
     pub fn push(&mut self, message: Message) {
         self.ready_bytes += message.bytes.len();

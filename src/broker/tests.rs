@@ -11,8 +11,9 @@ use nix::sys::epoll::{EpollCreateFlags, EpollFlags};
 use nix::sys::socket::MsgFlags;
 
 use super::queue::Message;
+use super::retire::QueueChanges;
 use super::*;
-use crate::config::{Delivery, LogFormat, SupervisorConfig};
+use crate::config::{Delivery, LogFormat, QueueSpec, SupervisorConfig};
 
 const W: &str = "w";
 

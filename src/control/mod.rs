@@ -3,7 +3,7 @@
 //!
 //! A client connects, writes one [`Request`] as a JSON line and reads one
 //! [`Response`] line; the server then closes the connection. The server
-//! side lives in the event loop ([`crate::runtime::control`]); [`request`]
+//! side lives in the event loop (`runtime::control`); [`request`]
 //! is the client side used by the CLI, [`status`] the shape of a `status`
 //! answer, and [`wait`] decides when a `start`, `stop` or `restart` it sent
 //! has reached its state.
@@ -11,7 +11,7 @@
 //! Everything a client sends is bounded: at most `MAX_CLIENTS` connections
 //! (plus `RESERVED` kept for `status` and `shutdown`), a request line of at
 //! most [`MAX_REQUEST`] bytes, `REQUEST_TIMEOUT` to send it and
-//! `WRITE_TIMEOUT` to read the answer (see [`crate::runtime::control`]).
+//! `WRITE_TIMEOUT` to read the answer (see `runtime::control`).
 
 mod client;
 pub mod status;

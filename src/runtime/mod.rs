@@ -726,8 +726,8 @@ fn raise_fd_limit(config: &Config) {
 /// Output pipes drover holds per running child.
 const FDS_PER_CHILD: u64 = 2;
 /// drover's own fds: stdio, epoll, signal pipe, watcher, log writer and
-/// the control socket (32), plus up to 66 control clients.
-const FDS_RESERVED: u64 = 32 + 66;
+/// the control socket (32), plus the control clients.
+const FDS_RESERVED: u64 = 32 + (control::MAX_CLIENTS + control::RESERVED) as u64;
 
 /// Unblocks the signals drover handles, in case it was started with them
 /// blocked (a container runtime or a parent may do that).

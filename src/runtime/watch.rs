@@ -521,7 +521,12 @@ fn probe(file: &Path) -> Probe {
     match read_lease(&opened) {
         Lease::Held(_) => Probe::Free,
         Lease::Busy => Probe::Busy,
-        Lease::Unavailable(_) => Probe::Unknown,
+        Lease::Unavailable(why) => {
+            // Inotify's close events decide instead (a file system
+            // without leases, or a file drover does not own).
+            tracing::debug!(file = %file.display(), "no read lease: {why}");
+            Probe::Unknown
+        }
     }
 }
 

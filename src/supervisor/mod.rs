@@ -17,8 +17,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 pub use child::{
-    AfterStop, Child, ChildState, ExitStatus, Leftover, MIN_START_SECS, Pid, WaitReason, after,
-    backoff_delay, min_start_secs, wants_restart,
+    AfterStop, Child, ChildState, ExitStatus, Leftover, Pid, WaitReason, after, backoff_delay,
+    min_start_secs, wants_restart,
 };
 pub use reload::ReloadSummary;
 

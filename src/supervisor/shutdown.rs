@@ -157,6 +157,7 @@ impl ShutdownOrder {
             .min()
     }
 
+    #[cfg(test)]
     pub fn is_done(&self) -> bool {
         self.pending.is_empty() && self.first.is_empty() && self.closing.is_empty()
     }

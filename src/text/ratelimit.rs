@@ -55,10 +55,6 @@ impl RateLimit {
         }
     }
 
-    pub fn burst(&self) -> u32 {
-        self.burst
-    }
-
     /// Whether a line about `key` may be logged at `now`; when not, it is
     /// counted for the summary.
     pub fn allow(&mut self, key: &str, now: Instant) -> bool {

@@ -117,6 +117,7 @@ impl Clients {
         })
     }
 
+    #[cfg(test)]
     pub fn listener(&self) -> &Listener {
         &self.listener
     }
@@ -127,10 +128,12 @@ impl Clients {
     }
 
     /// Open connections.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.conns.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.conns.is_empty()
     }

@@ -13,7 +13,7 @@ mod clients;
 mod conn;
 mod listener;
 
-pub use clients::{Clients, MAX_CLIENTS, REQUEST_TIMEOUT, RESERVED, WRITE_TIMEOUT};
+pub use clients::{Clients, MAX_CLIENTS, RESERVED};
 pub use listener::{BindError, Listener};
 
 use crate::control::{MAX_REQUEST, Request, Response, parse_request};
