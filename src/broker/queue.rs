@@ -9,7 +9,7 @@
 //! a `nack` or the consumer's exit dead-letters it, whatever
 //! `max_deliveries` says (there is no queue to return it to).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::config::{Delivery, QueueSpec};
@@ -82,7 +82,6 @@ struct InFlight {
 
 #[derive(Debug)]
 struct Consumer {
-    id: ConsumerId,
     /// Handed over and not settled, oldest first: not yet acked
     /// (at-least-once), or not yet read from the socket (at-most-once).
     unsettled: VecDeque<InFlight>,
@@ -97,8 +96,14 @@ pub struct QueueCore {
     ready: VecDeque<Message>,
     /// Bytes of the messages in `ready`.
     ready_bytes: usize,
-    consumers: Vec<Consumer>,
-    next: usize,
+    /// By id: a consumer's messages are found without a scan.
+    consumers: BTreeMap<ConsumerId, Consumer>,
+    /// The consumers that can take a message now (not blocked, below
+    /// `prefetch`), so a hand-out never scans the full ones.
+    room: BTreeSet<ConsumerId>,
+    /// Round robin: the next hand-out goes to the first consumer with room
+    /// from this id on.
+    next: ConsumerId,
     /// Removed from the config by a reload (see the module documentation).
     retired: bool,
     pub counters: Counters,
@@ -110,7 +115,8 @@ impl QueueCore {
             spec,
             ready: VecDeque::new(),
             ready_bytes: 0,
-            consumers: Vec::new(),
+            consumers: BTreeMap::new(),
+            room: BTreeSet::new(),
             next: 0,
             retired: false,
             counters: Counters::default(),
@@ -124,7 +130,7 @@ impl QueueCore {
 
     /// Messages delivered and not yet settled.
     pub fn in_flight(&self) -> usize {
-        self.consumers.iter().map(|c| c.unsettled.len()).sum()
+        self.consumers.values().map(|c| c.unsettled.len()).sum()
     }
 
     /// Producers are not read while this holds (back-pressure).
@@ -134,7 +140,7 @@ impl QueueCore {
 
     /// Nothing waiting and nothing in flight.
     pub fn is_drained(&self) -> bool {
-        self.ready.is_empty() && self.consumers.iter().all(|c| c.unsettled.is_empty())
+        self.ready.is_empty() && self.consumers.values().all(|c| c.unsettled.is_empty())
     }
 
     /// A message from a producer (or a dead letter from another queue).
@@ -158,10 +164,11 @@ impl QueueCore {
     pub fn drain_all(&mut self) -> Vec<Message> {
         let mut all: Vec<Message> = self
             .consumers
-            .iter_mut()
+            .values_mut()
             .flat_map(|c| c.unsettled.drain(..).map(|f| f.message))
             .collect();
         all.extend(self.ready.drain(..));
+        self.refresh_all();
         self.ready_bytes = 0;
         all
     }
@@ -170,8 +177,8 @@ impl QueueCore {
     /// the dead letters) and keeps only what consumers hold, settleable.
     pub fn retire(&mut self) -> Vec<Message> {
         self.retired = true;
-        self.consumers.retain(|c| !c.unsettled.is_empty());
-        self.next = 0;
+        self.consumers.retain(|_, c| !c.unsettled.is_empty());
+        self.refresh_all();
         self.ready_bytes = 0;
         self.ready.drain(..).collect()
     }
@@ -180,38 +187,69 @@ impl QueueCore {
     /// (removed, added again, removed again), into this retired one.
     /// A consumer of both settles what it got from this one first: it got
     /// those messages earlier.
-    pub fn absorb(&mut self, mut newer: QueueCore) {
+    pub fn absorb(&mut self, newer: QueueCore) {
         self.spec = newer.spec.clone();
         self.counters.add(newer.counters);
-        for mut c in newer.consumers.drain(..) {
-            match self.consumers.iter_mut().find(|o| o.id == c.id) {
+        for (id, mut c) in newer.consumers {
+            match self.consumers.get_mut(&id) {
                 Some(old) => old.unsettled.append(&mut c.unsettled),
-                None => self.consumers.push(c),
+                None => {
+                    self.consumers.insert(id, c);
+                }
+            }
+        }
+        self.refresh_all();
+    }
+
+    /// A reload changed the queue's settings (its `prefetch` among them).
+    pub fn set_spec(&mut self, spec: QueueSpec) -> QueueSpec {
+        let old = std::mem::replace(&mut self.spec, spec);
+        self.refresh_all();
+        old
+    }
+
+    /// Whether consumer `id` can take a message now, kept in `room`.
+    fn refresh(&mut self, id: ConsumerId) {
+        let prefetch = self.spec.prefetch as usize;
+        match self.consumers.get(&id) {
+            Some(c) if !c.blocked && c.unsettled.len() < prefetch => {
+                self.room.insert(id);
+            }
+            _ => {
+                self.room.remove(&id);
             }
         }
     }
 
+    fn refresh_all(&mut self) {
+        self.room.clear();
+        let ids: Vec<ConsumerId> = self.consumers.keys().copied().collect();
+        for id in ids {
+            self.refresh(id);
+        }
+    }
+
     pub fn add_consumer(&mut self, id: ConsumerId) {
-        if self.consumers.iter().any(|c| c.id == id) {
+        if self.consumers.contains_key(&id) {
             return;
         }
-        self.consumers.push(Consumer {
+        self.consumers.insert(
             id,
-            unsettled: VecDeque::new(),
-            blocked: false,
-        });
+            Consumer {
+                unsettled: VecDeque::new(),
+                blocked: false,
+            },
+        );
+        self.refresh(id);
     }
 
     /// A consumer went away: its unsettled messages are failed deliveries
     /// (at-least-once), or lost with it (at-most-once, counted in `lost`).
     pub fn remove_consumer(&mut self, id: ConsumerId, why: &str) -> Vec<DeadLetter> {
-        let Some(pos) = self.consumers.iter().position(|c| c.id == id) else {
+        let Some(consumer) = self.consumers.remove(&id) else {
             return Vec::new();
         };
-        let consumer = self.consumers.remove(pos);
-        if self.next > pos {
-            self.next -= 1;
-        }
+        self.room.remove(&id);
         if self.spec.delivery == Delivery::AtMostOnce {
             let lost = consumer.unsettled.len();
             if lost > 0 {
@@ -253,24 +291,17 @@ impl QueueCore {
 
     /// The next consumer with room, round robin, and the message for it.
     pub fn take_for_delivery(&mut self) -> Option<(ConsumerId, Message)> {
-        if self.ready.is_empty() || self.consumers.is_empty() {
+        if self.ready.is_empty() {
             return None;
         }
-        let prefetch = self.spec.prefetch as usize;
-        let n = self.consumers.len();
-        for step in 0..n {
-            let i = (self.next + step) % n;
-            let Some(c) = self.consumers.get(i) else {
-                break;
-            };
-            if c.blocked || c.unsettled.len() >= prefetch {
-                continue;
-            }
-            let id = c.id;
-            self.next = (i + 1) % n;
-            return self.pop_front().map(|m| (id, m));
-        }
-        None
+        let id = self
+            .room
+            .range(self.next..)
+            .next()
+            .or_else(|| self.room.iter().next())
+            .copied()?;
+        self.next = id.wrapping_add(1);
+        self.pop_front().map(|m| (id, m))
     }
 
     /// The message was written to the consumer's socket at `now` (`None`:
@@ -281,7 +312,7 @@ impl QueueCore {
         }
         message.deliveries += 1;
         self.counters.delivered += 1;
-        match self.consumers.iter_mut().find(|c| c.id == id) {
+        match self.consumers.get_mut(&id) {
             Some(c) => c.unsettled.push_back(InFlight {
                 message,
                 since: now,
@@ -290,13 +321,15 @@ impl QueueCore {
             // if it did, the message must not vanish.
             None => self.push_front(message),
         }
+        self.refresh(id);
     }
 
     /// At-most-once: the consumer has read everything it was handed.
     pub fn all_read(&mut self, id: ConsumerId) {
-        if let Some(c) = self.consumers.iter_mut().find(|c| c.id == id) {
+        if let Some(c) = self.consumers.get_mut(&id) {
             c.unsettled.clear();
         }
+        self.refresh(id);
     }
 
     /// The consumer's socket was full: the message goes back to the head and
@@ -307,20 +340,21 @@ impl QueueCore {
     }
 
     pub fn is_blocked(&self, id: ConsumerId) -> bool {
-        self.consumers.iter().any(|c| c.id == id && c.blocked)
+        self.consumers.get(&id).is_some_and(|c| c.blocked)
     }
 
     pub fn set_blocked(&mut self, id: ConsumerId, blocked: bool) {
-        if let Some(c) = self.consumers.iter_mut().find(|c| c.id == id) {
+        if let Some(c) = self.consumers.get_mut(&id) {
             c.blocked = blocked;
         }
+        self.refresh(id);
     }
 
     /// True when `id` holds messages of this queue.
     pub fn holds(&self, id: ConsumerId) -> bool {
         self.consumers
-            .iter()
-            .any(|c| c.id == id && !c.unsettled.is_empty())
+            .get(&id)
+            .is_some_and(|c| !c.unsettled.is_empty())
     }
 
     /// `ack` (true) or `nack` (false) settles the consumer's oldest
@@ -334,16 +368,13 @@ impl QueueCore {
         if self.spec.delivery == Delivery::AtMostOnce {
             return Err("this queue is at-most-once: acks are not expected");
         }
-        let c = self
-            .consumers
-            .iter_mut()
-            .find(|c| c.id == id)
-            .ok_or("unknown consumer")?;
+        let c = self.consumers.get_mut(&id).ok_or("unknown consumer")?;
         let f = c.unsettled.pop_front().ok_or("nothing to settle")?;
         if self.retired && c.unsettled.is_empty() {
             // It will get nothing more from here.
-            self.consumers.retain(|c| c.id != id);
+            self.consumers.remove(&id);
         }
+        self.refresh(id);
         if ack {
             self.counters.acked += 1;
             Ok(None)
@@ -356,7 +387,7 @@ impl QueueCore {
     /// the queue has one (at-least-once only: at-most-once has no acks).
     pub fn ack_deadline(&self, id: ConsumerId) -> Option<Instant> {
         let timeout = self.ack_timeout()?;
-        let c = self.consumers.iter().find(|c| c.id == id)?;
+        let c = self.consumers.get(&id)?;
         let since = c.unsettled.front()?.since?;
         // A deadline past the clock's range never comes.
         since.checked_add(timeout)
@@ -371,7 +402,7 @@ impl QueueCore {
     /// Gives messages delivered while the queue had no `ack_timeout` a
     /// delivery time (`now`), so that one set by a reload applies to them.
     pub fn stamp_unsettled(&mut self, now: Instant) {
-        for c in &mut self.consumers {
+        for c in self.consumers.values_mut() {
             for f in &mut c.unsettled {
                 f.since.get_or_insert(now);
             }
@@ -380,18 +411,15 @@ impl QueueCore {
 
     /// How many messages `id` holds.
     pub fn held_by(&self, id: ConsumerId) -> usize {
-        self.consumers
-            .iter()
-            .find(|c| c.id == id)
-            .map_or(0, |c| c.unsettled.len())
+        self.consumers.get(&id).map_or(0, |c| c.unsettled.len())
     }
 
     /// The consumers holding messages.
     pub fn holders(&self) -> impl Iterator<Item = ConsumerId> + '_ {
         self.consumers
             .iter()
-            .filter(|c| !c.unsettled.is_empty())
-            .map(|c| c.id)
+            .filter(|(_, c)| !c.unsettled.is_empty())
+            .map(|(id, _)| *id)
     }
 }
 
@@ -420,6 +448,65 @@ mod tests {
 
     fn text(m: &Message) -> &str {
         std::str::from_utf8(&m.bytes).unwrap()
+    }
+
+    /// The consumers with room, by a scan: what `room` must always hold.
+    fn scanned_room(q: &QueueCore) -> BTreeSet<ConsumerId> {
+        let prefetch = q.spec.prefetch as usize;
+        q.consumers
+            .iter()
+            .filter(|(_, c)| !c.blocked && c.unsettled.len() < prefetch)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    #[test]
+    fn the_room_index_matches_a_scan_through_random_events() {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut rnd = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let mut s = spec(Delivery::AtLeastOnce, 2, 3);
+        s.capacity = 1000;
+        let mut q = QueueCore::new(s);
+        let mut handed = [0u32; 8];
+        for _ in 0..5000 {
+            let id = rnd(8);
+            match rnd(8) {
+                0 => q.add_consumer(id),
+                1 => {
+                    q.remove_consumer(id, "gone");
+                }
+                2 => q.set_blocked(id, rnd(2) == 0),
+                3 => {
+                    let _ = q.settle(id, rnd(3) != 0);
+                }
+                4 => {
+                    let mut spec = q.spec.clone();
+                    spec.prefetch = 1 + rnd(3) as u32;
+                    q.set_spec(spec);
+                }
+                _ => {
+                    q.push(msg("m"));
+                    if let Some((to, m)) = q.take_for_delivery() {
+                        assert!(
+                            scanned_room(&q).contains(&to),
+                            "handed to a consumer without room"
+                        );
+                        handed[to as usize] += 1;
+                        q.delivered(to, m, None);
+                    }
+                }
+            }
+            assert_eq!(q.room, scanned_room(&q));
+        }
+        assert!(
+            handed.iter().filter(|&&n| n > 0).count() > 1,
+            "round robin reached several consumers"
+        );
     }
 
     #[test]

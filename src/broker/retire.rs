@@ -49,7 +49,7 @@ impl Broker {
         for (name, spec) in &config.queues {
             match self.queues.get_mut(name) {
                 Some(q) => {
-                    let old = std::mem::replace(&mut q.spec, spec.clone());
+                    let old = q.set_spec(spec.clone());
                     if !same_settings(&old, spec) {
                         settings.push(name.clone());
                     }

@@ -255,7 +255,12 @@ fn removed_while_held(state: &State) -> (Broker, Epoll, UnixStream) {
     let epoll = epoll();
     let child = attach(&mut broker, &epoll, 42, "jobs", Direction::In, 101);
     push(&mut broker, "jobs", &[b"one", b"two", b"three"]);
-    broker.queues.get_mut(&q("jobs")).unwrap().spec.prefetch = 2;
+    {
+        let core = broker.queues.get_mut(&q("jobs")).unwrap();
+        let mut spec = core.spec.clone();
+        spec.prefetch = 2;
+        core.set_spec(spec);
+    }
     broker.deliver(&epoll, &q("jobs"));
     broker.apply(&config_of(vec![], state.0.clone()), &epoll);
     (broker, epoll, child)
@@ -328,7 +333,12 @@ fn dead_letters_of_a_removed_queue_go_to_its_dead_letter_queue_if_it_remains() {
     let epoll = epoll();
     let child = attach(&mut broker, &epoll, 42, "jobs", Direction::In, 101);
     push(&mut broker, "jobs", &[b"held", b"ready"]);
-    broker.queues.get_mut(&q("jobs")).unwrap().spec.prefetch = 1;
+    {
+        let core = broker.queues.get_mut(&q("jobs")).unwrap();
+        let mut spec = core.spec.clone();
+        spec.prefetch = 1;
+        core.set_spec(spec);
+    }
     broker.deliver(&epoll, &q("jobs"));
     broker.apply(&config_of(vec![spec("dead")], state.0.clone()), &epoll);
     send(&child, b"nack");

@@ -8,6 +8,7 @@
 //! launcher and a fake clock.
 
 mod child;
+mod index;
 mod reload;
 pub mod shutdown;
 #[cfg(test)]
@@ -157,6 +158,9 @@ pub struct Supervisor {
     /// Children that exited with success within `start_secs`: they may
     /// have daemonized themselves (see [`Self::take_daemon_suspects`]).
     suspects: Vec<Suspect>,
+    /// Slots by PID, deadline, leftovers and rolling update, so that an
+    /// event costs the same with one child or a thousand.
+    index: index::Index,
 }
 
 /// A child that exited with a success code within `start_secs`, the
@@ -207,6 +211,25 @@ impl Supervisor {
             deferred: false,
             log: RateLimit::default(),
             suspects: Vec::new(),
+            index: index::Index::default(),
+        }
+    }
+
+    /// Brings the index up to date with what this entry point changed (see
+    /// [`index`]); debug builds check it against a full scan.
+    fn settle(&mut self) {
+        self.index.settle(&self.groups);
+        #[cfg(debug_assertions)]
+        {
+            self.index.check(&self.groups);
+            for r in &self.retiring {
+                if r.successor.is_some() || r.blocks.is_some() {
+                    assert!(
+                        self.index.rolling().contains(&r.group),
+                        "rolling update not indexed"
+                    );
+                }
+            }
         }
     }
 
@@ -281,11 +304,7 @@ impl Supervisor {
 
     /// Whether any process group of an exited child still has processes.
     pub fn has_leftovers(&self) -> bool {
-        !self.strays.is_empty()
-            || self
-                .groups
-                .values()
-                .any(|g| g.children.iter().any(|c| c.leftover.is_some()))
+        !self.strays.is_empty() || self.index.has_leftovers()
     }
 
     /// Whether shutdown had to SIGKILL anything.
@@ -310,6 +329,8 @@ impl Supervisor {
                 start_child(&group.spec, child, &mut cx);
             }
         }
+        self.index.touch_all();
+        self.settle();
     }
 
     /// Whether some start waits for a later loop turn.
@@ -327,15 +348,16 @@ impl Supervisor {
         for group in self.groups.values_mut().filter(|g| !g.held) {
             start_waiting(group, WaitReason::Turn, &mut cx);
         }
+        self.index.touch_all();
+        self.settle();
     }
 
     /// The earliest deadline of any child, leftover or log summary, for the
     /// event loop's wait.
-    pub fn next_deadline(&self) -> Option<Instant> {
-        self.groups
-            .values()
-            .flat_map(|g| g.children.iter().map(move |c| (g, c)))
-            .filter_map(|(g, c)| c.deadline(&g.spec.policy))
+    pub fn next_deadline(&mut self) -> Option<Instant> {
+        self.index
+            .next_deadline(&self.groups)
+            .into_iter()
             .chain(
                 self.retiring
                     .iter()
@@ -364,10 +386,14 @@ impl Supervisor {
             );
         }
         let mut killed = false;
+        let due = self.index.due(&self.groups, now);
         {
             let mut cx = cx!(self, launcher, now);
-            for group in self.groups.values_mut() {
-                for child in &mut group.children {
+            for (name, index) in &due {
+                let Some(group) = self.groups.get_mut(name) else {
+                    continue;
+                };
+                if let Some(child) = group.children.get_mut(*index as usize) {
                     killed |= child_deadline(&group.spec, child, &mut cx);
                 }
             }
@@ -386,8 +412,12 @@ impl Supervisor {
                 }
             }
         }
+        for (name, index) in &due {
+            self.index.touch(name, *index);
+        }
         self.forced |= killed && self.shutting_down;
         self.advance_rolling(launcher, now);
+        self.settle();
     }
 
     /// A child process was reaped. Returns false when the PID is not ours
@@ -399,6 +429,10 @@ impl Supervisor {
         launcher: &mut impl Launcher,
         now: Instant,
     ) -> bool {
+        if let Some((name, index)) = self.index.take_pid(&self.groups, pid) {
+            self.slot_exited(&name, index, status, launcher, now);
+            return true;
+        }
         if let Some(pos) = self
             .retiring
             .iter()
@@ -421,33 +455,46 @@ impl Supervisor {
                 // A stop-first replacement may start now.
                 self.advance_rolling(launcher, now);
             }
+            self.settle();
             return true;
         }
+        // The index knows every child's PID (debug builds check it after
+        // every change): anything else is an orphan.
+        false
+    }
+
+    /// The process of slot `name[index]` exited with `status`.
+    fn slot_exited(
+        &mut self,
+        name: &GroupName,
+        index: u32,
+        status: ExitStatus,
+        launcher: &mut impl Launcher,
+        now: Instant,
+    ) {
         let shutting_down = self.shutting_down;
         let mut cx = cx!(self, launcher, now);
-        for group in self.groups.values_mut() {
-            let held = group.held;
-            if let Some(child) = group
-                .children
-                .iter_mut()
-                .find(|c| c.state.pid() == Some(pid))
-            {
-                let may_restart = !shutting_down && !held;
-                if let ChildState::Starting { since, .. } = child.state
-                    && matches!(status, ExitStatus::Code(c) if group.spec.policy.success_codes.contains(&c))
-                {
-                    self.suspects.push(Suspect {
-                        group: group.spec.name.clone(),
-                        index: child.index,
-                        age: now.saturating_duration_since(since),
-                    });
-                }
-                child_exited(&group.spec, child, status, may_restart, &mut cx);
-                self.advance_rolling(launcher, now);
-                return true;
-            }
+        let Some(group) = self.groups.get_mut(name) else {
+            return;
+        };
+        let held = group.held;
+        let Some(child) = group.children.get_mut(index as usize) else {
+            return;
+        };
+        let may_restart = !shutting_down && !held;
+        if let ChildState::Starting { since, .. } = child.state
+            && matches!(status, ExitStatus::Code(c) if group.spec.policy.success_codes.contains(&c))
+        {
+            self.suspects.push(Suspect {
+                group: group.spec.name.clone(),
+                index: child.index,
+                age: now.saturating_duration_since(since),
+            });
         }
-        false
+        child_exited(&group.spec, child, status, may_restart, &mut cx);
+        self.index.touch(name, index);
+        self.advance_rolling(launcher, now);
+        self.settle();
     }
 
     /// Some process drover did not start itself was reaped: a process group
@@ -459,10 +506,14 @@ impl Supervisor {
         self.strays
             .retain_mut(|s| launcher.group_alive(s.leftover.pgid));
         let may_start = !self.shutting_down;
+        let keys: Vec<index::Key> = self.index.leftovers().cloned().collect();
         let mut cx = cx!(self, launcher, now);
-        for group in self.groups.values_mut() {
+        for (name, index) in &keys {
+            let Some(group) = self.groups.get_mut(name) else {
+                continue;
+            };
             let held = group.held;
-            for child in &mut group.children {
+            if let Some(child) = group.children.get_mut(*index as usize) {
                 let Some(leftover) = child.leftover else {
                     continue;
                 };
@@ -487,18 +538,21 @@ impl Supervisor {
                 }
             }
         }
+        for (name, index) in &keys {
+            self.index.touch(name, *index);
+        }
         self.advance_rolling(launcher, now);
+        self.settle();
     }
 
     /// The process groups that still hold leftovers, per child slot
     /// (`group`, `index`, `pgid`), for `status`.
     pub fn leftover_groups(&self) -> Vec<(GroupName, u32, Pid)> {
-        self.groups
-            .values()
-            .flat_map(|g| {
-                g.children
-                    .iter()
-                    .filter_map(|c| c.leftover.map(|l| (g.spec.name.clone(), c.index, l.pgid)))
+        self.index
+            .leftovers()
+            .filter_map(|(name, index)| {
+                let child = self.groups.get(name)?.children.get(*index as usize)?;
+                child.leftover.map(|l| (name.clone(), *index, l.pgid))
             })
             .collect()
     }
@@ -560,9 +614,14 @@ impl Supervisor {
                         _ => start_child(&group.spec, child, &mut cx),
                     }
                 }
-                self.advance_rolling(launcher, now);
             }
         }
+        let name = group.spec.name.clone();
+        self.index.touch_group(&name);
+        if command == GroupCommand::Restart {
+            self.advance_rolling(launcher, now);
+        }
+        self.settle();
         Ok(())
     }
 
@@ -574,18 +633,20 @@ impl Supervisor {
         if self.shutting_down {
             return false;
         }
+        let Some((name, index)) = self.index.find_pid(&self.groups, pid) else {
+            return false;
+        };
         let mut cx = cx!(self, launcher, now);
-        for group in self.groups.values_mut() {
-            if let Some(child) = group
-                .children
-                .iter_mut()
-                .find(|c| c.state.pid() == Some(pid))
-            {
-                stop_child(&group.spec, child, AfterStop::Restart, &mut cx);
-                return true;
-            }
-        }
-        false
+        let Some(group) = self.groups.get_mut(&name) else {
+            return false;
+        };
+        let Some(child) = group.children.get_mut(index as usize) else {
+            return false;
+        };
+        stop_child(&group.spec, child, AfterStop::Restart, &mut cx);
+        self.index.touch(&name, index);
+        self.settle();
+        true
     }
 
     /// The answer of a start context to the start with `ticket` of
@@ -642,7 +703,9 @@ impl Supervisor {
             }
             (None, Err(_)) => {}
         }
+        self.index.touch(group, index);
         self.advance_rolling(launcher, now);
+        self.settle();
     }
 
     /// The start context of `name` became ready (a Python template finished
@@ -655,7 +718,9 @@ impl Supervisor {
             let mut cx = cx!(self, &mut *launcher, now);
             start_waiting(group, WaitReason::Template, &mut cx);
         }
+        self.index.touch_group(name);
         self.advance_rolling(launcher, now);
+        self.settle();
     }
 
     /// Starts a shutdown without stopping anything yet: nothing restarts
@@ -676,6 +741,8 @@ impl Supervisor {
         for r in self.retiring.iter_mut().filter(|r| &r.group == name) {
             stop_child(&r.spec, &mut r.child, AfterStop::Stay, &mut cx);
         }
+        self.index.touch_group(name);
+        self.settle();
     }
 
     /// Whether any process of `name` (current or retiring) is still alive.
@@ -742,6 +809,8 @@ impl Supervisor {
             self.forced = true;
             launcher.signal_group(stray.leftover.pgid, Signal::Kill);
         }
+        self.index.touch_all();
+        self.settle();
     }
 
     /// Forwards `signal` to every child's own PID (SIGUSR1/SIGUSR2).

@@ -141,7 +141,9 @@ impl Supervisor {
             }
         }
         summary.revived = self.revive_fatal(launcher, now);
+        self.index.touch_all();
         self.advance_rolling(launcher, now);
+        self.settle();
         summary
     }
 
@@ -225,6 +227,9 @@ impl Supervisor {
             let mut cx = cx!(self, launcher, now);
             stop_child(spec, &mut child, AfterStop::Stay, &mut cx);
         }
+        if keep_for.is_some() || blocks.is_some() {
+            self.index.roll(name);
+        }
         if child.state.pid().is_some() {
             self.retiring.push(Retiring {
                 group: name.clone(),
@@ -246,21 +251,33 @@ impl Supervisor {
     /// outdated child without a process is simply started anew. A
     /// replacement that fails its start budget holds the update at its
     /// index: the remaining old children keep running.
+    ///
+    /// Only the groups the index lists as rolling are looked at, so an exit
+    /// elsewhere costs nothing here.
     pub(super) fn advance_rolling(&mut self, launcher: &mut impl Launcher, now: Instant) {
-        let names: Vec<GroupName> =
-            self.groups
-                .iter()
-                .filter(|(name, g)| {
-                    g.children.iter().any(|c| c.outdated || c.replacement)
-                        || self.retiring.iter().any(|r| {
-                            &r.group == *name && (r.successor.is_some() || r.blocks.is_some())
-                        })
-                })
-                .map(|(n, _)| n.clone())
-                .collect();
-        for name in names {
-            self.advance_group(&name, launcher, now);
+        // Flags set by this entry point (`outdated`) must be indexed first.
+        self.index.settle(&self.groups);
+        for name in self.index.rolling() {
+            if self.is_rolling(&name) {
+                self.advance_group(&name, launcher, now);
+                self.index.touch_group(&name);
+                self.index.settle(&self.groups);
+            }
+            if !self.is_rolling(&name) {
+                self.index.stop_rolling(&name);
+            }
         }
+    }
+
+    /// Whether `name` has a rolling update under way.
+    fn is_rolling(&self, name: &GroupName) -> bool {
+        self.groups
+            .get(name)
+            .is_some_and(|g| g.children.iter().any(|c| c.outdated || c.replacement))
+            || self
+                .retiring
+                .iter()
+                .any(|r| &r.group == name && (r.successor.is_some() || r.blocks.is_some()))
     }
 
     fn advance_group(&mut self, name: &GroupName, launcher: &mut impl Launcher, now: Instant) {

@@ -991,3 +991,132 @@ mod rolling {
         assert_eq!(child.attempts, 1, "a deferred start is not an attempt");
     }
 }
+
+/// The index (slots by PID, deadline, leftovers, rolling update) against a
+/// full scan: every settle of a debug build compares them, so driving the
+/// supervisor through a long random mix of events checks every path.
+mod index {
+    use super::*;
+
+    /// A small deterministic generator (xorshift64*), so a failure replays.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n.max(1)
+        }
+    }
+
+    fn random_config(rng: &mut Rng) -> Config {
+        let programs = ["a", "b"];
+        let mut names = vec![];
+        for name in ["x", "y", "z"] {
+            if rng.below(4) != 0 {
+                names.push(name);
+            }
+        }
+        let groups = names
+            .into_iter()
+            .map(|name| {
+                let mut p = policy();
+                p.start_secs = ms(50 + rng.below(3) * 100);
+                p.stop_timeout = ms(100 + rng.below(3) * 200);
+                let mut g = group(name, rng.below(6) as u32, p);
+                g.program = Program::Command(vec![programs[rng.below(2) as usize].into()]);
+                if rng.below(2) == 0 {
+                    g.update = crate::config::UpdateMode::StopFirst;
+                }
+                g
+            })
+            .collect();
+        config(groups)
+    }
+
+    #[test]
+    fn random_events_keep_the_index_equal_to_a_full_scan() {
+        for seed in 1..=20u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+            let mut now = Instant::now();
+            let mut l = FakeLauncher::default();
+            let mut sup = Supervisor::new(&random_config(&mut rng));
+            sup.start_all(&mut l, now);
+            for step in 0..400 {
+                let live: Vec<Pid> = sup.live_pids().collect();
+                match rng.below(10) {
+                    // A process exits (crash, success, or a stop it was sent).
+                    0..=2 if !live.is_empty() => {
+                        let pid = live[rng.below(live.len() as u64) as usize];
+                        if rng.below(3) == 0 {
+                            l.groups_alive.insert(pid);
+                        }
+                        let status = match rng.below(3) {
+                            0 => ExitStatus::Code(0),
+                            1 => ExitStatus::Code(1),
+                            _ => ExitStatus::Signal(9),
+                        };
+                        assert!(
+                            sup.on_exit(pid, status, &mut l, now),
+                            "seed {seed} step {step}"
+                        );
+                    }
+                    // Time passes to the next deadline, or a little.
+                    3 | 4 => {
+                        now = match sup.next_deadline() {
+                            Some(d) if rng.below(2) == 0 => now.max(d),
+                            _ => now + ms(rng.below(300)),
+                        };
+                        sup.on_deadline(&mut l, now);
+                    }
+                    // A leftover process group empties.
+                    5 => {
+                        if let Some(&pgid) = l.groups_alive.iter().next() {
+                            l.groups_alive.remove(&pgid);
+                        }
+                        sup.check_leftovers(&mut l, now);
+                    }
+                    6 => {
+                        let name = ["x", "y", "z"][rng.below(3) as usize];
+                        let command = [
+                            GroupCommand::Start,
+                            GroupCommand::Stop,
+                            GroupCommand::Restart,
+                        ][rng.below(3) as usize];
+                        let _ = sup.group_command(name, command, &mut l, now);
+                    }
+                    7 => {
+                        sup.apply(&random_config(&mut rng), &mut l, now);
+                    }
+                    8 if !live.is_empty() => {
+                        let pid = live[rng.below(live.len() as u64) as usize];
+                        sup.restart_child(pid, &mut l, now);
+                    }
+                    _ => {
+                        // An orphan is reaped: not ours, and nothing changes.
+                        assert!(!sup.on_exit(Pid(1), ExitStatus::Code(0), &mut l, now));
+                    }
+                }
+                // Whatever the index says must be what a scan finds.
+                let scanned = sup
+                    .groups()
+                    .flat_map(|g| g.children.iter().filter_map(|c| c.deadline(&g.spec.policy)))
+                    .chain(
+                        sup.retiring
+                            .iter()
+                            .filter_map(|r| r.child.deadline(&r.spec.policy)),
+                    )
+                    .chain(sup.strays.iter().filter_map(|s| s.leftover.deadline()))
+                    .min();
+                let next = sup.next_deadline();
+                assert!(
+                    scanned.is_none() || next.is_some_and(|n| n <= scanned.unwrap()),
+                    "seed {seed} step {step}: next deadline {next:?}, scan {scanned:?}"
+                );
+            }
+        }
+    }
+}
