@@ -80,7 +80,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError, channel};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -173,9 +173,28 @@ struct Shared {
     transactions: AtomicU64,
     batches: AtomicU64,
     failures: AtomicU64,
-    /// Held by the thread while it collects batches; tests hold it to make
-    /// batches pile up (see [`Store::pause`]).
-    gate: Mutex<()>,
+    /// While true the thread waits before collecting batches, so that
+    /// batches pile up (tests; see [`Store::pause`]).
+    paused: Mutex<bool>,
+    resume: Condvar,
+}
+
+/// Returned by [`Store::pause`]: the store thread resumes when it is dropped.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Paused {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        *self
+            .shared
+            .paused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = false;
+        self.shared.resume.notify_all();
+    }
 }
 
 /// The open queue store: the lock, and the thread that writes.
@@ -215,7 +234,8 @@ impl Store {
             transactions: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             failures: AtomicU64::new(0),
-            gate: Mutex::new(()),
+            paused: Mutex::new(false),
+            resume: Condvar::new(),
         });
         let (tx, thread_rx) = channel();
         let (thread_tx, rx) = channel();
@@ -302,11 +322,15 @@ impl Store {
     /// guard is dropped; for tests of group commit. A commit already under
     /// way finishes.
     #[doc(hidden)]
-    pub fn pause(&self) -> MutexGuard<'_, ()> {
-        self.shared
-            .gate
+    pub fn pause(&self) -> Paused {
+        *self
+            .shared
+            .paused
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner) = true;
+        Paused {
+            shared: Arc::clone(&self.shared),
+        }
     }
 
     /// Stops the thread once it has committed everything submitted, waiting
@@ -354,10 +378,16 @@ fn run(
     while let Ok(Request::Commit(t, b)) = rx.recv() {
         pending.push((t, b));
         {
-            let _gate = shared.gate.lock().unwrap_or_else(PoisonError::into_inner);
-            while let Ok(Request::Commit(t, b)) = rx.try_recv() {
-                pending.push((t, b));
+            let mut paused = shared.paused.lock().unwrap_or_else(PoisonError::into_inner);
+            while *paused {
+                paused = shared
+                    .resume
+                    .wait(paused)
+                    .unwrap_or_else(PoisonError::into_inner);
             }
+        }
+        while let Ok(Request::Commit(t, b)) = rx.try_recv() {
+            pending.push((t, b));
         }
         let result = {
             let batches: Vec<&Batch> = pending.iter().map(|(_, b)| b).collect();
