@@ -31,19 +31,23 @@ impl Db {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(&path, flags).map_err(|e| {
-            // No connection to ask for errno: look at the path ourselves.
-            let errno = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
-                .err()
-                .and_then(|e| e.raw_os_error())
-                .unwrap_or(0);
-            StoreError::sqlite("opening", &path, &e, errno)
-        })?;
+        // Open it ourselves first: SQLite silently falls back to read-only
+        // when the file is not writable, and reports errno poorly.
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| StoreError::io("opening", &path, &e))?;
+        let conn = Connection::open_with_flags(&path, flags)
+            .map_err(|e| StoreError::sqlite("opening", &path, &e, 0))?;
+        if conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) {
+            return Err(StoreError::PermissionDenied {
+                path,
+                detail: "SQLite could open it read-only only".into(),
+            });
+        }
         let db = Db { conn, path };
         db.setup()?;
         let recovered = db.recover()?;
@@ -90,9 +94,11 @@ impl Db {
             });
         }
         let (app, version): (i32, i32) = c
-            .query_row("SELECT * FROM pragma_application_id, pragma_user_version", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
+            .query_row(
+                "SELECT * FROM pragma_application_id, pragma_user_version",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .map_err(|e| self.err("reading", &e))?;
         let tables: i64 = c
             .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
@@ -148,7 +154,7 @@ impl Db {
         if check.first().map(String::as_str) != Some("ok") {
             return Err(StoreError::Corrupt {
                 path: self.path.clone(),
-                detail: check.join("; "),
+                detail: check.join("; ").replace('\n', "; "),
             });
         }
         let mut queues: BTreeMap<String, Vec<StoredMessage>> = BTreeMap::new();
@@ -227,7 +233,9 @@ impl Db {
             {
                 let mut upd = self
                     .conn
-                    .prepare_cached("UPDATE messages SET attempts = ?3 WHERE id = ?1 AND queue = ?2")
+                    .prepare_cached(
+                        "UPDATE messages SET attempts = ?3 WHERE id = ?1 AND queue = ?2",
+                    )
                     .map_err(|e| self.err("committing to", &e))?;
                 for (queue, i, attempts) in &b.attempts {
                     upd.execute(params![id(*i)?, queue, attempts])

@@ -126,7 +126,9 @@ impl StoreError {
         if let Some(code) = e.sqlite_error_code() {
             match code {
                 ErrorCode::DiskFull => return StoreError::DiskFull { path, detail },
-                ErrorCode::PermissionDenied | ErrorCode::ReadOnly | ErrorCode::AuthorizationForStatementDenied => {
+                ErrorCode::PermissionDenied
+                | ErrorCode::ReadOnly
+                | ErrorCode::AuthorizationForStatementDenied => {
                     return StoreError::PermissionDenied { path, detail };
                 }
                 ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase => {
@@ -137,7 +139,9 @@ impl StoreError {
         }
         match errno {
             libc::ENOSPC | libc::EDQUOT => StoreError::DiskFull { path, detail },
-            libc::EACCES | libc::EPERM | libc::EROFS => StoreError::PermissionDenied { path, detail },
+            libc::EACCES | libc::EPERM | libc::EROFS => {
+                StoreError::PermissionDenied { path, detail }
+            }
             _ => StoreError::Io { op, path, detail },
         }
     }

@@ -223,7 +223,7 @@ impl Store {
     /// This waits for the disk: call it before the event loop runs.
     pub fn open(state_dir: &Path) -> Result<(Store, Recovered), StoreError> {
         std::fs::create_dir_all(state_dir)
-            .map_err(|e| StoreError::io("creating the directory of", state_dir, &e))?;
+            .map_err(|e| StoreError::io("creating the state directory for", state_dir, &e))?;
         let lock = lock::Lock::acquire(state_dir)?;
         let (db, recovered) = db::Db::open(state_dir)?;
         let path = db.path().to_path_buf();

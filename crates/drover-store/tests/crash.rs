@@ -37,7 +37,11 @@ fn writer_child() {
                 append: (next..next + n)
                     .map(|i| {
                         let q = if i % 3 == 0 { "b" } else { "a" };
-                        (q.to_string(), i, vec![(i % 251) as u8; 16 + (i % 1000) as usize])
+                        (
+                            q.to_string(),
+                            i,
+                            vec![(i % 251) as u8; 16 + (i % 1000) as usize],
+                        )
                     })
                     .collect(),
                 ..Batch::default()
@@ -57,7 +61,10 @@ fn writer_child() {
 
 /// A cheap random number: the clock's nanoseconds, mixed.
 fn random(seed: u64) -> u64 {
-    let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
     let mut x = t ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     x ^= x >> 33;
     x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
@@ -120,7 +127,10 @@ fn sigkill_at_a_random_moment_loses_nothing_committed() {
         assert_eq!(rec.next_id, all.len() as u64);
         for q in ["a", "b"] {
             for m in &rec.queues[q] {
-                assert_eq!(m.bytes, vec![(m.id % 251) as u8; 16 + (m.id % 1000) as usize]);
+                assert_eq!(
+                    m.bytes,
+                    vec![(m.id % 251) as u8; 16 + (m.id % 1000) as usize]
+                );
             }
         }
         eprintln!(

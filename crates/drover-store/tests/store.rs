@@ -49,7 +49,10 @@ fn round_trip_keeps_order_attempts_deletes_and_drops() {
     let (store, rec) = Store::open(dir.path()).unwrap();
     assert_eq!(rec.queues.keys().collect::<Vec<_>>(), ["b"]);
     assert_eq!(ids(&rec, "b"), [1, 3]);
-    assert_eq!(rec.next_id, 8, "next_id must not go back when the top id is acked");
+    assert_eq!(
+        rec.next_id, 8,
+        "next_id must not go back when the top id is acked"
+    );
     store.close(DEADLINE).unwrap();
 }
 
@@ -60,7 +63,14 @@ fn resubmitting_a_batch_is_idempotent() {
     let mut b = appends("q", 0..10);
     b.delete.push(("q".into(), 3));
     commit(&mut store, b.clone()).unwrap();
-    commit(&mut store, Batch { attempts: vec![("q".into(), 5, 2)], ..Batch::default() }).unwrap();
+    commit(
+        &mut store,
+        Batch {
+            attempts: vec![("q".into(), 5, 2)],
+            ..Batch::default()
+        },
+    )
+    .unwrap();
     // The same batch again (as after a failed ticket): 5 keeps its attempt
     // count, 3 is appended and deleted again.
     commit(&mut store, b).unwrap();
@@ -92,13 +102,18 @@ fn group_commit_coalesces_queued_batches() {
 
     // Without holding: still never more transactions than batches, and the
     // completions come in ticket order.
-    let tickets: Vec<_> = (100..1100).map(|i| store.submit(appends("q", [i]))).collect();
+    let tickets: Vec<_> = (100..1100)
+        .map(|i| store.submit(appends("q", [i])))
+        .collect();
     let done = wait(&mut store, &tickets);
     assert_eq!(done.keys().copied().collect::<Vec<_>>(), tickets);
     let stats = store.stats();
     assert_eq!(stats.batches, 1100);
     assert!(stats.transactions < 1100, "{stats:?}");
-    eprintln!("1000 batches unheld took {} transactions", stats.transactions - 1);
+    eprintln!(
+        "1000 batches unheld took {} transactions",
+        stats.transactions - 1
+    );
     store.close(DEADLINE).unwrap();
     let (store, rec) = Store::open(dir.path()).unwrap();
     assert_eq!(ids(&rec, "q"), (0..1100).collect::<Vec<_>>());
@@ -111,8 +126,14 @@ fn completions_arrive_through_the_eventfd_only_when_done() {
     let (mut store, _) = Store::open(dir.path()).unwrap();
     // Nothing submitted: nothing to read, and the fd is not readable.
     assert!(store.completions().is_empty());
-    let mut fds = [nix::poll::PollFd::new(store.notify_fd(), nix::poll::PollFlags::POLLIN)];
-    assert_eq!(nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO).unwrap(), 0);
+    let mut fds = [nix::poll::PollFd::new(
+        store.notify_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    assert_eq!(
+        nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO).unwrap(),
+        0
+    );
     let t = store.submit(appends("q", [0]));
     assert!(wait(&mut store, &[t])[&t].is_ok());
     store.close(DEADLINE).unwrap();
@@ -128,7 +149,10 @@ fn a_second_open_names_the_holder_and_the_lock_goes_with_close() {
         e => panic!("expected Locked, got {e:?}"),
     }
     let text = err.to_string();
-    assert!(text.contains(&format!("PID {}", std::process::id())), "{text}");
+    assert!(
+        text.contains(&format!("PID {}", std::process::id())),
+        "{text}"
+    );
     assert!(text.contains(&dir.path().display().to_string()), "{text}");
     store.close(DEADLINE).unwrap();
     let (store, _) = Store::open(dir.path()).unwrap();

@@ -46,7 +46,10 @@ pub fn wait(store: &mut Store, want: &[Ticket]) -> BTreeMap<Ticket, Result<(), S
     let mut got = BTreeMap::new();
     while !want.iter().all(|t| got.contains_key(t)) {
         let left = DEADLINE.saturating_sub(start.elapsed());
-        assert!(!left.is_zero(), "tickets {want:?} not completed within {DEADLINE:?}; got {got:?}");
+        assert!(
+            !left.is_zero(),
+            "tickets {want:?} not completed within {DEADLINE:?}; got {got:?}"
+        );
         let mut fds = [PollFd::new(store.notify_fd(), PollFlags::POLLIN)];
         let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
         let n = poll(&mut fds, PollTimeout::from(ms)).unwrap();
