@@ -201,12 +201,19 @@ impl Db {
     /// (one fsync of the WAL). On error everything is rolled back.
     pub(crate) fn commit(&mut self, batches: &[&Batch]) -> Result<(), StoreError> {
         let result = self.try_commit(batches);
-        if result.is_err() && !self.conn.is_autocommit() {
-            // A failed COMMIT (SQLITE_FULL, an fsync error) can leave the
-            // transaction open: end it so the next commit starts clean.
-            let _ = self.conn.execute_batch("ROLLBACK");
+        if result.is_err() {
+            self.rollback();
         }
         result
+    }
+
+    /// Ends a transaction left open by a failure (a failed COMMIT, after
+    /// SQLITE_FULL or an fsync error, can leave it open; so can a panic),
+    /// so that the next commit starts clean.
+    pub(crate) fn rollback(&mut self) {
+        if !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
     }
 
     fn try_commit(&mut self, batches: &[&Batch]) -> Result<(), StoreError> {

@@ -393,10 +393,13 @@ fn run(
             let batches: Vec<&Batch> = pending.iter().map(|(_, b)| b).collect();
             match catch_unwind(AssertUnwindSafe(|| db.commit(&batches))) {
                 Ok(r) => r,
-                Err(panic) => Err(StoreError::Panicked {
-                    path: db.path().to_path_buf(),
-                    detail: panic_text(&*panic),
-                }),
+                Err(panic) => {
+                    let _ = catch_unwind(AssertUnwindSafe(|| db.rollback()));
+                    Err(StoreError::Panicked {
+                        path: db.path().to_path_buf(),
+                        detail: panic_text(&*panic),
+                    })
+                }
             }
         };
         shared.transactions.fetch_add(1, Ordering::Relaxed);
