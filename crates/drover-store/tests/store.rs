@@ -182,3 +182,17 @@ fn an_id_out_of_range_fails_its_ticket_and_the_store_goes_on() {
     assert_eq!(ids(&rec, "q"), [1]);
     store.close(DEADLINE).unwrap();
 }
+
+#[test]
+fn close_commits_what_was_submitted_and_returns_its_completions() {
+    let dir = TempDir::new("close");
+    let (mut store, _) = Store::open(dir.path()).unwrap();
+    let tickets: Vec<_> = (0..50).map(|i| store.submit(appends("q", [i]))).collect();
+    let rest = store.close(DEADLINE).unwrap();
+    // Whatever completions() had not collected come back from close, in order.
+    assert_eq!(rest.iter().map(|(t, _)| *t).collect::<Vec<_>>(), tickets);
+    assert!(rest.iter().all(|(_, r)| r.is_ok()), "{rest:?}");
+    let (store, rec) = Store::open(dir.path()).unwrap();
+    assert_eq!(ids(&rec, "q"), (0..50).collect::<Vec<_>>());
+    store.close(DEADLINE).unwrap();
+}
