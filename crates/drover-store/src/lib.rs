@@ -337,7 +337,10 @@ impl Store {
     /// at most `deadline`; returns the completions not yet collected. The
     /// lock is released when the thread has ended. On
     /// [`StoreError::Timeout`] the thread is left to finish on its own.
-    pub fn close(mut self, deadline: Duration) -> Result<Vec<Completion>, StoreError> {
+    pub fn close(
+        mut self,
+        deadline: Duration,
+    ) -> Result<Vec<(Ticket, Result<(), StoreError>)>, StoreError> {
         let start = Instant::now();
         // Dropping the sender ends the thread after its last commit.
         self.tx = None;
