@@ -163,8 +163,8 @@ enum Request {
     Commit(Ticket, Batch),
 }
 
-/// What the thread reports.
-type Completion = (Ticket, Result<(), StoreError>);
+/// A ticket whose commit has ended, and how: `Ok` (durable) or the error.
+pub type Completion = (Ticket, Result<(), StoreError>);
 
 /// State shared by the store and its thread.
 #[derive(Debug)]
@@ -293,7 +293,7 @@ impl Store {
     /// The tickets whose commit has ended since the last call, in ticket
     /// order, each `Ok` (durable) or the error. Call it when
     /// [`Store::notify_fd`] is readable; it never blocks.
-    pub fn completions(&mut self) -> Vec<(Ticket, Result<(), StoreError>)> {
+    pub fn completions(&mut self) -> Vec<Completion> {
         // Reset the eventfd first: a completion sent after this read makes
         // it readable again, so none is missed.
         let _ = self.shared.notify.read();
@@ -337,10 +337,7 @@ impl Store {
     /// at most `deadline`; returns the completions not yet collected. The
     /// lock is released when the thread has ended. On
     /// [`StoreError::Timeout`] the thread is left to finish on its own.
-    pub fn close(
-        mut self,
-        deadline: Duration,
-    ) -> Result<Vec<(Ticket, Result<(), StoreError>)>, StoreError> {
+    pub fn close(mut self, deadline: Duration) -> Result<Vec<Completion>, StoreError> {
         let start = Instant::now();
         // Dropping the sender ends the thread after its last commit.
         self.tx = None;
