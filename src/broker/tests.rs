@@ -27,6 +27,7 @@ fn spec(name: &str) -> QueueSpec {
         max_deliveries: 5,
         dead_letter: None,
         ack_timeout: Duration::ZERO,
+        confirm: false,
         file: "t.toml".into(),
     }
 }

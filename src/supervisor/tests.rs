@@ -68,6 +68,7 @@ fn group(name: &str, processes: u32, policy: Policy) -> GroupSpec {
         processes,
         inputs: vec![],
         outputs: vec![],
+        confirm_outputs: vec![],
         env: BTreeMap::new(),
         clear_env: false,
         cwd: PathBuf::from("/"),

@@ -115,6 +115,7 @@ fn defaults_are_the_model_defaults() {
         processes: 1,
         inputs: vec![QueueName::new("jobs").unwrap()],
         outputs: vec![],
+        confirm_outputs: vec![],
         env: Default::default(),
         clear_env: false,
         cwd: PathBuf::from("/cfg"),
