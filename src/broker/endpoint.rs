@@ -81,7 +81,10 @@ impl Broker {
             }
             // With confirms, a producer is read only while its replies go
             // out: one that does not read them is not read either.
-            let answering = self.endpoints.get(&token).and_then(|ep| ep.replies.as_ref());
+            let answering = self
+                .endpoints
+                .get(&token)
+                .and_then(|ep| ep.replies.as_ref());
             if answering.is_some_and(|r| !r.can_read()) {
                 break;
             }

@@ -231,8 +231,7 @@ impl Broker {
         match ep.direction {
             Direction::Out => {
                 let answers = ep.replies.is_some();
-                let writable =
-                    EpollFlags::EPOLLOUT | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR;
+                let writable = EpollFlags::EPOLLOUT | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR;
                 if answers && flags.intersects(writable) {
                     self.flush_replies(token);
                 }

@@ -168,10 +168,9 @@ fn confirm_in_memory(cx: &mut Cx<'_>, span: Range<usize>) {
         "{}: `confirm = true` without `durable = true`: `ok` means held in drover's memory, not safe on disk",
         cx.key("confirm")
     );
-    let help = "a message confirmed with `ok` is lost if drover stops before a consumer acknowledges it";
-    let diagnostic = Diagnostic::warning(message)
-        .at(cx.at(span))
-        .with_help(help);
+    let help =
+        "a message confirmed with `ok` is lost if drover stops before a consumer acknowledges it";
+    let diagnostic = Diagnostic::warning(message).at(cx.at(span)).with_help(help);
     cx.report(diagnostic);
 }
 
@@ -280,6 +279,23 @@ mod tests {
     }
 
     #[test]
+    fn confirm_is_read_and_warned_about_without_durable() {
+        let (draft, msgs) = read_queue("confirm = false");
+        assert!(msgs.is_empty() && !draft.unwrap().spec.confirm, "{msgs:?}");
+        let (draft, msgs) = read_queue("confirm = true");
+        assert!(draft.unwrap().spec.confirm);
+        assert_eq!(
+            msgs,
+            [
+                "`confirm` in [queue.jobs]: `confirm = true` without `durable = true`: `ok` means held in drover's memory, not safe on disk|a message confirmed with `ok` is lost if drover stops before a consumer acknowledges it"
+            ]
+        );
+        let (_, msgs) = read_queue("confirm = \"yes\"");
+        assert_eq!(msgs.len(), 1, "{msgs:?}");
+        assert!(msgs[0].contains("`confirm`"), "{msgs:?}");
+    }
+
+    #[test]
     fn unknown_keys_say_where_they_belong() {
         let (_, msgs) = read_queue("capacityy = 1\nprocesses = 2\nfoo = 1");
         assert_eq!(
@@ -288,7 +304,7 @@ mod tests {
         );
         assert_eq!(
             msgs[1],
-            "unknown key `foo` in [queue.jobs]|expected one of `capacity`, `max_message_bytes`, `delivery`, `prefetch`, `max_deliveries`, `dead_letter`, `ack_timeout`, `durable`"
+            "unknown key `foo` in [queue.jobs]|expected one of `capacity`, `max_message_bytes`, `delivery`, `prefetch`, `max_deliveries`, `dead_letter`, `ack_timeout`, `durable`, `confirm`"
         );
         assert_eq!(
             msgs[2],

@@ -46,7 +46,11 @@ impl ChildIo {
         let mut envp = prepared.envp.clone();
         envp.push(cstring(format!("DROVER_INDEX={index}").as_ref()));
         let confirms = confirm_variables(group);
-        for (k, v) in queues.variables(keeps_fd_numbers(group)).into_iter().chain(confirms) {
+        for (k, v) in queues
+            .variables(keeps_fd_numbers(group))
+            .into_iter()
+            .chain(confirms)
+        {
             envp.push(cstring(format!("{k}={v}").as_ref()));
         }
         let mut sources = vec![
