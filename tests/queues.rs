@@ -1355,6 +1355,26 @@ inputs = ["jobs"]
     assert_eq!(count(&status, "jobs", "acked"), 1050, "{status:#}");
 }
 
+/// The README's two producer loops are the examples run above, verbatim
+/// (each example's code after its docstring).
+#[test]
+fn the_readme_shows_the_confirm_examples_that_run() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let blocks: Vec<&str> = readme
+        .split("```python\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .filter(|b| b.contains("DROVER_CONFIRM_JOBS"))
+        .collect();
+    assert_eq!(blocks.len(), 2, "two producer loops in the README");
+    for (block, file) in blocks.iter().zip(["confirmed_producer.py", "pipelined_producer.py"]) {
+        let text = std::fs::read_to_string(format!("{root}/examples/{file}")).unwrap();
+        let code = text.splitn(3, "\"\"\"").nth(2).unwrap().trim_start_matches('\n');
+        assert_eq!(*block, code, "README block for examples/{file}");
+    }
+}
+
 /// `confirm_env.py`: says whether it has confirms, sends one message, and
 /// with confirms prints the reply; then idles.
 const CONFIRM_ENV: &str = r#"
