@@ -255,7 +255,11 @@ fn confirm_without_durable() {
     let config = loads("confirm_without_durable");
     let confirm = |q: &str| config.queues[&QueueName::new(q).unwrap()].confirm;
     assert!(confirm("jobs") && !confirm("results"));
-    let outputs = |g: &str| config.groups[&GroupName::new(g).unwrap()].confirm_outputs.clone();
+    let outputs = |g: &str| {
+        config.groups[&GroupName::new(g).unwrap()]
+            .confirm_outputs
+            .clone()
+    };
     assert_eq!(outputs("producer"), [QueueName::new("jobs").unwrap()]);
     assert!(outputs("workers").is_empty() && outputs("sink").is_empty());
 }

@@ -290,14 +290,17 @@ inputs = ["results"]
 /// the queues with `confirm = true`.
 #[test]
 fn a_function_worker_gets_confirms_under_every_method() {
-    let mut config = String::from("[queue.jobs]\nconfirm = true\ncapacity = 100\n[queue.plain]\n\n");
+    let mut config =
+        String::from("[queue.jobs]\nconfirm = true\ncapacity = 100\n[queue.plain]\n\n");
     for m in ["spawn", "fork", "forkserver"] {
         config.push_str(&format!(
             "[group.{m}]\npython = \"work:confirmed\"\nstart_method = \"{m}\"\noutputs = [\"jobs\", \"plain\"]\nstart_secs = \"100ms\"\n\n"
         ));
     }
     let d = start("pyconfirm", &config);
-    let text = d.stdout.wait_for("three replies", |t| t.matches(" reply=").count() >= 3);
+    let text = d
+        .stdout
+        .wait_for("three replies", |t| t.matches(" reply=").count() >= 3);
     for m in ["spawn", "fork", "forkserver"] {
         assert!(
             text.contains(&format!("{m}[0] confirm=1 plain=None reply=ok\n")),

@@ -1368,9 +1368,16 @@ fn the_readme_shows_the_confirm_examples_that_run() {
         .filter(|b| b.contains("DROVER_CONFIRM_JOBS"))
         .collect();
     assert_eq!(blocks.len(), 2, "two producer loops in the README");
-    for (block, file) in blocks.iter().zip(["confirmed_producer.py", "pipelined_producer.py"]) {
+    for (block, file) in blocks
+        .iter()
+        .zip(["confirmed_producer.py", "pipelined_producer.py"])
+    {
         let text = std::fs::read_to_string(format!("{root}/examples/{file}")).unwrap();
-        let code = text.splitn(3, "\"\"\"").nth(2).unwrap().trim_start_matches('\n');
+        let code = text
+            .splitn(3, "\"\"\"")
+            .nth(2)
+            .unwrap()
+            .trim_start_matches('\n');
         assert_eq!(*block, code, "README block for examples/{file}");
     }
 }
@@ -1430,9 +1437,11 @@ fn a_reload_toggling_confirm_replaces_only_the_producers() {
             .collect()
     };
     let before = d.wait_status("all running", |s| {
-        ["producer", "consumer", "idle"]
-            .iter()
-            .all(|g| Drover::children(s, g).iter().all(|c| c["state"] == "running"))
+        ["producer", "consumer", "idle"].iter().all(|g| {
+            Drover::children(s, g)
+                .iter()
+                .all(|c| c["state"] == "running")
+        })
     });
     assert_eq!(queue(&before, "jobs")["confirm"], false);
     assert_eq!(count(&before, "jobs", "confirmed"), 0);
@@ -1456,7 +1465,9 @@ fn a_reload_toggling_confirm_replaces_only_the_producers() {
     });
     let after = d.wait_status("the producer replaced", |s| {
         let kids = Drover::children(s, "producer");
-        kids.len() == 1 && kids[0]["state"] == "running" && pids(s, "producer") != pids(&before, "producer")
+        kids.len() == 1
+            && kids[0]["state"] == "running"
+            && pids(s, "producer") != pids(&before, "producer")
     });
     assert_eq!(pids(&after, "consumer"), pids(&before, "consumer"));
     assert_eq!(pids(&after, "idle"), pids(&before, "idle"));
