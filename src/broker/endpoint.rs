@@ -498,11 +498,11 @@ impl Broker {
         };
         let live = self.queues.get(&ep.queue);
         let wanted = match ep.direction {
-            // A producer of a removed queue is read too: its packets become
-            // dead letters.
             Direction::Out if ep.replies.as_ref().is_some_and(|r| r.blocked()) => {
                 EpollFlags::EPOLLOUT
             }
+            // A producer of a removed queue is read too: its packets become
+            // dead letters.
             Direction::Out if live.is_some_and(QueueCore::is_full) => EpollFlags::empty(),
             // Replies held at a closed gate (see `confirm`): whoever opens
             // it refreshes the interest.
