@@ -81,13 +81,14 @@ fn rejects(case: &str) {
 }
 
 /// Every case directory, so that a new one cannot be forgotten.
-const CASES: [&str; 24] = [
+const CASES: [&str; 25] = [
     "bad_duration",
     "bad_names",
     "bad_new_keys",
     "bad_signal",
     "bad_start_method",
     "both_command_and_python",
+    "confirm_without_durable",
     "duplicate_name",
     "duplicate_supervisor",
     "durable_queue",
@@ -247,6 +248,22 @@ fn queue_without_consumer() {
     assert_eq!(config.queues.len(), 3);
 }
 
+/// `confirm = true` is accepted with a warning: without durable queues an
+/// `ok` only says drover holds the message in memory.
+#[test]
+fn confirm_without_durable() {
+    let config = loads("confirm_without_durable");
+    let confirm = |q: &str| config.queues[&QueueName::new(q).unwrap()].confirm;
+    assert!(confirm("jobs") && !confirm("results"));
+    let outputs = |g: &str| {
+        config.groups[&GroupName::new(g).unwrap()]
+            .confirm_outputs
+            .clone()
+    };
+    assert_eq!(outputs("producer"), [QueueName::new("jobs").unwrap()]);
+    assert!(outputs("workers").is_empty() && outputs("sink").is_empty());
+}
+
 #[test]
 fn program_not_found() {
     let config = loads("program_not_found");
@@ -362,6 +379,18 @@ mod cli {
         let out = check("tests/check/program_not_found");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("warning: "), "{err}");
+        assert!(!err.contains("\nerror: "), "{err}");
+        assert_eq!(out.status.code(), Some(0), "{err}");
+    }
+
+    #[test]
+    fn confirm_without_durable_is_a_warning() {
+        let out = check("tests/check/confirm_without_durable");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("warning: `confirm` in [queue.jobs]: `confirm = true` without `durable = true`: `ok` means held in drover's memory, not safe on disk"),
+            "{err}"
+        );
         assert!(!err.contains("\nerror: "), "{err}");
         assert_eq!(out.status.code(), Some(0), "{err}");
     }

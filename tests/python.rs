@@ -33,6 +33,13 @@ def code():
 def fine():
     return 42
 
+def confirmed():
+    out = socket.socket(fileno=int(os.environ["DROVER_OUT_JOBS"]))
+    out.send(b"x")
+    print(f"confirm={os.environ.get('DROVER_CONFIRM_JOBS')} "
+          f"plain={os.environ.get('DROVER_CONFIRM_PLAIN')} reply={out.recv(64).decode()}", flush=True)
+    signal.pause()
+
 def upper():
     jobs = socket.socket(fileno=int(os.environ["DROVER_IN_JOBS"]))
     results = socket.socket(fileno=int(os.environ["DROVER_OUT_RESULTS"]))
@@ -275,6 +282,30 @@ inputs = ["results"]
                 "{method}: JOB {i} missing"
             );
         }
+    }
+}
+
+/// Function workers get `DROVER_CONFIRM_<QUEUE>` like any child, under
+/// every start method (the template's request carries it), and only for
+/// the queues with `confirm = true`.
+#[test]
+fn a_function_worker_gets_confirms_under_every_method() {
+    let mut config =
+        String::from("[queue.jobs]\nconfirm = true\ncapacity = 100\n[queue.plain]\n\n");
+    for m in ["spawn", "fork", "forkserver"] {
+        config.push_str(&format!(
+            "[group.{m}]\npython = \"work:confirmed\"\nstart_method = \"{m}\"\noutputs = [\"jobs\", \"plain\"]\nstart_secs = \"100ms\"\n\n"
+        ));
+    }
+    let d = start("pyconfirm", &config);
+    let text = d
+        .stdout
+        .wait_for("three replies", |t| t.matches(" reply=").count() >= 3);
+    for m in ["spawn", "fork", "forkserver"] {
+        assert!(
+            text.contains(&format!("{m}[0] confirm=1 plain=None reply=ok\n")),
+            "{m}: {text}"
+        );
     }
 }
 

@@ -1290,3 +1290,197 @@ stop_timeout = "20s"
     assert_eq!(assert_all_arrived(&seen, &expected), 0);
     assert!(!err.contains("still queued at exit"), "{err}");
 }
+
+// ------------------------------------------------------ producer confirms
+
+/// `acker.py`: acks every message of `jobs`.
+const ACKER: &str = r#"
+import os, socket
+jobs = socket.socket(fileno=int(os.environ["DROVER_IN_JOBS"]))
+while jobs.recv(65536):
+    jobs.send(b"ack")
+"#;
+
+/// The two producer loops of the README, as shipped in `examples/`: one
+/// waits for each `ok`, the other sends a window and then reads its
+/// replies. Each exits 0 only if every job was answered `ok` (and only if
+/// `DROVER_CONFIRM_JOBS=1` is in its environment).
+#[test]
+fn producers_with_confirms_get_one_ok_per_message() {
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+    let d = launch(
+        "confirm",
+        &format!(
+            r#"
+[queue.jobs]
+confirm = true
+capacity = 100
+
+[group.waiting]
+command = ["@PY@", "{examples}/confirmed_producer.py"]
+env = {{ JOBS = "50" }}
+outputs = ["jobs"]
+restart = "never"
+start_secs = "100ms"
+
+[group.pipelined]
+command = ["@PY@", "{examples}/pipelined_producer.py"]
+env = {{ JOBS = "1000", WINDOW = "100" }}
+outputs = ["jobs"]
+restart = "never"
+start_secs = "100ms"
+
+[group.consumer]
+command = ["@PY@", "acker.py"]
+inputs = ["jobs"]
+"#
+        ),
+        &[("acker.py", ACKER)],
+    );
+    d.stdout.wait_for("both producers done", |t| {
+        t.contains("waiting[0] producer: 50 jobs confirmed")
+            && t.contains("pipelined[0] producer: 1000 jobs confirmed")
+    });
+    let exited_0 = |s: &Value, g: &str| {
+        Drover::children(s, g)
+            .iter()
+            .all(|c| c["last_exit"] == serde_json::json!({"code": 0}))
+    };
+    let status = d.wait_status("every message acked, both producers exited 0", |s| {
+        count(s, "jobs", "acked") >= 1050 && exited_0(s, "waiting") && exited_0(s, "pipelined")
+    });
+    assert_eq!(queue(&status, "jobs")["confirm"], true, "{status:#}");
+    assert_eq!(count(&status, "jobs", "confirmed"), 1050, "{status:#}");
+    assert_eq!(count(&status, "jobs", "refused"), 0, "{status:#}");
+    assert_eq!(count(&status, "jobs", "acked"), 1050, "{status:#}");
+}
+
+/// The README's two producer loops are the examples run above, verbatim
+/// (each example's code after its docstring).
+#[test]
+fn the_readme_shows_the_confirm_examples_that_run() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let blocks: Vec<&str> = readme
+        .split("```python\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .filter(|b| b.contains("DROVER_CONFIRM_JOBS"))
+        .collect();
+    assert_eq!(blocks.len(), 2, "two producer loops in the README");
+    for (block, file) in blocks
+        .iter()
+        .zip(["confirmed_producer.py", "pipelined_producer.py"])
+    {
+        let text = std::fs::read_to_string(format!("{root}/examples/{file}")).unwrap();
+        let code = text
+            .splitn(3, "\"\"\"")
+            .nth(2)
+            .unwrap()
+            .trim_start_matches('\n');
+        assert_eq!(*block, code, "README block for examples/{file}");
+    }
+}
+
+/// `confirm_env.py`: says whether it has confirms, sends one message, and
+/// with confirms prints the reply; then idles.
+const CONFIRM_ENV: &str = r#"
+import os, signal, socket
+out = socket.socket(fileno=int(os.environ["DROVER_OUT_JOBS"]))
+confirm = os.environ.get("DROVER_CONFIRM_JOBS")
+print(f"confirm={confirm} pid={os.getpid()}", flush=True)
+out.send(b"hello")
+if confirm == "1":
+    print("reply=" + out.recv(64).decode(), flush=True)
+signal.pause()
+"#;
+
+fn confirm_config(confirm: bool) -> String {
+    format!(
+        r#"
+[queue.jobs]
+confirm = {confirm}
+
+[group.producer]
+command = ["{py}", "confirm_env.py"]
+outputs = ["jobs"]
+start_secs = "100ms"
+
+[group.consumer]
+command = ["{py}", "acker.py"]
+inputs = ["jobs"]
+start_secs = "100ms"
+
+[group.idle]
+command = ["sleep", "1000"]
+start_secs = "100ms"
+"#,
+        py = common::python()
+    )
+}
+
+/// Turning `confirm` on and off replaces the queue's producers (their
+/// environment changes) and nothing else.
+#[test]
+fn a_reload_toggling_confirm_replaces_only_the_producers() {
+    let d = launch(
+        "confirm-reload",
+        &confirm_config(false),
+        &[("confirm_env.py", CONFIRM_ENV), ("acker.py", ACKER)],
+    );
+    d.stdout
+        .wait_for("the producer", |t| t.contains("producer[0] confirm=None"));
+    let pids = |s: &Value, g: &str| -> Vec<i64> {
+        Drover::children(s, g)
+            .iter()
+            .map(|c| c["pid"].as_i64().unwrap_or(0))
+            .collect()
+    };
+    let before = d.wait_status("all running", |s| {
+        ["producer", "consumer", "idle"].iter().all(|g| {
+            Drover::children(s, g)
+                .iter()
+                .all(|c| c["state"] == "running")
+        })
+    });
+    assert_eq!(queue(&before, "jobs")["confirm"], false);
+    assert_eq!(count(&before, "jobs", "confirmed"), 0);
+
+    let edit = |confirm: bool| {
+        let tmp = d.dir.path().join("drover.toml.new");
+        std::fs::write(&tmp, confirm_config(confirm)).unwrap();
+        std::fs::rename(&tmp, d.dir.path().join("drover.toml")).unwrap();
+    };
+    edit(true);
+    let log = d
+        .stderr
+        .wait_for("the reload", |t| t.contains("config reloaded: "));
+    let summary = log
+        .lines()
+        .find_map(|l| l.split("config reloaded: ").nth(1))
+        .unwrap();
+    assert_eq!(summary, "replaced: producer; queue changed: jobs");
+    d.stdout.wait_for("the new producer's ok", |t| {
+        t.contains("producer[0] confirm=1 ") && t.contains("producer[0] reply=ok")
+    });
+    let after = d.wait_status("the producer replaced", |s| {
+        let kids = Drover::children(s, "producer");
+        kids.len() == 1
+            && kids[0]["state"] == "running"
+            && pids(s, "producer") != pids(&before, "producer")
+    });
+    assert_eq!(pids(&after, "consumer"), pids(&before, "consumer"));
+    assert_eq!(pids(&after, "idle"), pids(&before, "idle"));
+    assert!(!common::alive(pids(&before, "producer")[0]));
+    assert_eq!(queue(&after, "jobs")["confirm"], true);
+    assert_eq!(count(&after, "jobs", "confirmed"), 1);
+
+    // And off again: the next producer has no variable, and gets no reply.
+    edit(false);
+    d.stdout.wait_count("producer[0] confirm=None", 2);
+    let last = d.wait_status("two messages acked", |s| count(s, "jobs", "acked") >= 3);
+    assert_eq!(pids(&last, "consumer"), pids(&before, "consumer"));
+    assert_eq!(pids(&last, "idle"), pids(&before, "idle"));
+    assert_eq!(queue(&last, "jobs")["confirm"], false);
+    assert_eq!(count(&last, "jobs", "confirmed"), 1);
+}

@@ -9,6 +9,7 @@ use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
 use nix::sys::socket::{MsgFlags, recv, send, setsockopt, sockopt};
 
+use super::confirm::Reply;
 use super::queue::{DeadLetter, Message, QueueCore};
 use super::{Broker, Direction, READ_BUDGET};
 use crate::config::names::QueueName;
@@ -58,8 +59,9 @@ fn end_of_stream(fd: &OwnedFd) -> bool {
 }
 
 impl Broker {
-    /// Reads a producer's packets while its queue has room, up to
-    /// [`READ_BUDGET`] of them; detaches it at the end of its stream.
+    /// Reads a producer's packets while its queue has room (and, with
+    /// confirms, while its replies go out), up to [`READ_BUDGET`] of them;
+    /// detaches it at the end of its stream.
     pub(super) fn read_producer(&mut self, epoll: &Epoll, token: u64, queue: &QueueName) {
         let Some(fd) = self.endpoints.get(&token).map(|ep| ep.fd.as_raw_fd()) else {
             return;
@@ -75,6 +77,15 @@ impl Broker {
             // A queue removed by a reload is read too: its packets are
             // dead-lettered, not left to spin the loop.
             if self.queues.get(queue).is_some_and(QueueCore::is_full) {
+                break;
+            }
+            // With confirms, a producer is read only while its replies go
+            // out: one that does not read them is not read either.
+            let answering = self
+                .endpoints
+                .get(&token)
+                .and_then(|ep| ep.replies.as_ref());
+            if answering.is_some_and(|r| !r.can_read()) {
                 break;
             }
             match recv(
@@ -96,10 +107,15 @@ impl Broker {
                         "zero-length packets from producers refused",
                         "refused a zero-length packet from a producer: it is not a message (a consumer could not tell it from the queue closing)",
                     );
+                    self.reply(token, Reply::Empty);
                 }
-                Ok(n) => self.accept(queue, n),
-                // (ECONNRESET: see read_settlements; a producer is never
-                // sent anything, but a reset must not cost what follows.)
+                Ok(n) => {
+                    let reply = self.accept(queue, n);
+                    self.reply(token, reply);
+                }
+                // (ECONNRESET: see read_settlements; a producer is sent
+                // nothing but confirms, and a reset must not cost what
+                // follows.)
                 Err(Errno::EINTR | Errno::ECONNRESET) => continue,
                 Err(Errno::EAGAIN) => break,
                 Err(e) => {
@@ -116,16 +132,17 @@ impl Broker {
         }
     }
 
-    /// One packet of `n` bytes (in `scratch`) from a producer of `queue`.
-    fn accept(&mut self, queue: &QueueName, n: usize) {
+    /// One packet of `n` bytes (in `scratch`) from a producer of `queue`;
+    /// returns the answer it gets with confirms.
+    fn accept(&mut self, queue: &QueueName, n: usize) -> Reply {
         // MSG_TRUNC reports a packet's real length; the scratch holds what
         // fit of it (all of it when the queue would accept it).
         let bytes = self.scratch.get(..n).unwrap_or(&self.scratch);
         let kept = bytes.len();
-        let (target, reason) = match self.queues.get_mut(queue) {
+        let (target, reason, reply) = match self.queues.get_mut(queue) {
             Some(q) if n <= q.spec.max_message_bytes as usize && kept == n => {
                 q.push(Message::new(bytes));
-                return;
+                return Reply::Accepted;
             }
             Some(q) => {
                 q.counters.refused += 1;
@@ -136,7 +153,7 @@ impl Broker {
                 } else {
                     format!("refused: {n} bytes is more than drover reads in one packet")
                 };
-                (q.spec.dead_letter.clone(), reason)
+                (q.spec.dead_letter.clone(), reason, Reply::TooLarge)
             }
             None => {
                 // Sent to a queue a reload removed (by a child still wired
@@ -145,7 +162,11 @@ impl Broker {
                     q.counters.dead_lettered += 1;
                     q.spec.dead_letter.clone()
                 });
-                (target, "its queue was removed from the config".to_owned())
+                (
+                    target,
+                    "its queue was removed from the config".to_owned(),
+                    Reply::QueueRemoved,
+                )
             }
         };
         let mut letter = DeadLetter {
@@ -157,6 +178,7 @@ impl Broker {
             letter.reason.push_str(&note);
         }
         self.dead_letter(queue, target.as_ref(), &letter);
+        reply
     }
 
     /// Reads `ack` / `nack` packets from a consumer, up to `budget`.
@@ -465,7 +487,9 @@ impl Broker {
     }
 
     /// Registers the interest an endpoint needs now: producers are read
-    /// while their queue has room; at-least-once consumers are always read
+    /// while their queue has room, and, with confirms, while their replies
+    /// go out (a producer whose socket is full of replies is watched for
+    /// `EPOLLOUT` instead); at-least-once consumers are always read
     /// (acks, EOF) and watched for writability only while their socket is
     /// full (a level-triggered writable socket would wake us forever).
     pub(super) fn refresh_interest(&mut self, epoll: &Epoll, token: u64) {
@@ -474,9 +498,17 @@ impl Broker {
         };
         let live = self.queues.get(&ep.queue);
         let wanted = match ep.direction {
+            Direction::Out if ep.replies.as_ref().is_some_and(|r| r.blocked()) => {
+                EpollFlags::EPOLLOUT
+            }
             // A producer of a removed queue is read too: its packets become
             // dead letters.
             Direction::Out if live.is_some_and(QueueCore::is_full) => EpollFlags::empty(),
+            // Replies held at a closed gate (see `confirm`): whoever opens
+            // it refreshes the interest.
+            Direction::Out if ep.replies.as_ref().is_some_and(|r| !r.can_read()) => {
+                EpollFlags::empty()
+            }
             Direction::Out => EpollFlags::EPOLLIN,
             Direction::In => {
                 let core = live.or_else(|| self.retired.get(&ep.queue));

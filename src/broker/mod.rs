@@ -18,10 +18,15 @@
 //! `dead_letter_max_bytes`, and per-packet log lines go through a
 //! [`RateLimit`].
 //!
-//! The pieces: `endpoint` reads and writes the sockets, `letters` routes
-//! dead letters, `retire` applies reloads, `timers` keeps the ack
-//! deadlines.
+//! With `confirm = true`, every packet read from a producer of the queue
+//! is answered on its socket (see [`confirm`]); a producer that does not
+//! read its replies is not read either.
+//!
+//! The pieces: `endpoint` reads and writes the sockets, `confirm` answers
+//! producers, `letters` routes dead letters, `retire` applies reloads,
+//! `timers` keeps the ack deadlines.
 
+mod confirm;
 mod deadletter;
 mod endpoint;
 mod letters;
@@ -43,6 +48,7 @@ use crate::control::status::QueueStatus;
 use crate::supervisor::Pid;
 use crate::text::ratelimit::RateLimit;
 use crate::text::wording::plural;
+use confirm::{Gate, Replies};
 use queue::QueueCore;
 use timers::AckTimers;
 
@@ -74,6 +80,19 @@ pub enum Direction {
     Out,
 }
 
+/// The broker's end of one child's queue socket, as the child was told
+/// about it: what the launcher hands to [`Broker::attach`].
+#[derive(Debug)]
+pub struct QueueEnd {
+    pub queue: QueueName,
+    pub direction: Direction,
+    /// A producer's end whose packets are answered: its child's
+    /// environment has `DROVER_CONFIRM_<QUEUE>=1`. Fixed for the life of
+    /// the endpoint, whatever a reload does to the queue.
+    pub confirm: bool,
+    pub fd: OwnedFd,
+}
+
 /// The broker's end of one child's queue socket.
 #[derive(Debug)]
 struct Endpoint {
@@ -86,6 +105,8 @@ struct Endpoint {
     direction: Direction,
     /// Interest currently registered in epoll (empty: not registered).
     interest: EpollFlags,
+    /// A producer's replies, when it has confirms.
+    replies: Option<Replies>,
 }
 
 /// See the module documentation.
@@ -115,6 +136,9 @@ pub struct Broker {
     /// a chain of dead letters and failing consumers cannot grow the stack.
     to_deliver: Vec<QueueName>,
     timers: AckTimers,
+    /// Replies whose gate is at or before this may be sent (see
+    /// [`confirm`]). Nothing is gated yet: it stays [`Gate::OPEN`].
+    committed: Gate,
     /// Lines about single packets or messages (a bogus `ack`, a dead letter).
     lines: RateLimit,
     /// Lines about a condition that lasts (a full dead-letter queue, a full
@@ -142,6 +166,7 @@ impl Broker {
             paused: HashMap::new(),
             to_deliver: Vec::new(),
             timers: AckTimers::default(),
+            committed: Gate::OPEN,
             lines: RateLimit::default(),
             bursts: RateLimit::new(1, crate::text::ratelimit::DEFAULT_WINDOW),
         }
@@ -162,10 +187,16 @@ impl Broker {
         epoll: &Epoll,
         pid: Pid,
         group: &GroupName,
-        sockets: Vec<(QueueName, Direction, OwnedFd)>,
+        sockets: Vec<QueueEnd>,
         mut token: impl FnMut() -> u64,
     ) {
-        for (queue, direction, fd) in sockets {
+        for end in sockets {
+            let QueueEnd {
+                queue,
+                direction,
+                confirm,
+                fd,
+            } = end;
             let id = token();
             if direction == Direction::In
                 && let Some(q) = self.queues.get_mut(&queue)
@@ -183,6 +214,7 @@ impl Broker {
                 group: group.clone(),
                 direction,
                 interest: EpollFlags::empty(),
+                replies: (confirm && direction == Direction::Out).then(Replies::default),
             };
             self.endpoints.insert(id, endpoint);
             self.refresh_interest(epoll, id);
@@ -197,7 +229,14 @@ impl Broker {
         };
         let queue = ep.queue.clone();
         match ep.direction {
-            Direction::Out => self.read_producer(epoll, token, &queue),
+            Direction::Out => {
+                let answers = ep.replies.is_some();
+                let writable = EpollFlags::EPOLLOUT | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR;
+                if answers && flags.intersects(writable) {
+                    self.flush_replies(token);
+                }
+                self.read_producer(epoll, token, &queue);
+            }
             Direction::In => {
                 if flags.contains(EpollFlags::EPOLLOUT) {
                     self.writable(epoll, token, &queue);
@@ -371,6 +410,8 @@ fn queue_status(q: &QueueCore, removed: bool) -> QueueStatus {
         lost: q.counters.lost,
         refused: q.counters.refused,
         removed,
+        confirm: q.spec.confirm,
+        confirmed: q.counters.confirmed,
     }
 }
 

@@ -58,6 +58,8 @@ pub struct Counters {
     /// Packets that were not taken: empty or oversized ones from producers,
     /// and from consumers anything but a due `ack` or `nack`.
     pub refused: u64,
+    /// `ok` replies sent to producers (`confirm = true`).
+    pub confirmed: u64,
 }
 
 impl Counters {
@@ -68,6 +70,7 @@ impl Counters {
         self.dead_lettered += other.dead_lettered;
         self.lost += other.lost;
         self.refused += other.refused;
+        self.confirmed += other.confirmed;
     }
 }
 
@@ -438,6 +441,7 @@ mod tests {
             max_deliveries,
             dead_letter: None,
             ack_timeout: std::time::Duration::ZERO,
+            confirm: false,
             file: "t.toml".into(),
         }
     }

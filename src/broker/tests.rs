@@ -27,6 +27,7 @@ fn spec(name: &str) -> QueueSpec {
         max_deliveries: 5,
         dead_letter: None,
         ack_timeout: Duration::ZERO,
+        confirm: false,
         file: "t.toml".into(),
     }
 }
@@ -94,12 +95,28 @@ fn attach(
     direction: Direction,
     token: u64,
 ) -> UnixStream {
+    attach_end(broker, epoll, (pid, queue, direction, false), token)
+}
+
+/// Attaches one socket of child `pid` to `queue`, with confirms or not.
+fn attach_end(
+    broker: &mut Broker,
+    epoll: &Epoll,
+    (pid, queue, direction, confirm): (i32, &str, Direction, bool),
+    token: u64,
+) -> UnixStream {
     let (ours, theirs) = socket_pair().unwrap();
+    let end = QueueEnd {
+        queue: q(queue),
+        direction,
+        confirm,
+        fd: ours,
+    };
     broker.attach(
         epoll,
         Pid(pid),
         &GroupName::new(W).unwrap(),
-        vec![(q(queue), direction, ours)],
+        vec![end],
         || token,
     );
     UnixStream::from(theirs)
@@ -745,4 +762,200 @@ fn a_reload_reports_the_queues_it_added_removed_and_changed() {
         }
     );
     assert_eq!(broker.apply(&next, &epoll), QueueChanges::default());
+}
+
+// ------------------------------------------------------ producer confirms
+
+/// A producer (pid 7, token 200) of `jobs` with confirms.
+fn confirmed_producer(broker: &mut Broker, epoll: &Epoll) -> UnixStream {
+    attach_end(broker, epoll, (7, "jobs", Direction::Out, true), 200)
+}
+
+/// Every packet waiting for the child, as text.
+fn replies(child: &impl AsRawFd) -> Vec<String> {
+    std::iter::from_fn(|| recv(child))
+        .map(|p| String::from_utf8(p).unwrap())
+        .collect()
+}
+
+/// Hands what epoll reports ready now to the broker, as the event loop
+/// does; returns how many events there were.
+fn pump(broker: &mut Broker, epoll: &Epoll) -> usize {
+    let mut events = [nix::sys::epoll::EpollEvent::empty(); 16];
+    let n = epoll.wait(&mut events, 0u8).unwrap();
+    for e in &events[..n] {
+        broker.on_event(epoll, e.data(), e.events());
+    }
+    n
+}
+
+#[test]
+fn every_message_gets_ok_in_order() {
+    let mut broker = Broker::new(&config(Delivery::AtLeastOnce));
+    let epoll = epoll();
+    let child = confirmed_producer(&mut broker, &epoll);
+    for m in [b"a".as_slice(), b"b", b"c"] {
+        send(&child, m);
+    }
+    assert_eq!(pump(&mut broker, &epoll), 1);
+    assert_eq!(replies(&child), ["ok", "ok", "ok"]);
+    let s = &broker.status()[0];
+    assert_eq!((s.depth, s.confirmed, s.refused), (3, 3, 0), "{s:?}");
+    let got: Vec<_> = broker.queues.get_mut(&q("jobs")).unwrap().drain_all();
+    let got: Vec<_> = got.into_iter().map(|m| m.bytes.to_vec()).collect();
+    assert_eq!(got, [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+}
+
+#[test]
+fn refused_packets_get_no_with_the_reason_in_order() {
+    let state = State::new("confirm-no");
+    let mut broker = Broker::new(&config_of(vec![spec("jobs")], state.0.clone()));
+    let epoll = epoll();
+    let child = confirmed_producer(&mut broker, &epoll);
+    for m in [b"a".as_slice(), b"", &[b'x'; 101], &[b'y'; 100]] {
+        send(&child, m);
+    }
+    pump(&mut broker, &epoll);
+    assert_eq!(replies(&child), ["ok", "no empty", "no too large", "ok"]);
+    let s = &broker.status()[0];
+    assert_eq!(
+        (s.depth, s.confirmed, s.refused, s.dead_lettered),
+        (2, 2, 2, 1),
+        "{s:?}"
+    );
+    let records = state.records("jobs");
+    assert_eq!(records.len(), 1, "the oversized one is dead-lettered");
+    assert!(
+        records[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("max_message_bytes")
+    );
+}
+
+#[test]
+fn a_packet_for_a_removed_queue_gets_no_queue_removed() {
+    let state = State::new("confirm-removed");
+    let mut broker = Broker::new(&config_of(vec![spec("jobs")], state.0.clone()));
+    let epoll = epoll();
+    let child = confirmed_producer(&mut broker, &epoll);
+    send(&child, b"before");
+    pump(&mut broker, &epoll);
+    assert_eq!(replies(&child), ["ok"]);
+    broker.apply(&config_of(vec![], state.0.clone()), &epoll);
+    send(&child, b"after");
+    send(&child, b"");
+    pump(&mut broker, &epoll);
+    assert_eq!(replies(&child), ["no queue removed", "no empty"]);
+    let records = state.records("jobs");
+    let messages: Vec<_> = records.iter().map(|r| r["message"].clone()).collect();
+    assert_eq!(messages, ["before", "after"], "dead-lettered as before");
+    drop(child);
+    pump(&mut broker, &epoll);
+    assert!(!broker.owns(200) && broker.retired.is_empty());
+}
+
+#[test]
+fn a_queue_without_confirms_sends_producers_nothing() {
+    let mut broker = Broker::new(&config(Delivery::AtLeastOnce));
+    let epoll = epoll();
+    let child = attach(&mut broker, &epoll, 7, "jobs", Direction::Out, 200);
+    for m in [b"a".as_slice(), b"", &[b'x'; 101]] {
+        send(&child, m);
+    }
+    pump(&mut broker, &epoll);
+    assert_eq!(recv(&child), None);
+    let s = &broker.status()[0];
+    assert_eq!((s.depth, s.refused, s.confirmed), (1, 2, 0), "{s:?}");
+    assert!(!s.confirm);
+}
+
+/// A producer that sends without reading its replies fills its socket
+/// with them; then it is no longer read (its sends block), and nothing is
+/// lost: once it reads, every message gets its one reply.
+#[test]
+fn a_producer_that_does_not_read_its_confirms_is_not_read() {
+    let mut cfg = config(Delivery::AtLeastOnce);
+    cfg.queues.get_mut(&q("jobs")).unwrap().capacity = 1_000_000;
+    let mut broker = Broker::new(&cfg);
+    let epoll = epoll();
+    let child = confirmed_producer(&mut broker, &epoll);
+    child.set_nonblocking(true).unwrap();
+    let depth = |b: &Broker| b.status()[0].depth;
+    let mut sent = 0u64;
+    // Send while the socket takes it, let the broker read, again: until
+    // the broker stops reading and the producer's socket is full.
+    for round in 0.. {
+        assert!(round < 10_000, "the broker never stopped reading");
+        while nix::sys::socket::send(child.as_raw_fd(), b"m", MsgFlags::MSG_DONTWAIT).is_ok() {
+            sent += 1;
+        }
+        let events = pump(&mut broker, &epoll);
+        if broker.endpoints[&200].interest == EpollFlags::EPOLLOUT {
+            assert_eq!(events, 1);
+            break;
+        }
+    }
+    // Its socket fills up and stays full: its sends block.
+    while nix::sys::socket::send(child.as_raw_fd(), b"m", MsgFlags::MSG_DONTWAIT).is_ok() {
+        sent += 1;
+    }
+    let accepted = depth(&broker);
+    assert!(accepted > 0 && accepted < sent, "{accepted} of {sent}");
+    let replies_held = broker.endpoints[&200]
+        .replies
+        .as_ref()
+        .unwrap()
+        .backlog_len();
+    assert!(replies_held <= confirm::BACKLOG, "{replies_held}");
+    // Stalled: nothing is read, nothing is reported.
+    assert_eq!(pump(&mut broker, &epoll), 0);
+    assert_eq!(depth(&broker), accepted);
+    let more = nix::sys::socket::send(child.as_raw_fd(), b"m", MsgFlags::MSG_DONTWAIT);
+    assert_eq!(more, Err(nix::errno::Errno::EAGAIN));
+
+    // The producer reads its replies; the broker catches up.
+    let mut got = Vec::new();
+    for round in 0.. {
+        assert!(round < 100_000, "stuck: {} replies of {sent}", got.len());
+        got.extend(replies(&child));
+        if got.len() as u64 == sent {
+            break;
+        }
+        pump(&mut broker, &epoll);
+    }
+    assert!(got.iter().all(|r| r == "ok"));
+    let s = &broker.status()[0];
+    assert_eq!((s.depth, s.confirmed, s.refused), (sent, sent, 0), "{s:?}");
+    assert_eq!(recv(&child), None, "exactly one reply per message");
+    assert_eq!(broker.endpoints[&200].interest, EpollFlags::EPOLLIN);
+}
+
+/// A producer that exits without reading its replies: what it sent is
+/// still taken, and the endpoint closes.
+#[test]
+fn a_producer_gone_with_replies_unread_loses_nothing() {
+    let mut cfg = config(Delivery::AtLeastOnce);
+    cfg.queues.get_mut(&q("jobs")).unwrap().capacity = 1_000_000;
+    let mut broker = Broker::new(&cfg);
+    let epoll = epoll();
+    let child = confirmed_producer(&mut broker, &epoll);
+    child.set_nonblocking(true).unwrap();
+    let mut sent = 0u64;
+    while broker.endpoints[&200].interest != EpollFlags::EPOLLOUT {
+        while nix::sys::socket::send(child.as_raw_fd(), b"m", MsgFlags::MSG_DONTWAIT).is_ok() {
+            sent += 1;
+        }
+        pump(&mut broker, &epoll);
+    }
+    drop(child);
+    for _ in 0..1000 {
+        if pump(&mut broker, &epoll) == 0 {
+            break;
+        }
+    }
+    assert!(!broker.owns(200), "closed once read to the end");
+    let s = &broker.status()[0];
+    assert_eq!(s.depth, sent, "{s:?}");
+    assert!(s.confirmed < sent);
 }

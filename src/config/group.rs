@@ -135,6 +135,7 @@ pub(crate) fn read(
         processes: b.processes.unwrap_or(1),
         inputs: inputs.iter().map(|r| r.name.clone()).collect(),
         outputs: outputs.iter().map(|r| r.name.clone()).collect(),
+        confirm_outputs: Vec::new(),
         env: b.env,
         clear_env: b.clear_env,
         cwd,

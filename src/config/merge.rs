@@ -10,7 +10,8 @@ use super::document::FileDraft;
 use super::fields::Cx;
 use super::host::Host;
 use super::limits::MAX_TOTAL_PROCESSES;
-use super::model::{Config, DEFAULT_DEAD_LETTER_MAX_BYTES, SupervisorConfig};
+use super::model::{Config, DEFAULT_DEAD_LETTER_MAX_BYTES, QueueSpec, SupervisorConfig};
+use super::names::QueueName;
 use super::queue::QueueRef;
 use super::source::SourceFile;
 use super::suggest::Suggester;
@@ -349,6 +350,10 @@ fn assemble(parsed: &[Parsed], supervisor: SupervisorConfig) -> Option<Config> {
         for q in &p.draft.queues {
             queues.insert(q.spec.name.clone(), q.spec.clone());
         }
+    }
+    for group in groups.values_mut() {
+        let confirmed = |q: &&QueueName| queues.get(*q).is_some_and(|s: &QueueSpec| s.confirm);
+        group.confirm_outputs = group.outputs.iter().filter(confirmed).cloned().collect();
     }
     Some(Config {
         supervisor,

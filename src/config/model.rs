@@ -138,6 +138,10 @@ pub struct GroupSpec {
     pub processes: u32,
     pub inputs: Vec<QueueName>,
     pub outputs: Vec<QueueName>,
+    /// The `outputs` whose queue has `confirm = true`, in `outputs` order:
+    /// filled when the config is assembled (the group's table does not
+    /// say it). Its children see `DROVER_CONFIRM_<QUEUE>=1` for each.
+    pub confirm_outputs: Vec<QueueName>,
     /// `env`, in key order.
     pub env: BTreeMap<String, String>,
     pub clear_env: bool,
@@ -177,5 +181,8 @@ pub struct QueueSpec {
     /// restarted and its messages redelivered. Zero: no limit. At most a
     /// year.
     pub ack_timeout: Duration,
+    /// `confirm`: every packet a producer sends is answered on its socket
+    /// (`ok`, or `no REASON`). Default false.
+    pub confirm: bool,
     pub file: PathBuf,
 }

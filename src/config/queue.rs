@@ -5,12 +5,13 @@ use std::time::Duration;
 
 use toml::de::DeTable;
 
+use super::diag::Diagnostic;
 use super::fields::{self, Cx};
 use super::limits::{MAX_CAPACITY, MAX_DELIVERIES, MAX_MESSAGE_BYTES, MAX_PREFETCH};
 use super::model::{Delivery, QueueSpec};
 use crate::config::names::QueueName;
 
-pub(crate) const KEYS: [&str; 8] = [
+pub(crate) const KEYS: [&str; 9] = [
     "capacity",
     "max_message_bytes",
     "delivery",
@@ -19,6 +20,7 @@ pub(crate) const KEYS: [&str; 8] = [
     "dead_letter",
     "ack_timeout",
     "durable",
+    "confirm",
 ];
 
 /// The integer keys: each with its default and its bounds.
@@ -67,6 +69,8 @@ pub(crate) fn read(
     let mut ack_timeout = Duration::ZERO;
     let mut dead_letter = None;
     let mut wiring_complete = true;
+    let mut confirm = None;
+    let mut durable_set = false;
     let place = format!("in [queue.{}]", fields::shown(raw));
     cx.set_table(Some(format!("[queue.{}]", fields::shown(raw))));
     for (key, value) in table.iter() {
@@ -83,7 +87,12 @@ pub(crate) fn read(
             "ack_timeout" => {
                 ack_timeout = cx.duration(key_name, value).unwrap_or(ack_timeout);
             }
-            "durable" => durable(cx, value),
+            "durable" => durable_set = durable(cx, value),
+            "confirm" => {
+                if let Some(on) = cx.bool("confirm", value) {
+                    confirm = Some((on, value.span()));
+                }
+            }
             _ => {
                 let mut slots = COUNTS.iter().zip(counts.iter_mut());
                 match slots.find(|((name, ..), _)| *name == key_name) {
@@ -98,6 +107,11 @@ pub(crate) fn read(
             }
         }
     }
+    if let Some((true, span)) = confirm.clone()
+        && !durable_set
+    {
+        confirm_in_memory(cx, span);
+    }
     cx.set_table(None);
     let [capacity, max_message_bytes, prefetch, max_deliveries] = counts;
     let spec = QueueSpec {
@@ -109,6 +123,7 @@ pub(crate) fn read(
         max_deliveries,
         dead_letter: dead_letter.as_ref().map(|r: &QueueRef| r.name.clone()),
         ack_timeout,
+        confirm: confirm.is_some_and(|(on, _)| on),
         file: cx.file.path.clone(),
     };
     Some(QueueDraft {
@@ -133,14 +148,30 @@ fn dead_letter_ref(cx: &mut Cx<'_>, queue: &str, value: &fields::Value<'_>) -> O
     Some(r)
 }
 
-fn durable(cx: &mut Cx<'_>, value: &fields::Value<'_>) {
+/// `durable`: only `false` is accepted yet. Returns whether it was `true`.
+fn durable(cx: &mut Cx<'_>, value: &fields::Value<'_>) -> bool {
     if cx.bool("durable", value) == Some(true) {
         let message = format!(
             "{}: durable queues are not supported yet; remove `durable = true`",
             cx.key("durable")
         );
         cx.error(value.span(), message, None);
+        return true;
     }
+    false
+}
+
+/// `confirm = true` on a queue that is not durable: accepted, with a
+/// warning that an `ok` is no promise about the disk.
+fn confirm_in_memory(cx: &mut Cx<'_>, span: Range<usize>) {
+    let message = format!(
+        "{}: `confirm = true` without `durable = true`: `ok` means held in drover's memory, not safe on disk",
+        cx.key("confirm")
+    );
+    let help =
+        "a message confirmed with `ok` is lost if drover stops before a consumer acknowledges it";
+    let diagnostic = Diagnostic::warning(message).at(cx.at(span)).with_help(help);
+    cx.report(diagnostic);
 }
 
 /// A reference to a queue by name; `place` says where (" in `inputs[0]`").
@@ -248,6 +279,23 @@ mod tests {
     }
 
     #[test]
+    fn confirm_is_read_and_warned_about_without_durable() {
+        let (draft, msgs) = read_queue("confirm = false");
+        assert!(msgs.is_empty() && !draft.unwrap().spec.confirm, "{msgs:?}");
+        let (draft, msgs) = read_queue("confirm = true");
+        assert!(draft.unwrap().spec.confirm);
+        assert_eq!(
+            msgs,
+            [
+                "`confirm` in [queue.jobs]: `confirm = true` without `durable = true`: `ok` means held in drover's memory, not safe on disk|a message confirmed with `ok` is lost if drover stops before a consumer acknowledges it"
+            ]
+        );
+        let (_, msgs) = read_queue("confirm = \"yes\"");
+        assert_eq!(msgs.len(), 1, "{msgs:?}");
+        assert!(msgs[0].contains("`confirm`"), "{msgs:?}");
+    }
+
+    #[test]
     fn unknown_keys_say_where_they_belong() {
         let (_, msgs) = read_queue("capacityy = 1\nprocesses = 2\nfoo = 1");
         assert_eq!(
@@ -256,7 +304,7 @@ mod tests {
         );
         assert_eq!(
             msgs[1],
-            "unknown key `foo` in [queue.jobs]|expected one of `capacity`, `max_message_bytes`, `delivery`, `prefetch`, `max_deliveries`, `dead_letter`, `ack_timeout`, `durable`"
+            "unknown key `foo` in [queue.jobs]|expected one of `capacity`, `max_message_bytes`, `delivery`, `prefetch`, `max_deliveries`, `dead_letter`, `ack_timeout`, `durable`, `confirm`"
         );
         assert_eq!(
             msgs[2],

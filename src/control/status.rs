@@ -86,6 +86,12 @@ pub struct QueueStatus {
     /// messages of it (an `ack` drops them, a `nack` dead-letters them).
     #[serde(default)]
     pub removed: bool,
+    /// `confirm = true`: producers get a reply per packet.
+    #[serde(default)]
+    pub confirm: bool,
+    /// `ok` replies sent to producers.
+    #[serde(default)]
+    pub confirmed: u64,
 }
 
 impl Status {
@@ -344,6 +350,7 @@ mod tests {
             "redelivered":0,"dead_lettered":0}"#;
         let q: QueueStatus = serde_json::from_str(old).unwrap();
         assert_eq!((q.lost, q.refused, q.removed), (0, 0, false));
+        assert_eq!((q.confirm, q.confirmed), (false, 0));
     }
 
     #[test]
@@ -359,6 +366,8 @@ mod tests {
             lost: 3,
             refused: 7,
             removed,
+            confirm: false,
+            confirmed: 0,
         };
         let status = Status {
             config_error: None,

@@ -6,7 +6,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use nix::fcntl::OFlag;
 use nix::unistd::pipe2;
 
-use crate::broker::{Direction, socket_pair};
+use crate::broker::{Direction, QueueEnd, socket_pair};
 use crate::config::names::{GroupName, QueueName};
 use crate::config::{GroupSpec, Program, StartMethod};
 use crate::supervisor::Pid;
@@ -23,7 +23,7 @@ pub struct ChildOutput {
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
     /// The broker's ends of the child's queue sockets.
-    pub queues: Vec<(QueueName, Direction, OwnedFd)>,
+    pub queues: Vec<QueueEnd>,
 }
 
 /// Everything a starting child is given besides stdin, until it runs.
@@ -45,7 +45,12 @@ impl ChildIo {
         let pipes = Pipes::new()?;
         let mut envp = prepared.envp.clone();
         envp.push(cstring(format!("DROVER_INDEX={index}").as_ref()));
-        for (k, v) in queues.variables(keeps_fd_numbers(group)) {
+        let confirms = confirm_variables(group);
+        for (k, v) in queues
+            .variables(keeps_fd_numbers(group))
+            .into_iter()
+            .chain(confirms)
+        {
             envp.push(cstring(format!("{k}={v}").as_ref()));
         }
         let mut sources = vec![
@@ -79,10 +84,22 @@ impl ChildIo {
     }
 }
 
+/// `DROVER_CONFIRM_<QUEUE>=1` for each of `group`'s outputs with
+/// `confirm = true`: the broker answers every packet the child sends there.
+pub fn confirm_variables(group: &GroupSpec) -> Vec<(String, String)> {
+    group
+        .confirm_outputs
+        .iter()
+        .map(|q| (format!("DROVER_CONFIRM_{}", q.env_suffix()), "1".to_owned()))
+        .collect()
+}
+
 /// One socket pair per queue the group names (inputs first, then outputs).
 #[derive(Debug)]
 pub struct QueueSockets {
     names: Vec<(QueueName, Direction)>,
+    /// The outputs answered with confirms (as the child's environment says).
+    confirm: Vec<QueueName>,
     ours: Vec<OwnedFd>,
     theirs: Vec<OwnedFd>,
 }
@@ -104,6 +121,7 @@ impl QueueSockets {
         }
         Ok(QueueSockets {
             names,
+            confirm: group.confirm_outputs.clone(),
             ours,
             theirs,
         })
@@ -136,11 +154,17 @@ impl QueueSockets {
     }
 
     /// The broker's ends, once the child runs.
-    fn into_ours(self) -> Vec<(QueueName, Direction, OwnedFd)> {
+    fn into_ours(self) -> Vec<QueueEnd> {
+        let confirm = self.confirm;
         self.names
             .into_iter()
             .zip(self.ours)
-            .map(|((q, d), fd)| (q, d, fd))
+            .map(|((queue, direction), fd)| QueueEnd {
+                confirm: direction == Direction::Out && confirm.contains(&queue),
+                queue,
+                direction,
+                fd,
+            })
             .collect()
     }
 }

@@ -84,6 +84,7 @@ fn same_process(a: &GroupSpec, b: &GroupSpec) -> bool {
         && a.start_method == b.start_method
         && a.inputs == b.inputs
         && a.outputs == b.outputs
+        && a.confirm_outputs == b.confirm_outputs
         && a.env == b.env
         && a.clear_env == b.clear_env
         && a.cwd == b.cwd

@@ -179,6 +179,7 @@ mod tests {
             processes: 1,
             inputs: inputs.iter().map(|q| QueueName::new(q).unwrap()).collect(),
             outputs: outputs.iter().map(|q| QueueName::new(q).unwrap()).collect(),
+            confirm_outputs: vec![],
             env: BTreeMap::new(),
             clear_env: false,
             cwd: "/".into(),

@@ -68,6 +68,7 @@ fn group(name: &str, processes: u32, policy: Policy) -> GroupSpec {
         processes,
         inputs: vec![],
         outputs: vec![],
+        confirm_outputs: vec![],
         env: BTreeMap::new(),
         clear_env: false,
         cwd: PathBuf::from("/"),
@@ -639,6 +640,24 @@ mod reload {
             sup.next_deadline(),
             Some(t0 + ms(2) + Duration::from_secs(2))
         );
+    }
+
+    /// `confirm` on one of its outputs changes a group's environment:
+    /// its children are replaced; another group is not.
+    #[test]
+    fn a_change_of_confirmed_outputs_replaces_the_group() {
+        let t0 = Instant::now();
+        let mut l = FakeLauncher::default();
+        let mut sup = Supervisor::new(&config(vec![
+            group("p", 1, policy()),
+            group("c", 1, policy()),
+        ]));
+        sup.start_all(&mut l, t0);
+        let mut p = group("p", 1, policy());
+        p.confirm_outputs = vec![crate::config::names::QueueName::new("jobs").unwrap()];
+        let summary = sup.apply(&config(vec![p, group("c", 1, policy())]), &mut l, t0);
+        assert_eq!(summary.replaced, [GroupName::new("p").unwrap()]);
+        assert_eq!(summary.unchanged, [GroupName::new("c").unwrap()]);
     }
 
     #[test]

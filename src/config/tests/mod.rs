@@ -99,6 +99,31 @@ python = \"examples.worker:main\"
 inputs = [\"jobs\"]
 ";
 
+/// Groups know which of their outputs have confirms (their children's
+/// environment depends on it); `check` warns that `ok` is memory-only.
+#[test]
+fn confirm_outputs_are_filled_in_and_warned_about() {
+    let text = "[queue.a]\nconfirm = true\n[queue.b]\n[queue.c]\nconfirm = true\n\
+                [group.p]\ncommand = [\"PROG\"]\noutputs = [\"c\", \"b\", \"a\"]\n\
+                [group.q]\ncommand = [\"PROG\"]\ninputs = [\"a\", \"b\", \"c\"]\n";
+    let loaded = check_one(text).unwrap();
+    let group = |n: &str| &loaded.config.groups[&GroupName::new(n).unwrap()];
+    let names = |qs: &[QueueName]| qs.iter().map(|q| q.to_string()).collect::<Vec<_>>();
+    assert_eq!(names(&group("p").confirm_outputs), ["c", "a"]);
+    assert!(
+        group("q").confirm_outputs.is_empty(),
+        "inputs are not confirmed"
+    );
+    let warnings = lines(Ok(loaded));
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(
+        warnings
+            .iter()
+            .all(|w| w.contains("`ok` means held in drover's memory, not safe on disk")),
+        "{warnings:?}"
+    );
+}
+
 #[test]
 fn defaults_are_the_model_defaults() {
     let config = ok(WIRED);
@@ -115,6 +140,7 @@ fn defaults_are_the_model_defaults() {
         processes: 1,
         inputs: vec![QueueName::new("jobs").unwrap()],
         outputs: vec![],
+        confirm_outputs: vec![],
         env: Default::default(),
         clear_env: false,
         cwd: PathBuf::from("/cfg"),

@@ -99,22 +99,24 @@ pub fn argv(group: &GroupSpec) -> Option<Vec<OsString>> {
 }
 
 /// The request for worker `index` of `group`: the variables to set in it
-/// (its index, group and start method), then each of its `queues`
+/// (its index, group and start method, and `DROVER_CONFIRM_<QUEUE>`), then each of its `queues`
 /// variables with the index of its socket among the fds sent (stdin,
 /// stdout, stderr, then the queues, in order); the template sets the
 /// variable to the fd number the socket has in the worker.
 pub fn request(seq: u64, group: &GroupSpec, index: u32, queues: &[(String, String)]) -> Vec<u8> {
     let env = [
-        ("DROVER_INDEX", index.to_string()),
-        ("DROVER_GROUP", group.name.to_string()),
+        ("DROVER_INDEX".to_owned(), index.to_string()),
+        ("DROVER_GROUP".to_owned(), group.name.to_string()),
         (
-            "DROVER_START_METHOD",
+            "DROVER_START_METHOD".to_owned(),
             group.start_method.as_str().to_owned(),
         ),
     ];
+    // As for every other start (see `plan::ChildIo::plan`).
+    let confirms = super::plan::confirm_variables(group);
     let mut b = RequestBuilder::new(seq);
-    b.count(env.len());
-    for (k, v) in env {
+    b.count(env.len() + confirms.len());
+    for (k, v) in env.into_iter().chain(confirms) {
         b.field(format!("{k}={v}").as_bytes());
     }
     b.count(queues.len());
