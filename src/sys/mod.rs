@@ -20,6 +20,19 @@ pub use drover_sys::{
     spawn, wire,
 };
 
+/// Scratch slots reserved for `spawn` at startup ([`reserve_spawn_slots`]):
+/// a child with stdio and up to this many minus 3 queue sockets starts
+/// through drover's shared fd table; one with more, with `posix_spawn`.
+pub const SPAWN_SLOTS: usize = 64;
+
+/// Reserves the [`SPAWN_SLOTS`] scratch slots of `spawn` (fds 3…66 when
+/// called before anything else is open): with them, a start's kernel cost
+/// does not grow with the fds drover holds (two pipes per child). Without
+/// them (the call failed), starts use `posix_spawn`.
+pub fn reserve_spawn_slots() -> io::Result<std::ops::Range<std::os::fd::RawFd>> {
+    drover_sys::reserve_spawn_slots(SPAWN_SLOTS)
+}
+
 /// Bytes (kernel accounting, not payload) that a Unix socket has sent and
 /// its peer has not read yet (`SIOCOUTQ`); 0 means the peer has read
 /// everything. The broker uses it to know when an at-most-once consumer has

@@ -27,7 +27,10 @@ use std::ptr;
 use nix::fcntl::{FcntlArg, fcntl};
 
 pub mod forkexec;
+mod vfork;
 pub mod wire;
+
+pub use vfork::{reserve_spawn_slots, spawn_slots};
 
 /// The fds a child starts with: each `source` ends up as `target`. Targets
 /// are 0, 1, 2, 3, … in order; every other fd is closed.
@@ -48,7 +51,7 @@ pub struct SpawnPlan {
 }
 
 /// Null-terminated pointer array over C strings; lives as long as `strings`.
-fn ptr_array(strings: &[CString]) -> Vec<*mut libc::c_char> {
+pub(crate) fn ptr_array(strings: &[CString]) -> Vec<*mut libc::c_char> {
     strings
         .iter()
         .map(|s| s.as_ptr() as *mut libc::c_char)
@@ -185,13 +188,58 @@ pub fn relocate(sources: &[RawFd], first_target: RawFd) -> io::Result<(Vec<RawFd
     Ok((placed, keep))
 }
 
-/// Starts `plan` with `posix_spawn` in a new process group, with an empty
-/// signal mask, every signal at its default disposition and exactly the
-/// planned fds open. Returns the child's PID.
-///
-/// An error means no process runs (glibc reports exec failures, such as a
-/// missing or non-executable file, from the child through `CLONE_VFORK`).
+/// A child started by [`spawn_child`].
+#[derive(Debug)]
+pub struct Spawned {
+    pub pid: i32,
+    /// A pidfd for the child, when the start made one (`CLONE_PIDFD`).
+    pub pidfd: Option<OwnedFd>,
+    /// How it was started.
+    pub method: SpawnMethod,
+}
+
+/// The two ways [`spawn_child`] starts a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpawnMethod {
+    /// `clone` sharing the fd table, through the scratch slots of
+    /// [`reserve_spawn_slots`]: the cost does not grow with this process's
+    /// fds.
+    SharedTable,
+    /// `posix_spawn`: the fallback.
+    PosixSpawn,
+}
+
+/// Starts `plan` in a new process group, with an empty signal mask, every
+/// signal at its default disposition and exactly the planned fds open.
+/// Returns the child's PID; see [`spawn_child`].
 pub fn spawn(plan: &SpawnPlan) -> io::Result<i32> {
+    spawn_child(plan).map(|s| s.pid)
+}
+
+/// Starts `plan` like [`spawn`]: through a shared fd table and the scratch
+/// slots when they are reserved ([`reserve_spawn_slots`]) and the kernel
+/// allows it, otherwise with `posix_spawn`.
+///
+/// An error means no process runs: an exec failure, such as a missing or
+/// non-executable file or a missing working directory, is reported from the
+/// child before it exits (both ways are `CLONE_VFORK`), and it is reaped.
+pub fn spawn_child(plan: &SpawnPlan) -> io::Result<Spawned> {
+    match vfork::try_spawn(plan) {
+        Ok(started) => started.map(|(pid, pidfd)| Spawned {
+            pid,
+            pidfd,
+            method: SpawnMethod::SharedTable,
+        }),
+        Err(vfork::Fallback::PosixSpawn) => Ok(Spawned {
+            pid: posix_spawn_plan(plan)?,
+            pidfd: None,
+            method: SpawnMethod::PosixSpawn,
+        }),
+    }
+}
+
+/// [`spawn`] with `posix_spawn`.
+fn posix_spawn_plan(plan: &SpawnPlan) -> io::Result<i32> {
     let (sources, _moved) = relocate(&plan.fds.sources, 0)?;
     let mut actions = FileActions::new()?;
     actions.place(&sources, 0)?;
