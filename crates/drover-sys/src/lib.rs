@@ -425,6 +425,19 @@ impl Drop for ChildFdLimit {
     }
 }
 
+/// A pidfd (close-on-exec) for process `pid`, Linux ≥ 5.3. For a child
+/// of this process that has not been reaped, it refers to that child even
+/// after its exit.
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes plain integers and returns a new fd.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
 /// A close-on-exec `AF_UNIX` `SOCK_SEQPACKET` pair: one packet is one
 /// message, boundaries kept. Used for queues, the fork servers and the
 /// Python templates.
