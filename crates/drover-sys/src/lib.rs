@@ -1,6 +1,7 @@
 //! The `unsafe` layer that drover (the supervisor) and `drover-context`
-//! (the start-method library) share: starting a prepared program with
-//! `posix_spawn` ([`spawn`], [`spawn_self`]) or fork + exec ([`forkexec`]),
+//! (the start-method library) share: starting a prepared program through a
+//! shared fd table or with `posix_spawn` ([`spawn`], [`spawn_child`],
+//! [`spawn_self`]) or fork + exec ([`forkexec`]),
 //! placing a child's fds ([`relocate`]), the open-file limit children start
 //! with ([`raise_fd_limit`]), `SOCK_SEQPACKET` pairs ([`seqpacket_pair`])
 //! and the one SCM_RIGHTS request/reply framing of every start helper
@@ -9,11 +10,13 @@
 //! Everything a child needs — program path, argv, envp, working directory and
 //! the fd plan — is built by the caller as C strings before anything is
 //! created, so nothing here allocates between the moment a child exists and
-//! its `execve`. The spawn path uses `posix_spawn` (glibc implements it with
-//! `CLONE_VFORK`, so its cost does not grow with the caller's memory) and
-//! needs no `pre_exec` hook: process group, signal mask, signal dispositions,
-//! fd placement, closing of every other fd and the working directory are all
-//! spawn attributes or file actions.
+//! its `execve`. The spawn path clones with `CLONE_VM | CLONE_VFORK |
+//! CLONE_FILES` when scratch slots are reserved ([`reserve_spawn_slots`]), so
+//! that its cost grows neither with the caller's memory nor with its fds
+//! (see `vfork.rs`), and otherwise uses `posix_spawn` (glibc: `CLONE_VFORK`),
+//! which needs no `pre_exec` hook: process group, signal mask, signal
+//! dispositions, fd placement, closing of every other fd and the working
+//! directory are all spawn attributes or file actions.
 //!
 //! Each function wraps one system call or one conversion so that its
 //! `SAFETY:` argument stays local. glibc-only calls are behind
