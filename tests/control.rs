@@ -484,10 +484,16 @@ fn connect_and_close_in_a_loop() {
     let used = cpu_time(d.pid()) - before;
     eprintln!("2000 connect/close: {used:?} of CPU");
     assert!(used < Duration::from_secs(2), "drover used {used:?} of CPU");
+    // Not counted: the /dev/null placeholders drover reserves at startup
+    // for starting children (its scratch slots).
     let fds = std::fs::read_dir(format!("/proc/{}/fd", d.pid()))
         .unwrap()
+        .filter(|entry| {
+            let path = entry.as_ref().unwrap().path();
+            std::fs::read_link(path).is_ok_and(|target| target != Path::new("/dev/null"))
+        })
         .count();
-    assert!(fds < 40, "drover holds {fds} fds");
+    assert!(fds < 40, "drover holds {fds} fds besides /dev/null");
 }
 
 /// A client that asks for a large status and never reads it neither blocks

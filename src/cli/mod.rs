@@ -199,6 +199,8 @@ fn run(path: &Path, socket: Option<&Path>) -> ExitCode {
         eprintln!("drover: cannot open /dev/null for a closed standard stream: {e}");
         return ExitCode::from(1);
     }
+    // Before anything else opens an fd, so that the slots are 3, 4, ….
+    let slots = crate::sys::reserve_spawn_slots();
     let loaded = match config::load(path) {
         Ok(loaded) => loaded,
         Err(failed) => {
@@ -207,6 +209,9 @@ fn run(path: &Path, socket: Option<&Path>) -> ExitCode {
         }
     };
     init_tracing(loaded.config.supervisor.log_format);
+    if let Err(e) = slots {
+        tracing::warn!("cannot reserve fds for starting children: {e}; using posix_spawn");
+    }
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");
     }

@@ -12,6 +12,7 @@ pub mod control;
 pub mod logs;
 pub mod orphans;
 mod output;
+mod pidfds;
 pub mod watch;
 
 use std::collections::BTreeMap;
@@ -42,6 +43,7 @@ use crate::supervisor::{ExitStatus, GroupCommand, Pid, ReloadSummary, Supervisor
 use crate::text::wording::plural;
 use control::{Clients, Listener};
 use output::Output;
+use pidfds::Pidfds;
 
 const SIGNALS: u64 = 0;
 const CONTROL: u64 = 1;
@@ -110,6 +112,8 @@ struct Runtime {
     clients: Clients,
     output: Output,
     next_token: u64,
+    /// Children reaped through their pidfds.
+    pidfds: Pidfds,
     orphans: Orphans,
     broker: Broker,
     /// Set while a graceful shutdown stops groups in order.
@@ -233,6 +237,7 @@ impl Runtime {
             clients,
             output: Output::new(config.supervisor.log_format, writer, wake_rx),
             next_token: FIRST_DYNAMIC,
+            pidfds: Pidfds::default(),
             orphans: Orphans::default(),
             broker: Broker::new(&config),
             shutdown: None,
@@ -277,6 +282,9 @@ impl Runtime {
             if self.reap_pending {
                 self.reap(Instant::now());
             }
+            // Exits first, so that their restarts come before anything
+            // else in this batch (the SIGCHLD sweep in particular).
+            self.reap_pidfds(&events[..n]);
             for event in &events[..n] {
                 self.dispatch(event.data(), event.events());
             }
@@ -362,6 +370,7 @@ impl Runtime {
             SIGNALS => self.on_signals(),
             LOG_WAKE => self.output.on_wake(&self.epoll),
             CONFIG_WAKE => self.on_config_event(),
+            t if self.pidfds.owns(t) => self.reap_pidfds(&[EpollEvent::new(flags, t)]),
             t if self.output.owns(t) => self.output.on_readable(&self.epoll, t),
             t if self.broker.owns(t) => self.broker.on_event(&self.epoll, t, flags),
             t if self.launcher.owns(t) => self.launcher.on_event(t),
@@ -413,9 +422,30 @@ impl Runtime {
         self.term_signals += 1;
     }
 
-    /// Reaps exited children, known or not: at most [`REAP_PER_TURN`], so
-    /// that a crash storm cannot keep the loop from its other events; the
-    /// rest are reaped in the next turn.
+    /// Reaps the children whose pidfds are among `events` (each reap is
+    /// one child, however many there are).
+    fn reap_pidfds(&mut self, events: &[EpollEvent]) {
+        let mut now = None;
+        let mut strangers = false;
+        for event in events {
+            if !self.pidfds.owns(event.data()) {
+                continue;
+            }
+            if let Some((pid, status)) = self.pidfds.on_ready(&self.epoll, event.data()) {
+                let now = *now.get_or_insert_with(Instant::now);
+                strangers |= self.exited(pid, status, now);
+            }
+        }
+        if let Some(now) = now {
+            self.after_reaping(strangers, now);
+        }
+    }
+
+    /// Reaps exited children, known or not, with `waitpid(-1)`: what has no
+    /// pidfd (orphans, the helpers' children) and what SIGCHLD announced
+    /// before its pidfd was read. At most [`REAP_PER_TURN`], so that a
+    /// crash storm cannot keep the loop from its other events; the rest are
+    /// reaped in the next turn.
     fn reap(&mut self, now: Instant) {
         self.reap_pending = false;
         let mut strangers = false;
@@ -438,20 +468,35 @@ impl Runtime {
                 }
             };
             let pid = Pid(pid.as_raw());
-            let ours = self.sup.on_exit(pid, status, &mut self.launcher, now);
-            if ours {
-                self.broker.child_exited(&self.epoll, pid);
-            } else if self.helpers.contains(&pid) {
-                self.helpers.retain(|p| *p != pid);
-            } else if self.launcher.on_helper_exit(pid) {
-                // A start helper: replaced, its starts settled below.
-            } else {
-                self.launcher.note_exit(pid, status);
-                self.orphans.reaped(pid);
-                strangers = true;
-                tracing::debug!(pid = pid.0, ?status, "reaped an orphaned descendant");
-            }
+            self.pidfds.forget(&self.epoll, pid);
+            strangers |= self.exited(pid, status, now);
         }
+        self.after_reaping(strangers, now);
+    }
+
+    /// Hands one reaped exit to its owner. Returns whether it was a
+    /// stranger (an orphaned descendant, or a child whose start answer is
+    /// still awaited).
+    fn exited(&mut self, pid: Pid, status: ExitStatus, now: Instant) -> bool {
+        let ours = self.sup.on_exit(pid, status, &mut self.launcher, now);
+        if ours {
+            self.broker.child_exited(&self.epoll, pid);
+        } else if self.helpers.contains(&pid) {
+            self.helpers.retain(|p| *p != pid);
+        } else if self.launcher.on_helper_exit(pid) {
+            // A start helper: replaced, its starts settled later in the turn.
+        } else {
+            self.launcher.note_exit(pid, status);
+            self.orphans.reaped(pid);
+            tracing::debug!(pid = pid.0, ?status, "reaped an orphaned descendant");
+            return true;
+        }
+        false
+    }
+
+    /// What follows a round of reaping: leftovers of process groups, and
+    /// children suspected of having daemonized.
+    fn after_reaping(&mut self, strangers: bool, now: Instant) {
         if strangers {
             // A leftover of some child's process group may have been the last.
             self.sup.check_leftovers(&mut self.launcher, now);
@@ -676,6 +721,10 @@ impl Runtime {
             *next
         });
         for mut out in self.launcher.take_outputs() {
+            if let Some(pidfd) = out.pidfd.take() {
+                let token = self.token();
+                self.pidfds.watch(&self.epoll, token, out.pid, pidfd);
+            }
             let sockets = std::mem::take(&mut out.queues);
             let next = &mut self.next_token;
             self.broker

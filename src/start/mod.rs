@@ -6,7 +6,8 @@
 //! sockets and variables per start (`plan`) — and then made by its
 //! group's context:
 //!
-//! - `spawn`: `posix_spawn` from drover ([`crate::sys::spawn`]).
+//! - `spawn`: from drover, through its shared fd table or with
+//!   `posix_spawn` ([`crate::sys::spawn`]).
 //! - `fork` (commands): fork and exec from drover.
 //! - `forkserver` (commands): a request to the fork server ([`forkserver`]).
 //! - `fork` / `forkserver` (Python functions): a request to the group's
@@ -42,7 +43,7 @@ use crate::config::signal::Signal;
 use crate::config::{GroupSpec, Program, StartMethod};
 use crate::supervisor::{ExitStatus, LaunchError, Launcher, Pid, Started};
 use crate::sys::forkexec::{ExecSetup, FdSetup, ForkKind, fork_exec};
-use crate::sys::{SpawnPlan, spawn};
+use crate::sys::{SpawnPlan, pidfd_open, spawn_child};
 use helper::{Broken, Event, Helper};
 use plan::ChildIo;
 pub use plan::ChildOutput;
@@ -313,7 +314,7 @@ impl ProcessLauncher {
             ..
         } = p;
         self.outputs
-            .push(io.into_output(&spec.name, index, Pid(pid)));
+            .push(io.into_output(&spec.name, index, Pid(pid), None));
         self.completions.push(Completion {
             spec,
             index,
@@ -698,14 +699,22 @@ impl Launcher for ProcessLauncher {
             };
             return Ok(self.request(id, &plan, pending));
         }
+        // A pidfd for every child started here: its exit is reaped through
+        // it, without scanning every child. (The PID cannot have been
+        // reused yet: only this thread reaps.)
         let started = match group.start_method {
-            StartMethod::Fork => fork_exec(&fork_setup(&plan), ForkKind::Fork),
-            _ => spawn(&plan),
+            StartMethod::Fork => {
+                fork_exec(&fork_setup(&plan), ForkKind::Fork).map(|pid| (pid, pidfd_open(pid).ok()))
+            }
+            _ => spawn_child(&plan).map(|s| {
+                let pidfd = s.pidfd.or_else(|| pidfd_open(s.pid).ok());
+                (s.pid, pidfd)
+            }),
         };
         match started {
-            Ok(pid) => {
+            Ok((pid, pidfd)) => {
                 self.outputs
-                    .push(io.into_output(&group.name, index, Pid(pid)));
+                    .push(io.into_output(&group.name, index, Pid(pid), pidfd));
                 Ok(Started::Running(Pid(pid)))
             }
             Err(e) => {

@@ -24,6 +24,9 @@ pub struct ChildOutput {
     pub stderr: OwnedFd,
     /// The broker's ends of the child's queue sockets.
     pub queues: Vec<QueueEnd>,
+    /// A pidfd for the child, when drover started it itself: its exit is
+    /// reaped through it (see `crate::runtime::pidfds`).
+    pub pidfd: Option<OwnedFd>,
 }
 
 /// Everything a starting child is given besides stdin, until it runs.
@@ -71,7 +74,13 @@ impl ChildIo {
 
     /// The child runs as `pid`: drover keeps the read ends of its pipes and
     /// its queue sockets; the ends the child got are closed here.
-    pub fn into_output(self, group: &GroupName, index: u32, pid: Pid) -> ChildOutput {
+    pub fn into_output(
+        self,
+        group: &GroupName,
+        index: u32,
+        pid: Pid,
+        pidfd: Option<OwnedFd>,
+    ) -> ChildOutput {
         let ChildIo { pipes, queues } = self;
         ChildOutput {
             group: group.clone(),
@@ -80,6 +89,7 @@ impl ChildIo {
             stdout: pipes.stdout_r,
             stderr: pipes.stderr_r,
             queues: queues.into_ours(),
+            pidfd,
         }
     }
 }

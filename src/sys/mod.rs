@@ -16,9 +16,22 @@ pub mod file;
 /// `posix_spawn` and fork + exec of prepared starts, the open-file limit of
 /// children, socket pairs and the start helpers' framing.
 pub use drover_sys::{
-    FdPlan, SpawnPlan, claim_inherited_fd, forkexec, raise_fd_limit, relocate, seqpacket_pair,
-    spawn, wire,
+    FdPlan, SpawnPlan, claim_inherited_fd, forkexec, pidfd_open, raise_fd_limit, relocate,
+    seqpacket_pair, spawn, spawn_child, wire,
 };
+
+/// Scratch slots reserved for `spawn` at startup ([`reserve_spawn_slots`]):
+/// a child with stdio and up to this many minus 3 queue sockets starts
+/// through drover's shared fd table; one with more, with `posix_spawn`.
+pub const SPAWN_SLOTS: usize = 64;
+
+/// Reserves the [`SPAWN_SLOTS`] scratch slots of `spawn` (fds 3…66 when
+/// called before anything else is open): with them, a start's kernel cost
+/// does not grow with the fds drover holds (two pipes per child). Without
+/// them (the call failed), starts use `posix_spawn`.
+pub fn reserve_spawn_slots() -> io::Result<std::ops::Range<std::os::fd::RawFd>> {
+    drover_sys::reserve_spawn_slots(SPAWN_SLOTS)
+}
 
 /// Bytes (kernel accounting, not payload) that a Unix socket has sent and
 /// its peer has not read yet (`SIOCOUTQ`); 0 means the peer has read

@@ -1,6 +1,7 @@
 //! The `unsafe` layer that drover (the supervisor) and `drover-context`
-//! (the start-method library) share: starting a prepared program with
-//! `posix_spawn` ([`spawn`], [`spawn_self`]) or fork + exec ([`forkexec`]),
+//! (the start-method library) share: starting a prepared program through a
+//! shared fd table or with `posix_spawn` ([`spawn`], [`spawn_child`],
+//! [`spawn_self`]) or fork + exec ([`forkexec`]),
 //! placing a child's fds ([`relocate`]), the open-file limit children start
 //! with ([`raise_fd_limit`]), `SOCK_SEQPACKET` pairs ([`seqpacket_pair`])
 //! and the one SCM_RIGHTS request/reply framing of every start helper
@@ -9,11 +10,13 @@
 //! Everything a child needs — program path, argv, envp, working directory and
 //! the fd plan — is built by the caller as C strings before anything is
 //! created, so nothing here allocates between the moment a child exists and
-//! its `execve`. The spawn path uses `posix_spawn` (glibc implements it with
-//! `CLONE_VFORK`, so its cost does not grow with the caller's memory) and
-//! needs no `pre_exec` hook: process group, signal mask, signal dispositions,
-//! fd placement, closing of every other fd and the working directory are all
-//! spawn attributes or file actions.
+//! its `execve`. The spawn path clones with `CLONE_VM | CLONE_VFORK |
+//! CLONE_FILES` when scratch slots are reserved ([`reserve_spawn_slots`]), so
+//! that its cost grows neither with the caller's memory nor with its fds
+//! (see `vfork.rs`), and otherwise uses `posix_spawn` (glibc: `CLONE_VFORK`),
+//! which needs no `pre_exec` hook: process group, signal mask, signal
+//! dispositions, fd placement, closing of every other fd and the working
+//! directory are all spawn attributes or file actions.
 //!
 //! Each function wraps one system call or one conversion so that its
 //! `SAFETY:` argument stays local. glibc-only calls are behind
@@ -27,7 +30,10 @@ use std::ptr;
 use nix::fcntl::{FcntlArg, fcntl};
 
 pub mod forkexec;
+mod vfork;
 pub mod wire;
+
+pub use vfork::{reserve_spawn_slots, spawn_slots};
 
 /// The fds a child starts with: each `source` ends up as `target`. Targets
 /// are 0, 1, 2, 3, … in order; every other fd is closed.
@@ -48,7 +54,7 @@ pub struct SpawnPlan {
 }
 
 /// Null-terminated pointer array over C strings; lives as long as `strings`.
-fn ptr_array(strings: &[CString]) -> Vec<*mut libc::c_char> {
+pub(crate) fn ptr_array(strings: &[CString]) -> Vec<*mut libc::c_char> {
     strings
         .iter()
         .map(|s| s.as_ptr() as *mut libc::c_char)
@@ -185,13 +191,58 @@ pub fn relocate(sources: &[RawFd], first_target: RawFd) -> io::Result<(Vec<RawFd
     Ok((placed, keep))
 }
 
-/// Starts `plan` with `posix_spawn` in a new process group, with an empty
-/// signal mask, every signal at its default disposition and exactly the
-/// planned fds open. Returns the child's PID.
-///
-/// An error means no process runs (glibc reports exec failures, such as a
-/// missing or non-executable file, from the child through `CLONE_VFORK`).
+/// A child started by [`spawn_child`].
+#[derive(Debug)]
+pub struct Spawned {
+    pub pid: i32,
+    /// A pidfd for the child, when the start made one (`CLONE_PIDFD`).
+    pub pidfd: Option<OwnedFd>,
+    /// How it was started.
+    pub method: SpawnMethod,
+}
+
+/// The two ways [`spawn_child`] starts a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpawnMethod {
+    /// `clone` sharing the fd table, through the scratch slots of
+    /// [`reserve_spawn_slots`]: the cost does not grow with this process's
+    /// fds.
+    SharedTable,
+    /// `posix_spawn`: the fallback.
+    PosixSpawn,
+}
+
+/// Starts `plan` in a new process group, with an empty signal mask, every
+/// signal at its default disposition and exactly the planned fds open.
+/// Returns the child's PID; see [`spawn_child`].
 pub fn spawn(plan: &SpawnPlan) -> io::Result<i32> {
+    spawn_child(plan).map(|s| s.pid)
+}
+
+/// Starts `plan` like [`spawn`]: through a shared fd table and the scratch
+/// slots when they are reserved ([`reserve_spawn_slots`]) and the kernel
+/// allows it, otherwise with `posix_spawn`.
+///
+/// An error means no process runs: an exec failure, such as a missing or
+/// non-executable file or a missing working directory, is reported from the
+/// child before it exits (both ways are `CLONE_VFORK`), and it is reaped.
+pub fn spawn_child(plan: &SpawnPlan) -> io::Result<Spawned> {
+    match vfork::try_spawn(plan) {
+        Ok(started) => started.map(|(pid, pidfd)| Spawned {
+            pid,
+            pidfd,
+            method: SpawnMethod::SharedTable,
+        }),
+        Err(vfork::Fallback::PosixSpawn) => Ok(Spawned {
+            pid: posix_spawn_plan(plan)?,
+            pidfd: None,
+            method: SpawnMethod::PosixSpawn,
+        }),
+    }
+}
+
+/// [`spawn`] with `posix_spawn`.
+fn posix_spawn_plan(plan: &SpawnPlan) -> io::Result<i32> {
     let (sources, _moved) = relocate(&plan.fds.sources, 0)?;
     let mut actions = FileActions::new()?;
     actions.place(&sources, 0)?;
@@ -375,6 +426,19 @@ impl Drop for ChildFdLimit {
             unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &previous) };
         }
     }
+}
+
+/// A pidfd (close-on-exec) for process `pid`, Linux ≥ 5.3. For a child
+/// of this process that has not been reaped, it refers to that child even
+/// after its exit.
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes plain integers and returns a new fd.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// A close-on-exec `AF_UNIX` `SOCK_SEQPACKET` pair: one packet is one

@@ -1,0 +1,457 @@
+//! [`spawn`](crate::spawn) through a shared fd table: the path that keeps a
+//! start's kernel cost independent of how many fds this process holds.
+//!
+//! Why: `posix_spawn` (glibc: `clone(CLONE_VM | CLONE_VFORK)`) gives the
+//! child a copy of the caller's whole fd table, and the child then closes
+//! all of it (a close action, or close-on-exec at `execve`). A supervisor
+//! holds two pipes per child, so with 1000 children every start copied and
+//! closed some 2000 `struct file` references — cold cache lines, about half
+//! a millisecond per start, most of a restart's cost.
+//!
+//! How: the child is created with `CLONE_FILES` as well, so nothing is
+//! copied at `clone`, and its first fd operation is
+//! `close_range(END, ~0, CLOSE_RANGE_UNSHARE)` (Linux ≥ 5.9): when the range
+//! reaches the end of the table, the kernel gives the child a private table
+//! holding only a copy of fds `0..END`. For that prefix to be small and
+//! hold the child's fds, this process reserves, early, a run of *scratch
+//! slots* ([`reserve_spawn_slots`]) at low numbers, held by close-on-exec
+//! placeholders (one `/dev/null` file). A start copies the child's fds into
+//! the first slots (`dup3`, close-on-exec), so `END` is the end of the
+//! slots it uses; the child, in its private table, moves them down to 0, 1,
+//! 2, … with `dup2` and closes everything above. The parent, suspended by
+//! `CLONE_VFORK` until the `execve` succeeds or the child exits, puts the
+//! placeholders back. This process's own fds 0, 1 and 2 are never touched,
+//! so other threads may go on using them.
+//!
+//! The child runs on a separate stack in this process's memory and makes
+//! only raw system calls on data prepared before the `clone`, as glibc's
+//! `posix_spawn` child does: reset every signal disposition, `setpgid`,
+//! `setrlimit`, the unshare, the `dup2`s, `close_range`, `chdir`, an empty
+//! signal mask, `execve`. A failure is written into memory shared with the
+//! parent (`CLONE_VM`) before `_exit`, so the caller gets the errno and no
+//! process — the same contract as `posix_spawn`. `CLONE_PIDFD` returns a
+//! pidfd for the child with it.
+//!
+//! Fallback: not reserved, a start needing more fds than there are slots,
+//! the slots in use by another thread, or a kernel without
+//! `CLOSE_RANGE_UNSHARE` (remembered) — the caller uses `posix_spawn`.
+
+use std::ffi::c_void;
+use std::io;
+use std::ops::Range;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+
+use crate::{SpawnPlan, child_fd_limit, ptr_array};
+
+/// The reserved slots, if any; locked for the duration of a start.
+static SLOTS: Mutex<Option<Slots>> = Mutex::new(None);
+
+/// The kernel lacks `CLOSE_RANGE_UNSHARE` (or `close_range`): every start
+/// falls back to `posix_spawn`.
+static UNSUPPORTED: AtomicBool = AtomicBool::new(false);
+
+/// The child's stack. It runs a handful of system-call wrappers.
+const STACK_SIZE: usize = 64 * 1024;
+
+/// The kernel's `struct sigaction` for "default disposition, no flags,
+/// empty mask": four zero words cover it on every architecture.
+static KERNEL_SIG_DFL: [u64; 4] = [0; 4];
+
+/// One past the highest signal number on Linux (`_NSIG`).
+const NSIG: libc::c_int = 65;
+
+/// Scratch slots and the stack of the child, owned by [`SLOTS`].
+struct Slots {
+    /// The slots are `base..base + count`.
+    base: RawFd,
+    count: usize,
+    /// The placeholder every idle slot holds a copy of, above the slots.
+    placeholder: OwnedFd,
+    stack: Stack,
+}
+
+/// An `mmap`ed stack with a guard page below it.
+struct Stack {
+    base: *mut c_void,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory owned by this value; it is only used
+// while SLOTS is locked, by one start at a time.
+unsafe impl Send for Stack {}
+
+impl Stack {
+    fn new() -> io::Result<Stack> {
+        // SAFETY: sysconf reads a constant.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let len = STACK_SIZE + page;
+        // SAFETY: an anonymous private mapping at an address of the kernel's
+        // choice; no existing memory is affected.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the first page lies within the mapping just created; it
+        // becomes the guard page (a stack overflow faults instead of
+        // writing below the stack).
+        unsafe { libc::mprotect(base, page, libc::PROT_NONE) };
+        Ok(Stack { base, len })
+    }
+
+    /// The initial stack pointer: the end of the mapping (stacks grow down
+    /// on every architecture Linux and Rust share), 16-byte aligned.
+    fn top(&self) -> *mut c_void {
+        // SAFETY: one past the end of the mapping, which is page aligned.
+        unsafe { self.base.cast::<u8>().add(self.len).cast() }
+    }
+}
+
+/// Reserves `count` scratch slots for [`spawn`](crate::spawn): a run of
+/// consecutive fd numbers, as low as possible from 3 on, each holding a
+/// close-on-exec copy of `/dev/null`. Call it once, early (before the
+/// process opens its other fds, so that the run starts at 3). Returns the
+/// slots; a second call returns the first call's slots.
+///
+/// The slots belong to this module for the rest of the process's life:
+/// nothing else may close them or `dup2` onto them.
+pub fn reserve_spawn_slots(count: usize) -> io::Result<Range<RawFd>> {
+    let mut slots = SLOTS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(s) = slots.as_ref() {
+        return Ok(s.base..s.base + s.count as RawFd);
+    }
+    if count == 0 {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    let null = OwnedFd::from(null);
+    // Take the lowest free numbers from 3 on until `count` of them are
+    // consecutive; numbers before a gap are given back afterwards.
+    let mut run: Vec<OwnedFd> = Vec::with_capacity(count);
+    let mut strays: Vec<OwnedFd> = Vec::new();
+    while run.len() < count {
+        let fd = dup_cloexec(null.as_raw_fd(), 3)?;
+        if run
+            .last()
+            .is_some_and(|last| last.as_raw_fd() + 1 != fd.as_raw_fd())
+        {
+            strays.append(&mut run);
+        }
+        run.push(fd);
+    }
+    let base = run[0].as_raw_fd();
+    let placeholder = dup_cloexec(null.as_raw_fd(), base + count as RawFd)?;
+    drop(strays);
+    drop(null);
+    let stack = Stack::new()?;
+    for fd in run {
+        // Owned by the module from now on (see above): never closed.
+        std::mem::forget(fd);
+    }
+    *slots = Some(Slots {
+        base,
+        count,
+        placeholder,
+        stack,
+    });
+    Ok(base..base + count as RawFd)
+}
+
+/// The reserved scratch slots, if any.
+pub fn spawn_slots() -> Option<Range<RawFd>> {
+    let slots = SLOTS.lock().unwrap_or_else(|p| p.into_inner());
+    slots.as_ref().map(|s| s.base..s.base + s.count as RawFd)
+}
+
+/// `fcntl(fd, F_DUPFD_CLOEXEC, min)`.
+fn dup_cloexec(fd: RawFd, min: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC takes plain integers; `fd` is open (the
+    // caller owns it).
+    let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) };
+    if copy < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(copy) })
+}
+
+/// `dup3(source, target, O_CLOEXEC)`.
+fn dup3_cloexec(source: RawFd, target: RawFd) -> io::Result<()> {
+    // SAFETY: plain integers; `target` is a slot this module owns, so
+    // replacing what it holds affects no other owner.
+    if unsafe { libc::dup3(source, target, libc::O_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// What the child reads and where it reports a failure. Lives in the
+/// parent's frame; the child shares the memory (`CLONE_VM`) and the parent
+/// is suspended until the child has exec'd or exited (`CLONE_VFORK`).
+#[repr(C)]
+struct ChildArgs {
+    program: *const libc::c_char,
+    argv: *const *mut libc::c_char,
+    envp: *const *mut libc::c_char,
+    cwd: *const libc::c_char,
+    /// The child's fds are at `base..base + count`, to go to `0..count`.
+    base: RawFd,
+    count: RawFd,
+    nofile: Option<libc::rlimit>,
+    /// The errno of the step that failed; 0: none did.
+    errno: AtomicI32,
+    /// Which step failed ([`Step`]).
+    step: AtomicI32,
+}
+
+/// The child's steps that can fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i32)]
+enum Step {
+    Setup = 1,
+    Unshare = 2,
+    Exec = 3,
+}
+
+/// How [`try_spawn`] ended, when it did not start anything.
+#[derive(Debug)]
+pub(crate) enum Fallback {
+    /// Use `posix_spawn` instead.
+    PosixSpawn,
+}
+
+/// Starts `plan` through the shared fd table (see the module docs). Returns
+/// the PID and the pidfd (none on a kernel that ignores `CLONE_PIDFD`), an
+/// error meaning no process runs, or [`Fallback`].
+pub(crate) fn try_spawn(plan: &SpawnPlan) -> Result<io::Result<(i32, Option<OwnedFd>)>, Fallback> {
+    if UNSUPPORTED.load(Ordering::Relaxed) {
+        return Err(Fallback::PosixSpawn);
+    }
+    let guard = match SLOTS.try_lock() {
+        Ok(guard) => guard,
+        Err(_) => return Err(Fallback::PosixSpawn), // another thread's start
+    };
+    let Some(slots) = guard.as_ref() else {
+        return Err(Fallback::PosixSpawn);
+    };
+    let sources = &plan.fds.sources;
+    if sources.is_empty() || sources.len() > slots.count {
+        return Err(Fallback::PosixSpawn);
+    }
+    let argv = ptr_array(&plan.argv);
+    let envp = ptr_array(&plan.envp);
+    let args = ChildArgs {
+        program: plan.program.as_ptr(),
+        argv: argv.as_ptr(),
+        envp: envp.as_ptr(),
+        cwd: plan.cwd.as_ptr(),
+        base: slots.base,
+        count: sources.len() as RawFd,
+        nofile: child_fd_limit(),
+        errno: AtomicI32::new(0),
+        step: AtomicI32::new(0),
+    };
+
+    let mut placed = 0;
+    let mut result = Ok(());
+    for (i, &source) in sources.iter().enumerate() {
+        result = dup3_cloexec(source, slots.base + i as RawFd);
+        if result.is_err() {
+            break;
+        }
+        placed += 1;
+    }
+    let cloned = result.and_then(|()| clone_child(slots, &args));
+    // The placeholders go back whatever happened: the slots must not keep
+    // the child's pipe ends open in this process.
+    for i in 0..placed {
+        let _ = dup3_cloexec(slots.placeholder.as_raw_fd(), slots.base + i as RawFd);
+    }
+    drop(guard);
+    let (pid, pidfd) = match cloned {
+        Ok(child) => child,
+        Err(e) => return Ok(Err(e)),
+    };
+
+    let errno = args.errno.load(Ordering::Acquire);
+    if errno == 0 {
+        return Ok(Ok((pid, pidfd)));
+    }
+    // The child failed before its exec and has exited: reap it, so that no
+    // zombie is left and nothing else sees its exit.
+    let mut status = 0;
+    // SAFETY: waits for our own child through a valid pointer to a local.
+    while unsafe { libc::waitpid(pid, &mut status, libc::__WALL) } < 0
+        && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
+    {}
+    drop(pidfd);
+    let step = args.step.load(Ordering::Acquire);
+    if step == Step::Unshare as i32 {
+        if errno == libc::ENOSYS || errno == libc::EINVAL {
+            UNSUPPORTED.store(true, Ordering::Relaxed);
+        }
+        return Err(Fallback::PosixSpawn);
+    }
+    Ok(Err(io::Error::from_raw_os_error(errno)))
+}
+
+/// The `clone` itself, with every signal blocked around it (as glibc's
+/// `posix_spawn` does: no handler of this process may run in the child,
+/// which shares its memory, before the child has reset them). Returns the
+/// PID and the pidfd.
+fn clone_child(slots: &Slots, args: &ChildArgs) -> io::Result<(i32, Option<OwnedFd>)> {
+    let all: u64 = !0;
+    let mut previous: u64 = 0;
+    // SAFETY: rt_sigprocmask with 8-byte masks (the kernel's sigset size)
+    // through valid pointers to locals; blocks every signal in this thread.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &all as *const u64,
+            &mut previous as *mut u64,
+            8usize,
+        );
+    }
+    let mut pidfd: libc::c_int = -1;
+    let flags =
+        libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_FILES | libc::CLONE_PIDFD | libc::SIGCHLD;
+    // SAFETY: `child` runs on its own stack (the mapping in `slots`, used
+    // by one start at a time under the lock) and only reads `args`, which
+    // lives in this frame until after `clone` returns: with CLONE_VFORK
+    // this thread is suspended until the child has exec'd or exited, and
+    // the child writes nothing but the atomics of `args`. The pidfd is
+    // written to `pidfd` (the parent-TID argument, as CLONE_PIDFD defines).
+    let pid = unsafe {
+        libc::clone(
+            child,
+            slots.stack.top(),
+            flags,
+            (args as *const ChildArgs).cast_mut().cast(),
+            &mut pidfd as *mut libc::c_int,
+        )
+    };
+    let error = io::Error::last_os_error();
+    // SAFETY: as above; restores this thread's mask.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &previous as *const u64,
+            std::ptr::null_mut::<u64>(),
+            8usize,
+        );
+    }
+    if pid < 0 {
+        return Err(error);
+    }
+    // A kernel older than 5.2 ignores CLONE_PIDFD and leaves -1.
+    let pidfd = (pidfd >= 0).then(|| {
+        // SAFETY: CLONE_PIDFD returned a new fd that nothing else owns.
+        unsafe { OwnedFd::from_raw_fd(pidfd) }
+    });
+    Ok((pid, pidfd))
+}
+
+/// The child, from `clone` to `execve`.
+///
+/// Shares this process's memory and (until the unshare) its fd table, on
+/// its own stack, with every signal blocked. It makes only system calls on
+/// `args`, allocates nothing, takes no lock and never returns. `errno` is
+/// the parent thread's (the TLS is shared): harmless, the parent is
+/// suspended and reads it only if `clone` itself failed.
+extern "C" fn child(arg: *mut c_void) -> libc::c_int {
+    // SAFETY: `arg` points to the parent's ChildArgs, alive and unchanged
+    // until this child has exec'd or exited (see `clone_child`); every call
+    // below is a system call (or a libc wrapper of one) on plain integers or
+    // pointers into it.
+    unsafe {
+        let args = &*arg.cast::<ChildArgs>();
+        // No handler of the parent may run here: every disposition goes
+        // back to the default (glibc's internal signals 32 and 33 too, which
+        // the raw call accepts) while everything is still blocked.
+        for signal in 1..NSIG {
+            if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    signal,
+                    KERNEL_SIG_DFL.as_ptr(),
+                    std::ptr::null_mut::<c_void>(),
+                    8usize,
+                );
+            }
+        }
+        if libc::setpgid(0, 0) != 0 {
+            fail(args, Step::Setup);
+        }
+        if let Some(limit) = &args.nofile {
+            libc::setrlimit(libc::RLIMIT_NOFILE, limit);
+        }
+        // A private table with a copy of fds 0..end only.
+        let end = (args.base + args.count) as libc::c_uint;
+        if libc::syscall(
+            libc::SYS_close_range,
+            end,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_UNSHARE,
+        ) != 0
+        {
+            fail(args, Step::Unshare);
+        }
+        // Slot i to fd i: the targets lie below the slots (base ≥ 3 > 0),
+        // and in increasing order no target is a slot still to be read.
+        for i in 0..args.count {
+            if libc::dup2(args.base + i, i) < 0 {
+                fail(args, Step::Setup);
+            }
+        }
+        libc::syscall(
+            libc::SYS_close_range,
+            args.count as libc::c_uint,
+            libc::c_uint::MAX,
+            0,
+        );
+        if libc::chdir(args.cwd) != 0 {
+            fail(args, Step::Exec);
+        }
+        let empty: u64 = 0;
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &empty as *const u64,
+            std::ptr::null_mut::<u64>(),
+            8usize,
+        );
+        libc::execve(args.program, args.argv.cast(), args.envp.cast());
+        fail(args, Step::Exec)
+    }
+}
+
+/// Reports errno and the failed step to the parent and exits with 127.
+///
+/// # Safety
+///
+/// Only in the child of [`clone_child`], right after the failed call.
+unsafe fn fail(args: &ChildArgs, step: Step) -> ! {
+    // SAFETY: reads this thread's errno; _exit ends the child (the mask is
+    // still full or empty: nothing runs in between).
+    unsafe {
+        let errno = *libc::__errno_location();
+        args.step.store(step as i32, Ordering::Release);
+        args.errno.store(errno.max(1), Ordering::Release);
+        libc::_exit(127)
+    }
+}
