@@ -56,6 +56,11 @@ const HELPER_GRACE: Duration = Duration::from_secs(2);
 const SAME_REQUEST: Duration = Duration::from_millis(100);
 /// The most exits handled in one loop turn.
 const REAP_PER_TURN: u32 = 256;
+
+/// How long a `waitpid(-1)` sweep waits after a SIGCHLD that came with
+/// pidfd reaps (a bound, not a poll: it runs once, then only on the next
+/// SIGCHLD). Longer than a replacement's exec, short for an orphan.
+const SWEEP_DELAY: Duration = Duration::from_millis(5);
 /// The most rounds of start answers handled in one loop turn.
 const SETTLE_ROUNDS: u32 = 8;
 /// Tokens from here on are child pipes, queue sockets and templates
@@ -124,6 +129,11 @@ struct Runtime {
     term_signals: u32,
     /// The last reap stopped at its per-turn bound; more may be waiting.
     reap_pending: bool,
+    /// This batch reaped children through their pidfds: a SIGCHLD in it
+    /// most likely announced those, so its sweep waits for `sweep_at`.
+    reaped_by_pidfd: bool,
+    /// When the put-off `waitpid(-1)` sweep runs (see [`SWEEP_DELAY`]).
+    sweep_at: Option<Instant>,
     /// The last [`Self::settle_starts`] stopped at its bound.
     starts_pending: bool,
     /// When the first stop request arrived.
@@ -244,6 +254,8 @@ impl Runtime {
             orphan_grace,
             term_signals: 0,
             reap_pending: false,
+            reaped_by_pidfd: false,
+            sweep_at: None,
             starts_pending: false,
             first_stop: None,
             config,
@@ -284,11 +296,16 @@ impl Runtime {
             }
             // Exits first, so that their restarts come before anything
             // else in this batch (the SIGCHLD sweep in particular).
-            self.reap_pidfds(&events[..n]);
+            self.reaped_by_pidfd = self.reap_pidfds(&events[..n]);
             for event in &events[..n] {
                 self.dispatch(event.data(), event.events());
             }
+            self.reaped_by_pidfd = false;
             let now = Instant::now();
+            if self.sweep_at.is_some_and(|t| t <= now) {
+                self.sweep_at = None;
+                self.reap(now);
+            }
             self.sup.start_deferred(&mut self.launcher, now);
             if self.reloads.take_due(now) {
                 let _ = self.reload("a config file changed");
@@ -351,6 +368,7 @@ impl Runtime {
             self.broker.deadline(),
             self.clients.deadline(),
             self.launcher.deadline(),
+            self.sweep_at,
         ]
         .into_iter()
         .flatten()
@@ -370,7 +388,11 @@ impl Runtime {
             SIGNALS => self.on_signals(),
             LOG_WAKE => self.output.on_wake(&self.epoll),
             CONFIG_WAKE => self.on_config_event(),
-            t if self.pidfds.owns(t) => self.reap_pidfds(&[EpollEvent::new(flags, t)]),
+            t if self.pidfds.owns(t) => {
+                // Already reaped with the batch's other pidfds, unless a
+                // dispatch before it made it readable just now.
+                self.reaped_by_pidfd |= self.reap_pidfds(&[EpollEvent::new(flags, t)]);
+            }
             t if self.output.owns(t) => self.output.on_readable(&self.epoll, t),
             t if self.broker.owns(t) => self.broker.on_event(&self.epoll, t, flags),
             t if self.launcher.owns(t) => self.launcher.on_event(t),
@@ -384,6 +406,13 @@ impl Runtime {
         let now = Instant::now();
         for signal in pending {
             match signal {
+                // The sweep walks every child in the kernel: right after
+                // a pidfd reap it would compete with the replacement's
+                // start, so it waits a little (orphans and the helpers'
+                // children are reaped at most SWEEP_DELAY later).
+                sig::SIGCHLD if self.reaped_by_pidfd => {
+                    self.sweep_at.get_or_insert(now + SWEEP_DELAY);
+                }
                 sig::SIGCHLD => self.reap(now),
                 sig::SIGTERM | sig::SIGINT | sig::SIGQUIT => self.on_stop_signal(signal, now),
                 sig::SIGHUP => {
@@ -424,7 +453,7 @@ impl Runtime {
 
     /// Reaps the children whose pidfds are among `events` (each reap is
     /// one child, however many there are).
-    fn reap_pidfds(&mut self, events: &[EpollEvent]) {
+    fn reap_pidfds(&mut self, events: &[EpollEvent]) -> bool {
         let mut now = None;
         let mut strangers = false;
         for event in events {
@@ -439,6 +468,7 @@ impl Runtime {
         if let Some(now) = now {
             self.after_reaping(strangers, now);
         }
+        now.is_some()
     }
 
     /// Reaps exited children, known or not, with `waitpid(-1)`: what has no

@@ -61,6 +61,7 @@ impl Index {
     }
 
     /// Whether some change has not been settled yet.
+    #[cfg(debug_assertions)]
     pub fn is_settled(&self) -> bool {
         self.touched.is_empty() && self.touched_groups.is_empty() && !self.touched_all
     }
