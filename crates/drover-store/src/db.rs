@@ -33,13 +33,7 @@ impl Db {
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         // Open it ourselves first: SQLite silently falls back to read-only
         // when the file is not writable, and reports errno poorly.
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| StoreError::io("opening", &path, &e))?;
+        crate::error::open_rw(&path)?;
         let conn = Connection::open_with_flags(&path, flags)
             .map_err(|e| StoreError::sqlite("opening", &path, &e, 0))?;
         if conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) {

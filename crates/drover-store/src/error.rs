@@ -146,3 +146,15 @@ impl StoreError {
         }
     }
 }
+
+/// Opens `path` for reading and writing, creating it if missing (never
+/// truncating): the store's file and its lock file.
+pub(crate) fn open_rw(path: &Path) -> Result<std::fs::File, StoreError> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| StoreError::io("opening", path, &e))
+}

@@ -1,7 +1,7 @@
 //! The store's lock: `flock(LOCK_EX)` on `<state_dir>/queues.lock`, which
 //! holds the holder's PID so that a refused drover can name it.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
@@ -29,13 +29,7 @@ impl Lock {
     /// Takes the lock of `dir` without waiting, writing our PID into it.
     pub(crate) fn acquire(dir: &Path) -> Result<Lock, StoreError> {
         let path = dir.join(LOCK_FILE);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| StoreError::io("opening", &path, &e))?;
+        let file = crate::error::open_rw(&path)?;
         let mut file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(f) => f,
             Err((mut file, Errno::EWOULDBLOCK)) => {
