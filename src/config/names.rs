@@ -6,6 +6,7 @@
 //! the reason a candidate is rejected.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// The longest group or queue name, in characters. Names end up in
 /// environment variable names (`DROVER_IN_<QUEUE>`), log lines, status
@@ -46,19 +47,27 @@ fn check(name: &str) -> Result<(), NameError> {
 macro_rules! name_type {
     ($(#[$doc:meta])* $ty:ident) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-        #[serde(transparent)]
-        pub struct $ty(String);
+        ///
+        /// Cloning one is a reference count: the supervisor's indexes hold
+        /// a copy per child and per deadline.
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $ty(Arc<str>);
 
         impl $ty {
             /// Validates `name` against `[a-z][a-z0-9_]*`.
             pub fn new(name: &str) -> Result<Self, NameError> {
-                check(name).map(|()| Self(name.to_owned()))
+                check(name).map(|()| Self(Arc::from(name)))
             }
 
             /// The name as written in the config.
             pub fn as_str(&self) -> &str {
                 &self.0
+            }
+        }
+
+        impl serde::Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
             }
         }
 

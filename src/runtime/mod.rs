@@ -752,8 +752,7 @@ impl Runtime {
         });
         for mut out in self.launcher.take_outputs() {
             if let Some(pidfd) = out.pidfd.take() {
-                let token = self.token();
-                self.pidfds.watch(&self.epoll, token, out.pid, pidfd);
+                self.pidfds.watch(&self.epoll, out.pid, pidfd);
             }
             let sockets = std::mem::take(&mut out.queues);
             let next = &mut self.next_token;

@@ -18,45 +18,59 @@ use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 
 use crate::supervisor::{ExitStatus, Pid};
 
-/// The watched pidfds, by loop token and by PID.
+/// Loop tokens of pidfds: this bit and the child's PID, so that one map
+/// by PID serves both the loop's events and the sweep's
+/// [`Pidfds::forget`]. Other tokens count up from a small number and never
+/// reach it.
+const TOKEN_BIT: u64 = 1 << 63;
+
+/// The watched pidfds, by PID.
 #[derive(Debug, Default)]
 pub struct Pidfds {
-    by_token: HashMap<u64, (Pid, OwnedFd)>,
-    by_pid: HashMap<Pid, u64>,
+    by_pid: HashMap<Pid, OwnedFd>,
 }
 
 impl Pidfds {
-    pub fn owns(&self, token: u64) -> bool {
-        self.by_token.contains_key(&token)
+    fn token(pid: Pid) -> u64 {
+        TOKEN_BIT | u64::from(pid.0 as u32)
     }
 
-    /// Watches `pid`'s pidfd under `token`. If it cannot be watched, it is
-    /// dropped and the child is reaped by the SIGCHLD sweep.
-    pub fn watch(&mut self, epoll: &Epoll, token: u64, pid: Pid, fd: OwnedFd) {
-        if let Err(e) = epoll.add(fd.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, token)) {
+    fn pid(token: u64) -> Option<Pid> {
+        (token & TOKEN_BIT != 0).then(|| Pid((token & !TOKEN_BIT) as u32 as i32))
+    }
+
+    pub fn owns(&self, token: u64) -> bool {
+        Self::pid(token).is_some_and(|pid| self.by_pid.contains_key(&pid))
+    }
+
+    /// Watches `pid`'s pidfd. If it cannot be watched, it is dropped and
+    /// the child is reaped by the SIGCHLD sweep.
+    pub fn watch(&mut self, epoll: &Epoll, pid: Pid, fd: OwnedFd) {
+        // Cannot happen (a PID is reused only after its reap, which
+        // forgets it); keep the registration consistent anyway.
+        self.forget(epoll, pid);
+        let event = EpollEvent::new(EpollFlags::EPOLLIN, Self::token(pid));
+        if let Err(e) = epoll.add(fd.as_fd(), event) {
             tracing::debug!(pid = pid.0, "cannot watch a pidfd: {e}");
             return;
         }
-        self.by_token.insert(token, (pid, fd));
-        if let Some(stale) = self.by_pid.insert(pid, token) {
-            // Cannot happen (a PID is reused only after its reap, which
-            // forgets it); keep the tables consistent anyway.
-            self.remove(epoll, stale);
-        }
+        self.by_pid.insert(pid, fd);
     }
 
     /// `pid` was reaped by the sweep: its pidfd goes.
     pub fn forget(&mut self, epoll: &Epoll, pid: Pid) {
-        if let Some(token) = self.by_pid.remove(&pid) {
-            self.remove(epoll, token);
+        if let Some(fd) = self.by_pid.remove(&pid) {
+            // Explicitly: a copy of the fd in a forked child that has not
+            // exec'd yet would keep the registration alive past the close.
+            let _ = epoll.delete(fd.as_fd());
         }
     }
 
     /// The pidfd under `token` is readable: reaps its child. Returns its
     /// exit, or `None` if there is nothing to reap (yet).
     pub fn on_ready(&mut self, epoll: &Epoll, token: u64) -> Option<(Pid, ExitStatus)> {
-        let (pid, fd) = self.by_token.get(&token)?;
-        let pid = *pid;
+        let pid = Self::pid(token)?;
+        let fd = self.by_pid.get(&pid)?;
         let status = loop {
             match waitid(
                 Id::PIDFd(fd.as_fd()),
@@ -78,16 +92,7 @@ impl Pidfds {
                 None
             }
         };
-        self.by_pid.remove(&pid);
-        self.remove(epoll, token);
+        self.forget(epoll, pid);
         exit.map(|status| (pid, status))
-    }
-
-    fn remove(&mut self, epoll: &Epoll, token: u64) {
-        if let Some((_, fd)) = self.by_token.remove(&token) {
-            // Explicitly: a copy of the fd in a forked child that has not
-            // exec'd yet would keep the registration alive past the close.
-            let _ = epoll.delete(fd.as_fd());
-        }
     }
 }
