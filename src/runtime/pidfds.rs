@@ -36,7 +36,7 @@ impl Pidfds {
     }
 
     fn pid(token: u64) -> Option<Pid> {
-        (token & TOKEN_BIT != 0).then(|| Pid((token & !TOKEN_BIT) as u32 as i32))
+        (token & TOKEN_BIT != 0).then_some(Pid((token & !TOKEN_BIT) as u32 as i32))
     }
 
     pub fn owns(&self, token: u64) -> bool {
