@@ -91,7 +91,7 @@ const CASES: [&str; 25] = [
     "confirm_without_durable",
     "duplicate_name",
     "duplicate_supervisor",
-    "durable_queue",
+    "durable_into_memory",
     "empty_dir",
     "long_line",
     "many_errors",
@@ -174,9 +174,13 @@ fn duplicate_supervisor() {
     rejects("duplicate_supervisor");
 }
 
+/// A durable queue is accepted; dead letters into a queue that is not
+/// durable are warned about.
 #[test]
-fn durable_queue() {
-    rejects("durable_queue");
+fn durable_into_memory() {
+    let config = loads("durable_into_memory");
+    let durable = |q: &str| config.queues[&QueueName::new(q).unwrap()].durable;
+    assert!(durable("jobs") && !durable("failed"));
 }
 
 #[test]

@@ -11,12 +11,12 @@
 //! dropped, and the backlog holds at most [`BACKLOG`] replies.
 //!
 //! Each reply carries a [`Gate`]: it may go out once the broker's
-//! committed gate ([`Broker::committed`]) has reached it. Every reply is
-//! [`Gate::OPEN`] today (an in-memory queue's `ok` is true as soon as the
-//! message is held). A durable queue will give its `ok`s the gate of the
-//! disk commit that holds their message, and raise `committed` (then flush
-//! the endpoints waiting on it) once that commit is on disk; the replies
-//! behind a closed gate wait with it, so the order is kept.
+//! committed gate ([`Broker::committed`]) has reached it. An in-memory
+//! queue's `ok` is [`Gate::OPEN`] (true as soon as the message is held); a
+//! durable queue's `ok` gets the gate of the disk commit that holds its
+//! message, and the broker raises `committed` (then flushes the endpoints
+//! waiting on it) once that commit is on disk (see [`super::durable`]);
+//! the replies behind a closed gate wait with it, so the order is kept.
 
 use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
@@ -62,7 +62,7 @@ impl Reply {
 /// of disk commits (see the module documentation). Gates are ordered; a
 /// reply goes out once [`Broker::committed`] is at or past its gate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub(super) struct Gate(u64);
+pub(super) struct Gate(pub(super) u64);
 
 impl Gate {
     /// Nothing to wait for.
@@ -101,8 +101,9 @@ impl Replies {
 
 impl Broker {
     /// Answers the packet just read from the producer `token`, if its
-    /// endpoint has confirms; the reply is sent now if it can be.
-    pub(super) fn reply(&mut self, token: u64, reply: Reply) {
+    /// endpoint has confirms; the reply is sent now if it can be, else
+    /// once `gate` is committed and the socket has room.
+    pub(super) fn reply(&mut self, token: u64, reply: Reply, gate: Gate) {
         let Some(replies) = self
             .endpoints
             .get_mut(&token)
@@ -113,7 +114,10 @@ impl Broker {
         if replies.gone {
             return;
         }
-        replies.backlog.push_back((reply, Gate::OPEN));
+        replies.backlog.push_back((reply, gate));
+        if gate > self.committed {
+            self.gated.insert(token);
+        }
         self.flush_replies(token);
     }
 

@@ -126,6 +126,7 @@ mod tests {
             message: Message {
                 bytes: b"bad \xff msg".as_slice().into(),
                 deliveries: 5,
+                id: None,
             },
             reason: "delivered 5 times".into(),
         };

@@ -9,7 +9,7 @@ use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
 use nix::sys::socket::{MsgFlags, recv, send, setsockopt, sockopt};
 
-use super::confirm::Reply;
+use super::confirm::{Gate, Reply};
 use super::queue::{DeadLetter, Message, QueueCore};
 use super::{Broker, Direction, READ_BUDGET};
 use crate::config::names::QueueName;
@@ -107,11 +107,11 @@ impl Broker {
                         "zero-length packets from producers refused",
                         "refused a zero-length packet from a producer: it is not a message (a consumer could not tell it from the queue closing)",
                     );
-                    self.reply(token, Reply::Empty);
+                    self.reply(token, Reply::Empty, Gate::OPEN);
                 }
                 Ok(n) => {
-                    let reply = self.accept(queue, n);
-                    self.reply(token, reply);
+                    let (reply, gate) = self.accept(queue, n);
+                    self.reply(token, reply, gate);
                 }
                 // (ECONNRESET: see read_settlements; a producer is sent
                 // nothing but confirms, and a reset must not cost what
@@ -133,18 +133,26 @@ impl Broker {
     }
 
     /// One packet of `n` bytes (in `scratch`) from a producer of `queue`;
-    /// returns the answer it gets with confirms.
-    fn accept(&mut self, queue: &QueueName, n: usize) -> Reply {
+    /// returns the answer it gets with confirms, and the commit it waits
+    /// for.
+    fn accept(&mut self, queue: &QueueName, n: usize) -> (Reply, Gate) {
         // MSG_TRUNC reports a packet's real length; the scratch holds what
         // fit of it (all of it when the queue would accept it).
+        let kept = n.min(self.scratch.len());
+        let fits = self
+            .queues
+            .get(queue)
+            .is_some_and(|q| n <= q.spec.max_message_bytes as usize && kept == n);
+        if fits {
+            let scratch = std::mem::take(&mut self.scratch);
+            let gate = self.enqueue(queue, &scratch[..n]);
+            self.scratch = scratch;
+            return (Reply::Accepted, gate);
+        }
         let bytes = self.scratch.get(..n).unwrap_or(&self.scratch);
-        let kept = bytes.len();
         let (target, reason, reply) = match self.queues.get_mut(queue) {
-            Some(q) if n <= q.spec.max_message_bytes as usize && kept == n => {
-                q.push(Message::new(bytes));
-                return Reply::Accepted;
-            }
             Some(q) => {
+                // (Too large: `fits` said no.)
                 q.counters.refused += 1;
                 q.counters.dead_lettered += 1;
                 let max = q.spec.max_message_bytes;
@@ -178,7 +186,7 @@ impl Broker {
             letter.reason.push_str(&note);
         }
         self.dead_letter(queue, target.as_ref(), &letter);
-        reply
+        (reply, Gate::OPEN)
     }
 
     /// Reads `ack` / `nack` packets from a consumer, up to `budget`.

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use super::Broker;
 use super::deadletter::{self, Appended};
-use super::queue::{DeadLetter, Message};
+use super::queue::DeadLetter;
 use crate::config::names::QueueName;
 use crate::text::wording::plural;
 
@@ -120,9 +120,10 @@ impl Broker {
             && let Some(q) = self.queues.get_mut(t)
         {
             if !q.is_full() {
-                q.push(Message::new(&letter.message.bytes));
+                let t = t.clone();
+                self.enqueue(&t, &letter.message.bytes);
                 self.to_deliver.push(t.clone());
-                return Routed::Queue(t.clone());
+                return Routed::Queue(t);
             }
             let key = format!("queue {source}: dead-letter queue {t} is full");
             if self.bursts.allow(&key, now) {

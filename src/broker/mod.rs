@@ -28,13 +28,14 @@
 
 mod confirm;
 mod deadletter;
+mod durable;
 mod endpoint;
 mod letters;
 pub mod queue;
 mod retire;
 mod timers;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -137,8 +138,12 @@ pub struct Broker {
     to_deliver: Vec<QueueName>,
     timers: AckTimers,
     /// Replies whose gate is at or before this may be sent (see
-    /// [`confirm`]). Nothing is gated yet: it stays [`Gate::OPEN`].
+    /// [`confirm`]): the last disk commit that ended.
     committed: Gate,
+    /// Producers with replies waiting for a commit.
+    gated: BTreeSet<u64>,
+    /// The store of durable queues, once the config has one.
+    durable: Option<durable::Durable>,
     /// Lines about single packets or messages (a bogus `ack`, a dead letter).
     lines: RateLimit,
     /// Lines about a condition that lasts (a full dead-letter queue, a full
@@ -167,6 +172,8 @@ impl Broker {
             to_deliver: Vec::new(),
             timers: AckTimers::default(),
             committed: Gate::OPEN,
+            gated: BTreeSet::new(),
+            durable: None,
             lines: RateLimit::default(),
             bursts: RateLimit::new(1, crate::text::ratelimit::DEFAULT_WINDOW),
         }
@@ -297,6 +304,7 @@ impl Broker {
             self.timers.next(),
             self.lines.deadline(),
             self.bursts.deadline(),
+            self.store_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -308,6 +316,7 @@ impl Broker {
     /// go back to the queue as failed deliveries and their input socket is
     /// closed. Returns their PIDs, for the supervisor to restart.
     pub fn on_deadline(&mut self, epoll: &Epoll, now: Instant) -> Vec<Pid> {
+        self.store_retry(epoll, now);
         let mut hung = Vec::new();
         for token in self.timers.due(now) {
             match self.ack_deadline(token) {
@@ -338,28 +347,43 @@ impl Broker {
     /// Per-queue numbers for `drover status`: the queues of the config,
     /// then removed ones whose consumers still hold messages.
     pub fn status(&self) -> Vec<QueueStatus> {
-        let live = self.queues.values().map(|q| queue_status(q, false));
+        let live = self.queues.values().map(|q| self.queue_status(q, false));
         let retired = self
             .retired
             .values()
-            .filter(|q| q.in_flight() > 0)
-            .map(|q| queue_status(q, true));
+            .filter(|q| q.in_flight() > 0 || q.depth() > 0)
+            .map(|q| self.queue_status(q, true));
         live.chain(retired).collect()
     }
 
-    /// At exit: logs what is still queued (queues are not durable yet).
+    /// At exit: commits and closes the store, and logs what is lost (held
+    /// in memory only) or kept (in the store).
     pub fn report_leftovers(&mut self) {
         let all = self.queues.values_mut().chain(self.retired.values_mut());
         for q in all {
-            let left = q.drain_all();
-            if !left.is_empty() {
-                tracing::warn!(
-                    "queue {}: {} still queued at exit are lost (queues are not durable yet)",
+            let stored = q.stored();
+            let lost = q.drain_all().iter().filter(|m| m.id.is_none()).count();
+            if stored > 0 {
+                tracing::info!(
+                    "queue {}: {} stay in the store for the next start",
                     q.spec.name,
-                    plural(left.len(), "message", "messages")
+                    plural(stored as usize, "message", "messages")
+                );
+            }
+            if lost > 0 {
+                let why = if q.spec.durable {
+                    "they were not stored yet"
+                } else {
+                    "the queue is not durable"
+                };
+                tracing::warn!(
+                    "queue {}: {} still queued at exit are lost ({why})",
+                    q.spec.name,
+                    plural(lost, "message", "messages")
                 );
             }
         }
+        self.close_store();
     }
 
     /// When the consumer `token` will have held its oldest message (of the
@@ -398,7 +422,19 @@ impl Broker {
     }
 }
 
-fn queue_status(q: &QueueCore, removed: bool) -> QueueStatus {
+impl Broker {
+    fn queue_status(&self, q: &QueueCore, removed: bool) -> QueueStatus {
+        let (stored, store_error) = self.store_status(q);
+        queue_status(q, removed, stored, store_error)
+    }
+}
+
+fn queue_status(
+    q: &QueueCore,
+    removed: bool,
+    stored: u64,
+    store_error: Option<String>,
+) -> QueueStatus {
     QueueStatus {
         name: q.spec.name.to_string(),
         depth: q.depth() as u64,
@@ -412,6 +448,9 @@ fn queue_status(q: &QueueCore, removed: bool) -> QueueStatus {
         removed,
         confirm: q.spec.confirm,
         confirmed: q.counters.confirmed,
+        durable: q.spec.durable,
+        stored,
+        store_error,
     }
 }
 

@@ -28,6 +28,8 @@ pub const MAX_READY_BYTES: usize = 64 << 20;
 pub struct Message {
     pub bytes: Box<[u8]>,
     pub deliveries: u32,
+    /// Its id in the store, while it is stored (durable queues).
+    pub id: Option<u64>,
 }
 
 impl Message {
@@ -35,7 +37,31 @@ impl Message {
         Message {
             bytes: bytes.into(),
             deliveries: 0,
+            id: None,
         }
+    }
+}
+
+/// Messages of a durable queue held in memory at most, beyond those read
+/// back for consumers: the rest stays in the store until it is needed.
+pub const WINDOW: usize = 1024;
+
+/// A durable queue with messages in the store reads the next ones once
+/// fewer than this many are ready in memory.
+pub const LOW_WATER: usize = WINDOW / 4;
+
+/// What the store must learn from a queue: attempt counts of stored
+/// messages that were handed out, and ids of stored messages that left
+/// (acked, dead-lettered, read at most once, or moved out of the store).
+#[derive(Debug, Default)]
+pub struct StoreOps {
+    pub attempts: Vec<(u64, u32)>,
+    pub forget: Vec<u64>,
+}
+
+impl StoreOps {
+    pub fn is_empty(&self) -> bool {
+        self.attempts.is_empty() && self.forget.is_empty()
     }
 }
 
@@ -110,6 +136,28 @@ pub struct QueueCore {
     /// Removed from the config by a reload (see the module documentation).
     retired: bool,
     pub counters: Counters,
+    /// Accepted messages waiting for a disk commit (or, in a queue that is
+    /// not durable, for one that messages before them wait for), oldest
+    /// first, each with the gate of its commit (see `super::durable`).
+    staged: VecDeque<(u64, Message)>,
+    /// Stored messages after `ready` that are not held in memory.
+    behind: u64,
+    /// Messages after `behind` held in memory only: they arrived after
+    /// `durable` was cleared, while the store was still being read back.
+    tail: VecDeque<Message>,
+    /// Bytes in `staged` and `tail`.
+    held_bytes: usize,
+    /// The highest id read back or placed in `ready`: the next read of the
+    /// store starts above it.
+    cursor: Option<u64>,
+    /// A read of the store is under way.
+    loading: bool,
+    /// Some of its messages may be in the store.
+    in_store: bool,
+    /// The store cannot commit: producers wait (back-pressure).
+    pub store_blocked: bool,
+    /// For the store, drained by the broker every turn.
+    ops: StoreOps,
 }
 
 impl QueueCore {
@@ -123,12 +171,39 @@ impl QueueCore {
             next: 0,
             retired: false,
             counters: Counters::default(),
+            staged: VecDeque::new(),
+            behind: 0,
+            tail: VecDeque::new(),
+            held_bytes: 0,
+            cursor: None,
+            loading: false,
+            in_store: false,
+            store_blocked: false,
+            ops: StoreOps::default(),
         }
     }
 
-    /// Messages waiting for a consumer.
+    /// Messages waiting for a consumer (in memory, being committed, or in
+    /// the store).
     pub fn depth(&self) -> usize {
-        self.ready.len()
+        self.ready.len() + self.staged.len() + self.tail.len() + self.behind as usize
+    }
+
+    /// Messages in the store (or on their way there): those after `ready`
+    /// and those in memory that have an id.
+    pub fn stored(&self) -> u64 {
+        let in_memory = self
+            .ready
+            .iter()
+            .chain(self.staged.iter().map(|(_, m)| m))
+            .chain(
+                self.consumers
+                    .values()
+                    .flat_map(|c| c.unsettled.iter().map(|f| &f.message)),
+            )
+            .filter(|m| m.id.is_some())
+            .count();
+        self.behind + in_memory as u64
     }
 
     /// Messages delivered and not yet settled.
@@ -138,12 +213,224 @@ impl QueueCore {
 
     /// Producers are not read while this holds (back-pressure).
     pub fn is_full(&self) -> bool {
-        self.ready.len() >= self.spec.capacity as usize || self.ready_bytes >= MAX_READY_BYTES
+        self.store_blocked
+            || self.depth() >= self.spec.capacity as usize
+            || self.ready_bytes + self.held_bytes >= MAX_READY_BYTES
     }
 
     /// Nothing waiting and nothing in flight.
     pub fn is_drained(&self) -> bool {
-        self.ready.is_empty() && self.consumers.values().all(|c| c.unsettled.is_empty())
+        self.depth() == 0 && self.consumers.values().all(|c| c.unsettled.is_empty())
+    }
+
+    /// Takes what the store must learn (see [`StoreOps`]).
+    pub fn take_ops(&mut self) -> StoreOps {
+        std::mem::take(&mut self.ops)
+    }
+
+    fn forget(&mut self, message: &mut Message) {
+        if let Some(id) = message.id.take() {
+            self.ops.forget.push(id);
+        }
+    }
+
+    /// An accepted message that must wait for the commit `gate` before it
+    /// is handed out: a durable queue's (with its id), or one that arrived
+    /// behind such messages.
+    pub fn stage(&mut self, gate: u64, message: Message) {
+        self.in_store |= message.id.is_some();
+        self.held_bytes += message.bytes.len();
+        self.staged.push_back((gate, message));
+    }
+
+    /// Whether a message accepted now must be staged rather than pushed:
+    /// messages before it wait for a commit or are in the store.
+    pub fn must_stage(&self) -> bool {
+        self.spec.durable || !self.staged.is_empty() || self.behind > 0
+    }
+
+    /// Commits up to `gate` are on disk: the messages staged for them take
+    /// their place in the queue. Returns those that leave at once (the
+    /// queue was removed meanwhile).
+    pub fn committed(&mut self, gate: u64) -> Vec<DeadLetter> {
+        let mut dead = Vec::new();
+        while self.staged.front().is_some_and(|(g, _)| *g <= gate) {
+            let Some((_, message)) = self.staged.pop_front() else {
+                break;
+            };
+            self.held_bytes = self.held_bytes.saturating_sub(message.bytes.len());
+            if self.retired {
+                dead.extend(self.fail(message, "it was committed after its queue was removed"));
+                continue;
+            }
+            self.place(message);
+        }
+        dead
+    }
+
+    /// A committed message goes to the end of the queue: into `ready`
+    /// while nothing of the queue is only in the store and the window has
+    /// room, else (durable) into the store only, or (no longer durable)
+    /// into `tail`.
+    fn place(&mut self, message: Message) {
+        if self.behind == 0 && (!self.spec.durable || self.ready.len() < WINDOW) {
+            if let Some(id) = message.id {
+                self.cursor = Some(self.cursor.map_or(id, |c| c.max(id)));
+            }
+            self.push(message);
+        } else if self.spec.durable && message.id.is_some() {
+            self.behind += 1;
+        } else {
+            self.held_bytes += message.bytes.len();
+            self.tail.push_back(message);
+        }
+    }
+
+    /// The read of the store this queue needs now, if any: (above which
+    /// id, at most how many). A durable queue reads a window when its
+    /// ready messages run low; one no longer durable reads all it has
+    /// there, to hold it in memory.
+    pub fn wanted_load(&self) -> Option<(Option<u64>, usize)> {
+        if self.behind == 0 || self.loading {
+            return None;
+        }
+        let all = self.behind.min(usize::MAX as u64) as usize;
+        if self.retired || !self.spec.durable {
+            Some((self.cursor, all))
+        } else if self.ready.len() < LOW_WATER {
+            Some((self.cursor, all.min(WINDOW)))
+        } else {
+            None
+        }
+    }
+
+    pub fn set_loading(&mut self) {
+        self.loading = true;
+    }
+
+    /// A read of the store ended (`None`: it failed, and is tried again).
+    /// `asked`: how many were asked for; fewer means the store has no more.
+    /// Returns the messages that leave at once: those delivered
+    /// `max_deliveries` times before a restart, or all of a removed queue.
+    pub fn loaded(
+        &mut self,
+        messages: Option<Vec<(u64, u32, Vec<u8>)>>,
+        asked: usize,
+    ) -> Vec<DeadLetter> {
+        self.loading = false;
+        let Some(messages) = messages else {
+            return Vec::new();
+        };
+        let got = messages.len();
+        let mut dead = Vec::new();
+        for (id, attempts, bytes) in messages {
+            self.behind = self.behind.saturating_sub(1);
+            self.cursor = Some(self.cursor.map_or(id, |c| c.max(id)));
+            let message = Message {
+                bytes: bytes.into_boxed_slice(),
+                deliveries: attempts,
+                id: Some(id),
+            };
+            if self.retired {
+                dead.extend(self.fail(message, "it was read back from the store"));
+            } else if attempts >= self.spec.max_deliveries {
+                let mut message = message;
+                self.forget(&mut message);
+                self.counters.dead_lettered += 1;
+                let reason = format!(
+                    "delivered {attempts} times (counting deliveries cut short by a stop of drover)"
+                );
+                dead.push(DeadLetter { message, reason });
+            } else {
+                self.push(message);
+            }
+        }
+        if got < asked {
+            // The store has no more than this (a read of fewer than were
+            // counted): nothing is left to read.
+            self.behind = 0;
+        }
+        if self.behind == 0 {
+            while let Some(m) = self.tail.pop_front() {
+                self.held_bytes = self.held_bytes.saturating_sub(m.bytes.len());
+                if self.retired {
+                    dead.extend(self.fail(m, "its queue was removed"));
+                } else {
+                    self.push(m);
+                }
+            }
+        }
+        dead
+    }
+
+    /// At start (or when a queue with stored messages is configured): the
+    /// queue has `stored` messages in the store, none read yet.
+    pub fn adopt_stored(&mut self, stored: u64) {
+        self.in_store = true;
+        self.behind += stored;
+    }
+
+    /// `durable` was set by a reload: every message in memory is stored,
+    /// in-flight ones first (they are older), each under a new id from
+    /// `next_id`. Returns (id, bytes) to append.
+    pub fn store_all(&mut self, next_id: &mut u64) -> Vec<(u64, Vec<u8>)> {
+        self.in_store = true;
+        let mut out = Vec::new();
+        let mut take = |m: &mut Message, ops: &mut StoreOps| {
+            if let Some(old) = m.id.take() {
+                ops.forget.push(old);
+            }
+            let id = *next_id;
+            *next_id += 1;
+            m.id = Some(id);
+            out.push((id, m.bytes.to_vec()));
+        };
+        for c in self.consumers.values_mut() {
+            for f in &mut c.unsettled {
+                take(&mut f.message, &mut self.ops);
+            }
+        }
+        for m in self.ready.iter_mut() {
+            take(m, &mut self.ops);
+        }
+        for (_, m) in self.staged.iter_mut() {
+            take(m, &mut self.ops);
+        }
+        // `tail` is empty here: it exists only while a queue that is not
+        // durable reads its store back, and that read ends first.
+        for m in self.tail.iter_mut() {
+            take(m, &mut self.ops);
+        }
+        // (With messages still behind, being read back, their ids are
+        // older than these: the read must still find them.)
+        if let (Some(last), 0) = (out.last(), self.behind) {
+            self.cursor = Some(last.0);
+        }
+        out
+    }
+
+    /// `durable` is cleared and nothing is left only in the store: every
+    /// message leaves the store (it stays in memory).
+    pub fn unstore_all(&mut self) {
+        self.in_store = false;
+        let ops = &mut self.ops;
+        let mut drop_id = |m: &mut Message| {
+            if let Some(id) = m.id.take() {
+                ops.forget.push(id);
+            }
+        };
+        for c in self.consumers.values_mut() {
+            c.unsettled.iter_mut().for_each(|f| drop_id(&mut f.message));
+        }
+        self.ready.iter_mut().for_each(&mut drop_id);
+        self.staged.iter_mut().for_each(|(_, m)| drop_id(m));
+        self.tail.iter_mut().for_each(&mut drop_id);
+    }
+
+    /// `durable` was cleared and everything is read back: time for
+    /// [`QueueCore::unstore_all`].
+    pub fn leaves_store(&self) -> bool {
+        !self.spec.durable && !self.retired && self.in_store && self.behind == 0 && !self.loading
     }
 
     /// A message from a producer (or a dead letter from another queue).
@@ -171,8 +458,11 @@ impl QueueCore {
             .flat_map(|c| c.unsettled.drain(..).map(|f| f.message))
             .collect();
         all.extend(self.ready.drain(..));
+        all.extend(self.staged.drain(..).map(|(_, m)| m));
+        all.extend(self.tail.drain(..));
         self.refresh_all();
         self.ready_bytes = 0;
+        self.held_bytes = 0;
         all
     }
 
@@ -183,16 +473,42 @@ impl QueueCore {
         self.consumers.retain(|_, c| !c.unsettled.is_empty());
         self.refresh_all();
         self.ready_bytes = 0;
-        self.ready.drain(..).collect()
+        let mut left: Vec<Message> = self.ready.drain(..).collect();
+        // Read back from the store before `behind`; what is still only in
+        // the store is read back and dead-lettered after this, and what is
+        // staged when its commit ends.
+        if self.behind == 0 {
+            self.held_bytes = self
+                .held_bytes
+                .saturating_sub(self.tail.iter().map(|m| m.bytes.len()).sum());
+            left.extend(self.tail.drain(..));
+        }
+        for m in &mut left {
+            self.forget(m);
+        }
+        left
     }
 
     /// Merges `newer`, a later incarnation of the same queue, retired too
     /// (removed, added again, removed again), into this retired one.
     /// A consumer of both settles what it got from this one first: it got
     /// those messages earlier.
-    pub fn absorb(&mut self, newer: QueueCore) {
+    pub fn absorb(&mut self, mut newer: QueueCore) {
         self.spec = newer.spec.clone();
         self.counters.add(newer.counters);
+        self.staged.append(&mut newer.staged);
+        self.tail.append(&mut newer.tail);
+        self.held_bytes += newer.held_bytes;
+        self.behind += newer.behind;
+        // Both read back from the store under one name: from the lower
+        // cursor, so that neither's messages are skipped.
+        self.cursor = match (self.cursor, newer.cursor) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            _ => None,
+        };
+        self.loading |= newer.loading;
+        self.ops.attempts.append(&mut newer.ops.attempts);
+        self.ops.forget.append(&mut newer.ops.forget);
         for (id, mut c) in newer.consumers {
             match self.consumers.get_mut(&id) {
                 Some(old) => old.unsettled.append(&mut c.unsettled),
@@ -277,7 +593,11 @@ impl QueueCore {
 
     /// A failed delivery: back to the head, or to the dead letters after
     /// the `max_deliveries`-th (at once when the queue is retired).
-    fn fail(&mut self, message: Message, why: &str) -> Option<DeadLetter> {
+    fn fail(&mut self, mut message: Message, why: &str) -> Option<DeadLetter> {
+        if self.retired || message.deliveries >= self.spec.max_deliveries {
+            // It leaves the queue, and the store.
+            self.forget(&mut message);
+        }
         if self.retired {
             self.counters.dead_lettered += 1;
             let reason = format!("its queue was removed from the config; {why}");
@@ -315,6 +635,14 @@ impl QueueCore {
         }
         message.deliveries += 1;
         self.counters.delivered += 1;
+        if let Some(id) = message.id {
+            if self.spec.delivery == Delivery::AtMostOnce {
+                // Handed over is settled: it leaves the store.
+                self.forget(&mut message);
+            } else {
+                self.ops.attempts.push((id, message.deliveries));
+            }
+        }
         match self.consumers.get_mut(&id) {
             Some(c) => c.unsettled.push_back(InFlight {
                 message,
@@ -380,6 +708,8 @@ impl QueueCore {
         self.refresh(id);
         if ack {
             self.counters.acked += 1;
+            let mut message = f.message;
+            self.forget(&mut message);
             Ok(None)
         } else {
             Ok(self.fail(f.message, "its consumer sent nack"))
@@ -442,6 +772,7 @@ mod tests {
             dead_letter: None,
             ack_timeout: std::time::Duration::ZERO,
             confirm: false,
+            durable: false,
             file: "t.toml".into(),
         }
     }

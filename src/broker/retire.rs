@@ -46,10 +46,14 @@ impl Broker {
         let mut changed = Vec::new();
         let mut retimed = Vec::new();
         let mut settings = Vec::new();
+        let mut stored = Vec::new();
         for (name, spec) in &config.queues {
             match self.queues.get_mut(name) {
                 Some(q) => {
                     let old = q.set_spec(spec.clone());
+                    if old.durable != spec.durable {
+                        stored.push((name.clone(), Some(old.durable)));
+                    }
                     if !same_settings(&old, spec) {
                         settings.push(name.clone());
                     }
@@ -65,8 +69,12 @@ impl Broker {
                     let q = QueueCore::new(spec.clone());
                     self.queues.insert(name.clone(), q);
                     added.push(name.clone());
+                    stored.push((name.clone(), None));
                 }
             }
+        }
+        for (name, was) in stored {
+            self.durable_changed(&name, was);
         }
         let removed: Vec<QueueName> = self
             .queues

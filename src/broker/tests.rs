@@ -28,6 +28,7 @@ fn spec(name: &str) -> QueueSpec {
         dead_letter: None,
         ack_timeout: Duration::ZERO,
         confirm: false,
+        durable: false,
         file: "t.toml".into(),
     }
 }

@@ -85,6 +85,7 @@ pub(crate) fn merge(
             });
         if wiring_known {
             usage(parsed, &duplicated, diags);
+            durable_dead_letters(parsed, diags);
         }
     }
     assemble(parsed, supervisor?)
@@ -287,6 +288,40 @@ fn check_ref(
         Some(help),
     );
     false
+}
+
+/// Warns about a durable queue whose dead letters go to a queue that is
+/// not durable: a message that survived every crash of drover in its queue
+/// would be lost by one after it is dead-lettered.
+fn durable_dead_letters(parsed: &[Parsed], diags: &mut Vec<Diagnostic>) {
+    let durable: HashMap<&str, bool> = parsed
+        .iter()
+        .flat_map(|p| &p.draft.queues)
+        .map(|q| (q.spec.name.as_str(), q.spec.durable))
+        .collect();
+    for p in parsed {
+        let mut cx = Cx::new(&p.file, diags);
+        for q in &p.draft.queues {
+            let Some(r) = q.dead_letter.as_ref().filter(|_| q.spec.durable) else {
+                continue;
+            };
+            let target = r.name.as_str();
+            if durable.get(target) == Some(&false) {
+                let message = format!(
+                    "durable queue `{}` dead-letters into `{target}`, which is not durable",
+                    q.spec.name
+                );
+                let help = format!(
+                    "its dead letters are lost if drover stops before they are consumed; \
+                     set `durable = true` on [queue.{target}]"
+                );
+                let diagnostic = Diagnostic::warning(message)
+                    .at(cx.at(r.span.clone()))
+                    .with_help(help);
+                cx.report(diagnostic);
+            }
+        }
+    }
 }
 
 /// Warns about queues that nothing writes to or nothing reads from. A

@@ -184,5 +184,8 @@ pub struct QueueSpec {
     /// `confirm`: every packet a producer sends is answered on its socket
     /// (`ok`, or `no REASON`). Default false.
     pub confirm: bool,
+    /// `durable`: messages are stored under `state_dir` and survive a
+    /// crash of drover. Default false.
+    pub durable: bool,
     pub file: PathBuf,
 }

@@ -70,7 +70,7 @@ pub(crate) fn read(
     let mut dead_letter = None;
     let mut wiring_complete = true;
     let mut confirm = None;
-    let mut durable_set = false;
+    let mut durable = false;
     let place = format!("in [queue.{}]", fields::shown(raw));
     cx.set_table(Some(format!("[queue.{}]", fields::shown(raw))));
     for (key, value) in table.iter() {
@@ -87,7 +87,7 @@ pub(crate) fn read(
             "ack_timeout" => {
                 ack_timeout = cx.duration(key_name, value).unwrap_or(ack_timeout);
             }
-            "durable" => durable_set = durable(cx, value),
+            "durable" => durable = cx.bool("durable", value).unwrap_or(false),
             "confirm" => {
                 if let Some(on) = cx.bool("confirm", value) {
                     confirm = Some((on, value.span()));
@@ -108,7 +108,7 @@ pub(crate) fn read(
         }
     }
     if let Some((true, span)) = confirm.clone()
-        && !durable_set
+        && !durable
     {
         confirm_in_memory(cx, span);
     }
@@ -124,6 +124,7 @@ pub(crate) fn read(
         dead_letter: dead_letter.as_ref().map(|r: &QueueRef| r.name.clone()),
         ack_timeout,
         confirm: confirm.is_some_and(|(on, _)| on),
+        durable,
         file: cx.file.path.clone(),
     };
     Some(QueueDraft {
@@ -146,19 +147,6 @@ fn dead_letter_ref(cx: &mut Cx<'_>, queue: &str, value: &fields::Value<'_>) -> O
         return None;
     }
     Some(r)
-}
-
-/// `durable`: only `false` is accepted yet. Returns whether it was `true`.
-fn durable(cx: &mut Cx<'_>, value: &fields::Value<'_>) -> bool {
-    if cx.bool("durable", value) == Some(true) {
-        let message = format!(
-            "{}: durable queues are not supported yet; remove `durable = true`",
-            cx.key("durable")
-        );
-        cx.error(value.span(), message, None);
-        return true;
-    }
-    false
 }
 
 /// `confirm = true` on a queue that is not durable: accepted, with a
@@ -264,7 +252,7 @@ mod tests {
     }
 
     #[test]
-    fn rejects_zero_sizes_self_dead_letter_and_durable() {
+    fn rejects_zero_sizes_and_self_dead_letter() {
         let (_, msgs) =
             read_queue("capacity = 0\nprefetch = 0\ndead_letter = \"jobs\"\ndurable = true");
         assert_eq!(
@@ -272,7 +260,6 @@ mod tests {
             [
                 "`capacity` in [queue.jobs] must be at least 1, found 0|",
                 "queue `jobs` cannot be its own dead-letter queue|name another queue, or remove `dead_letter` to record dead letters under `state_dir`",
-                "`durable` in [queue.jobs]: durable queues are not supported yet; remove `durable = true`|",
                 "`prefetch` in [queue.jobs] must be at least 1, found 0|",
             ]
         );
@@ -290,6 +277,9 @@ mod tests {
                 "`confirm` in [queue.jobs]: `confirm = true` without `durable = true`: `ok` means held in drover's memory, not safe on disk|a message confirmed with `ok` is lost if drover stops before a consumer acknowledges it"
             ]
         );
+        let (draft, msgs) = read_queue("confirm = true\ndurable = true");
+        let spec = draft.unwrap().spec;
+        assert!(msgs.is_empty() && spec.confirm && spec.durable, "{msgs:?}");
         let (_, msgs) = read_queue("confirm = \"yes\"");
         assert_eq!(msgs.len(), 1, "{msgs:?}");
         assert!(msgs[0].contains("`confirm`"), "{msgs:?}");

@@ -92,6 +92,16 @@ pub struct QueueStatus {
     /// `ok` replies sent to producers.
     #[serde(default)]
     pub confirmed: u64,
+    /// `durable = true`: messages are stored under `state_dir`.
+    #[serde(default)]
+    pub durable: bool,
+    /// Messages of the queue in the store (durable queues).
+    #[serde(default)]
+    pub stored: u64,
+    /// Why the store cannot commit or read right now (durable queues;
+    /// absent while it works).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_error: Option<String>,
 }
 
 impl Status {
@@ -156,7 +166,7 @@ impl Status {
         if !self.queues.is_empty() {
             let _ = writeln!(
                 out,
-                "\n{:<24} {:>8} {:>9} {:>10} {:>10} {:>11} {:>13} {:>6} {:>7}",
+                "\n{:<24} {:>8} {:>9} {:>10} {:>10} {:>11} {:>13} {:>6} {:>7} {:>7}",
                 "QUEUE",
                 "DEPTH",
                 "IN FLIGHT",
@@ -165,7 +175,8 @@ impl Status {
                 "REDELIVERED",
                 "DEAD LETTERED",
                 "LOST",
-                "REFUSED"
+                "REFUSED",
+                "STORED"
             );
             for q in &self.queues {
                 let name = if q.removed {
@@ -173,9 +184,14 @@ impl Status {
                 } else {
                     q.name.clone()
                 };
+                let stored = if q.durable || q.stored > 0 {
+                    q.stored.to_string()
+                } else {
+                    "-".to_owned()
+                };
                 let _ = writeln!(
                     out,
-                    "{:<24} {:>8} {:>9} {:>10} {:>10} {:>11} {:>13} {:>6} {:>7}",
+                    "{:<24} {:>8} {:>9} {:>10} {:>10} {:>11} {:>13} {:>6} {:>7} {:>7}",
                     name,
                     q.depth,
                     q.in_flight,
@@ -184,8 +200,16 @@ impl Status {
                     q.redelivered,
                     q.dead_lettered,
                     q.lost,
-                    q.refused
+                    q.refused,
+                    stored
                 );
+            }
+            let errors = self
+                .queues
+                .iter()
+                .filter_map(|q| Some((&q.name, q.store_error.as_ref()?)));
+            for (name, error) in errors {
+                let _ = writeln!(out, "queue {name}: store error: {error}");
             }
         }
         out
@@ -351,6 +375,7 @@ mod tests {
         let q: QueueStatus = serde_json::from_str(old).unwrap();
         assert_eq!((q.lost, q.refused, q.removed), (0, 0, false));
         assert_eq!((q.confirm, q.confirmed), (false, 0));
+        assert_eq!((q.durable, q.stored, q.store_error), (false, 0, None));
     }
 
     #[test]
@@ -368,6 +393,9 @@ mod tests {
             removed,
             confirm: false,
             confirmed: 0,
+            durable: false,
+            stored: 0,
+            store_error: None,
         };
         let status = Status {
             config_error: None,
@@ -378,6 +406,6 @@ mod tests {
         assert!(table.contains("REFUSED"), "{table}");
         assert!(table.contains("old (removed)"), "{table}");
         let jobs = table.lines().find(|l| l.starts_with("jobs ")).unwrap();
-        assert!(jobs.trim_end().ends_with("3       7"), "{jobs:?}");
+        assert!(jobs.trim_end().ends_with("3       7       -"), "{jobs:?}");
     }
 }

@@ -49,6 +49,8 @@ const SIGNALS: u64 = 0;
 const CONTROL: u64 = 1;
 const LOG_WAKE: u64 = 2;
 const CONFIG_WAKE: u64 = 3;
+/// The queue store's eventfd (durable queues).
+const STORE: u64 = 4;
 /// How long the fork server and templates get to exit at shutdown.
 const HELPER_GRACE: Duration = Duration::from_secs(2);
 /// A second SIGTERM/SIGINT this soon after the first is the same request
@@ -72,6 +74,8 @@ const FIRST_DYNAMIC: u64 = 16;
 pub enum RuntimeError {
     #[error(transparent)]
     Bind(#[from] control::BindError),
+    #[error("cannot open the queue store for durable queues: {0}")]
+    Store(#[from] drover_store::StoreError),
     #[error("{what}: {source}")]
     Os {
         what: &'static str,
@@ -239,6 +243,11 @@ impl Runtime {
             listener.path().display()
         );
         let clients = Clients::new(listener, &epoll, CONTROL).map_err(os("epoll"))?;
+        // After the fork server (a fresh exec either way) and before any
+        // child: what the store holds is back in its queues for the first
+        // consumers.
+        let mut broker = Broker::new(&config);
+        broker.open_store(&config, &config.supervisor.state_dir, &epoll, STORE)?;
         Ok(Runtime {
             epoll,
             sup: Supervisor::new(&config),
@@ -249,7 +258,7 @@ impl Runtime {
             next_token: FIRST_DYNAMIC,
             pidfds: Pidfds::default(),
             orphans: Orphans::default(),
-            broker: Broker::new(&config),
+            broker,
             shutdown: None,
             orphan_grace,
             term_signals: 0,
@@ -329,6 +338,8 @@ impl Runtime {
             self.settle_starts(now);
             self.watch_new_outputs();
             self.advance_shutdown(now);
+            // Everything this turn read from producers: one commit.
+            self.broker.end_turn();
             if self.sup.is_finished() && self.helpers_deadline.is_none() {
                 // The fork server and Python templates are told to go; they
                 // are waited for briefly before the orphan phase.
@@ -388,6 +399,7 @@ impl Runtime {
             SIGNALS => self.on_signals(),
             LOG_WAKE => self.output.on_wake(&self.epoll),
             CONFIG_WAKE => self.on_config_event(),
+            STORE => self.broker.on_store(&self.epoll),
             t if self.pidfds.owns(t) => {
                 // Already reaped with the batch's other pidfds, unless a
                 // dispatch before it made it readable just now.
@@ -634,6 +646,18 @@ impl Runtime {
             tracing::warn!(
                 "{trigger}: changes to [supervisor] take effect the next time drover starts"
             );
+        }
+        // The first durable queue opens the store (a wait for the disk,
+        // once); if it cannot be opened, nothing of the reload applies.
+        let state_dir = self.config.supervisor.state_dir.clone();
+        if let Err(e) = self
+            .broker
+            .open_store(&config, &state_dir, &self.epoll, STORE)
+        {
+            let text = format!("cannot open the queue store for durable queues: {e}");
+            tracing::error!("{trigger}: {text}; still running the previous config");
+            self.config_error = Some(text.clone());
+            return Err(text);
         }
         // Timers of the children it starts count from now, after the parse.
         let now = Instant::now();

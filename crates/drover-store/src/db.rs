@@ -25,8 +25,8 @@ pub(crate) struct Db {
 
 impl Db {
     /// Opens (creating if need be) the store file in `dir`, checks it and
-    /// reads everything stored.
-    pub(crate) fn open(dir: &Path) -> Result<(Db, Recovered), StoreError> {
+    /// reads the first `page` messages of each queue and how many each has.
+    pub(crate) fn open(dir: &Path, page: usize) -> Result<(Db, Recovered), StoreError> {
         let path = dir.join(STORE_FILE);
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
@@ -44,7 +44,7 @@ impl Db {
         }
         let db = Db { conn, path };
         db.setup()?;
-        let recovered = db.recover()?;
+        let recovered = db.recover(page)?;
         Ok((db, recovered))
     }
 
@@ -105,6 +105,7 @@ impl Db {
                      queue TEXT NOT NULL,
                      attempts INTEGER NOT NULL DEFAULT 0,
                      body BLOB NOT NULL);
+                 CREATE INDEX messages_by_queue ON messages(queue, id);
                  CREATE TABLE meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
                  PRAGMA application_id = {APPLICATION_ID};
                  PRAGMA user_version = {SCHEMA_VERSION};
@@ -134,8 +135,9 @@ impl Db {
         Ok(())
     }
 
-    /// Checks the file and reads every stored message, per queue, by id.
-    fn recover(&self) -> Result<Recovered, StoreError> {
+    /// Checks the file, counts each queue's messages and reads the first
+    /// `page` of each, by id.
+    fn recover(&self, page: usize) -> Result<Recovered, StoreError> {
         let c = &self.conn;
         let check: Vec<String> = {
             let mut st = c
@@ -151,31 +153,27 @@ impl Db {
                 detail: check.join("; ").replace('\n', "; "),
             });
         }
-        let mut queues: BTreeMap<String, Vec<StoredMessage>> = BTreeMap::new();
-        let mut next_id = 0u64;
-        let mut st = c
-            .prepare("SELECT id, queue, attempts, body FROM messages ORDER BY id")
-            .map_err(|e| self.err("reading", &e))?;
-        let mut rows = st.query([]).map_err(|e| self.err("reading", &e))?;
-        while let Some(r) = rows.next().map_err(|e| self.err("reading", &e))? {
-            let read = || -> rusqlite::Result<(i64, String, i64, Vec<u8>)> {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            };
-            let (id, queue, attempts, bytes) = read().map_err(|e| self.err("reading", &e))?;
-            let (Ok(id), Ok(attempts)) = (u64::try_from(id), u32::try_from(attempts)) else {
-                return Err(StoreError::Corrupt {
-                    path: self.path.clone(),
-                    detail: format!("message {id} has an invalid id or attempt count"),
-                });
-            };
-            next_id = next_id.max(id + 1);
-            queues.entry(queue).or_default().push(StoredMessage {
-                id,
-                bytes,
-                attempts,
-            });
+        let mut stored = BTreeMap::new();
+        {
+            let mut st = c
+                .prepare("SELECT queue, count(*) FROM messages GROUP BY queue")
+                .map_err(|e| self.err("reading", &e))?;
+            let mut rows = st.query([]).map_err(|e| self.err("reading", &e))?;
+            while let Some(r) = rows.next().map_err(|e| self.err("reading", &e))? {
+                let read = || -> rusqlite::Result<(String, i64)> { Ok((r.get(0)?, r.get(1)?)) };
+                let (queue, n) = read().map_err(|e| self.err("reading", &e))?;
+                stored.insert(queue, u64::try_from(n).unwrap_or(0));
+            }
         }
-        let stored: Option<i64> = c
+        let mut queues = BTreeMap::new();
+        for queue in stored.keys() {
+            queues.insert(queue.clone(), self.load(queue, None, page)?);
+        }
+        let max: Option<i64> = c
+            .query_row("SELECT max(id) FROM messages", [], |r| r.get(0))
+            .map_err(|e| self.err("reading", &e))?;
+        let mut next_id = max.and_then(|m| u64::try_from(m).ok()).map_or(0, |m| m + 1);
+        let kept: Option<i64> = c
             .query_row("SELECT value FROM meta WHERE key = 'next_id'", [], |r| {
                 r.get(0)
             })
@@ -185,10 +183,55 @@ impl Db {
                 e => Err(e),
             })
             .map_err(|e| self.err("reading", &e))?;
-        if let Some(n) = stored.and_then(|n| u64::try_from(n).ok()) {
+        if let Some(n) = kept.and_then(|n| u64::try_from(n).ok()) {
             next_id = next_id.max(n);
         }
-        Ok(Recovered { queues, next_id })
+        Ok(Recovered {
+            queues,
+            stored,
+            next_id,
+        })
+    }
+
+    /// The messages of `queue` with an id above `after` (all of them with
+    /// `None`), by id, at most `limit`.
+    pub(crate) fn load(
+        &self,
+        queue: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let after = after.map_or(-1, |a| i64::try_from(a).unwrap_or(i64::MAX));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT id, attempts, body FROM messages
+                 WHERE queue = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+            )
+            .map_err(|e| self.err("reading", &e))?;
+        let mut rows = st
+            .query(params![queue, after, limit])
+            .map_err(|e| self.err("reading", &e))?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next().map_err(|e| self.err("reading", &e))? {
+            let read = || -> rusqlite::Result<(i64, i64, Vec<u8>)> {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            };
+            let (id, attempts, bytes) = read().map_err(|e| self.err("reading", &e))?;
+            let (Ok(id), Ok(attempts)) = (u64::try_from(id), u32::try_from(attempts)) else {
+                return Err(StoreError::Corrupt {
+                    path: self.path.clone(),
+                    detail: format!("message {id} has an invalid id or attempt count"),
+                });
+            };
+            out.push(StoredMessage {
+                id,
+                bytes,
+                attempts,
+            });
+        }
+        Ok(out)
     }
 
     /// Applies `batches` in order as one transaction and commits it

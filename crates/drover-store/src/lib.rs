@@ -134,11 +134,15 @@ pub struct StoredMessage {
     pub attempts: u32,
 }
 
-/// Everything stored, as read at open.
+/// What is stored, as read at open: each queue's first messages (all of
+/// them with [`Store::open`], the first page with [`Store::open_paged`])
+/// and how many it has.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Recovered {
-    /// Per queue, its messages in id (arrival) order.
+    /// Per queue, its first messages in id (arrival) order.
     pub queues: BTreeMap<QueueName, Vec<StoredMessage>>,
+    /// Per queue, how many messages it has stored (read or not).
+    pub stored: BTreeMap<QueueName, u64>,
     /// The first id never used: above every id ever appended.
     pub next_id: u64,
 }
@@ -160,8 +164,20 @@ pub struct Stats {
 
 /// What a submission asks the thread.
 enum Request {
-    Commit(Ticket, Batch),
+    Commit(Ticket, Arc<Batch>),
+    Load(Ticket, Load),
 }
+
+/// A read of stored messages (see [`Store::load`]).
+#[derive(Debug)]
+struct Load {
+    queue: QueueName,
+    after: Option<u64>,
+    limit: usize,
+}
+
+/// A finished [`Store::load`]: the messages read, or why not.
+pub type Loaded = (Ticket, Result<Vec<StoredMessage>, StoreError>);
 
 /// A ticket whose commit has ended, and how: `Ok` (durable) or the error.
 pub type Completion = (Ticket, Result<(), StoreError>);
@@ -206,11 +222,13 @@ pub struct Store {
     path: PathBuf,
     tx: Option<Sender<Request>>,
     rx: Receiver<Completion>,
+    loaded_rx: Receiver<Loaded>,
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
     next_ticket: u64,
     /// Completions made here (the thread was gone at submit).
     local: Vec<Completion>,
+    local_loaded: Vec<Loaded>,
 }
 
 impl Store {
@@ -222,10 +240,17 @@ impl Store {
     ///
     /// This waits for the disk: call it before the event loop runs.
     pub fn open(state_dir: &Path) -> Result<(Store, Recovered), StoreError> {
+        Store::open_paged(state_dir, usize::MAX)
+    }
+
+    /// As [`Store::open`], but reads at most the first `page` messages of
+    /// each queue (the rest with [`Store::load`]), so that opening a large
+    /// store costs neither the time nor the memory of reading all of it.
+    pub fn open_paged(state_dir: &Path, page: usize) -> Result<(Store, Recovered), StoreError> {
         std::fs::create_dir_all(state_dir)
             .map_err(|e| StoreError::io("creating the state directory for", state_dir, &e))?;
         let lock = lock::Lock::acquire(state_dir)?;
-        let (db, recovered) = db::Db::open(state_dir)?;
+        let (db, recovered) = db::Db::open(state_dir, page)?;
         let path = db.path().to_path_buf();
         let notify = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
             .map_err(|e| StoreError::io("creating the eventfd of", &path, &e.into()))?;
@@ -239,19 +264,26 @@ impl Store {
         });
         let (tx, thread_rx) = channel();
         let (thread_tx, rx) = channel();
+        let (loaded_tx, loaded_rx) = channel();
         let thread_shared = Arc::clone(&shared);
+        let outs = Outs {
+            done: thread_tx,
+            loaded: loaded_tx,
+        };
         let thread = std::thread::Builder::new()
             .name("drover-store".into())
-            .spawn(move || run(db, lock, thread_rx, thread_tx, thread_shared))
+            .spawn(move || run(db, lock, thread_rx, outs, thread_shared))
             .map_err(|e| StoreError::io("starting the thread of", &path, &e))?;
         let store = Store {
             path,
             tx: Some(tx),
             rx,
+            loaded_rx,
             shared,
             thread: Some(thread),
             next_ticket: 0,
             local: Vec::new(),
+            local_loaded: Vec::new(),
         };
         Ok((store, recovered))
     }
@@ -271,7 +303,10 @@ impl Store {
     /// Queues `batch` for the store thread and returns its ticket. Never
     /// blocks and never fails: a problem is reported by the ticket's
     /// completion.
-    pub fn submit(&mut self, batch: Batch) -> Ticket {
+    /// The batch may be shared (`Arc`): the caller keeps it to resubmit
+    /// after a failure without a copy.
+    pub fn submit(&mut self, batch: impl Into<Arc<Batch>>) -> Ticket {
+        let batch = batch.into();
         let ticket = Ticket(self.next_ticket);
         self.next_ticket += 1;
         let sent = match &self.tx {
@@ -288,6 +323,45 @@ impl Store {
             let _ = self.shared.notify.write(1);
         }
         ticket
+    }
+
+    /// Reads the messages of `queue` with an id above `after` (from its
+    /// first with `None`), by id, at most `limit` of them, after every
+    /// batch submitted before; the result comes from [`Store::loaded`]
+    /// (the eventfd says when). Never blocks.
+    pub fn load(&mut self, queue: &str, after: Option<u64>, limit: usize) -> Ticket {
+        let ticket = Ticket(self.next_ticket);
+        self.next_ticket += 1;
+        let load = Load {
+            queue: queue.to_owned(),
+            after,
+            limit,
+        };
+        let sent = match &self.tx {
+            Some(tx) => tx.send(Request::Load(ticket, load)).is_ok(),
+            None => false,
+        };
+        if !sent {
+            self.local_loaded.push((
+                ticket,
+                Err(StoreError::Closed {
+                    path: self.path.clone(),
+                }),
+            ));
+            let _ = self.shared.notify.write(1);
+        }
+        ticket
+    }
+
+    /// The loads finished since the last call, in ticket order. Call it
+    /// (with [`Store::completions`]) when [`Store::notify_fd`] is readable.
+    pub fn loaded(&mut self) -> Vec<Loaded> {
+        let mut out = std::mem::take(&mut self.local_loaded);
+        while let Ok(l) = self.loaded_rx.try_recv() {
+            out.push(l);
+        }
+        out.sort_by_key(|(t, _)| *t);
+        out
     }
 
     /// The tickets whose commit has ended since the last call, in ticket
@@ -364,19 +438,24 @@ impl Store {
     }
 }
 
-/// The store thread: collects every queued batch, commits them as one
-/// transaction, reports, repeats; ends when the store's sender is gone
-/// (after committing what was queued).
-fn run(
-    mut db: db::Db,
-    lock: lock::Lock,
-    rx: Receiver<Request>,
-    tx: Sender<Completion>,
-    shared: Arc<Shared>,
-) {
-    let mut pending: Vec<(Ticket, Batch)> = Vec::new();
-    while let Ok(Request::Commit(t, b)) = rx.recv() {
-        pending.push((t, b));
+/// Where the store thread reports.
+struct Outs {
+    done: Sender<Completion>,
+    loaded: Sender<Loaded>,
+}
+
+/// The store thread: collects the batches queued up to the next load,
+/// commits them as one transaction, reports, runs the load, repeats; ends
+/// when the store's sender is gone (after committing what was queued).
+fn run(mut db: db::Db, lock: lock::Lock, rx: Receiver<Request>, outs: Outs, shared: Arc<Shared>) {
+    let mut pending: Vec<(Ticket, Arc<Batch>)> = Vec::new();
+    let mut next = rx.recv().ok();
+    while let Some(first) = next.take() {
+        let mut load = None;
+        match first {
+            Request::Commit(t, b) => pending.push((t, b)),
+            Request::Load(t, l) => load = Some((t, l)),
+        }
         {
             let mut paused = shared.paused.lock().unwrap_or_else(PoisonError::into_inner);
             while *paused {
@@ -386,43 +465,76 @@ fn run(
                     .unwrap_or_else(PoisonError::into_inner);
             }
         }
-        while let Ok(Request::Commit(t, b)) = rx.try_recv() {
-            pending.push((t, b));
-        }
-        let result = {
-            let batches: Vec<&Batch> = pending.iter().map(|(_, b)| b).collect();
-            match catch_unwind(AssertUnwindSafe(|| db.commit(&batches))) {
-                Ok(r) => r,
-                Err(panic) => {
-                    let _ = catch_unwind(AssertUnwindSafe(|| db.rollback()));
-                    Err(StoreError::Panicked {
-                        path: db.path().to_path_buf(),
-                        detail: panic_text(&*panic),
-                    })
-                }
+        // Everything queued, up to the first load (which must see the
+        // batches submitted before it, and no later ones).
+        while load.is_none() {
+            match rx.try_recv() {
+                Ok(Request::Commit(t, b)) => pending.push((t, b)),
+                Ok(Request::Load(t, l)) => load = Some((t, l)),
+                Err(_) => break,
             }
-        };
-        shared.transactions.fetch_add(1, Ordering::Relaxed);
-        shared
-            .batches
-            .fetch_add(pending.len() as u64, Ordering::Relaxed);
-        if result.is_err() {
-            shared.failures.fetch_add(1, Ordering::Relaxed);
         }
         let mut gone = false;
-        for (t, _) in pending.drain(..) {
-            gone |= tx.send((t, result.clone())).is_err();
+        if !pending.is_empty() {
+            gone |= commit(&mut db, &mut pending, &outs.done, &shared);
+        }
+        if let Some((t, l)) = load {
+            let result =
+                match catch_unwind(AssertUnwindSafe(|| db.load(&l.queue, l.after, l.limit))) {
+                    Ok(r) => r,
+                    Err(panic) => Err(StoreError::Panicked {
+                        path: db.path().to_path_buf(),
+                        detail: panic_text(&*panic),
+                    }),
+                };
+            gone |= outs.loaded.send((t, result)).is_err();
         }
         let _ = shared.notify.write(1);
         if gone {
             break;
         }
+        next = rx.recv().ok();
     }
     // A clean close: fold the WAL into the main file. Then the lock goes.
     let _ = catch_unwind(AssertUnwindSafe(|| db.checkpoint()));
     drop(db);
     drop(lock);
     let _ = shared.notify.write(1);
+}
+
+/// Commits `pending` as one transaction and reports each ticket; returns
+/// whether nobody listens any more.
+fn commit(
+    db: &mut db::Db,
+    pending: &mut Vec<(Ticket, Arc<Batch>)>,
+    done: &Sender<Completion>,
+    shared: &Shared,
+) -> bool {
+    let result = {
+        let batches: Vec<&Batch> = pending.iter().map(|(_, b)| &**b).collect();
+        match catch_unwind(AssertUnwindSafe(|| db.commit(&batches))) {
+            Ok(r) => r,
+            Err(panic) => {
+                let _ = catch_unwind(AssertUnwindSafe(|| db.rollback()));
+                Err(StoreError::Panicked {
+                    path: db.path().to_path_buf(),
+                    detail: panic_text(&*panic),
+                })
+            }
+        }
+    };
+    shared.transactions.fetch_add(1, Ordering::Relaxed);
+    shared
+        .batches
+        .fetch_add(pending.len() as u64, Ordering::Relaxed);
+    if result.is_err() {
+        shared.failures.fetch_add(1, Ordering::Relaxed);
+    }
+    let mut gone = false;
+    for (t, _) in pending.drain(..) {
+        gone |= done.send((t, result.clone())).is_err();
+    }
+    gone
 }
 
 fn panic_text(p: &(dyn std::any::Any + Send)) -> String {

@@ -187,7 +187,7 @@ fn every_error_about_a_key_names_its_table() {
         "max_deliveries = -1",
         "dead_letter = \"Dead\"",
         "ack_timeout = 5",
-        "durable = true",
+        "durable = \"yes\"",
     ];
     for body in queue_bodies {
         let found = errors(&format!("[queue.q]\n{body}\n"));
