@@ -121,6 +121,16 @@ impl Broker {
         self.flush_replies(token);
     }
 
+    /// Whether the oldest unsent reply of `token` waits for a commit.
+    pub(super) fn awaits_commit(&self, token: u64) -> bool {
+        let committed = self.committed;
+        self.endpoints
+            .get(&token)
+            .and_then(|ep| ep.replies.as_ref())
+            .and_then(|r| r.backlog.front())
+            .is_some_and(|(_, gate)| *gate > committed)
+    }
+
     /// Sends what the backlog of `token` may send, oldest first, until a
     /// closed gate or a full socket (which blocks the endpoint). The caller
     /// refreshes the epoll interest (`read_producer` does).

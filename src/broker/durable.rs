@@ -408,6 +408,9 @@ impl Broker {
         let waiting: Vec<u64> = std::mem::take(&mut self.gated).into_iter().collect();
         for token in waiting {
             self.flush_replies(token);
+            if self.awaits_commit(token) {
+                self.gated.insert(token);
+            }
             self.refresh_interest(epoll, token);
         }
     }
