@@ -47,7 +47,7 @@ use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
 
 use super::Broker;
 use super::confirm::Gate;
-use super::queue::{DeadLetter, Message, QueueCore, WINDOW};
+use super::queue::{DeadLetter, Message, QueueCore, StoreOps, WINDOW};
 use crate::config::Config;
 use crate::config::names::QueueName;
 use crate::text::wording::plural;
@@ -63,7 +63,7 @@ pub(super) const CLOSE_WAIT: Duration = Duration::from_secs(10);
 /// The open store and what is under way in it.
 #[derive(Debug)]
 pub(super) struct Durable {
-    store: Store,
+    pub(super) store: Store,
     /// The next message id (one counter per store).
     next_id: u64,
     /// What this turn changed.
@@ -73,7 +73,7 @@ pub(super) struct Durable {
     /// The gate of this turn's batch: gates count batches from 1.
     gate: u64,
     /// Submitted batches not known to be on disk, in gate order.
-    pending: VecDeque<Pending>,
+    pub(super) pending: VecDeque<Pending>,
     /// Reads of the store under way.
     loads: HashMap<Ticket, Load>,
     /// The last failure, while the store is failing (for `status`).
@@ -86,7 +86,7 @@ pub(super) struct Durable {
 }
 
 #[derive(Debug)]
-struct Pending {
+pub(super) struct Pending {
     ticket: Ticket,
     gate: u64,
     batch: Arc<Batch>,
@@ -106,7 +106,28 @@ struct Load {
     asked: usize,
 }
 
+impl Durable {
+    /// Adds what a queue told the store to this turn's batch.
+    fn record(&mut self, name: &QueueName, ops: StoreOps) {
+        for (id, attempts) in ops.attempts {
+            self.batch.attempts.push((name.to_string(), id, attempts));
+        }
+        for id in ops.forget {
+            self.batch.delete.push((name.to_string(), id));
+        }
+    }
+}
+
 impl Broker {
+    /// A queue is about to be forgotten (a removed one that has nothing
+    /// left): what it still had to tell the store goes into this turn's
+    /// batch first.
+    pub(super) fn last_ops(&mut self, name: &QueueName, ops: StoreOps) {
+        if let Some(d) = self.durable.as_mut() {
+            d.record(name, ops);
+        }
+    }
+
     /// Opens the store under `state_dir` if `config` has a durable queue
     /// and it is not open yet, and puts back what it holds. This waits for
     /// the disk once (at start, or at the reload that adds the first
@@ -273,16 +294,7 @@ impl Broker {
                 q.unstore_all();
                 tracing::info!("queue {name} is no longer durable: it has left the store");
             }
-            let ops = q.take_ops();
-            if ops.is_empty() {
-                continue;
-            }
-            for (id, attempts) in ops.attempts {
-                d.batch.attempts.push((name.to_string(), id, attempts));
-            }
-            for id in ops.forget {
-                d.batch.delete.push((name.to_string(), id));
-            }
+            d.record(name, q.take_ops());
         }
         if d.used || !d.batch.is_empty() {
             let batch = Arc::new(std::mem::take(&mut d.batch));

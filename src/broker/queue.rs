@@ -59,12 +59,6 @@ pub struct StoreOps {
     pub forget: Vec<u64>,
 }
 
-impl StoreOps {
-    pub fn is_empty(&self) -> bool {
-        self.attempts.is_empty() && self.forget.is_empty()
-    }
-}
-
 /// A message leaving its queue for the dead letters, with the reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {
@@ -187,6 +181,13 @@ impl QueueCore {
     /// the store).
     pub fn depth(&self) -> usize {
         self.ready.len() + self.staged.len() + self.tail.len() + self.behind as usize
+    }
+
+    /// Messages held in memory: ready, being committed, or after those
+    /// only in the store.
+    #[cfg(test)]
+    pub fn in_memory(&self) -> usize {
+        self.ready.len() + self.staged.len() + self.tail.len()
     }
 
     /// Messages in the store (or on their way there): those after `ready`

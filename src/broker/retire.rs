@@ -209,7 +209,10 @@ impl Broker {
         let named = self.named.contains_key(name) && !self.queues.contains_key(name);
         if r.is_drained() && !named {
             tracing::debug!("queue {name} (removed): nothing left in flight");
-            self.retired.remove(name);
+            if let Some(mut r) = self.retired.remove(name) {
+                let ops = r.take_ops();
+                self.last_ops(name, ops);
+            }
         }
     }
 }

@@ -960,3 +960,5 @@ fn a_producer_gone_with_replies_unread_loses_nothing() {
     assert_eq!(s.depth, sent, "{s:?}");
     assert!(s.confirmed < sent);
 }
+
+mod durable;
