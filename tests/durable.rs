@@ -191,8 +191,9 @@ def whole_lines(path):
     return data[:end].split()
 "#;
 
-/// `producer.py N WINDOW`: sends the numbers 0..N to `jobs` (with
-/// confirms), WINDOW at a time: appends a window to `sent.txt`, sends it,
+/// `producer.py N WINDOW [PAD]`: sends the numbers 0..N to `jobs` (with
+/// confirms; each followed by a space and PAD bytes if given), WINDOW at a
+/// time: appends a window to `sent.txt`, sends it,
 /// reads its replies and appends it to `confirmed.txt` once all are `ok`.
 /// Started again, it goes on after the last confirmed number. A refusal
 /// goes to `refused.txt`; drover gone (EOF, reset) ends it.
@@ -202,6 +203,7 @@ jobs = socket.socket(fileno=int(os.environ["DROVER_OUT_JOBS"]))
 if os.environ.get("DROVER_CONFIRM_JOBS") != "1":
     sys.exit("no confirms on jobs")
 n, window = int(sys.argv[1]), int(sys.argv[2])
+pad = b" " + b"x" * int(sys.argv[3]) if len(sys.argv) > 3 else b""
 @TRIM@
 confirmed = whole_lines("confirmed.txt")
 whole_lines("sent.txt")
@@ -213,7 +215,7 @@ try:
         batch = range(nxt, min(nxt + window, n))
         os.write(sent, b"".join(b"%d\n" % i for i in batch))
         for i in batch:
-            jobs.send(b"%d" % i)
+            jobs.send(b"%d" % i + pad)
         for i in batch:
             reply = jobs.recv(64)
             if reply == b"":
@@ -232,7 +234,7 @@ signal.pause()
 "#;
 
 /// `consumer.py`: takes up to 64 messages (the prefetch) per wake-up,
-/// appends them to `consumed.txt` (one write), then acks each. It spends
+/// appends their numbers to `consumed.txt` (one write), then acks each. It spends
 /// 10 ms per batch (at most 6,400 messages a second, slower than the
 /// producer), so that a backlog beyond the queue's in-memory window is in
 /// the store when drover is killed.
@@ -249,7 +251,7 @@ while (first := jobs.recv(65536)):
             batch.append(msg)
     except BlockingIOError:
         pass
-    os.write(out, b"".join(m + b"\n" for m in batch))
+    os.write(out, b"".join(m.split(b" ")[0] + b"\n" for m in batch))
     time.sleep(0.01)  # the work
     for _ in batch:
         jobs.send(b"ack")
@@ -403,6 +405,20 @@ start_secs = "100ms"
         lines(&dir.join("refused.txt"))
     );
 
+    let duplicates = check_stream(&dir, N);
+    eprintln!(
+        "{N} confirmed messages, {KILLS} SIGKILLs of drover: {duplicates} duplicates \
+         consumed, {} sends, in {:?}",
+        lines(&dir.join("sent.txt")).len(),
+        started.elapsed()
+    );
+}
+
+/// Checks the files of the stream producer and consumer in `dir`: the
+/// numbers 0..n were all confirmed, every one was consumed at least once,
+/// and nothing was consumed that was never sent. Returns the number of
+/// duplicates consumed.
+fn check_stream(dir: &Path, n: usize) -> usize {
     let parse = |path: &Path| -> Vec<u64> {
         lines(path)
             .iter()
@@ -412,7 +428,7 @@ start_secs = "100ms"
             })
             .collect()
     };
-    let confirmed: BTreeSet<u64> = parse(&confirmed_file).into_iter().collect();
+    let confirmed: BTreeSet<u64> = parse(&dir.join("confirmed.txt")).into_iter().collect();
     let sent: BTreeSet<u64> = parse(&dir.join("sent.txt")).into_iter().collect();
     let mut consumed: HashMap<u64, usize> = HashMap::new();
     for n in parse(&dir.join("consumed.txt")) {
@@ -420,7 +436,7 @@ start_secs = "100ms"
     }
     assert_eq!(
         confirmed,
-        (0..N as u64).collect::<BTreeSet<u64>>(),
+        (0..n as u64).collect::<BTreeSet<u64>>(),
         "the producer confirmed every number once"
     );
     let lost: Vec<u64> = confirmed
@@ -440,13 +456,7 @@ start_secs = "100ms"
         .copied()
         .collect();
     assert!(unsent.is_empty(), "consumed but never sent: {unsent:?}");
-    let duplicates: usize = consumed.values().map(|c| c - 1).sum();
-    eprintln!(
-        "{N} confirmed messages, {KILLS} SIGKILLs of drover: {duplicates} duplicates \
-         consumed, {} sends, in {:?}",
-        lines(&dir.join("sent.txt")).len(),
-        started.elapsed()
-    );
+    consumed.values().map(|c| c - 1).sum()
 }
 
 /// The config of the max-deliveries tests: `jobs` (durable, confirmed,
@@ -1030,4 +1040,115 @@ signal.pause()
     assert_eq!(count(&status, "jobs", "depth"), 0, "{status:#}");
     assert_eq!(queue(&status, "jobs")["durable"], true, "{status:#}");
     assert_eq!(lines(&dir.join("consumed.txt")).len(), 10);
+}
+
+/// Whether this process may make a mount namespace and mount a tmpfs in it
+/// (root, or a container that allows it).
+fn can_mount_tmpfs() -> bool {
+    Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(r#"d=$(mktemp -d) && mount -t tmpfs -o size=1m tmpfs "$d" && umount "$d"; r=$?; rmdir "$d"; exit $r"#)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A store on a full file system (a 16 MiB tmpfs, 15 MiB of it taken by a
+/// filler file, in drover's own mount namespace): commits fail, `status`
+/// shows `store_error`, producers wait for their `ok`; once the filler is
+/// deleted the commits work again, `store_error` is gone, and every
+/// confirmed message is consumed.
+#[test]
+fn a_full_disk_is_a_store_error_in_status_until_there_is_room() {
+    if !can_mount_tmpfs() {
+        eprintln!("skipped: cannot mount a tmpfs in a new mount namespace here (needs root)");
+        return;
+    }
+    const N: usize = 3_000;
+    let config = |consumers: u32| {
+        format!(
+            r#"
+[supervisor]
+state_dir = "state"
+
+[queue.jobs]
+durable = true
+confirm = true
+prefetch = 64
+
+[group.producer]
+command = ["{py}", "producer.py", "{N}", "16", "1024"]
+outputs = ["jobs"]
+start_secs = "100ms"
+
+[group.consumer]
+command = ["{py}", "consumer.py"]
+processes = {consumers}
+inputs = ["jobs"]
+start_secs = "100ms"
+"#,
+            py = python()
+        )
+    };
+    let dir = TempDir::new("durable-full");
+    dir.write("producer.py", &script(STREAM_PRODUCER));
+    dir.write("consumer.py", &script(STREAM_CONSUMER));
+    dir.write("drover.toml", &config(0));
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let mount = format!(
+        "mount -t tmpfs -o size=16m tmpfs {state} && \
+         head -c 15M /dev/zero > {state}/filler && exec \"$@\"",
+        state = state.display()
+    );
+    let d = Drover::start_in(
+        dir,
+        &[
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &mount,
+            "sh",
+        ],
+    );
+    let dir = d.dir.path().to_path_buf();
+    let status = wait_status_long(&d, "a store error", |s| {
+        queue(s, "jobs").get("store_error").is_some()
+    });
+    let error = queue(&status, "jobs")["store_error"].as_str().unwrap();
+    eprintln!("store_error: {error}");
+    assert!(
+        error.contains("disk full") && error.contains(&state.display().to_string()),
+        "{error}"
+    );
+    let confirmed = lines(&dir.join("confirmed.txt")).len();
+    assert!(confirmed < N, "the producer got every ok on a full disk");
+    d.stderr.wait_for("the error logged", |t| {
+        t.contains("queue store: disk full") && t.contains("producers of durable queues wait")
+    });
+
+    // Room again (the filler, seen through drover's mount namespace).
+    std::fs::remove_file(format!("/proc/{}/root{}/filler", d.pid(), state.display())).unwrap();
+    wait_long("the producer to confirm everything", LONG, || {
+        lines(&dir.join("producer-done.txt")).len() == 1
+    });
+    let status = d.status();
+    assert!(
+        queue(&status, "jobs").get("store_error").is_none(),
+        "{status:#}"
+    );
+    assert_eq!(count(&status, "jobs", "stored"), N as u64, "{status:#}");
+    edit_config(&d, &config(1));
+    wait_status_long(&d, "the queue drained", |s| {
+        count(s, "jobs", "depth") == 0
+            && count(s, "jobs", "in_flight") == 0
+            && count(s, "jobs", "stored") == 0
+    });
+    let duplicates = check_stream(&dir, N);
+    assert_eq!(duplicates, 0, "nothing was redelivered");
+    eprintln!("{confirmed} of {N} confirmed before the disk was full");
 }
