@@ -404,3 +404,47 @@ pub fn wait_until(what: &str, cond: impl Fn() -> bool) {
         std::thread::sleep(Duration::from_millis(10)); // poll interval of a condition wait
     }
 }
+
+impl Drover {
+    /// SIGKILLs drover alone and reaps it, as a crash of drover would end
+    /// it: its children live on (they are in their own process groups).
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts drover again in the same directory, with the same config
+    /// file, socket and marker, after SIGKILLing it (if it still runs) and
+    /// every process the last one left behind.
+    pub fn restart(&mut self) {
+        self.kill9();
+        kill_marked(&self.marker, self.dir.path());
+        let mut child = Command::new(drover_bin())
+            .arg("run")
+            .arg(self.dir.path().join("drover.toml"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .current_dir(self.dir.path())
+            .env("DROVER_TEST_MARKER", &self.marker)
+            .env("DROVER_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("restart drover");
+        self.stdout = Captured::default();
+        self.stderr = Captured::default();
+        self.stdout.spawn_reader(child.stdout.take().unwrap());
+        self.stderr.spawn_reader(child.stderr.take().unwrap());
+        self.child = Some(child);
+        self.wait_listening();
+    }
+
+    /// The marker every process of this test carries in its environment
+    /// (`DROVER_TEST_MARKER`), for processes a test starts itself.
+    pub fn marker(&self) -> &str {
+        &self.marker
+    }
+}
