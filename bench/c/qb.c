@@ -24,6 +24,21 @@
  *   qb pingpong N SIZE RESULT
  *       Round trip over a bare SEQPACKET pair: the parent sends one message,
  *       the child sends it back; N round trips, each timed.
+ *   qb produce-confirm N SIZE WINDOW READY RESULT
+ *       A producer of a `confirm = true` queue (fd from $DROVER_OUT_BENCH):
+ *       like `produce` (flat out, after the SIGUSR1 gate; READY "-": none),
+ *       but pipelined against drover's replies: it keeps at most WINDOW
+ *       messages unconfirmed, and whenever the window is full it blocks for
+ *       one reply and then takes every other reply already there before it
+ *       sends again. Writes one JSON object to RESULT once every message was
+ *       answered: ok / refused counts, and elapsed = last reply - first send.
+ *   qb first SIZE READY RESULT
+ *       A consumer that times its first message (fd from $DROVER_IN_BENCH):
+ *       reads CLOCK_MONOTONIC first thing in main() (as stamp.c does),
+ *       writes its pid to READY, receives one message, reads the clock
+ *       again and writes {started_ns, first_ns, seq, size} to RESULT. It
+ *       never acks: it keeps reading (and holding) what drover sends until
+ *       the stream ends, so an at-least-once queue keeps its messages.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -238,6 +253,118 @@ static char *consume(int fd, long n, size_t size, int lat_mode, int ack)
     return out;
 }
 
+/* ------------------------------------------------------------ confirms */
+
+/* Sends n messages keeping at most `window` of them unconfirmed; returns a
+ * JSON object (malloc'ed). Replies come one per packet, in order. */
+static char *produce_confirm(int fd, long n, size_t size, long window)
+{
+    char *buf = calloc(1, size);
+    if (!buf)
+        die("calloc");
+    memset(buf + 16, 'x', size - 16);
+    long sent = 0, ok = 0, refused = 0;
+    uint64_t first_sent = 0, last_reply = 0;
+    char first_refusal[128] = "";
+    const char *error = NULL;
+    while (ok + refused < n && !error) {
+        while (sent < n && sent - (ok + refused) < window) {
+            uint64_t t = now_ns(), seq = (uint64_t)sent;
+            if (sent == 0)
+                first_sent = t;
+            memcpy(buf, &t, 8);
+            memcpy(buf + 8, &seq, 8);
+            ssize_t r = send(fd, buf, size, MSG_NOSIGNAL);
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r != (ssize_t)size) {
+                error = "send failed";
+                break;
+            }
+            sent++;
+        }
+        /* One reply, blocking; then whatever else is already there. */
+        int flags = 0;
+        while (!error && ok + refused < sent) {
+            char reply[128];
+            ssize_t r = recv(fd, reply, sizeof reply - 1, flags);
+            if (r < 0) {
+                if (errno == EINTR)
+                    continue;
+                if (flags && (errno == EAGAIN || errno == EWOULDBLOCK))
+                    break;
+                error = "recv of a reply failed";
+                break;
+            }
+            if (r == 0) {
+                error = "end of stream before every reply";
+                break;
+            }
+            if (r == 2 && memcmp(reply, "ok", 2) == 0) {
+                ok++;
+            } else {
+                if (!refused) {
+                    reply[r] = 0;
+                    for (ssize_t i = 0; i < r; i++)
+                        if (reply[i] == '"' || reply[i] == '\\' || (unsigned char)reply[i] < 32)
+                            reply[i] = '?';
+                    memcpy(first_refusal, reply, (size_t)r + 1);
+                }
+                refused++;
+            }
+            last_reply = now_ns();
+            flags = MSG_DONTWAIT;
+        }
+    }
+    char *out = malloc(1024);
+    if (!out)
+        die("malloc");
+    double secs = (double)(last_reply - first_sent) / 1e9;
+    snprintf(out, 1024,
+             "{\"sent\": %ld, \"ok\": %ld, \"refused\": %ld, \"first_refusal\": \"%s\", \"size\": %zu, "
+             "\"window\": %ld, \"error\": %s%s%s, \"elapsed_ns\": %" PRIu64 ", \"msgs_per_s\": %.1f}\n",
+             sent, ok, refused, first_refusal, size, window, error ? "\"" : "", error ? error : "null",
+             error ? "\"" : "", last_reply > first_sent ? last_reply - first_sent : 0,
+             secs > 0 ? (double)ok / secs : 0.0);
+    free(buf);
+    return out;
+}
+
+/* The first message after a (re)start: see `qb first` above. */
+static void first(int fd, size_t size, uint64_t started, const char *ready, const char *result)
+{
+    char text[64];
+    snprintf(text, sizeof text, "%d\n", (int)getpid());
+    write_file(ready, text);
+    size_t cap = size > 65536 ? size + 1 : 65537;
+    char *buf = malloc(cap);
+    if (!buf)
+        die("malloc");
+    ssize_t r;
+    while ((r = recv(fd, buf, cap, 0)) < 0 && errno == EINTR)
+        ;
+    uint64_t t = now_ns();
+    if (r < 16) {
+        fprintf(stderr, "qb first: %s\n", r < 0 ? strerror(errno) : "no message (end of stream or short)");
+        exit(1);
+    }
+    uint64_t seq;
+    memcpy(&seq, buf + 8, 8);
+    char out[512];
+    snprintf(out, sizeof out,
+             "{\"started_ns\": %" PRIu64 ", \"first_ns\": %" PRIu64 ", \"seq\": %" PRIu64
+             ", \"size\": %zd, \"expected_size\": %zu}\n",
+             started, t, seq, r, size);
+    write_file(result, out);
+    /* Hold every message drover sends (no ack) until the stream ends. */
+    for (;;) {
+        r = recv(fd, buf, cap, 0);
+        if (r == 0 || (r < 0 && errno != EINTR))
+            break;
+    }
+    free(buf);
+}
+
 /* ------------------------------------------------------------ baselines */
 
 /* A SOCK_SEQPACKET pair between this process and a forked child, which dies
@@ -332,12 +459,23 @@ static void usage(void)
     fprintf(stderr, "usage: qb produce N SIZE RATE READY\n"
                     "       qb consume N SIZE tput|lat ACK READY RESULT\n"
                     "       qb pair N SIZE tput|lat RATE RESULT\n"
-                    "       qb pingpong N SIZE RESULT\n");
+                    "       qb pingpong N SIZE RESULT\n"
+                    "       qb produce-confirm N SIZE WINDOW READY RESULT\n"
+                    "       qb first SIZE READY RESULT\n");
     exit(2);
 }
 
 int main(int argc, char **argv)
 {
+    uint64_t started = now_ns(); /* for `first`: the moment the program runs */
+    if (argc == 5 && strcmp(argv[1], "first") == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        size_t size = (size_t)atol(argv[2]);
+        if (size < 16)
+            usage();
+        first(env_fd("DROVER_IN_BENCH"), size, started, argv[3], argv[4]);
+        return 0;
+    }
     if (argc < 4)
         usage();
     const char *mode = argv[1];
@@ -364,6 +502,29 @@ int main(int argc, char **argv)
         /* Stay until drover closes the queue (shutdown), as a real worker
          * does: exiting right after the last ack races drover's reading of
          * that ack with its handling of our exit. */
+        for (;;) {
+            char c[16];
+            ssize_t r = recv(fd, c, sizeof c, 0);
+            if (r == 0 || (r < 0 && errno != EINTR))
+                break;
+        }
+        return 0;
+    }
+    if (strcmp(mode, "produce-confirm") == 0 && argc == 7) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        int fd = env_fd("DROVER_OUT_BENCH");
+        const char *confirm = getenv("DROVER_CONFIRM_BENCH");
+        if (!confirm || strcmp(confirm, "1") != 0) {
+            fprintf(stderr, "qb: queue bench has no `confirm = true` (DROVER_CONFIRM_BENCH is not 1)\n");
+            return 2;
+        }
+        long window = atol(argv[4]);
+        if (window < 1)
+            usage();
+        gate(argv[5]);
+        char *out = produce_confirm(fd, n, size, window);
+        write_file(argv[6], out);
+        /* Stay until drover closes the queue, like the consumer. */
         for (;;) {
             char c[16];
             ssize_t r = recv(fd, c, sizeof c, 0);
