@@ -484,8 +484,19 @@ impl ProcessLauncher {
     }
 
     /// An unknown process was reaped: while answers are awaited it may be
-    /// a child whose answer is still unread, so its exit is kept for it.
+    /// a child whose answer is still unread, so its exit is kept for it;
+    /// or one whose answer was read in this turn and is not handed to the
+    /// supervisor yet (see [`ProcessLauncher::take_completions`]), which
+    /// then carries its exit.
     pub fn note_exit(&mut self, pid: Pid, status: ExitStatus) {
+        let answered = self
+            .completions
+            .iter_mut()
+            .find(|c| c.exited.is_none() && matches!(c.result, Ok(p) if p == pid));
+        if let Some(c) = answered {
+            c.exited = Some(status);
+            return;
+        }
         if self.pending() > 0 && self.early_exits.len() < EARLY_EXITS_MAX {
             self.early_exits.insert(pid, status);
         }
@@ -760,4 +771,47 @@ fn killpg_probe(pgid: Pid) -> nix::Result<()> {
         return Err(nix::errno::Errno::EINVAL);
     }
     nix::sys::signal::killpg(NixPid::from_raw(pgid.0), None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::names::GroupName;
+
+    fn spec() -> Rc<GroupSpec> {
+        Rc::new(GroupSpec {
+            name: GroupName::new("w").unwrap(),
+            program: Program::Command(vec!["true".into()]),
+            python_executable: "python3".into(),
+            start_method: StartMethod::Forkserver,
+            processes: 1,
+            inputs: vec![],
+            outputs: vec![],
+            confirm_outputs: vec![],
+            env: BTreeMap::new(),
+            clear_env: false,
+            cwd: "/".into(),
+            policy: Default::default(),
+            update: Default::default(),
+            file: "t.toml".into(),
+        })
+    }
+
+    /// The answer was read earlier in the turn, the child was reaped
+    /// before the supervisor took the answer: the exit rides with it
+    /// (it used to be dropped, and the child looked alive forever).
+    #[test]
+    fn an_exit_reaped_after_its_answer_was_read_goes_with_the_answer() {
+        let mut launcher = ProcessLauncher::new(BTreeMap::new()).unwrap();
+        launcher.completions.push(Completion {
+            spec: spec(),
+            index: 0,
+            ticket: 1,
+            result: Ok(Pid(4242)),
+            exited: None,
+        });
+        launcher.note_exit(Pid(4242), ExitStatus::Code(0));
+        let done = launcher.take_completions();
+        assert_eq!(done[0].exited, Some(ExitStatus::Code(0)));
+    }
 }
