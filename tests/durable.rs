@@ -28,7 +28,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Drover, TempDir, python};
+use common::{Drover, TempDir, count, python, queue, wait_until_within};
 use serde_json::Value;
 
 /// Deadline of the long waits (a whole stream, a restart); generous for a
@@ -36,23 +36,6 @@ use serde_json::Value;
 const LONG: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------- helpers
-
-/// The entry of `queue` in a status.
-fn queue<'a>(status: &'a Value, name: &str) -> &'a Value {
-    status["queues"]
-        .as_array()
-        .expect("status has queues")
-        .iter()
-        .find(|q| q["name"] == name)
-        .unwrap_or_else(|| panic!("no queue {name} in {status:#}"))
-}
-
-/// One counter of `queue` in a status.
-fn count(status: &Value, name: &str, field: &str) -> u64 {
-    queue(status, name)[field]
-        .as_u64()
-        .unwrap_or_else(|| panic!("queue {name} has no counter {field}: {status:#}"))
-}
 
 /// The complete lines of a file another process may be appending to (a
 /// missing file has none).
@@ -66,38 +49,6 @@ fn lines(path: &Path) -> Vec<String> {
 
 fn count_lines(path: &Path, line: &str) -> usize {
     lines(path).iter().filter(|l| *l == line).count()
-}
-
-/// Polls `cond` (files and processes have no change notification) until it
-/// holds, for at most `limit`.
-fn wait_long(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10)); // poll interval of a condition wait
-    }
-}
-
-/// [`Drover::wait_status`] with a deadline of [`LONG`].
-fn wait_status_long(d: &Drover, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + LONG;
-    let last = loop {
-        let status = d.status();
-        if pred(&status) {
-            return status;
-        }
-        if Instant::now() >= deadline {
-            break status;
-        }
-        std::thread::sleep(Duration::from_millis(20)); // poll interval of a condition wait
-    };
-    panic!(
-        "timed out after {LONG:?} waiting for {what}; last status:\n{last:#}\nstderr:\n{}",
-        d.stderr.text()
-    );
 }
 
 /// Writes a new config and moves it over `drover.toml` (drover watches it
@@ -141,7 +92,7 @@ fn run_to_exit(mut cmd: Command, log: &Path) -> (i32, String) {
     cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(err);
     let mut child = Reaped(cmd.spawn().expect("start drover"));
     let mut status = None;
-    wait_long("drover to exit", LONG, || {
+    wait_until_within("drover to exit", LONG, || {
         status = child.0.try_wait().expect("wait for drover");
         status.is_some()
     });
@@ -371,7 +322,7 @@ start_secs = "100ms"
     let dir = d.dir.path().to_path_buf();
     let confirmed_file = dir.join("confirmed.txt");
     for kill in 1..=KILLS {
-        wait_long(
+        wait_until_within(
             &format!("{} confirmed before kill {kill}", kill * STEP),
             LONG,
             || lines(&confirmed_file).len() >= kill * STEP,
@@ -388,10 +339,10 @@ start_secs = "100ms"
         assert!(at_kill < N, "kill {kill} came after the stream ended");
         d.restart();
     }
-    wait_long("the producer to confirm everything", LONG, || {
+    wait_until_within("the producer to confirm everything", LONG, || {
         lines(&dir.join("producer-done.txt")).len() == 1
     });
-    let status = wait_status_long(&d, "the queue drained", |s| {
+    let status = d.wait_status_within("the queue drained", LONG, |s| {
         count(s, "jobs", "depth") == 0
             && count(s, "jobs", "in_flight") == 0
             && count(s, "jobs", "stored") == 0
@@ -522,7 +473,7 @@ fn commit_barrier(d: &Drover) {
         .as_i64()
         .unwrap_or_else(|| panic!("no prober pid: {status:#}"));
     let probes = d.dir.path().join("probes.txt");
-    wait_long("the probe's ok", LONG, || {
+    wait_until_within("the probe's ok", LONG, || {
         lines(&probes).contains(&format!("ok {pid}"))
     });
 }
@@ -544,9 +495,9 @@ fn in_flight_messages_count_a_failed_delivery_across_restarts() {
     );
     let dir = d.dir.path().to_path_buf();
     let log = dir.join("holder.txt");
-    wait_long("the producer's ok", LONG, || dir.join("sent.flag").exists());
+    wait_until_within("the producer's ok", LONG, || dir.join("sent.flag").exists());
     for delivery in 1..=3 {
-        wait_long(&format!("delivery {delivery} committed"), LONG, || {
+        wait_until_within(&format!("delivery {delivery} committed"), LONG, || {
             count_lines(&log, "committed hold-me") == delivery
         });
         let status = d.status();
@@ -561,7 +512,7 @@ fn in_flight_messages_count_a_failed_delivery_across_restarts() {
         crash_and_restart(&mut d);
     }
     // The fourth start: three deliveries cut short, dead-lettered at once.
-    let status = wait_status_long(&d, "the message dead-lettered", |s| {
+    let status = d.wait_status_within("the message dead-lettered", LONG, |s| {
         count(s, "jobs", "dead_lettered") == 1
     });
     for field in ["depth", "in_flight", "stored", "delivered"] {
@@ -583,7 +534,7 @@ fn in_flight_messages_count_a_failed_delivery_across_restarts() {
     // one more crash brings nothing back.
     commit_barrier(&d);
     crash_and_restart(&mut d);
-    let status = wait_status_long(&d, "the holder running", |s| {
+    let status = d.wait_status_within("the holder running", LONG, |s| {
         Drover::children(s, "worker")
             .iter()
             .all(|c| c["state"] == "running")
@@ -631,14 +582,14 @@ start_secs = "100ms"
     let dir = d.dir.path().to_path_buf();
     let log = dir.join("worker.txt");
     let graveyard = dir.join("graveyard.txt");
-    wait_long("the producer's oks", LONG, || {
+    wait_until_within("the producer's oks", LONG, || {
         dir.join("sent.flag").exists()
     });
     for run in 1..=3 {
-        wait_long(&format!("crash {run} of the worker"), LONG, || {
+        wait_until_within(&format!("crash {run} of the worker"), LONG, || {
             count_lines(&log, "crash") == run
         });
-        let status = wait_status_long(&d, "the worker's death handled", |s| {
+        let status = d.wait_status_within("the worker's death handled", LONG, |s| {
             Drover::children(s, "worker")
                 .iter()
                 .all(|c| c["state"] != "running" && c["state"] != "starting")
@@ -652,10 +603,10 @@ start_secs = "100ms"
             assert_eq!(count(&status, "jobs", "dead_lettered"), 1, "{status:#}");
         }
     }
-    wait_long("the poison in the graveyard", LONG, || {
+    wait_until_within("the poison in the graveyard", LONG, || {
         lines(&graveyard).contains(&"poison".to_owned())
     });
-    let status = wait_status_long(&d, "the dead letter acked", |s| {
+    let status = d.wait_status_within("the dead letter acked", LONG, |s| {
         count(s, "dead", "acked") == 1 && count(s, "dead", "stored") == 0
     });
     assert_eq!(count(&status, "dead", "depth"), 0, "{status:#}");
@@ -665,11 +616,11 @@ start_secs = "100ms"
     commit_barrier(&d);
     crash_and_restart(&mut d);
     let want: Vec<String> = (10..20).map(|i| format!("got m{i}")).collect();
-    wait_long("m10..m19 consumed", LONG, || {
+    wait_until_within("m10..m19 consumed", LONG, || {
         let seen = lines(&log);
         want.iter().all(|w| seen.contains(w))
     });
-    let status = wait_status_long(&d, "jobs drained", |s| {
+    let status = d.wait_status_within("jobs drained", LONG, |s| {
         count(s, "jobs", "depth") == 0
             && count(s, "jobs", "in_flight") == 0
             && count(s, "jobs", "stored") == 0
@@ -706,7 +657,7 @@ fn a_second_drover_on_the_same_state_dir_is_refused() {
     let mut d = Drover::launch("durable-lock", LOCK_CONFIG, &[]);
     let dir = d.dir.path().to_path_buf();
     let started = dir.join("started.txt");
-    wait_long("the first drover's child", LONG, || {
+    wait_until_within("the first drover's child", LONG, || {
         lines(&started).len() == 1
     });
     let lock = std::fs::read_to_string(dir.join("state/queues.lock")).unwrap();
@@ -885,7 +836,7 @@ fn reload_toggles_durable_with_messages_queued() {
         &[("once.py", SEND_ONCE), ("sink.py", SINK)],
     );
     let dir = d.dir.path().to_path_buf();
-    let status = wait_status_long(&d, "300 messages queued", |s| {
+    let status = d.wait_status_within("300 messages queued", LONG, |s| {
         count(s, "jobs", "depth") == 300 && count(s, "jobs", "confirmed") == 300
     });
     assert_eq!(queue(&status, "jobs")["durable"], false, "{status:#}");
@@ -895,7 +846,7 @@ fn reload_toggles_durable_with_messages_queued() {
     // On: the store opens and takes the 300. The late producer's `ok`
     // (a later commit) says they are on disk.
     edit_config(&d, &toggle_config(true, 1, 0));
-    wait_long("the late message confirmed", LONG, || {
+    wait_until_within("the late message confirmed", LONG, || {
         dir.join("late.flag").exists()
     });
     let status = d.status();
@@ -907,7 +858,7 @@ fn reload_toggles_durable_with_messages_queued() {
     });
 
     crash_and_restart(&mut d);
-    let status = wait_status_long(&d, "the 301 back from the store", |s| {
+    let status = d.wait_status_within("the 301 back from the store", LONG, |s| {
         count(s, "jobs", "depth") == 301
     });
     assert_eq!(queue(&status, "jobs")["durable"], true, "{status:#}");
@@ -917,7 +868,7 @@ fn reload_toggles_durable_with_messages_queued() {
 
     // Off: out of the store, still queued.
     edit_config(&d, &toggle_config(false, 1, 0));
-    let status = wait_status_long(&d, "jobs no longer durable nor stored", |s| {
+    let status = d.wait_status_within("jobs no longer durable nor stored", LONG, |s| {
         queue(s, "jobs")["durable"] == false && count(s, "jobs", "stored") == 0
     });
     assert_eq!(count(&status, "jobs", "depth"), 301, "{status:#}");
@@ -928,7 +879,7 @@ fn reload_toggles_durable_with_messages_queued() {
     // Consumed: each exactly once.
     edit_config(&d, &toggle_config(false, 1, 1));
     let consumed = dir.join("consumed.txt");
-    let status = wait_status_long(&d, "301 acked", |s| {
+    let status = d.wait_status_within("301 acked", LONG, |s| {
         count(s, "jobs", "acked") == 301 && count(s, "jobs", "depth") == 0
     });
     assert_eq!(count(&status, "jobs", "in_flight"), 0, "{status:#}");
@@ -998,7 +949,7 @@ signal.pause()
         ],
     );
     let dir = d.dir.path().to_path_buf();
-    let status = wait_status_long(&d, "10 + 5 confirmed", |s| {
+    let status = d.wait_status_within("10 + 5 confirmed", LONG, |s| {
         count(s, "jobs", "confirmed") == 10 && count(s, "plain", "confirmed") == 5
     });
     let jobs = queue(&status, "jobs");
@@ -1019,7 +970,7 @@ signal.pause()
     // After a SIGKILL: the durable queue's messages are back, the other's
     // are gone (and sent again by a fresh producer).
     crash_and_restart(&mut d);
-    wait_long("plain sent again", LONG, || {
+    wait_until_within("plain sent again", LONG, || {
         lines(&dir.join("plain.flag")).len() == 2
     });
     let status = d.status();
@@ -1034,7 +985,7 @@ signal.pause()
 
     // Consumed and acked: no longer stored.
     edit_config(&d, &config(1));
-    let status = wait_status_long(&d, "10 acked, none stored", |s| {
+    let status = d.wait_status_within("10 acked, none stored", LONG, |s| {
         count(s, "jobs", "acked") == 10 && count(s, "jobs", "stored") == 0
     });
     assert_eq!(count(&status, "jobs", "depth"), 0, "{status:#}");
@@ -1116,7 +1067,7 @@ start_secs = "100ms"
         ],
     );
     let dir = d.dir.path().to_path_buf();
-    let status = wait_status_long(&d, "a store error", |s| {
+    let status = d.wait_status_within("a store error", LONG, |s| {
         queue(s, "jobs").get("store_error").is_some()
     });
     let error = queue(&status, "jobs")["store_error"].as_str().unwrap();
@@ -1133,7 +1084,7 @@ start_secs = "100ms"
 
     // Room again (the filler, seen through drover's mount namespace).
     std::fs::remove_file(format!("/proc/{}/root{}/filler", d.pid(), state.display())).unwrap();
-    wait_long("the producer to confirm everything", LONG, || {
+    wait_until_within("the producer to confirm everything", LONG, || {
         lines(&dir.join("producer-done.txt")).len() == 1
     });
     let status = d.status();
@@ -1143,7 +1094,7 @@ start_secs = "100ms"
     );
     assert_eq!(count(&status, "jobs", "stored"), N as u64, "{status:#}");
     edit_config(&d, &config(1));
-    wait_status_long(&d, "the queue drained", |s| {
+    d.wait_status_within("the queue drained", LONG, |s| {
         count(s, "jobs", "depth") == 0
             && count(s, "jobs", "in_flight") == 0
             && count(s, "jobs", "stored") == 0

@@ -16,30 +16,13 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Drover, wait_until};
+use common::{Drover, count, queue, wait_until};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
 
 fn launch(name: &str, config: &str, scripts: &[(&str, &str)]) -> Drover {
     Drover::launch(name, config, scripts)
-}
-
-/// The entry of `queue` in a status.
-fn queue<'a>(status: &'a Value, name: &str) -> &'a Value {
-    status["queues"]
-        .as_array()
-        .expect("status has queues")
-        .iter()
-        .find(|q| q["name"] == name)
-        .unwrap_or_else(|| panic!("no queue {name} in {status:#}"))
-}
-
-/// One counter of `queue` in a status.
-fn count(status: &Value, name: &str, field: &str) -> u64 {
-    queue(status, name)[field]
-        .as_u64()
-        .unwrap_or_else(|| panic!("queue {name} has no counter {field}: {status:#}"))
 }
 
 /// Sum of the `restarts` of `group`'s children.

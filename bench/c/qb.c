@@ -156,6 +156,17 @@ static void produce(int fd, long n, size_t size, double rate)
     free(buf);
 }
 
+/* Stays until drover closes the queue socket `fd` (its shutdown). */
+static void wait_closed(int fd)
+{
+    for (;;) {
+        char c[16];
+        ssize_t r = recv(fd, c, sizeof c, 0);
+        if (r == 0 || (r < 0 && errno != EINTR))
+            return;
+    }
+}
+
 /* Waits for SIGUSR1 after announcing our pid in `ready`. */
 static void gate(const char *ready)
 {
@@ -502,12 +513,7 @@ int main(int argc, char **argv)
         /* Stay until drover closes the queue (shutdown), as a real worker
          * does: exiting right after the last ack races drover's reading of
          * that ack with its handling of our exit. */
-        for (;;) {
-            char c[16];
-            ssize_t r = recv(fd, c, sizeof c, 0);
-            if (r == 0 || (r < 0 && errno != EINTR))
-                break;
-        }
+        wait_closed(fd);
         return 0;
     }
     if (strcmp(mode, "produce-confirm") == 0 && argc == 7) {
@@ -525,12 +531,7 @@ int main(int argc, char **argv)
         char *out = produce_confirm(fd, n, size, window);
         write_file(argv[6], out);
         /* Stay until drover closes the queue, like the consumer. */
-        for (;;) {
-            char c[16];
-            ssize_t r = recv(fd, c, sizeof c, 0);
-            if (r == 0 || (r < 0 && errno != EINTR))
-                break;
-        }
+        wait_closed(fd);
         return 0;
     }
     if (strcmp(mode, "pair") == 0 && argc == 7) {

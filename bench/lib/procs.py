@@ -51,6 +51,20 @@ def wait_for(what: str, timeout: float, check, interval: float = 0.002, alive=No
         time.sleep(interval)
 
 
+def interrupt(tool: subprocess.Popen | None, timeout: float = 30) -> None:
+    """Ends a measuring tool (perf, strace) the way it writes its report:
+    SIGINT, then a wait; SIGKILL if it does not end within `timeout`.
+    Nothing to do for None or a tool that has ended."""
+    if tool is None or tool.poll() is not None:
+        return
+    tool.send_signal(signal.SIGINT)
+    try:
+        tool.wait(timeout)
+    except subprocess.TimeoutExpired:
+        tool.kill()
+        tool.wait()
+
+
 def kill_if_exe(pid: int, exe: str) -> bool:
     """SIGKILLs pid if it is still a live process running exe (not a reused pid)."""
     if proc.exe(pid) != exe:

@@ -34,7 +34,7 @@ from lib.drover import Drover, toml_list
 from lib.harness import Option
 from lib.load import QUIET_PCT, OthersCpu, wait_quiet
 from lib.proc import CLK_TCK, status_kb
-from lib.procs import wait_for
+from lib.procs import interrupt, wait_for
 from lib.stats import DASH, at_least, percentile, table, thousands, times, verdict
 from suites.queues import consumer_state, cpu_ticks, median_run, queue_of, read_pid
 
@@ -188,10 +188,8 @@ class DurableBench:
                             f"(consumer {consumer_state(pids[0])}); queue: {q}")
                 time.sleep(0.02)
             cpu1, t1 = cpu_ticks(dr.pid), time.monotonic()
-            if tool:
-                tool.send_signal(signal.SIGINT)
-                tool.wait(30)
-                tool = None
+            interrupt(tool)
+            tool = None
             res = json.loads(result_c.read_text())
             if confirm:
                 res["producer"] = json.loads(result_p.read_text())
@@ -215,12 +213,7 @@ class DurableBench:
                     f"{res['bad_size']} messages of a wrong size, {res['out_of_order']} out of order")
             return res
         finally:
-            if tool and tool.poll() is None:
-                tool.send_signal(signal.SIGINT)
-                try:
-                    tool.wait(30)
-                except subprocess.TimeoutExpired:
-                    tool.kill()
+            interrupt(tool)
             dr.stop(timeout=30)
 
     def fsync_baseline(self, rnd: int) -> None:

@@ -25,7 +25,7 @@ from lib.drover import Drover, toml_list
 from lib.harness import Option
 from lib.load import QUIET_PCT, OthersCpu, wait_quiet
 from lib.proc import CLK_TCK, context_switches, stat, status_kb
-from lib.procs import wait_for
+from lib.procs import interrupt, wait_for
 from lib.stats import DASH, table, thousands, times, us, verdict
 
 TITLE = "Queues: throughput and latency against a bare SEQPACKET socketpair and multiprocessing"
@@ -243,10 +243,8 @@ class QueueBench:
                             f"queue: depth {q['depth']}, in_flight {q['in_flight']}")
                 time.sleep(0.02)
             cpu1, cs1, t1 = cpu_ticks(d.pid), context_switches(d.pid), time.monotonic()
-            if tool:
-                tool.send_signal(signal.SIGINT)
-                tool.wait(30)
-                tool = None
+            interrupt(tool)
+            tool = None
             res = json.loads(result.read_text())
             # The last acks may still be in flight to drover.
             acked = count if ack else 0
@@ -272,12 +270,7 @@ class QueueBench:
                     f"{res['bad_size']} messages of a wrong size, {res['out_of_order']} out of order")
             return res
         finally:
-            if tool and tool.poll() is None:
-                tool.send_signal(signal.SIGINT)
-                try:
-                    tool.wait(30)
-                except subprocess.TimeoutExpired:
-                    tool.kill()
+            interrupt(tool)
             d.stop(timeout=15)
 
     def flood(self, size: int) -> None:

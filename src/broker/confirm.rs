@@ -176,14 +176,10 @@ impl Broker {
             }
         }
         let queue = ep.queue.clone();
-        if accepted > 0 {
-            let core = match self.queues.get_mut(&queue) {
-                Some(q) => Some(q),
-                None => self.retired.get_mut(&queue),
-            };
-            if let Some(q) = core {
-                q.counters.confirmed += accepted;
-            }
+        if accepted > 0
+            && let Some(q) = self.core_mut(&queue)
+        {
+            q.counters.confirmed += accepted;
         }
         if let Some(e) = failed {
             let key = format!("queue {queue}: confirms not sent");

@@ -103,6 +103,8 @@ enum State {
 #[derive(Debug)]
 struct Load {
     queue: QueueName,
+    /// For the removed incarnation of the queue (see `super::retire`).
+    retired: bool,
     asked: usize,
 }
 
@@ -276,7 +278,6 @@ impl Broker {
             }
             _ => {
                 q.push(message);
-                self.to_deliver.push(name.clone());
                 Gate::OPEN
             }
         }
@@ -311,14 +312,16 @@ impl Broker {
         if d.retry_at.is_some() {
             return; // reads wait with the failed commits
         }
-        let cores = self.queues.iter_mut().chain(self.retired.iter_mut());
-        for (name, q) in cores {
+        let live = self.queues.iter_mut().map(|(n, q)| (n, q, false));
+        let retired = self.retired.iter_mut().map(|(n, q)| (n, q, true));
+        for (name, q, retired) in live.chain(retired) {
             if let Some((after, limit)) = q.wanted_load() {
                 let ticket = d.store.load(name.as_str(), after, limit);
                 d.loads.insert(
                     ticket,
                     Load {
                         queue: name.clone(),
+                        retired,
                         asked: limit,
                     },
                 );
@@ -373,11 +376,12 @@ impl Broker {
             self.store_recovered();
         }
         for (load, messages) in read_back {
-            let core = match self.queues.get_mut(&load.queue) {
-                Some(q) => Some(q),
-                None => self.retired.get_mut(&load.queue),
+            let cores = if load.retired {
+                &mut self.retired
+            } else {
+                &mut self.queues
             };
-            let Some(q) = core else {
+            let Some(q) = cores.get_mut(&load.queue) else {
                 continue;
             };
             let messages = messages.map(|ms| {
@@ -398,23 +402,19 @@ impl Broker {
     /// Commits up to `gate` are on disk.
     fn gate_opened(&mut self, epoll: &Epoll, gate: u64) {
         self.committed = Gate(gate);
-        let names: Vec<QueueName> = self
-            .queues
-            .keys()
-            .chain(self.retired.keys())
-            .cloned()
-            .collect();
-        for name in names {
-            let core = match self.queues.get_mut(&name) {
-                Some(q) => Some(q),
-                None => self.retired.get_mut(&name),
-            };
-            let Some(q) = core else {
-                continue;
-            };
-            let dead = q.committed(gate);
-            self.dead_letters(&name, dead);
-            self.to_deliver.push(name.clone());
+        let mut dead = Vec::new();
+        for (name, q) in self.queues.iter_mut().chain(self.retired.iter_mut()) {
+            let letters = q.committed(gate);
+            if !letters.is_empty() {
+                dead.push((name.clone(), letters));
+            }
+        }
+        for (name, letters) in dead {
+            self.dead_letters(&name, letters);
+        }
+        self.to_deliver.extend(self.queues.keys().cloned());
+        let retired: Vec<QueueName> = self.retired.keys().cloned().collect();
+        for name in retired {
             self.gc_retired(&name);
         }
         let waiting: Vec<u64> = std::mem::take(&mut self.gated).into_iter().collect();

@@ -315,11 +315,7 @@ impl Broker {
     /// Counts a packet that was not taken in `refused` and logs it, rate
     /// limited under `kind`.
     fn refuse(&mut self, queue: &QueueName, kind: &str, what: &str) {
-        let core = match self.queues.get_mut(queue) {
-            Some(q) => Some(q),
-            None => self.retired.get_mut(queue),
-        };
-        if let Some(q) = core {
+        if let Some(q) = self.core_mut(queue) {
             q.counters.refused += 1;
         }
         let key = format!("queue {queue}: {kind}");

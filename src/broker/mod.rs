@@ -179,6 +179,14 @@ impl Broker {
         }
     }
 
+    /// The live queue `name`, else its removed incarnation.
+    fn core_mut(&mut self, name: &QueueName) -> Option<&mut QueueCore> {
+        match self.queues.get_mut(name) {
+            Some(q) => Some(q),
+            None => self.retired.get_mut(name),
+        }
+    }
+
     pub fn owns(&self, token: u64) -> bool {
         self.endpoints.contains_key(&token)
     }

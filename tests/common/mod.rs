@@ -20,6 +20,23 @@ use serde_json::Value;
 /// Generous: tests must pass on a loaded 2-core machine.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
+/// The entry of `queue` in a status.
+pub fn queue<'a>(status: &'a Value, name: &str) -> &'a Value {
+    status["queues"]
+        .as_array()
+        .expect("status has queues")
+        .iter()
+        .find(|q| q["name"] == name)
+        .unwrap_or_else(|| panic!("no queue {name} in {status:#}"))
+}
+
+/// One counter of `queue` in a status.
+pub fn count(status: &Value, name: &str, field: &str) -> u64 {
+    queue(status, name)[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("queue {name} has no counter {field}: {status:#}"))
+}
+
 pub fn drover_bin() -> &'static str {
     env!("CARGO_BIN_EXE_drover")
 }
@@ -260,7 +277,17 @@ impl Drover {
     /// Polls `status --json` until `pred` holds. Status has no change
     /// notification, so this is the one place tests poll, with a deadline.
     pub fn wait_status(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + DEADLINE;
+        self.wait_status_within(what, DEADLINE, pred)
+    }
+
+    /// [`Drover::wait_status`] with a deadline of `limit`.
+    pub fn wait_status_within(
+        &self,
+        what: &str,
+        limit: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + limit;
         loop {
             let status = self.status();
             if pred(&status) {
@@ -268,7 +295,7 @@ impl Drover {
             }
             if Instant::now() >= deadline {
                 panic!(
-                    "timed out waiting for {what}; last status:\n{status:#}\nstderr:\n{}",
+                    "timed out after {limit:?} waiting for {what}; last status:\n{status:#}\nstderr:\n{}",
                     self.stderr.text()
                 );
             }
@@ -396,10 +423,15 @@ pub fn alive(pid: i64) -> bool {
 
 /// Waits until `cond` holds, polling (for OS state with no notification).
 pub fn wait_until(what: &str, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
+    wait_until_within(what, DEADLINE, cond);
+}
+
+/// [`wait_until`] with a deadline of `limit`.
+pub fn wait_until_within(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
     while !cond() {
         if Instant::now() >= deadline {
-            panic!("timed out after {DEADLINE:?} waiting for {what}");
+            panic!("timed out after {limit:?} waiting for {what}");
         }
         std::thread::sleep(Duration::from_millis(10)); // poll interval of a condition wait
     }

@@ -307,22 +307,31 @@ impl Store {
     /// after a failure without a copy.
     pub fn submit(&mut self, batch: impl Into<Arc<Batch>>) -> Ticket {
         let batch = batch.into();
-        let ticket = Ticket(self.next_ticket);
-        self.next_ticket += 1;
-        let sent = match &self.tx {
-            Some(tx) => tx.send(Request::Commit(ticket, batch)).is_ok(),
-            None => false,
-        };
+        let (ticket, sent) = self.send(|t| Request::Commit(t, batch));
         if !sent {
-            self.local.push((
-                ticket,
-                Err(StoreError::Closed {
-                    path: self.path.clone(),
-                }),
-            ));
+            let closed = self.closed();
+            self.local.push((ticket, Err(closed)));
             let _ = self.shared.notify.write(1);
         }
         ticket
+    }
+
+    /// Hands a request to the thread under a new ticket; false when the
+    /// thread is gone.
+    fn send(&mut self, request: impl FnOnce(Ticket) -> Request) -> (Ticket, bool) {
+        let ticket = Ticket(self.next_ticket);
+        self.next_ticket += 1;
+        let sent = self
+            .tx
+            .as_ref()
+            .is_some_and(|tx| tx.send(request(ticket)).is_ok());
+        (ticket, sent)
+    }
+
+    fn closed(&self) -> StoreError {
+        StoreError::Closed {
+            path: self.path.clone(),
+        }
     }
 
     /// Reads the messages of `queue` with an id above `after` (from its
@@ -330,24 +339,15 @@ impl Store {
     /// batch submitted before; the result comes from [`Store::loaded`]
     /// (the eventfd says when). Never blocks.
     pub fn load(&mut self, queue: &str, after: Option<u64>, limit: usize) -> Ticket {
-        let ticket = Ticket(self.next_ticket);
-        self.next_ticket += 1;
         let load = Load {
             queue: queue.to_owned(),
             after,
             limit,
         };
-        let sent = match &self.tx {
-            Some(tx) => tx.send(Request::Load(ticket, load)).is_ok(),
-            None => false,
-        };
+        let (ticket, sent) = self.send(|t| Request::Load(t, load));
         if !sent {
-            self.local_loaded.push((
-                ticket,
-                Err(StoreError::Closed {
-                    path: self.path.clone(),
-                }),
-            ));
+            let closed = self.closed();
+            self.local_loaded.push((ticket, Err(closed)));
             let _ = self.shared.notify.write(1);
         }
         ticket
