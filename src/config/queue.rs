@@ -464,6 +464,61 @@ mod tests {
     }
 
     #[test]
+    fn redis_keys_are_read_and_checked_together() {
+        let (draft, msgs) = read_queue(
+            "backend = \"redis\"\nurl = \"redis://u:pw@h:6379/1\"\nstream = \"s\"\nclaim_idle = \"5s\"",
+        );
+        assert!(msgs.is_empty(), "{msgs:?}");
+        let r = draft.unwrap().spec.redis.unwrap();
+        assert_eq!(
+            (r.stream.as_str(), r.claim_idle),
+            ("s", Duration::from_secs(5))
+        );
+        assert_eq!(r.target.shown(), "redis://u:***@h:6379/1");
+        let (draft, msgs) = read_queue("backend = \"redis\"\nurl = \"unix:///r.sock\"");
+        assert!(msgs.is_empty(), "{msgs:?}");
+        let r = draft.unwrap().spec.redis.unwrap();
+        assert_eq!(
+            (r.stream.as_str(), r.claim_idle),
+            ("drover:jobs", Duration::from_secs(30))
+        );
+        let (_, msgs) = read_queue("backend = \"redis\"");
+        assert!(msgs[0].contains("no `url`"), "{msgs:?}");
+        let (_, msgs) = read_queue("url = \"redis://h\"\nstream = \"s\"");
+        assert_eq!(msgs.len(), 2, "{msgs:?}");
+        assert!(
+            msgs[0].contains("applies only to a queue on Redis"),
+            "{msgs:?}"
+        );
+        let (_, msgs) = read_queue("backend = \"redis\"\nurl = \"redis://h\"\ndurable = true");
+        assert!(msgs[0].contains("cannot also be durable"), "{msgs:?}");
+        let (_, msgs) = read_queue("backend = \"rediss\"");
+        assert!(msgs[0].contains("unknown backend `rediss`"), "{msgs:?}");
+        let (_, msgs) =
+            read_queue("backend = \"redis\"\nurl = \"redis://h\"\nclaim_idle = \"10ms\"");
+        assert!(msgs[0].contains("at least 100ms"), "{msgs:?}");
+    }
+
+    #[test]
+    fn environment_variables_expand_in_urls() {
+        assert_eq!(expand_env("a$$b").unwrap(), "a$b");
+        assert_eq!(expand_env("no vars").unwrap(), "no vars");
+        let home = std::env::var("PATH").unwrap();
+        assert_eq!(expand_env("x${PATH}y").unwrap(), format!("x{home}y"));
+        assert!(
+            expand_env("${DROVER_SURELY_UNSET_VAR_42}")
+                .unwrap_err()
+                .contains("is not set")
+        );
+        assert!(
+            expand_env("${BAD-NAME}")
+                .unwrap_err()
+                .contains("not an environment variable name")
+        );
+        assert!(expand_env("${OPEN").unwrap_err().contains("closing"));
+    }
+
+    #[test]
     fn unknown_keys_say_where_they_belong() {
         let (_, msgs) = read_queue("capacityy = 1\nprocesses = 2\nfoo = 1");
         assert_eq!(
@@ -472,7 +527,7 @@ mod tests {
         );
         assert_eq!(
             msgs[1],
-            "unknown key `foo` in [queue.jobs]|expected one of `capacity`, `max_message_bytes`, `delivery`, `prefetch`, `max_deliveries`, `dead_letter`, `ack_timeout`, `durable`, `confirm`"
+            "unknown key `foo` in [queue.jobs]|expected one of `capacity`, `max_message_bytes`, `delivery`, `prefetch`, `max_deliveries`, `dead_letter`, `ack_timeout`, `durable`, `confirm`, `backend`, `url`, `stream`, `claim_idle`"
         );
         assert_eq!(
             msgs[2],
