@@ -99,11 +99,17 @@ pub struct WriteBatch {
     /// Entries handed out again by this instance, with their delivery
     /// count, so that `max_deliveries` holds across instances.
     pub recount: Vec<(String, u32)>,
+    /// Entries this instance still holds: their idle time is reset, so
+    /// that no other instance claims them while they are worked on.
+    pub touch: Vec<String>,
 }
 
 impl WriteBatch {
     pub fn is_empty(&self) -> bool {
-        self.add.is_empty() && self.done.is_empty() && self.recount.is_empty()
+        self.add.is_empty()
+            && self.done.is_empty()
+            && self.recount.is_empty()
+            && self.touch.is_empty()
     }
 }
 
@@ -474,6 +480,16 @@ fn write(conn: &mut Connection, spec: &Spec, batches: &[WriteBatch]) -> redis::R
                 .arg(id)
                 .arg("RETRYCOUNT")
                 .arg(*count)
+                .arg("JUSTID")
+                .ignore();
+        }
+        if !b.touch.is_empty() {
+            p.cmd("XCLAIM")
+                .arg(&spec.stream)
+                .arg(&spec.group)
+                .arg(&spec.consumer)
+                .arg(0)
+                .arg(&b.touch)
                 .arg("JUSTID")
                 .ignore();
         }
