@@ -389,8 +389,16 @@ impl Broker {
     /// pending in the stream.
     pub(super) fn close_remotes(&mut self) {
         self.end_turn_remotes();
-        for (name, r) in self.remotes.drain() {
-            if !r.backend.close(CLOSE_WAIT) {
+        let deadline = Instant::now() + CLOSE_WAIT;
+        let wait = || deadline.saturating_duration_since(Instant::now());
+        let remotes: Vec<(QueueName, Remote)> = self.remotes.drain().collect();
+        for (name, r) in remotes {
+            if r.backend.close(wait()) {
+                // Everything staged is in the stream now.
+                if let Some(q) = self.queues.get_mut(&name) {
+                    q.sent(u64::MAX);
+                }
+            } else {
                 tracing::error!(
                     "queue {name}: Redis did not take drover's last writes within {CLOSE_WAIT:?}: \
                      acks not sent mean redeliveries; messages not added were never confirmed"
@@ -399,7 +407,7 @@ impl Broker {
         }
         for (_, olds) in self.old_remotes.drain() {
             for r in olds {
-                r.backend.close(CLOSE_WAIT);
+                r.backend.close(wait());
             }
         }
     }
