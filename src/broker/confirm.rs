@@ -18,7 +18,7 @@
 //! waiting on it) once that commit is on disk (see [`super::durable`]);
 //! the replies behind a closed gate wait with it, so the order is kept.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
@@ -59,14 +59,38 @@ impl Reply {
 }
 
 /// What a reply waits for before it may be sent: a point in the sequence
-/// of disk commits (see the module documentation). Gates are ordered; a
-/// reply goes out once [`Broker::committed`] is at or past its gate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub(super) struct Gate(pub(super) u64);
+/// of commits of one lane (see the module documentation). Lane 0 is the
+/// disk store; each queue on Redis has a lane of its own, so a Redis that
+/// is down holds back only its own queues' confirms. A reply goes out once
+/// [`Broker::committed`] of its lane is at or past its gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(super) struct Gate {
+    pub(super) lane: u32,
+    pub(super) seq: u64,
+}
 
 impl Gate {
     /// Nothing to wait for.
-    pub(super) const OPEN: Gate = Gate(0);
+    pub(super) const OPEN: Gate = Gate { lane: 0, seq: 0 };
+
+    /// The disk store's commit `seq`.
+    pub(super) fn store(seq: u64) -> Gate {
+        Gate { lane: 0, seq }
+    }
+}
+
+/// The last commit of each lane.
+#[derive(Debug, Default)]
+pub(super) struct Committed(HashMap<u32, u64>);
+
+impl Committed {
+    pub(super) fn passed(&self, gate: Gate) -> bool {
+        gate.seq == 0 || self.0.get(&gate.lane).is_some_and(|c| *c >= gate.seq)
+    }
+
+    pub(super) fn set(&mut self, lane: u32, seq: u64) {
+        self.0.insert(lane, seq);
+    }
 }
 
 /// The replies of one producer endpoint with confirms.
@@ -115,7 +139,7 @@ impl Broker {
             return;
         }
         replies.backlog.push_back((reply, gate));
-        if gate > self.committed {
+        if !self.committed.passed(gate) {
             self.gated.insert(token);
         }
         self.flush_replies(token);
@@ -123,19 +147,18 @@ impl Broker {
 
     /// Whether the oldest unsent reply of `token` waits for a commit.
     pub(super) fn awaits_commit(&self, token: u64) -> bool {
-        let committed = self.committed;
         self.endpoints
             .get(&token)
             .and_then(|ep| ep.replies.as_ref())
             .and_then(|r| r.backlog.front())
-            .is_some_and(|(_, gate)| *gate > committed)
+            .is_some_and(|(_, gate)| !self.committed.passed(*gate))
     }
 
     /// Sends what the backlog of `token` may send, oldest first, until a
     /// closed gate or a full socket (which blocks the endpoint). The caller
     /// refreshes the epoll interest (`read_producer` does).
     pub(super) fn flush_replies(&mut self, token: u64) {
-        let committed = self.committed;
+        let committed = &self.committed;
         let Some(ep) = self.endpoints.get_mut(&token) else {
             return;
         };
@@ -147,7 +170,7 @@ impl Broker {
         let mut failed = None;
         replies.blocked = false;
         while let Some(&(reply, gate)) = replies.backlog.front() {
-            if gate > committed {
+            if !committed.passed(gate) {
                 break;
             }
             match send(

@@ -125,6 +125,10 @@ impl Broker {
     /// left): what it still had to tell the store goes into this turn's
     /// batch first.
     pub(super) fn last_ops(&mut self, name: &QueueName, ops: StoreOps) {
+        if self.old_remotes.contains_key(name) {
+            self.close_old_remotes(name, &ops);
+            return;
+        }
         if let Some(d) = self.durable.as_mut() {
             d.record(name, ops);
         }
@@ -255,6 +259,9 @@ impl Broker {
     /// messages that wait) staged for this turn's commit. Returns the gate
     /// a producer's `ok` waits for.
     pub(super) fn enqueue(&mut self, name: &QueueName, bytes: &[u8]) -> Gate {
+        if let Some(gate) = self.enqueue_remote(name, bytes) {
+            return gate;
+        }
         let Some(q) = self.queues.get_mut(name) else {
             return Gate::OPEN;
         };
@@ -269,7 +276,7 @@ impl Broker {
                     d.batch.append.push((name.to_string(), id, bytes.to_vec()));
                     message.id = Some(id);
                     q.stage(gate, message);
-                    Gate(gate)
+                    Gate::store(gate)
                 } else {
                     // In memory, but after messages that wait for a commit.
                     q.stage(gate, message);
@@ -283,14 +290,21 @@ impl Broker {
         }
     }
 
-    /// The end of a loop turn: what the queues changed goes to the store
-    /// as one batch, and queues that need messages read back get a read.
+    /// The end of a loop turn: what the queues changed goes to Redis and
+    /// to the store.
     pub fn end_turn(&mut self) {
+        self.end_turn_remotes();
+        self.end_turn_store();
+    }
+
+    /// What the queues changed goes to the store as one batch, and queues
+    /// that need messages read back get a read.
+    fn end_turn_store(&mut self) {
         let Some(d) = self.durable.as_mut() else {
             return;
         };
         let cores = self.queues.iter_mut().chain(self.retired.iter_mut());
-        for (name, q) in cores {
+        for (name, q) in cores.filter(|(_, q)| q.spec.redis.is_none()) {
             if q.leaves_store() {
                 q.unstore_all();
                 tracing::info!("queue {name} is no longer durable: it has left the store");
@@ -401,7 +415,7 @@ impl Broker {
 
     /// Commits up to `gate` are on disk.
     fn gate_opened(&mut self, epoll: &Epoll, gate: u64) {
-        self.committed = Gate(gate);
+        self.committed.set(0, gate);
         let mut dead = Vec::new();
         for (name, q) in self.queues.iter_mut().chain(self.retired.iter_mut()) {
             let letters = q.committed(gate);
@@ -417,6 +431,11 @@ impl Broker {
         for name in retired {
             self.gc_retired(&name);
         }
+        self.flush_gated(epoll);
+    }
+
+    /// A gate opened: the producers whose replies waited send what they may.
+    pub(super) fn flush_gated(&mut self, epoll: &Epoll) {
         let waiting: Vec<u64> = std::mem::take(&mut self.gated).into_iter().collect();
         for token in waiting {
             self.flush_replies(token);
@@ -489,7 +508,7 @@ impl Broker {
         for name in self.queues.keys().cloned().collect::<Vec<_>>() {
             self.resume_producers(epoll, &name);
         }
-        self.end_turn();
+        self.end_turn_store();
     }
 
     /// Routes dead letters of `source`.
@@ -510,6 +529,7 @@ impl Broker {
     /// `status` fields of a queue: (stored, store error).
     pub(super) fn store_status(&self, q: &QueueCore) -> (u64, Option<String>) {
         match &self.durable {
+            Some(_) if q.spec.redis.is_some() => (0, None),
             Some(d) if q.spec.durable || q.stored() > 0 => (q.stored(), d.error.clone()),
             _ => (0, None),
         }
@@ -518,7 +538,7 @@ impl Broker {
     /// At exit: commits what the last turns changed (waiting at most
     /// [`CLOSE_WAIT`]) and closes the store. Durable messages stay in it.
     pub fn close_store(&mut self) {
-        self.end_turn();
+        self.end_turn_store();
         let Some(d) = self.durable.take() else {
             return;
         };

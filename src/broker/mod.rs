@@ -32,6 +32,7 @@ mod durable;
 mod endpoint;
 mod letters;
 pub mod queue;
+mod redis;
 mod retire;
 mod timers;
 
@@ -49,7 +50,7 @@ use crate::control::status::QueueStatus;
 use crate::supervisor::Pid;
 use crate::text::ratelimit::RateLimit;
 use crate::text::wording::plural;
-use confirm::{Gate, Replies};
+use confirm::Replies;
 use queue::QueueCore;
 use timers::AckTimers;
 
@@ -139,11 +140,18 @@ pub struct Broker {
     timers: AckTimers,
     /// Replies whose gate is at or before this may be sent (see
     /// [`confirm`]): the last disk commit that ended.
-    committed: Gate,
+    committed: confirm::Committed,
     /// Producers with replies waiting for a commit.
     gated: BTreeSet<u64>,
     /// The store of durable queues, once the config has one.
     durable: Option<durable::Durable>,
+    /// The Redis side, once the config has a queue on Redis.
+    redis: Option<redis::Redis>,
+    /// The streams of the live queues on Redis.
+    remotes: HashMap<QueueName, redis::Remote>,
+    /// The streams of removed queues on Redis whose consumers still hold
+    /// entries.
+    old_remotes: HashMap<QueueName, Vec<redis::Remote>>,
     /// Lines about single packets or messages (a bogus `ack`, a dead letter).
     lines: RateLimit,
     /// Lines about a condition that lasts (a full dead-letter queue, a full
@@ -171,9 +179,12 @@ impl Broker {
             paused: HashMap::new(),
             to_deliver: Vec::new(),
             timers: AckTimers::default(),
-            committed: Gate::OPEN,
+            committed: confirm::Committed::default(),
             gated: BTreeSet::new(),
             durable: None,
+            redis: None,
+            remotes: HashMap::new(),
+            old_remotes: HashMap::new(),
             lines: RateLimit::default(),
             bursts: RateLimit::new(1, crate::text::ratelimit::DEFAULT_WINDOW),
         }
@@ -367,9 +378,23 @@ impl Broker {
     /// At exit: commits and closes the store, and logs what is lost (held
     /// in memory only) or kept (in the store).
     pub fn report_leftovers(&mut self) {
+        for q in self.queues.values() {
+            if let Some(n) = self.pending_in_stream(q) {
+                tracing::info!(
+                    "queue {}: {} read from Redis and not acknowledged stay pending in stream {} \
+                     (this drover takes them back when it starts again on this host; others \
+                     after claim_idle)",
+                    q.spec.name,
+                    plural(n, "message", "messages"),
+                    q.spec.redis.as_ref().map_or("?", |r| r.stream.as_str())
+                );
+            }
+        }
+        self.close_remotes();
         let all = self.queues.values_mut().chain(self.retired.values_mut());
         for q in all {
-            let stored = q.stored();
+            let on_redis = q.spec.redis.is_some();
+            let stored = if on_redis { 0 } else { q.stored() };
             let lost = q.drain_all().iter().filter(|m| m.id.is_none()).count();
             if stored > 0 {
                 tracing::info!(
@@ -379,7 +404,9 @@ impl Broker {
                 );
             }
             if lost > 0 {
-                let why = if q.spec.durable {
+                let why = if on_redis {
+                    "Redis had not taken them yet; none was confirmed"
+                } else if q.spec.durable {
                     "they were not stored yet"
                 } else {
                     "the queue is not durable"
@@ -433,7 +460,17 @@ impl Broker {
 impl Broker {
     fn queue_status(&self, q: &QueueCore, removed: bool) -> QueueStatus {
         let (stored, store_error) = self.store_status(q);
-        queue_status(q, removed, stored, store_error)
+        let mut s = queue_status(q, removed, stored, store_error);
+        if let Some(r) = &q.spec.redis {
+            s.backend = "redis".into();
+            s.stream = Some(r.stream.clone());
+            s.url = Some(r.target.shown().to_owned());
+            if let Some((error, depth)) = self.remote_status(q) {
+                s.backend_error = error;
+                s.depth = depth;
+            }
+        }
+        s
     }
 }
 
@@ -459,6 +496,10 @@ fn queue_status(
         durable: q.spec.durable,
         stored,
         store_error,
+        backend: "local".into(),
+        backend_error: None,
+        stream: None,
+        url: None,
     }
 }
 

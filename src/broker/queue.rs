@@ -470,6 +470,17 @@ impl QueueCore {
     /// The queue was removed by a reload: returns its ready messages (for
     /// the dead letters) and keeps only what consumers hold, settleable.
     pub fn retire(&mut self) -> Vec<Message> {
+        let mut left = self.retire_keeping_ids();
+        for m in &mut left {
+            self.forget(m);
+        }
+        left
+    }
+
+    /// [`QueueCore::retire`] for a queue on Redis: the ready messages keep
+    /// their ids and nothing is told to forget them (they stay pending in
+    /// the stream, for another instance to claim).
+    pub fn retire_keeping_ids(&mut self) -> Vec<Message> {
         self.retired = true;
         self.consumers.retain(|_, c| !c.unsettled.is_empty());
         self.refresh_all();
@@ -484,10 +495,44 @@ impl QueueCore {
                 .saturating_sub(self.tail.iter().map(|m| m.bytes.len()).sum());
             left.extend(self.tail.drain(..));
         }
-        for m in &mut left {
-            self.forget(m);
-        }
         left
+    }
+
+    /// A queue on Redis: the batch `gate` is in the stream, so the messages
+    /// staged for it leave drover (they come back through the stream).
+    /// Returns how many.
+    pub fn sent(&mut self, gate: u64) -> usize {
+        let mut n = 0;
+        while self.staged.front().is_some_and(|(g, _)| *g <= gate) {
+            if let Some((_, m)) = self.staged.pop_front() {
+                self.held_bytes = self.held_bytes.saturating_sub(m.bytes.len());
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Messages the consumers can take now: free prefetch of those not
+    /// blocked, less what is ready for them already.
+    pub fn wants(&self) -> u64 {
+        let prefetch = self.spec.prefetch as usize;
+        let free: usize = self
+            .room
+            .iter()
+            .filter_map(|id| self.consumers.get(id))
+            .map(|c| prefetch.saturating_sub(c.unsettled.len()))
+            .sum();
+        free.saturating_sub(self.ready.len()) as u64
+    }
+
+    /// Messages accepted and not yet handed on (to the store or Redis).
+    pub fn staged_len(&self) -> usize {
+        self.staged.len()
+    }
+
+    /// Messages ready for a consumer in memory.
+    pub fn ready_len(&self) -> usize {
+        self.ready.len()
     }
 
     /// Merges `newer`, a later incarnation of the same queue, retired too
@@ -774,6 +819,7 @@ mod tests {
             ack_timeout: std::time::Duration::ZERO,
             confirm: false,
             durable: false,
+            redis: None,
             file: "t.toml".into(),
         }
     }

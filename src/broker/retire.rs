@@ -11,7 +11,7 @@ use std::time::Instant;
 use nix::sys::epoll::Epoll;
 
 use super::letters::Tally;
-use super::queue::{DeadLetter, QueueCore};
+use super::queue::{DeadLetter, Message, QueueCore};
 use super::{Broker, Direction, deadletter, scratch_len};
 use crate::config::names::QueueName;
 use crate::config::{Config, QueueSpec};
@@ -25,6 +25,24 @@ pub struct QueueChanges {
     /// Queues kept with a new setting (the file that defines a queue is
     /// not a setting).
     pub changed: Vec<QueueName>,
+}
+
+/// Whether two definitions of a queue keep it in the same place: both
+/// local, or both on the same stream of the same server.
+fn same_place(a: &QueueSpec, b: &QueueSpec) -> bool {
+    match (&a.redis, &b.redis) {
+        (None, None) => true,
+        (Some(x), Some(y)) => x.target.server() == y.target.server() && x.stream == y.stream,
+        _ => false,
+    }
+}
+
+/// Where a queue lives, for a log line.
+fn place(spec: &QueueSpec) -> String {
+    match &spec.redis {
+        None => "this drover".into(),
+        Some(r) => format!("Redis {} stream {}", r.target, r.stream),
+    }
 }
 
 /// Whether two definitions of a queue set the same; moving a queue to
@@ -47,7 +65,28 @@ impl Broker {
         let mut retimed = Vec::new();
         let mut settings = Vec::new();
         let mut stored = Vec::new();
+        let mut moved = Vec::new();
         for (name, spec) in &config.queues {
+            // Another backend (local, or another stream or server): the
+            // old queue is retired and a new one takes its place.
+            let elsewhere = self
+                .queues
+                .get(name)
+                .is_some_and(|q| !same_place(&q.spec, spec));
+            if elsewhere && let Some(old) = self.queues.remove(name) {
+                tracing::info!(
+                    "queue {name} moves from {} to {}",
+                    place(&old.spec),
+                    place(spec)
+                );
+                let left = self.retire(epoll, name, old, now, false);
+                self.queues
+                    .insert(name.clone(), QueueCore::new(spec.clone()));
+                added.push(name.clone());
+                settings.push(name.clone());
+                moved.push((name.clone(), left));
+                continue;
+            }
             match self.queues.get_mut(name) {
                 Some(q) => {
                     let old = q.set_spec(spec.clone());
@@ -76,6 +115,13 @@ impl Broker {
         for (name, was) in stored {
             self.durable_changed(&name, was);
         }
+        self.start_remotes();
+        // What a moved queue held and had not handed out follows it.
+        for (name, left) in moved {
+            for m in left {
+                self.enqueue(&name, &m.bytes);
+            }
+        }
         let removed: Vec<QueueName> = self
             .queues
             .keys()
@@ -84,7 +130,7 @@ impl Broker {
             .collect();
         for name in &removed {
             if let Some(q) = self.queues.remove(name) {
-                self.retire(epoll, name, q, now);
+                self.retire(epoll, name, q, now, true);
             }
         }
         self.scratch_len = scratch_len(&self.queues);
@@ -112,8 +158,36 @@ impl Broker {
     }
 
     /// Retires the removed queue `name` (see the module documentation).
-    fn retire(&mut self, epoll: &Epoll, name: &QueueName, mut q: QueueCore, now: Instant) {
-        let left = q.retire();
+    /// `dead_letter`: what it held goes to its dead letters (a removed
+    /// queue), else it is returned (a queue moved to another backend takes
+    /// it). A queue on Redis returns nothing: what it read and had not
+    /// handed out stays pending in its stream.
+    fn retire(
+        &mut self,
+        epoll: &Epoll,
+        name: &QueueName,
+        mut q: QueueCore,
+        now: Instant,
+        dead_letter: bool,
+    ) -> Vec<Message> {
+        let left = match self.retire_remote(name, &mut q) {
+            Some(kept) => {
+                if kept > 0 {
+                    tracing::info!(
+                        "queue {name} left Redis with {} read and not handed out: they stay \
+                         pending in the stream for another instance to claim after claim_idle",
+                        plural(kept, "message", "messages")
+                    );
+                }
+                Vec::new()
+            }
+            None => q.retire(),
+        };
+        let (left, keep) = if dead_letter {
+            (left, Vec::new())
+        } else {
+            (Vec::new(), left)
+        };
         let held = q.in_flight();
         q.counters.dead_lettered += left.len() as u64;
         let target = q.spec.dead_letter.clone();
@@ -152,6 +226,7 @@ impl Broker {
             self.refresh_interest(epoll, token);
         }
         self.gc_retired(name);
+        keep
     }
 
     /// After a reload: consumers of a queue added back consume from it;

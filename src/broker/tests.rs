@@ -29,6 +29,7 @@ fn spec(name: &str) -> QueueSpec {
         ack_timeout: Duration::ZERO,
         confirm: false,
         durable: false,
+        redis: None,
         file: "t.toml".into(),
     }
 }

@@ -76,6 +76,7 @@ pub(crate) fn merge(
     let supervisor = supervisor(parsed, host, diags);
     let (defs, duplicated) = namespace(parsed, diags);
     total_processes(parsed, diags);
+    redis_streams(parsed, diags);
     if complete {
         let all_defined = references(parsed, &defs, diags);
         let wiring_known = all_defined
@@ -290,6 +291,41 @@ fn check_ref(
     false
 }
 
+/// Two queues on one stream of one server (and database) would take each
+/// other's messages: an error at the second.
+fn redis_streams(parsed: &[Parsed], diags: &mut Vec<Diagnostic>) {
+    let mut seen: HashMap<(String, String), (&SourceFile, &std::ops::Range<usize>, &str)> =
+        HashMap::new();
+    for p in parsed {
+        for q in &p.draft.queues {
+            let Some(r) = &q.spec.redis else {
+                continue;
+            };
+            let key = (r.target.server().to_owned(), r.stream.clone());
+            match seen.get(&key) {
+                Some((file, span, other)) => {
+                    let message = format!(
+                        "queue `{}` uses stream `{}` on {}, as queue `{other}` does (defined at {})",
+                        q.spec.name,
+                        r.stream,
+                        r.target,
+                        position(file, span)
+                    );
+                    let help = "give one of them another `stream`";
+                    diags.push(
+                        Diagnostic::error(message)
+                            .at(p.file.at(q.span.clone()))
+                            .with_help(help),
+                    );
+                }
+                None => {
+                    seen.insert(key, (&p.file, &q.span, q.spec.name.as_str()));
+                }
+            }
+        }
+    }
+}
+
 /// Warns about a durable queue whose dead letters go to a queue that is
 /// not durable: a message that survived every crash of drover in its queue
 /// would be lost by one after it is dead-lettered.
@@ -297,7 +333,12 @@ fn durable_dead_letters(parsed: &[Parsed], diags: &mut Vec<Diagnostic>) {
     let durable: HashMap<&str, bool> = parsed
         .iter()
         .flat_map(|p| &p.draft.queues)
-        .map(|q| (q.spec.name.as_str(), q.spec.durable))
+        .map(|q| {
+            (
+                q.spec.name.as_str(),
+                q.spec.durable || q.spec.redis.is_some(),
+            )
+        })
         .collect();
     for p in parsed {
         let mut cx = Cx::new(&p.file, diags);

@@ -187,5 +187,19 @@ pub struct QueueSpec {
     /// `durable`: messages are stored under `state_dir` and survive a
     /// crash of drover. Default false.
     pub durable: bool,
+    /// `backend = "redis"`: the queue is a Redis stream shared by every
+    /// drover naming it. `None`: the queue lives in this drover.
+    pub redis: Option<RedisQueue>,
     pub file: PathBuf,
+}
+
+/// A queue's Redis stream: `url` (checked, `${NAME}` expanded), `stream`,
+/// `claim_idle`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisQueue {
+    pub target: drover_redis::Target,
+    /// Default `drover:<queue>`.
+    pub stream: String,
+    /// Default 30 s, 100 ms to a year.
+    pub claim_idle: Duration,
 }

@@ -102,6 +102,23 @@ pub struct QueueStatus {
     /// absent while it works).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store_error: Option<String>,
+    /// Where the queue lives: `local` (this drover, in memory or its
+    /// store) or `redis` (a stream shared by drover instances).
+    #[serde(default = "local")]
+    pub backend: String,
+    /// Why Redis cannot be reached or refuses (absent while it works).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_error: Option<String>,
+    /// The stream of a queue on Redis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    /// The Redis URL of a queue on Redis, its password replaced by `***`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+fn local() -> String {
+    "local".into()
 }
 
 impl Status {
@@ -210,6 +227,20 @@ impl Status {
                 .filter_map(|q| Some((&q.name, q.store_error.as_ref()?)));
             for (name, error) in errors {
                 let _ = writeln!(out, "queue {name}: store error: {error}");
+            }
+            for q in self.queues.iter().filter(|q| q.backend != "local") {
+                let (url, stream) = (q.url.as_deref(), q.stream.as_deref());
+                let _ = writeln!(
+                    out,
+                    "queue {}: on {} stream {}{}",
+                    q.name,
+                    url.unwrap_or("?"),
+                    stream.unwrap_or("?"),
+                    match &q.backend_error {
+                        Some(e) => format!("; error: {e}"),
+                        None => String::new(),
+                    }
+                );
             }
         }
         out
@@ -395,6 +426,10 @@ mod tests {
             confirmed: 0,
             durable: false,
             stored: 0,
+            backend: "local".into(),
+            backend_error: None,
+            stream: None,
+            url: None,
             store_error: None,
         };
         let status = Status {

@@ -51,6 +51,8 @@ const LOG_WAKE: u64 = 2;
 const CONFIG_WAKE: u64 = 3;
 /// The queue store's eventfd (durable queues).
 const STORE: u64 = 4;
+/// The eventfd of the Redis threads (queues on Redis).
+const REDIS: u64 = 5;
 /// How long the fork server and templates get to exit at shutdown.
 const HELPER_GRACE: Duration = Duration::from_secs(2);
 /// A second SIGTERM/SIGINT this soon after the first is the same request
@@ -248,6 +250,9 @@ impl Runtime {
         // consumers.
         let mut broker = Broker::new(&config);
         broker.open_store(&config, &config.supervisor.state_dir, &epoll, STORE)?;
+        broker
+            .open_remotes(&config, &epoll, REDIS)
+            .map_err(os("the Redis eventfd"))?;
         Ok(Runtime {
             epoll,
             sup: Supervisor::new(&config),
@@ -400,6 +405,7 @@ impl Runtime {
             LOG_WAKE => self.output.on_wake(&self.epoll),
             CONFIG_WAKE => self.on_config_event(),
             STORE => self.broker.on_store(&self.epoll),
+            REDIS => self.broker.on_redis(&self.epoll),
             t if self.pidfds.owns(t) => {
                 // Already reaped with the batch's other pidfds, unless a
                 // dispatch before it made it readable just now.
@@ -655,6 +661,12 @@ impl Runtime {
             .open_store(&config, &state_dir, &self.epoll, STORE)
         {
             let text = format!("cannot open the queue store for durable queues: {e}");
+            tracing::error!("{trigger}: {text}; still running the previous config");
+            self.config_error = Some(text.clone());
+            return Err(text);
+        }
+        if let Err(e) = self.broker.open_remotes(&config, &self.epoll, REDIS) {
+            let text = format!("cannot set up the Redis side for queues on Redis: {e}");
             tracing::error!("{trigger}: {text}; still running the previous config");
             self.config_error = Some(text.clone());
             return Err(text);
