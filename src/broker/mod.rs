@@ -324,6 +324,7 @@ impl Broker {
             self.lines.deadline(),
             self.bursts.deadline(),
             self.store_deadline(),
+            self.touch_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -336,6 +337,7 @@ impl Broker {
     /// closed. Returns their PIDs, for the supervisor to restart.
     pub fn on_deadline(&mut self, epoll: &Epoll, now: Instant) -> Vec<Pid> {
         self.store_retry(epoll, now);
+        self.touch_due(now);
         let mut hung = Vec::new();
         for token in self.timers.due(now) {
             match self.ack_deadline(token) {

@@ -28,7 +28,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use drover_redis::{Backend, Entry, Spec, WriteBatch};
 use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
@@ -75,6 +75,10 @@ pub(super) struct Remote {
     asked: u64,
     /// The group's lag, last seen.
     lag: u64,
+    /// When the entries held here get their idle time reset next (every
+    /// `claim_idle / 2` while there are any).
+    touch_at: Option<Instant>,
+    touch_every: Duration,
     error: Option<String>,
 }
 
@@ -142,6 +146,8 @@ impl Broker {
                             asked: 0,
                             lag: 0,
                             error: None,
+                            touch_at: None,
+                            touch_every: (r.claim_idle / 2).max(Duration::from_millis(50)),
                         },
                     );
                 }
@@ -170,7 +176,16 @@ impl Broker {
     /// The end of a loop turn: each queue's batch goes to its writer, and
     /// readers are granted what consumers can take.
     pub(super) fn end_turn_remotes(&mut self) {
+        let mut now = None;
         for (name, r) in self.remotes.iter_mut() {
+            match (r.entries.is_empty(), r.touch_at) {
+                (false, None) => {
+                    let now = *now.get_or_insert_with(Instant::now);
+                    r.touch_at = Some(now + r.touch_every);
+                }
+                (true, Some(_)) => r.touch_at = None,
+                _ => {}
+            }
             if let Some(q) = self.queues.get_mut(name) {
                 record(r, q.take_ops());
                 let want = q.wants().saturating_sub(r.asked);
@@ -188,6 +203,24 @@ impl Broker {
                     record_owned(r, ops);
                 }
                 submit(r);
+            }
+        }
+    }
+
+    /// When entries held here must have their idle time reset.
+    pub(super) fn touch_deadline(&self) -> Option<Instant> {
+        self.remotes.values().filter_map(|r| r.touch_at).min()
+    }
+
+    /// Resets the idle time of the entries held by queues whose time has
+    /// come (see [`Remote::touch_at`]).
+    pub(super) fn touch_due(&mut self, now: Instant) {
+        for r in self.remotes.values_mut() {
+            if r.touch_at.is_some_and(|t| t <= now) {
+                r.batch
+                    .touch
+                    .extend(r.entries.values().map(|(id, _)| id.clone()));
+                r.touch_at = (!r.entries.is_empty()).then(|| now + r.touch_every);
             }
         }
     }
@@ -356,8 +389,16 @@ impl Broker {
     /// pending in the stream.
     pub(super) fn close_remotes(&mut self) {
         self.end_turn_remotes();
-        for (name, r) in self.remotes.drain() {
-            if !r.backend.close(CLOSE_WAIT) {
+        let deadline = Instant::now() + CLOSE_WAIT;
+        let wait = || deadline.saturating_duration_since(Instant::now());
+        let remotes: Vec<(QueueName, Remote)> = self.remotes.drain().collect();
+        for (name, r) in remotes {
+            if r.backend.close(wait()) {
+                // Everything staged is in the stream now.
+                if let Some(q) = self.queues.get_mut(&name) {
+                    q.sent(u64::MAX);
+                }
+            } else {
                 tracing::error!(
                     "queue {name}: Redis did not take drover's last writes within {CLOSE_WAIT:?}: \
                      acks not sent mean redeliveries; messages not added were never confirmed"
@@ -366,7 +407,7 @@ impl Broker {
         }
         for (_, olds) in self.old_remotes.drain() {
             for r in olds {
-                r.backend.close(CLOSE_WAIT);
+                r.backend.close(wait());
             }
         }
     }

@@ -343,13 +343,15 @@ fn durable_dead_letters(parsed: &[Parsed], diags: &mut Vec<Diagnostic>) {
     for p in parsed {
         let mut cx = Cx::new(&p.file, diags);
         for q in &p.draft.queues {
-            let Some(r) = q.dead_letter.as_ref().filter(|_| q.spec.durable) else {
+            let kept = q.spec.durable || q.spec.redis.is_some();
+            let Some(r) = q.dead_letter.as_ref().filter(|_| kept) else {
                 continue;
             };
             let target = r.name.as_str();
             if durable.get(target) == Some(&false) {
+                let what = if q.spec.durable { "durable queue" } else { "queue on Redis" };
                 let message = format!(
-                    "durable queue `{}` dead-letters into `{target}`, which is not durable",
+                    "{what} `{}` dead-letters into `{target}`, which is not durable",
                     q.spec.name
                 );
                 let help = format!(

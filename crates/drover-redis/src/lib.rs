@@ -99,11 +99,17 @@ pub struct WriteBatch {
     /// Entries handed out again by this instance, with their delivery
     /// count, so that `max_deliveries` holds across instances.
     pub recount: Vec<(String, u32)>,
+    /// Entries this instance still holds: their idle time is reset, so
+    /// that no other instance claims them while they are worked on.
+    pub touch: Vec<String>,
 }
 
 impl WriteBatch {
     pub fn is_empty(&self) -> bool {
-        self.add.is_empty() && self.done.is_empty() && self.recount.is_empty()
+        self.add.is_empty()
+            && self.done.is_empty()
+            && self.recount.is_empty()
+            && self.touch.is_empty()
     }
 }
 
@@ -477,6 +483,16 @@ fn write(conn: &mut Connection, spec: &Spec, batches: &[WriteBatch]) -> redis::R
                 .arg("JUSTID")
                 .ignore();
         }
+        if !b.touch.is_empty() {
+            p.cmd("XCLAIM")
+                .arg(&spec.stream)
+                .arg(&spec.group)
+                .arg(&spec.consumer)
+                .arg(0)
+                .arg(&b.touch)
+                .arg("JUSTID")
+                .ignore();
+        }
         if !b.done.is_empty() {
             p.cmd("XACK")
                 .arg(&spec.stream)
@@ -502,6 +518,7 @@ fn reader(shared: &Shared, spec: &Spec) {
     let mut conn: Option<Connection> = None;
     let mut backoff = FIRST_BACKOFF;
     let mut recovered = false;
+    let mut recovery = None;
     let mut next_claim = Instant::now();
     let claim_every = (spec.claim_idle / 2).max(Duration::from_millis(100));
     loop {
@@ -537,6 +554,7 @@ fn reader(shared: &Shared, spec: &Spec) {
             c,
             spec,
             credit,
+            &mut recovery,
             &mut recovered,
             &mut next_claim,
             claim_every,
@@ -587,13 +605,13 @@ fn read(
     conn: &mut Connection,
     spec: &Spec,
     credit: u64,
+    recovery: &mut Option<Recovery>,
     recovered: &mut bool,
     next_claim: &mut Instant,
     claim_every: Duration,
 ) -> redis::RedisResult<Vec<Entry>> {
     if !*recovered {
-        let entries = recover(conn, spec, credit.min(RECOVER_BATCH))?;
-        if !entries.is_empty() {
+        if let Some(entries) = recover(conn, spec, credit.min(RECOVER_BATCH), recovery)? {
             return Ok(entries);
         }
         *recovered = true;
@@ -637,64 +655,107 @@ fn read(
     Ok(out)
 }
 
+/// A start's recovery: the consumers whose pending entries this instance
+/// takes at once, each with the id after which the next look starts.
+#[derive(Debug)]
+struct Recovery {
+    targets: Vec<(String, String)>,
+    /// Consumers of this host whose process is gone: deleted once empty.
+    gone: Vec<String>,
+}
+
 /// The pending entries of this consumer name (an earlier drover with the
 /// same PID: PID 1 in a container) and of consumers of this host whose
-/// process is gone: claimed at once. Consumers of this host left empty are
-/// deleted.
-fn recover(conn: &mut Connection, spec: &Spec, count: u64) -> redis::RedisResult<Vec<Entry>> {
+/// process is gone: claimed at once, without waiting for `claim_idle`.
+/// Each consumer's list is walked once, by id (a claimed entry becomes
+/// this consumer's, and must not be claimed again). At the end, the gone
+/// consumers are deleted (only those left empty: deleting a consumer
+/// drops its pending entries from the group).
+fn recover(
+    conn: &mut Connection,
+    spec: &Spec,
+    count: u64,
+    state: &mut Option<Recovery>,
+) -> redis::RedisResult<Option<Vec<Entry>>> {
+    if state.is_none() {
+        *state = Some(recovery_targets(conn, spec)?);
+    }
+    let Some(r) = state.as_mut() else {
+        return Ok(None);
+    };
+    while let Some((name, after)) = r.targets.last().cloned() {
+        let listed: Value = redis::cmd("XPENDING")
+            .arg(&spec.stream)
+            .arg(&spec.group)
+            .arg(&after)
+            .arg("+")
+            .arg(count)
+            .arg(&name)
+            .query(conn)?;
+        let (ids, counts, _) = pending_list(listed);
+        let Some(last) = ids.last() else {
+            r.targets.pop();
+            continue;
+        };
+        if let Some(t) = r.targets.last_mut() {
+            t.1 = format!("({last}");
+        }
+        let entries = claim(conn, spec, 0, &ids, &counts)?;
+        if !entries.is_empty() {
+            return Ok(Some(entries));
+        }
+    }
+    for name in std::mem::take(&mut r.gone) {
+        let pending: Value = redis::cmd("XPENDING")
+            .arg(&spec.stream)
+            .arg(&spec.group)
+            .arg("-")
+            .arg("+")
+            .arg(1)
+            .arg(&name)
+            .query(conn)?;
+        if pending_list(pending).0.is_empty() {
+            let _: Value = redis::cmd("XGROUP")
+                .arg("DELCONSUMER")
+                .arg(&spec.stream)
+                .arg(&spec.group)
+                .arg(&name)
+                .query(conn)?;
+        }
+    }
+    Ok(None)
+}
+
+fn recovery_targets(conn: &mut Connection, spec: &Spec) -> redis::RedisResult<Recovery> {
     let consumers: Value = redis::cmd("XINFO")
         .arg("CONSUMERS")
         .arg(&spec.stream)
         .arg(&spec.group)
         .query(conn)?;
     let host = spec.consumer.rsplit_once(':').map_or("", |(h, _)| h);
-    let mut empty = Vec::new();
+    let mut r = Recovery {
+        targets: Vec::new(),
+        gone: Vec::new(),
+    };
     let Value::Array(list) = consumers else {
-        return Ok(Vec::new());
+        return Ok(r);
     };
     for c in list {
         let (Some(name), pending) = (field_str(&c, "name"), field_int(&c, "pending")) else {
             continue;
         };
         let ours = name == spec.consumer;
-        let dead_here = name
+        let gone_here = name
             .rsplit_once(':')
             .is_some_and(|(h, pid)| h == host && pid.parse::<i32>().is_ok_and(|p| !alive(p)));
-        if !ours && !dead_here {
-            continue;
+        if gone_here {
+            r.gone.push(name.clone());
         }
-        if pending.unwrap_or(0) == 0 {
-            if dead_here {
-                empty.push(name);
-            }
-            continue;
-        }
-        let listed: Value = redis::cmd("XPENDING")
-            .arg(&spec.stream)
-            .arg(&spec.group)
-            .arg("-")
-            .arg("+")
-            .arg(count)
-            .arg(&name)
-            .query(conn)?;
-        let (ids, counts) = pending_list(listed);
-        if ids.is_empty() {
-            continue;
-        }
-        let entries = claim(conn, spec, 0, &ids, &counts)?;
-        if !entries.is_empty() {
-            return Ok(entries);
+        if (ours || gone_here) && pending.unwrap_or(0) > 0 {
+            r.targets.push((name, "-".into()));
         }
     }
-    for name in empty {
-        let _: Value = redis::cmd("XGROUP")
-            .arg("DELCONSUMER")
-            .arg(&spec.stream)
-            .arg(&spec.group)
-            .arg(&name)
-            .query(conn)?;
-    }
-    Ok(Vec::new())
+    Ok(r)
 }
 
 /// `XCLAIM`s `ids` (their delivery counts before the claim in `counts`).
@@ -750,19 +811,28 @@ fn autoclaim(
         .arg("+")
         .arg(credit.min(RECOVER_BATCH))
         .query(conn)?;
-    let (ids, counts) = pending_list(listed);
+    let (ids, counts, owners) = pending_list(listed);
+    let full = ids.len() as u64 >= credit.min(RECOVER_BATCH);
+    // Not its own: those are held here (and refreshed) already.
+    let theirs = owners.iter().map(|o| *o != spec.consumer);
+    let (ids, counts): (Vec<String>, Vec<u32>) = ids
+        .into_iter()
+        .zip(counts)
+        .zip(theirs)
+        .filter_map(|(pair, theirs)| theirs.then_some(pair))
+        .unzip();
     if ids.is_empty() {
         return Ok((true, Vec::new()));
     }
-    let full = ids.len() as u64 >= credit.min(RECOVER_BATCH);
     let entries = claim(conn, spec, idle, &ids, &counts)?;
     Ok((!full, entries))
 }
 
-/// XPENDING's extended form: (ids, delivery counts).
-fn pending_list(reply: Value) -> (Vec<String>, Vec<u32>) {
+/// XPENDING's extended form: (ids, delivery counts, owners).
+fn pending_list(reply: Value) -> (Vec<String>, Vec<u32>, Vec<String>) {
     let mut ids = Vec::new();
     let mut counts = Vec::new();
+    let mut owners = Vec::new();
     if let Value::Array(rows) = reply {
         for row in rows {
             if let Value::Array(cols) = row
@@ -771,10 +841,11 @@ fn pending_list(reply: Value) -> (Vec<String>, Vec<u32>) {
             {
                 ids.push(id);
                 counts.push(int(&cols[3]).unwrap_or(0).min(u32::MAX as u64) as u32);
+                owners.push(string(&cols[1]).unwrap_or_default());
             }
         }
     }
-    (ids, counts)
+    (ids, counts, owners)
 }
 
 /// `[id, [field, value, ...]]` (nil for a deleted entry).
