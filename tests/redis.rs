@@ -203,8 +203,8 @@ start_secs = "100ms"
     )
 }
 
-/// True when status lists `backend_error` for `name` as a string (Redis
-/// cannot be reached).
+/// The `backend_error` status shows for `name`, when it shows one (Redis
+/// cannot be reached or refuses).
 fn backend_error(status: &Value, name: &str) -> Option<String> {
     queue(status, name)["backend_error"]
         .as_str()
