@@ -8,6 +8,7 @@
 //! directory, is SIGKILLed — even when the test panicked.
 #![allow(dead_code)]
 
+pub mod redis;
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
