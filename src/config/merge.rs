@@ -349,7 +349,11 @@ fn durable_dead_letters(parsed: &[Parsed], diags: &mut Vec<Diagnostic>) {
             };
             let target = r.name.as_str();
             if durable.get(target) == Some(&false) {
-                let what = if q.spec.durable { "durable queue" } else { "queue on Redis" };
+                let what = if q.spec.durable {
+                    "durable queue"
+                } else {
+                    "queue on Redis"
+                };
                 let message = format!(
                     "{what} `{}` dead-letters into `{target}`, which is not durable",
                     q.spec.name
