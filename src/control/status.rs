@@ -106,8 +106,8 @@ pub struct QueueStatus {
     /// store) or `redis` (a stream shared by drover instances).
     #[serde(default = "local")]
     pub backend: String,
-    /// Why Redis cannot be reached or refuses (absent while it works).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Why Redis cannot be reached or refuses (null while it works).
+    #[serde(default)]
     pub backend_error: Option<String>,
     /// The stream of a queue on Redis.
     #[serde(default, skip_serializing_if = "Option::is_none")]
