@@ -183,7 +183,8 @@ impl Diagnostic {
 
 /// The quoted line and the carets under the offending text.
 fn render_snippet(span: &Span, pad: &str) -> String {
-    let line = span.source_line.replace('\t', "    ");
+    // A URL's password never shows, not even in the quoted line.
+    let line = drover_redis::mask(&span.source_line).replace('\t', "    ");
     let indent: usize = span
         .source_line
         .chars()

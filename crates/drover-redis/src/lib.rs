@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use redis::{Connection, Value};
 
-pub use url::{SCHEMES, Target, redact};
+pub use url::{SCHEMES, Target, mask, redact};
 
 /// The oldest Redis drover works with: `XAUTOCLAIM` arrived in 6.2.
 pub const MIN_VERSION: (u32, u32) = (6, 2);

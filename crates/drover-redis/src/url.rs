@@ -136,6 +136,16 @@ fn authority_problem(scheme: &str, rest: &str) -> Option<String> {
 /// `text` with the password of any URL in it replaced by `***`: the part
 /// between `user:` and the last `@` of the authority.
 pub fn redact(text: &str) -> String {
+    hide(text, |_| "***".into())
+}
+
+/// [`redact`] that keeps every column in place: each character of a
+/// password becomes `*` (for a quoted source line with a caret under it).
+pub fn mask(text: &str) -> String {
+    hide(text, |pw| "*".repeat(pw.chars().count()))
+}
+
+fn hide(text: &str, cover: impl Fn(&str) -> String) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find("://") {
@@ -148,11 +158,11 @@ pub fn redact(text: &str) -> String {
                 let userinfo = &authority[..at];
                 match userinfo.find(':') {
                     Some(colon) => {
-                        out.push_str(&userinfo[..colon]);
-                        out.push_str(":***");
+                        out.push_str(&userinfo[..=colon]);
+                        out.push_str(&cover(&userinfo[colon + 1..]));
                     }
                     // `redis://password@host` is a password alone.
-                    None if !userinfo.is_empty() => out.push_str("***"),
+                    None if !userinfo.is_empty() => out.push_str(&cover(userinfo)),
                     None => {}
                 }
                 out.push_str(&authority[at..]);
@@ -178,6 +188,7 @@ mod tests {
         assert_eq!(redact("rediss://:pw@h/0"), "rediss://:***@h/0");
         assert_eq!(redact("redis://pw@h"), "redis://***@h");
         assert_eq!(redact("unix:///run/redis.sock"), "unix:///run/redis.sock");
+        assert_eq!(mask("url = \"redis://u:pw@h\""), "url = \"redis://u:**@h\"");
         assert_eq!(
             redact("cannot reach redis://u:p@h:1/0 and redis://v:q@g"),
             "cannot reach redis://u:***@h:1/0 and redis://v:***@g"
