@@ -610,6 +610,74 @@ fn a_redis_outage_loses_no_confirmed_message() {
     assert!(backend_ok(&status, "jobs"), "{status:#}");
 }
 
+/// A read whose reply never reached drover — Redis handed the entries to
+/// this instance's consumer name, then the connection broke (Redis shut
+/// down, a timeout) — leaves entries in the instance's own pending list
+/// that it never saw, and that no other instance would claim before
+/// `claim_idle` (here an hour, and there is no other instance). The test
+/// makes one: while the consumer works on a message (3 s), it stops
+/// drover (SIGSTOP, all its threads), kills drover's connections and
+/// reads three entries as drover's consumer itself. Once drover runs
+/// again it must deliver those at once, and not deliver again the message
+/// its consumer still holds (the reconnect reads it back from the same
+/// pending list).
+#[test]
+fn entries_whose_read_reply_was_lost_are_delivered_after_the_reconnect() {
+    let redis = RedisServer::start("redis-lost-reply");
+    let config = redis_queue("jobs", &redis.url(), "claim_idle = \"1h\"\nprefetch = 8")
+        + &group(
+            "consumer",
+            r#""consumer.py", "jobs", "done.txt", "got.txt", "3""#,
+            "inputs = [\"jobs\"]",
+        );
+    let d = Drover::launch("redis-lost-reply", &config, &SCRIPTS);
+    let got = d.dir.path().join("got.txt");
+    let done = [d.dir.path().join("done.txt")];
+    wait_blocked_readers(&redis, 1);
+    redis.cli(&["XADD", "drover:jobs", "*", "data", "held"]);
+    wait_until_within("the consumer working on the first message", LONG, || {
+        lines(&got).iter().any(|m| m == "held")
+    });
+    let me = format!("{}:{}", hostname(), d.pid());
+    assert_consumers(&redis, "drover:jobs", "jobs", &[d.pid()]);
+
+    d.signal(libc::SIGSTOP);
+    let killed = redis.cli(&["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"]);
+    for m in ["lost1", "lost2", "lost3"] {
+        redis.cli(&["XADD", "drover:jobs", "*", "data", m]);
+    }
+    let read = redis.cli(&[
+        "XREADGROUP",
+        "GROUP",
+        "jobs",
+        &me,
+        "COUNT",
+        "10",
+        "STREAMS",
+        "drover:jobs",
+        ">",
+    ]);
+    d.signal(libc::SIGCONT);
+    assert!(read.contains("lost3"), "read as {me}: {read}");
+    assert!(
+        !tally(&done).contains_key("held"),
+        "the consumer finished its message before the connections were killed: make it slower"
+    );
+    assert_eq!(pending(&redis, "drover:jobs", "jobs"), 4, "killed {killed}");
+
+    let expected: BTreeSet<String> = ["held", "lost1", "lost2", "lost3"]
+        .iter()
+        .map(|m| m.to_string())
+        .collect();
+    wait_until_within("the three entries drover never saw consumed", LONG, || {
+        expected.iter().all(|m| tally(&done).contains_key(m))
+    });
+    wait_drained(&redis, "drover:jobs", "jobs");
+    let duplicates = assert_all_seen(&tally(&done), &expected);
+    assert_eq!(duplicates, 0, "delivered twice: {:?}", tally(&done));
+    assert_eq!(lines(&got).len(), 4, "delivered twice: {:?}", lines(&got));
+}
+
 /// A message that makes its consumer exit, with consumers in two
 /// instances: after `max_deliveries = 3` deliveries it goes to the
 /// Redis-backed `dead` queue, whose workers in both instances record it

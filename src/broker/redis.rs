@@ -25,7 +25,7 @@
 //!   dropped. A removed queue stops reading; what it read and had not
 //!   handed out stays pending in the stream for another instance to claim.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -71,6 +71,11 @@ pub(super) struct Remote {
     batch: WriteBatch,
     /// Local id → (entry id, delivery count Redis knows).
     entries: HashMap<u64, (String, u32)>,
+    /// Entries settled here whose `XACK` is not written yet, by the batch
+    /// that carries it: after a lost connection the reader may bring them
+    /// back from this instance's pending list, and they are not handed out
+    /// again.
+    settling: VecDeque<(u64, Vec<String>)>,
     /// Credit granted to the reader and not yet used.
     asked: u64,
     /// The group's lag, last seen.
@@ -143,6 +148,7 @@ impl Broker {
                             seq: 0,
                             batch: WriteBatch::default(),
                             entries: HashMap::new(),
+                            settling: VecDeque::new(),
                             asked: 0,
                             lag: 0,
                             error: None,
@@ -251,6 +257,13 @@ impl Broker {
                 self.to_deliver.push(name.clone());
             }
             if let Some(seq) = events.committed {
+                // After the entries: those may have been read before this
+                // batch's XACKs were applied.
+                if let Some(r) = self.remotes.get_mut(&name) {
+                    while r.settling.front().is_some_and(|(s, _)| *s <= seq) {
+                        r.settling.pop_front();
+                    }
+                }
                 self.committed.set(lane, seq);
                 if let Some(q) = self.queues.get_mut(&name) {
                     q.sent(seq);
@@ -292,8 +305,23 @@ impl Broker {
             return Vec::new();
         };
         r.asked = r.asked.saturating_sub(entries.len() as u64);
+        // Entries of this instance's own pending list read again after a
+        // lost connection: those held here already are not taken twice.
+        let held: HashSet<String> = if entries.iter().any(|e| e.ours) {
+            let settling = r.settling.iter().flat_map(|(_, ids)| ids.iter().cloned());
+            r.entries
+                .values()
+                .map(|(id, _)| id.clone())
+                .chain(settling)
+                .collect()
+        } else {
+            HashSet::new()
+        };
         let mut dead = Vec::new();
         for e in entries {
+            if e.ours && held.contains(&e.id) {
+                continue;
+            }
             let id = redis.next_id;
             redis.next_id += 1;
             r.entries.insert(id, (e.id.clone(), e.count));
@@ -464,5 +492,8 @@ fn submit(r: &mut Remote) {
     r.seq += 1;
     let mut batch = std::mem::take(&mut r.batch);
     batch.seq = r.seq;
+    if !batch.done.is_empty() {
+        r.settling.push_back((r.seq, batch.done.clone()));
+    }
     r.backend.submit(batch);
 }

@@ -19,7 +19,9 @@
 //!   prefetch), so drover holds no more of the stream than its consumers
 //!   can take. At start it first takes back, at once, the pending entries
 //!   of its own consumer name and of consumers of this host whose process
-//!   is gone (then deletes those consumers); while it runs it claims, with
+//!   is gone (then deletes those consumers), and it walks its own list
+//!   again after a lost connection (a read whose reply was lost left
+//!   entries there that drover never saw); while it runs it claims, with
 //!   `XAUTOCLAIM`, entries other instances left pending longer than
 //!   `claim_idle` (a crashed or stopped instance's).
 //!
@@ -123,6 +125,11 @@ pub struct Entry {
     pub fields: Vec<u8>,
     /// Its delivery count in the group, this delivery included.
     pub count: u32,
+    /// It was pending for this instance's own consumer name already: read
+    /// again by the recovery that follows a lost connection (a read whose
+    /// reply was lost leaves entries nobody here has seen in that list).
+    /// The loop may already hold it, and then drops this copy.
+    pub ours: bool,
 }
 
 /// What the threads did since the last [`Backend::take`].
@@ -585,6 +592,14 @@ fn reader(shared: &Shared, spec: &Spec) {
                 }
                 if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
                     conn = None;
+                    // A read whose reply was lost (Redis went down, the
+                    // connection broke, the reply came too late) put
+                    // entries in this consumer's pending list that nobody
+                    // here has seen (and that only another instance would
+                    // ever claim, after claim_idle): the next connection
+                    // walks that list again.
+                    recovered = false;
+                    recovery = None;
                 }
                 shared.set_error(
                     READER,
@@ -700,7 +715,7 @@ fn recover(
         if let Some(t) = r.targets.last_mut() {
             t.1 = format!("({last}");
         }
-        let entries = claim(conn, spec, 0, &ids, &counts)?;
+        let entries = claim(conn, spec, 0, &ids, &counts, name == spec.consumer)?;
         if !entries.is_empty() {
             return Ok(Some(entries));
         }
@@ -765,6 +780,7 @@ fn claim(
     min_idle: u64,
     ids: &[String],
     counts: &[u32],
+    ours: bool,
 ) -> redis::RedisResult<Vec<Entry>> {
     let reply: Value = redis::cmd("XCLAIM")
         .arg(&spec.stream)
@@ -787,6 +803,7 @@ fn claim(
                 .copied()
                 .unwrap_or(0);
             e.count = before.saturating_add(1);
+            e.ours = ours;
             Some(e)
         })
         .collect())
@@ -824,7 +841,7 @@ fn autoclaim(
     if ids.is_empty() {
         return Ok((true, Vec::new()));
     }
-    let entries = claim(conn, spec, idle, &ids, &counts)?;
+    let entries = claim(conn, spec, idle, &ids, &counts, false)?;
     Ok((!full, entries))
 }
 
@@ -881,6 +898,7 @@ fn entry(value: Value, count: u32) -> Option<Entry> {
         data,
         fields: listed,
         count,
+        ours: false,
     })
 }
 
