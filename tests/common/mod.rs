@@ -38,8 +38,21 @@ pub fn count(status: &Value, name: &str, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("queue {name} has no counter {field}: {status:#}"))
 }
 
+/// The drover binary under test: the one cargo built for these tests, or
+/// `DROVER_TEST_BIN` when set (CI runs the container-entrypoint tests again
+/// against the static musl build a container image ships).
 pub fn drover_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_drover")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| match std::env::var("DROVER_TEST_BIN") {
+        Ok(bin) if !bin.is_empty() => {
+            assert!(
+                Path::new(&bin).is_file(),
+                "DROVER_TEST_BIN={bin} is not a file"
+            );
+            bin
+        }
+        _ => env!("CARGO_BIN_EXE_drover").to_owned(),
+    })
 }
 
 /// The real interpreter behind `python3`: a version manager's shim (pyenv)
