@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::redis::{Options, RedisServer};
+use common::redis::{Options, RedisServer, make_certificates};
 use common::{Drover, TempDir, alive, count, queue, wait_until_within};
 use serde_json::Value;
 
@@ -676,6 +676,72 @@ fn entries_whose_read_reply_was_lost_are_delivered_after_the_reconnect() {
     let duplicates = assert_all_seen(&tally(&done), &expected);
     assert_eq!(duplicates, 0, "delivered twice: {:?}", tally(&done));
     assert_eq!(lines(&got).len(), 4, "delivered twice: {:?}", lines(&got));
+}
+
+/// `rediss://`: drover speaks TLS to Redis and checks the server's
+/// certificate. Signed by a private CA that drover was not told about,
+/// it is refused and `status` says why; with the CA in `SSL_CERT_FILE`,
+/// 100 messages go through the TLS-only port end to end.
+#[test]
+fn rediss_checks_the_server_certificate() {
+    let certs = TempDir::new("redis-tls-certs");
+    make_certificates(certs.path());
+    let redis = RedisServer::start_with(
+        "redis-tls",
+        Options {
+            tcp: true,
+            tls: Some(certs.path().to_path_buf()),
+            ..Options::default()
+        },
+    );
+    let url = format!("rediss://localhost:{}/0", redis.port().unwrap());
+    let config = redis_queue("jobs", &url, "")
+        + &group(
+            "producer",
+            r#""producer.py", "-", "--count", "100""#,
+            "outputs = [\"jobs\"]\nrestart = \"never\"",
+        )
+        + &group(
+            "consumer",
+            r#""consumer.py", "jobs", "done.txt""#,
+            "inputs = [\"jobs\"]",
+        );
+
+    // Another private CA: a valid bundle that does not hold Redis's issuer.
+    let other = TempDir::new("redis-tls-other-ca");
+    make_certificates(other.path());
+    let other_ca = other.path().join("ca.pem");
+    let untrusted = Drover::launch_with_env(
+        "redis-tls-untrusted",
+        &config,
+        &SCRIPTS,
+        &[("SSL_CERT_FILE", other_ca.to_str().unwrap())],
+    );
+    let status = untrusted.wait_status_within("a certificate error", LONG, |s| {
+        backend_error(s, "jobs").is_some()
+    });
+    let error = backend_error(&status, "jobs").unwrap();
+    eprintln!("with another CA: {error}");
+    assert!(
+        error.to_lowercase().contains("certificate") || error.contains("UnknownIssuer"),
+        "not a certificate error: {error}"
+    );
+    drop(untrusted);
+
+    let ca = certs.path().join("ca.pem");
+    let d = Drover::launch_with_env(
+        "redis-tls",
+        &config,
+        &SCRIPTS,
+        &[("SSL_CERT_FILE", ca.to_str().unwrap())],
+    );
+    let done = [d.dir.path().join("done.txt")];
+    wait_until_within("100 messages consumed over TLS", LONG, || {
+        tally(&done).len() >= 100
+    });
+    assert_all_seen(&tally(&done), &messages(100));
+    wait_drained(&redis, "drover:jobs", "jobs");
+    assert!(backend_ok(&d.status(), "jobs"), "{:#}", d.status());
 }
 
 /// A message that makes its consumer exit, with consumers in two

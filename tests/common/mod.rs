@@ -211,17 +211,32 @@ impl Drover {
     /// Writes `scripts` and `config` (with `@PY@` standing for the real
     /// interpreter, see [`python`]) into a fresh directory and runs drover.
     pub fn launch(name: &str, config: &str, scripts: &[(&str, &str)]) -> Drover {
+        Drover::launch_with_env(name, config, scripts, &[])
+    }
+
+    /// [`Drover::launch`] with more variables in drover's environment.
+    pub fn launch_with_env(
+        name: &str,
+        config: &str,
+        scripts: &[(&str, &str)],
+        env: &[(&str, &str)],
+    ) -> Drover {
         let dir = TempDir::new(name);
         for (file, text) in scripts {
             dir.write(file, text);
         }
         dir.write("drover.toml", &config.replace("@PY@", python()));
-        Drover::start_in(dir, &[])
+        Drover::start_in_env(dir, &[], env)
     }
 
     /// Runs the config already in `dir`, optionally behind a wrapper argv
     /// (e.g. `unshare ...`) that ends by running drover.
     pub fn start_in(dir: TempDir, wrapper: &[&str]) -> Drover {
+        Drover::start_in_env(dir, wrapper, &[])
+    }
+
+    /// [`Drover::start_in`] with more variables in drover's environment.
+    pub fn start_in_env(dir: TempDir, wrapper: &[&str], env: &[(&str, &str)]) -> Drover {
         let socket = dir.path().join("drover.sock");
         let marker = format!("{}", dir.path().display());
         let mut argv: Vec<String> = wrapper.iter().map(|s| s.to_string()).collect();
@@ -237,6 +252,7 @@ impl Drover {
             .current_dir(dir.path())
             .env("DROVER_TEST_MARKER", &marker)
             .env("DROVER_LOG", "debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

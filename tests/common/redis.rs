@@ -64,6 +64,10 @@ pub struct Options {
     /// Also listen on a free loopback TCP port (see [`RedisServer::port`]);
     /// by default only the Unix socket is open (`--port 0`).
     pub tcp: bool,
+    /// With [`Options::tcp`]: the port speaks TLS only (`--tls-port`),
+    /// with the certificate `server.pem`, its key `server.key` and the CA
+    /// `ca.pem` of this directory ([`make_certificates`]).
+    pub tls: Option<PathBuf>,
     /// More `redis-server` arguments, after the defaults (a later
     /// directive wins), e.g. `--user NAME on >PASSWORD ~* &* +@all`.
     pub args: Vec<String>,
@@ -74,6 +78,7 @@ impl Default for Options {
         Options {
             persistence: Persistence::None,
             tcp: false,
+            tls: None,
             args: Vec::new(),
         }
     }
@@ -244,7 +249,25 @@ impl RedisServer {
         let dir = self.dir.path();
         let mut cmd = Command::new("redis-server");
         let port = self.port.map_or("0".to_owned(), |p| p.to_string());
-        cmd.args(["--port", &port, "--bind", "127.0.0.1", "--unixsocket"])
+        match &self.options.tls {
+            None => cmd.args(["--port", &port]),
+            Some(certs) => cmd
+                .args([
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port,
+                    "--tls-auth-clients",
+                    "no",
+                ])
+                .arg("--tls-cert-file")
+                .arg(certs.join("server.pem"))
+                .arg("--tls-key-file")
+                .arg(certs.join("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(certs.join("ca.pem")),
+        };
+        cmd.args(["--bind", "127.0.0.1", "--unixsocket"])
             .arg(&self.socket)
             .args(["--unixsocketperm", "700", "--dir"])
             .arg(dir)
@@ -316,6 +339,74 @@ fn resp(args: &[&str]) -> Vec<u8> {
 }
 
 /// A loopback TCP port nobody listens on right now.
+/// Writes into `dir` a private CA (`ca.pem`) and a server certificate it
+/// signed for `localhost` and 127.0.0.1 (`server.pem`, key `server.key`),
+/// with `openssl` (it comes with Debian's `openssl` package).
+pub fn make_certificates(dir: &Path) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run openssl (install the Debian package `openssl`)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName = DNS:localhost, IP:127.0.0.1\n",
+    )
+    .unwrap();
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=drover test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.pem",
+    ]);
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
