@@ -436,17 +436,7 @@ fn writer(shared: &Shared, spec: &Spec) {
                     break;
                 }
                 Err(e) => {
-                    if e.code() == Some("NOGROUP") {
-                        // The stream or group was deleted under us.
-                        let _ = create_group(c, spec);
-                    }
-                    if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
-                        conn = None;
-                    }
-                    shared.set_error(
-                        WRITER,
-                        Some(format!("{}: {}", spec.target.shown(), text(&e))),
-                    );
+                    command_failed(shared, WRITER, spec, &mut conn, &e);
                     thread::sleep(backoff);
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
@@ -454,6 +444,30 @@ fn writer(shared: &Shared, spec: &Spec) {
         }
     }
     finish(shared, conn.as_mut());
+}
+
+/// A command of thread `who` failed: a deleted stream or group is made
+/// again, a broken connection is dropped (the next command reconnects),
+/// and the error is reported. True when the connection was dropped.
+fn command_failed(
+    shared: &Shared,
+    who: usize,
+    spec: &Spec,
+    conn: &mut Option<Connection>,
+    e: &redis::RedisError,
+) -> bool {
+    if e.code() == Some("NOGROUP")
+        && let Some(c) = conn.as_mut()
+    {
+        let _ = create_group(c, spec);
+    }
+    let lost = e.is_io_error() || e.is_connection_dropped() || e.is_timeout();
+    if lost {
+        *conn = None;
+    }
+    let error = format!("{}: {}", spec.target.shown(), text(e));
+    shared.set_error(who, Some(error));
+    lost
 }
 
 /// The writer is done: it unblocks the reader and says so.
@@ -587,11 +601,7 @@ fn reader(shared: &Shared, spec: &Spec) {
                 if shared.lock().stop {
                     return;
                 }
-                if e.code() == Some("NOGROUP") {
-                    let _ = create_group(c, spec);
-                }
-                if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
-                    conn = None;
+                if command_failed(shared, READER, spec, &mut conn, &e) {
                     // A read whose reply was lost (Redis went down, the
                     // connection broke, the reply came too late) put
                     // entries in this consumer's pending list that nobody
@@ -601,10 +611,6 @@ fn reader(shared: &Shared, spec: &Spec) {
                     recovered = false;
                     recovery = None;
                 }
-                shared.set_error(
-                    READER,
-                    Some(format!("{}: {}", spec.target.shown(), text(&e))),
-                );
                 if shared.pause(backoff) {
                     return;
                 }
