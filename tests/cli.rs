@@ -253,3 +253,120 @@ fn config_flag_finds_the_socket_of_the_config() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
 }
+
+/// The subcommands `drover --help` lists (without `help` itself).
+fn subcommands() -> Vec<String> {
+    let out = Command::new(drover_bin()).arg("--help").output().unwrap();
+    let help = stdout(&out);
+    let listed = help
+        .split("Commands:")
+        .nth(1)
+        .and_then(|rest| rest.split("\n\n").next())
+        .expect("a Commands: section in --help");
+    let names: Vec<String> = listed
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| *n != "help")
+        .map(str::to_owned)
+        .collect();
+    assert!(names.len() >= 10, "{help}");
+    names
+}
+
+/// The bash completion script is valid bash, and completing `drover re`
+/// with it offers exactly the subcommands that start with `re`; `drover
+/// completions` knows zsh and fish too.
+#[test]
+fn completions_complete_subcommands() {
+    let dir = TempDir::new("completions");
+    let out = Command::new(drover_bin())
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let script = dir.write("drover.bash", &stdout(&out));
+    // As bash calls a completion function: the command, the word being
+    // completed and the one before it as arguments, the line in COMP_*.
+    let complete = |words: &str, cword: usize| {
+        let split: Vec<&str> = words.split(' ').collect();
+        let probe = format!(
+            "source {}; COMP_WORDS=({words}); COMP_CWORD={cword}; COMP_LINE='{words}'; \
+             COMP_POINT=${{#COMP_LINE}}; _drover drover '{}' '{}'; \
+             printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            script.display(),
+            split[cword],
+            split[cword - 1],
+        );
+        let out = Command::new("bash").args(["-c", &probe]).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let mut words: Vec<String> = stdout(&out).lines().map(str::to_owned).collect();
+        words.sort();
+        words
+    };
+    let mut expected: Vec<String> = subcommands()
+        .into_iter()
+        .filter(|s| s.starts_with("re"))
+        .collect();
+    expected.sort();
+    assert_eq!(expected, ["reload", "restart"]);
+    assert_eq!(complete("drover re", 1), expected);
+    let flags = complete("drover status --", 2);
+    for flag in ["--json", "--socket", "--config"] {
+        assert!(flags.contains(&flag.to_owned()), "{flags:?}");
+    }
+
+    for shell in ["zsh", "fish"] {
+        let out = Command::new(drover_bin())
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}: {}", stderr(&out));
+        let text = stdout(&out);
+        for sub in subcommands() {
+            assert!(text.contains(&sub), "{shell} completion lacks `{sub}`");
+        }
+    }
+    let out = Command::new(drover_bin())
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an unknown shell is a usage error"
+    );
+}
+
+/// `drover man` prints a roff page naming every subcommand; `--dir`
+/// writes that page and one per subcommand, each titled after it.
+#[test]
+fn man_pages_cover_every_subcommand() {
+    let out = Command::new(drover_bin()).arg("man").output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let page = stdout(&out);
+    assert!(page.contains(".TH drover 1"), "{page}");
+    let subs = subcommands();
+    for sub in &subs {
+        assert!(
+            page.contains(&format!("drover\\-{}", sub.replace('-', "\\-"))),
+            "{sub}"
+        );
+    }
+    let dir = TempDir::new("man");
+    let out = Command::new(drover_bin())
+        .args(["man", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    for sub in &subs {
+        let file = dir.path().join(format!("drover-{sub}.1"));
+        let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{file:?}: {e}"));
+        assert!(
+            text.contains(&format!(".TH drover-{sub} 1")),
+            "{file:?}: {text}"
+        );
+        assert!(text.contains(&format!("drover {sub}")), "{file:?}: {text}");
+    }
+    assert!(dir.path().join("drover.1").is_file());
+}

@@ -91,6 +91,19 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Print a shell completion script, e.g.
+    /// `drover completions bash > /etc/bash_completion.d/drover`.
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Print drover's manual page (roff), e.g. `drover man > drover.1`.
+    Man {
+        /// Write drover.1 and a page per subcommand (drover-run.1, ...)
+        /// into this directory instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// The groups a `start`, `stop` or `restart` acts on, and how it waits.
@@ -172,7 +185,50 @@ pub fn main() -> ExitCode {
         Command::Restart { groups } => group_command(Verb::Restart, &groups),
         Command::Reload { client } => send(&client, Request::Reload),
         Command::Shutdown { client } => send(&client, Request::Shutdown),
+        Command::Completions { shell } => {
+            let mut cli = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cli, "drover", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Man { dir } => man(dir.as_deref()),
     }
+}
+
+/// `drover man`: the manual page on stdout, or with `--dir` the pages of
+/// drover and of each subcommand (`drover.1`, `drover-run.1`, ...) there.
+fn man(dir: Option<&Path>) -> ExitCode {
+    let cli = <Cli as clap::CommandFactory>::command();
+    let written = match dir {
+        None => clap_mangen::Man::new(cli).render(&mut std::io::stdout()),
+        Some(dir) => write_man_pages(cli, dir),
+    };
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("drover: cannot write the manual pages: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn write_man_pages(cli: clap::Command, dir: &Path) -> std::io::Result<()> {
+    let page = |cmd: clap::Command, file: String| -> std::io::Result<()> {
+        let mut out = Vec::new();
+        clap_mangen::Man::new(cmd).render(&mut out)?;
+        std::fs::write(dir.join(&file), out)?;
+        println!("{}", dir.join(file).display());
+        Ok(())
+    };
+    for sub in cli.get_subcommands().filter(|c| !c.is_hide_set()) {
+        let name = sub.get_name();
+        let cmd = sub
+            .clone()
+            .name(format!("drover-{name}"))
+            .version(env!("CARGO_PKG_VERSION"))
+            .bin_name(format!("drover {name}"));
+        page(cmd, format!("drover-{name}.1"))?;
+    }
+    page(cli, "drover.1".into())
 }
 
 /// drover's own logs: stderr, level from `DROVER_LOG` (error, warn, info,
