@@ -97,6 +97,9 @@ enum Command {
         /// The shell to complete for.
         shell: clap_complete::Shell,
     },
+    /// Print the `drover` Python module (queue helpers for workers), e.g.
+    /// `drover python-module > drover.py`.
+    PythonModule,
     /// Print drover's manual page (roff), e.g. `drover man > drover.1`.
     Man {
         /// Write drover.1 and a page per subcommand (drover-run.1, ...)
@@ -191,6 +194,10 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Man { dir } => man(dir.as_deref()),
+        Command::PythonModule => {
+            print!("{}", crate::start::python::MODULE);
+            ExitCode::SUCCESS
+        }
     }
 }
 

@@ -381,10 +381,34 @@ def reply_to(sock, packet, fds, module, function):
     return REPLY.pack(seq, 0, pid), go
 
 
+class DroverModule:
+    """`import drover` gives the queue helper module drover ships (its
+    source is put before this file as `_DROVER_MODULE`), unless a module of
+    that name is found on sys.path first: this finder comes last."""
+
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name != "drover" or "_DROVER_MODULE" not in globals():
+            return None
+        import importlib.util
+
+        return importlib.util.spec_from_loader(name, cls, origin="built into drover")
+
+    @staticmethod
+    def create_module(spec):
+        return None
+
+    @staticmethod
+    def exec_module(module):
+        source = globals()["_DROVER_MODULE"]
+        exec(compile(source, "<drover>/drover.py", "exec"), module.__dict__)
+
+
 def main(argv):
     mode, module, function, preload = argv[0], argv[1], argv[2], argv[3:]
     sys.argv = [module]
     sys.path.insert(0, os.getcwd())
+    sys.meta_path.append(DroverModule)
     group = os.environ.get("DROVER_GROUP", "?")
     if mode == "spawn":
         set_title(*worker_title(group, os.environ.get("DROVER_INDEX", "?"), module, function))

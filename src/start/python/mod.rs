@@ -48,8 +48,18 @@ use crate::sys::{FdPlan, SpawnPlan, spawn};
 
 use super::prepare::Prepared;
 
-/// The interpreter side, run with `python3 -c`.
-pub const BOOTSTRAP: &str = include_str!("drover_worker.py");
+/// The interpreter side, run with `python3 -c`: `drover_worker.py`, after
+/// the source of the `drover` queue helper module it lets workers import.
+pub const BOOTSTRAP: &str = concat!(
+    "_DROVER_MODULE = r'''",
+    include_str!("drover.py"),
+    "'''\n",
+    include_str!("drover_worker.py")
+);
+
+/// The `drover` Python module (`drover python-module`): queue helpers for
+/// workers, importable as it is in Python function workers.
+pub const MODULE: &str = include_str!("drover.py");
 
 /// How long a template may take to import before its start counts as failed.
 pub const IMPORT_TIMEOUT: Duration = Duration::from_secs(120);
