@@ -6,7 +6,7 @@ mod common;
 
 use std::process::{Command, Output};
 
-use common::{Drover, TempDir, alive, drover_bin};
+use common::{Drover, TempDir, alive, drover_bin, wait_until};
 
 /// Two groups that start fast and stop on SIGTERM.
 const TWO_GROUPS: &str = r#"
@@ -366,7 +366,105 @@ fn man_pages_cover_every_subcommand() {
             text.contains(&format!(".TH drover-{sub} 1")),
             "{file:?}: {text}"
         );
-        assert!(text.contains(&format!("drover {sub}")), "{file:?}: {text}");
+        let synopsis = format!("drover {}", sub.replace('-', "\\-"));
+        assert!(text.contains(&synopsis), "{file:?}: {text}");
     }
     assert!(dir.path().join("drover.1").is_file());
+}
+
+/// A worker that records each USR1 and SIGRTMIN+2 it gets, and starts a
+/// helper in its process group that records the USR1s it gets.
+const SIGNALLED: &str = r#"
+import os, signal, subprocess, sys, time
+def note(what):
+    def handler(signum, frame):
+        with open("signals.txt", "a") as f:
+            f.write(f"{what} {os.getpid()}\n")
+    return handler
+if sys.argv[1:] == ["helper"]:
+    signal.signal(signal.SIGUSR1, note("helper-usr1"))
+    open(f"helper-{os.getpid()}.ready", "w").close()
+    while True:
+        signal.pause()
+signal.signal(signal.SIGUSR1, note("usr1"))
+signal.signal(signal.SIGRTMIN + 2, note("rtmin+2"))
+helper = subprocess.Popen([sys.executable, sys.argv[0], "helper"])
+while not os.path.exists(f"helper-{helper.pid}.ready"):
+    time.sleep(0.01)  # until the helper's handler is in place
+open(f"worker-{os.getpid()}.ready", "w").close()
+while True:
+    signal.pause()
+"#;
+
+#[test]
+fn signal_reaches_each_child_or_its_process_group() {
+    let dir = TempDir::new("signal");
+    dir.write("signalled.py", SIGNALLED);
+    dir.write(
+        "drover.toml",
+        &format!(
+            "[group.web]\ncommand = [\"{}\", \"signalled.py\"]\nprocesses = 2\nstart_secs = \"100ms\"\n",
+            common::python()
+        ),
+    );
+    let d = Drover::start_in(dir, &[]);
+    let workers = d.wait_group_state("web", "running");
+    let path = d.dir.path().to_path_buf();
+    wait_until("both workers ready", || {
+        workers
+            .iter()
+            .all(|p| path.join(format!("worker-{p}.ready")).exists())
+    });
+    let lines = || -> Vec<String> {
+        let mut l: Vec<String> = std::fs::read_to_string(path.join("signals.txt"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        l.sort();
+        l
+    };
+    let mut expected: Vec<String> = workers.iter().map(|p| format!("usr1 {p}")).collect();
+
+    let out = d.cli(&["signal", "web", "USR1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("SIGUSR1 sent to pids"),
+        "{}",
+        stdout(&out)
+    );
+    expected.sort();
+    wait_until("USR1 to both workers, not their helpers", || {
+        lines() == expected
+    });
+
+    let out = d.cli(&["signal", "web", "sigrtmin+2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    expected.extend(workers.iter().map(|p| format!("rtmin+2 {p}")));
+    expected.sort();
+    wait_until("SIGRTMIN+2 to both workers", || lines() == expected);
+
+    let out = d.cli(&["signal", "web", "10", "--group"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_until("USR1 to the workers and their helpers", || {
+        let l = lines();
+        l.iter().filter(|x| x.starts_with("usr1 ")).count() == 4
+            && l.iter().filter(|x| x.starts_with("helper-usr1 ")).count() == 2
+    });
+    assert_eq!(d.wait_group_state("web", "running"), workers, "nobody died");
+
+    let out = d.cli(&["signal", "web", "NOPE"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("unknown signal `NOPE`"),
+        "{}",
+        stderr(&out)
+    );
+    let out = d.cli(&["signal", "nope", "TERM"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no group named `nope`"),
+        "{}",
+        stderr(&out)
+    );
 }

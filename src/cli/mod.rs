@@ -91,6 +91,19 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Send a signal to each running process of a group (its own PID; with
+    /// `--group`, its whole process group).
+    Signal {
+        /// The group, by name.
+        group: String,
+        /// TERM, SIGHUP, USR1, RTMIN+2, 15, ... (as `kill -l` names them).
+        signal: String,
+        /// Signal each child's process group, not only the child.
+        #[arg(long = "group")]
+        process_group: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Print a shell completion script, e.g.
     /// `drover completions bash > /etc/bash_completion.d/drover`.
     Completions {
@@ -194,6 +207,25 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Man { dir } => man(dir.as_deref()),
+        Command::Signal {
+            group,
+            signal,
+            process_group,
+            client,
+        } => match config::anysignal::parse(&signal, crate::sys::realtime_signals()) {
+            Ok(signal) => send(
+                &client,
+                Request::Signal {
+                    group,
+                    signal,
+                    process_group,
+                },
+            ),
+            Err(e) => {
+                eprintln!("drover: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::PythonModule => {
             print!("{}", crate::start::python::MODULE);
             ExitCode::SUCCESS

@@ -27,6 +27,7 @@
 //! the whole config ([`Failed`]); warnings alone do not ([`Loaded`]). Only
 //! the model ([`Config`] and its parts) is used past this module.
 
+pub mod anysignal;
 mod diag;
 mod document;
 mod duration;

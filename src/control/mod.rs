@@ -33,11 +33,25 @@ pub const MAX_REQUEST: usize = 64 * 1024;
 #[serde(tag = "cmd", rename_all = "lowercase")]
 pub enum Request {
     Status,
-    Start { group: String },
-    Stop { group: String },
-    Restart { group: String },
+    Start {
+        group: String,
+    },
+    Stop {
+        group: String,
+    },
+    Restart {
+        group: String,
+    },
     Reload,
     Shutdown,
+    /// `drover signal`: signal number `signal` to each live process of
+    /// `group` (its own PID, or its process group with `process_group`).
+    Signal {
+        group: String,
+        signal: i32,
+        #[serde(default)]
+        process_group: bool,
+    },
 }
 
 /// The answer to a request.

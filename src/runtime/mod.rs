@@ -754,6 +754,11 @@ impl Runtime {
                 self.on_stop_signal(sig::SIGTERM, now);
                 return Response::ok("shutting down");
             }
+            Request::Signal {
+                group,
+                signal,
+                process_group,
+            } => return self.send_signal(&group, signal, process_group),
             Request::Start { group } => (group, GroupCommand::Start, "started"),
             Request::Stop { group } => (group, GroupCommand::Stop, "stopping"),
             Request::Restart { group } => (group, GroupCommand::Restart, "restarting"),
@@ -771,6 +776,44 @@ impl Runtime {
             }
             Err(e) => Response::error(e.to_string()),
         }
+    }
+
+    /// `drover signal`: `signal` to each live process of `group`, or to
+    /// each one's process group.
+    fn send_signal(&mut self, group: &str, signal: i32, process_group: bool) -> Response {
+        let realtime = crate::sys::realtime_signals();
+        if !(1..=31).contains(&signal) && !realtime.contains(&signal) {
+            return Response::error(format!("no signal number {signal}"));
+        }
+        let pids = match self.sup.group_pids(group) {
+            Ok(pids) => pids,
+            Err(e) => return Response::error(e.to_string()),
+        };
+        let name = crate::config::anysignal::name(signal, realtime);
+        if pids.is_empty() {
+            return Response::error(format!("group {group} has no running process"));
+        }
+        let mut sent = Vec::new();
+        for pid in &pids {
+            // Never drover's own process group nor every process.
+            let target = if process_group { -pid.0 } else { pid.0 };
+            if pid.0 > 1 && crate::sys::kill_raw(target, signal).is_ok() {
+                sent.push(pid.0.to_string());
+            }
+        }
+        let whom = if process_group {
+            "the process groups of"
+        } else {
+            "pids"
+        };
+        tracing::info!(
+            "control: {name} to {whom} {} of group {group}",
+            sent.join(" ")
+        );
+        Response::ok(format!(
+            "{name} sent to {whom} {} ({group})",
+            sent.join(" ")
+        ))
     }
 
     fn token(&mut self) -> u64 {

@@ -279,6 +279,23 @@ impl Supervisor {
         }
     }
 
+    /// The processes of group `name` that run now: its children's, and
+    /// those of its outdated children a rolling update still keeps.
+    pub fn group_pids(&self, name: &str) -> Result<Vec<Pid>, UnknownGroup> {
+        let group = self
+            .groups
+            .values()
+            .find(|g| g.spec.name.as_str() == name)
+            .ok_or_else(|| UnknownGroup(name.to_owned()))?;
+        let current = group.children.iter().filter_map(|c| c.state.pid());
+        let retiring = self
+            .retiring
+            .iter()
+            .filter(|r| r.group.as_str() == name)
+            .filter_map(|r| r.child.state.pid());
+        Ok(current.chain(retiring).collect())
+    }
+
     pub fn groups(&self) -> impl Iterator<Item = &Group> {
         self.groups.values()
     }

@@ -125,3 +125,18 @@ pub fn ensure_std_fds() -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Sends signal number `signal` (any, real-time ones included) to `pid`,
+/// or to the process group `-pid` when `pid` is negative: `kill(2)`.
+pub fn kill_raw(pid: i32, signal: i32) -> io::Result<()> {
+    // SAFETY: kill takes two plain integers and touches no memory of ours.
+    if unsafe { libc::kill(pid, signal) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The range of real-time signals on this libc: `SIGRTMIN..=SIGRTMAX`.
+pub fn realtime_signals() -> std::ops::RangeInclusive<i32> {
+    libc::SIGRTMIN()..=libc::SIGRTMAX()
+}
