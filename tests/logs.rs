@@ -150,3 +150,222 @@ start_secs = "100ms"
     assert!(fields["pid"].as_i64().unwrap() > 0, "{event}");
     assert_eq!(fields["exit"], "3", "{event}");
 }
+
+// ------------------------------------------------------------ drover logs
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{TempDir, drover_bin, python, wait_until};
+
+/// Kills a client process when the test ends, also when it fails.
+struct Client(Child);
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Sends `request` (a JSON line) on a raw control connection and reads
+/// the response line: once it is there, a follower is registered.
+fn raw_follow(d: &Drover, request: &str) -> BufReader<UnixStream> {
+    let mut s = UnixStream::connect(&d.socket).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    s.write_all(b"\n").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let mut reader = BufReader::new(s);
+    let mut header = String::new();
+    reader.read_line(&mut header).unwrap();
+    assert!(header.contains("\"ok\":true"), "{header}");
+    reader
+}
+
+fn lines_of(path: &std::path::Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.split_inclusive('\n')
+        .filter_map(|l| l.strip_suffix('\n'))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn logs_prints_the_kept_last_lines_of_each_group_in_order() {
+    let d = Drover::start(
+        "logs-n",
+        r#"
+[supervisor]
+log_lines = 5
+
+[group.a]
+command = ["sh", "-c", "for i in 0 1 2 3 4 5 6 7 8 9; do echo a$i; done; exec sleep 1000"]
+start_secs = "100ms"
+
+[group.b]
+command = ["sh", "-c", "echo b0; echo b1; echo b2; exec sleep 1000"]
+start_secs = "100ms"
+"#,
+    );
+    d.stdout.wait_for("both groups' lines", |t| {
+        t.contains("a[0] a9") && t.contains("b[0] b2")
+    });
+    let out = d.cli(&["logs"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let of = |g: &str| -> Vec<&str> { text.lines().filter(|l| l.starts_with(g)).collect() };
+    assert_eq!(
+        of("a[0]"),
+        ["a[0] a5", "a[0] a6", "a[0] a7", "a[0] a8", "a[0] a9"]
+    );
+    assert_eq!(of("b[0]"), ["b[0] b0", "b[0] b1", "b[0] b2"]);
+    assert_eq!(text.lines().count(), 8, "{text}");
+    // In the order drover wrote them: the same as its own stdout.
+    let written: Vec<String> = d
+        .stdout
+        .text()
+        .lines()
+        .filter(|l| text.lines().any(|x| x == *l))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(text.lines().collect::<Vec<_>>(), written);
+
+    let out = d.cli(&["logs", "a", "-n", "2"]);
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "a[0] a8\na[0] a9\n");
+    let out = d.cli(&["logs", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no group named `nope`"));
+}
+
+/// Two `drover logs -f` clients at once, while a child writes: each sees an
+/// unbroken run of the child's lines, in order, as drover wrote them.
+#[test]
+fn two_followers_see_every_new_line_while_children_write() {
+    let d = Drover::start(
+        "logs-follow",
+        &format!(
+            r#"
+[group.tick]
+command = ["{}", "-c", "import sys, time\ni = 0\nwhile True:\n    print(f'tick {{i}}', flush=True)\n    i += 1\n    time.sleep(0.002)"]
+start_secs = "100ms"
+"#,
+            python()
+        ),
+    );
+    d.stdout
+        .wait_for("the first tick", |t| t.contains("tick[0] tick 0"));
+    let follow = |file: &str| {
+        let out = std::fs::File::create(d.dir.path().join(file)).unwrap();
+        Client(
+            Command::new(drover_bin())
+                .args(["logs", "-f", "-n", "0", "tick", "--socket"])
+                .arg(&d.socket)
+                .stdout(out)
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let followers = [follow("f1.txt"), follow("f2.txt")];
+    let (f1, f2) = (d.dir.path().join("f1.txt"), d.dir.path().join("f2.txt"));
+    wait_until("both followers to get 300 lines", || {
+        lines_of(&f1).len() >= 300 && lines_of(&f2).len() >= 300
+    });
+    drop(followers);
+    for file in [&f1, &f2] {
+        let got = lines_of(file);
+        let first: u64 = got[0]
+            .strip_prefix("tick[0] tick ")
+            .unwrap()
+            .parse()
+            .unwrap();
+        for (k, line) in got.iter().enumerate() {
+            assert_eq!(
+                *line,
+                format!("tick[0] tick {}", first + k as u64),
+                "{file:?}"
+            );
+        }
+    }
+    assert!(d.status()["groups"].is_array(), "drover still answers");
+}
+
+/// A follower that stops reading falls more than 1 MiB behind: it is sent
+/// a notice and dropped, while the children, drover's own output and a
+/// follower that keeps up are not slowed or cut.
+#[test]
+fn a_follower_that_does_not_read_is_dropped_with_a_notice() {
+    let dir = TempDir::new("logs-slow");
+    // 40,000 lines of 100 bytes (4 MB) once the gate file exists.
+    dir.write(
+        "flood.py",
+        "import os, sys, time\nwhile not os.path.exists('gate'):\n    time.sleep(0.01)\n\
+         for n in range(40000):\n    sys.stdout.write(f'{n:06d} ' + 'x' * 93 + '\\n')\n\
+         sys.stdout.flush()\nprint('flood done', flush=True)\nimport signal\nsignal.pause()\n",
+    );
+    dir.write(
+        "drover.toml",
+        &format!(
+            "[group.flood]\ncommand = [\"{}\", \"flood.py\"]\nstart_secs = \"100ms\"\n",
+            python()
+        ),
+    );
+    let d = Drover::start_in(dir, &[]);
+    d.wait_group_state("flood", "running");
+    let mut slow = raw_follow(&d, r#"{"cmd":"logs","follow":true,"lines":0}"#);
+    let good = raw_follow(
+        &d,
+        r#"{"cmd":"logs","follow":true,"lines":0,"groups":["flood"]}"#,
+    );
+    let keeper = std::thread::spawn(move || {
+        let mut count = 0;
+        for line in good.lines() {
+            let line = line.unwrap();
+            count += 1;
+            if line == "flood[0] flood done" {
+                break;
+            }
+        }
+        count
+    });
+    std::fs::write(d.dir.path().join("gate"), "").unwrap();
+    d.stdout
+        .wait_for("the whole flood on drover's stdout", |t| {
+            t.contains("flood[0] flood done")
+        });
+    assert_eq!(
+        keeper.join().unwrap(),
+        40_001,
+        "the follower that kept up got every line"
+    );
+    let mut rest = Vec::new();
+    slow.read_to_end(&mut rest)
+        .expect("the slow follower is closed");
+    let text = String::from_utf8_lossy(&rest);
+    assert!(
+        text.ends_with("drover: logs: this client fell more than 1024 KiB behind; disconnected\n"),
+        "{}",
+        &text[text.len().saturating_sub(300)..]
+    );
+    assert!(rest.len() < 2 << 20, "{} bytes: it was cut", rest.len());
+    assert!(d.status()["groups"].is_array(), "drover still answers");
+}
+
+#[test]
+fn log_lines_is_checked() {
+    let dir = TempDir::new("logs-check");
+    let path = dir.write("drover.toml", "[supervisor]\nlog_lines = -1\n");
+    let out = Command::new(drover_bin())
+        .arg("check")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("log_lines") && err.contains("drover.toml:2"),
+        "{err}"
+    );
+}

@@ -91,6 +91,22 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Print the last lines each group wrote (kept in memory, `[supervisor]
+    /// log_lines` per group), in the order drover wrote them; with
+    /// `--follow`, then every new line until interrupted.
+    Logs {
+        /// Only these groups (default: all).
+        groups: Vec<String>,
+        /// Keep printing new lines as the groups write them.
+        #[arg(short, long)]
+        follow: bool,
+        /// At most N lines per group (default: every kept line; 10 with
+        /// --follow).
+        #[arg(short = 'n', long = "lines", value_name = "N")]
+        lines: Option<u32>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Send a signal to each running process of a group (its own PID; with
     /// `--group`, its whole process group).
     Signal {
@@ -207,6 +223,12 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Man { dir } => man(dir.as_deref()),
+        Command::Logs {
+            groups,
+            follow,
+            lines,
+            client,
+        } => logs(groups, follow, lines.or(follow.then_some(10)), &client),
         Command::Signal {
             group,
             signal,
@@ -229,6 +251,32 @@ pub fn main() -> ExitCode {
         Command::PythonModule => {
             print!("{}", crate::start::python::MODULE);
             ExitCode::SUCCESS
+        }
+    }
+}
+
+/// `drover logs`: the kept lines, then with `follow` the new ones, on
+/// stdout as drover writes them.
+fn logs(groups: Vec<String>, follow: bool, lines: Option<u32>, client: &ClientArgs) -> ExitCode {
+    let path = match client_socket(client) {
+        Ok(path) => path,
+        Err(code) => return code,
+    };
+    let request = Request::Logs {
+        groups,
+        lines,
+        follow,
+    };
+    let mut out = std::io::stdout().lock();
+    match control::stream(&path, &request, &mut out) {
+        Ok(response) if response.ok => ExitCode::SUCCESS,
+        Ok(response) => {
+            eprintln!("drover: {}", response.message.unwrap_or_default());
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("drover: {e}");
+            ExitCode::from(1)
         }
     }
 }

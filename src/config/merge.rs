@@ -126,12 +126,14 @@ fn supervisor(
                 .clone()
                 .unwrap_or_else(|| host.default_state_dir(first_dir)),
             dead_letter_max_bytes: s.dead_letter_max_bytes,
+            log_lines: s.log_lines,
         },
         None => SupervisorConfig {
             control_socket: None,
             log_format: Default::default(),
             state_dir: host.default_state_dir(first_dir),
             dead_letter_max_bytes: DEFAULT_DEAD_LETTER_MAX_BYTES,
+            log_lines: crate::config::DEFAULT_LOG_LINES,
         },
     })
 }

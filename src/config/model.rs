@@ -41,10 +41,20 @@ pub struct SupervisorConfig {
     /// may grow to (default 1 GiB, 4 KiB to 1 TiB); past it records are
     /// counted, not written.
     pub dead_letter_max_bytes: u64,
+    /// `log_lines`: the last lines of each group's output kept for
+    /// `drover logs` (default 1000, 0 to 100,000; also at most 1 MiB per
+    /// group).
+    pub log_lines: u32,
 }
 
 /// Default of `[supervisor] dead_letter_max_bytes`.
 pub const DEFAULT_DEAD_LETTER_MAX_BYTES: u64 = 1 << 30;
+
+/// Default of `[supervisor] log_lines`.
+pub const DEFAULT_LOG_LINES: u32 = 1000;
+
+/// Most of `[supervisor] log_lines`.
+pub const MAX_LOG_LINES: u32 = 100_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogFormat {

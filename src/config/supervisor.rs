@@ -7,14 +7,15 @@ use toml::de::DeTable;
 
 use super::fields::Cx;
 use super::limits::{MAX_DEAD_LETTER_BYTES, MIN_DEAD_LETTER_BYTES};
-use super::model::{DEFAULT_DEAD_LETTER_MAX_BYTES, LogFormat};
+use super::model::{DEFAULT_DEAD_LETTER_MAX_BYTES, DEFAULT_LOG_LINES, LogFormat, MAX_LOG_LINES};
 use super::source::resolve;
 
-pub(crate) const KEYS: [&str; 4] = [
+pub(crate) const KEYS: [&str; 5] = [
     "control_socket",
     "log_format",
     "state_dir",
     "dead_letter_max_bytes",
+    "log_lines",
 ];
 
 const LOG_FORMATS: [(&str, LogFormat); 2] = [("text", LogFormat::Text), ("json", LogFormat::Json)];
@@ -29,6 +30,7 @@ pub(crate) struct SupervisorDraft {
     pub log_format: LogFormat,
     pub state_dir: Option<PathBuf>,
     pub dead_letter_max_bytes: u64,
+    pub log_lines: u32,
 }
 
 /// Reads `[supervisor]`; `span` is where the table is named.
@@ -39,6 +41,7 @@ pub(crate) fn read(cx: &mut Cx<'_>, span: Range<usize>, table: &DeTable<'_>) -> 
         log_format: LogFormat::default(),
         state_dir: None,
         dead_letter_max_bytes: DEFAULT_DEAD_LETTER_MAX_BYTES,
+        log_lines: DEFAULT_LOG_LINES,
     };
     cx.set_table(Some("[supervisor]".into()));
     for (key, value) in table.iter() {
@@ -53,6 +56,10 @@ pub(crate) fn read(cx: &mut Cx<'_>, span: Range<usize>, table: &DeTable<'_>) -> 
                 let (min, max) = (MIN_DEAD_LETTER_BYTES, MAX_DEAD_LETTER_BYTES);
                 let bytes = cx.size("dead_letter_max_bytes", value, min, max);
                 draft.dead_letter_max_bytes = bytes.unwrap_or(draft.dead_letter_max_bytes);
+            }
+            "log_lines" => {
+                let lines = cx.u32("log_lines", value, 0, MAX_LOG_LINES);
+                draft.log_lines = lines.unwrap_or(draft.log_lines);
             }
             _ => cx.unknown_key(key, "in [supervisor]", &KEYS, None),
         }

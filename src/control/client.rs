@@ -82,6 +82,65 @@ pub fn request_within(
     serde_json::from_slice(&answer).map_err(|_| ClientError::BadAnswer(path.to_owned()))
 }
 
+/// Sends a request whose answer is a response line followed by a stream
+/// (`logs`): waits up to [`CLIENT_TIMEOUT`] for the response line; when it
+/// is `ok`, copies what follows to `out` until the supervisor closes the
+/// connection (with no time limit: a follower waits for new lines) or `out`
+/// refuses (a closed pipe: the reader went away). Returns the response.
+pub fn stream(
+    path: &Path,
+    request: &Request,
+    out: &mut dyn Write,
+) -> Result<Response, ClientError> {
+    let fail = |source: io::Error| match source.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+            ClientError::Timeout(path.to_owned(), CLIENT_TIMEOUT)
+        }
+        _ => ClientError::Io {
+            path: path.to_owned(),
+            source,
+        },
+    };
+    let mut stream = UnixStream::connect(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
+            ClientError::NotListening(path.to_owned())
+        }
+        _ => fail(e),
+    })?;
+    let mut line = serde_json::to_vec(request).map_err(|e| fail(e.into()))?;
+    line.push(b'\n');
+    stream
+        .set_write_timeout(Some(CLIENT_TIMEOUT))
+        .map_err(fail)?;
+    stream.write_all(&line).map_err(fail)?;
+    stream
+        .set_read_timeout(Some(CLIENT_TIMEOUT))
+        .map_err(fail)?;
+    let mut reader = io::BufReader::with_capacity(64 * 1024, stream);
+    let mut first = Vec::new();
+    io::BufRead::read_until(&mut reader, b'\n', &mut first).map_err(fail)?;
+    let response: Response =
+        serde_json::from_slice(&first).map_err(|_| ClientError::BadAnswer(path.to_owned()))?;
+    if !response.ok {
+        return Ok(response);
+    }
+    reader.get_ref().set_read_timeout(None).map_err(fail)?;
+    loop {
+        let chunk = match io::BufRead::fill_buf(&mut reader) {
+            Ok([]) => break,
+            Ok(chunk) => chunk,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(fail(e)),
+        };
+        let n = chunk.len();
+        if out.write_all(chunk).and_then(|()| out.flush()).is_err() {
+            break;
+        }
+        io::BufRead::consume(&mut reader, n);
+    }
+    Ok(response)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

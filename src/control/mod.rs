@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::control::status::Status;
 
-pub use client::{CLIENT_TIMEOUT, ClientError, request, request_within};
+pub use client::{CLIENT_TIMEOUT, ClientError, request, request_within, stream};
 
 /// Largest request line accepted, without its newline.
 pub const MAX_REQUEST: usize = 64 * 1024;
@@ -44,6 +44,18 @@ pub enum Request {
     },
     Reload,
     Shutdown,
+    /// `drover logs`: the last `lines` kept lines of `groups` (all groups
+    /// when empty; all kept lines without `lines`), then with `follow` new
+    /// lines as they come. The answer is a response line, then the log
+    /// lines as drover writes them.
+    Logs {
+        #[serde(default)]
+        groups: Vec<String>,
+        #[serde(default)]
+        lines: Option<u32>,
+        #[serde(default)]
+        follow: bool,
+    },
     /// `drover signal`: signal number `signal` to each live process of
     /// `group` (its own PID, or its process group with `process_group`).
     Signal {

@@ -9,6 +9,7 @@
 //! The runtime owns the I/O; decisions are made by [`Supervisor`].
 
 pub mod control;
+mod history;
 pub mod logs;
 pub mod orphans;
 mod output;
@@ -259,7 +260,12 @@ impl Runtime {
             launcher,
             signals,
             clients,
-            output: Output::new(config.supervisor.log_format, writer, wake_rx),
+            output: Output::new(
+                config.supervisor.log_format,
+                writer,
+                wake_rx,
+                history::History::new(config.supervisor.log_lines as usize),
+            ),
             next_token: FIRST_DYNAMIC,
             pidfds: Pidfds::default(),
             orphans: Orphans::default(),
@@ -411,7 +417,14 @@ impl Runtime {
                 // dispatch before it made it readable just now.
                 self.reaped_by_pidfd |= self.reap_pidfds(&[EpollEvent::new(flags, t)]);
             }
-            t if self.output.owns(t) => self.output.on_readable(&self.epoll, t),
+            t if self.output.owns(t) => {
+                self.output.on_readable(&self.epoll, t);
+                if self.output.following {
+                    let chunks = self.output.take_followed();
+                    self.clients.broadcast(&self.epoll, &chunks, Instant::now());
+                    self.output.following = self.clients.has_followers();
+                }
+            }
             t if self.broker.owns(t) => self.broker.on_event(&self.epoll, t, flags),
             t if self.launcher.owns(t) => self.launcher.on_event(t),
             t if self.clients.owns(t) => self.on_client(t, flags),
@@ -679,6 +692,9 @@ impl Runtime {
         summary.queues_removed = queues.removed;
         summary.queues_changed = queues.changed;
         self.launcher.retain_templates(&config);
+        self.output
+            .history
+            .retain(|g| config.groups.contains_key(g));
         self.watch_new_outputs();
         tracing::info!("{trigger}: config reloaded: {summary}");
         self.config = config;
@@ -724,6 +740,14 @@ impl Runtime {
     fn on_client(&mut self, token: u64, flags: EpollFlags) {
         let now = Instant::now();
         if let Some((conn, request)) = self.clients.on_event(&self.epoll, token, flags, now) {
+            if let Request::Logs {
+                groups,
+                lines,
+                follow,
+            } = request
+            {
+                return self.serve_logs(conn, groups, lines, follow);
+            }
             let response = self.handle_request(request);
             self.clients
                 .respond(&self.epoll, conn, &response, Instant::now());
@@ -759,6 +783,8 @@ impl Runtime {
                 signal,
                 process_group,
             } => return self.send_signal(&group, signal, process_group),
+            // Served by `serve_logs`, which streams.
+            Request::Logs { .. } => return Response::error("logs: not here"),
             Request::Start { group } => (group, GroupCommand::Start, "started"),
             Request::Stop { group } => (group, GroupCommand::Stop, "stopping"),
             Request::Restart { group } => (group, GroupCommand::Restart, "restarting"),
@@ -814,6 +840,31 @@ impl Runtime {
             "{name} sent to {whom} {} ({group})",
             sent.join(" ")
         ))
+    }
+
+    /// `drover logs`: the kept lines of `groups` (all when empty), then,
+    /// with `follow`, every new one until the client goes away.
+    fn serve_logs(&mut self, conn: u64, groups: Vec<String>, lines: Option<u32>, follow: bool) {
+        let now = Instant::now();
+        let mut names = Vec::with_capacity(groups.len());
+        for g in &groups {
+            match self.sup.groups().find(|x| x.spec.name.as_str() == g) {
+                Some(group) => names.push(group.spec.name.clone()),
+                None => {
+                    let unknown = Response::error(format!("no group named `{g}`"));
+                    return self.clients.respond(&self.epoll, conn, &unknown, now);
+                }
+            }
+        }
+        let n = lines.map_or(usize::MAX, |n| n as usize);
+        let mut answer = Response::ok("logs").to_line();
+        answer.extend(self.output.history.tail(&names, n));
+        if follow {
+            self.clients.follow(&self.epoll, conn, answer, groups, now);
+            self.output.following = self.clients.has_followers();
+        } else {
+            self.clients.respond_bytes(&self.epoll, conn, answer, now);
+        }
     }
 
     fn token(&mut self) -> u64 {

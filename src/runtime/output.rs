@@ -9,6 +9,8 @@ use std::os::unix::net::UnixStream;
 use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
 
 use crate::config::LogFormat;
+use crate::config::names::GroupName;
+use crate::runtime::history::History;
 use crate::runtime::logs::{LogWriter, Origin, PipeReader};
 
 /// Every child pipe being read, and the writer they feed.
@@ -23,10 +25,16 @@ pub struct Output {
     wake: UnixStream,
     /// Read buffer shared by every pipe read.
     scratch: Vec<u8>,
+    /// The last lines of each group, for `drover logs`.
+    pub history: History,
+    /// Whether some `drover logs -f` client follows: then each chunk is
+    /// also kept in [`Self::take_followed`] for it.
+    pub following: bool,
+    followed: Vec<(GroupName, Vec<u8>)>,
 }
 
 impl Output {
-    pub fn new(format: LogFormat, writer: LogWriter, wake: UnixStream) -> Output {
+    pub fn new(format: LogFormat, writer: LogWriter, wake: UnixStream, history: History) -> Output {
         Output {
             format,
             pipes: HashMap::new(),
@@ -34,7 +42,15 @@ impl Output {
             writer,
             wake,
             scratch: Vec::new(),
+            history,
+            following: false,
+            followed: Vec::new(),
         }
+    }
+
+    /// The chunks written since the last call, by group, for followers.
+    pub fn take_followed(&mut self) -> Vec<(GroupName, Vec<u8>)> {
+        std::mem::take(&mut self.followed)
     }
 
     pub fn owns(&self, token: u64) -> bool {
@@ -59,6 +75,13 @@ impl Output {
             return;
         };
         let outcome = reader.read(self.format, &mut self.scratch);
+        if !outcome.chunk.is_empty() {
+            self.history.record(&reader.origin.group, &outcome.chunk);
+            if self.following {
+                let group = reader.origin.group.clone();
+                self.followed.push((group, outcome.chunk.clone()));
+            }
+        }
         if !outcome.chunk.is_empty()
             && let Err(chunk) = self.writer.try_send(outcome.chunk)
         {

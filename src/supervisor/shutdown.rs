@@ -205,6 +205,7 @@ mod tests {
                 log_format: LogFormat::Text,
                 state_dir: "/tmp".into(),
                 dead_letter_max_bytes: crate::config::DEFAULT_DEAD_LETTER_MAX_BYTES,
+                log_lines: crate::config::DEFAULT_LOG_LINES,
             },
             groups: groups.into_iter().map(|g| (g.name.clone(), g)).collect(),
             queues: BTreeMap::new(),

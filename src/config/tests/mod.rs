@@ -167,6 +167,7 @@ fn defaults_are_the_model_defaults() {
             log_format: LogFormat::Text,
             state_dir: PathBuf::from("/cfg/.drover-state"),
             dead_letter_max_bytes: crate::config::DEFAULT_DEAD_LETTER_MAX_BYTES,
+            log_lines: crate::config::DEFAULT_LOG_LINES,
         }
     );
     assert_eq!(config.files, [PathBuf::from("/cfg/a.toml")]);

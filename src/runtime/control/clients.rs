@@ -41,6 +41,7 @@ use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
 
 use super::conn::{Conn, Incoming};
 use super::{Listener, Request, Response};
+use crate::config::names::GroupName;
 use crate::text::ratelimit::RateLimit;
 
 /// Ordinary client connections open at once.
@@ -78,6 +79,8 @@ struct Entry {
     conn: Conn,
     slot: Slot,
     deadline: Instant,
+    /// A follower watched for EPOLLOUT too (it has output pending).
+    out_watched: bool,
 }
 
 /// See the module documentation.
@@ -97,6 +100,8 @@ pub struct Clients {
     /// The next pause after a failure.
     backoff: Duration,
     log: RateLimit,
+    /// Connections following logs (`drover logs -f`).
+    followers: usize,
 }
 
 impl Clients {
@@ -112,6 +117,7 @@ impl Clients {
             armed: true,
             paused_until: None,
             backoff: BACKOFF_MIN,
+            followers: 0,
             // One line per burst; the summary says how many followed.
             log: RateLimit::new(1, crate::text::ratelimit::DEFAULT_WINDOW),
         })
@@ -175,6 +181,17 @@ impl Clients {
         if entry.conn.is_reading() {
             return self.read(epoll, token, now);
         }
+        if entry.conn.is_following() {
+            let gone = flags
+                .intersects(EpollFlags::EPOLLIN | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR)
+                && entry.conn.peer_gone();
+            if gone || (flags.contains(EpollFlags::EPOLLOUT) && entry.conn.flush()) {
+                self.close(epoll, token, now);
+            } else {
+                self.watch_follower(epoll, token, now);
+            }
+            return None;
+        }
         if flags.intersects(EpollFlags::EPOLLOUT | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR)
             && entry.conn.flush()
         {
@@ -200,6 +217,107 @@ impl Clients {
             return self.close(epoll, token, now);
         }
         self.set_deadline(token, now + WRITE_TIMEOUT);
+    }
+
+    /// Sends `answer` (a response line and what follows it) to the
+    /// request that came from `token`.
+    pub fn respond_bytes(&mut self, epoll: &Epoll, token: u64, answer: Vec<u8>, now: Instant) {
+        let Some(entry) = self.conns.get_mut(&token) else {
+            return;
+        };
+        entry.conn.respond_bytes(answer);
+        if entry.conn.flush() {
+            return self.close(epoll, token, now);
+        }
+        let writable = EpollEvent::new(EpollFlags::EPOLLOUT, token);
+        if epoll
+            .modify(entry.conn.stream.as_fd(), &mut { writable })
+            .is_err()
+        {
+            return self.close(epoll, token, now);
+        }
+        self.set_deadline(token, now + WRITE_TIMEOUT);
+    }
+
+    /// Makes the connection of `token` a follower of `groups` (all when
+    /// empty): `first` goes out, then every chunk [`Self::broadcast`] gets
+    /// for those groups, for as long as the client keeps up and stays.
+    pub fn follow(
+        &mut self,
+        epoll: &Epoll,
+        token: u64,
+        first: Vec<u8>,
+        groups: Vec<String>,
+        now: Instant,
+    ) {
+        let Some(entry) = self.conns.get_mut(&token) else {
+            return;
+        };
+        entry.conn.follow(first, groups);
+        self.followers += 1;
+        // A follower has no deadline: it stays until it goes away or
+        // falls behind.
+        self.deadlines.remove(&(entry.deadline, token));
+        if entry.conn.flush() {
+            return self.close(epoll, token, now);
+        }
+        self.watch_follower(epoll, token, now);
+    }
+
+    /// Whether any connection follows logs.
+    pub fn has_followers(&self) -> bool {
+        self.followers > 0
+    }
+
+    /// New lines, by group, for the followers.
+    pub fn broadcast(&mut self, epoll: &Epoll, chunks: &[(GroupName, Vec<u8>)], now: Instant) {
+        if self.followers == 0 || chunks.is_empty() {
+            return;
+        }
+        let tokens: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, e)| e.conn.is_following())
+            .map(|(t, _)| *t)
+            .collect();
+        for token in tokens {
+            let Some(entry) = self.conns.get_mut(&token) else {
+                continue;
+            };
+            let mut added = false;
+            for (group, chunk) in chunks {
+                added |= entry.conn.push_lines(group.as_str(), chunk);
+            }
+            if !added {
+                continue;
+            }
+            if entry.conn.flush() {
+                self.close(epoll, token, now);
+            } else {
+                self.watch_follower(epoll, token, now);
+            }
+        }
+    }
+
+    /// A follower is watched for its client going away, and for room to
+    /// write while it has output.
+    fn watch_follower(&mut self, epoll: &Epoll, token: u64, now: Instant) {
+        let Some(entry) = self.conns.get_mut(&token) else {
+            return;
+        };
+        let out = entry.conn.has_output();
+        if out == entry.out_watched {
+            return;
+        }
+        entry.out_watched = out;
+        let mut flags = EpollFlags::EPOLLIN;
+        if out {
+            flags |= EpollFlags::EPOLLOUT;
+        }
+        let mut event = EpollEvent::new(flags, token);
+        if epoll.modify(entry.conn.stream.as_fd(), &mut event).is_err() {
+            self.close(epoll, token, now);
+        }
     }
 
     /// The earliest moment [`Self::on_deadline`] has work.
@@ -310,6 +428,7 @@ impl Clients {
                 conn,
                 slot,
                 deadline,
+                out_watched: false,
             },
         );
         self.deadlines.insert((deadline, token));
@@ -400,6 +519,9 @@ impl Clients {
     fn remove(&mut self, epoll: &Epoll, token: u64, now: Instant) -> Option<Entry> {
         let entry = self.conns.remove(&token)?;
         self.deadlines.remove(&(entry.deadline, token));
+        if entry.conn.is_following() {
+            self.followers -= 1;
+        }
         let _ = epoll.delete(entry.conn.stream.as_fd());
         // An fd of ours is free again: worth accepting, even mid back-off.
         self.paused_until = None;

@@ -17,7 +17,20 @@ enum Phase {
     Handling,
     /// Writing the response line.
     Writing { output: Vec<u8>, written: usize },
+    /// `drover logs -f`: new lines of `groups` (all when empty) are
+    /// appended as they come and written as the client takes them. Once it
+    /// is more than [`FOLLOW_BEHIND`] bytes behind, it gets a notice
+    /// (`behind`) and is closed when that is out.
+    Following {
+        output: Vec<u8>,
+        written: usize,
+        groups: Vec<String>,
+        behind: bool,
+    },
 }
+
+/// The most a `logs -f` client may fall behind before it is dropped.
+pub(super) const FOLLOW_BEHIND: usize = 1 << 20;
 
 /// What a read produced.
 #[derive(Debug, PartialEq)]
@@ -104,17 +117,100 @@ impl Conn {
 
     /// Queues the response line.
     pub(super) fn respond(&mut self, response: &Response) {
-        self.phase = Phase::Writing {
-            output: response.to_line(),
+        self.respond_bytes(response.to_line());
+    }
+
+    /// Queues a whole answer (a response line and what follows it).
+    pub(super) fn respond_bytes(&mut self, output: Vec<u8>) {
+        self.phase = Phase::Writing { output, written: 0 };
+    }
+
+    /// Turns the connection into a follower of `groups` (all when empty),
+    /// with `first` to write before any new line.
+    pub(super) fn follow(&mut self, first: Vec<u8>, groups: Vec<String>) {
+        self.phase = Phase::Following {
+            output: first,
             written: 0,
+            groups,
+            behind: false,
         };
     }
 
-    /// Writes what the socket takes; true once the response is out (or can
-    /// never be: the client went away).
-    pub(super) fn flush(&mut self) -> bool {
-        let Phase::Writing { output, written } = &mut self.phase else {
+    pub(super) fn is_following(&self) -> bool {
+        matches!(self.phase, Phase::Following { .. })
+    }
+
+    /// Whether a follower has bytes the client has not taken yet.
+    pub(super) fn has_output(&self) -> bool {
+        match &self.phase {
+            Phase::Following {
+                output, written, ..
+            } => *written < output.len(),
+            _ => false,
+        }
+    }
+
+    /// Appends new lines of `group` for a follower of it; true when
+    /// something was added. A follower that fell too far behind gets a
+    /// notice instead, and nothing more.
+    pub(super) fn push_lines(&mut self, group: &str, chunk: &[u8]) -> bool {
+        let Phase::Following {
+            output,
+            written,
+            groups,
+            behind,
+        } = &mut self.phase
+        else {
             return false;
+        };
+        if *behind || !(groups.is_empty() || groups.iter().any(|g| g == group)) {
+            return false;
+        }
+        if *written > 0 {
+            output.drain(..*written);
+            *written = 0;
+        }
+        if output.len() + chunk.len() > FOLLOW_BEHIND {
+            *behind = true;
+            let notice = format!(
+                "drover: logs: this client fell more than {} KiB behind; disconnected\n",
+                FOLLOW_BEHIND >> 10
+            );
+            output.extend_from_slice(notice.as_bytes());
+        } else {
+            output.extend_from_slice(chunk);
+        }
+        true
+    }
+
+    /// For a follower: reads and drops what the client sends; true when it
+    /// closed its end (or the socket failed).
+    pub(super) fn peer_gone(&mut self) -> bool {
+        let mut buf = [0u8; 1024];
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(_) => return true,
+            }
+        }
+    }
+
+    /// Writes what the socket takes; true once the response is out (or can
+    /// never be: the client went away). A follower is done only once it
+    /// fell behind and its notice is out, or the client went away.
+    pub(super) fn flush(&mut self) -> bool {
+        let (output, written, ends) = match &mut self.phase {
+            Phase::Writing { output, written } => (output, written, true),
+            Phase::Following {
+                output,
+                written,
+                behind,
+                ..
+            } => (output, written, *behind),
+            _ => return false,
         };
         while let Some(rest) = output.get(*written..).filter(|r| !r.is_empty()) {
             match self.stream.write(rest) {
@@ -125,7 +221,12 @@ impl Conn {
                 Err(_) => return true,
             }
         }
-        true
+        if !ends {
+            // Everything is out: the buffer starts over.
+            output.clear();
+            *written = 0;
+        }
+        ends
     }
 
     /// Writes `response` once, without waiting, before the connection is
