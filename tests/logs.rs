@@ -70,6 +70,57 @@ start_secs = "100ms"
     assert_eq!(last["group"], "talk");
     assert_eq!(last["index"], 0);
     assert!(last["pid"].as_i64().unwrap() > 0);
+    for r in &records {
+        assert_recent_rfc3339(r["time"].as_str().expect("every record has a time"));
+    }
+}
+
+/// `2026-12-06T00:37:28.123Z`, within a minute of now (UTC, from `date`).
+fn assert_recent_rfc3339(time: &str) {
+    let b = time.as_bytes();
+    let shape = b.len() == 24
+        && [4, 7].iter().all(|&i| b[i] == b'-')
+        && b[10] == b'T'
+        && [13, 16].iter().all(|&i| b[i] == b':')
+        && b[19] == b'.'
+        && b[23] == b'Z'
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| [4, 7, 10, 13, 16, 19, 23].contains(&i) || c.is_ascii_digit());
+    assert!(shape, "not RFC 3339 with milliseconds in UTC: {time}");
+    let out = std::process::Command::new("date")
+        .args(["-u", "-d", time, "+%s"])
+        .output()
+        .unwrap();
+    let then: i64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!((now - then).abs() < 60, "{time} is not now");
+}
+
+#[test]
+fn log_timestamps_start_text_lines_with_the_time() {
+    let d = Drover::start(
+        "stamps",
+        r#"
+[supervisor]
+log_timestamps = true
+
+[group.talk]
+command = ["sh", "-c", "echo hello"]
+restart = "never"
+start_secs = "100ms"
+"#,
+    );
+    let text = d
+        .stdout
+        .wait_for("the line", |t| t.contains("talk[0] hello"));
+    let line = text.lines().find(|l| l.ends_with("talk[0] hello")).unwrap();
+    let (time, rest) = line.split_once(' ').unwrap();
+    assert_eq!(rest, "talk[0] hello");
+    assert_recent_rfc3339(time);
 }
 
 #[test]

@@ -127,6 +127,7 @@ fn supervisor(
                 .unwrap_or_else(|| host.default_state_dir(first_dir)),
             dead_letter_max_bytes: s.dead_letter_max_bytes,
             log_lines: s.log_lines,
+            log_timestamps: s.log_timestamps,
         },
         None => SupervisorConfig {
             control_socket: None,
@@ -134,6 +135,7 @@ fn supervisor(
             state_dir: host.default_state_dir(first_dir),
             dead_letter_max_bytes: DEFAULT_DEAD_LETTER_MAX_BYTES,
             log_lines: crate::config::DEFAULT_LOG_LINES,
+            log_timestamps: false,
         },
     })
 }

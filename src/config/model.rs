@@ -45,6 +45,9 @@ pub struct SupervisorConfig {
     /// `drover logs` (default 1000, 0 to 100,000; also at most 1 MiB per
     /// group).
     pub log_lines: u32,
+    /// `log_timestamps`: text lines of children start with the time (RFC
+    /// 3339, UTC); JSON lines always carry it.
+    pub log_timestamps: bool,
 }
 
 /// Default of `[supervisor] dead_letter_max_bytes`.

@@ -10,12 +10,13 @@ use super::limits::{MAX_DEAD_LETTER_BYTES, MIN_DEAD_LETTER_BYTES};
 use super::model::{DEFAULT_DEAD_LETTER_MAX_BYTES, DEFAULT_LOG_LINES, LogFormat, MAX_LOG_LINES};
 use super::source::resolve;
 
-pub(crate) const KEYS: [&str; 5] = [
+pub(crate) const KEYS: [&str; 6] = [
     "control_socket",
     "log_format",
     "state_dir",
     "dead_letter_max_bytes",
     "log_lines",
+    "log_timestamps",
 ];
 
 const LOG_FORMATS: [(&str, LogFormat); 2] = [("text", LogFormat::Text), ("json", LogFormat::Json)];
@@ -31,6 +32,7 @@ pub(crate) struct SupervisorDraft {
     pub state_dir: Option<PathBuf>,
     pub dead_letter_max_bytes: u64,
     pub log_lines: u32,
+    pub log_timestamps: bool,
 }
 
 /// Reads `[supervisor]`; `span` is where the table is named.
@@ -42,6 +44,7 @@ pub(crate) fn read(cx: &mut Cx<'_>, span: Range<usize>, table: &DeTable<'_>) -> 
         state_dir: None,
         dead_letter_max_bytes: DEFAULT_DEAD_LETTER_MAX_BYTES,
         log_lines: DEFAULT_LOG_LINES,
+        log_timestamps: false,
     };
     cx.set_table(Some("[supervisor]".into()));
     for (key, value) in table.iter() {
@@ -56,6 +59,10 @@ pub(crate) fn read(cx: &mut Cx<'_>, span: Range<usize>, table: &DeTable<'_>) -> 
                 let (min, max) = (MIN_DEAD_LETTER_BYTES, MAX_DEAD_LETTER_BYTES);
                 let bytes = cx.size("dead_letter_max_bytes", value, min, max);
                 draft.dead_letter_max_bytes = bytes.unwrap_or(draft.dead_letter_max_bytes);
+            }
+            "log_timestamps" => {
+                let on = cx.bool("log_timestamps", value);
+                draft.log_timestamps = on.unwrap_or_default();
             }
             "log_lines" => {
                 let lines = cx.u32("log_lines", value, 0, MAX_LOG_LINES);

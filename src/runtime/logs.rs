@@ -100,8 +100,50 @@ pub struct Origin {
     pub stream: Stream,
 }
 
+/// How child lines are written: text or JSON, and whether text lines
+/// start with the time (`[supervisor] log_timestamps`; JSON lines always
+/// carry it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LineFormat {
+    pub format: LogFormat,
+    pub timestamps: bool,
+}
+
+impl LineFormat {
+    fn needs_time(self) -> bool {
+        self.timestamps || self.format == LogFormat::Json
+    }
+}
+
+/// `time` as RFC 3339 in UTC with milliseconds: `2026-12-06T00:37:28.123Z`.
+pub fn rfc3339(time: std::time::SystemTime) -> String {
+    let since = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60,
+        since.subsec_millis()
+    )
+}
+
 #[derive(serde::Serialize)]
 struct JsonLine<'a> {
+    time: &'a str,
     group: &'a str,
     index: u32,
     pid: i32,
@@ -109,17 +151,28 @@ struct JsonLine<'a> {
     line: &'a str,
 }
 
-/// Appends one formatted line (with its newline) to `out`. Invalid UTF-8 is
+/// Appends one formatted line (with its newline) to `out`; `time` is when
+/// it was read (RFC 3339, used when the format wants it). Invalid UTF-8 is
 /// replaced with U+FFFD.
-pub fn format_line(out: &mut Vec<u8>, format: LogFormat, origin: &Origin, line: &[u8]) {
+pub fn format_line(
+    out: &mut Vec<u8>,
+    format: LineFormat,
+    time: &str,
+    origin: &Origin,
+    line: &[u8],
+) {
     let text = String::from_utf8_lossy(line);
-    match format {
+    match format.format {
         LogFormat::Text => {
+            if format.timestamps {
+                let _ = write!(out, "{time} ");
+            }
             let _ = write!(out, "{}[{}] ", origin.group, origin.index);
             out.extend_from_slice(text.as_bytes());
         }
         LogFormat::Json => {
             let record = JsonLine {
+                time,
                 group: origin.group.as_str(),
                 index: origin.index,
                 pid: origin.pid.0,
@@ -165,7 +218,7 @@ impl PipeReader {
 
     /// Reads what the pipe holds, up to a budget, and formats whole lines.
     /// `scratch` is a reusable read buffer (the loop keeps one for all pipes).
-    pub fn read(&mut self, format: LogFormat, scratch: &mut Vec<u8>) -> ReadOutcome {
+    pub fn read(&mut self, format: LineFormat, scratch: &mut Vec<u8>) -> ReadOutcome {
         scratch.resize(READ_BUDGET, 0);
         let buf = scratch.as_mut_slice();
         let mut chunk = Vec::new();
@@ -188,12 +241,18 @@ impl PipeReader {
             }
         }
         let origin = &self.origin;
+        // One time for what one read brought.
+        let time = if format.needs_time() && (filled > 0 || eof) {
+            rfc3339(std::time::SystemTime::now())
+        } else {
+            String::new()
+        };
         self.lines.push(&buf[..filled], |line| {
-            format_line(&mut chunk, format, origin, line)
+            format_line(&mut chunk, format, &time, origin, line)
         });
         if eof {
             self.lines
-                .finish(|line| format_line(&mut chunk, format, origin, line));
+                .finish(|line| format_line(&mut chunk, format, &time, origin, line));
         }
         ReadOutcome { chunk, eof }
     }
@@ -320,14 +379,37 @@ mod tests {
             stream: Stream::Stderr,
         };
         let mut out = Vec::new();
-        format_line(&mut out, LogFormat::Text, &origin, b"a\xffb");
+        let time = "2026-12-06T00:37:28.123Z";
+        let text = LineFormat::default();
+        format_line(&mut out, text, time, &origin, b"a\xffb");
         assert_eq!(out, "web[2] a\u{fffd}b\n".as_bytes());
         out.clear();
-        format_line(&mut out, LogFormat::Json, &origin, b"say \"hi\"");
+        let stamped = LineFormat {
+            timestamps: true,
+            ..text
+        };
+        format_line(&mut out, stamped, time, &origin, b"up");
+        assert_eq!(out, format!("{time} web[2] up\n").as_bytes());
+        out.clear();
+        let json = LineFormat {
+            format: LogFormat::Json,
+            timestamps: false,
+        };
+        format_line(&mut out, json, time, &origin, b"say \"hi\"");
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "{\"group\":\"web\",\"index\":2,\"pid\":42,\"stream\":\"stderr\",\"line\":\"say \\\"hi\\\"\"}\n"
+            "{\"time\":\"2026-12-06T00:37:28.123Z\",\"group\":\"web\",\"index\":2,\"pid\":42,\"stream\":\"stderr\",\"line\":\"say \\\"hi\\\"\"}\n"
         );
+    }
+
+    #[test]
+    fn times_are_rfc3339_in_utc() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let at = |secs: u64, ms: u64| rfc3339(UNIX_EPOCH + Duration::from_millis(secs * 1000 + ms));
+        assert_eq!(at(0, 0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(at(951_782_400, 5), "2000-02-29T00:00:00.005Z");
+        assert_eq!(at(1_796_517_448, 123), "2026-12-06T00:37:28.123Z");
+        assert_eq!(at(4_102_444_799, 999), "2099-12-31T23:59:59.999Z");
     }
 
     #[test]

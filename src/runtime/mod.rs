@@ -261,7 +261,10 @@ impl Runtime {
             signals,
             clients,
             output: Output::new(
-                config.supervisor.log_format,
+                logs::LineFormat {
+                    format: config.supervisor.log_format,
+                    timestamps: config.supervisor.log_timestamps,
+                },
                 writer,
                 wake_rx,
                 history::History::new(config.supervisor.log_lines as usize),

@@ -8,15 +8,14 @@ use std::os::unix::net::UnixStream;
 
 use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
 
-use crate::config::LogFormat;
 use crate::config::names::GroupName;
 use crate::runtime::history::History;
-use crate::runtime::logs::{LogWriter, Origin, PipeReader};
+use crate::runtime::logs::{LineFormat, LogWriter, Origin, PipeReader};
 
 /// Every child pipe being read, and the writer they feed.
 #[derive(Debug)]
 pub struct Output {
-    format: LogFormat,
+    format: LineFormat,
     pipes: HashMap<u64, PipeReader>,
     /// Pipes whose output waits for room in the writer.
     stalled: Vec<u64>,
@@ -34,7 +33,12 @@ pub struct Output {
 }
 
 impl Output {
-    pub fn new(format: LogFormat, writer: LogWriter, wake: UnixStream, history: History) -> Output {
+    pub fn new(
+        format: LineFormat,
+        writer: LogWriter,
+        wake: UnixStream,
+        history: History,
+    ) -> Output {
         Output {
             format,
             pipes: HashMap::new(),

@@ -206,6 +206,7 @@ mod tests {
                 state_dir: "/tmp".into(),
                 dead_letter_max_bytes: crate::config::DEFAULT_DEAD_LETTER_MAX_BYTES,
                 log_lines: crate::config::DEFAULT_LOG_LINES,
+                log_timestamps: false,
             },
             groups: groups.into_iter().map(|g| (g.name.clone(), g)).collect(),
             queues: BTreeMap::new(),

@@ -168,6 +168,7 @@ fn defaults_are_the_model_defaults() {
             state_dir: PathBuf::from("/cfg/.drover-state"),
             dead_letter_max_bytes: crate::config::DEFAULT_DEAD_LETTER_MAX_BYTES,
             log_lines: crate::config::DEFAULT_LOG_LINES,
+            log_timestamps: false,
         }
     );
     assert_eq!(config.files, [PathBuf::from("/cfg/a.toml")]);
