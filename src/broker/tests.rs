@@ -43,6 +43,7 @@ fn config_of(specs: Vec<QueueSpec>, state_dir: PathBuf) -> Config {
             dead_letter_max_bytes: crate::config::DEFAULT_DEAD_LETTER_MAX_BYTES,
             log_lines: crate::config::DEFAULT_LOG_LINES,
             log_timestamps: false,
+            metrics: None,
         },
         groups: BTreeMap::new(),
         queues: specs.into_iter().map(|s| (s.name.clone(), s)).collect(),

@@ -128,6 +128,7 @@ fn supervisor(
             dead_letter_max_bytes: s.dead_letter_max_bytes,
             log_lines: s.log_lines,
             log_timestamps: s.log_timestamps,
+            metrics: s.metrics,
         },
         None => SupervisorConfig {
             control_socket: None,
@@ -136,6 +137,7 @@ fn supervisor(
             dead_letter_max_bytes: DEFAULT_DEAD_LETTER_MAX_BYTES,
             log_lines: crate::config::DEFAULT_LOG_LINES,
             log_timestamps: false,
+            metrics: None,
         },
     })
 }

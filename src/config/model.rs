@@ -48,6 +48,9 @@ pub struct SupervisorConfig {
     /// `log_timestamps`: text lines of children start with the time (RFC
     /// 3339, UTC); JSON lines always carry it.
     pub log_timestamps: bool,
+    /// `metrics = "HOST:PORT"`: where Prometheus metrics are served at
+    /// `/metrics`; `None` (the default): nowhere.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Default of `[supervisor] dead_letter_max_bytes`.

@@ -10,13 +10,14 @@ use super::limits::{MAX_DEAD_LETTER_BYTES, MIN_DEAD_LETTER_BYTES};
 use super::model::{DEFAULT_DEAD_LETTER_MAX_BYTES, DEFAULT_LOG_LINES, LogFormat, MAX_LOG_LINES};
 use super::source::resolve;
 
-pub(crate) const KEYS: [&str; 6] = [
+pub(crate) const KEYS: [&str; 7] = [
     "control_socket",
     "log_format",
     "state_dir",
     "dead_letter_max_bytes",
     "log_lines",
     "log_timestamps",
+    "metrics",
 ];
 
 const LOG_FORMATS: [(&str, LogFormat); 2] = [("text", LogFormat::Text), ("json", LogFormat::Json)];
@@ -33,6 +34,7 @@ pub(crate) struct SupervisorDraft {
     pub dead_letter_max_bytes: u64,
     pub log_lines: u32,
     pub log_timestamps: bool,
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Reads `[supervisor]`; `span` is where the table is named.
@@ -45,6 +47,7 @@ pub(crate) fn read(cx: &mut Cx<'_>, span: Range<usize>, table: &DeTable<'_>) -> 
         dead_letter_max_bytes: DEFAULT_DEAD_LETTER_MAX_BYTES,
         log_lines: DEFAULT_LOG_LINES,
         log_timestamps: false,
+        metrics: None,
     };
     cx.set_table(Some("[supervisor]".into()));
     for (key, value) in table.iter() {
@@ -60,6 +63,7 @@ pub(crate) fn read(cx: &mut Cx<'_>, span: Range<usize>, table: &DeTable<'_>) -> 
                 let bytes = cx.size("dead_letter_max_bytes", value, min, max);
                 draft.dead_letter_max_bytes = bytes.unwrap_or(draft.dead_letter_max_bytes);
             }
+            "metrics" => draft.metrics = metrics(cx, value),
             "log_timestamps" => {
                 let on = cx.bool("log_timestamps", value);
                 draft.log_timestamps = on.unwrap_or_default();
@@ -73,6 +77,27 @@ pub(crate) fn read(cx: &mut Cx<'_>, span: Range<usize>, table: &DeTable<'_>) -> 
     }
     cx.set_table(None);
     draft
+}
+
+/// `metrics = "HOST:PORT"`: an IP address (IPv6 in brackets) or
+/// `localhost`, and a port (0: any free one). No DNS: configs are read by
+/// the event loop too.
+fn metrics(cx: &mut Cx<'_>, value: &super::fields::Value<'_>) -> Option<std::net::SocketAddr> {
+    let s = cx.string("metrics", value)?;
+    let parsed = s.parse::<std::net::SocketAddr>().ok().or_else(|| {
+        let port = s.strip_prefix("localhost:")?.parse::<u16>().ok()?;
+        Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+    });
+    if parsed.is_none() {
+        let message = format!(
+            "invalid address `{}` for {}: expected HOST:PORT with an IP address or localhost",
+            super::fields::shown(s),
+            cx.key("metrics")
+        );
+        let help = "e.g. \"127.0.0.1:9898\", \"0.0.0.0:9898\" or \"[::1]:9898\"".to_owned();
+        cx.error(value.span(), message, Some(help));
+    }
+    parsed
 }
 
 /// A non-empty path, made absolute against the file's directory.

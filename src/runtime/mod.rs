@@ -11,12 +11,16 @@
 pub mod control;
 mod history;
 pub mod logs;
+pub mod metrics;
 pub mod orphans;
 mod output;
 mod pidfds;
 pub mod watch;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+
+use crate::config::names::GroupName;
+use crate::control::status::LastExit;
 use std::io::Read;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
@@ -54,6 +58,8 @@ const CONFIG_WAKE: u64 = 3;
 const STORE: u64 = 4;
 /// The eventfd of the Redis threads (queues on Redis).
 const REDIS: u64 = 5;
+/// The metrics listener (`[supervisor] metrics`).
+const METRICS: u64 = 12;
 /// How long the fork server and templates get to exit at shutdown.
 const HELPER_GRACE: Duration = Duration::from_secs(2);
 /// A second SIGTERM/SIGINT this soon after the first is the same request
@@ -79,6 +85,12 @@ pub enum RuntimeError {
     Bind(#[from] control::BindError),
     #[error("cannot open the queue store for durable queues: {0}")]
     Store(#[from] drover_store::StoreError),
+    #[error("cannot serve metrics on {addr} ([supervisor] metrics): {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{what}: {source}")]
     Os {
         what: &'static str,
@@ -156,6 +168,18 @@ struct Runtime {
     /// The fork server and templates asked to exit at shutdown.
     helpers: Vec<Pid>,
     helpers_deadline: Option<Instant>,
+    /// `[supervisor] metrics`: the endpoint and what it counts.
+    metrics: Option<Scrape>,
+}
+
+/// The metrics endpoint and the counters only it needs.
+#[derive(Debug)]
+struct Scrape {
+    endpoint: metrics::Metrics,
+    counters: metrics::Counters,
+    /// The group of each child process, to count its exit.
+    groups: HashMap<Pid, GroupName>,
+    started: f64,
 }
 
 impl Runtime {
@@ -254,6 +278,24 @@ impl Runtime {
         broker
             .open_remotes(&config, &epoll, REDIS)
             .map_err(os("the Redis eventfd"))?;
+        let metrics = match config.supervisor.metrics {
+            None => None,
+            Some(addr) => {
+                let endpoint = metrics::Metrics::bind(addr, &epoll, METRICS)
+                    .map_err(|source| RuntimeError::Metrics { addr, source })?;
+                let shown = endpoint.local_addr().unwrap_or(addr);
+                tracing::info!("metrics at http://{shown}/metrics");
+                let started = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64());
+                Some(Scrape {
+                    endpoint,
+                    counters: metrics::Counters::default(),
+                    groups: HashMap::new(),
+                    started,
+                })
+            }
+        };
         Ok(Runtime {
             epoll,
             sup: Supervisor::new(&config),
@@ -289,6 +331,7 @@ impl Runtime {
             config_error: None,
             helpers: Vec::new(),
             helpers_deadline: None,
+            metrics,
         })
     }
 
@@ -345,6 +388,11 @@ impl Runtime {
             if self.clients.deadline().is_some_and(|d| d <= now) {
                 self.clients.on_deadline(&self.epoll, now);
             }
+            if let Some(m) = self.metrics.as_mut()
+                && m.endpoint.deadline().is_some_and(|d| d <= now)
+            {
+                m.endpoint.on_deadline(&self.epoll, now);
+            }
             if self.launcher.deadline().is_some_and(|d| d <= now) {
                 // A start helper that kept its group waiting too long.
                 self.launcher.on_deadline(now);
@@ -392,6 +440,7 @@ impl Runtime {
             self.helpers_deadline.filter(|_| !self.helpers.is_empty()),
             self.broker.deadline(),
             self.clients.deadline(),
+            self.metrics.as_ref().and_then(|m| m.endpoint.deadline()),
             self.launcher.deadline(),
             self.sweep_at,
         ]
@@ -431,6 +480,7 @@ impl Runtime {
             t if self.broker.owns(t) => self.broker.on_event(&self.epoll, t, flags),
             t if self.launcher.owns(t) => self.launcher.on_event(t),
             t if self.clients.owns(t) => self.on_client(t, flags),
+            t if self.metrics.as_ref().is_some_and(|m| m.endpoint.owns(t)) => self.on_scrape(t),
             _ => {} // a connection or pipe closed earlier in this batch
         }
     }
@@ -542,6 +592,15 @@ impl Runtime {
     /// stranger (an orphaned descendant, or a child whose start answer is
     /// still awaited).
     fn exited(&mut self, pid: Pid, status: ExitStatus, now: Instant) -> bool {
+        if let Some(m) = self.metrics.as_mut()
+            && let Some(group) = m.groups.remove(&pid)
+        {
+            let exit = match status {
+                ExitStatus::Code(c) => LastExit::Code(c),
+                ExitStatus::Signal(s) => LastExit::Signal(Signal::name_of_raw(s)),
+            };
+            m.counters.exited(group.as_str(), &exit);
+        }
         let ours = self.sup.on_exit(pid, status, &mut self.launcher, now);
         if ours {
             self.broker.child_exited(&self.epoll, pid);
@@ -633,7 +692,25 @@ impl Runtime {
     /// config changes nothing and is reported (and kept for `status`). A
     /// config file still open for writing is not read: the reload waits for
     /// its close (an event that makes it due again).
+    /// Reloads the config (see [`Self::reload_config`]), counting the
+    /// result for the metrics.
     fn reload(&mut self, trigger: &str) -> Result<ReloadSummary, String> {
+        let result = self.reload_config(trigger);
+        if let Some(m) = self.metrics.as_mut() {
+            let outcome = match &result {
+                Ok(_) => "applied",
+                Err(_) if self.config_error.is_some() => "invalid",
+                Err(_) => "refused",
+            };
+            *m.counters.reloads.entry(outcome).or_default() += 1;
+            let groups = &self.config.groups;
+            m.counters
+                .retain_slots(|g| groups.keys().any(|n| n.as_str() == g));
+        }
+        result
+    }
+
+    fn reload_config(&mut self, trigger: &str) -> Result<ReloadSummary, String> {
         if self.sup.is_shutting_down() {
             tracing::info!("{trigger}: not reloading, drover is shutting down");
             return Err("drover is shutting down".into());
@@ -845,6 +922,21 @@ impl Runtime {
         ))
     }
 
+    /// A metrics connection or the listener has an event.
+    fn on_scrape(&mut self, token: u64) {
+        let Some(m) = self.metrics.as_mut() else {
+            return;
+        };
+        let now = Instant::now();
+        let (sup, broker, config_error) = (&self.sup, &self.broker, &self.config_error);
+        let (counters, started) = (&m.counters, m.started);
+        m.endpoint.on_event(&self.epoll, token, now, || {
+            let mut status = Status::capture(sup, config_error.clone(), now, |_| Vec::new());
+            status.queues = broker.status();
+            metrics::render(&status, counters, metrics::Process::read(started))
+        });
+    }
+
     /// `drover logs`: the kept lines of `groups` (all when empty), then,
     /// with `follow`, every new one until the client goes away.
     fn serve_logs(&mut self, conn: u64, groups: Vec<String>, lines: Option<u32>, follow: bool) {
@@ -884,6 +976,10 @@ impl Runtime {
             *next
         });
         for mut out in self.launcher.take_outputs() {
+            if let Some(m) = self.metrics.as_mut() {
+                m.counters.started(out.group.as_str(), out.index);
+                m.groups.insert(out.pid, out.group.clone());
+            }
             if let Some(pidfd) = out.pidfd.take() {
                 self.pidfds.watch(&self.epoll, out.pid, pidfd);
             }

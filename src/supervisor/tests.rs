@@ -87,6 +87,7 @@ fn config(groups: Vec<GroupSpec>) -> Config {
             dead_letter_max_bytes: crate::config::DEFAULT_DEAD_LETTER_MAX_BYTES,
             log_lines: crate::config::DEFAULT_LOG_LINES,
             log_timestamps: false,
+            metrics: None,
         },
         groups: groups.into_iter().map(|g| (g.name.clone(), g)).collect(),
         queues: BTreeMap::new(),

@@ -169,6 +169,7 @@ fn defaults_are_the_model_defaults() {
             dead_letter_max_bytes: crate::config::DEFAULT_DEAD_LETTER_MAX_BYTES,
             log_lines: crate::config::DEFAULT_LOG_LINES,
             log_timestamps: false,
+            metrics: None,
         }
     );
     assert_eq!(config.files, [PathBuf::from("/cfg/a.toml")]);
