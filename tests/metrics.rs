@@ -13,7 +13,6 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{Drover, TempDir, count, python, wait_until};
-use serde_json::Value;
 
 /// One sample: its name and labels (sorted), and its value.
 type Series = (String, Vec<(String, String)>);
