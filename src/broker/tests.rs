@@ -41,6 +41,7 @@ fn config_of(specs: Vec<QueueSpec>, state_dir: PathBuf) -> Config {
             log_format: LogFormat::Text,
             state_dir,
             dead_letter_max_bytes: crate::config::DEFAULT_DEAD_LETTER_MAX_BYTES,
+            exit_on_fatal: false,
         },
         groups: BTreeMap::new(),
         queues: specs.into_iter().map(|s| (s.name.clone(), s)).collect(),

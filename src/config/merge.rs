@@ -79,6 +79,7 @@ pub(crate) fn merge(
     redis_streams(parsed, diags);
     if complete {
         let all_defined = references(parsed, &defs, diags);
+        super::order::check(parsed, diags);
         let wiring_known = all_defined
             && parsed.iter().all(|p| {
                 p.draft.groups.iter().all(|g| g.wiring_complete)
@@ -126,12 +127,14 @@ fn supervisor(
                 .clone()
                 .unwrap_or_else(|| host.default_state_dir(first_dir)),
             dead_letter_max_bytes: s.dead_letter_max_bytes,
+            exit_on_fatal: s.exit_on_fatal,
         },
         None => SupervisorConfig {
             control_socket: None,
             log_format: Default::default(),
             state_dir: host.default_state_dir(first_dir),
             dead_letter_max_bytes: DEFAULT_DEAD_LETTER_MAX_BYTES,
+            exit_on_fatal: false,
         },
     })
 }

@@ -39,6 +39,7 @@ mod lookup;
 mod merge;
 mod model;
 pub mod names;
+mod order;
 mod policy;
 mod program;
 mod queue;

@@ -41,6 +41,9 @@ pub struct SupervisorConfig {
     /// may grow to (default 1 GiB, 4 KiB to 1 TiB); past it records are
     /// counted, not written.
     pub dead_letter_max_bytes: u64,
+    /// `exit_on_fatal`: a `fatal` child (or a failed init task) shuts
+    /// drover down, which then exits with status 4. Default false.
+    pub exit_on_fatal: bool,
 }
 
 /// Default of `[supervisor] dead_letter_max_bytes`.
@@ -151,6 +154,11 @@ pub struct GroupSpec {
     pub policy: Policy,
     /// How a changed definition replaces running children (taken in place).
     pub update: UpdateMode,
+    /// `after`: groups whose children must be ready (or, for `restart =
+    /// "never"`, have exited successfully) before this group's children
+    /// start; it stops before them. Each defined, at most once, never the
+    /// group itself, and no cycle (taken in place on reload).
+    pub after: Vec<GroupName>,
     /// The file that defines this group.
     pub file: PathBuf,
 }

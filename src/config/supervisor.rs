@@ -10,11 +10,12 @@ use super::limits::{MAX_DEAD_LETTER_BYTES, MIN_DEAD_LETTER_BYTES};
 use super::model::{DEFAULT_DEAD_LETTER_MAX_BYTES, LogFormat};
 use super::source::resolve;
 
-pub(crate) const KEYS: [&str; 4] = [
+pub(crate) const KEYS: [&str; 5] = [
     "control_socket",
     "log_format",
     "state_dir",
     "dead_letter_max_bytes",
+    "exit_on_fatal",
 ];
 
 const LOG_FORMATS: [(&str, LogFormat); 2] = [("text", LogFormat::Text), ("json", LogFormat::Json)];
@@ -29,6 +30,7 @@ pub(crate) struct SupervisorDraft {
     pub log_format: LogFormat,
     pub state_dir: Option<PathBuf>,
     pub dead_letter_max_bytes: u64,
+    pub exit_on_fatal: bool,
 }
 
 /// Reads `[supervisor]`; `span` is where the table is named.
@@ -39,6 +41,7 @@ pub(crate) fn read(cx: &mut Cx<'_>, span: Range<usize>, table: &DeTable<'_>) -> 
         log_format: LogFormat::default(),
         state_dir: None,
         dead_letter_max_bytes: DEFAULT_DEAD_LETTER_MAX_BYTES,
+        exit_on_fatal: false,
     };
     cx.set_table(Some("[supervisor]".into()));
     for (key, value) in table.iter() {
@@ -53,6 +56,9 @@ pub(crate) fn read(cx: &mut Cx<'_>, span: Range<usize>, table: &DeTable<'_>) -> 
                 let (min, max) = (MIN_DEAD_LETTER_BYTES, MAX_DEAD_LETTER_BYTES);
                 let bytes = cx.size("dead_letter_max_bytes", value, min, max);
                 draft.dead_letter_max_bytes = bytes.unwrap_or(draft.dead_letter_max_bytes);
+            }
+            "exit_on_fatal" => {
+                draft.exit_on_fatal = cx.bool("exit_on_fatal", value).unwrap_or_default();
             }
             _ => cx.unknown_key(key, "in [supervisor]", &KEYS, None),
         }
@@ -109,6 +115,17 @@ mod tests {
         assert_eq!(draft.state_dir, Some(PathBuf::from("/var/d")));
         assert_eq!(draft.log_format, LogFormat::Json);
         assert_eq!(draft.dead_letter_max_bytes, 64 << 20);
+        assert!(!draft.exit_on_fatal);
+    }
+
+    #[test]
+    fn reads_exit_on_fatal() {
+        let (draft, diags) = read_str("[supervisor]\nexit_on_fatal = true");
+        assert!(diags.is_empty(), "{diags:?}");
+        assert!(draft.exit_on_fatal);
+        let (_, diags) = read_str("[supervisor]\nexit_on_fatal = \"yes\"");
+        assert_eq!(diags.len(), 1, "{diags:?}");
+        assert!(diags[0].message().contains("exit_on_fatal"), "{diags:?}");
     }
 
     #[test]

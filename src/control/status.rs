@@ -7,7 +7,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::config::signal::Signal;
-use crate::supervisor::{Child, ChildState, ExitStatus, Group, Pid, Supervisor};
+use crate::supervisor::{Child, ChildState, ExitStatus, Group, Pid, Supervisor, WaitReason};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Status {
@@ -301,6 +301,10 @@ fn reason(c: &Child) -> Option<String> {
         ChildState::Requested { .. } | ChildState::Running { .. } | ChildState::Starting { .. } => {
             None
         }
+        ChildState::Waiting {
+            reason: WaitReason::After,
+            ..
+        } => c.reason.clone(),
         ChildState::Waiting { reason, .. } => Some(reason.describe().to_owned()),
         ChildState::Stopped | ChildState::Stopping { .. } => None,
         ChildState::Exited => None,

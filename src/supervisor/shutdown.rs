@@ -188,6 +188,7 @@ mod tests {
                 ..Policy::default()
             },
             update: Default::default(),
+            after: Vec::new(),
             file: "t.toml".into(),
         }
     }
@@ -205,6 +206,7 @@ mod tests {
                 log_format: LogFormat::Text,
                 state_dir: "/tmp".into(),
                 dead_letter_max_bytes: crate::config::DEFAULT_DEAD_LETTER_MAX_BYTES,
+                exit_on_fatal: false,
             },
             groups: groups.into_iter().map(|g| (g.name.clone(), g)).collect(),
             queues: BTreeMap::new(),

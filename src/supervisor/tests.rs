@@ -74,6 +74,7 @@ fn group(name: &str, processes: u32, policy: Policy) -> GroupSpec {
         cwd: PathBuf::from("/"),
         policy,
         update: Default::default(),
+        after: Vec::new(),
         file: PathBuf::from("test.toml"),
     }
 }
@@ -85,6 +86,7 @@ fn config(groups: Vec<GroupSpec>) -> Config {
             log_format: LogFormat::Text,
             state_dir: PathBuf::from("/tmp"),
             dead_letter_max_bytes: crate::config::DEFAULT_DEAD_LETTER_MAX_BYTES,
+            exit_on_fatal: false,
         },
         groups: groups.into_iter().map(|g| (g.name.clone(), g)).collect(),
         queues: BTreeMap::new(),

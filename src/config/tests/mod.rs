@@ -8,6 +8,7 @@ use super::*;
 use crate::config::names::{GroupName, QueueName};
 use crate::config::signal::Signal;
 
+mod after;
 mod bounds;
 mod groups;
 mod hostile;
@@ -146,6 +147,7 @@ fn defaults_are_the_model_defaults() {
         cwd: PathBuf::from("/cfg"),
         policy: Policy::default(),
         update: Default::default(),
+        after: Vec::new(),
         file: PathBuf::from("/cfg/a.toml"),
     };
     assert_eq!(workers, &expected);
@@ -167,6 +169,7 @@ fn defaults_are_the_model_defaults() {
             log_format: LogFormat::Text,
             state_dir: PathBuf::from("/cfg/.drover-state"),
             dead_letter_max_bytes: crate::config::DEFAULT_DEAD_LETTER_MAX_BYTES,
+            exit_on_fatal: false,
         }
     );
     assert_eq!(config.files, [PathBuf::from("/cfg/a.toml")]);
