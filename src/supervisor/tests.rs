@@ -1255,10 +1255,9 @@ mod after {
         };
         let mut sup = Supervisor::new(&config(vec![group("w", 1, policy())]));
         sup.start_all(&mut l, t0);
-        let mut t = t0;
         while states(&sup) != ["fatal"] {
             assert!(sup.take_fatal().is_none(), "not fatal yet");
-            t = sup.next_deadline().expect("a retry is due");
+            let t = sup.next_deadline().expect("a retry is due");
             sup.on_deadline(&mut l, t);
         }
         assert_eq!(sup.take_fatal().as_deref(), Some("w[0] is fatal"));
