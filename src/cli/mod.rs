@@ -219,6 +219,7 @@ fn run(path: &Path, socket: Option<&Path>) -> ExitCode {
     match runtime::run(loaded.config, path, &socket) {
         Ok(Outcome::Clean) => ExitCode::SUCCESS,
         Ok(Outcome::Forced) => ExitCode::from(3),
+        Ok(Outcome::Fatal) => ExitCode::from(4),
         Err(e) => {
             eprintln!("drover: {e}");
             ExitCode::from(1)
