@@ -22,6 +22,9 @@ pub struct GroupStatus {
     pub start_method: String,
     pub processes: u32,
     pub state: String,
+    /// The groups it starts after (`after`), in config order.
+    #[serde(default)]
+    pub after: Vec<String>,
     pub children: Vec<ChildStatus>,
 }
 
@@ -378,6 +381,7 @@ fn group_status(
         start_method: group.spec.start_method.as_str().to_owned(),
         processes: group.spec.processes,
         state: group_state(group, &children),
+        after: group.spec.after.iter().map(ToString::to_string).collect(),
         children,
     }
 }
