@@ -164,6 +164,13 @@ fn undefined_queue() {
     rejects("undefined_queue");
 }
 
+/// `after`: an unknown group (with a suggestion), a cycle across files,
+/// and a cycle of `after` with a queue edge in the stop order.
+#[test]
+fn after_errors() {
+    rejects("after_errors");
+}
+
 #[test]
 fn duplicate_name() {
     rejects("duplicate_name");

@@ -27,7 +27,10 @@ enum Edge {
 
 /// Checks every `after` of `parsed`; returns false if an error was reported.
 pub(crate) fn check(parsed: &[Parsed], diags: &mut Vec<Diagnostic>) -> bool {
-    defined(parsed, diags) && acyclic(parsed, diags)
+    // Both, so that every error shows at once (an undefined name is no
+    // node of the graph: it closes no cycle).
+    let defined = defined(parsed, diags);
+    acyclic(parsed, diags) && defined
 }
 
 /// Every name in an `after` is a group of the merged config.
