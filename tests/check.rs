@@ -81,7 +81,8 @@ fn rejects(case: &str) {
 }
 
 /// Every case directory, so that a new one cannot be forgotten.
-const CASES: [&str; 25] = [
+const CASES: [&str; 26] = [
+    "after_errors",
     "bad_duration",
     "bad_names",
     "bad_new_keys",
