@@ -104,6 +104,42 @@ after = ["db"]
 }
 
 #[test]
+fn stop_of_several_groups_stops_them_in_reverse_after_order() {
+    let d = Drover::launch(
+        "after-stop",
+        r#"
+[group.db]
+command = ["@PY@", "service.py", "db", "0"]
+start_secs = "100ms"
+
+[group.cache]
+command = ["@PY@", "service.py", "cache", "0"]
+start_secs = "100ms"
+after = ["db"]
+
+[group.api]
+command = ["@PY@", "service.py", "api", "0.5"]
+start_secs = "100ms"
+after = ["cache"]
+"#,
+        &[("service.py", SERVICE)],
+    );
+    d.wait_group_state("api", "running");
+    // db and api: api starts after db (through cache), so it stops first.
+    let out = d.cli(&["stop", "db", "api"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert_eq!(stdout, "api: stopped\ndb: stopped\n");
+    let api = event(&d, "stop", "api").expect("api stopped");
+    let db = event(&d, "stop", "db").expect("db stopped");
+    assert!(db > api, "db stopped {:.3} s before api", api - db);
+    assert_eq!(
+        Drover::children(&d.status(), "cache")[0]["state"],
+        "running"
+    );
+}
+
+#[test]
 fn an_init_task_gates_its_dependants_until_it_succeeds() {
     let d = Drover::launch(
         "after-init",
