@@ -138,6 +138,9 @@ struct Runtime {
     term_signals: u32,
     /// `exit_on_fatal` started the shutdown.
     fatal_exit: bool,
+    /// `[supervisor] exit_on_fatal` as drover started (`[supervisor]`
+    /// changes wait for the next start).
+    exit_on_fatal: bool,
     /// The last reap stopped at its per-turn bound; more may be waiting.
     reap_pending: bool,
     /// This batch reaped children through their pidfds: a SIGCHLD in it
@@ -271,6 +274,7 @@ impl Runtime {
             broker,
             shutdown: None,
             fatal_exit: false,
+            exit_on_fatal: config.supervisor.exit_on_fatal,
             orphan_grace,
             term_signals: 0,
             reap_pending: false,
@@ -388,7 +392,7 @@ impl Runtime {
         let Some(why) = self.sup.take_fatal() else {
             return;
         };
-        if !self.config.supervisor.exit_on_fatal || self.sup.is_shutting_down() {
+        if !self.exit_on_fatal || self.sup.is_shutting_down() {
             return;
         }
         tracing::error!(
