@@ -282,12 +282,6 @@ impl Supervisor {
         self.fatal.take()
     }
 
-    /// Why the children of `group` may not start now (its `after`), if
-    /// they may not.
-    pub fn blocked_by(&self, group: &GroupName) -> Option<&str> {
-        self.order.blocked(group)
-    }
-
     /// Children that exited like a program that daemonized itself, since
     /// the last call: the runtime looks for their daemons among the
     /// orphans re-parented to drover.
