@@ -81,7 +81,8 @@ fn rejects(case: &str) {
 }
 
 /// Every case directory, so that a new one cannot be forgotten.
-const CASES: [&str; 25] = [
+const CASES: [&str; 26] = [
+    "after_errors",
     "bad_duration",
     "bad_names",
     "bad_new_keys",
@@ -162,6 +163,13 @@ fn neither_command_nor_python() {
 #[test]
 fn undefined_queue() {
     rejects("undefined_queue");
+}
+
+/// `after`: an unknown group (with a suggestion), a cycle across files,
+/// and a cycle of `after` with a queue edge in the stop order.
+#[test]
+fn after_errors() {
+    rejects("after_errors");
 }
 
 #[test]

@@ -44,6 +44,7 @@ fn config_of(specs: Vec<QueueSpec>, state_dir: PathBuf) -> Config {
             log_lines: crate::config::DEFAULT_LOG_LINES,
             log_timestamps: false,
             metrics: None,
+            exit_on_fatal: false,
         },
         groups: BTreeMap::new(),
         queues: specs.into_iter().map(|s| (s.name.clone(), s)).collect(),

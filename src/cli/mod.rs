@@ -362,6 +362,7 @@ fn run(path: &Path, socket: Option<&Path>) -> ExitCode {
     match runtime::run(loaded.config, path, &socket) {
         Ok(Outcome::Clean) => ExitCode::SUCCESS,
         Ok(Outcome::Forced) => ExitCode::from(3),
+        Ok(Outcome::Fatal) => ExitCode::from(4),
         Err(e) => {
             eprintln!("drover: {e}");
             ExitCode::from(1)
@@ -532,6 +533,44 @@ fn group_command(verb: Verb, args: &GroupArgs) -> ExitCode {
         names
     };
     let mut failed = false;
+    // `stop` of groups that start after one another goes in steps: those
+    // that start after the others first, each step once the previous one
+    // has stopped (as a shutdown does).
+    let steps = if verb == Verb::Stop && !args.no_wait {
+        stop_steps(&before, names)
+    } else {
+        vec![names]
+    };
+    let deadline = Instant::now() + args.timeout;
+    for names in steps {
+        let pending = match send_step(verb, args, &path, &before, names) {
+            Ok((pending, step_failed)) => {
+                failed |= step_failed;
+                pending
+            }
+            Err(code) => return code,
+        };
+        if !pending.is_empty() && !wait_for(verb, &path, pending, args.timeout, deadline) {
+            failed = true;
+        }
+    }
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Sends the request of `verb` for each of `names`; returns the groups to
+/// wait for, and whether any request failed.
+fn send_step(
+    verb: Verb,
+    args: &GroupArgs,
+    path: &Path,
+    before: &Status,
+    names: Vec<String>,
+) -> Result<(Vec<(String, Goal)>, bool), ExitCode> {
+    let mut failed = false;
     let mut pending = Vec::new();
     for name in names {
         let Some(group) = before.groups.iter().find(|g| g.name == name) else {
@@ -546,7 +585,7 @@ fn group_command(verb: Verb, args: &GroupArgs) -> ExitCode {
             Verb::Stop => Goal::Stop,
             Verb::Restart => Goal::restart(group),
         };
-        match control::request(&path, &verb.request(name.clone())) {
+        match control::request(path, &verb.request(name.clone())) {
             Ok(r) if r.ok => {
                 if args.no_wait {
                     println!("{name}: {}", r.message.unwrap_or_else(|| "ok".into()));
@@ -560,24 +599,68 @@ fn group_command(verb: Verb, args: &GroupArgs) -> ExitCode {
             }
             Err(e) => {
                 eprintln!("drover: {e}");
-                return ExitCode::from(1);
+                return Err(ExitCode::from(1));
             }
         }
     }
-    if !pending.is_empty() && !wait_for(verb, &path, pending, args.timeout) {
-        failed = true;
+    Ok((pending, failed))
+}
+
+/// `names` in the steps `stop` takes them: a group stops only after every
+/// named group that starts after it (directly or through other groups'
+/// `after`) has stopped.
+fn stop_steps(status: &Status, mut names: Vec<String>) -> Vec<Vec<String>> {
+    let after = |name: &str| -> &[String] {
+        status
+            .groups
+            .iter()
+            .find(|g| g.name == name)
+            .map_or(&[], |g| g.after.as_slice())
+    };
+    // Whether `from` starts after `to`, directly or not.
+    let starts_after = |from: &str, to: &str| -> bool {
+        let mut seen = std::collections::HashSet::new();
+        let mut stack = vec![from.to_owned()];
+        while let Some(g) = stack.pop() {
+            for dep in after(&g) {
+                if dep == to {
+                    return true;
+                }
+                if seen.insert(dep.clone()) {
+                    stack.push(dep.clone());
+                }
+            }
+        }
+        false
+    };
+    let mut steps = Vec::new();
+    while !names.is_empty() {
+        let step: Vec<String> = names
+            .iter()
+            .filter(|g| !names.iter().any(|d| d != *g && starts_after(d, g)))
+            .cloned()
+            .collect();
+        if step.is_empty() {
+            // A cycle, which a valid config cannot have: all at once.
+            steps.push(std::mem::take(&mut names));
+            break;
+        }
+        names.retain(|g| !step.contains(g));
+        steps.push(step);
     }
-    if failed {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    }
+    steps
 }
 
 /// Reads `status` until every `(group, goal)` settled or `timeout` passed;
 /// true when every goal was reached.
-fn wait_for(verb: Verb, path: &Path, mut pending: Vec<(String, Goal)>, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
+/// (`timeout` is the whole wait, as the messages name it; `deadline` its end.)
+fn wait_for(
+    verb: Verb,
+    path: &Path,
+    mut pending: Vec<(String, Goal)>,
+    timeout: Duration,
+    deadline: Instant,
+) -> bool {
     let mut all_reached = true;
     loop {
         // Each poll is bounded by what is left of the wait (a stuck

@@ -20,7 +20,7 @@ use super::source::resolve;
 use crate::config::names::GroupName;
 
 /// Every key of a group table, in the order the README lists them.
-pub(crate) const ALL_KEYS: [&str; 20] = [
+pub(crate) const ALL_KEYS: [&str; 21] = [
     "command",
     "python",
     "preload",
@@ -41,6 +41,7 @@ pub(crate) const ALL_KEYS: [&str; 20] = [
     "stop_signal",
     "stop_timeout",
     "update",
+    "after",
 ];
 
 const START_METHODS: [(&str, StartMethod); 3] = [
@@ -69,6 +70,16 @@ pub(crate) struct GroupDraft {
     /// False when `inputs` or `outputs` was present but unreadable: which
     /// queues have producers and consumers is then not fully known.
     pub wiring_complete: bool,
+    /// `after`: the groups named, with their spans (checked against the
+    /// merged config's groups when it is assembled).
+    pub after: Vec<GroupRef>,
+}
+
+/// A group named in another group's `after`, where it is named.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct GroupRef {
+    pub name: GroupName,
+    pub span: Range<usize>,
 }
 
 /// A group's keys as read so far, defaults elsewhere.
@@ -87,6 +98,7 @@ struct Builder {
     clear_env: bool,
     /// `cwd`, resolved, with the span of its value.
     cwd: Option<(PathBuf, Range<usize>)>,
+    after: Vec<GroupRef>,
 }
 
 /// Reads a group's table. Every key is checked even when the name is
@@ -141,6 +153,7 @@ pub(crate) fn read(
         cwd,
         policy,
         update: b.update,
+        after: b.after.iter().map(|r| r.name.clone()).collect(),
         file: cx.file.path.clone(),
     });
     Some(GroupDraft {
@@ -151,6 +164,7 @@ pub(crate) fn read(
         inputs,
         outputs,
         wiring_complete: b.wiring_complete,
+        after: b.after,
     })
 }
 
@@ -177,6 +191,7 @@ impl Builder {
             "env" => self.env = env(cx, value).unwrap_or_default(),
             "clear_env" => self.clear_env = cx.bool(name, value).unwrap_or_default(),
             "cwd" => self.cwd = cwd(cx, value).map(|cwd| (cwd, value.span())),
+            "after" => self.after = after(cx, value, place).unwrap_or_default(),
             _ => {
                 let queue_keys = queue::KEYS.as_slice();
                 cx.unknown_key(key, place, &ALL_KEYS, Some(("[queue.NAME]", queue_keys)));
@@ -213,6 +228,36 @@ fn queue_list(cx: &mut Cx<'_>, label: &str, value: &Value<'_>) -> Option<Vec<Que
         refs.push(r);
     }
     complete.then_some(refs)
+}
+
+/// `after`: group names, each at most once, not the group itself (`place`
+/// is `in [group.NAME]`).
+fn after(cx: &mut Cx<'_>, value: &Value<'_>, place: &str) -> Option<Vec<GroupRef>> {
+    let names = cx.strings("after", value)?;
+    let own = place
+        .strip_prefix("in [group.")
+        .and_then(|s| s.strip_suffix(']'));
+    let mut refs: Vec<GroupRef> = Vec::with_capacity(names.len());
+    let mut seen = HashSet::with_capacity(names.len());
+    for (i, (raw, span)) in names.into_iter().enumerate() {
+        let place = format!(" in `after[{i}]`");
+        let kind = ("group", place.as_str());
+        let Some(name) = super::fields::name(cx, kind, raw, span.clone(), GroupName::new) else {
+            continue;
+        };
+        if own == Some(raw) {
+            let message = format!("group `{raw}` cannot start after itself");
+            cx.error(span, message, Some("remove it from `after`".into()));
+            continue;
+        }
+        if !seen.insert(raw) {
+            let message = format!("group `{raw}` is listed twice in {}", cx.key("after"));
+            cx.error(span, message, Some("remove one of them".into()));
+            continue;
+        }
+        refs.push(GroupRef { name, span });
+    }
+    Some(refs)
 }
 
 /// `env`: variable names without `=` or NUL, string values without NUL,
@@ -327,6 +372,7 @@ mod tests {
             "env",
             "clear_env",
             "cwd",
+            "after",
         ]
         .into_iter()
         .chain(program::KEYS)

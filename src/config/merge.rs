@@ -79,6 +79,7 @@ pub(crate) fn merge(
     redis_streams(parsed, diags);
     if complete {
         let all_defined = references(parsed, &defs, diags);
+        super::order::check(parsed, diags);
         let wiring_known = all_defined
             && parsed.iter().all(|p| {
                 p.draft.groups.iter().all(|g| g.wiring_complete)
@@ -129,6 +130,7 @@ fn supervisor(
             log_lines: s.log_lines,
             log_timestamps: s.log_timestamps,
             metrics: s.metrics,
+            exit_on_fatal: s.exit_on_fatal,
         },
         None => SupervisorConfig {
             control_socket: None,
@@ -138,6 +140,7 @@ fn supervisor(
             log_lines: crate::config::DEFAULT_LOG_LINES,
             log_timestamps: false,
             metrics: None,
+            exit_on_fatal: false,
         },
     })
 }

@@ -40,6 +40,7 @@ mod lookup;
 mod merge;
 mod model;
 pub mod names;
+mod order;
 mod policy;
 mod program;
 mod queue;

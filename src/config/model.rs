@@ -51,6 +51,9 @@ pub struct SupervisorConfig {
     /// `metrics = "HOST:PORT"`: where Prometheus metrics are served at
     /// `/metrics`; `None` (the default): nowhere.
     pub metrics: Option<std::net::SocketAddr>,
+    /// `exit_on_fatal`: a `fatal` child (or a failed init task) shuts
+    /// drover down, which then exits with status 4. Default false.
+    pub exit_on_fatal: bool,
 }
 
 /// Default of `[supervisor] dead_letter_max_bytes`.
@@ -167,6 +170,11 @@ pub struct GroupSpec {
     pub policy: Policy,
     /// How a changed definition replaces running children (taken in place).
     pub update: UpdateMode,
+    /// `after`: groups whose children must be ready (or, for `restart =
+    /// "never"`, have exited successfully) before this group's children
+    /// start; it stops before them. Each defined, at most once, never the
+    /// group itself, and no cycle (taken in place on reload).
+    pub after: Vec<GroupName>,
     /// The file that defines this group.
     pub file: PathBuf,
 }

@@ -10,7 +10,7 @@ use super::limits::{MAX_DEAD_LETTER_BYTES, MIN_DEAD_LETTER_BYTES};
 use super::model::{DEFAULT_DEAD_LETTER_MAX_BYTES, DEFAULT_LOG_LINES, LogFormat, MAX_LOG_LINES};
 use super::source::resolve;
 
-pub(crate) const KEYS: [&str; 7] = [
+pub(crate) const KEYS: [&str; 8] = [
     "control_socket",
     "log_format",
     "state_dir",
@@ -18,6 +18,7 @@ pub(crate) const KEYS: [&str; 7] = [
     "log_lines",
     "log_timestamps",
     "metrics",
+    "exit_on_fatal",
 ];
 
 const LOG_FORMATS: [(&str, LogFormat); 2] = [("text", LogFormat::Text), ("json", LogFormat::Json)];
@@ -35,6 +36,7 @@ pub(crate) struct SupervisorDraft {
     pub log_lines: u32,
     pub log_timestamps: bool,
     pub metrics: Option<std::net::SocketAddr>,
+    pub exit_on_fatal: bool,
 }
 
 /// Reads `[supervisor]`; `span` is where the table is named.
@@ -48,6 +50,7 @@ pub(crate) fn read(cx: &mut Cx<'_>, span: Range<usize>, table: &DeTable<'_>) -> 
         log_lines: DEFAULT_LOG_LINES,
         log_timestamps: false,
         metrics: None,
+        exit_on_fatal: false,
     };
     cx.set_table(Some("[supervisor]".into()));
     for (key, value) in table.iter() {
@@ -71,6 +74,9 @@ pub(crate) fn read(cx: &mut Cx<'_>, span: Range<usize>, table: &DeTable<'_>) -> 
             "log_lines" => {
                 let lines = cx.u32("log_lines", value, 0, MAX_LOG_LINES);
                 draft.log_lines = lines.unwrap_or(draft.log_lines);
+            }
+            "exit_on_fatal" => {
+                draft.exit_on_fatal = cx.bool("exit_on_fatal", value).unwrap_or_default();
             }
             _ => cx.unknown_key(key, "in [supervisor]", &KEYS, None),
         }
@@ -148,6 +154,17 @@ mod tests {
         assert_eq!(draft.state_dir, Some(PathBuf::from("/var/d")));
         assert_eq!(draft.log_format, LogFormat::Json);
         assert_eq!(draft.dead_letter_max_bytes, 64 << 20);
+        assert!(!draft.exit_on_fatal);
+    }
+
+    #[test]
+    fn reads_exit_on_fatal() {
+        let (draft, diags) = read_str("[supervisor]\nexit_on_fatal = true");
+        assert!(diags.is_empty(), "{diags:?}");
+        assert!(draft.exit_on_fatal);
+        let (_, diags) = read_str("[supervisor]\nexit_on_fatal = \"yes\"");
+        assert_eq!(diags.len(), 1, "{diags:?}");
+        assert!(diags[0].message().contains("exit_on_fatal"), "{diags:?}");
     }
 
     #[test]

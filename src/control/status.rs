@@ -7,7 +7,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::config::signal::Signal;
-use crate::supervisor::{Child, ChildState, ExitStatus, Group, Pid, Supervisor};
+use crate::supervisor::{Child, ChildState, ExitStatus, Group, Pid, Supervisor, WaitReason};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Status {
@@ -22,6 +22,9 @@ pub struct GroupStatus {
     pub start_method: String,
     pub processes: u32,
     pub state: String,
+    /// The groups it starts after (`after`), in config order.
+    #[serde(default)]
+    pub after: Vec<String>,
     pub children: Vec<ChildStatus>,
 }
 
@@ -301,6 +304,10 @@ fn reason(c: &Child) -> Option<String> {
         ChildState::Requested { .. } | ChildState::Running { .. } | ChildState::Starting { .. } => {
             None
         }
+        ChildState::Waiting {
+            reason: WaitReason::After,
+            ..
+        } => c.reason.clone(),
         ChildState::Waiting { reason, .. } => Some(reason.describe().to_owned()),
         ChildState::Stopped | ChildState::Stopping { .. } => None,
         ChildState::Exited => None,
@@ -374,6 +381,7 @@ fn group_status(
         start_method: group.spec.start_method.as_str().to_owned(),
         processes: group.spec.processes,
         state: group_state(group, &children),
+        after: group.spec.after.iter().map(ToString::to_string).collect(),
         children,
     }
 }

@@ -197,6 +197,7 @@ mod tests {
                 start_method: "exec".into(),
                 processes: children.len() as u32,
                 state: "running".into(),
+                after: vec![],
                 children,
             }],
             queues: vec![],

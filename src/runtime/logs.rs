@@ -326,13 +326,14 @@ fn write_loop(
 ) {
     let mut broken = false;
     while let Ok(chunk) = rx.recv() {
+        // Taking a chunk made room in the channel: the loop may send again.
+        if wake_wanted.swap(false, Ordering::SeqCst) {
+            let _ = wake.write(&[1]);
+        }
         if !broken && let Err(e) = out.write_all(&chunk).and_then(|()| out.flush()) {
             // Keep draining so children never block on a dead stdout.
             tracing::warn!("cannot write child output to stdout: {e}; discarding it from now on");
             broken = true;
-        }
-        if wake_wanted.swap(false, Ordering::SeqCst) {
-            let _ = wake.write(&[1]);
         }
     }
 }

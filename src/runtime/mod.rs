@@ -117,6 +117,9 @@ pub enum Outcome {
     Clean,
     /// Shutdown had to SIGKILL something (timeout passed, or a second signal).
     Forced,
+    /// `exit_on_fatal`: a child became fatal (or an init task failed), and
+    /// drover shut down (whether or not that needed SIGKILL).
+    Fatal,
 }
 
 /// Runs `config` until a shutdown completes.
@@ -146,6 +149,11 @@ struct Runtime {
     /// The longest stop_timeout, used as the grace period for orphans.
     orphan_grace: Duration,
     term_signals: u32,
+    /// `exit_on_fatal` started the shutdown.
+    fatal_exit: bool,
+    /// `[supervisor] exit_on_fatal` as drover started (`[supervisor]`
+    /// changes wait for the next start).
+    exit_on_fatal: bool,
     /// The last reap stopped at its per-turn bound; more may be waiting.
     reap_pending: bool,
     /// This batch reaped children through their pidfds: a SIGCHLD in it
@@ -316,6 +324,8 @@ impl Runtime {
             orphans: Orphans::default(),
             broker,
             shutdown: None,
+            fatal_exit: false,
+            exit_on_fatal: config.supervisor.exit_on_fatal,
             orphan_grace,
             term_signals: 0,
             reap_pending: false,
@@ -340,6 +350,8 @@ impl Runtime {
         self.watch_new_outputs();
         let mut events = vec![EpollEvent::empty(); 256];
         loop {
+            // Before any wait: a start in the last turn may have gone fatal.
+            self.check_fatal(Instant::now());
             // One scan of the children per turn; on_deadline (another scan)
             // only runs when one of their deadlines has come.
             let child_deadline = self.sup.next_deadline();
@@ -422,11 +434,36 @@ impl Runtime {
                 ""
             }
         );
-        Ok(if forced {
+        Ok(if self.fatal_exit {
+            Outcome::Fatal
+        } else if forced {
             Outcome::Forced
         } else {
             Outcome::Clean
         })
+    }
+
+    /// `exit_on_fatal`: a child that became fatal, or an init task that
+    /// failed, shuts drover down gracefully.
+    fn check_fatal(&mut self, now: Instant) {
+        let Some(why) = self.sup.take_fatal() else {
+            return;
+        };
+        if !self.exit_on_fatal || self.sup.is_shutting_down() {
+            return;
+        }
+        tracing::error!(
+            "{why}; exit_on_fatal is set: stopping every group, then exiting with status 4"
+        );
+        self.fatal_exit = true;
+        self.begin_graceful_shutdown(now);
+    }
+
+    /// Stops the groups in order (see [`ShutdownOrder`]); nothing restarts.
+    fn begin_graceful_shutdown(&mut self, now: Instant) {
+        self.sup.begin_shutdown();
+        self.shutdown = Some(ShutdownOrder::new(&self.config, now));
+        self.advance_shutdown(now);
     }
 
     /// How long the loop may block: until the earliest deadline.
@@ -526,11 +563,9 @@ impl Runtime {
             self.shutdown = None;
             self.sup.kill_all(&mut self.launcher, now);
             self.orphans.kill_now();
-        } else if self.term_signals == 0 {
+        } else if self.term_signals == 0 && !self.sup.is_shutting_down() {
             tracing::info!("{name}: stopping every group");
-            self.sup.begin_shutdown();
-            self.shutdown = Some(ShutdownOrder::new(&self.config, now));
-            self.advance_shutdown(now);
+            self.begin_graceful_shutdown(now);
         }
         self.term_signals += 1;
     }

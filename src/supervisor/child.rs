@@ -40,6 +40,9 @@ pub enum WaitReason {
     /// Many starts are due at once; it starts in a later loop turn, so
     /// that the loop stays responsive.
     Turn,
+    /// The groups of its group's `after` are not ready yet (the child's
+    /// `reason` names which, and why).
+    After,
 }
 
 impl WaitReason {
@@ -51,6 +54,7 @@ impl WaitReason {
             }
             WaitReason::Predecessor => "waiting for the process it replaces to stop",
             WaitReason::Turn => "queued to start",
+            WaitReason::After => "waiting for the groups it starts after",
         }
     }
 }

@@ -45,6 +45,8 @@ pub(super) struct Index {
     touched: Vec<Key>,
     touched_groups: Vec<GroupName>,
     touched_all: bool,
+    /// What each slot means to the groups that start after its group.
+    pub(super) tally: super::order::Tally,
 }
 
 impl Index {
@@ -113,23 +115,28 @@ impl Index {
         // PID entries of processes that left their slot (retiring ones) are
         // not needed: those are found among the retiring.
         self.pids.clear();
+        self.tally.begin_rebuild();
         for (name, group) in groups {
             for index in 0..group.children.len() {
                 self.arm(groups, name, index as u32);
             }
         }
+        self.tally.end_rebuild();
     }
 
     /// Adds the entries slot `group[index]` needs now.
     fn arm(&mut self, groups: &BTreeMap<GroupName, Group>, name: &GroupName, index: u32) {
         let Some(group) = groups.get(name) else {
             self.leftovers.remove(&(name.clone(), index));
+            self.tally.forget(&(name.clone(), index));
             return;
         };
         let Some(child) = group.children.get(index as usize) else {
             self.leftovers.remove(&(name.clone(), index));
+            self.tally.forget(&(name.clone(), index));
             return;
         };
+        self.tally.arm(&(name.clone(), index), &group.spec, child);
         if let Some(at) = child.deadline(&group.spec.policy) {
             self.deadlines.push(Reverse((at, name.clone(), index)));
         }

@@ -9,6 +9,7 @@
 
 mod child;
 mod index;
+mod order;
 mod reload;
 pub mod shutdown;
 #[cfg(test)]
@@ -161,6 +162,11 @@ pub struct Supervisor {
     /// Slots by PID, deadline, leftovers and rolling update, so that an
     /// event costs the same with one child or a thousand.
     index: index::Index,
+    /// The gates of groups with `after`.
+    order: order::Order,
+    /// Why a child became fatal (or an init task failed), since
+    /// [`Self::take_fatal`]: the first such event.
+    fatal: Option<String>,
 }
 
 /// A child that exited with a success code within `start_secs`, the
@@ -181,6 +187,7 @@ macro_rules! cx {
             now: $now,
             log: &mut $self.log,
             deferred: &mut $self.deferred,
+            order: &mut $self.order,
         }
     };
 }
@@ -202,7 +209,7 @@ impl Supervisor {
                 (name.clone(), group)
             })
             .collect();
-        Supervisor {
+        let mut sup = Supervisor {
             groups,
             retiring: Vec::new(),
             strays: Vec::new(),
@@ -212,16 +219,24 @@ impl Supervisor {
             log: RateLimit::default(),
             suspects: Vec::new(),
             index: index::Index::default(),
-        }
+            order: order::Order::default(),
+            fatal: None,
+        };
+        // Every gate is known before the first start.
+        sup.index.touch_all();
+        sup.settle();
+        sup
     }
 
     /// Brings the index up to date with what this entry point changed (see
     /// [`index`]); debug builds check it against a full scan.
     fn settle(&mut self) {
         self.index.settle(&self.groups);
+        self.settle_order();
         #[cfg(debug_assertions)]
         {
             self.index.check(&self.groups);
+            self.index.tally.check(&self.groups);
             for r in &self.retiring {
                 if r.successor.is_some() || r.blocks.is_some() {
                     assert!(
@@ -231,6 +246,40 @@ impl Supervisor {
                 }
             }
         }
+    }
+
+    /// Opens and closes the gates of `after` as the settled changes say,
+    /// and notes children that became fatal and init tasks that failed.
+    fn settle_order(&mut self) {
+        self.order.update(&mut self.groups, &mut self.index.tally);
+        for (name, index) in self.index.tally.take_failed() {
+            let Some(group) = self.groups.get(&name) else {
+                continue;
+            };
+            let Some(child) = group.children.get(index as usize) else {
+                continue;
+            };
+            let why = if child.state == ChildState::Fatal {
+                format!("{name}[{index}] is fatal")
+            } else if self.order.has_dependants(&name) {
+                format!(
+                    "init task {name} failed ({})",
+                    order::failure(&group.spec, child)
+                )
+            } else {
+                continue;
+            };
+            if self.order.has_dependants(&name) && !self.shutting_down {
+                tracing::warn!(group = %name, index, "{why}: the groups that start after it wait");
+            }
+            self.fatal.get_or_insert(why);
+        }
+    }
+
+    /// Why a child became fatal or an init task failed, once per event
+    /// since the last call (the first of them): for `exit_on_fatal`.
+    pub fn take_fatal(&mut self) -> Option<String> {
+        self.fatal.take()
     }
 
     /// Children that exited like a program that daemonized itself, since
@@ -350,14 +399,16 @@ impl Supervisor {
         self.settle();
     }
 
-    /// Whether some start waits for a later loop turn.
+    /// Whether some start waits for a later loop turn (put off by the
+    /// turn's budget, or released by a group it starts after).
     pub fn has_deferred(&self) -> bool {
-        self.deferred
+        self.deferred || self.order.has_released()
     }
 
     /// Starts what earlier turns put off, as far as this turn's budget
     /// goes (the launcher says when it is spent).
     pub fn start_deferred(&mut self, launcher: &mut impl Launcher, now: Instant) {
+        self.start_released(launcher, now);
         if !std::mem::take(&mut self.deferred) || self.shutting_down {
             return;
         }
@@ -366,6 +417,26 @@ impl Supervisor {
             start_waiting(group, WaitReason::Turn, &mut cx);
         }
         self.index.touch_all();
+        self.settle();
+    }
+
+    /// Starts the waiting children of the groups whose `after` is now
+    /// satisfied.
+    fn start_released(&mut self, launcher: &mut impl Launcher, now: Instant) {
+        let released = self.order.take_released();
+        if released.is_empty() || self.shutting_down {
+            return;
+        }
+        let mut cx = cx!(self, launcher, now);
+        for name in &released {
+            if let Some(group) = self.groups.get_mut(name).filter(|g| !g.held) {
+                tracing::debug!(group = %name, "the groups it starts after are ready");
+                start_waiting(group, WaitReason::After, &mut cx);
+            }
+        }
+        for name in &released {
+            self.index.touch_group(name);
+        }
         self.settle();
     }
 
@@ -852,6 +923,8 @@ pub(crate) struct Cx<'a, L: Launcher> {
     pub log: &'a mut RateLimit,
     /// Set when a start was put off to a later loop turn.
     pub deferred: &'a mut bool,
+    /// The gates of `after`.
+    pub order: &'a mut order::Order,
 }
 
 impl<L: Launcher> Cx<'_, L> {
@@ -889,6 +962,16 @@ fn start_waiting<L: Launcher>(group: &mut Group, reason: WaitReason, cx: &mut Cx
 }
 
 fn start_child<L: Launcher>(spec: &GroupSpec, child: &mut Child, cx: &mut Cx<'_, L>) {
+    if let Some(reason) = cx.order.blocked(&spec.name) {
+        // Started once the groups it starts after are ready.
+        child.reason = Some(reason.to_owned());
+        child.state = ChildState::Waiting {
+            reason: WaitReason::After,
+            until: None,
+        };
+        cx.order.wait(&spec.name);
+        return;
+    }
     if child.leftover.is_some() {
         child.state = ChildState::Waiting {
             reason: WaitReason::ProcessGroup,

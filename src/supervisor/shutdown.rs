@@ -9,7 +9,11 @@
 //! `stop_timeout` is never signalled; one that does not gets its
 //! `stop_signal` then. Pure: the runtime tells it what is live and what is
 //! drained, and it answers what to do to which group now.
-
+//!
+//! `after` comes first: a group stops only once every group that starts
+//! after it has exited (its stop, or the close of its inputs, waits; a
+//! consumer's `stop_timeout` then counts from that moment). The config
+//! guarantees that these waits and the queue edges form no cycle.
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -21,7 +25,8 @@ struct Pending {
     inputs: Vec<QueueName>,
     /// Groups that write to any of `inputs` (itself excluded).
     upstream: Vec<GroupName>,
-    deadline: Instant,
+    /// `None` while groups that start after it are still live.
+    deadline: Option<Instant>,
     stop_timeout: Duration,
 }
 
@@ -41,7 +46,10 @@ pub struct ShutdownOrder {
     /// Consumers whose inputs are closed, until they exit or their
     /// `stop_timeout` since the close passes.
     closing: BTreeMap<GroupName, Instant>,
+    /// Groups that read no queue, not stopped yet.
     first: Vec<GroupName>,
+    /// For each group, the groups that start after it (they stop first).
+    dependants: BTreeMap<GroupName, Vec<GroupName>>,
 }
 
 impl ShutdownOrder {
@@ -49,6 +57,15 @@ impl ShutdownOrder {
     pub fn new(config: &Config, now: Instant) -> ShutdownOrder {
         let mut pending = BTreeMap::new();
         let mut first = Vec::new();
+        let mut dependants: BTreeMap<GroupName, Vec<GroupName>> = BTreeMap::new();
+        for (name, group) in &config.groups {
+            for dep in &group.after {
+                dependants
+                    .entry(dep.clone())
+                    .or_default()
+                    .push(name.clone());
+            }
+        }
         for (name, group) in &config.groups {
             if group.inputs.is_empty() {
                 first.push(name.clone());
@@ -85,7 +102,8 @@ impl ShutdownOrder {
                 Pending {
                     inputs: group.inputs.clone(),
                     upstream,
-                    deadline: crate::supervisor::after(now, group.policy.stop_timeout),
+                    deadline: (!dependants.contains_key(name))
+                        .then(|| crate::supervisor::after(now, group.policy.stop_timeout)),
                     stop_timeout: group.policy.stop_timeout,
                 },
             );
@@ -94,32 +112,74 @@ impl ShutdownOrder {
             pending,
             closing: BTreeMap::new(),
             first,
+            dependants,
         }
     }
 
-    /// What to do now: at the first call, stop the groups that read no
-    /// queue; then close the inputs of each consumer group whose feeders are
-    /// gone and whose inputs are drained, or whose time is up; then stop a
-    /// consumer still running `stop_timeout` after its inputs were closed.
+    /// Whether `group` has been dealt with: asked to stop (or to drain),
+    /// and exited.
+    fn has_exited(&self, group: &GroupName, live: &impl Fn(&GroupName) -> bool) -> bool {
+        !live(group) && !self.first.contains(group) && !self.is_pending(group)
+    }
+
+    /// Whether every group that starts after `group` has exited.
+    fn dependants_done(&self, group: &GroupName, live: &impl Fn(&GroupName) -> bool) -> bool {
+        self.dependants
+            .get(group)
+            .is_none_or(|ds| ds.iter().all(|d| self.has_exited(d, live)))
+    }
+
+    /// What to do now: stop the groups that read no queue once the groups
+    /// that start after them have exited; then close the inputs of each
+    /// consumer group whose dependants have exited and whose feeders are
+    /// gone and inputs drained, or whose time is up; then stop a consumer
+    /// still running `stop_timeout` after its inputs were closed.
     pub fn step(
         &mut self,
         now: Instant,
         live: impl Fn(&GroupName) -> bool,
         drained: impl Fn(&QueueName) -> bool,
     ) -> Vec<(GroupName, Step)> {
-        let stopping_now = std::mem::take(&mut self.first);
-        let mut steps: Vec<(GroupName, Step)> = stopping_now
-            .iter()
-            .map(|g| (g.clone(), Step::Stop))
-            .collect();
+        let mut steps: Vec<(GroupName, Step)> = Vec::new();
+        let mut stopping_now: Vec<GroupName> = Vec::new();
+        // Until nothing changes: a group without processes is done at once,
+        // and the group it starts after may go in the same step.
+        loop {
+            let ready: Vec<GroupName> = self
+                .first
+                .iter()
+                .filter(|g| self.dependants_done(g, &live))
+                .cloned()
+                .collect();
+            if ready.is_empty() {
+                break;
+            }
+            self.first.retain(|g| !ready.contains(g));
+            stopping_now.extend(ready);
+        }
+        steps.extend(stopping_now.iter().map(|g| (g.clone(), Step::Stop)));
+        let mut opened = Vec::new();
+        for (name, p) in &self.pending {
+            if p.deadline.is_none() && self.dependants_done(name, &live) {
+                opened.push((name.clone(), p.stop_timeout));
+            }
+        }
+        for (name, stop_timeout) in opened {
+            if let Some(p) = self.pending.get_mut(&name) {
+                p.deadline = Some(crate::supervisor::after(now, stop_timeout));
+            }
+        }
         let mut closed = Vec::new();
         for (name, p) in &self.pending {
+            let Some(deadline) = p.deadline else {
+                continue;
+            };
             let feeders_done = p
                 .upstream
                 .iter()
-                .all(|g| !live(g) && !stopping_now.contains(g) && !self.is_pending(g));
+                .all(|g| !live(g) && !stopping_now.contains(g) && self.has_exited(g, &live));
             let inputs_done = p.inputs.iter().all(&drained);
-            if (feeders_done && inputs_done) || now >= p.deadline {
+            if (feeders_done && inputs_done) || now >= deadline {
                 closed.push((name.clone(), p.stop_timeout));
             }
         }
@@ -152,7 +212,7 @@ impl ShutdownOrder {
     pub fn deadline(&self) -> Option<Instant> {
         self.pending
             .values()
-            .map(|p| p.deadline)
+            .filter_map(|p| p.deadline)
             .chain(self.closing.values().copied())
             .min()
     }
@@ -188,6 +248,7 @@ mod tests {
                 ..Policy::default()
             },
             update: Default::default(),
+            after: Vec::new(),
             file: "t.toml".into(),
         }
     }
@@ -208,6 +269,7 @@ mod tests {
                 log_lines: crate::config::DEFAULT_LOG_LINES,
                 log_timestamps: false,
                 metrics: None,
+                exit_on_fatal: false,
             },
             groups: groups.into_iter().map(|g| (g.name.clone(), g)).collect(),
             queues: BTreeMap::new(),
@@ -288,5 +350,65 @@ mod tests {
             "workers exited meanwhile; sink did not"
         );
         assert!(order.is_done());
+    }
+
+    /// api starts after db and cache; db after cache. Stops: api, then db,
+    /// then cache, each once the previous one has exited.
+    #[test]
+    fn stops_in_reverse_after_order_waiting_for_each() {
+        let t0 = Instant::now();
+        let mut api = group("api", &[], &[]);
+        api.after = vec![
+            GroupName::new("db").unwrap(),
+            GroupName::new("cache").unwrap(),
+        ];
+        let mut db = group("db", &[], &[]);
+        db.after = vec![GroupName::new("cache").unwrap()];
+        let mut config = pipeline();
+        config.groups.clear();
+        for g in [api, db, group("cache", &[], &[]), group("other", &[], &[])] {
+            config.groups.insert(g.name.clone(), g);
+        }
+        let mut order = ShutdownOrder::new(&config, t0);
+        let mut live: Vec<&str> = vec!["api", "db", "cache", "other"];
+        let step = |order: &mut ShutdownOrder, live: &[&str]| {
+            names(order.step(t0, |g| live.contains(&g.as_str()), |_| true))
+        };
+        assert_eq!(step(&mut order, &live), ["stop api", "stop other"]);
+        assert!(step(&mut order, &live).is_empty(), "api still live");
+        live.retain(|g| *g != "api");
+        assert_eq!(step(&mut order, &live), ["stop db"]);
+        live.retain(|g| *g != "db");
+        assert_eq!(step(&mut order, &live), ["stop cache"]);
+        live.clear();
+        assert!(order.is_done());
+    }
+
+    /// A consumer that another group starts after drains only once that
+    /// group has exited, and its `stop_timeout` runs from then.
+    #[test]
+    fn a_consumer_waits_for_the_groups_after_it_before_its_time_runs() {
+        let t0 = Instant::now();
+        let mut config = pipeline();
+        let mut web = group("web", &[], &[]);
+        web.after = vec![GroupName::new("sink").unwrap()];
+        config.groups.insert(web.name.clone(), web);
+        let mut order = ShutdownOrder::new(&config, t0);
+        let first = names(order.step(t0, |_| true, |_| false));
+        assert_eq!(first, ["stop other", "stop producer", "stop web"]);
+        let t = t0 + Duration::from_secs(30);
+        assert_eq!(
+            names(order.step(t, |_| true, |_| false)),
+            ["close workers"],
+            "sink's time does not run while web is live"
+        );
+        let gone = |g: &GroupName| g.as_str() != "web";
+        let t1 = t + Duration::from_secs(1);
+        assert!(order.step(t1, gone, |_| false).is_empty());
+        let t2 = t1 + Duration::from_secs(10);
+        assert_eq!(
+            names(order.step(t2, gone, |_| false)),
+            ["close sink", "stop workers"]
+        );
     }
 }

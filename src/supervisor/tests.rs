@@ -74,6 +74,7 @@ fn group(name: &str, processes: u32, policy: Policy) -> GroupSpec {
         cwd: PathBuf::from("/"),
         policy,
         update: Default::default(),
+        after: Vec::new(),
         file: PathBuf::from("test.toml"),
     }
 }
@@ -88,6 +89,7 @@ fn config(groups: Vec<GroupSpec>) -> Config {
             log_lines: crate::config::DEFAULT_LOG_LINES,
             log_timestamps: false,
             metrics: None,
+            exit_on_fatal: false,
         },
         groups: groups.into_iter().map(|g| (g.name.clone(), g)).collect(),
         queues: BTreeMap::new(),
@@ -1140,5 +1142,193 @@ mod index {
                 );
             }
         }
+    }
+}
+
+/// `after`: starts gated on the groups named, init tasks, reasons.
+mod after {
+    use super::*;
+
+    fn after(mut spec: GroupSpec, deps: &[&str]) -> GroupSpec {
+        spec.after = deps.iter().map(|d| GroupName::new(d).unwrap()).collect();
+        spec
+    }
+
+    fn init_task() -> Policy {
+        Policy {
+            restart: crate::config::RestartPolicy::Never,
+            ..policy()
+        }
+    }
+
+    fn child<'a>(sup: &'a Supervisor, name: &str, index: usize) -> &'a Child {
+        let group = sup.groups().find(|g| g.spec.name.as_str() == name).unwrap();
+        &group.children[index]
+    }
+
+    fn state_of(sup: &Supervisor, name: &str) -> Vec<&'static str> {
+        let group = sup.groups().find(|g| g.spec.name.as_str() == name).unwrap();
+        group.children.iter().map(|c| c.state.name()).collect()
+    }
+
+    fn reason_of(sup: &Supervisor, name: &str) -> Option<String> {
+        child(sup, name, 0).reason.clone()
+    }
+
+    fn app() -> Config {
+        config(vec![
+            group("db", 2, policy()),
+            group("migrate", 1, init_task()),
+            after(group("api", 2, policy()), &["db", "migrate"]),
+        ])
+    }
+
+    #[test]
+    fn a_group_starts_once_its_dependencies_are_ready_and_finished() {
+        let t0 = Instant::now();
+        let mut l = FakeLauncher::default();
+        let mut sup = Supervisor::new(&app());
+        sup.start_all(&mut l, t0);
+        assert_eq!(state_of(&sup, "api"), ["waiting"; 2]);
+        assert_eq!(state_of(&sup, "db"), ["starting"; 2]);
+        assert_eq!(
+            reason_of(&sup, "api").as_deref(),
+            Some("waiting for db to be ready")
+        );
+        assert!(!sup.has_deferred());
+        // db is ready: the gate moves on to migrate, still running.
+        sup.on_deadline(&mut l, t0 + ms(1000));
+        assert_eq!(state_of(&sup, "db"), ["running"; 2]);
+        assert_eq!(state_of(&sup, "migrate"), ["running"]);
+        assert_eq!(
+            reason_of(&sup, "api").as_deref(),
+            Some("waiting for init task migrate to finish")
+        );
+        assert!(!sup.has_deferred());
+        let migrate = child(&sup, "migrate", 0).state.pid().unwrap();
+        sup.on_exit(migrate, ExitStatus::Code(0), &mut l, t0 + ms(1500));
+        assert_eq!(state_of(&sup, "migrate"), ["exited"]);
+        assert!(sup.has_deferred(), "api is released for the next turn");
+        sup.start_deferred(&mut l, t0 + ms(1500));
+        assert_eq!(state_of(&sup, "api"), ["starting"; 2]);
+        assert!(sup.take_fatal().is_none());
+    }
+
+    #[test]
+    fn a_failed_init_task_keeps_its_dependants_waiting_and_counts_as_fatal() {
+        let t0 = Instant::now();
+        let mut l = FakeLauncher::default();
+        let mut sup = Supervisor::new(&config(vec![
+            group("migrate", 1, init_task()),
+            after(group("api", 1, policy()), &["migrate"]),
+        ]));
+        sup.start_all(&mut l, t0);
+        let migrate = child(&sup, "migrate", 0).state.pid().unwrap();
+        sup.on_exit(migrate, ExitStatus::Code(3), &mut l, t0 + ms(1500));
+        sup.start_deferred(&mut l, t0 + ms(1500));
+        assert_eq!(state_of(&sup, "api"), ["waiting"]);
+        assert_eq!(
+            reason_of(&sup, "api").as_deref(),
+            Some("init task migrate failed (exit 3)")
+        );
+        assert_eq!(
+            sup.take_fatal().as_deref(),
+            Some("init task migrate failed (exit 3)")
+        );
+        assert!(sup.take_fatal().is_none(), "reported once");
+        // `drover restart migrate`: it runs again and succeeds.
+        sup.group_command("migrate", GroupCommand::Restart, &mut l, t0 + ms(2000))
+            .unwrap();
+        assert_eq!(
+            reason_of(&sup, "api").as_deref(),
+            Some("waiting for init task migrate to finish")
+        );
+        let migrate = child(&sup, "migrate", 0).state.pid().unwrap();
+        sup.on_exit(migrate, ExitStatus::Code(0), &mut l, t0 + ms(3500));
+        sup.start_deferred(&mut l, t0 + ms(3500));
+        assert_eq!(state_of(&sup, "api"), ["starting"]);
+    }
+
+    #[test]
+    fn a_fatal_child_is_reported_for_exit_on_fatal() {
+        let t0 = Instant::now();
+        let mut l = FakeLauncher {
+            fail_starts: true,
+            ..FakeLauncher::default()
+        };
+        let mut sup = Supervisor::new(&config(vec![group("w", 1, policy())]));
+        sup.start_all(&mut l, t0);
+        while states(&sup) != ["fatal"] {
+            assert!(sup.take_fatal().is_none(), "not fatal yet");
+            let t = sup.next_deadline().expect("a retry is due");
+            sup.on_deadline(&mut l, t);
+        }
+        assert_eq!(sup.take_fatal().as_deref(), Some("w[0] is fatal"));
+    }
+
+    #[test]
+    fn an_empty_group_satisfies_its_dependants() {
+        let t0 = Instant::now();
+        let mut l = FakeLauncher::default();
+        let mut sup = Supervisor::new(&config(vec![
+            group("db", 0, policy()),
+            after(group("api", 1, policy()), &["db"]),
+        ]));
+        sup.start_all(&mut l, t0);
+        assert_eq!(state_of(&sup, "api"), ["starting"]);
+    }
+
+    #[test]
+    fn after_orders_starts_and_pulls_nothing_in() {
+        let t0 = Instant::now();
+        let mut l = FakeLauncher::default();
+        let mut sup = Supervisor::new(&config(vec![
+            group("db", 1, policy()),
+            after(group("api", 1, policy()), &["db"]),
+        ]));
+        sup.start_all(&mut l, t0);
+        sup.on_deadline(&mut l, t0 + ms(1000));
+        sup.start_deferred(&mut l, t0 + ms(1000));
+        sup.on_deadline(&mut l, t0 + ms(2000));
+        assert_eq!(state_of(&sup, "api"), ["running"]);
+        let api = child(&sup, "api", 0).state.pid().unwrap();
+        // db crashes and restarts: api is left alone.
+        let db = child(&sup, "db", 0).state.pid().unwrap();
+        sup.on_exit(db, ExitStatus::Signal(9), &mut l, t0 + ms(3000));
+        assert_eq!(state_of(&sup, "db"), ["starting"]);
+        // `drover restart db` does not restart api either.
+        sup.group_command("db", GroupCommand::Restart, &mut l, t0 + ms(5000))
+            .unwrap();
+        assert_eq!(child(&sup, "api", 0).state.pid(), Some(api));
+        assert!(l.group_signals.iter().all(|(pid, _)| *pid != api));
+        // But api's own restart waits while db is not ready.
+        sup.on_exit(api, ExitStatus::Signal(9), &mut l, t0 + ms(5100));
+        assert_eq!(state_of(&sup, "api"), ["waiting"]);
+    }
+
+    #[test]
+    fn a_reload_that_removes_the_edge_lets_waiting_children_start() {
+        let t0 = Instant::now();
+        let mut l = FakeLauncher::default();
+        let specs = |deps: &[&str]| {
+            config(vec![
+                group("migrate", 1, init_task()),
+                after(group("api", 1, policy()), deps),
+            ])
+        };
+        let mut sup = Supervisor::new(&specs(&["migrate"]));
+        sup.start_all(&mut l, t0);
+        let migrate = child(&sup, "migrate", 0).state.pid().unwrap();
+        sup.on_exit(migrate, ExitStatus::Code(1), &mut l, t0 + ms(1500));
+        assert_eq!(state_of(&sup, "api"), ["waiting"]);
+        let summary = sup.apply(&specs(&[]), &mut l, t0 + ms(2000));
+        assert_eq!(summary.replaced, Vec::<GroupName>::new(), "taken in place");
+        sup.start_deferred(&mut l, t0 + ms(2000));
+        assert_eq!(state_of(&sup, "api"), ["starting"]);
+        // Adding the edge back restarts nothing.
+        let api = child(&sup, "api", 0).state.pid();
+        sup.apply(&specs(&["migrate"]), &mut l, t0 + ms(2500));
+        sup.start_deferred(&mut l, t0 + ms(2500));
+        assert_eq!(child(&sup, "api", 0).state.pid(), api);
     }
 }

@@ -8,6 +8,7 @@ use super::*;
 use crate::config::names::{GroupName, QueueName};
 use crate::config::signal::Signal;
 
+mod after;
 mod bounds;
 mod groups;
 mod hostile;
@@ -146,6 +147,7 @@ fn defaults_are_the_model_defaults() {
         cwd: PathBuf::from("/cfg"),
         policy: Policy::default(),
         update: Default::default(),
+        after: Vec::new(),
         file: PathBuf::from("/cfg/a.toml"),
     };
     assert_eq!(workers, &expected);
@@ -170,6 +172,7 @@ fn defaults_are_the_model_defaults() {
             log_lines: crate::config::DEFAULT_LOG_LINES,
             log_timestamps: false,
             metrics: None,
+            exit_on_fatal: false,
         }
     );
     assert_eq!(config.files, [PathBuf::from("/cfg/a.toml")]);
