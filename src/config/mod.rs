@@ -42,6 +42,7 @@ pub mod names;
 mod policy;
 mod program;
 mod queue;
+mod ready;
 pub mod signal;
 mod size;
 mod source;
