@@ -13,6 +13,7 @@ pub mod logs;
 pub mod orphans;
 mod output;
 mod pidfds;
+mod probes;
 pub mod watch;
 
 use std::collections::BTreeMap;
@@ -155,6 +156,8 @@ struct Runtime {
     /// The fork server and templates asked to exit at shutdown.
     helpers: Vec<Pid>,
     helpers_deadline: Option<Instant>,
+    /// Readiness probes and health checks of children.
+    probes: probes::Probes,
 }
 
 impl Runtime {
@@ -280,6 +283,7 @@ impl Runtime {
             config_error: None,
             helpers: Vec::new(),
             helpers_deadline: None,
+            probes: probes::Probes::default(),
         })
     }
 
@@ -340,6 +344,7 @@ impl Runtime {
                 // A start helper that kept its group waiting too long.
                 self.launcher.on_deadline(now);
             }
+            self.run_probes(now);
             self.settle_starts(now);
             self.watch_new_outputs();
             self.advance_shutdown(now);
@@ -384,6 +389,7 @@ impl Runtime {
             self.broker.deadline(),
             self.clients.deadline(),
             self.launcher.deadline(),
+            self.probes.deadline(),
             self.sweep_at,
         ]
         .into_iter()
@@ -414,6 +420,7 @@ impl Runtime {
             t if self.output.owns(t) => self.output.on_readable(&self.epoll, t),
             t if self.broker.owns(t) => self.broker.on_event(&self.epoll, t, flags),
             t if self.launcher.owns(t) => self.launcher.on_event(t),
+            t if self.probes.owns(t) => self.on_probe_event(t, Instant::now()),
             t if self.clients.owns(t) => self.on_client(t, flags),
             _ => {} // a connection or pipe closed earlier in this batch
         }
@@ -529,6 +536,9 @@ impl Runtime {
         let ours = self.sup.on_exit(pid, status, &mut self.launcher, now);
         if ours {
             self.broker.child_exited(&self.epoll, pid);
+            self.probes.child_exited(&self.epoll, pid);
+        } else if self.probe_reaped(pid, status, now) {
+            // A readiness probe or health check: its result is applied.
         } else if self.helpers.contains(&pid) {
             self.helpers.retain(|p| *p != pid);
         } else if self.launcher.on_helper_exit(pid) {
@@ -593,6 +603,7 @@ impl Runtime {
                     self.watch_new_outputs();
                     if self.sup.on_exit(pid, status, &mut self.launcher, now) {
                         self.broker.child_exited(&self.epoll, pid);
+                        self.probes.child_exited(&self.epoll, pid);
                     }
                 }
             }
@@ -748,6 +759,12 @@ impl Runtime {
                     crate::runtime::orphans::group_members,
                 );
                 status.queues = self.broker.status();
+                for child in status.groups.iter_mut().flat_map(|g| &mut g.children) {
+                    if let Some(pid) = child.pid {
+                        (child.status_text, child.health_failures) =
+                            self.probes.status_of(Pid(pid));
+                    }
+                }
                 return Response::status(status);
             }
             Request::Shutdown => {
@@ -790,6 +807,8 @@ impl Runtime {
             if let Some(pidfd) = out.pidfd.take() {
                 self.pidfds.watch(&self.epoll, out.pid, pidfd);
             }
+            let notify = out.notify.take().map(|n| n.socket);
+            self.probe_child(&out.group, out.pid, notify, Instant::now());
             let sockets = std::mem::take(&mut out.queues);
             let next = &mut self.next_token;
             self.broker
