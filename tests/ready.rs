@@ -238,3 +238,54 @@ health = { command = ["sleep", "1000"], interval = "100ms", timeout = "200ms", r
         c["health_restarts"].as_u64().is_some_and(|n| n >= 1) && c["pid"] != first
     });
 }
+
+/// `NOTIFY_SOCKET` reaches children of every start method, commands and
+/// Python function workers alike, each its own.
+#[test]
+fn every_start_method_gets_a_notify_socket() {
+    let worker = r#"
+import os, socket, time
+
+def main():
+    addr = os.environ["NOTIFY_SOCKET"]
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.sendto(("READY=1\nSTATUS=" + os.environ["NOTIFY_SOCKET"]).encode(), addr)
+    while True:
+        time.sleep(1)
+
+if __name__ == "__main__":
+    main()
+"#;
+    let mut config = String::new();
+    for m in ["spawn", "fork", "forkserver"] {
+        config.push_str(&format!(
+            "[group.cmd_{m}]\ncommand = [\"@PY@\", \"work.py\"]\nstart_method = \"{m}\"\n\
+             ready = \"notify\"\nstart_secs = \"100ms\"\n\n\
+             [group.py_{m}]\npython = \"work:main\"\nstart_method = \"{m}\"\n\
+             ready = \"notify\"\nstart_secs = \"100ms\"\n\n"
+        ));
+    }
+    let d = Drover::launch("notifyall", &config, &[("work.py", worker)]);
+    let s = d.wait_status("every child ready", |s| {
+        s["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|g| g["children"][0]["ready"] == true)
+    });
+    let mut addresses: Vec<String> = s["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["children"][0]["status_text"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        addresses.iter().all(|a| a.starts_with("@drover-")),
+        "{addresses:?}"
+    );
+    addresses.sort();
+    addresses.dedup();
+    assert_eq!(addresses.len(), 6, "one socket per child");
+}
