@@ -289,3 +289,57 @@ if __name__ == "__main__":
     addresses.dedup();
     assert_eq!(addresses.len(), 6, "one socket per child");
 }
+
+/// `ready`, `ready_timeout` and `health` change in place on reload: no
+/// restart, and the new health check applies to the running child. A group
+/// the reload adds gets its probes too.
+#[test]
+fn a_reload_takes_readiness_and_health_in_place() {
+    let d = Drover::launch(
+        "reloadhealth",
+        r#"
+[group.svc]
+command = ["sleep", "1000"]
+start_secs = "100ms"
+"#,
+        &[("notify.py", NOTIFY)],
+    );
+    let s = d.wait_status("svc running", |s| child(s, "svc")["state"] == "running");
+    let first = child(&s, "svc")["pid"].as_i64().unwrap();
+    let config = format!(
+        r#"
+[group.svc]
+command = ["sleep", "1000"]
+start_secs = "100ms"
+ready = {{ command = ["true"] }}
+ready_timeout = "5s"
+health = {{ command = ["sh", "-c", "test ! -e sick"], interval = "100ms", retries = 1 }}
+
+[group.added]
+command = ["{py}", "notify.py", "good"]
+ready = "notify"
+start_secs = "100ms"
+"#,
+        py = common::python()
+    );
+    let tmp = d.dir.path().join("drover.toml.new");
+    std::fs::write(&tmp, config).unwrap();
+    std::fs::rename(&tmp, d.dir.path().join("drover.toml")).unwrap();
+    let s = d.wait_status("the added group ready", |s| {
+        s["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["name"] == "added" && g["children"][0]["ready"] == true)
+    });
+    assert_eq!(child(&s, "svc")["pid"].as_i64(), Some(first), "no restart");
+    let log = d
+        .stderr
+        .wait_for("the reload", |t| t.contains("config reloaded"));
+    assert!(log.contains("new policy: svc"), "{log}");
+    d.dir.write("sick", "");
+    d.wait_status("a health restart", |s| {
+        let c = child(s, "svc");
+        c["health_restarts"] == 1 && c["pid"] != first
+    });
+}

@@ -690,9 +690,11 @@ impl Runtime {
         summary.queues_removed = queues.removed;
         summary.queues_changed = queues.changed;
         self.launcher.retain_templates(&config);
-        self.watch_new_outputs();
-        tracing::info!("{trigger}: config reloaded: {summary}");
+        // Before the new children are watched: their probes follow it.
         self.config = config;
+        self.watch_new_outputs();
+        self.refresh_health(now);
+        tracing::info!("{trigger}: config reloaded: {summary}");
         self.config_error = None;
         Ok(summary)
     }

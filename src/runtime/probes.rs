@@ -36,7 +36,7 @@ use super::Runtime;
 use crate::config::names::GroupName;
 use crate::config::signal::Signal;
 use crate::config::{GroupSpec, HealthCheck, Readiness};
-use crate::supervisor::{ExitStatus, Pid, after, min_start_secs};
+use crate::supervisor::{ChildState, ExitStatus, Pid, after, min_start_secs};
 
 /// How often a `tcp` or `command` readiness probe is tried.
 pub const PROBE_PERIOD: Duration = Duration::from_millis(100);
@@ -304,24 +304,24 @@ impl Runtime {
         notify: Option<UnixDatagram>,
         now: Instant,
     ) {
-        let Some(spec) = self.config.groups.get(group) else {
-            return;
-        };
-        let policy = &spec.policy;
-        let ready = match policy.ready {
-            Readiness::Tcp(_) | Readiness::Command(_) => Some(Attempt::Idle(now)),
+        let policy = self.config.groups.get(group).map(|spec| &spec.policy);
+        let ready = match policy.map(|p| &p.ready) {
+            Some(Readiness::Tcp(_) | Readiness::Command(_)) => Some(Attempt::Idle(now)),
             _ => None,
         };
         // Under the default readiness the child runs after start_secs; the
         // first check waits an interval beyond (it is put off while the
         // child is not running). Otherwise it starts at readiness.
-        let health = policy.health.clone().map(|check| Health {
-            attempt: Attempt::Idle(after(
-                now,
-                min_start_secs(policy).saturating_add(check.interval),
-            )),
-            check,
-            failures: 0,
+        let health = policy.and_then(|policy| {
+            let check = policy.health.clone()?;
+            Some(Health {
+                attempt: Attempt::Idle(after(
+                    now,
+                    min_start_secs(policy).saturating_add(check.interval),
+                )),
+                check,
+                failures: 0,
+            })
         });
         let notify = notify.and_then(|socket| {
             self.next_token += 1;
@@ -351,6 +351,68 @@ impl Runtime {
                 health,
             },
         );
+    }
+
+    /// After a reload: every live child's health check follows its group's
+    /// new `health` (added, changed or removed), without a restart. A
+    /// check under way finishes under the old rules (or is killed, when
+    /// `health` is gone).
+    pub(super) fn refresh_health(&mut self, now: Instant) {
+        let live: Vec<(GroupName, Pid)> = self
+            .sup
+            .groups()
+            .flat_map(|g| {
+                g.children.iter().filter_map(move |c| match c.state {
+                    ChildState::Starting { pid, .. } | ChildState::Running { pid, .. } => {
+                        Some((g.spec.name.clone(), pid))
+                    }
+                    _ => None,
+                })
+            })
+            .collect();
+        for (group, pid) in live {
+            let health = self
+                .config
+                .groups
+                .get(&group)
+                .and_then(|s| s.policy.health.clone());
+            let fresh = |check: HealthCheck| Health {
+                attempt: Attempt::Idle(after(now, check.interval)),
+                check,
+                failures: 0,
+            };
+            match (self.probes.children.get_mut(&pid), health) {
+                (Some(p), Some(check)) => match &mut p.health {
+                    Some(h) => h.check = check,
+                    None => p.health = Some(fresh(check)),
+                },
+                (Some(p), None) => {
+                    if let Some(Health {
+                        attempt:
+                            Attempt::Process {
+                                pid, killed: false, ..
+                            },
+                        ..
+                    }) = p.health.take()
+                    {
+                        kill_probe(pid);
+                    }
+                }
+                (None, Some(check)) => {
+                    self.probes.children.insert(
+                        pid,
+                        Probed {
+                            group,
+                            notify: None,
+                            status_text: None,
+                            ready: None,
+                            health: Some(fresh(check)),
+                        },
+                    );
+                }
+                (None, None) => {}
+            }
+        }
     }
 
     /// An event on a probe's fd.
