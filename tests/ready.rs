@@ -343,3 +343,54 @@ start_secs = "100ms"
         c["health_restarts"] == 1 && c["pid"] != first
     });
 }
+
+/// A child flooding its NOTIFY_SOCKET with long datagrams: drover keeps
+/// answering, and keeps only a bounded STATUS= text.
+#[test]
+fn a_flooding_notify_child_cannot_stall_drover() {
+    let flood = r#"
+import os, socket
+addr = os.environ["NOTIFY_SOCKET"]
+if addr.startswith("@"):
+    addr = "\0" + addr[1:]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.sendto(b"READY=1", addr)
+big = b"STATUS=" + b"x" * 60000
+while True:
+    try:
+        s.sendto(big, addr)
+    except OSError:
+        pass
+"#;
+    let d = Drover::launch(
+        "flood",
+        r#"
+[group.flood]
+command = ["@PY@", "flood.py"]
+start_secs = "100ms"
+ready = "notify"
+
+[group.calm]
+command = ["sleep", "1000"]
+start_secs = "100ms"
+"#,
+        &[("flood.py", flood)],
+    );
+    let s = d.wait_status("flood ready with a status", |s| {
+        child(s, "flood")["ready"] == true && child(s, "flood")["status_text"].is_string()
+    });
+    let text = child(&s, "flood")["status_text"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        text.len() <= 256 && text.starts_with("xxx"),
+        "{}",
+        text.len()
+    );
+    // The loop keeps serving: status answers and the other group runs.
+    for _ in 0..20 {
+        let s = d.status();
+        assert_eq!(child(&s, "calm")["state"], "running");
+    }
+}
