@@ -19,7 +19,8 @@
 //! state of a child's probes goes when the child exits; a probe process
 //! still running then is killed and reaped later.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixDatagram;
@@ -119,6 +120,23 @@ pub struct Probes {
     tokens: HashMap<u64, Pid>,
     /// Running probe processes: their child (which may be gone).
     processes: HashMap<Pid, Pid>,
+    /// Probe deadlines, earliest first, so that no loop turn scans every
+    /// child. Entries are hints: every change of a child's probes pushes
+    /// its new deadline ([`Probes::arm`]); an outdated entry is dropped
+    /// when it comes up, and the heap is rebuilt when outdated entries
+    /// outnumber live ones.
+    heap: BinaryHeap<Reverse<(Instant, Pid)>>,
+}
+
+/// Heaps smaller than this are never compacted.
+const COMPACT_FLOOR: usize = 1024;
+
+impl Probed {
+    fn deadline(&self) -> Option<Instant> {
+        let health = self.health.as_ref().and_then(|h| h.attempt.deadline());
+        let ready = self.ready.as_ref().and_then(Attempt::deadline);
+        ready.into_iter().chain(health).min()
+    }
 }
 
 impl Probes {
@@ -126,19 +144,42 @@ impl Probes {
         self.tokens.contains_key(&token)
     }
 
-    /// The earliest moment a probe needs attention.
+    /// The earliest moment a probe may need attention (possibly an
+    /// outdated entry: then the wake-up just drops it).
     pub fn deadline(&self) -> Option<Instant> {
-        self.children
-            .values()
-            .flat_map(|p| {
-                let health = p.health.as_ref().and_then(|h| h.attempt.deadline());
-                p.ready
-                    .as_ref()
-                    .and_then(Attempt::deadline)
-                    .into_iter()
-                    .chain(health)
-            })
-            .min()
+        self.heap.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Notes the current deadline of `child`'s probes after a change.
+    fn arm(&mut self, child: Pid) {
+        if let Some(at) = self.children.get(&child).and_then(Probed::deadline) {
+            self.heap.push(Reverse((at, child)));
+        }
+        if self.heap.len() > COMPACT_FLOOR && self.heap.len() > 4 * self.children.len() {
+            self.heap = self
+                .children
+                .iter()
+                .filter_map(|(pid, p)| Some(Reverse((p.deadline()?, *pid))))
+                .collect();
+        }
+    }
+
+    /// The children whose probes are due at `now` (their entries leave the
+    /// heap; [`Probes::arm`] puts their next ones in).
+    fn take_due(&mut self, now: Instant) -> Vec<Pid> {
+        let mut due = Vec::new();
+        let mut seen = HashSet::new();
+        while let Some(&Reverse((at, child))) = self.heap.peek() {
+            if at > now {
+                break;
+            }
+            self.heap.pop();
+            let live = self.children.get(&child).and_then(Probed::deadline);
+            if live.is_some_and(|d| d <= now) && seen.insert(child) {
+                due.push(child);
+            }
+        }
+        due
     }
 
     /// The last `STATUS=` of child `pid`, and its consecutive failed health
@@ -351,6 +392,7 @@ impl Runtime {
                 health,
             },
         );
+        self.probes.arm(pid);
     }
 
     /// After a reload: every live child's health check follows its group's
@@ -410,25 +452,34 @@ impl Runtime {
                         },
                     );
                 }
-                (None, None) => {}
+                (None, None) => continue,
             }
+            self.probes.arm(pid);
         }
     }
 
     /// An event on a probe's fd.
     pub(super) fn on_probe_event(&mut self, token: u64, now: Instant) {
+        let child = self.probes.tokens.get(&token).copied();
         if let Some(verdict) = self.probes.on_event(&self.epoll, token) {
             self.apply_verdict(verdict, now);
+        }
+        if let Some(child) = child {
+            self.probes.arm(child);
         }
     }
 
     /// A reaped process: true if it was a probe (its result is applied).
     pub(super) fn probe_reaped(&mut self, pid: Pid, status: ExitStatus, now: Instant) -> bool {
+        let child = self.probes.processes.get(&pid).copied();
         match self.probes.reaped(pid, status, now) {
             None => false,
             Some(verdict) => {
                 if let Some(verdict) = verdict {
                     self.apply_verdict(verdict, now);
+                }
+                if let Some(child) = child {
+                    self.probes.arm(child);
                 }
                 true
             }
@@ -459,6 +510,8 @@ impl Runtime {
                 }
             }
         }
+        let (Verdict::Ready(pid) | Verdict::Unhealthy(pid, _)) = verdict;
+        self.probes.arm(pid);
     }
 
     /// Starts, abandons or kills the probes whose moment has come.
@@ -466,20 +519,10 @@ impl Runtime {
         if self.probes.deadline().is_none_or(|d| d > now) {
             return;
         }
-        let due: Vec<Pid> = self
-            .probes
-            .children
-            .iter()
-            .filter(|(_, p)| {
-                let health = p.health.as_ref().and_then(|h| h.attempt.deadline());
-                let ready = p.ready.as_ref().and_then(Attempt::deadline);
-                ready.into_iter().chain(health).any(|d| d <= now)
-            })
-            .map(|(pid, _)| *pid)
-            .collect();
-        for child in due {
+        for child in self.probes.take_due(now) {
             self.run_ready_probe(child, now);
             self.run_health_check(child, now);
+            self.probes.arm(child);
         }
     }
 
