@@ -169,11 +169,14 @@ fn a_replacement_never_ready_leaves_the_old_child_running() {
 command = ["{py}", "notify.py", "{mode}"]
 start_secs = "100ms"
 ready = "notify"
-ready_timeout = "300ms"
+ready_timeout = "{timeout}"
 restart_delay = "100ms"
 max_restarts = 1
 "#,
-            py = common::python()
+            py = common::python(),
+            // The first child has all the time it needs; the replacement,
+            // which never says READY, fails fast.
+            timeout = if mode == "good" { "30s" } else { "300ms" }
         )
     };
     let d = Drover::launch("rollready", &config("good"), &[("notify.py", NOTIFY)]);
@@ -208,11 +211,11 @@ health = { command = ["sh", "-c", "test -e sick && exit 1; exit 0"], interval = 
     d.dir.write("sick", "");
     let s = d.wait_status("a health restart", |s| {
         let c = child(s, "svc");
-        c["health_restarts"] == 1 && c["state"] == "running" && c["pid"] != first
+        c["health_restarts"].as_u64().is_some_and(|n| n >= 1) && c["pid"] != first
     });
     std::fs::remove_file(d.dir.path().join("sick")).unwrap();
     let c = child(&s, "svc");
-    assert_eq!(c["restarts"], 1);
+    assert_eq!(c["restarts"], c["health_restarts"], "only health restarts");
     wait_until("the old child gone", || !alive(first));
     d.stderr.wait_for("the log line", |t| {
         t.contains("svc[0]: health check failed 2 times in a row; restarting it")
@@ -340,7 +343,7 @@ start_secs = "100ms"
     d.dir.write("sick", "");
     d.wait_status("a health restart", |s| {
         let c = child(s, "svc");
-        c["health_restarts"] == 1 && c["pid"] != first
+        c["health_restarts"].as_u64().is_some_and(|n| n >= 1) && c["pid"] != first
     });
 }
 
@@ -376,8 +379,11 @@ start_secs = "100ms"
 "#,
         &[("flood.py", flood)],
     );
-    let s = d.wait_status("flood ready with a status", |s| {
-        child(s, "flood")["ready"] == true && child(s, "flood")["status_text"].is_string()
+    // Deadlines still fire (calm's start_secs) while the flood goes on.
+    let s = d.wait_status("flood ready with a status, calm running", |s| {
+        child(s, "flood")["ready"] == true
+            && child(s, "flood")["status_text"].is_string()
+            && child(s, "calm")["state"] == "running"
     });
     let text = child(&s, "flood")["status_text"]
         .as_str()
