@@ -61,6 +61,8 @@ ready = "notify"
     assert_eq!(c["ready"], true);
     assert_eq!(c["status_text"], "serving 3 things");
     assert_eq!(c["restarts"], 0);
+    let table = String::from_utf8(d.cli(&["status"]).stdout).unwrap();
+    assert!(table.contains("status: serving 3 things"), "{table}");
 }
 
 #[test]

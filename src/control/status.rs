@@ -283,6 +283,12 @@ fn note(c: &ChildStatus) -> String {
     if let Some(reason) = &c.reason {
         parts.push(reason.clone());
     }
+    if let Some(text) = &c.status_text {
+        parts.push(format!("status: {text}"));
+    }
+    if c.health_failures > 0 {
+        parts.push(format!("{} failed health checks", c.health_failures));
+    }
     if !c.leftovers.is_empty() {
         let pids: Vec<String> = c.leftovers.iter().map(i32::to_string).collect();
         parts.push(format!("leftovers: {}", pids.join(" ")));
