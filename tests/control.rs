@@ -57,13 +57,17 @@ processes = 0
     assert_eq!(
         keys,
         [
+            "health_failures",
+            "health_restarts",
             "index",
             "last_exit",
             "leftovers",
             "pid",
+            "ready",
             "reason",
             "restarts",
             "state",
+            "status_text",
             "uptime_ms"
         ]
     );

@@ -16,11 +16,12 @@ use super::model::{GroupSpec, StartMethod, UpdateMode};
 use super::policy::{self, PolicyDraft};
 use super::program::{self, ProgramDraft};
 use super::queue::{self, QueueRef};
+use super::ready;
 use super::source::resolve;
 use crate::config::names::GroupName;
 
 /// Every key of a group table, in the order the README lists them.
-pub(crate) const ALL_KEYS: [&str; 21] = [
+pub(crate) const ALL_KEYS: [&str; 24] = [
     "command",
     "python",
     "preload",
@@ -42,6 +43,9 @@ pub(crate) const ALL_KEYS: [&str; 21] = [
     "stop_timeout",
     "update",
     "after",
+    "ready",
+    "ready_timeout",
+    "health",
 ];
 
 const START_METHODS: [(&str, StartMethod); 3] = [
@@ -174,6 +178,11 @@ impl Builder {
         match name {
             _ if program::KEYS.contains(&name) => self.program.read(cx, key, value),
             _ if policy::KEYS.contains(&name) => self.policy.read(cx, key, value),
+            _ if ready::KEYS.contains(&name) => {
+                let p = self.policy.policy_mut();
+                let slots = (&mut p.ready, &mut p.ready_timeout, &mut p.health);
+                ready::read(cx, key, value, slots);
+            }
             "start_method" => {
                 let method = cx.choice(name, value, "start method", &START_METHODS);
                 self.start_method = method.unwrap_or_default();
@@ -377,6 +386,7 @@ mod tests {
         .into_iter()
         .chain(program::KEYS)
         .chain(policy::KEYS)
+        .chain(ready::KEYS)
         .collect();
         let mut all = ALL_KEYS.to_vec();
         read.sort_unstable();

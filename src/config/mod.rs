@@ -44,6 +44,7 @@ mod order;
 mod policy;
 mod program;
 mod queue;
+mod ready;
 pub mod signal;
 mod size;
 mod source;

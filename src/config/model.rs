@@ -127,6 +127,54 @@ pub struct Policy {
     pub max_restarts: u32,
     pub stop_signal: Signal,
     pub stop_timeout: Duration,
+    /// `ready`: when a started child counts as running (default `started`).
+    pub ready: Readiness,
+    /// `ready_timeout`: a child not ready this long after its start is a
+    /// failed start (default 60 s, at least 100 ms). Unused with
+    /// [`Readiness::Started`].
+    pub ready_timeout: Duration,
+    /// `health`: the periodic check of a running child, if any.
+    pub health: Option<HealthCheck>,
+}
+
+/// When a started child is ready, and so `running` (`ready`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Readiness {
+    /// Once up `start_secs`.
+    #[default]
+    Started,
+    /// Once it sends `READY=1` to its `NOTIFY_SOCKET` (systemd's
+    /// sd_notify protocol).
+    Notify,
+    /// `{ tcp = "HOST:PORT" }`: once a TCP connect to the address succeeds.
+    Tcp(std::net::SocketAddr),
+    /// `{ command = [...] }`: once the command exits 0. Non-empty argv.
+    Command(Vec<OsString>),
+}
+
+/// `health = { command, interval, timeout, retries }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// Exit 0 = healthy. Non-empty argv.
+    pub command: Vec<OsString>,
+    /// From the end of one check to the start of the next (default 10 s,
+    /// at least 100 ms).
+    pub interval: Duration,
+    /// A check still running after this is killed and failed (default 5 s).
+    pub timeout: Duration,
+    /// Consecutive failures that restart the child (default 3, 1 to 1000).
+    pub retries: u32,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck {
+            command: Vec::new(),
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(5),
+            retries: 3,
+        }
+    }
 }
 
 impl Default for Policy {
@@ -140,6 +188,9 @@ impl Default for Policy {
             max_restarts: 5,
             stop_signal: Signal::Term,
             stop_timeout: Duration::from_secs(10),
+            ready: Readiness::Started,
+            ready_timeout: Duration::from_secs(60),
+            health: None,
         }
     }
 }

@@ -38,6 +38,11 @@ pub(crate) struct PolicyDraft {
 }
 
 impl PolicyDraft {
+    /// The policy read so far, for the keys of [`super::ready`].
+    pub fn policy_mut(&mut self) -> &mut Policy {
+        &mut self.policy
+    }
+
     /// Reads one of [`KEYS`].
     pub fn read(&mut self, cx: &mut Cx<'_>, key: &Key<'_>, value: &Value<'_>) {
         let p = &mut self.policy;
@@ -221,6 +226,7 @@ mod tests {
             max_restarts: 0,
             stop_signal: Signal::Int,
             stop_timeout: Duration::from_millis(500),
+            ..Policy::default()
         };
         assert_eq!(p, expected);
     }

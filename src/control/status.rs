@@ -7,7 +7,9 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::config::signal::Signal;
-use crate::supervisor::{Child, ChildState, ExitStatus, Group, Pid, Supervisor, WaitReason};
+use crate::supervisor::{
+    AfterStop, Child, ChildState, ExitStatus, Group, Pid, Supervisor, WaitReason,
+};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Status {
@@ -46,6 +48,21 @@ pub struct ChildStatus {
     /// the previous definition): the new one's state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replacement: Option<Replacement>,
+    /// Whether it is ready (its readiness probe succeeded, or it is up
+    /// `start_secs` under the default readiness): the same as `running`.
+    #[serde(default)]
+    pub ready: bool,
+    /// The last `STATUS=` it sent to its `NOTIFY_SOCKET` (`ready =
+    /// "notify"`), if any.
+    #[serde(default)]
+    pub status_text: Option<String>,
+    /// Consecutive failed health checks of its current process.
+    #[serde(default)]
+    pub health_failures: u32,
+    /// Restarts of this slot because its health check failed `retries`
+    /// times in a row.
+    #[serde(default)]
+    pub health_restarts: u32,
 }
 
 /// The new child of a rolling restart, shown beside the old one it waits
@@ -271,6 +288,12 @@ fn note(c: &ChildStatus) -> String {
     if let Some(reason) = &c.reason {
         parts.push(reason.clone());
     }
+    if let Some(text) = &c.status_text {
+        parts.push(format!("status: {text}"));
+    }
+    if c.health_failures > 0 {
+        parts.push(format!("{} failed health checks", c.health_failures));
+    }
     if !c.leftovers.is_empty() {
         let pids: Vec<String> = c.leftovers.iter().map(i32::to_string).collect();
         parts.push(format!("leftovers: {}", pids.join(" ")));
@@ -309,6 +332,12 @@ fn reason(c: &Child) -> Option<String> {
             ..
         } => c.reason.clone(),
         ChildState::Waiting { reason, .. } => Some(reason.describe().to_owned()),
+        // Being restarted (a failed health check) or stopped as a failed
+        // start (not ready in time): why.
+        ChildState::Stopping {
+            after: AfterStop::Restart | AfterStop::FailedStart,
+            ..
+        } => c.reason.clone(),
         ChildState::Stopped | ChildState::Stopping { .. } => None,
         ChildState::Exited => None,
         ChildState::Backoff { .. } | ChildState::Fatal => c.reason.clone(),
@@ -332,6 +361,10 @@ fn child_status(c: &Child, now: Instant) -> ChildStatus {
         reason: reason(c),
         leftovers: Vec::new(),
         replacement: None,
+        ready: matches!(c.state, ChildState::Running { .. }),
+        status_text: None,
+        health_failures: 0,
+        health_restarts: c.health_restarts,
     }
 }
 

@@ -186,6 +186,10 @@ mod tests {
             reason: None,
             leftovers: vec![],
             replacement: None,
+            ready: state == "running",
+            status_text: None,
+            health_failures: 0,
+            health_restarts: 0,
         }
     }
 

@@ -402,10 +402,10 @@ pub fn render(status: &Status, counters: &Counters, process: Process) -> String 
     p.family(
         "drover_children_ready",
         "gauge",
-        "Children of each group that are ready (running).",
+        "Children of each group that are ready.",
     );
     for g in &status.groups {
-        let n = g.children.iter().filter(|c| c.state == "running").count();
+        let n = g.children.iter().filter(|c| c.ready).count();
         p.sample(&[("group", &g.name)], n as f64);
     }
     p.family(

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod orphans;
 mod output;
 mod pidfds;
+mod probes;
 pub mod watch;
 
 use std::collections::{BTreeMap, HashMap};
@@ -178,6 +179,8 @@ struct Runtime {
     helpers_deadline: Option<Instant>,
     /// `[supervisor] metrics`: the endpoint and what it counts.
     metrics: Option<Scrape>,
+    /// Readiness probes and health checks of children.
+    probes: probes::Probes,
 }
 
 /// The metrics endpoint and the counters only it needs.
@@ -342,6 +345,7 @@ impl Runtime {
             helpers: Vec::new(),
             helpers_deadline: None,
             metrics,
+            probes: probes::Probes::default(),
         })
     }
 
@@ -409,6 +413,7 @@ impl Runtime {
                 // A start helper that kept its group waiting too long.
                 self.launcher.on_deadline(now);
             }
+            self.run_probes(now);
             self.settle_starts(now);
             self.watch_new_outputs();
             self.advance_shutdown(now);
@@ -479,6 +484,7 @@ impl Runtime {
             self.clients.deadline(),
             self.metrics.as_ref().and_then(|m| m.endpoint.deadline()),
             self.launcher.deadline(),
+            self.probes.deadline(),
             self.sweep_at,
         ]
         .into_iter()
@@ -516,6 +522,7 @@ impl Runtime {
             }
             t if self.broker.owns(t) => self.broker.on_event(&self.epoll, t, flags),
             t if self.launcher.owns(t) => self.launcher.on_event(t),
+            t if self.probes.owns(t) => self.on_probe_event(t, Instant::now()),
             t if self.clients.owns(t) => self.on_client(t, flags),
             t if self.metrics.as_ref().is_some_and(|m| m.endpoint.owns(t)) => self.on_scrape(t),
             _ => {} // a connection or pipe closed earlier in this batch
@@ -639,6 +646,9 @@ impl Runtime {
         let ours = self.sup.on_exit(pid, status, &mut self.launcher, now);
         if ours {
             self.broker.child_exited(&self.epoll, pid);
+            self.probes.child_exited(&self.epoll, pid);
+        } else if self.probe_reaped(pid, status, now) {
+            // A readiness probe or health check: its result is applied.
         } else if self.helpers.contains(&pid) {
             self.helpers.retain(|p| *p != pid);
         } else if self.launcher.on_helper_exit(pid) {
@@ -703,6 +713,7 @@ impl Runtime {
                     self.watch_new_outputs();
                     if self.sup.on_exit(pid, status, &mut self.launcher, now) {
                         self.broker.child_exited(&self.epoll, pid);
+                        self.probes.child_exited(&self.epoll, pid);
                     }
                 }
             }
@@ -810,9 +821,11 @@ impl Runtime {
         self.output
             .history
             .retain(|g| config.groups.contains_key(g));
-        self.watch_new_outputs();
-        tracing::info!("{trigger}: config reloaded: {summary}");
+        // Before the new children are watched: their probes follow it.
         self.config = config;
+        self.watch_new_outputs();
+        self.refresh_health(now);
+        tracing::info!("{trigger}: config reloaded: {summary}");
         self.config_error = None;
         Ok(summary)
     }
@@ -887,6 +900,12 @@ impl Runtime {
                     crate::runtime::orphans::group_members,
                 );
                 status.queues = self.broker.status();
+                for child in status.groups.iter_mut().flat_map(|g| &mut g.children) {
+                    if let Some(pid) = child.pid {
+                        (child.status_text, child.health_failures) =
+                            self.probes.status_of(Pid(pid));
+                    }
+                }
                 return Response::status(status);
             }
             Request::Shutdown => {
@@ -1018,6 +1037,8 @@ impl Runtime {
             if let Some(pidfd) = out.pidfd.take() {
                 self.pidfds.watch(&self.epoll, out.pid, pidfd);
             }
+            let notify = out.notify.take().map(|n| n.socket);
+            self.probe_child(&out.group, out.pid, notify, Instant::now());
             let sockets = std::mem::take(&mut out.queues);
             let next = &mut self.next_token;
             self.broker

@@ -30,6 +30,7 @@ pub mod python;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{CString, OsString};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::rc::Rc;
 use std::time::Instant;
@@ -584,6 +585,41 @@ impl ProcessLauncher {
         pids
     }
 
+    /// Starts a probe of `group` (a `ready` or `health` command): `argv`
+    /// in the group's working directory with the group's environment,
+    /// stdio on /dev/null, in a process group of its own. Returns its PID
+    /// and a pidfd to reap it by. Not a child of the supervisor's.
+    pub fn spawn_probe(
+        &mut self,
+        group: &GroupSpec,
+        argv: &[OsString],
+    ) -> Result<(Pid, Option<OwnedFd>), LaunchError> {
+        let devnull = self.devnull.as_raw_fd();
+        let prepared = self.prepared(group)?;
+        let search_path = prepared
+            .envp
+            .iter()
+            .find_map(|kv| kv.to_bytes().strip_prefix(b"PATH="))
+            .map(|p| std::ffi::OsStr::from_bytes(p).to_owned())
+            .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+        let program = prepare::resolve_program(&argv[0], &group.cwd, &search_path)?;
+        let plan = SpawnPlan {
+            program: prepare::cstring(program.as_os_str()),
+            argv: argv.iter().map(|a| prepare::cstring(a)).collect(),
+            envp: prepared.envp.clone(),
+            cwd: prepared.cwd.clone(),
+            fds: crate::sys::FdPlan {
+                sources: vec![devnull, devnull, devnull],
+            },
+        };
+        let spawned = spawn_child(&plan).map_err(|e| {
+            let name = plan.argv[0].clone();
+            start_error(group, &name, e)
+        })?;
+        let pidfd = spawned.pidfd.or_else(|| pidfd_open(spawned.pid).ok());
+        Ok((Pid(spawned.pid), pidfd))
+    }
+
     /// Output pipes of the children started since the last call.
     pub fn take_outputs(&mut self) -> Vec<ChildOutput> {
         std::mem::take(&mut self.outputs)
@@ -638,7 +674,13 @@ impl ProcessLauncher {
                 .map(|h| h.submit(|seq, _| forkserver::request(seq, plan), fds, p, now)),
             HelperId::Template(g) => self.templates.get_mut(g).map(|t| {
                 let build = |seq, p: &Pending| {
-                    python::request(seq, &p.spec, p.index, &p.io.queues.variables(false))
+                    python::request(
+                        seq,
+                        &p.spec,
+                        p.index,
+                        &p.io.queues.variables(false),
+                        p.io.notify_address(),
+                    )
                 };
                 t.helper.submit(build, fds, p, now)
             }),

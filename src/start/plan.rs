@@ -2,13 +2,16 @@
 //! and the variables that tell it where its queues are.
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use nix::fcntl::OFlag;
 use nix::unistd::pipe2;
 
 use crate::broker::{Direction, QueueEnd, socket_pair};
 use crate::config::names::{GroupName, QueueName};
-use crate::config::{GroupSpec, Program, StartMethod};
+use crate::config::{GroupSpec, Program, Readiness, StartMethod};
 use crate::supervisor::Pid;
 use crate::sys::{FdPlan, SpawnPlan};
 
@@ -27,6 +30,33 @@ pub struct ChildOutput {
     /// A pidfd for the child, when drover started it itself: its exit is
     /// reaped through it (see `crate::runtime::pidfds`).
     pub pidfd: Option<OwnedFd>,
+    /// Its `NOTIFY_SOCKET` (`ready = "notify"`), for the runtime's probes.
+    pub notify: Option<NotifySocket>,
+}
+
+/// A child's own `NOTIFY_SOCKET`: a datagram socket bound to an abstract
+/// address (`@drover-<drover's pid>-<n>`, as systemd's sd_notify accepts),
+/// non-blocking and close-on-exec, created before the child starts.
+#[derive(Debug)]
+pub struct NotifySocket {
+    pub socket: UnixDatagram,
+    /// The address as the child's environment gives it (`@` for the
+    /// abstract namespace).
+    pub address: String,
+}
+
+impl NotifySocket {
+    fn new() -> std::io::Result<NotifySocket> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let name = format!("drover-{}-{n}", std::process::id());
+        let socket = UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes())?)?;
+        socket.set_nonblocking(true)?;
+        Ok(NotifySocket {
+            socket,
+            address: format!("@{name}"),
+        })
+    }
 }
 
 /// Everything a starting child is given besides stdin, until it runs.
@@ -34,6 +64,7 @@ pub struct ChildOutput {
 pub struct ChildIo {
     pipes: Pipes,
     pub queues: QueueSockets,
+    notify: Option<NotifySocket>,
 }
 
 impl ChildIo {
@@ -46,8 +77,17 @@ impl ChildIo {
     ) -> std::io::Result<(SpawnPlan, ChildIo)> {
         let queues = QueueSockets::new(group)?;
         let pipes = Pipes::new()?;
+        let notify = match group.policy.ready {
+            Readiness::Notify => Some(NotifySocket::new()?),
+            _ => None,
+        };
         let mut envp = prepared.envp.clone();
         envp.push(cstring(format!("DROVER_INDEX={index}").as_ref()));
+        if let Some(notify) = &notify {
+            envp.push(cstring(
+                format!("NOTIFY_SOCKET={}", notify.address).as_ref(),
+            ));
+        }
         let confirms = confirm_variables(group);
         for (k, v) in queues
             .variables(keeps_fd_numbers(group))
@@ -69,7 +109,14 @@ impl ChildIo {
             cwd: prepared.cwd.clone(),
             fds: FdPlan { sources },
         };
-        Ok((plan, ChildIo { pipes, queues }))
+        Ok((
+            plan,
+            ChildIo {
+                pipes,
+                queues,
+                notify,
+            },
+        ))
     }
 
     /// The child runs as `pid`: drover keeps the read ends of its pipes and
@@ -81,7 +128,11 @@ impl ChildIo {
         pid: Pid,
         pidfd: Option<OwnedFd>,
     ) -> ChildOutput {
-        let ChildIo { pipes, queues } = self;
+        let ChildIo {
+            pipes,
+            queues,
+            notify,
+        } = self;
         ChildOutput {
             group: group.clone(),
             index,
@@ -90,7 +141,13 @@ impl ChildIo {
             stderr: pipes.stderr_r,
             queues: queues.into_ours(),
             pidfd,
+            notify,
         }
+    }
+
+    /// `NOTIFY_SOCKET`'s value for this child, if it gets one.
+    pub fn notify_address(&self) -> Option<&str> {
+        self.notify.as_ref().map(|n| n.address.as_str())
     }
 }
 

@@ -69,7 +69,12 @@ fn group_environment(group: &GroupSpec, base_env: &BTreeMap<OsString, OsString>)
     // Set per child; drover may itself run under a drover.
     env.retain(|k, _| {
         let k = k.as_bytes();
-        k != b"DROVER_INDEX" && !k.starts_with(b"DROVER_IN_") && !k.starts_with(b"DROVER_OUT_")
+        // NOTIFY_SOCKET is drover's own (its service manager's): a child
+        // gets one of its own with `ready = "notify"`, else none.
+        k != b"DROVER_INDEX"
+            && k != b"NOTIFY_SOCKET"
+            && !k.starts_with(b"DROVER_IN_")
+            && !k.starts_with(b"DROVER_OUT_")
     });
     for (k, v) in &group.env {
         env.insert(k.into(), v.into());

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::config::Policy;
+use crate::config::{Policy, Readiness};
 
 /// An OS process id, kept free of `nix` so the core stays pure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -26,6 +26,9 @@ pub enum AfterStop {
     Stay,
     /// Start again at once (`drover restart`).
     Restart,
+    /// The start failed (not ready within `ready_timeout`): back off as
+    /// after any failed start.
+    FailedStart,
 }
 
 /// What a `waiting` child waits for before it can start.
@@ -84,9 +87,13 @@ pub enum ChildState {
     /// Shown as `starting`; the context answers (or is replaced) within its
     /// own deadline.
     Requested { ticket: u64, since: Instant },
-    /// Started less than `start_secs` ago.
+    /// Started, not ready yet: under the default readiness, started less
+    /// than `start_secs` ago; otherwise its readiness probe has not
+    /// succeeded yet (a failed start at `ready_timeout`).
     Starting { pid: Pid, since: Instant },
-    /// Up for at least `start_secs`.
+    /// Ready: up for at least `start_secs`, or its readiness probe
+    /// succeeded (an exit within `start_secs` of its start is still a
+    /// failed start).
     Running { pid: Pid, since: Instant },
     /// Waiting before retrying a failed start.
     Backoff { until: Instant },
@@ -145,7 +152,7 @@ impl ChildState {
     /// The next moment this state needs attention, if any.
     pub fn deadline(&self, policy: &Policy) -> Option<Instant> {
         match self {
-            ChildState::Starting { since, .. } => Some(after(*since, min_start_secs(policy))),
+            ChildState::Starting { since, .. } => Some(after(*since, ready_deadline(policy))),
             ChildState::Backoff { until } => Some(*until),
             ChildState::Waiting { until, .. } => *until,
             ChildState::Stopping {
@@ -185,6 +192,8 @@ pub struct Child {
     pub replacement: bool,
     /// Why it is not simply running, in words (the last start error).
     pub reason: Option<String>,
+    /// Restarts because its health check failed `retries` times in a row.
+    pub health_restarts: u32,
 }
 
 impl Child {
@@ -202,17 +211,57 @@ impl Child {
             leftover: None,
             replacement: false,
             reason: None,
+            health_restarts: 0,
         }
     }
 
     /// The earliest moment it needs attention: its state's deadline, or the
     /// SIGKILL of its leftovers.
     pub fn deadline(&self, policy: &Policy) -> Option<Instant> {
-        let leftover = self.leftover.as_ref().and_then(Leftover::deadline);
+        let leftover = self
+            .leftover
+            .as_ref()
+            .and_then(Leftover::deadline)
+            .into_iter()
+            .chain(self.settles_at(policy))
+            .min();
         match (self.state.deadline(policy), leftover) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+}
+
+impl Child {
+    /// When a child that became ready before `start_secs` has run long
+    /// enough for its start to count as a success (its failed starts are
+    /// forgotten then): only for a running child with failed starts.
+    pub fn settles_at(&self, policy: &Policy) -> Option<Instant> {
+        match self.state {
+            ChildState::Running { .. } if self.failed_starts > 0 => {
+                self.last_start.map(|t| after(t, min_start_secs(policy)))
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether its process exited (at `now`) within `start_secs` of its
+    /// start, though it was ready: a failed start all the same.
+    pub fn exited_early(&self, policy: &Policy, now: Instant) -> bool {
+        matches!(self.state, ChildState::Running { .. })
+            && self
+                .last_start
+                .is_some_and(|t| now < after(t, min_start_secs(policy)))
+    }
+}
+
+/// How long a `starting` child may take: `start_secs` under the default
+/// readiness (then it is running), else `ready_timeout` (then its start
+/// failed).
+pub fn ready_deadline(policy: &Policy) -> Duration {
+    match policy.ready {
+        Readiness::Started => min_start_secs(policy),
+        _ => policy.ready_timeout,
     }
 }
 

@@ -26,7 +26,7 @@ pub use reload::ReloadSummary;
 
 use crate::config::names::GroupName;
 use crate::config::signal::Signal;
-use crate::config::{Config, GroupSpec, Policy};
+use crate::config::{Config, GroupSpec, Policy, Readiness};
 use crate::text::ratelimit::RateLimit;
 
 /// Starts processes and delivers signals on the supervisor's behalf.
@@ -737,6 +737,82 @@ impl Supervisor {
         true
     }
 
+    /// The readiness probe of the child whose process is `pid` succeeded
+    /// (`READY=1`, a TCP connect, a probe command's exit 0): a `starting`
+    /// child is `running` from now on. Returns false when `pid` is not a
+    /// starting child (gone, already ready, being stopped): the probe ends.
+    pub fn child_ready(&mut self, pid: Pid, launcher: &mut impl Launcher, now: Instant) -> bool {
+        let Some((name, index)) = self.index.find_pid(&self.groups, pid) else {
+            return false;
+        };
+        let Some(group) = self.groups.get_mut(&name) else {
+            return false;
+        };
+        let Some(child) = group.children.get_mut(index as usize) else {
+            return false;
+        };
+        let ChildState::Starting { pid, since } = child.state else {
+            return false;
+        };
+        tracing::debug!(group = %name, index, pid = pid.0, "ready");
+        child.reason = None;
+        child.state = ChildState::Running { pid, since };
+        if child
+            .settles_at(&group.spec.policy)
+            .is_some_and(|t| t <= now)
+        {
+            child.failed_starts = 0;
+        }
+        self.index.touch(&name, index);
+        // A rolling update waits for this.
+        self.advance_rolling(launcher, now);
+        self.settle();
+        true
+    }
+
+    /// Whether the child whose process is `pid` is running (ready), and
+    /// so due for health checks. False when it is not a current child.
+    pub fn is_running(&self, pid: Pid) -> bool {
+        self.index
+            .find_pid(&self.groups, pid)
+            .and_then(|(name, index)| self.groups.get(&name)?.children.get(index as usize))
+            .is_some_and(|c| matches!(c.state, ChildState::Running { .. }))
+    }
+
+    /// The health check of the running child `pid` failed `failures`
+    /// times in a row: it is restarted through its normal stop path (see
+    /// [`Self::restart_child`]). Returns false when `pid` is not a running
+    /// child.
+    pub fn health_failed(
+        &mut self,
+        pid: Pid,
+        failures: u32,
+        launcher: &mut impl Launcher,
+        now: Instant,
+    ) -> bool {
+        if self.shutting_down || !self.is_running(pid) {
+            return false;
+        }
+        let Some((name, index)) = self.index.find_pid(&self.groups, pid) else {
+            return false;
+        };
+        if let Some(child) = self
+            .groups
+            .get_mut(&name)
+            .and_then(|g| g.children.get_mut(index as usize))
+        {
+            tracing::warn!(
+                group = %name,
+                index,
+                pid = pid.0,
+                "{name}[{index}]: health check failed {failures} times in a row; restarting it"
+            );
+            child.health_restarts = child.health_restarts.saturating_add(1);
+            child.reason = Some(format!("health check failed {failures} times"));
+        }
+        self.restart_child(pid, launcher, now)
+    }
+
     /// The answer of a start context to the start with `ticket` of
     /// `group[index]`: the child's PID, or why it did not start. A process
     /// that nothing waits for any more (its slot was stopped, scaled away,
@@ -1106,6 +1182,8 @@ fn child_exited<L: Launcher>(
     cx: &mut Cx<'_, L>,
 ) {
     child.last_exit = Some(status);
+    // Ready, but within start_secs of its start: still a failed start.
+    let early = child.exited_early(&spec.policy, cx.now);
     let previous = std::mem::replace(&mut child.state, ChildState::Stopped);
     // Structured fields of the log lines below, for JSON logs.
     let (group, index, pid, exit) = (
@@ -1120,9 +1198,13 @@ fn child_exited<L: Launcher>(
     match previous {
         ChildState::Stopping { after, .. } => {
             tracing::debug!(group = %spec.name, index = child.index, ?status, "stopped");
-            if after == AfterStop::Restart && may_restart {
-                child.failed_starts = 0;
-                start_child(spec, child, cx);
+            match after {
+                AfterStop::Restart if may_restart => {
+                    child.failed_starts = 0;
+                    start_child(spec, child, cx);
+                }
+                AfterStop::FailedStart if may_restart => failed_start(spec, child, cx),
+                _ => {}
             }
         }
         ChildState::Starting { .. } | ChildState::Running { .. } if !may_restart => {}
@@ -1139,7 +1221,9 @@ fn child_exited<L: Launcher>(
             );
             child.state = ChildState::Exited;
         }
-        ChildState::Starting { .. } => {
+        ChildState::Starting { .. } | ChildState::Running { .. }
+            if early || matches!(previous, ChildState::Starting { .. }) =>
+        {
             if cx.loud(&format!("exit:{}", spec.name)) {
                 tracing::info!(
                     group,
@@ -1260,16 +1344,32 @@ fn child_deadline<L: Launcher>(spec: &GroupSpec, child: &mut Child, cx: &mut Cx<
         cx.launcher.signal_group(leftover.pgid, Signal::Kill);
         killed = true;
     }
+    if child.settles_at(&spec.policy).is_some_and(|t| t <= cx.now) {
+        // Ready before start_secs, and up that long now.
+        child.failed_starts = 0;
+    }
     match child.state.deadline(&spec.policy) {
         Some(deadline) if deadline <= cx.now => {}
         _ => return killed,
     }
     match child.state {
-        ChildState::Starting { pid, since } => {
+        ChildState::Starting { pid, since } if spec.policy.ready == Readiness::Started => {
             tracing::debug!(group = %spec.name, index = child.index, "running");
             child.failed_starts = 0;
             child.reason = None;
             child.state = ChildState::Running { pid, since };
+        }
+        ChildState::Starting { .. } => {
+            let timeout = spec.policy.ready_timeout;
+            tracing::warn!(
+                group = %spec.name,
+                index = child.index,
+                "{}[{}]: not ready within {timeout:?} (ready_timeout); stopping it as a failed start",
+                spec.name,
+                child.index,
+            );
+            child.reason = Some(format!("not ready within {timeout:?} (ready_timeout)"));
+            stop_child(spec, child, AfterStop::FailedStart, cx);
         }
         ChildState::Backoff { .. } | ChildState::Waiting { .. } => start_child(spec, child, cx),
         ChildState::Stopping {

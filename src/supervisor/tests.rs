@@ -1332,3 +1332,180 @@ mod after {
         assert_eq!(child(&sup, "api", 0).state.pid(), api);
     }
 }
+
+/// Readiness other than "started": a child is running once its probe
+/// says so, a failed start if it never does or dies within start_secs.
+mod readiness {
+    use super::*;
+    use crate::config::Readiness;
+
+    fn notify() -> Policy {
+        Policy {
+            ready: Readiness::Notify,
+            ready_timeout: Duration::from_secs(5),
+            ..policy()
+        }
+    }
+
+    #[test]
+    fn a_child_is_running_once_ready_not_after_start_secs() {
+        let t0 = Instant::now();
+        let mut l = FakeLauncher::default();
+        let mut sup = Supervisor::new(&config(vec![group("w", 1, notify())]));
+        sup.start_all(&mut l, t0);
+        assert_eq!(sup.next_deadline(), Some(t0 + Duration::from_secs(5)));
+        sup.on_deadline(&mut l, t0 + Duration::from_secs(2));
+        assert_eq!(states(&sup), ["starting"], "start_secs alone is not enough");
+        let pid = pid_of(&sup, 0);
+        assert!(sup.child_ready(pid, &mut l, t0 + ms(2500)));
+        assert_eq!(states(&sup), ["running"]);
+        assert!(sup.is_running(pid));
+        assert!(!sup.child_ready(pid, &mut l, t0 + ms(2600)), "only once");
+        assert_eq!(sup.next_deadline(), None);
+    }
+
+    #[test]
+    fn not_ready_within_ready_timeout_is_a_failed_start_through_the_stop_path() {
+        let t0 = Instant::now();
+        let mut l = FakeLauncher::default();
+        let mut sup = Supervisor::new(&config(vec![group("w", 1, notify())]));
+        sup.start_all(&mut l, t0);
+        let pid = pid_of(&sup, 0);
+        let t1 = t0 + Duration::from_secs(5);
+        sup.on_deadline(&mut l, t1);
+        assert_eq!(states(&sup), ["stopping"]);
+        assert_eq!(l.group_signals, [(pid, Signal::Term)]);
+        sup.on_exit(pid, ExitStatus::Signal(15), &mut l, t1 + ms(10));
+        assert_eq!(states(&sup), ["backoff"]);
+        let child = &sup.groups().next().unwrap().children[0];
+        assert_eq!(child.failed_starts, 1);
+        assert!(
+            child
+                .reason
+                .as_deref()
+                .unwrap()
+                .contains("not ready within")
+        );
+        // It backs off and starts again.
+        let due = sup.next_deadline().unwrap();
+        sup.on_deadline(&mut l, due);
+        assert_eq!(states(&sup), ["starting"]);
+        assert_eq!(l.started.len(), 2);
+    }
+
+    #[test]
+    fn a_ready_child_dying_within_start_secs_is_a_failed_start() {
+        let t0 = Instant::now();
+        let mut l = FakeLauncher::default();
+        let mut sup = Supervisor::new(&config(vec![group("w", 1, notify())]));
+        sup.start_all(&mut l, t0);
+        let pid = pid_of(&sup, 0);
+        sup.child_ready(pid, &mut l, t0 + ms(100));
+        assert_eq!(states(&sup), ["running"]);
+        sup.on_exit(pid, ExitStatus::Code(1), &mut l, t0 + ms(500));
+        assert_eq!(states(&sup), ["backoff"]);
+        assert_eq!(sup.groups().next().unwrap().children[0].failed_starts, 1);
+        // The next one is ready early and lives past start_secs: its start
+        // succeeded, and the failures are forgotten.
+        let due = sup.next_deadline().unwrap();
+        sup.on_deadline(&mut l, due);
+        let t1 = t0 + Duration::from_secs(1);
+        let pid = pid_of(&sup, 0);
+        sup.child_ready(pid, &mut l, t1 + ms(10));
+        assert_eq!(sup.groups().next().unwrap().children[0].failed_starts, 1);
+        let due = sup.next_deadline().unwrap();
+        sup.on_deadline(&mut l, due);
+        assert_eq!(sup.groups().next().unwrap().children[0].failed_starts, 0);
+        // A later crash restarts at once, as for any running child.
+        sup.on_exit(
+            pid,
+            ExitStatus::Code(1),
+            &mut l,
+            t1 + Duration::from_secs(5),
+        );
+        assert_eq!(states(&sup), ["starting"]);
+    }
+
+    #[test]
+    fn a_rolling_restart_waits_for_the_replacement_to_be_ready() {
+        let t0 = Instant::now();
+        let mut l = FakeLauncher::default();
+        let mut sup = Supervisor::new(&config(vec![group("w", 1, notify())]));
+        sup.start_all(&mut l, t0);
+        let old = pid_of(&sup, 0);
+        sup.child_ready(old, &mut l, t0 + ms(10));
+        let mut changed = group("w", 1, notify());
+        changed.program = Program::Command(vec!["new".into()]);
+        let t1 = t0 + Duration::from_secs(2);
+        sup.apply(&config(vec![changed.clone()]), &mut l, t1);
+        let new = pid_of(&sup, 0);
+        assert_ne!(new, old);
+        // Past start_secs, not ready: the old child keeps running.
+        sup.on_deadline(&mut l, t1 + Duration::from_secs(2));
+        assert!(l.group_signals.is_empty());
+        assert!(sup.child_ready(new, &mut l, t1 + ms(2500)));
+        assert_eq!(l.group_signals, [(old, Signal::Term)], "stopped once ready");
+    }
+
+    #[test]
+    fn a_replacement_never_ready_fails_its_budget_and_the_old_child_serves() {
+        let t0 = Instant::now();
+        let mut l = FakeLauncher::default();
+        let mut sup = Supervisor::new(&config(vec![group("w", 1, notify())]));
+        sup.start_all(&mut l, t0);
+        let old = pid_of(&sup, 0);
+        sup.child_ready(old, &mut l, t0 + ms(10));
+        let mut changed = group("w", 1, notify());
+        changed.program = Program::Command(vec!["new".into()]);
+        sup.apply(&config(vec![changed]), &mut l, t0 + Duration::from_secs(2));
+        // Every replacement times out and is stopped; it exits when told.
+        while let Some(d) = sup.next_deadline() {
+            sup.on_deadline(&mut l, d);
+            let stopping: Vec<Pid> = l
+                .group_signals
+                .iter()
+                .map(|(p, _)| *p)
+                .filter(|p| *p != old)
+                .collect();
+            for pid in stopping {
+                sup.on_exit(pid, ExitStatus::Signal(15), &mut l, d);
+            }
+            l.group_signals.clear();
+        }
+        assert_eq!(states(&sup), ["fatal"]);
+        assert_eq!(l.started.len(), 1 + 4, "max_restarts + 1 attempts");
+        let name = GroupName::new("w").unwrap();
+        let serving = sup.predecessor(&name, 0).expect("the old child is kept");
+        assert_eq!(
+            (serving.state.pid(), serving.state.name()),
+            (Some(old), "running")
+        );
+    }
+
+    #[test]
+    fn failed_health_checks_restart_through_the_stop_path() {
+        let t0 = Instant::now();
+        let mut l = FakeLauncher::default();
+        let mut sup = Supervisor::new(&config(vec![group("w", 1, policy())]));
+        sup.start_all(&mut l, t0);
+        let pid = pid_of(&sup, 0);
+        assert!(
+            !sup.health_failed(pid, 3, &mut l, t0 + ms(10)),
+            "not running yet"
+        );
+        sup.on_deadline(&mut l, t0 + Duration::from_secs(1));
+        assert!(sup.health_failed(pid, 3, &mut l, t0 + Duration::from_secs(20)));
+        assert_eq!(states(&sup), ["stopping"]);
+        let child = &sup.groups().next().unwrap().children[0];
+        assert_eq!(child.health_restarts, 1);
+        assert_eq!(child.reason.as_deref(), Some("health check failed 3 times"));
+        sup.on_exit(
+            pid,
+            ExitStatus::Signal(15),
+            &mut l,
+            t0 + Duration::from_secs(21),
+        );
+        assert_eq!(states(&sup), ["starting"]);
+        assert_ne!(pid_of(&sup, 0), pid);
+    }
+}

@@ -13,6 +13,7 @@ mod bounds;
 mod groups;
 mod hostile;
 mod merge;
+mod ready;
 mod scale;
 
 /// A program that certainly exists: the test binary, found through the

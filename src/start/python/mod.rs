@@ -113,7 +113,13 @@ pub fn argv(group: &GroupSpec) -> Option<Vec<OsString>> {
 /// variables with the index of its socket among the fds sent (stdin,
 /// stdout, stderr, then the queues, in order); the template sets the
 /// variable to the fd number the socket has in the worker.
-pub fn request(seq: u64, group: &GroupSpec, index: u32, queues: &[(String, String)]) -> Vec<u8> {
+pub fn request(
+    seq: u64,
+    group: &GroupSpec,
+    index: u32,
+    queues: &[(String, String)],
+    notify: Option<&str>,
+) -> Vec<u8> {
     let env = [
         ("DROVER_INDEX".to_owned(), index.to_string()),
         ("DROVER_GROUP".to_owned(), group.name.to_string()),
@@ -123,7 +129,10 @@ pub fn request(seq: u64, group: &GroupSpec, index: u32, queues: &[(String, Strin
         ),
     ];
     // As for every other start (see `plan::ChildIo::plan`).
-    let confirms = super::plan::confirm_variables(group);
+    let mut confirms = super::plan::confirm_variables(group);
+    if let Some(address) = notify {
+        confirms.push(("NOTIFY_SOCKET".to_owned(), address.to_owned()));
+    }
     let mut b = RequestBuilder::new(seq);
     b.count(env.len() + confirms.len());
     for (k, v) in env.into_iter().chain(confirms) {
