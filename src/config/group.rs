@@ -16,11 +16,12 @@ use super::model::{GroupSpec, StartMethod, UpdateMode};
 use super::policy::{self, PolicyDraft};
 use super::program::{self, ProgramDraft};
 use super::queue::{self, QueueRef};
+use super::sockets::{self, SocketDraft};
 use super::source::resolve;
 use crate::config::names::GroupName;
 
 /// Every key of a group table, in the order the README lists them.
-pub(crate) const ALL_KEYS: [&str; 20] = [
+pub(crate) const ALL_KEYS: [&str; 21] = [
     "command",
     "python",
     "preload",
@@ -41,6 +42,7 @@ pub(crate) const ALL_KEYS: [&str; 20] = [
     "stop_signal",
     "stop_timeout",
     "update",
+    "sockets",
 ];
 
 const START_METHODS: [(&str, StartMethod); 3] = [
@@ -69,6 +71,9 @@ pub(crate) struct GroupDraft {
     /// False when `inputs` or `outputs` was present but unreadable: which
     /// queues have producers and consumers is then not fully known.
     pub wiring_complete: bool,
+    /// `sockets`, with the spans of their addresses (no two groups may
+    /// bind the same one).
+    pub sockets: Vec<SocketDraft>,
 }
 
 /// A group's keys as read so far, defaults elsewhere.
@@ -87,6 +92,8 @@ struct Builder {
     clear_env: bool,
     /// `cwd`, resolved, with the span of its value.
     cwd: Option<(PathBuf, Range<usize>)>,
+    /// `sockets`, with the span of the value.
+    sockets: Option<(Vec<SocketDraft>, Range<usize>)>,
 }
 
 /// Reads a group's table. Every key is checked even when the name is
@@ -124,7 +131,17 @@ pub(crate) fn read(
         let path = b.env.get("PATH").map(OsStr::new).or(host.path.as_deref());
         lookup::check_program(cx, &group, (&command.0, command.1), &cwd, path);
     }
+    if let (Some(p), Some((list, span))) = (&program, &b.sockets) {
+        check_socket_method(
+            cx,
+            &p.program,
+            b.start_method,
+            !list.is_empty(),
+            span.clone(),
+        );
+    }
     cx.set_table(None);
+    let sockets = b.sockets.map(|(list, _)| list).unwrap_or_default();
     let (inputs, outputs) = (b.inputs.unwrap_or_default(), b.outputs.unwrap_or_default());
     let name = name?;
     let spec = program.map(|p| GroupSpec {
@@ -141,6 +158,7 @@ pub(crate) fn read(
         cwd,
         policy,
         update: b.update,
+        sockets: sockets.iter().map(|s| s.spec.clone()).collect(),
         file: cx.file.path.clone(),
     });
     Some(GroupDraft {
@@ -151,6 +169,7 @@ pub(crate) fn read(
         inputs,
         outputs,
         wiring_complete: b.wiring_complete,
+        sockets,
     })
 }
 
@@ -177,6 +196,7 @@ impl Builder {
             "env" => self.env = env(cx, value).unwrap_or_default(),
             "clear_env" => self.clear_env = cx.bool(name, value).unwrap_or_default(),
             "cwd" => self.cwd = cwd(cx, value).map(|cwd| (cwd, value.span())),
+            "sockets" => self.sockets = sockets::read(cx, value).map(|s| (s, value.span())),
             _ => {
                 let queue_keys = queue::KEYS.as_slice();
                 cx.unknown_key(key, place, &ALL_KEYS, Some(("[queue.NAME]", queue_keys)));
@@ -293,6 +313,31 @@ fn cwd(cx: &mut Cx<'_>, value: &Value<'_>) -> Option<PathBuf> {
     cx.fits_exec("cwd", len, value.span()).then_some(cwd)
 }
 
+/// Python functions under `fork` or `forkserver` are forked from a
+/// template interpreter, which does not take listening sockets: `sockets`
+/// there is an error rather than children without them.
+fn check_socket_method(
+    cx: &mut Cx<'_>,
+    program: &super::model::Program,
+    method: StartMethod,
+    any: bool,
+    span: Range<usize>,
+) {
+    if any
+        && matches!(program, super::model::Program::Python { .. })
+        && method != StartMethod::Spawn
+    {
+        let message = format!(
+            "{} is not supported for Python functions under start_method = \"{}\"",
+            cx.key("sockets"),
+            method.as_str()
+        );
+        let help = "use start_method = \"spawn\" for a Python function with sockets, \
+                    or run it as a `command`";
+        cx.error(span, message, Some(help.into()));
+    }
+}
+
 /// A `cwd` that is not a directory fails every start: a warning, like a
 /// missing program.
 fn check_cwd(cx: &mut Cx<'_>, group: &str, cwd: &Path, span: Range<usize>) {
@@ -327,6 +372,7 @@ mod tests {
             "env",
             "clear_env",
             "cwd",
+            "sockets",
         ]
         .into_iter()
         .chain(program::KEYS)

@@ -44,6 +44,7 @@ mod program;
 mod queue;
 pub mod signal;
 mod size;
+mod sockets;
 mod source;
 mod suggest;
 mod supervisor;

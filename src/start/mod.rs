@@ -793,6 +793,7 @@ mod tests {
             cwd: "/".into(),
             policy: Default::default(),
             update: Default::default(),
+            sockets: Vec::new(),
             file: "t.toml".into(),
         })
     }

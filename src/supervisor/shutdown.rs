@@ -188,6 +188,7 @@ mod tests {
                 ..Policy::default()
             },
             update: Default::default(),
+            sockets: Vec::new(),
             file: "t.toml".into(),
         }
     }

@@ -74,6 +74,7 @@ fn group(name: &str, processes: u32, policy: Policy) -> GroupSpec {
         cwd: PathBuf::from("/"),
         policy,
         update: Default::default(),
+        sockets: Vec::new(),
         file: PathBuf::from("test.toml"),
     }
 }

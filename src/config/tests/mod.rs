@@ -146,6 +146,7 @@ fn defaults_are_the_model_defaults() {
         cwd: PathBuf::from("/cfg"),
         policy: Policy::default(),
         update: Default::default(),
+        sockets: Vec::new(),
         file: PathBuf::from("/cfg/a.toml"),
     };
     assert_eq!(workers, &expected);
