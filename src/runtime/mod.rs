@@ -78,6 +78,9 @@ pub enum RuntimeError {
     Bind(#[from] control::BindError),
     #[error("cannot open the queue store for durable queues: {0}")]
     Store(#[from] drover_store::StoreError),
+    /// A group's listening socket could not be bound.
+    #[error("{0}")]
+    Sockets(String),
     #[error("{what}: {source}")]
     Os {
         what: &'static str,
@@ -178,8 +181,11 @@ impl Runtime {
             tracing::warn!("cannot become a child subreaper: {e}; orphans will not be reaped");
         }
 
-        let base_env: BTreeMap<_, _> = std::env::vars_os().collect();
+        let base_env = child_base_env(std::env::vars_os());
         let mut launcher = ProcessLauncher::new(base_env).map_err(os("opening /dev/null"))?;
+        launcher
+            .apply_sockets(&config)
+            .map_err(RuntimeError::Sockets)?;
         let uses_forkserver = config.groups.values().any(|g| {
             g.start_method == crate::config::StartMethod::Forkserver
                 && matches!(g.program, crate::config::Program::Command(_))
@@ -671,6 +677,13 @@ impl Runtime {
             self.config_error = Some(text.clone());
             return Err(text);
         }
+        // New listening sockets are bound before anything changes: an
+        // address in use refuses the reload like an invalid config.
+        if let Err(text) = self.launcher.apply_sockets(&config) {
+            tracing::error!("{trigger}: {text}; still running the previous config");
+            self.config_error = Some(text.clone());
+            return Err(text);
+        }
         // Timers of the children it starts count from now, after the parse.
         let now = Instant::now();
         let queues = self.broker.apply(&config, &self.epoll);
@@ -817,6 +830,22 @@ impl Runtime {
 /// program overflows `fd_set` above 1024; closing every fd up to a million
 /// is slow). Warns once, up front, when the configured children cannot all
 /// fit.
+/// The environment children inherit: drover's own, without the socket-
+/// activation variables (`LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`) it
+/// was given itself: they describe drover's fds, never a child's. A child
+/// of a group with `sockets` gets its own.
+fn child_base_env(
+    vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> BTreeMap<std::ffi::OsString, std::ffi::OsString> {
+    vars.filter(|(k, _)| {
+        !matches!(
+            k.to_str(),
+            Some("LISTEN_FDS" | "LISTEN_PID" | "LISTEN_FDNAMES")
+        )
+    })
+    .collect()
+}
+
 fn raise_fd_limit(config: &Config) {
     let limit = match crate::sys::raise_fd_limit() {
         Ok((_, raised)) => raised,

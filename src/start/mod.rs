@@ -23,6 +23,7 @@
 
 pub mod forkserver;
 mod helper;
+mod listeners;
 mod plan;
 mod prepare;
 pub mod python;
@@ -45,6 +46,7 @@ use crate::supervisor::{ExitStatus, LaunchError, Launcher, Pid, Started};
 use crate::sys::forkexec::{ExecSetup, FdSetup, ForkKind, fork_exec};
 use crate::sys::{SpawnPlan, pidfd_open, spawn_child};
 use helper::{Broken, Event, Helper};
+pub use listeners::Listeners;
 use plan::ChildIo;
 pub use plan::ChildOutput;
 use prepare::{Prepared, start_error};
@@ -124,6 +126,8 @@ pub struct ProcessLauncher {
     tokens: HashMap<u64, HelperId>,
     /// Per group, what every start shares.
     prepared: HashMap<GroupName, Prepared>,
+    /// The listening sockets of groups' `sockets`.
+    listeners: Listeners,
     /// Processes started in this loop turn (see [`STARTS_PER_TURN`]).
     starts_this_turn: u32,
     next_ticket: u64,
@@ -152,6 +156,7 @@ impl ProcessLauncher {
             template_failures: HashMap::new(),
             tokens: HashMap::new(),
             prepared: HashMap::new(),
+            listeners: Listeners::default(),
             starts_this_turn: 0,
             next_ticket: 0,
             completions: Vec::new(),
@@ -159,6 +164,13 @@ impl ProcessLauncher {
             early_exits: HashMap::new(),
             retired: Vec::new(),
         })
+    }
+
+    /// Binds the listening sockets `config` adds, closes those it no
+    /// longer names; on an error (an address in use, a permission) nothing
+    /// changes. Called before a config is applied.
+    pub fn apply_sockets(&mut self, config: &crate::config::Config) -> Result<(), String> {
+        self.listeners.apply(config)
     }
 
     /// A new loop turn: the start budget is full again.
@@ -651,9 +663,30 @@ impl ProcessLauncher {
 }
 
 /// The `fork` method: stdio placed at 0, 1, 2; every other fd drover holds
-/// without close-on-exec is inherited.
-fn fork_setup(plan: &SpawnPlan) -> ExecSetup {
-    ExecSetup::new(
+/// without close-on-exec is inherited. The planned fds after stdio stay at
+/// their numbers (`in_place`), or (a group with `sockets`) go to 3, 4, …;
+/// the copies that make room for that must live until the fork.
+fn fork_setup(plan: &SpawnPlan, in_place: bool) -> std::io::Result<(ExecSetup, Vec<OwnedFd>)> {
+    if !in_place {
+        let (sources, moved) = crate::sys::relocate(&plan.fds.sources, 0)?;
+        let setup = ExecSetup::new(
+            plan.program.clone(),
+            plan.argv.clone(),
+            plan.envp.clone(),
+            plan.cwd.clone(),
+            FdSetup {
+                dups: sources
+                    .iter()
+                    .enumerate()
+                    .map(|(target, &source)| (source, target as i32))
+                    .collect(),
+                keep: Vec::new(),
+                close_from: None,
+            },
+        );
+        return Ok((setup, moved));
+    }
+    let setup = ExecSetup::new(
         plan.program.clone(),
         plan.argv.clone(),
         plan.envp.clone(),
@@ -670,7 +703,8 @@ fn fork_setup(plan: &SpawnPlan) -> ExecSetup {
             keep: plan.fds.sources.iter().skip(3).copied().collect(),
             close_from: None,
         },
-    )
+    );
+    Ok((setup, Vec::new()))
 }
 
 impl Launcher for ProcessLauncher {
@@ -697,8 +731,12 @@ impl Launcher for ProcessLauncher {
         let devnull = self.devnull.as_raw_fd();
         let prepared = self.prepared(group)?;
         let (spec, program) = (Rc::clone(&prepared.spec), prepared.argv[0].clone());
-        let (plan, io) =
-            ChildIo::plan(group, index, prepared, devnull).map_err(LaunchError::Setup)?;
+        let listeners = self.listeners.fds(group).ok_or_else(|| {
+            LaunchError::Setup(std::io::Error::other("its listening sockets are not bound"))
+        })?;
+        let prepared = &self.prepared[&group.name];
+        let (plan, io) = ChildIo::plan(group, index, prepared, devnull, &listeners)
+            .map_err(LaunchError::Setup)?;
         if let Some(id) = helper {
             self.next_ticket += 1;
             let pending = Pending {
@@ -715,7 +753,9 @@ impl Launcher for ProcessLauncher {
         // reused yet: only this thread reaps.)
         let started = match group.start_method {
             StartMethod::Fork => {
-                fork_exec(&fork_setup(&plan), ForkKind::Fork).map(|pid| (pid, pidfd_open(pid).ok()))
+                fork_setup(&plan, plan::keeps_fd_numbers(group)).and_then(|(setup, _moved)| {
+                    fork_exec(&setup, ForkKind::Fork).map(|pid| (pid, pidfd_open(pid).ok()))
+                })
             }
             _ => spawn_child(&plan).map(|s| {
                 let pidfd = s.pidfd.or_else(|| pidfd_open(s.pid).ok());
