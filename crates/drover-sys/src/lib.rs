@@ -570,3 +570,24 @@ mod tests {
         assert!(placed.iter().all(|&fd| fd >= first + 2));
     }
 }
+
+#[cfg(test)]
+mod pid_var_tests {
+    use super::*;
+
+    fn written(pid: libc::pid_t) -> Vec<u8> {
+        let mut buf: PidVar = [0xff; 32];
+        write_pid_var(&mut buf, pid);
+        let end = buf.iter().position(|&b| b == 0).expect("a NUL");
+        buf[..end].to_vec()
+    }
+
+    #[test]
+    fn the_pid_variable_is_written_in_decimal_with_a_nul() {
+        assert_eq!(written(1), b"LISTEN_PID=1");
+        assert_eq!(written(4242), b"LISTEN_PID=4242");
+        assert_eq!(written(i32::MAX), b"LISTEN_PID=2147483647");
+        assert_eq!(pid_slot(&[CString::new("LISTEN_PID=1").unwrap()]), None);
+        assert_eq!(pid_slot(&[CString::new(PID_SLOT).unwrap()]), Some(0));
+    }
+}
