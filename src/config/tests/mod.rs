@@ -13,6 +13,7 @@ mod groups;
 mod hostile;
 mod merge;
 mod scale;
+mod sockets;
 
 /// A program that certainly exists: the test binary, found through the
 /// `PATH` of [`host`].
