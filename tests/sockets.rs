@@ -119,6 +119,8 @@ fn every_child_gets_its_sockets_at_3_with_its_own_pid_in_listen_pid() {
         ("fork", &command),
         ("forkserver", &command),
         ("spawn", &function),
+        ("fork", &function),
+        ("forkserver", &function),
     ];
     for (method, program) in variants {
         let dir = TempDir::new("sockets-env");
@@ -141,10 +143,13 @@ fn every_child_gets_its_sockets_at_3_with_its_own_pid_in_listen_pid() {
             assert_eq!(info["LISTEN_FDS"], "2", "{what}");
             assert_eq!(info["LISTEN_FDNAMES"], "http:admin", "{what}");
             assert_eq!(info["LISTEN_PID"], info["pid"].to_string(), "{what}");
-            assert_eq!(
-                info["DROVER_OUT_Q"], "5",
-                "queue fds follow the sockets: {what}"
-            );
+            let queue_fd: i32 = info["DROVER_OUT_Q"].as_str().unwrap().parse().unwrap();
+            if method != "spawn" && program.starts_with("python") {
+                // A forked worker's queue fd stays where its template got it.
+                assert!(queue_fd >= 5, "queue fds above the sockets: {what}");
+            } else {
+                assert_eq!(queue_fd, 5, "queue fds follow the sockets: {what}");
+            }
             assert!(pids.contains(&info["pid"].as_i64().unwrap()), "{what}");
         }
         let mode = std::fs::metadata(&unix).unwrap().permissions().mode() & 0o7777;

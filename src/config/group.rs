@@ -131,15 +131,6 @@ pub(crate) fn read(
         let path = b.env.get("PATH").map(OsStr::new).or(host.path.as_deref());
         lookup::check_program(cx, &group, (&command.0, command.1), &cwd, path);
     }
-    if let (Some(p), Some((list, span))) = (&program, &b.sockets) {
-        check_socket_method(
-            cx,
-            &p.program,
-            b.start_method,
-            !list.is_empty(),
-            span.clone(),
-        );
-    }
     cx.set_table(None);
     let sockets = b.sockets.map(|(list, _)| list).unwrap_or_default();
     let (inputs, outputs) = (b.inputs.unwrap_or_default(), b.outputs.unwrap_or_default());
@@ -311,31 +302,6 @@ fn cwd(cx: &mut Cx<'_>, value: &Value<'_>) -> Option<PathBuf> {
     let cwd = resolve(&cx.file.dir, Path::new(s));
     let len = cwd.as_os_str().len();
     cx.fits_exec("cwd", len, value.span()).then_some(cwd)
-}
-
-/// Python functions under `fork` or `forkserver` are forked from a
-/// template interpreter, which does not take listening sockets: `sockets`
-/// there is an error rather than children without them.
-fn check_socket_method(
-    cx: &mut Cx<'_>,
-    program: &super::model::Program,
-    method: StartMethod,
-    any: bool,
-    span: Range<usize>,
-) {
-    if any
-        && matches!(program, super::model::Program::Python { .. })
-        && method != StartMethod::Spawn
-    {
-        let message = format!(
-            "{} is not supported for Python functions under start_method = \"{}\"",
-            cx.key("sockets"),
-            method.as_str()
-        );
-        let help = "use start_method = \"spawn\" for a Python function with sockets, \
-                    or run it as a `command`";
-        cx.error(span, message, Some(help.into()));
-    }
 }
 
 /// A `cwd` that is not a directory fails every start: a warning, like a

@@ -173,6 +173,13 @@ impl ProcessLauncher {
         self.listeners.apply(config)
     }
 
+    /// The fds of `group`'s listening sockets, in its order.
+    fn listener_fds(&self, group: &GroupSpec) -> Result<Vec<std::os::fd::RawFd>, LaunchError> {
+        self.listeners.fds(group).ok_or_else(|| {
+            LaunchError::Setup(std::io::Error::other("its listening sockets are not bound"))
+        })
+    }
+
     /// A new loop turn: the start budget is full again.
     pub fn new_turn(&mut self) {
         self.starts_this_turn = 0;
@@ -565,9 +572,11 @@ impl ProcessLauncher {
     /// Starts `group`'s template without waiting for its imports.
     fn launch_template(&mut self, group: &GroupSpec) -> Result<(), LaunchError> {
         let devnull = self.devnull.as_raw_fd();
+        let listeners = self.listener_fds(group)?;
         let prepared = self.prepared(group)?;
         let spec = Rc::clone(&prepared.spec);
-        let (pid, socket) = python::launch(group, prepared, devnull).map_err(LaunchError::Setup)?;
+        let (pid, socket) =
+            python::launch(group, prepared, devnull, &listeners).map_err(LaunchError::Setup)?;
         let helper = Helper::new(pid, socket, Instant::now(), python::IMPORT_TIMEOUT, false);
         self.templates
             .insert(group.name.clone(), Template { helper, spec });
@@ -731,9 +740,11 @@ impl Launcher for ProcessLauncher {
         let devnull = self.devnull.as_raw_fd();
         let prepared = self.prepared(group)?;
         let (spec, program) = (Rc::clone(&prepared.spec), prepared.argv[0].clone());
-        let listeners = self.listeners.fds(group).ok_or_else(|| {
-            LaunchError::Setup(std::io::Error::other("its listening sockets are not bound"))
-        })?;
+        // A template's workers inherit the sockets from the template.
+        let listeners = match helper {
+            Some(HelperId::Template(_)) => Vec::new(),
+            _ => self.listener_fds(group)?,
+        };
         let prepared = &self.prepared[&group.name];
         let (plan, io) = ChildIo::plan(group, index, prepared, devnull, &listeners)
             .map_err(LaunchError::Setup)?;

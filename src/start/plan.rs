@@ -114,7 +114,7 @@ pub fn confirm_variables(group: &GroupSpec) -> Vec<(String, String)> {
 /// `sockets`: `LISTEN_FDS`, `LISTEN_FDNAMES` and the `LISTEN_PID=` entry
 /// that every start path fills with the child's own PID between its
 /// creation and its exec (see [`crate::sys::PID_SLOT`]).
-fn listen_variables(group: &GroupSpec) -> Vec<std::ffi::CString> {
+pub(super) fn listen_variables(group: &GroupSpec) -> Vec<std::ffi::CString> {
     if group.sockets.is_empty() {
         return Vec::new();
     }
