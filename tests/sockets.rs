@@ -451,3 +451,56 @@ fn no_request_fails_across_a_rolling_restart_of_a_socket_inheriting_server() {
     assert!(by_old > 0, "the old children served requests");
     assert!(served_by_new(&results), "the new children served requests");
 }
+
+/// Runs the rest of its argv with a listening TCP socket at fd 3 and the
+/// socket-activation variables naming itself (the PID survives the exec):
+/// drover started the way systemd would start it.
+const ACTIVATE: &str = r#"
+import os, socket, sys
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen()
+os.dup2(s.fileno(), 3)
+os.set_inheritable(3, True)  # dup2 onto itself (fd 3 already) keeps close-on-exec
+os.environ.update(LISTEN_FDS="1", LISTEN_PID=str(os.getpid()), LISTEN_FDNAMES="outer")
+os.execvp(sys.argv[1], sys.argv[1:])
+"#;
+
+/// Prints the variables and what fd 3 is.
+const SHOW_FD3: &str = r#"
+import os, socket
+try:
+    fd3 = socket.socket(fileno=3).getsockname()[0]
+except OSError:
+    fd3 = None
+print("SEEN %s %s %s %s %s" % (os.environ.get("DROVER_GROUP"), os.environ.get("LISTEN_FDS"),
+      os.environ.get("LISTEN_PID") == str(os.getpid()), os.environ.get("LISTEN_FDNAMES"), fd3), flush=True)
+import time
+time.sleep(1000)
+"#;
+
+#[test]
+fn fork_children_that_inherit_drovers_own_sockets_get_their_own_listen_pid() {
+    let dir = TempDir::new("sockets-activated");
+    let activate = dir.write("activate.py", ACTIVATE);
+    dir.write("show.py", SHOW_FD3);
+    dir.write(
+        "drover.toml",
+        &format!(
+            "[group.forked]\ncommand = [\"{py}\", \"show.py\"]\nstart_method = \"fork\"\n\n\
+             [group.spawned]\ncommand = [\"{py}\", \"show.py\"]\n",
+            py = python()
+        ),
+    );
+    let activate = activate.display().to_string();
+    let d = Drover::start_in(dir, &[python(), &activate]);
+    let out = d.stdout.wait_count("SEEN ", 2);
+    assert!(
+        out.contains("SEEN forked 1 True outer 127.0.0.1"),
+        "a fork child inherits fd 3, with its own LISTEN_PID: {out}"
+    );
+    assert!(
+        out.contains("SEEN spawned None False None None"),
+        "a spawn child gets neither the fd nor the variables: {out}"
+    );
+}

@@ -181,8 +181,12 @@ impl Runtime {
             tracing::warn!("cannot become a child subreaper: {e}; orphans will not be reaped");
         }
 
+        let inherited = inherited_sockets();
         let base_env = child_base_env(std::env::vars_os());
         let mut launcher = ProcessLauncher::new(base_env).map_err(os("opening /dev/null"))?;
+        if let Some((count, names)) = inherited {
+            launcher.inherit_sockets(count, names);
+        }
         launcher
             .apply_sockets(&config)
             .map_err(RuntimeError::Sockets)?;
@@ -844,6 +848,21 @@ fn child_base_env(
         )
     })
     .collect()
+}
+
+/// The sockets drover itself was given by socket activation: `LISTEN_PID`
+/// is drover's PID and fds 3 .. 3 + `LISTEN_FDS` are open and inherited
+/// across exec. `fork` children inherit them (with their own `LISTEN_*`);
+/// returns their number and `LISTEN_FDNAMES`.
+fn inherited_sockets() -> Option<(u32, Option<String>)> {
+    let pid = std::env::var("LISTEN_PID").ok()?;
+    if pid.parse::<u32>().ok()? != std::process::id() {
+        return None;
+    }
+    let count: u32 = std::env::var("LISTEN_FDS").ok()?.parse().ok()?;
+    let all =
+        count > 0 && count <= 1024 && (3..3 + count as i32).all(crate::sys::inherited_across_exec);
+    all.then(|| (count, std::env::var("LISTEN_FDNAMES").ok()))
 }
 
 fn raise_fd_limit(config: &Config) {

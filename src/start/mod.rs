@@ -128,6 +128,10 @@ pub struct ProcessLauncher {
     prepared: HashMap<GroupName, Prepared>,
     /// The listening sockets of groups' `sockets`.
     listeners: Listeners,
+    /// Sockets drover was itself given by socket activation (their number,
+    /// `LISTEN_FDNAMES`): `fork` command groups without `sockets` inherit
+    /// them at 3.. and are told so.
+    inherited_sockets: Option<(u32, Option<String>)>,
     /// Processes started in this loop turn (see [`STARTS_PER_TURN`]).
     starts_this_turn: u32,
     next_ticket: u64,
@@ -157,6 +161,7 @@ impl ProcessLauncher {
             tokens: HashMap::new(),
             prepared: HashMap::new(),
             listeners: Listeners::default(),
+            inherited_sockets: None,
             starts_this_turn: 0,
             next_ticket: 0,
             completions: Vec::new(),
@@ -171,6 +176,14 @@ impl ProcessLauncher {
     /// changes. Called before a config is applied.
     pub fn apply_sockets(&mut self, config: &crate::config::Config) -> Result<(), String> {
         self.listeners.apply(config)
+    }
+
+    /// drover was given `count` sockets at 3.. by socket activation (with
+    /// `names`): `fork` command groups without `sockets` inherit them, and
+    /// their children get `LISTEN_FDS`, `LISTEN_FDNAMES` and their own
+    /// `LISTEN_PID`.
+    pub fn inherit_sockets(&mut self, count: u32, names: Option<String>) {
+        self.inherited_sockets = Some((count, names));
     }
 
     /// The fds of `group`'s listening sockets, in its order.
@@ -617,7 +630,18 @@ impl ProcessLauncher {
             .get(&group.name)
             .is_some_and(|p| *p.spec == *group);
         if !fresh {
-            let prepared = Prepared::new(group, &self.base_env)?;
+            let mut prepared = Prepared::new(group, &self.base_env)?;
+            let inherits = group.start_method == StartMethod::Fork
+                && matches!(group.program, Program::Command(_))
+                && group.sockets.is_empty();
+            if let (true, Some((count, names))) = (inherits, &self.inherited_sockets) {
+                let env = &mut prepared.envp;
+                env.push(prepare::cstring(format!("LISTEN_FDS={count}").as_ref()));
+                if let Some(names) = names {
+                    env.push(prepare::cstring(format!("LISTEN_FDNAMES={names}").as_ref()));
+                }
+                env.push(CString::new(crate::sys::PID_SLOT).expect("no NUL"));
+            }
             self.prepared.insert(group.name.clone(), prepared);
         }
         Ok(&self.prepared[&group.name])

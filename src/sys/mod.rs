@@ -125,3 +125,15 @@ pub fn ensure_std_fds() -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Whether `fd` is open without close-on-exec: inherited by an exec'd
+/// program (a socket handed down by socket activation, say).
+pub fn inherited_across_exec(fd: std::os::fd::RawFd) -> bool {
+    fcntl(
+        // SAFETY: F_GETFD on any integer is harmless (EBADF for a closed
+        // one); the borrow ends with the call.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
+        FcntlArg::F_GETFD,
+    )
+    .is_ok_and(|flags| flags & libc::FD_CLOEXEC == 0)
+}
