@@ -3,9 +3,10 @@
 //! its own PID in `LISTEN_PID` (under each start method), queue fds above
 //! them; a socket outlives child restarts; an address in use fails the
 //! start (exit 1) or refuses a reload; a removed socket is closed and its
-//! file removed; the `LISTEN_*` drover inherited reach no child; and the
-//! headline: not one failed request across a rolling restart of a
-//! socket-inheriting HTTP server.
+//! file removed; the `LISTEN_*` drover inherited reach no child, except
+//! `fork` children that inherit drover's own activated sockets, with their
+//! own `LISTEN_PID`; and the headline: not one failed request across a
+//! rolling restart of a socket-inheriting HTTP server.
 
 mod common;
 

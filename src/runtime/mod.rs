@@ -187,9 +187,6 @@ impl Runtime {
         if let Some((count, names)) = inherited {
             launcher.inherit_sockets(count, names);
         }
-        launcher
-            .apply_sockets(&config)
-            .map_err(RuntimeError::Sockets)?;
         let uses_forkserver = config.groups.values().any(|g| {
             g.start_method == crate::config::StartMethod::Forkserver
                 && matches!(g.program, crate::config::Program::Command(_))
@@ -203,6 +200,11 @@ impl Runtime {
         }
 
         let listener = Listener::bind(socket)?;
+        // After the control socket: a second drover on the same config
+        // stops there, before it could touch the first one's sockets.
+        launcher
+            .apply_sockets(&config)
+            .map_err(RuntimeError::Sockets)?;
         let (wake_tx, wake_rx) = UnixStream::pair().map_err(os("log writer"))?;
         wake_rx.set_nonblocking(true).map_err(os("log writer"))?;
         let writer =

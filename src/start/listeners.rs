@@ -149,7 +149,15 @@ fn bind_one(addr: &ListenAddr, mode: Option<u32>) -> std::io::Result<Bound> {
 
 fn bind_unix(path: &Path, mode: Option<u32>) -> std::io::Result<Bound> {
     match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(m) if m.file_type().is_socket() => {
+            if someone_listens(path)? {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    format!("{} is in use: a process listens on it", path.display()),
+                ));
+            }
+            std::fs::remove_file(path)?
+        }
         Ok(_) => {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::AlreadyExists,
@@ -183,6 +191,80 @@ fn bind_unix(path: &Path, mode: Option<u32>) -> std::io::Result<Bound> {
     }
 }
 
+/// Whether a process accepts on the unix socket at `path`: a non-blocking
+/// connect (never a wait) that is refused means the file is stale.
+fn someone_listens(path: &Path) -> std::io::Result<bool> {
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    match nix::sys::socket::connect(fd.as_raw_fd(), &UnixAddr::new(path)?) {
+        // Connected, or a full backlog: someone listens.
+        Ok(()) | Err(nix::errno::Errno::EAGAIN) => Ok(true),
+        Err(nix::errno::Errno::ECONNREFUSED | nix::errno::Errno::ENOENT) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn chmod(path: &Path, mode: u32) -> std::io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixListener;
+
+    use super::*;
+
+    fn tempdir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("drover-listeners-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_stale_socket_file_is_replaced_and_removed_again() {
+        let dir = tempdir("stale");
+        let path = dir.join("a.sock");
+        drop(UnixListener::bind(&path).unwrap()); // leaves its file behind
+        let bound = bind_unix(&path, Some(0o600)).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
+        assert_eq!(bound.file, Some((meta.dev(), meta.ino())));
+        close(&ListenAddr::Unix(path.clone()), bound);
+        assert!(!path.exists());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_live_socket_or_another_file_is_not_replaced() {
+        let dir = tempdir("live");
+        let path = dir.join("a.sock");
+        let live = UnixListener::bind(&path).unwrap();
+        let e = bind_unix(&path, None).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse, "{e}");
+        drop(live);
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, "data").unwrap();
+        let e = bind_unix(&path, None).unwrap_err();
+        assert!(e.to_string().contains("is not a socket"), "{e}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "data");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_file_replaced_since_the_bind_is_left_alone() {
+        let dir = tempdir("replaced");
+        let path = dir.join("a.sock");
+        let bound = bind_unix(&path, None).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, "someone else's").unwrap();
+        close(&ListenAddr::Unix(path.clone()), bound);
+        assert!(path.exists());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }
