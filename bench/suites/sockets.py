@@ -104,7 +104,7 @@ class Load:
         return {
             "seconds": end - start, "requests": len(inside), "failed": len(errors), "errors": errors[:5],
             "rps": len(inside) / (end - start) if end > start else None,
-            "p50_ms": percentile(latencies, 0.5), "p99_ms": percentile(latencies, 0.99),
+            "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99),
             "max_ms": latencies[-1] if latencies else None,
         }
 
