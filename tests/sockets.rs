@@ -29,6 +29,7 @@ const ECHO_PID: &str = r#"
 import json, os, selectors, socket
 info = {k: os.environ.get(k) for k in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "DROVER_OUT_Q")}
 info["pid"] = os.getpid()
+info["entries"] = sum(e.startswith(b"LISTEN_") for e in open("/proc/self/environ", "rb").read().split(b"\0"))
 print("INFO " + json.dumps(info), flush=True)
 sel = selectors.DefaultSelector()
 for fd in (3, 4):
@@ -47,6 +48,7 @@ import json, os, selectors, socket
 def main():
     info = {k: os.environ.get(k) for k in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "DROVER_OUT_Q")}
     info["pid"] = os.getpid()
+    info["entries"] = sum(e.startswith(b"LISTEN_") for e in open("/proc/self/environ", "rb").read().split(b"\0"))
     print("INFO " + json.dumps(info), flush=True)
     sel = selectors.DefaultSelector()
     for fd in (3, 4):
@@ -102,6 +104,7 @@ fn echo_config(dir: &TempDir, program: &str, method: &str, port: u16, processes:
     format!(
         "[group.web]\n{program}\nstart_method = \"{method}\"\nprocesses = {processes}\n\
          start_secs = \"100ms\"\noutputs = [\"q\"]\n\
+         env = {{ LISTEN_FDS = \"9\", LISTEN_PID = \"1\" }}\n\
          sockets = [{{ name = \"http\", listen = \"tcp://127.0.0.1:{port}\" }}, \
          {{ name = \"admin\", listen = \"unix://{}\", mode = \"0640\" }}]\n\n[queue.q]\n",
         unix.display()
@@ -142,6 +145,10 @@ fn every_child_gets_its_sockets_at_3_with_its_own_pid_in_listen_pid() {
         for info in &seen {
             let what = format!("{method} {program}: {info}");
             assert_eq!(info["LISTEN_FDS"], "2", "{what}");
+            assert_eq!(
+                info["entries"], 3,
+                "the group's own LISTEN_* are dropped: {what}"
+            );
             assert_eq!(info["LISTEN_FDNAMES"], "http:admin", "{what}");
             assert_eq!(info["LISTEN_PID"], info["pid"].to_string(), "{what}");
             let queue_fd: i32 = info["DROVER_OUT_Q"].as_str().unwrap().parse().unwrap();

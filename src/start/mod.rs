@@ -634,7 +634,13 @@ impl ProcessLauncher {
             let inherits = group.start_method == StartMethod::Fork
                 && matches!(group.program, Program::Command(_))
                 && group.sockets.is_empty();
-            if let (true, Some((count, names))) = (inherits, &self.inherited_sockets) {
+            let inherited = self.inherited_sockets.as_ref().filter(|_| inherits);
+            if !group.sockets.is_empty() || inherited.is_some() {
+                // drover's own variables describe the child's fds: none
+                // from the group's `env` may shadow them.
+                prepared.envp.retain(|e| !is_listen_variable(e.as_bytes()));
+            }
+            if let Some((count, names)) = inherited {
                 let env = &mut prepared.envp;
                 env.push(prepare::cstring(format!("LISTEN_FDS={count}").as_ref()));
                 if let Some(names) = names {
@@ -693,6 +699,14 @@ impl ProcessLauncher {
         }
         Started::Requested(ticket)
     }
+}
+
+/// Whether `entry` (`NAME=value`) sets one of systemd's socket-activation
+/// variables.
+fn is_listen_variable(entry: &[u8]) -> bool {
+    [&b"LISTEN_FDS="[..], b"LISTEN_PID=", b"LISTEN_FDNAMES="]
+        .iter()
+        .any(|p| entry.starts_with(p))
 }
 
 /// The `fork` method: stdio placed at 0, 1, 2; every other fd drover holds
