@@ -387,6 +387,15 @@ fn get(port: u16) -> Result<i64, String> {
     body.parse().map_err(|_| format!("body {body:?}"))
 }
 
+/// Sets its flag when dropped.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 #[test]
 fn no_request_fails_across_a_rolling_restart_of_a_socket_inheriting_server() {
     let dir = TempDir::new("sockets-rolling");
@@ -405,6 +414,8 @@ fn no_request_fails_across_a_rolling_restart_of_a_socket_inheriting_server() {
     let old: Vec<i64> = d.wait_group_state("web", "running");
 
     let stop = Arc::new(AtomicBool::new(false));
+    // The client stops with the test, even when an assertion fails first.
+    let _stop_client = StopOnDrop(Arc::clone(&stop));
     let results: Arc<Mutex<Vec<Result<i64, String>>>> = Arc::default();
     let client = {
         let (stop, results) = (Arc::clone(&stop), Arc::clone(&results));
