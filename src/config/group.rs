@@ -17,11 +17,12 @@ use super::policy::{self, PolicyDraft};
 use super::program::{self, ProgramDraft};
 use super::queue::{self, QueueRef};
 use super::ready;
+use super::sockets::{self, SocketDraft};
 use super::source::resolve;
 use crate::config::names::GroupName;
 
 /// Every key of a group table, in the order the README lists them.
-pub(crate) const ALL_KEYS: [&str; 24] = [
+pub(crate) const ALL_KEYS: [&str; 25] = [
     "command",
     "python",
     "preload",
@@ -46,6 +47,7 @@ pub(crate) const ALL_KEYS: [&str; 24] = [
     "ready",
     "ready_timeout",
     "health",
+    "sockets",
 ];
 
 const START_METHODS: [(&str, StartMethod); 3] = [
@@ -77,6 +79,9 @@ pub(crate) struct GroupDraft {
     /// `after`: the groups named, with their spans (checked against the
     /// merged config's groups when it is assembled).
     pub after: Vec<GroupRef>,
+    /// `sockets`, with the spans of their addresses (no two groups may
+    /// bind the same one).
+    pub sockets: Vec<SocketDraft>,
 }
 
 /// A group named in another group's `after`, where it is named.
@@ -103,6 +108,8 @@ struct Builder {
     /// `cwd`, resolved, with the span of its value.
     cwd: Option<(PathBuf, Range<usize>)>,
     after: Vec<GroupRef>,
+    /// `sockets`, with the span of the value.
+    sockets: Option<(Vec<SocketDraft>, Range<usize>)>,
 }
 
 /// Reads a group's table. Every key is checked even when the name is
@@ -141,6 +148,7 @@ pub(crate) fn read(
         lookup::check_program(cx, &group, (&command.0, command.1), &cwd, path);
     }
     cx.set_table(None);
+    let sockets = b.sockets.map(|(list, _)| list).unwrap_or_default();
     let (inputs, outputs) = (b.inputs.unwrap_or_default(), b.outputs.unwrap_or_default());
     let name = name?;
     let spec = program.map(|p| GroupSpec {
@@ -158,6 +166,7 @@ pub(crate) fn read(
         policy,
         update: b.update,
         after: b.after.iter().map(|r| r.name.clone()).collect(),
+        sockets: sockets.iter().map(|s| s.spec.clone()).collect(),
         file: cx.file.path.clone(),
     });
     Some(GroupDraft {
@@ -169,6 +178,7 @@ pub(crate) fn read(
         outputs,
         wiring_complete: b.wiring_complete,
         after: b.after,
+        sockets,
     })
 }
 
@@ -201,6 +211,7 @@ impl Builder {
             "clear_env" => self.clear_env = cx.bool(name, value).unwrap_or_default(),
             "cwd" => self.cwd = cwd(cx, value).map(|cwd| (cwd, value.span())),
             "after" => self.after = after(cx, value, place).unwrap_or_default(),
+            "sockets" => self.sockets = sockets::read(cx, value).map(|s| (s, value.span())),
             _ => {
                 let queue_keys = queue::KEYS.as_slice();
                 cx.unknown_key(key, place, &ALL_KEYS, Some(("[queue.NAME]", queue_keys)));
@@ -382,6 +393,7 @@ mod tests {
             "clear_env",
             "cwd",
             "after",
+            "sockets",
         ]
         .into_iter()
         .chain(program::KEYS)

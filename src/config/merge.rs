@@ -77,6 +77,7 @@ pub(crate) fn merge(
     let (defs, duplicated) = namespace(parsed, diags);
     total_processes(parsed, diags);
     redis_streams(parsed, diags);
+    socket_addresses(parsed, diags);
     if complete {
         let all_defined = references(parsed, &defs, diags);
         super::order::check(parsed, diags);
@@ -167,6 +168,36 @@ fn total_processes(parsed: &[Parsed], diags: &mut Vec<Diagnostic>) {
                         .with_help(help),
                 );
                 return;
+            }
+        }
+    }
+}
+
+/// A listen address is bound once: a second group naming it is an error
+/// that points at both places.
+fn socket_addresses(parsed: &[Parsed], diags: &mut Vec<Diagnostic>) {
+    let mut first: HashMap<&super::model::ListenAddr, (&str, &SourceFile, &Range<usize>)> =
+        HashMap::new();
+    for p in parsed {
+        for g in &p.draft.groups {
+            for socket in &g.sockets {
+                let here = (g.name.as_str(), &p.file, &socket.span);
+                let Some((group, file, span)) = first.get(&socket.spec.listen) else {
+                    first.insert(&socket.spec.listen, here);
+                    continue;
+                };
+                let message = format!(
+                    "address `{}` of group `{}` is already a socket of group `{group}` ({})",
+                    socket.spec.listen,
+                    g.name,
+                    position(file, span)
+                );
+                let help = "drover binds each address once; a group's sockets are its own";
+                diags.push(
+                    Diagnostic::error(message)
+                        .at(p.file.at(socket.span.clone()))
+                        .with_help(help),
+                );
             }
         }
     }

@@ -47,6 +47,7 @@ mod queue;
 mod ready;
 pub mod signal;
 mod size;
+mod sockets;
 mod source;
 mod suggest;
 mod supervisor;

@@ -226,6 +226,8 @@ pub struct GroupSpec {
     /// start; it stops before them. Each defined, at most once, never the
     /// group itself, and no cycle (taken in place on reload).
     pub after: Vec<GroupName>,
+    /// `sockets`: listening sockets passed as fds 3, 4, … in this order.
+    pub sockets: Vec<SocketSpec>,
     /// The file that defines this group.
     pub file: PathBuf,
 }
@@ -277,4 +279,36 @@ pub struct RedisQueue {
     pub stream: String,
     /// Default 30 s, 100 ms to a year.
     pub claim_idle: Duration,
+}
+
+/// One of a group's `sockets`: bound by drover once, passed to every child
+/// of the group (systemd's socket activation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketSpec {
+    /// `name`: the child's `LISTEN_FDNAMES` entry. Non-empty, at most 255
+    /// bytes of printable ASCII without `:`; unique within the group.
+    pub name: String,
+    pub listen: ListenAddr,
+    /// `mode` of a unix socket's file (at most `0o7777`); `None`: as the
+    /// umask leaves it. Always `None` for TCP.
+    pub mode: Option<u32>,
+}
+
+/// A `listen` address: what drover binds. Two groups never name the same
+/// one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ListenAddr {
+    /// `tcp://HOST:PORT`, HOST an IP literal or `localhost`; port not 0.
+    Tcp(std::net::SocketAddr),
+    /// `unix:///absolute/path`, short enough for `sun_path`.
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddr::Tcp(addr) => write!(f, "tcp://{addr}"),
+            ListenAddr::Unix(path) => write!(f, "unix://{}", path.display()),
+        }
+    }
 }

@@ -92,6 +92,9 @@ pub enum RuntimeError {
         #[source]
         source: std::io::Error,
     },
+    /// A group's listening socket could not be bound.
+    #[error("{0}")]
+    Sockets(String),
     #[error("{what}: {source}")]
     Os {
         what: &'static str,
@@ -214,8 +217,12 @@ impl Runtime {
             tracing::warn!("cannot become a child subreaper: {e}; orphans will not be reaped");
         }
 
-        let base_env: BTreeMap<_, _> = std::env::vars_os().collect();
+        let inherited = inherited_sockets();
+        let base_env = child_base_env(std::env::vars_os());
         let mut launcher = ProcessLauncher::new(base_env).map_err(os("opening /dev/null"))?;
+        if let Some((count, names)) = inherited {
+            launcher.inherit_sockets(count, names);
+        }
         let uses_forkserver = config.groups.values().any(|g| {
             g.start_method == crate::config::StartMethod::Forkserver
                 && matches!(g.program, crate::config::Program::Command(_))
@@ -229,6 +236,11 @@ impl Runtime {
         }
 
         let listener = Listener::bind(socket)?;
+        // After the control socket: a second drover on the same config
+        // stops there, before it could touch the first one's sockets.
+        launcher
+            .apply_sockets(&config)
+            .map_err(RuntimeError::Sockets)?;
         let (wake_tx, wake_rx) = UnixStream::pair().map_err(os("log writer"))?;
         wake_rx.set_nonblocking(true).map_err(os("log writer"))?;
         let writer =
@@ -810,6 +822,13 @@ impl Runtime {
             self.config_error = Some(text.clone());
             return Err(text);
         }
+        // New listening sockets are bound before anything changes: an
+        // address in use refuses the reload like an invalid config.
+        if let Err(text) = self.launcher.apply_sockets(&config) {
+            tracing::error!("{trigger}: {text}; still running the previous config");
+            self.config_error = Some(text.clone());
+            return Err(text);
+        }
         // Timers of the children it starts count from now, after the parse.
         let now = Instant::now();
         let queues = self.broker.apply(&config, &self.epoll);
@@ -1066,6 +1085,37 @@ impl Runtime {
 /// program overflows `fd_set` above 1024; closing every fd up to a million
 /// is slow). Warns once, up front, when the configured children cannot all
 /// fit.
+/// The environment children inherit: drover's own, without the socket-
+/// activation variables (`LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`) it
+/// was given itself: they describe drover's fds, never a child's. A child
+/// of a group with `sockets` gets its own.
+fn child_base_env(
+    vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> BTreeMap<std::ffi::OsString, std::ffi::OsString> {
+    vars.filter(|(k, _)| {
+        !matches!(
+            k.to_str(),
+            Some("LISTEN_FDS" | "LISTEN_PID" | "LISTEN_FDNAMES")
+        )
+    })
+    .collect()
+}
+
+/// The sockets drover itself was given by socket activation: `LISTEN_PID`
+/// is drover's PID and fds 3 .. 3 + `LISTEN_FDS` are open and inherited
+/// across exec. `fork` children inherit them (with their own `LISTEN_*`);
+/// returns their number and `LISTEN_FDNAMES`.
+fn inherited_sockets() -> Option<(u32, Option<String>)> {
+    let pid = std::env::var("LISTEN_PID").ok()?;
+    if pid.parse::<u32>().ok()? != std::process::id() {
+        return None;
+    }
+    let count: u32 = std::env::var("LISTEN_FDS").ok()?.parse().ok()?;
+    let all =
+        count > 0 && count <= 1024 && (3..3 + count as i32).all(crate::sys::inherited_across_exec);
+    all.then(|| (count, std::env::var("LISTEN_FDNAMES").ok()))
+}
+
 fn raise_fd_limit(config: &Config) {
     let limit = match crate::sys::raise_fd_limit() {
         Ok((_, raised)) => raised,

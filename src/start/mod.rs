@@ -23,6 +23,7 @@
 
 pub mod forkserver;
 mod helper;
+mod listeners;
 mod plan;
 mod prepare;
 pub mod python;
@@ -46,6 +47,7 @@ use crate::supervisor::{ExitStatus, LaunchError, Launcher, Pid, Started};
 use crate::sys::forkexec::{ExecSetup, FdSetup, ForkKind, fork_exec};
 use crate::sys::{SpawnPlan, pidfd_open, spawn_child};
 use helper::{Broken, Event, Helper};
+pub use listeners::Listeners;
 use plan::ChildIo;
 pub use plan::ChildOutput;
 use prepare::{Prepared, start_error};
@@ -125,6 +127,12 @@ pub struct ProcessLauncher {
     tokens: HashMap<u64, HelperId>,
     /// Per group, what every start shares.
     prepared: HashMap<GroupName, Prepared>,
+    /// The listening sockets of groups' `sockets`.
+    listeners: Listeners,
+    /// Sockets drover was itself given by socket activation (their number,
+    /// `LISTEN_FDNAMES`): `fork` command groups without `sockets` inherit
+    /// them at 3.. and are told so.
+    inherited_sockets: Option<(u32, Option<String>)>,
     /// Processes started in this loop turn (see [`STARTS_PER_TURN`]).
     starts_this_turn: u32,
     next_ticket: u64,
@@ -153,12 +161,36 @@ impl ProcessLauncher {
             template_failures: HashMap::new(),
             tokens: HashMap::new(),
             prepared: HashMap::new(),
+            listeners: Listeners::default(),
+            inherited_sockets: None,
             starts_this_turn: 0,
             next_ticket: 0,
             completions: Vec::new(),
             ready: Vec::new(),
             early_exits: HashMap::new(),
             retired: Vec::new(),
+        })
+    }
+
+    /// Binds the listening sockets `config` adds, closes those it no
+    /// longer names; on an error (an address in use, a permission) nothing
+    /// changes. Called before a config is applied.
+    pub fn apply_sockets(&mut self, config: &crate::config::Config) -> Result<(), String> {
+        self.listeners.apply(config)
+    }
+
+    /// drover was given `count` sockets at 3.. by socket activation (with
+    /// `names`): `fork` command groups without `sockets` inherit them, and
+    /// their children get `LISTEN_FDS`, `LISTEN_FDNAMES` and their own
+    /// `LISTEN_PID`.
+    pub fn inherit_sockets(&mut self, count: u32, names: Option<String>) {
+        self.inherited_sockets = Some((count, names));
+    }
+
+    /// The fds of `group`'s listening sockets, in its order.
+    fn listener_fds(&self, group: &GroupSpec) -> Result<Vec<std::os::fd::RawFd>, LaunchError> {
+        self.listeners.fds(group).ok_or_else(|| {
+            LaunchError::Setup(std::io::Error::other("its listening sockets are not bound"))
         })
     }
 
@@ -554,9 +586,11 @@ impl ProcessLauncher {
     /// Starts `group`'s template without waiting for its imports.
     fn launch_template(&mut self, group: &GroupSpec) -> Result<(), LaunchError> {
         let devnull = self.devnull.as_raw_fd();
+        let listeners = self.listener_fds(group)?;
         let prepared = self.prepared(group)?;
         let spec = Rc::clone(&prepared.spec);
-        let (pid, socket) = python::launch(group, prepared, devnull).map_err(LaunchError::Setup)?;
+        let (pid, socket) =
+            python::launch(group, prepared, devnull, &listeners).map_err(LaunchError::Setup)?;
         let helper = Helper::new(pid, socket, Instant::now(), python::IMPORT_TIMEOUT, false);
         self.templates
             .insert(group.name.clone(), Template { helper, spec });
@@ -632,7 +666,24 @@ impl ProcessLauncher {
             .get(&group.name)
             .is_some_and(|p| *p.spec == *group);
         if !fresh {
-            let prepared = Prepared::new(group, &self.base_env)?;
+            let mut prepared = Prepared::new(group, &self.base_env)?;
+            let inherits = group.start_method == StartMethod::Fork
+                && matches!(group.program, Program::Command(_))
+                && group.sockets.is_empty();
+            let inherited = self.inherited_sockets.as_ref().filter(|_| inherits);
+            if !group.sockets.is_empty() || inherited.is_some() {
+                // drover's own variables describe the child's fds: none
+                // from the group's `env` may shadow them.
+                prepared.envp.retain(|e| !is_listen_variable(e.as_bytes()));
+            }
+            if let Some((count, names)) = inherited {
+                let env = &mut prepared.envp;
+                env.push(prepare::cstring(format!("LISTEN_FDS={count}").as_ref()));
+                if let Some(names) = names {
+                    env.push(prepare::cstring(format!("LISTEN_FDNAMES={names}").as_ref()));
+                }
+                env.push(CString::new(crate::sys::PID_SLOT).expect("no NUL"));
+            }
             self.prepared.insert(group.name.clone(), prepared);
         }
         Ok(&self.prepared[&group.name])
@@ -692,10 +743,39 @@ impl ProcessLauncher {
     }
 }
 
+/// Whether `entry` (`NAME=value`) sets one of systemd's socket-activation
+/// variables.
+fn is_listen_variable(entry: &[u8]) -> bool {
+    [&b"LISTEN_FDS="[..], b"LISTEN_PID=", b"LISTEN_FDNAMES="]
+        .iter()
+        .any(|p| entry.starts_with(p))
+}
+
 /// The `fork` method: stdio placed at 0, 1, 2; every other fd drover holds
-/// without close-on-exec is inherited.
-fn fork_setup(plan: &SpawnPlan) -> ExecSetup {
-    ExecSetup::new(
+/// without close-on-exec is inherited. The planned fds after stdio stay at
+/// their numbers (`in_place`), or (a group with `sockets`) go to 3, 4, …;
+/// the copies that make room for that must live until the fork.
+fn fork_setup(plan: &SpawnPlan, in_place: bool) -> std::io::Result<(ExecSetup, Vec<OwnedFd>)> {
+    if !in_place {
+        let (sources, moved) = crate::sys::relocate(&plan.fds.sources, 0)?;
+        let setup = ExecSetup::new(
+            plan.program.clone(),
+            plan.argv.clone(),
+            plan.envp.clone(),
+            plan.cwd.clone(),
+            FdSetup {
+                dups: sources
+                    .iter()
+                    .enumerate()
+                    .map(|(target, &source)| (source, target as i32))
+                    .collect(),
+                keep: Vec::new(),
+                close_from: None,
+            },
+        );
+        return Ok((setup, moved));
+    }
+    let setup = ExecSetup::new(
         plan.program.clone(),
         plan.argv.clone(),
         plan.envp.clone(),
@@ -712,7 +792,8 @@ fn fork_setup(plan: &SpawnPlan) -> ExecSetup {
             keep: plan.fds.sources.iter().skip(3).copied().collect(),
             close_from: None,
         },
-    )
+    );
+    Ok((setup, Vec::new()))
 }
 
 impl Launcher for ProcessLauncher {
@@ -739,8 +820,14 @@ impl Launcher for ProcessLauncher {
         let devnull = self.devnull.as_raw_fd();
         let prepared = self.prepared(group)?;
         let (spec, program) = (Rc::clone(&prepared.spec), prepared.argv[0].clone());
-        let (plan, io) =
-            ChildIo::plan(group, index, prepared, devnull).map_err(LaunchError::Setup)?;
+        // A template's workers inherit the sockets from the template.
+        let listeners = match helper {
+            Some(HelperId::Template(_)) => Vec::new(),
+            _ => self.listener_fds(group)?,
+        };
+        let prepared = &self.prepared[&group.name];
+        let (plan, io) = ChildIo::plan(group, index, prepared, devnull, &listeners)
+            .map_err(LaunchError::Setup)?;
         if let Some(id) = helper {
             self.next_ticket += 1;
             let pending = Pending {
@@ -757,7 +844,9 @@ impl Launcher for ProcessLauncher {
         // reused yet: only this thread reaps.)
         let started = match group.start_method {
             StartMethod::Fork => {
-                fork_exec(&fork_setup(&plan), ForkKind::Fork).map(|pid| (pid, pidfd_open(pid).ok()))
+                fork_setup(&plan, plan::keeps_fd_numbers(group)).and_then(|(setup, _moved)| {
+                    fork_exec(&setup, ForkKind::Fork).map(|pid| (pid, pidfd_open(pid).ok()))
+                })
             }
             _ => spawn_child(&plan).map(|s| {
                 let pidfd = s.pidfd.or_else(|| pidfd_open(s.pid).ok());
@@ -836,6 +925,7 @@ mod tests {
             policy: Default::default(),
             update: Default::default(),
             after: Vec::new(),
+            sockets: Vec::new(),
             file: "t.toml".into(),
         })
     }

@@ -69,11 +69,15 @@ pub struct ChildIo {
 
 impl ChildIo {
     /// Pipes and queue sockets for a child of `group`, and its start plan.
+    /// `listeners` are the group's listening sockets, in its order: the
+    /// child gets them at 3, 4, … with systemd's variables, its queue fds
+    /// above them.
     pub fn plan(
         group: &GroupSpec,
         index: u32,
         prepared: &Prepared,
         devnull: RawFd,
+        listeners: &[RawFd],
     ) -> std::io::Result<(SpawnPlan, ChildIo)> {
         let queues = QueueSockets::new(group)?;
         let pipes = Pipes::new()?;
@@ -88,6 +92,7 @@ impl ChildIo {
                 format!("NOTIFY_SOCKET={}", notify.address).as_ref(),
             ));
         }
+        envp.extend(listen_variables(group));
         let confirms = confirm_variables(group);
         for (k, v) in queues
             .variables(keeps_fd_numbers(group))
@@ -101,6 +106,7 @@ impl ChildIo {
             pipes.stdout_w.as_raw_fd(),
             pipes.stderr_w.as_raw_fd(),
         ];
+        sources.extend_from_slice(listeners);
         sources.extend(queues.theirs.iter().map(AsRawFd::as_raw_fd));
         let plan = SpawnPlan {
             program: prepared.program.clone(),
@@ -161,6 +167,22 @@ pub fn confirm_variables(group: &GroupSpec) -> Vec<(String, String)> {
         .collect()
 }
 
+/// systemd's socket-activation variables for a child of a group with
+/// `sockets`: `LISTEN_FDS`, `LISTEN_FDNAMES` and the `LISTEN_PID=` entry
+/// that every start path fills with the child's own PID between its
+/// creation and its exec (see [`crate::sys::PID_SLOT`]).
+pub(super) fn listen_variables(group: &GroupSpec) -> Vec<std::ffi::CString> {
+    if group.sockets.is_empty() {
+        return Vec::new();
+    }
+    let names: Vec<&str> = group.sockets.iter().map(|s| s.name.as_str()).collect();
+    vec![
+        cstring(format!("LISTEN_FDS={}", group.sockets.len()).as_ref()),
+        cstring(format!("LISTEN_FDNAMES={}", names.join(":")).as_ref()),
+        std::ffi::CString::new(crate::sys::PID_SLOT).expect("no NUL"),
+    ]
+}
+
 /// One socket pair per queue the group names (inputs first, then outputs).
 #[derive(Debug)]
 pub struct QueueSockets {
@@ -169,6 +191,9 @@ pub struct QueueSockets {
     confirm: Vec<QueueName>,
     ours: Vec<OwnedFd>,
     theirs: Vec<OwnedFd>,
+    /// The fd number of the first queue in the child (when not in place):
+    /// 3, after stdio, or above the group's listening sockets.
+    first: i32,
 }
 
 impl QueueSockets {
@@ -191,6 +216,7 @@ impl QueueSockets {
             confirm: group.confirm_outputs.clone(),
             ours,
             theirs,
+            first: 3 + group.sockets.len() as i32,
         })
     }
 
@@ -210,7 +236,7 @@ impl QueueSockets {
                 let number = if in_place {
                     fd.as_raw_fd()
                 } else {
-                    3 + i as i32
+                    self.first + i as i32
                 };
                 (
                     format!("{prefix}{}", queue.env_suffix()),
@@ -264,6 +290,9 @@ impl Pipes {
 
 /// Whether a child keeps its queue fds at drover's numbers (a command
 /// under `fork`) rather than at 3, 4, … after stdio.
-fn keeps_fd_numbers(group: &GroupSpec) -> bool {
-    group.start_method == StartMethod::Fork && matches!(group.program, Program::Command(_))
+/// A group with `sockets` places every fd from 3 on (its sockets first).
+pub fn keeps_fd_numbers(group: &GroupSpec) -> bool {
+    group.start_method == StartMethod::Fork
+        && matches!(group.program, Program::Command(_))
+        && group.sockets.is_empty()
 }

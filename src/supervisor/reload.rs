@@ -88,6 +88,7 @@ fn same_process(a: &GroupSpec, b: &GroupSpec) -> bool {
         && a.env == b.env
         && a.clear_env == b.clear_env
         && a.cwd == b.cwd
+        && a.sockets == b.sockets
 }
 
 impl Supervisor {

@@ -249,6 +249,7 @@ mod tests {
             },
             update: Default::default(),
             after: Vec::new(),
+            sockets: Vec::new(),
             file: "t.toml".into(),
         }
     }

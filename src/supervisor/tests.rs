@@ -75,6 +75,7 @@ fn group(name: &str, processes: u32, policy: Policy) -> GroupSpec {
         policy,
         update: Default::default(),
         after: Vec::new(),
+        sockets: Vec::new(),
         file: PathBuf::from("test.toml"),
     }
 }

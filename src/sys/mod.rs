@@ -16,8 +16,8 @@ pub mod file;
 /// `posix_spawn` and fork + exec of prepared starts, the open-file limit of
 /// children, socket pairs and the start helpers' framing.
 pub use drover_sys::{
-    FdPlan, SpawnPlan, claim_inherited_fd, forkexec, pidfd_open, raise_fd_limit, relocate,
-    seqpacket_pair, spawn, spawn_child, wire,
+    FdPlan, PID_SLOT, SpawnPlan, claim_inherited_fd, forkexec, pidfd_open, raise_fd_limit,
+    relocate, seqpacket_pair, spawn, spawn_child, wire,
 };
 
 /// Scratch slots reserved for `spawn` at startup ([`reserve_spawn_slots`]):
@@ -139,4 +139,16 @@ pub fn kill_raw(pid: i32, signal: i32) -> io::Result<()> {
 /// The range of real-time signals on this libc: `SIGRTMIN..=SIGRTMAX`.
 pub fn realtime_signals() -> std::ops::RangeInclusive<i32> {
     libc::SIGRTMIN()..=libc::SIGRTMAX()
+}
+
+/// Whether `fd` is open without close-on-exec: inherited by an exec'd
+/// program (a socket handed down by socket activation, say).
+pub fn inherited_across_exec(fd: std::os::fd::RawFd) -> bool {
+    fcntl(
+        // SAFETY: F_GETFD on any integer is harmless (EBADF for a closed
+        // one); the borrow ends with the call.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
+        FcntlArg::F_GETFD,
+    )
+    .is_ok_and(|flags| flags & libc::FD_CLOEXEC == 0)
 }

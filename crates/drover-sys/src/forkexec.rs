@@ -10,6 +10,7 @@
 //! close-on-exec pipe, so a start either returns a PID that runs the program
 //! or an error — the same contract as `posix_spawn`.
 
+use std::cell::UnsafeCell;
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -51,6 +52,9 @@ pub struct ExecSetup {
     empty_mask: libc::sigset_t,
     /// The open-file limit the child starts with (drover's original one).
     nofile: Option<libc::rlimit>,
+    /// The `LISTEN_PID=` entry of the environment, which the child fills
+    /// with its own PID (see [`crate::PID_SLOT`]); `envp_ptrs` points at it.
+    pid_var: Option<Box<UnsafeCell<crate::PidVar>>>,
 }
 
 impl ExecSetup {
@@ -78,9 +82,16 @@ impl ExecSetup {
             libc::sigemptyset(&mut empty_mask);
             libc::sigemptyset(&mut default_action.sa_mask);
         }
+        let mut envp_ptrs = ptrs(&envp);
+        let pid_var = crate::pid_slot(&envp).map(|i| {
+            let cell = Box::new(UnsafeCell::new([0u8; 32]));
+            envp_ptrs[i] = cell.get().cast::<libc::c_char>().cast_const();
+            cell
+        });
         ExecSetup {
             argv_ptrs: ptrs(&argv),
-            envp_ptrs: ptrs(&envp),
+            envp_ptrs,
+            pid_var,
             program,
             cwd,
             _argv: argv,
@@ -220,7 +231,13 @@ unsafe fn child(setup: &ExecSetup, err_w: RawFd) -> ! {
 /// Same contract as [`child`].
 unsafe fn exec(setup: &ExecSetup, err_w: RawFd) -> ! {
     // SAFETY: async-signal-safe calls on prepared, null-terminated arrays.
+    // The PID entry is written through its UnsafeCell in the child's own
+    // copy of memory, where nothing else runs.
     unsafe {
+        if let Some(cell) = &setup.pid_var {
+            let pid = libc::syscall(libc::SYS_getpid) as libc::pid_t;
+            crate::write_pid_var(&mut *cell.get(), pid);
+        }
         if libc::chdir(setup.cwd.as_ptr()) == 0 {
             libc::execve(
                 setup.program.as_ptr(),

@@ -62,6 +62,49 @@ pub(crate) fn ptr_array(strings: &[CString]) -> Vec<*mut libc::c_char> {
         .collect()
 }
 
+/// The environment entry a start fills with the child's own PID: an `envp`
+/// entry that is exactly `LISTEN_PID=` becomes `LISTEN_PID=<pid>` in the
+/// child, written between its creation and its `execve` (systemd's socket
+/// activation wants the PID of the very process that reads it, which exists
+/// only then). Every start path of this crate does it: the shared-table
+/// spawn and fork + exec (and so the fork server); `posix_spawn` cannot, so
+/// a plan with the entry never falls back to it.
+pub const PID_SLOT: &[u8] = b"LISTEN_PID=";
+
+/// Where `envp` has the [`PID_SLOT`] entry.
+pub(crate) fn pid_slot(envp: &[CString]) -> Option<usize> {
+    envp.iter().position(|e| e.as_bytes() == PID_SLOT)
+}
+
+/// Room for `LISTEN_PID=`, a PID (at most 10 digits) and the NUL.
+pub(crate) type PidVar = [u8; 32];
+
+/// Writes `LISTEN_PID=<pid>` and a NUL into `buf`. Allocates nothing, calls
+/// nothing: safe between fork and exec.
+pub(crate) fn write_pid_var(buf: &mut PidVar, pid: libc::pid_t) {
+    let mut digits = [0u8; 10];
+    let mut n = pid.unsigned_abs();
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        n /= 10;
+        len += 1;
+        if n == 0 || len == digits.len() {
+            break;
+        }
+    }
+    let mut at = 0;
+    for &b in PID_SLOT {
+        buf[at] = b;
+        at += 1;
+    }
+    for i in (0..len).rev() {
+        buf[at] = digits[i];
+        at += 1;
+    }
+    buf[at] = 0;
+}
+
 fn check(rc: libc::c_int) -> io::Result<()> {
     if rc == 0 {
         Ok(())
@@ -210,6 +253,9 @@ pub enum SpawnMethod {
     SharedTable,
     /// `posix_spawn`: the fallback.
     PosixSpawn,
+    /// fork + exec: the fallback for a plan with the [`PID_SLOT`] entry,
+    /// which `posix_spawn` cannot fill.
+    ForkExec,
 }
 
 /// Starts `plan` in a new process group, with an empty signal mask, every
@@ -233,12 +279,39 @@ pub fn spawn_child(plan: &SpawnPlan) -> io::Result<Spawned> {
             pidfd,
             method: SpawnMethod::SharedTable,
         }),
+        Err(vfork::Fallback::PosixSpawn) if pid_slot(&plan.envp).is_some() => Ok(Spawned {
+            pid: fork_exec_plan(plan)?,
+            pidfd: None,
+            method: SpawnMethod::ForkExec,
+        }),
         Err(vfork::Fallback::PosixSpawn) => Ok(Spawned {
             pid: posix_spawn_plan(plan)?,
             pidfd: None,
             method: SpawnMethod::PosixSpawn,
         }),
     }
+}
+
+/// [`spawn`] with fork + exec: the planned fds at 0, 1, 2, …, the rest
+/// closed; the child fills the [`PID_SLOT`] entry.
+fn fork_exec_plan(plan: &SpawnPlan) -> io::Result<i32> {
+    let (sources, _moved) = relocate(&plan.fds.sources, 0)?;
+    let setup = forkexec::ExecSetup::new(
+        plan.program.clone(),
+        plan.argv.clone(),
+        plan.envp.clone(),
+        plan.cwd.clone(),
+        forkexec::FdSetup {
+            dups: sources
+                .iter()
+                .enumerate()
+                .map(|(i, &s)| (s, i as RawFd))
+                .collect(),
+            keep: Vec::new(),
+            close_from: Some(sources.len() as RawFd),
+        },
+    );
+    forkexec::fork_exec(&setup, forkexec::ForkKind::Fork)
 }
 
 /// [`spawn`] with `posix_spawn`.
@@ -495,5 +568,26 @@ mod tests {
         let (placed, copies) = relocate(&[r, w], first).unwrap();
         assert_eq!(copies.len(), 2);
         assert!(placed.iter().all(|&fd| fd >= first + 2));
+    }
+}
+
+#[cfg(test)]
+mod pid_var_tests {
+    use super::*;
+
+    fn written(pid: libc::pid_t) -> Vec<u8> {
+        let mut buf: PidVar = [0xff; 32];
+        write_pid_var(&mut buf, pid);
+        let end = buf.iter().position(|&b| b == 0).expect("a NUL");
+        buf[..end].to_vec()
+    }
+
+    #[test]
+    fn the_pid_variable_is_written_in_decimal_with_a_nul() {
+        assert_eq!(written(1), b"LISTEN_PID=1");
+        assert_eq!(written(4242), b"LISTEN_PID=4242");
+        assert_eq!(written(i32::MAX), b"LISTEN_PID=2147483647");
+        assert_eq!(pid_slot(&[CString::new("LISTEN_PID=1").unwrap()]), None);
+        assert_eq!(pid_slot(&[CString::new(PID_SLOT).unwrap()]), Some(0));
     }
 }

@@ -43,7 +43,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
-use crate::{SpawnPlan, child_fd_limit, ptr_array};
+use crate::{PidVar, SpawnPlan, child_fd_limit, pid_slot, ptr_array, write_pid_var};
 
 /// The reserved slots, if any; locked for the duration of a start.
 static SLOTS: Mutex<Option<Slots>> = Mutex::new(None);
@@ -211,6 +211,9 @@ struct ChildArgs {
     base: RawFd,
     count: RawFd,
     nofile: Option<libc::rlimit>,
+    /// The `LISTEN_PID=` entry of `envp` to fill with the child's PID (see
+    /// [`crate::PID_SLOT`]), or null.
+    pid_var: *mut PidVar,
     /// The errno of the step that failed; 0: none did.
     errno: AtomicI32,
     /// Which step failed ([`Step`]).
@@ -252,7 +255,19 @@ pub(crate) fn try_spawn(plan: &SpawnPlan) -> Result<io::Result<(i32, Option<Owne
         return Err(Fallback::PosixSpawn);
     }
     let argv = ptr_array(&plan.argv);
-    let envp = ptr_array(&plan.envp);
+    let mut envp = ptr_array(&plan.envp);
+    // The child writes its own PID here (its PID exists only once it does)
+    // and `envp` points at it: memory in this frame, which the child shares
+    // (CLONE_VM) while this thread is suspended (CLONE_VFORK).
+    let mut pid_var: PidVar = [0; 32];
+    let pid_var_ptr: *mut PidVar = &mut pid_var;
+    let pid_var_ptr = match pid_slot(&plan.envp) {
+        Some(i) => {
+            envp[i] = pid_var_ptr.cast();
+            pid_var_ptr
+        }
+        None => std::ptr::null_mut(),
+    };
     let args = ChildArgs {
         program: plan.program.as_ptr(),
         argv: argv.as_ptr(),
@@ -261,6 +276,7 @@ pub(crate) fn try_spawn(plan: &SpawnPlan) -> Result<io::Result<(i32, Option<Owne
         base: slots.base,
         count: sources.len() as RawFd,
         nofile: child_fd_limit(),
+        pid_var: pid_var_ptr,
         errno: AtomicI32::new(0),
         step: AtomicI32::new(0),
     };
@@ -426,6 +442,11 @@ extern "C" fn child(arg: *mut c_void) -> libc::c_int {
         );
         if libc::chdir(args.cwd) != 0 {
             fail(args, Step::Exec);
+        }
+        if !args.pid_var.is_null() {
+            // The raw call: the child's own PID, never a cached one.
+            let pid = libc::syscall(libc::SYS_getpid) as libc::pid_t;
+            write_pid_var(&mut *args.pid_var, pid);
         }
         let empty: u64 = 0;
         libc::syscall(

@@ -402,3 +402,38 @@ fn tempdir() -> PathBuf {
     }
     unreachable!()
 }
+
+/// A `LISTEN_PID=` entry is filled with the child's own PID, through the
+/// shared table and through the fork + exec fallback (taken instead of
+/// `posix_spawn`, which cannot fill it).
+#[test]
+fn the_listen_pid_entry_gets_the_childs_own_pid_on_both_paths() {
+    let _serial = serial();
+    for extra_fds in [0, SLOTS] {
+        let null = devnull();
+        let (out_r, out_w) = pipe();
+        let extra: Vec<OwnedFd> = (0..extra_fds).map(|_| devnull()).collect();
+        let mut sources = vec![null.as_raw_fd(), out_w.as_raw_fd(), null.as_raw_fd()];
+        sources.extend(extra.iter().map(AsRawFd::as_raw_fd));
+        let mut p = plan(
+            &program("sh"),
+            &["-c", "echo \"$LISTEN_PID $$ $LISTEN_FDS\""],
+            Path::new("/"),
+            sources,
+        );
+        p.envp.push(cstr(drover_sys::PID_SLOT));
+        p.envp.push(cstr("LISTEN_FDS=1"));
+        let child = spawn_child(&p).unwrap();
+        let expected = if extra_fds == 0 {
+            SpawnMethod::SharedTable
+        } else {
+            SpawnMethod::ForkExec
+        };
+        assert_eq!(child.method, expected);
+        let pid = child.pid;
+        drop(out_w);
+        let out = output_of(child, out_r);
+        assert_eq!(out.trim(), format!("{pid} {pid} 1"), "{expected:?}");
+        assert_no_children();
+    }
+}

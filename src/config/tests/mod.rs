@@ -15,6 +15,7 @@ mod hostile;
 mod merge;
 mod ready;
 mod scale;
+mod sockets;
 
 /// A program that certainly exists: the test binary, found through the
 /// `PATH` of [`host`].
@@ -149,6 +150,7 @@ fn defaults_are_the_model_defaults() {
         policy: Policy::default(),
         update: Default::default(),
         after: Vec::new(),
+        sockets: Vec::new(),
         file: PathBuf::from("/cfg/a.toml"),
     };
     assert_eq!(workers, &expected);

@@ -12,7 +12,11 @@ forkserver  the group's *server*: import only PRELOAD, then fork a worker
             per request, which imports MODULE itself and calls FUNCTION.
 
 A template or server serves drover on fd 3, a SOCK_SEQPACKET socket, one
-message a packet, integers little-endian (drover's sys::wire):
+message a packet, integers little-endian (drover's sys::wire). A group with
+listening sockets gives its template N of them at fds 3 .. 3+N-1
+(LISTEN_FDS=N, LISTEN_PID the template's own PID, as systemd does): then
+its socket to drover is fd 3+N. Its workers inherit the listening sockets
+at those numbers and get LISTEN_PID set to their own PID.
 
 request  seq (u64, >= 1), then fields, each a u32 length and its bytes: a
          count field (4 bytes, a u32 N), N fields KEY=VALUE (the worker's
@@ -211,6 +215,8 @@ def become_worker(fds, env, queues):
         os.close(fd)
     env = dict(env)
     env.update((name, str(fds[index])) for name, index in queues.items())
+    if LISTENING:
+        env["LISTEN_PID"] = str(os.getpid())
     os.environ.update(env)
 
 
@@ -404,6 +410,21 @@ class DroverModule:
         exec(compile(source, "<drover>/drover.py", "exec"), module.__dict__)
 
 
+# How many listening sockets the template holds at 3.. for its workers.
+LISTENING = 0
+
+
+def listening_sockets():
+    """The number of listening sockets this process was given at fd 3..
+    (systemd's rule: LISTEN_FDS counts only if LISTEN_PID is this process)."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return 0
+    try:
+        return max(0, int(os.environ.get("LISTEN_FDS", "0")))
+    except ValueError:
+        return 0
+
+
 def main(argv):
     mode, module, function, preload = argv[0], argv[1], argv[2], argv[3:]
     sys.argv = [module]
@@ -414,7 +435,9 @@ def main(argv):
         set_title(*worker_title(group, os.environ.get("DROVER_INDEX", "?"), module, function))
         return run(module, function)
     set_title(*template_title(mode, group, module, function))
-    sock = socket.socket(fileno=3)
+    global LISTENING
+    LISTENING = listening_sockets()
+    sock = socket.socket(fileno=STDIO + LISTENING)
     try:
         for name in preload if mode == "forkserver" else [module]:
             importlib.import_module(name)

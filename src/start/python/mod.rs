@@ -148,21 +148,31 @@ pub fn request(
 /// Starts `group`'s template without waiting for its imports: its
 /// interpreter with the group's environment, working directory and stdin
 /// `devnull`. Returns its PID and drover's end of its socket.
+///
+/// A group with `sockets` has its template take them (`listeners`) at 3,
+/// 4, … with the socket-activation variables (`LISTEN_PID` its own), and
+/// its socket to drover right after them, before it imports anything: its
+/// workers inherit the sockets at those numbers and set `LISTEN_PID` to
+/// their own PID.
 pub fn launch(
     group: &GroupSpec,
     prepared: &Prepared,
     devnull: RawFd,
+    listeners: &[RawFd],
 ) -> io::Result<(i32, std::os::fd::OwnedFd)> {
     let (ours, theirs) = crate::sys::seqpacket_pair()?;
     let stderr = std::io::stderr().as_raw_fd();
+    let mut sources = vec![devnull, stderr, stderr];
+    sources.extend_from_slice(listeners);
+    sources.push(theirs.as_raw_fd());
+    let mut envp = prepared.envp.clone();
+    envp.extend(super::plan::listen_variables(group));
     let plan = SpawnPlan {
         program: prepared.program.clone(),
         argv: prepared.argv.clone(),
-        envp: prepared.envp.clone(),
+        envp,
         cwd: prepared.cwd.clone(),
-        fds: FdPlan {
-            sources: vec![devnull, stderr, stderr, theirs.as_raw_fd()],
-        },
+        fds: FdPlan { sources },
     };
     let pid = spawn(&plan)?;
     // Tests find the template by this line: it names itself only once its
