@@ -1468,3 +1468,95 @@ max_restarts = 1000
         "{line}"
     );
 }
+
+/// `drover reload --dry-run [PATH]` says what a reload would change and
+/// changes nothing: same PIDs, no new group, no error shown in `status`;
+/// an invalid config is reported, not kept. The real reload then says the
+/// same.
+#[test]
+fn a_dry_run_says_what_would_change_and_applies_nothing() {
+    let old = r#"
+[group.a]
+command = ["sleep", "1000"]
+start_secs = "100ms"
+
+[group.b]
+command = ["sleep", "1000"]
+start_secs = "100ms"
+
+[group.c]
+command = ["sleep", "1000"]
+start_secs = "100ms"
+"#;
+    let new = r#"
+[queue.q]
+
+[group.a]
+command = ["sleep", "1000"]
+processes = 2
+start_secs = "100ms"
+
+[group.b]
+command = ["sleep", "1001"]
+start_secs = "100ms"
+
+[group.d]
+command = ["sleep", "1000"]
+start_secs = "100ms"
+"#;
+    let d = Drover::start("dry-run", old);
+    let pids = |s: &Value| -> Vec<(String, Vec<i64>)> {
+        s["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| {
+                let name = g["name"].as_str().unwrap().to_owned();
+                let pids = Drover::children(s, &name)
+                    .iter()
+                    .filter_map(|c| c["pid"].as_i64())
+                    .collect();
+                (name, pids)
+            })
+            .collect()
+    };
+    let before = d.wait_status("all running", |s| {
+        ["a", "b", "c"].iter().all(|g| {
+            Drover::children(s, g)
+                .iter()
+                .all(|c| c["state"] == "running")
+        })
+    });
+    // Next to the running config (its directory is every group's default
+    // cwd), under a name the watcher does not read.
+    let path = d.dir.write("new.draft", new);
+    let out = d.cli(&["reload", "--dry-run", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8(out.stdout).unwrap();
+    let expected = "added: d; removed: c; scaled: a; replaced: b; queue added: q";
+    assert_eq!(said.trim(), format!("would reload: {expected}"));
+    let after = d.status();
+    assert_eq!(pids(&after), pids(&before), "nothing was applied");
+    assert!(after["queues"].as_array().unwrap().is_empty());
+
+    let broken = d.dir.write("broken.draft", "[group.x]\ncommand = 3\n");
+    let out = d.cli(&["reload", "--dry-run", broken.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("broken.draft:2"),
+        "{out:?}"
+    );
+    assert!(
+        d.status()["config_error"].is_null(),
+        "a dry run keeps no error"
+    );
+
+    // Without PATH: the running config's own files, unchanged here.
+    let out = d.cli(&["reload", "--dry-run"]);
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        "would reload: no group or queue changed"
+    );
+    let out = d.cli(&["reload", "/some/path"]);
+    assert_eq!(out.status.code(), Some(2), "PATH needs --dry-run");
+}

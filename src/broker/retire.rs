@@ -58,6 +58,30 @@ fn same_settings(a: &QueueSpec, b: &QueueSpec) -> bool {
 impl Broker {
     /// Takes a reloaded config (see the module documentation) and says
     /// which queues it added, removed and changed.
+    /// What [`Self::apply`] would report for `config`, changing nothing
+    /// (`drover reload --dry-run`).
+    pub fn plan(&self, config: &Config) -> QueueChanges {
+        let mut plan = QueueChanges::default();
+        for (name, spec) in &config.queues {
+            match self.queues.get(name) {
+                None => plan.added.push(name.clone()),
+                Some(q) if !same_place(&q.spec, spec) => {
+                    plan.added.push(name.clone());
+                    plan.changed.push(name.clone());
+                }
+                Some(q) if !same_settings(&q.spec, spec) => plan.changed.push(name.clone()),
+                Some(_) => {}
+            }
+        }
+        plan.removed = self
+            .queues
+            .keys()
+            .filter(|q| !config.queues.contains_key(*q))
+            .cloned()
+            .collect();
+        plan
+    }
+
     pub fn apply(&mut self, config: &Config, epoll: &Epoll) -> QueueChanges {
         let now = Instant::now();
         let mut added = Vec::new();

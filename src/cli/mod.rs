@@ -83,6 +83,13 @@ enum Command {
     /// Read the config again and apply the difference; prints what changed
     /// or, for an invalid config, every error (nothing is changed then).
     Reload {
+        /// Only print what a reload would change; apply nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// With --dry-run: compare this config (a file or directory) with
+        /// what runs, instead of the running config's own path.
+        #[arg(requires = "dry_run")]
+        path: Option<PathBuf>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -215,7 +222,20 @@ pub fn main() -> ExitCode {
         Command::Start { groups } => group_command(Verb::Start, &groups),
         Command::Stop { groups } => group_command(Verb::Stop, &groups),
         Command::Restart { groups } => group_command(Verb::Restart, &groups),
-        Command::Reload { client } => send(&client, Request::Reload),
+        Command::Reload {
+            dry_run,
+            path,
+            client,
+        } => {
+            let path = match path.map(std::path::absolute).transpose() {
+                Ok(path) => path,
+                Err(e) => {
+                    eprintln!("drover: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            send(&client, Request::Reload { dry_run, path })
+        }
         Command::Shutdown { client } => send(&client, Request::Shutdown),
         Command::Completions { shell } => {
             let mut cli = <Cli as clap::CommandFactory>::command();

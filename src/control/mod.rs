@@ -42,7 +42,16 @@ pub enum Request {
     Restart {
         group: String,
     },
-    Reload,
+    /// Read the config again and apply the difference; with `dry_run`,
+    /// only say what would change.
+    Reload {
+        #[serde(default)]
+        dry_run: bool,
+        /// With `dry_run`: compare this config (absolute) instead of the
+        /// running one's path.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path: Option<PathBuf>,
+    },
     Shutdown,
     /// `drover logs`: the last `lines` kept lines of `groups` (all groups
     /// when empty; all kept lines without `lines`), then with `follow` new

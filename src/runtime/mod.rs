@@ -836,6 +836,7 @@ impl Runtime {
         summary.queues_added = queues.added;
         summary.queues_removed = queues.removed;
         summary.queues_changed = queues.changed;
+        summary.supervisor_pending = config.supervisor != self.config.supervisor;
         self.launcher.retain_templates(&config);
         self.output
             .history
@@ -905,7 +906,18 @@ impl Runtime {
     fn handle_request(&mut self, request: Request) -> Response {
         let now = Instant::now();
         let (name, command, verb) = match request {
-            Request::Reload => {
+            Request::Reload {
+                dry_run: true,
+                path,
+            } => return self.dry_run(path.as_deref()),
+            Request::Reload {
+                dry_run: false,
+                path: Some(_),
+            } => return Response::error("reload: a path is only taken with --dry-run"),
+            Request::Reload {
+                dry_run: false,
+                path: None,
+            } => {
                 return match self.reload("drover reload") {
                     Ok(summary) => Response::ok(format!("reloaded: {summary}")),
                     Err(errors) => Response::error(errors),
@@ -993,6 +1005,25 @@ impl Runtime {
             "{name} sent to {whom} {} ({group})",
             sent.join(" ")
         ))
+    }
+
+    /// `drover reload --dry-run`: what a reload would change, applying
+    /// nothing (not even to the errors `status` shows).
+    fn dry_run(&self, path: Option<&Path>) -> Response {
+        if self.sup.is_shutting_down() {
+            return Response::error("drover is shutting down");
+        }
+        let config = match crate::config::load(path.unwrap_or(&self.config_path)) {
+            Ok(loaded) => loaded.config,
+            Err(failed) => return Response::error(crate::config::render_all(&failed.diagnostics)),
+        };
+        let mut summary = self.sup.plan(&config);
+        let queues = self.broker.plan(&config);
+        summary.queues_added = queues.added;
+        summary.queues_removed = queues.removed;
+        summary.queues_changed = queues.changed;
+        summary.supervisor_pending = config.supervisor != self.config.supervisor;
+        Response::ok(format!("would reload: {summary}"))
     }
 
     /// A metrics connection or the listener has an event.

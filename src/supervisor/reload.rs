@@ -35,6 +35,8 @@ pub struct ReloadSummary {
     pub queues_added: Vec<QueueName>,
     pub queues_removed: Vec<QueueName>,
     pub queues_changed: Vec<QueueName>,
+    /// `[supervisor]` changed: that waits for the next start of drover.
+    pub supervisor_pending: bool,
 }
 
 impl fmt::Display for ReloadSummary {
@@ -72,6 +74,9 @@ impl fmt::Display for ReloadSummary {
         if parts.is_empty() {
             parts.push("no group or queue changed".into());
         }
+        if self.supervisor_pending {
+            parts.push("changes to [supervisor] take effect the next time drover starts".into());
+        }
         f.write_str(&parts.join("; "))
     }
 }
@@ -89,6 +94,42 @@ fn same_process(a: &GroupSpec, b: &GroupSpec) -> bool {
         && a.clear_env == b.clear_env
         && a.cwd == b.cwd
         && a.sockets == b.sockets
+}
+
+/// How a group's definition changed in a reload.
+#[derive(Debug, Clone, Copy)]
+struct Change {
+    /// What runs changed: a rolling (or stop-first) replacement.
+    replaced: bool,
+    /// `processes` changed.
+    scaled: bool,
+    /// The restart policy (or readiness, health) changed: taken in place.
+    policy: bool,
+}
+
+impl Change {
+    fn between(old: &GroupSpec, new: &GroupSpec) -> Change {
+        Change {
+            replaced: !same_process(old, new),
+            scaled: old.processes != new.processes,
+            policy: old.policy != new.policy,
+        }
+    }
+
+    fn record(self, name: &GroupName, summary: &mut ReloadSummary) {
+        if self.replaced {
+            summary.replaced.push(name.clone());
+        }
+        if self.scaled {
+            summary.scaled.push(name.clone());
+        }
+        if self.policy && !self.replaced {
+            summary.policy.push(name.clone());
+        }
+        if !(self.replaced || self.scaled || self.policy) {
+            summary.unchanged.push(name.clone());
+        }
+    }
 }
 
 impl Supervisor {
@@ -119,33 +160,58 @@ impl Supervisor {
                 summary.added.push(name.clone());
                 continue;
             };
-            let replaced = !same_process(&group.spec, spec);
-            let scaled = group.spec.processes != spec.processes;
-            let policy = group.spec.policy != spec.policy;
+            let change = Change::between(&group.spec, spec);
             group.spec = spec.clone();
-            if replaced {
+            if change.replaced {
                 // Every current process runs the old definition: the rolling
                 // restart (advance_rolling, below) replaces them in turn.
                 for child in &mut group.children {
                     child.outdated = true;
                 }
-                summary.replaced.push(name.clone());
             }
-            if scaled {
+            if change.scaled {
                 self.scale_group(name, launcher, now);
-                summary.scaled.push(name.clone());
             }
-            if policy && !replaced {
-                summary.policy.push(name.clone());
-            }
-            if !(replaced || scaled || policy) {
-                summary.unchanged.push(name.clone());
-            }
+            change.record(name, &mut summary);
         }
         summary.revived = self.revive_fatal(launcher, now);
         self.index.touch_all();
         self.advance_rolling(launcher, now);
         self.settle();
+        summary
+    }
+
+    /// What [`Self::apply`] would do with `config`, changing nothing:
+    /// `drover reload --dry-run`.
+    pub fn plan(&self, config: &Config) -> ReloadSummary {
+        let mut summary = ReloadSummary::default();
+        if self.shutting_down {
+            return summary;
+        }
+        summary.removed = self
+            .groups
+            .keys()
+            .filter(|name| !config.groups.contains_key(*name))
+            .cloned()
+            .collect();
+        for (name, spec) in &config.groups {
+            let Some(group) = self.groups.get(name) else {
+                summary.added.push(name.clone());
+                continue;
+            };
+            let change = Change::between(&group.spec, spec);
+            change.record(name, &mut summary);
+            if !change.replaced && !group.held {
+                // As revive_fatal: the fatal children that stay.
+                let revived = group
+                    .children
+                    .iter()
+                    .take(spec.processes as usize)
+                    .filter(|c| c.state == ChildState::Fatal && !c.outdated)
+                    .count();
+                summary.revived += revived as u32;
+            }
+        }
         summary
     }
 

@@ -282,7 +282,13 @@ mod tests {
         let (mut conn, mut client) = pair();
         client.write_all(br#"{"cmd":"reload"}"#).unwrap();
         client.shutdown(std::net::Shutdown::Write).unwrap();
-        assert_eq!(conn.read_request(), Incoming::Request(Ok(Request::Reload)));
+        assert_eq!(
+            conn.read_request(),
+            Incoming::Request(Ok(Request::Reload {
+                dry_run: false,
+                path: None
+            }))
+        );
 
         let (mut conn, client) = pair();
         drop(client);
