@@ -12,15 +12,17 @@ use super::fields::{Cx, Key, Value, shown};
 use super::host::Host;
 use super::limits::MAX_PROCESSES;
 use super::lookup;
-use super::model::{GroupSpec, StartMethod, UpdateMode};
+use super::model::{GroupSpec, Limit, Resource, StartMethod, UpdateMode};
 use super::policy::{self, PolicyDraft};
 use super::program::{self, ProgramDraft};
 use super::queue::{self, QueueRef};
+use super::rlimits;
 use super::source::resolve;
+use super::users;
 use crate::config::names::GroupName;
 
 /// Every key of a group table, in the order the README lists them.
-pub(crate) const ALL_KEYS: [&str; 20] = [
+pub(crate) const ALL_KEYS: [&str; 23] = [
     "command",
     "python",
     "preload",
@@ -41,6 +43,9 @@ pub(crate) const ALL_KEYS: [&str; 20] = [
     "stop_signal",
     "stop_timeout",
     "update",
+    "user",
+    "group",
+    "rlimits",
 ];
 
 const START_METHODS: [(&str, StartMethod); 3] = [
@@ -87,6 +92,10 @@ struct Builder {
     clear_env: bool,
     /// `cwd`, resolved, with the span of its value.
     cwd: Option<(PathBuf, Range<usize>)>,
+    /// `user` and `group` as written; resolved once the table is read.
+    user: Option<(users::Id, Range<usize>)>,
+    group: Option<(users::Id, Range<usize>)>,
+    rlimits: BTreeMap<Resource, Limit>,
 }
 
 /// Reads a group's table. Every key is checked even when the name is
@@ -109,8 +118,12 @@ pub(crate) fn read(
     let place = format!("in [group.{group}]");
     cx.set_table(Some(format!("[group.{group}]")));
     for (key, value) in table.iter() {
-        b.read(cx, key, value, &place);
+        match key.get_ref().as_ref() {
+            "rlimits" => b.rlimits = rlimits::read(cx, host, value).unwrap_or_default(),
+            _ => b.read(cx, key, value, &place),
+        }
     }
+    let user = users::resolve(cx, host, b.user.take(), b.group.take());
     let program = b.program.finish(cx, &group, header);
     let policy = b.policy.finish(cx);
     let cwd = match b.cwd {
@@ -142,6 +155,8 @@ pub(crate) fn read(
         policy,
         update: b.update,
         file: cx.file.path.clone(),
+        user,
+        rlimits: b.rlimits,
     });
     Some(GroupDraft {
         name,
@@ -177,6 +192,8 @@ impl Builder {
             "env" => self.env = env(cx, value).unwrap_or_default(),
             "clear_env" => self.clear_env = cx.bool(name, value).unwrap_or_default(),
             "cwd" => self.cwd = cwd(cx, value).map(|cwd| (cwd, value.span())),
+            "user" => self.user = users::id(cx, name, value),
+            "group" => self.group = users::id(cx, name, value),
             _ => {
                 let queue_keys = queue::KEYS.as_slice();
                 cx.unknown_key(key, place, &ALL_KEYS, Some(("[queue.NAME]", queue_keys)));
@@ -327,6 +344,9 @@ mod tests {
             "env",
             "clear_env",
             "cwd",
+            "user",
+            "group",
+            "rlimits",
         ]
         .into_iter()
         .chain(program::KEYS)

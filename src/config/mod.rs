@@ -42,11 +42,13 @@ pub mod names;
 mod policy;
 mod program;
 mod queue;
+mod rlimits;
 pub mod signal;
 mod size;
 mod source;
 mod suggest;
 mod supervisor;
+mod users;
 
 use std::fmt;
 use std::path::Path;

@@ -794,6 +794,8 @@ mod tests {
             policy: Default::default(),
             update: Default::default(),
             file: "t.toml".into(),
+            user: None,
+            rlimits: Default::default(),
         })
     }
 

@@ -189,6 +189,8 @@ mod tests {
             },
             update: Default::default(),
             file: "t.toml".into(),
+            user: None,
+            rlimits: Default::default(),
         }
     }
 

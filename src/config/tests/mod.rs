@@ -13,6 +13,7 @@ mod groups;
 mod hostile;
 mod merge;
 mod scale;
+mod users;
 
 /// A program that certainly exists: the test binary, found through the
 /// `PATH` of [`host`].
@@ -27,6 +28,13 @@ fn host() -> Host {
         is_root: false,
         xdg_state_home: None,
         path: Some(exe.parent().unwrap().as_os_str().to_owned()),
+        uid: 1000,
+        gid: 1000,
+        nr_open: Some(1 << 20),
+        hard_limits: vec![
+            (rlimits::Resource::Nofile, 4096),
+            (rlimits::Resource::Core, 0),
+        ],
     }
 }
 
@@ -147,6 +155,8 @@ fn defaults_are_the_model_defaults() {
         policy: Policy::default(),
         update: Default::default(),
         file: PathBuf::from("/cfg/a.toml"),
+        user: None,
+        rlimits: Default::default(),
     };
     assert_eq!(workers, &expected);
     let jobs = &config.queues[&QueueName::new("jobs").unwrap()];
