@@ -671,6 +671,7 @@ fn fork_setup(plan: &SpawnPlan) -> ExecSetup {
             close_from: None,
         },
     )
+    .with_identity(&plan.identity)
 }
 
 impl Launcher for ProcessLauncher {

@@ -68,6 +68,7 @@ impl ChildIo {
             envp,
             cwd: prepared.cwd.clone(),
             fds: FdPlan { sources },
+            identity: prepared.identity.clone(),
         };
         Ok((plan, ChildIo { pipes, queues }))
     }

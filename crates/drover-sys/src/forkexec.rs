@@ -5,7 +5,9 @@
 //! fork; the child only makes async-signal-safe calls (`setpgid`,
 //! `sigaction`, `sigprocmask`, `dup2`, `fcntl`, `close_range`, `chdir`,
 //! `execve`, `write`, `_exit`) on that prepared data, allocates nothing and
-//! drops nothing (`setrlimit` restores drover's original open-file limit).
+//! drops nothing (`setrlimit` restores drover's original open-file limit
+//! or sets the group's limits; `setgroups`, `setresgid` and `setresuid`, as
+//! raw system calls, switch users).
 //! An exec failure is reported to the parent as an errno on a
 //! close-on-exec pipe, so a start either returns a PID that runs the program
 //! or an error — the same contract as `posix_spawn`.
@@ -51,6 +53,9 @@ pub struct ExecSetup {
     empty_mask: libc::sigset_t,
     /// The open-file limit the child starts with (drover's original one).
     nofile: Option<libc::rlimit>,
+    /// The limits to set, then the user to switch to ([`crate::Identity`]).
+    limits: Vec<(i32, libc::rlimit)>,
+    user: Option<crate::Credentials>,
 }
 
 impl ExecSetup {
@@ -89,8 +94,44 @@ impl ExecSetup {
             default_action,
             empty_mask,
             nofile: super::child_fd_limit(),
+            limits: Vec::new(),
+            user: None,
         }
     }
+
+    /// The child runs as `identity` says: its limits (the original
+    /// open-file limit unless they set one) and its user.
+    pub fn with_identity(mut self, identity: &crate::Identity) -> ExecSetup {
+        self.nofile = identity.original_nofile();
+        self.limits = identity.limits();
+        self.user = identity.user.clone();
+        self
+    }
+}
+
+/// [`crate::spawn`] by fork + exec: the fds placed at 0, 1, 2, …, every
+/// other fd closed, a new process group. For starts that `posix_spawn`
+/// cannot make (a user switch, limits) when the shared-table path is not
+/// available.
+pub(crate) fn fork_exec_plan(plan: &crate::SpawnPlan) -> io::Result<i32> {
+    let (sources, _moved) = crate::relocate(&plan.fds.sources, 0)?;
+    let setup = ExecSetup::new(
+        plan.program.clone(),
+        plan.argv.clone(),
+        plan.envp.clone(),
+        plan.cwd.clone(),
+        FdSetup {
+            dups: sources
+                .iter()
+                .enumerate()
+                .map(|(i, &s)| (s, i as RawFd))
+                .collect(),
+            keep: Vec::new(),
+            close_from: Some(sources.len() as RawFd),
+        },
+    )
+    .with_identity(&plan.identity);
+    fork_exec(&setup, ForkKind::Fork)
 }
 
 /// How the new process is created.
@@ -161,6 +202,20 @@ unsafe fn child(setup: &ExecSetup, err_w: RawFd) -> ! {
         libc::setpgid(0, 0);
         if let Some(limit) = &setup.nofile {
             libc::setrlimit(libc::RLIMIT_NOFILE, limit);
+        }
+        for (resource, limit) in &setup.limits {
+            if libc::setrlimit(*resource as _, limit) != 0 {
+                fail(err_w);
+            }
+        }
+        // Raw system calls, as in the `spawn` child: glibc's set*id
+        // wrappers coordinate with threads that this copy does not have.
+        if let Some(user) = &setup.user
+            && (libc::syscall(libc::SYS_setgroups, user.groups.len(), user.groups.as_ptr()) != 0
+                || libc::syscall(libc::SYS_setresgid, user.gid, user.gid, user.gid) != 0
+                || libc::syscall(libc::SYS_setresuid, user.uid, user.uid, user.uid) != 0)
+        {
+            fail(err_w);
         }
         for signal in 1..NSIG {
             if signal != libc::SIGKILL && signal != libc::SIGSTOP {
