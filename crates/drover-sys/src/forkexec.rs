@@ -131,7 +131,19 @@ pub(crate) fn fork_exec_plan(plan: &crate::SpawnPlan) -> io::Result<i32> {
         },
     )
     .with_identity(&plan.identity);
-    fork_exec(&setup, ForkKind::Fork)
+    match start(&setup, ForkKind::Fork)? {
+        (pid, None) => Ok(pid),
+        (pid, Some(error)) => {
+            // As on the other ways of `spawn`: an error leaves no process.
+            // The child has reported and is exiting: a short wait.
+            let mut status = 0;
+            // SAFETY: waits for our own child through a valid pointer.
+            while unsafe { libc::waitpid(pid, &mut status, 0) } < 0
+                && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
+            {}
+            Err(error)
+        }
+    }
 }
 
 /// How the new process is created.
@@ -147,6 +159,15 @@ pub enum ForkKind {
 /// Forks (or clones as a sibling) and execs `setup`. Returns the new PID
 /// once the program runs, or the errno of the failed exec.
 pub fn fork_exec(setup: &ExecSetup, kind: ForkKind) -> io::Result<i32> {
+    match start(setup, kind)? {
+        (pid, None) => Ok(pid),
+        (_, Some(error)) => Err(error),
+    }
+}
+
+/// [`fork_exec`], with the PID of a child whose exec failed and reported
+/// its errno (it has exited, or is about to: it writes, then `_exit`s).
+fn start(setup: &ExecSetup, kind: ForkKind) -> io::Result<(i32, Option<io::Error>)> {
     let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC)?;
     let err_w_raw = err_w.as_raw_fd();
     let pid = match kind {
@@ -181,8 +202,11 @@ pub fn fork_exec(setup: &ExecSetup, kind: ForkKind) -> io::Result<i32> {
     let mut errno = [0u8; 4];
     let mut file = std::fs::File::from(err_r);
     match std::io::Read::read(&mut file, &mut errno) {
-        Ok(4) => Err(io::Error::from_raw_os_error(i32::from_ne_bytes(errno))),
-        Ok(_) => Ok(pid),
+        Ok(4) => Ok((
+            pid,
+            Some(io::Error::from_raw_os_error(i32::from_ne_bytes(errno))),
+        )),
+        Ok(_) => Ok((pid, None)),
         Err(e) => Err(e),
     }
 }
