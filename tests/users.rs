@@ -240,3 +240,35 @@ fn children_start_with_the_group_rlimits_or_the_original_limits() {
         }
     }
 }
+
+/// A reload that changes `rlimits` replaces the child (a new process with
+/// the new limit); one that changes nothing keeps it.
+#[test]
+fn a_change_of_rlimits_replaces_the_children_on_reload() {
+    let config = |nofile: u32| {
+        format!(
+            "[group.w]\ncommand = [\"sh\", \"-c\", \"echo Nofile: $(ulimit -Sn) $(ulimit -Hn); exec sleep 600\"]\nstart_secs = \"100ms\"\nrlimits = {{ nofile = {nofile} }}\n"
+        )
+    };
+    let d = Drover::start("rlimits-reload", &config(300));
+    let first = d.wait_group_state("w", "running");
+    d.stdout
+        .wait_for("the first limit", |t| t.contains("w[0] Nofile: 300 300"));
+    d.dir.write("drover.toml", &config(400));
+    d.stdout.wait_for("the replacement's limit", |t| {
+        t.contains("w[0] Nofile: 400 400")
+    });
+    let status = d.wait_status("one running child, replaced", |s| {
+        let kids = Drover::children(s, "w");
+        kids.len() == 1
+            && kids[0]["state"] == "running"
+            && kids[0]["pid"].as_i64() != Some(first[0])
+    });
+    let out = d.cli(&["reload"]);
+    assert!(out.status.success(), "{out:?}");
+    let again = d.wait_group_state("w", "running");
+    assert_eq!(
+        again[0],
+        Drover::children(&status, "w")[0]["pid"].as_i64().unwrap()
+    );
+}
