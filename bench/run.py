@@ -3,7 +3,7 @@
 
     bash bench/run.sh [SUITE...] [--quick] [options]
 
-SUITE: core, methods, python, queues, durable, redis, reload, sockets, context (none or `all`:
+SUITE: core, methods, python, queues, durable, redis, reload, sockets, context, users (none or `all`:
 every one, in that order). Builds what the suites need once (drover unless
 DROVER_BIN is set, the C helpers, a venv for supervisord / numpy), runs the
 suites, and writes one report, target/bench/results.md, and every suite's
@@ -34,7 +34,7 @@ from lib.load import QUIET_PCT, OthersCpu, describe, machine, wait_quiet  # noqa
 from lib.procs import Interrupted, Procs, catch_signals  # noqa: E402
 from lib.stats import table  # noqa: E402
 
-SUITES = ("core", "methods", "python", "queues", "durable", "redis", "reload", "sockets", "context")
+SUITES = ("core", "methods", "python", "queues", "durable", "redis", "reload", "sockets", "context", "users")
 
 
 def load_suites(names) -> dict:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # drover's benchmarks, in one command (bench/README.md says what each number means):
 #   bash bench/run.sh [SUITE...] [--quick] [options]     # --help lists them
-# SUITE: core, methods, python, queues, durable, redis, reload, sockets, context; none: all of them.
+# SUITE: core, methods, python, queues, durable, redis, reload, sockets, context, users; none: all of them.
 # Results: target/bench/results.md (the report) and results.json (raw numbers).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -12,17 +12,19 @@ use super::fields::{Cx, Key, Value, shown};
 use super::host::Host;
 use super::limits::MAX_PROCESSES;
 use super::lookup;
-use super::model::{GroupSpec, StartMethod, UpdateMode};
+use super::model::{GroupSpec, Limit, Resource, StartMethod, UpdateMode};
 use super::policy::{self, PolicyDraft};
 use super::program::{self, ProgramDraft};
 use super::queue::{self, QueueRef};
 use super::ready;
+use super::rlimits;
 use super::sockets::{self, SocketDraft};
 use super::source::resolve;
+use super::users;
 use crate::config::names::GroupName;
 
 /// Every key of a group table, in the order the README lists them.
-pub(crate) const ALL_KEYS: [&str; 25] = [
+pub(crate) const ALL_KEYS: [&str; 28] = [
     "command",
     "python",
     "preload",
@@ -48,6 +50,9 @@ pub(crate) const ALL_KEYS: [&str; 25] = [
     "ready_timeout",
     "health",
     "sockets",
+    "user",
+    "group",
+    "rlimits",
 ];
 
 const START_METHODS: [(&str, StartMethod); 3] = [
@@ -110,6 +115,10 @@ struct Builder {
     after: Vec<GroupRef>,
     /// `sockets`, with the span of the value.
     sockets: Option<(Vec<SocketDraft>, Range<usize>)>,
+    /// `user` and `group` as written; resolved once the table is read.
+    user: Option<(users::Id, Range<usize>)>,
+    group: Option<(users::Id, Range<usize>)>,
+    rlimits: BTreeMap<Resource, Limit>,
 }
 
 /// Reads a group's table. Every key is checked even when the name is
@@ -132,8 +141,12 @@ pub(crate) fn read(
     let place = format!("in [group.{group}]");
     cx.set_table(Some(format!("[group.{group}]")));
     for (key, value) in table.iter() {
-        b.read(cx, key, value, &place);
+        match key.get_ref().as_ref() {
+            "rlimits" => b.rlimits = rlimits::read(cx, host, value).unwrap_or_default(),
+            _ => b.read(cx, key, value, &place),
+        }
     }
+    let user = users::resolve(cx, host, b.user.take(), b.group.take());
     let program = b.program.finish(cx, &group, header);
     let policy = b.policy.finish(cx);
     let cwd = match b.cwd {
@@ -168,6 +181,8 @@ pub(crate) fn read(
         after: b.after.iter().map(|r| r.name.clone()).collect(),
         sockets: sockets.iter().map(|s| s.spec.clone()).collect(),
         file: cx.file.path.clone(),
+        user,
+        rlimits: b.rlimits,
     });
     Some(GroupDraft {
         name,
@@ -212,6 +227,8 @@ impl Builder {
             "cwd" => self.cwd = cwd(cx, value).map(|cwd| (cwd, value.span())),
             "after" => self.after = after(cx, value, place).unwrap_or_default(),
             "sockets" => self.sockets = sockets::read(cx, value).map(|s| (s, value.span())),
+            "user" => self.user = users::id(cx, name, value),
+            "group" => self.group = users::id(cx, name, value),
             _ => {
                 let queue_keys = queue::KEYS.as_slice();
                 cx.unknown_key(key, place, &ALL_KEYS, Some(("[queue.NAME]", queue_keys)));
@@ -394,6 +411,9 @@ mod tests {
             "cwd",
             "after",
             "sockets",
+            "user",
+            "group",
+            "rlimits",
         ]
         .into_iter()
         .chain(program::KEYS)

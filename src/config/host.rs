@@ -4,6 +4,8 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
+use super::rlimits::Resource;
+
 /// What validation may know about the environment drover runs in.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Host {
@@ -14,6 +16,14 @@ pub(crate) struct Host {
     pub xdg_state_home: Option<PathBuf>,
     /// drover's own `$PATH`, which children inherit unless their `env` sets one.
     pub path: Option<OsString>,
+    /// drover's effective uid and gid: a `user` that is drover's own needs
+    /// no switch.
+    pub uid: u32,
+    pub gid: u32,
+    /// The kernel's `fs.nr_open`, the ceiling of `rlimits.nofile`.
+    pub nr_open: Option<u64>,
+    /// drover's own hard limits: without root, `rlimits` cannot exceed them.
+    pub hard_limits: Vec<(Resource, u64)>,
 }
 
 impl Host {
@@ -25,6 +35,10 @@ impl Host {
                 .map(PathBuf::from)
                 .filter(|p| p.is_absolute()),
             path: std::env::var_os("PATH"),
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+            nr_open: super::rlimits::nr_open(),
+            hard_limits: super::rlimits::hard_limits(),
         }
     }
 
@@ -53,6 +67,7 @@ mod tests {
             is_root: true,
             xdg_state_home: Some("/x".into()),
             path: None,
+            ..Host::default()
         };
         assert_eq!(root.default_state_dir(dir), Path::new("/var/lib/drover"));
         let xdg = Host {

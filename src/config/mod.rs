@@ -45,12 +45,14 @@ mod policy;
 mod program;
 mod queue;
 mod ready;
+mod rlimits;
 pub mod signal;
 mod size;
 mod sockets;
 mod source;
 mod suggest;
 mod supervisor;
+mod users;
 
 use std::fmt;
 use std::path::Path;

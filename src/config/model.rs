@@ -230,6 +230,34 @@ pub struct GroupSpec {
     pub sockets: Vec<SocketSpec>,
     /// The file that defines this group.
     pub file: PathBuf,
+    /// `user` (and `group`), resolved when the config was loaded; `None`:
+    /// children run as drover does.
+    pub user: Option<RunAs>,
+    /// `rlimits`, by resource: each sets the soft and the hard limit.
+    /// Resources not listed keep drover's original limits.
+    pub rlimits: BTreeMap<Resource, Limit>,
+}
+
+pub use crate::config::rlimits::{Limit, Resource};
+
+/// Who a group's children run as: `user` and `group`, resolved from the
+/// user and group databases when the config was loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    /// The user's name (`USER`, `LOGNAME`); the uid as text for a numeric
+    /// `user` without a passwd entry.
+    pub name: String,
+    pub uid: u32,
+    /// `group`, or the user's primary group.
+    pub gid: u32,
+    /// Supplementary groups: the user's groups (`getgrouplist`), `gid`
+    /// among them.
+    pub groups: Vec<u32>,
+    /// `HOME`: the user's home directory (`/` without a passwd entry).
+    pub home: PathBuf,
+    /// False when drover already runs as this uid and gid (not as root):
+    /// nothing to switch, only the environment is set.
+    pub switch: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use crate::sys::forkexec::{ExecSetup, FdSetup, ForkKind, fork_exec};
 use crate::sys::wire::{self, Received, Reply, RequestBuilder};
-use crate::sys::{FdPlan, SpawnPlan, relocate, spawn};
+use crate::sys::{Credentials, FdPlan, Identity, SpawnPlan, relocate, spawn};
 
 /// Environment variable through which a re-executed drover learns it is a
 /// fork server, and the fd of its socket.
@@ -53,6 +53,7 @@ pub fn launch(exe: &Path, devnull: RawFd, stderr: RawFd) -> io::Result<(i32, Own
         fds: FdPlan {
             sources: vec![devnull, stderr, stderr, theirs.as_raw_fd()],
         },
+        identity: Identity::default(),
     };
     let pid = spawn(&plan)?;
     Ok((pid, ours))
@@ -70,7 +71,57 @@ pub fn request(seq: u64, plan: &SpawnPlan) -> Vec<u8> {
     for var in &plan.envp {
         b.field(var.as_bytes());
     }
+    encode_identity(&mut b, &plan.identity);
     b.finish()
+}
+
+/// The limits (a count, then 4 bytes of resource and 8 of value each) and
+/// the user (one field: empty, or uid, gid and the groups, 4 bytes each).
+fn encode_identity(b: &mut RequestBuilder, identity: &Identity) {
+    b.count(identity.rlimits.len());
+    for &(resource, value) in &identity.rlimits {
+        let mut bytes = resource.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&value.to_le_bytes());
+        b.field(&bytes);
+    }
+    let user: Vec<u8> = identity.user.as_ref().map_or_else(Vec::new, |u| {
+        [u.uid, u.gid]
+            .iter()
+            .chain(&u.groups)
+            .flat_map(|id| id.to_le_bytes())
+            .collect()
+    });
+    b.field(&user);
+}
+
+fn decode_identity(fields: &mut wire::Fields<'_>) -> Option<Identity> {
+    let count = fields.next_count()?;
+    let rlimits = (0..count)
+        .map(|_| {
+            let bytes = fields.next_field()?;
+            let resource = i32::from_le_bytes(bytes.get(..4)?.try_into().ok()?);
+            let value = u64::from_le_bytes(bytes.get(4..)?.try_into().ok()?);
+            Some((resource, value))
+        })
+        .collect::<Option<_>>()?;
+    let user = fields.next_field()?;
+    if user.len() % 4 != 0 {
+        return None;
+    }
+    let ids: Vec<u32> = user
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let user = match ids.as_slice() {
+        [] => None,
+        [uid, gid, groups @ ..] => Some(Credentials {
+            uid: *uid,
+            gid: *gid,
+            groups: groups.to_vec(),
+        }),
+        [_] => return None,
+    };
+    Some(Identity { rlimits, user })
 }
 
 /// A request as the server decodes it.
@@ -79,6 +130,7 @@ struct Start {
     cwd: CString,
     argv: Vec<CString>,
     envp: Vec<CString>,
+    identity: Identity,
 }
 
 fn decode(mut fields: wire::Fields<'_>) -> Option<Start> {
@@ -93,11 +145,13 @@ fn decode(mut fields: wire::Fields<'_>) -> Option<Start> {
     let envp = (0..envc)
         .map(|_| fields.next_field().and_then(cstr))
         .collect::<Option<_>>()?;
+    let identity = decode_identity(&mut fields)?;
     fields.is_empty().then_some(Start {
         program,
         cwd,
         argv,
         envp,
+        identity,
     })
 }
 
@@ -185,7 +239,8 @@ fn start(request: Start, fds: &[OwnedFd]) -> io::Result<i32> {
             keep: Vec::new(),
             close_from: Some(sources.len() as RawFd),
         },
-    );
+    )
+    .with_identity(&request.identity);
     fork_exec(&setup, ForkKind::SiblingOfCaller)
 }
 
@@ -204,6 +259,17 @@ mod tests {
             envp: vec![CString::new("A=1").unwrap()],
             cwd: CString::new("/tmp").unwrap(),
             fds: FdPlan { sources: vec![] },
+            identity: Identity {
+                rlimits: vec![
+                    (libc::RLIMIT_NOFILE as i32, 64),
+                    (libc::RLIMIT_CORE as i32, 0),
+                ],
+                user: Some(Credentials {
+                    uid: 65534,
+                    gid: 65533,
+                    groups: vec![65533, 27],
+                }),
+            },
         };
         let packet = request(5, &plan);
         let (seq, fields) = wire::parse_request(&packet).unwrap();
@@ -213,6 +279,7 @@ mod tests {
         assert_eq!(r.argv, plan.argv);
         assert_eq!(r.envp, plan.envp);
         assert_eq!(r.cwd, plan.cwd);
+        assert_eq!(r.identity, plan.identity);
         let (_, cut) = wire::parse_request(&packet[..packet.len() - 2]).unwrap();
         assert!(decode(cut).is_none(), "truncated input is refused");
     }

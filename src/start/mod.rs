@@ -645,6 +645,8 @@ impl ProcessLauncher {
             fds: crate::sys::FdPlan {
                 sources: vec![devnull, devnull, devnull],
             },
+            // As the group's children: its user and limits.
+            identity: prepared.identity.clone(),
         };
         let spawned = spawn_child(&plan).map_err(|e| {
             let name = plan.argv[0].clone();
@@ -792,7 +794,8 @@ fn fork_setup(plan: &SpawnPlan, in_place: bool) -> std::io::Result<(ExecSetup, V
             keep: plan.fds.sources.iter().skip(3).copied().collect(),
             close_from: None,
         },
-    );
+    )
+    .with_identity(&plan.identity);
     Ok((setup, Vec::new()))
 }
 
@@ -927,6 +930,8 @@ mod tests {
             after: Vec::new(),
             sockets: Vec::new(),
             file: "t.toml".into(),
+            user: None,
+            rlimits: Default::default(),
         })
     }
 

@@ -114,6 +114,7 @@ impl ChildIo {
             envp,
             cwd: prepared.cwd.clone(),
             fds: FdPlan { sources },
+            identity: prepared.identity.clone(),
         };
         Ok((
             plan,

@@ -10,6 +10,7 @@ use std::rc::Rc;
 
 use crate::config::{GroupSpec, Program};
 use crate::supervisor::LaunchError;
+use crate::sys::{Credentials, Identity};
 
 /// The variables `clear_env = true` keeps from drover's own environment.
 const KEPT_BY_CLEAR_ENV: [&str; 4] = ["PATH", "HOME", "LANG", "TZ"];
@@ -23,6 +24,8 @@ pub struct Prepared {
     pub argv: Vec<CString>,
     pub envp: Vec<CString>,
     pub cwd: CString,
+    /// `user`, `group` and `rlimits`, as the start paths apply them.
+    pub identity: Identity,
 }
 
 impl Prepared {
@@ -48,13 +51,36 @@ impl Prepared {
             argv: argv.iter().map(|a| cstring(a)).collect(),
             envp: group_environment(group, base_env),
             cwd: cstring(group.cwd.as_os_str()),
+            identity: identity(group),
         })
+    }
+}
+
+/// Who `group`'s children run as and their limits. A `user` that is
+/// drover's own switches nothing.
+fn identity(group: &GroupSpec) -> Identity {
+    Identity {
+        rlimits: group
+            .rlimits
+            .iter()
+            .map(|(resource, limit)| (resource.raw(), limit.raw()))
+            .collect(),
+        user: group
+            .user
+            .as_ref()
+            .filter(|u| u.switch)
+            .map(|u| Credentials {
+                uid: u.uid,
+                gid: u.gid,
+                groups: u.groups.clone(),
+            }),
     }
 }
 
 /// The part of a child's environment that is the same for every child of
 /// `group`: drover's environment (or its PATH, HOME, LANG and TZ with
-/// `clear_env`) overlaid by `env`, plus `DROVER_GROUP` and
+/// `clear_env`), then `HOME`, `USER` and `LOGNAME` of its `user`, overlaid
+/// by `env` (which may set them otherwise), plus `DROVER_GROUP` and
 /// `DROVER_START_METHOD`.
 fn group_environment(group: &GroupSpec, base_env: &BTreeMap<OsString, OsString>) -> Vec<CString> {
     let mut env: BTreeMap<OsString, OsString> = if group.clear_env {
@@ -76,6 +102,11 @@ fn group_environment(group: &GroupSpec, base_env: &BTreeMap<OsString, OsString>)
             && !k.starts_with(b"DROVER_IN_")
             && !k.starts_with(b"DROVER_OUT_")
     });
+    if let Some(user) = &group.user {
+        env.insert("HOME".into(), user.home.clone().into());
+        env.insert("USER".into(), user.name.clone().into());
+        env.insert("LOGNAME".into(), user.name.clone().into());
+    }
     for (k, v) in &group.env {
         env.insert(k.into(), v.into());
     }

@@ -3,9 +3,9 @@
 //! Unchanged groups keep their children; a change of `processes` alone
 //! starts or stops just the difference (highest indexes first); a change of
 //! restart policy alone is taken in place; a change of what runs (program,
-//! environment, cwd, start method, queue wiring) replaces the children one
-//! index at a time — the new child starts, and once it is `running` the old
-//! one is stopped. Removed groups stop, new groups start, and every reload
+//! environment, cwd, start method, queue wiring, user, limits) replaces the
+//! children one index at a time — the new child starts, and once it is
+//! `running` the old one is stopped. Removed groups stop, new groups start, and every reload
 //! gives `fatal` children a fresh start budget.
 
 use std::fmt;
@@ -94,6 +94,8 @@ fn same_process(a: &GroupSpec, b: &GroupSpec) -> bool {
         && a.clear_env == b.clear_env
         && a.cwd == b.cwd
         && a.sockets == b.sockets
+        && a.user == b.user
+        && a.rlimits == b.rlimits
 }
 
 /// How a group's definition changed in a reload.

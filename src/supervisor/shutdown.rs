@@ -251,6 +251,8 @@ mod tests {
             after: Vec::new(),
             sockets: Vec::new(),
             file: "t.toml".into(),
+            user: None,
+            rlimits: Default::default(),
         }
     }
 

@@ -77,6 +77,8 @@ fn group(name: &str, processes: u32, policy: Policy) -> GroupSpec {
         after: Vec::new(),
         sockets: Vec::new(),
         file: PathBuf::from("test.toml"),
+        user: None,
+        rlimits: Default::default(),
     }
 }
 
@@ -622,6 +624,33 @@ mod reload {
         }
         assert_eq!(sup.live_pids().collect::<Vec<_>>(), &first[..2]);
         assert_eq!(l.started.len(), 5, "nothing restarted");
+    }
+
+    #[test]
+    fn a_change_of_user_or_rlimits_replaces_the_children() {
+        use crate::config::{Limit, Resource, RunAs};
+        let t0 = Instant::now();
+        let mut l = FakeLauncher::default();
+        let plain = group("w", 1, policy());
+        let mut sup = Supervisor::new(&config(vec![plain.clone()]));
+        sup.start_all(&mut l, t0);
+        let mut as_user = plain.clone();
+        as_user.user = Some(RunAs {
+            name: "nobody".into(),
+            uid: 65534,
+            gid: 65534,
+            groups: vec![65534],
+            home: "/nonexistent".into(),
+            switch: true,
+        });
+        let summary = sup.apply(&config(vec![as_user.clone()]), &mut l, t0 + ms(1));
+        assert_eq!(summary.replaced.len(), 1, "{summary}");
+        let mut limited = as_user.clone();
+        limited.rlimits.insert(Resource::Nofile, Limit::Value(64));
+        let summary = sup.apply(&config(vec![limited.clone()]), &mut l, t0 + ms(2));
+        assert_eq!(summary.replaced.len(), 1, "{summary}");
+        let summary = sup.apply(&config(vec![limited]), &mut l, t0 + ms(3));
+        assert_eq!(summary.unchanged.len(), 1, "{summary}");
     }
 
     #[test]

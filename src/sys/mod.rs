@@ -16,8 +16,8 @@ pub mod file;
 /// `posix_spawn` and fork + exec of prepared starts, the open-file limit of
 /// children, socket pairs and the start helpers' framing.
 pub use drover_sys::{
-    FdPlan, PID_SLOT, SpawnPlan, claim_inherited_fd, forkexec, pidfd_open, raise_fd_limit,
-    relocate, seqpacket_pair, spawn, spawn_child, wire,
+    Credentials, FdPlan, Identity, PID_SLOT, SpawnPlan, claim_inherited_fd, forkexec, pidfd_open,
+    raise_fd_limit, relocate, seqpacket_pair, spawn, spawn_child, wire,
 };
 
 /// Scratch slots reserved for `spawn` at startup ([`reserve_spawn_slots`]):

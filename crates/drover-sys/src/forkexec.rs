@@ -5,7 +5,9 @@
 //! fork; the child only makes async-signal-safe calls (`setpgid`,
 //! `sigaction`, `sigprocmask`, `dup2`, `fcntl`, `close_range`, `chdir`,
 //! `execve`, `write`, `_exit`) on that prepared data, allocates nothing and
-//! drops nothing (`setrlimit` restores drover's original open-file limit).
+//! drops nothing (`setrlimit` restores drover's original open-file limit
+//! or sets the group's limits; `setgroups`, `setresgid` and `setresuid`, as
+//! raw system calls, switch users).
 //! An exec failure is reported to the parent as an errno on a
 //! close-on-exec pipe, so a start either returns a PID that runs the program
 //! or an error — the same contract as `posix_spawn`.
@@ -55,6 +57,9 @@ pub struct ExecSetup {
     /// The `LISTEN_PID=` entry of the environment, which the child fills
     /// with its own PID (see [`crate::PID_SLOT`]); `envp_ptrs` points at it.
     pid_var: Option<Box<UnsafeCell<crate::PidVar>>>,
+    /// The limits to set, then the user to switch to ([`crate::Identity`]).
+    limits: Vec<(i32, libc::rlimit)>,
+    user: Option<crate::Credentials>,
 }
 
 impl ExecSetup {
@@ -100,6 +105,54 @@ impl ExecSetup {
             default_action,
             empty_mask,
             nofile: super::child_fd_limit(),
+            limits: Vec::new(),
+            user: None,
+        }
+    }
+
+    /// The child runs as `identity` says: its limits (the original
+    /// open-file limit unless they set one) and its user.
+    pub fn with_identity(mut self, identity: &crate::Identity) -> ExecSetup {
+        self.nofile = identity.original_nofile();
+        self.limits = identity.limits();
+        self.user = identity.user.clone();
+        self
+    }
+}
+
+/// [`crate::spawn`] by fork + exec: the fds placed at 0, 1, 2, …, every
+/// other fd closed, a new process group. For starts that `posix_spawn`
+/// cannot make (a user switch, limits) when the shared-table path is not
+/// available.
+pub(crate) fn fork_exec_plan(plan: &crate::SpawnPlan) -> io::Result<i32> {
+    let (sources, _moved) = crate::relocate(&plan.fds.sources, 0)?;
+    let setup = ExecSetup::new(
+        plan.program.clone(),
+        plan.argv.clone(),
+        plan.envp.clone(),
+        plan.cwd.clone(),
+        FdSetup {
+            dups: sources
+                .iter()
+                .enumerate()
+                .map(|(i, &s)| (s, i as RawFd))
+                .collect(),
+            keep: Vec::new(),
+            close_from: Some(sources.len() as RawFd),
+        },
+    )
+    .with_identity(&plan.identity);
+    match start(&setup, ForkKind::Fork)? {
+        (pid, None) => Ok(pid),
+        (pid, Some(error)) => {
+            // As on the other ways of `spawn`: an error leaves no process.
+            // The child has reported and is exiting: a short wait.
+            let mut status = 0;
+            // SAFETY: waits for our own child through a valid pointer.
+            while unsafe { libc::waitpid(pid, &mut status, 0) } < 0
+                && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
+            {}
+            Err(error)
         }
     }
 }
@@ -117,6 +170,15 @@ pub enum ForkKind {
 /// Forks (or clones as a sibling) and execs `setup`. Returns the new PID
 /// once the program runs, or the errno of the failed exec.
 pub fn fork_exec(setup: &ExecSetup, kind: ForkKind) -> io::Result<i32> {
+    match start(setup, kind)? {
+        (pid, None) => Ok(pid),
+        (_, Some(error)) => Err(error),
+    }
+}
+
+/// [`fork_exec`], with the PID of a child whose exec failed and reported
+/// its errno (it has exited, or is about to: it writes, then `_exit`s).
+fn start(setup: &ExecSetup, kind: ForkKind) -> io::Result<(i32, Option<io::Error>)> {
     let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC)?;
     let err_w_raw = err_w.as_raw_fd();
     let pid = match kind {
@@ -151,8 +213,11 @@ pub fn fork_exec(setup: &ExecSetup, kind: ForkKind) -> io::Result<i32> {
     let mut errno = [0u8; 4];
     let mut file = std::fs::File::from(err_r);
     match std::io::Read::read(&mut file, &mut errno) {
-        Ok(4) => Err(io::Error::from_raw_os_error(i32::from_ne_bytes(errno))),
-        Ok(_) => Ok(pid),
+        Ok(4) => Ok((
+            pid,
+            Some(io::Error::from_raw_os_error(i32::from_ne_bytes(errno))),
+        )),
+        Ok(_) => Ok((pid, None)),
         Err(e) => Err(e),
     }
 }
@@ -172,6 +237,20 @@ unsafe fn child(setup: &ExecSetup, err_w: RawFd) -> ! {
         libc::setpgid(0, 0);
         if let Some(limit) = &setup.nofile {
             libc::setrlimit(libc::RLIMIT_NOFILE, limit);
+        }
+        for (resource, limit) in &setup.limits {
+            if libc::setrlimit(*resource as _, limit) != 0 {
+                fail(err_w);
+            }
+        }
+        // Raw system calls, as in the `spawn` child: glibc's set*id
+        // wrappers coordinate with threads that this copy does not have.
+        if let Some(user) = &setup.user
+            && (libc::syscall(libc::SYS_setgroups, user.groups.len(), user.groups.as_ptr()) != 0
+                || libc::syscall(libc::SYS_setresgid, user.gid, user.gid, user.gid) != 0
+                || libc::syscall(libc::SYS_setresuid, user.uid, user.uid, user.uid) != 0)
+        {
+            fail(err_w);
         }
         for signal in 1..NSIG {
             if signal != libc::SIGKILL && signal != libc::SIGSTOP {

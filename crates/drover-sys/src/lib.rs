@@ -51,6 +51,62 @@ pub struct SpawnPlan {
     pub envp: Vec<CString>,
     pub cwd: CString,
     pub fds: FdPlan,
+    /// Who the child runs as and its resource limits.
+    pub identity: Identity,
+}
+
+/// Who a child runs as and the resource limits it starts with, applied in
+/// the child before `execve`: the limits first (raising a hard limit needs
+/// the privilege the user switch gives up), then the supplementary groups,
+/// the gid and last the uid. The default changes nothing but the open-file
+/// limit, which goes back to this process's original one
+/// ([`raise_fd_limit`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Identity {
+    /// `(RLIMIT_*, value)`: each sets the soft and the hard limit. A
+    /// `RLIMIT_NOFILE` here replaces the original open-file limit.
+    pub rlimits: Vec<(i32, u64)>,
+    /// The user to switch to; `None`: this process's own.
+    pub user: Option<Credentials>,
+}
+
+/// A uid, a gid and supplementary groups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+impl Identity {
+    /// Whether a start needs a step that `posix_spawn` cannot do.
+    pub(crate) fn needs_exec_steps(&self) -> bool {
+        self.user.is_some() || !self.rlimits.is_empty()
+    }
+
+    /// The open-file limit the child gets when `rlimits` does not set one:
+    /// this process's original, if it raised its own.
+    pub(crate) fn original_nofile(&self) -> Option<libc::rlimit> {
+        let own = self
+            .rlimits
+            .iter()
+            .any(|&(resource, _)| resource == libc::RLIMIT_NOFILE as i32);
+        if own { None } else { child_fd_limit() }
+    }
+
+    /// The limits as `rlimit` values, built before the child exists.
+    pub(crate) fn limits(&self) -> Vec<(i32, libc::rlimit)> {
+        self.rlimits
+            .iter()
+            .map(|&(resource, value)| {
+                let limit = libc::rlimit {
+                    rlim_cur: value,
+                    rlim_max: value,
+                };
+                (resource, limit)
+            })
+            .collect()
+    }
 }
 
 /// Null-terminated pointer array over C strings; lives as long as `strings`.
@@ -253,8 +309,9 @@ pub enum SpawnMethod {
     SharedTable,
     /// `posix_spawn`: the fallback.
     PosixSpawn,
-    /// fork + exec: the fallback for a plan with the [`PID_SLOT`] entry,
-    /// which `posix_spawn` cannot fill.
+    /// fork + exec: the fallback for a start that `posix_spawn` cannot
+    /// make: one with the [`PID_SLOT`] entry to fill, a user to switch to,
+    /// or limits to set.
     ForkExec,
 }
 
@@ -279,39 +336,23 @@ pub fn spawn_child(plan: &SpawnPlan) -> io::Result<Spawned> {
             pidfd,
             method: SpawnMethod::SharedTable,
         }),
-        Err(vfork::Fallback::PosixSpawn) if pid_slot(&plan.envp).is_some() => Ok(Spawned {
-            pid: fork_exec_plan(plan)?,
-            pidfd: None,
-            method: SpawnMethod::ForkExec,
-        }),
+        // posix_spawn can neither fill LISTEN_PID, nor switch users, nor
+        // set limits: fork + exec.
+        Err(vfork::Fallback::PosixSpawn)
+            if pid_slot(&plan.envp).is_some() || plan.identity.needs_exec_steps() =>
+        {
+            Ok(Spawned {
+                pid: forkexec::fork_exec_plan(plan)?,
+                pidfd: None,
+                method: SpawnMethod::ForkExec,
+            })
+        }
         Err(vfork::Fallback::PosixSpawn) => Ok(Spawned {
             pid: posix_spawn_plan(plan)?,
             pidfd: None,
             method: SpawnMethod::PosixSpawn,
         }),
     }
-}
-
-/// [`spawn`] with fork + exec: the planned fds at 0, 1, 2, …, the rest
-/// closed; the child fills the [`PID_SLOT`] entry.
-fn fork_exec_plan(plan: &SpawnPlan) -> io::Result<i32> {
-    let (sources, _moved) = relocate(&plan.fds.sources, 0)?;
-    let setup = forkexec::ExecSetup::new(
-        plan.program.clone(),
-        plan.argv.clone(),
-        plan.envp.clone(),
-        plan.cwd.clone(),
-        forkexec::FdSetup {
-            dups: sources
-                .iter()
-                .enumerate()
-                .map(|(i, &s)| (s, i as RawFd))
-                .collect(),
-            keep: Vec::new(),
-            close_from: Some(sources.len() as RawFd),
-        },
-    );
-    forkexec::fork_exec(&setup, forkexec::ForkKind::Fork)
 }
 
 /// [`spawn`] with `posix_spawn`.

@@ -26,7 +26,8 @@
 //! The child runs on a separate stack in this process's memory and makes
 //! only raw system calls on data prepared before the `clone`, as glibc's
 //! `posix_spawn` child does: reset every signal disposition, `setpgid`,
-//! `setrlimit`, the unshare, the `dup2`s, `close_range`, `chdir`, an empty
+//! `setrlimit` (the original open-file limit, or the group's limits),
+//! `setgroups`/`setresgid`/`setresuid` for a user switch, the unshare, the `dup2`s, `close_range`, `chdir`, an empty
 //! signal mask, `execve`. A failure is written into memory shared with the
 //! parent (`CLONE_VM`) before `_exit`, so the caller gets the errno and no
 //! process — the same contract as `posix_spawn`. `CLONE_PIDFD` returns a
@@ -43,7 +44,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
-use crate::{PidVar, SpawnPlan, child_fd_limit, pid_slot, ptr_array, write_pid_var};
+use crate::{PidVar, SpawnPlan, pid_slot, ptr_array, write_pid_var};
 
 /// The reserved slots, if any; locked for the duration of a start.
 static SLOTS: Mutex<Option<Slots>> = Mutex::new(None);
@@ -214,6 +215,16 @@ struct ChildArgs {
     /// The `LISTEN_PID=` entry of `envp` to fill with the child's PID (see
     /// [`crate::PID_SLOT`]), or null.
     pid_var: *mut PidVar,
+    /// Limits to set: `limits..limits + nlimits`.
+    limits: *const (i32, libc::rlimit),
+    nlimits: usize,
+    /// Whether to switch users, to `uid`, `gid` and the groups at
+    /// `groups..groups + ngroups`.
+    switch: bool,
+    uid: u32,
+    gid: u32,
+    groups: *const u32,
+    ngroups: usize,
     /// The errno of the step that failed; 0: none did.
     errno: AtomicI32,
     /// Which step failed ([`Step`]).
@@ -268,6 +279,8 @@ pub(crate) fn try_spawn(plan: &SpawnPlan) -> Result<io::Result<(i32, Option<Owne
         }
         None => std::ptr::null_mut(),
     };
+    let limits = plan.identity.limits();
+    let user = plan.identity.user.as_ref();
     let args = ChildArgs {
         program: plan.program.as_ptr(),
         argv: argv.as_ptr(),
@@ -275,8 +288,15 @@ pub(crate) fn try_spawn(plan: &SpawnPlan) -> Result<io::Result<(i32, Option<Owne
         cwd: plan.cwd.as_ptr(),
         base: slots.base,
         count: sources.len() as RawFd,
-        nofile: child_fd_limit(),
+        nofile: plan.identity.original_nofile(),
         pid_var: pid_var_ptr,
+        limits: limits.as_ptr(),
+        nlimits: limits.len(),
+        switch: user.is_some(),
+        uid: user.map_or(0, |u| u.uid),
+        gid: user.map_or(0, |u| u.gid),
+        groups: user.map_or(std::ptr::null(), |u| u.groups.as_ptr()),
+        ngroups: user.map_or(0, |u| u.groups.len()),
         errno: AtomicI32::new(0),
         step: AtomicI32::new(0),
     };
@@ -391,9 +411,11 @@ fn clone_child(slots: &Slots, args: &ChildArgs) -> io::Result<(i32, Option<Owned
 /// suspended and reads it only if `clone` itself failed.
 extern "C" fn child(arg: *mut c_void) -> libc::c_int {
     // SAFETY: `arg` points to the parent's ChildArgs, alive and unchanged
-    // until this child has exec'd or exited (see `clone_child`); every call
-    // below is a system call (or a libc wrapper of one) on plain integers or
-    // pointers into it.
+    // until this child has exec'd or exited (see `clone_child`), as are the
+    // arrays its `limits` and `groups` point to (`nlimits` and `ngroups`
+    // long, owned by the parent's frame and plan); every call below is a
+    // system call (or a libc wrapper of one) on plain integers or pointers
+    // into them.
     unsafe {
         let args = &*arg.cast::<ChildArgs>();
         // No handler of the parent may run here: every disposition goes
@@ -415,6 +437,23 @@ extern "C" fn child(arg: *mut c_void) -> libc::c_int {
         }
         if let Some(limit) = &args.nofile {
             libc::setrlimit(libc::RLIMIT_NOFILE, limit);
+        }
+        for i in 0..args.nlimits {
+            let (resource, limit) = &*args.limits.add(i);
+            if libc::setrlimit(*resource as _, limit) != 0 {
+                fail(args, Step::Setup);
+            }
+        }
+        // Raw system calls, never glibc's set*id: those change every
+        // thread of the calling process (a signal to each), and this child
+        // shares the parent's memory and glibc's thread list. Groups, gid,
+        // then uid: each after the uid is gone would be refused.
+        if args.switch
+            && (libc::syscall(libc::SYS_setgroups, args.ngroups, args.groups) != 0
+                || libc::syscall(libc::SYS_setresgid, args.gid, args.gid, args.gid) != 0
+                || libc::syscall(libc::SYS_setresuid, args.uid, args.uid, args.uid) != 0)
+        {
+            fail(args, Step::Setup);
         }
         // A private table with a copy of fds 0..end only.
         let end = (args.base + args.count) as libc::c_uint;

@@ -50,6 +50,7 @@ fn plan(program: &Path, args: &[&str], cwd: &Path, sources: Vec<RawFd>) -> Spawn
         envp: vec![cstr("LC_ALL=C")],
         cwd: cstr(cwd.as_os_str().as_bytes()),
         fds: FdPlan { sources },
+        identity: Default::default(),
     }
 }
 

@@ -16,6 +16,7 @@ mod merge;
 mod ready;
 mod scale;
 mod sockets;
+mod users;
 
 /// A program that certainly exists: the test binary, found through the
 /// `PATH` of [`host`].
@@ -30,6 +31,13 @@ fn host() -> Host {
         is_root: false,
         xdg_state_home: None,
         path: Some(exe.parent().unwrap().as_os_str().to_owned()),
+        uid: 1000,
+        gid: 1000,
+        nr_open: Some(1 << 20),
+        hard_limits: vec![
+            (rlimits::Resource::Nofile, 4096),
+            (rlimits::Resource::Core, 0),
+        ],
     }
 }
 
@@ -152,6 +160,8 @@ fn defaults_are_the_model_defaults() {
         after: Vec::new(),
         sockets: Vec::new(),
         file: PathBuf::from("/cfg/a.toml"),
+        user: None,
+        rlimits: Default::default(),
     };
     assert_eq!(workers, &expected);
     let jobs = &config.queues[&QueueName::new("jobs").unwrap()];

@@ -173,6 +173,9 @@ pub fn launch(
         envp,
         cwd: prepared.cwd.clone(),
         fds: FdPlan { sources },
+        // The template runs as the group's user with its limits: it
+        // imports the user's code, and every worker it forks inherits both.
+        identity: prepared.identity.clone(),
     };
     let pid = spawn(&plan)?;
     // Tests find the template by this line: it names itself only once its
