@@ -70,6 +70,7 @@ fn group(name: &str, processes: u32, policy: Policy) -> GroupSpec {
         outputs: vec![],
         confirm_outputs: vec![],
         env: BTreeMap::new(),
+        env_files: Vec::new(),
         clear_env: false,
         cwd: PathBuf::from("/"),
         policy,
