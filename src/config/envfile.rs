@@ -154,6 +154,14 @@ fn parse_line(line: &str) -> Result<Option<(String, String)>, Problem> {
         let span = value_at..line.len();
         return Err((span, "a value cannot contain a NUL byte".into(), None));
     }
+    let len = name.len() + 1 + value.len();
+    if len > super::limits::MAX_ARG_BYTES {
+        let message = format!(
+            "`{name}` is too long: {len} bytes (the maximum is {} bytes)",
+            super::limits::MAX_ARG_BYTES
+        );
+        return Err((at..line.len(), message, None));
+    }
     Ok(Some((name.to_owned(), value)))
 }
 

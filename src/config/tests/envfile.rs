@@ -31,6 +31,29 @@ fn parses_bare_quoted_exported_and_commented_lines() {
 }
 
 #[test]
+fn the_readme_example_parses() {
+    let readme = include_str!("../../../README.md");
+    let start = readme.find("```sh\n# comments and blank lines").unwrap() + 6;
+    let end = start + readme[start..].find("```").unwrap();
+    let got = pairs(&readme[start..end]);
+    let names: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(names, ["PORT", "GREETING", "MOTD"]);
+    assert_eq!(got[0].1, "8080");
+    assert_eq!(got[1].1, "literal, no $expansion or \\escapes");
+    assert_eq!(
+        got[2].1,
+        "double quotes: \n \" \\ are a newline, a quote, a backslash"
+    );
+}
+
+#[test]
+fn an_overlong_value_is_an_error() {
+    let text = format!("A={}\n", "x".repeat(super::super::limits::MAX_ARG_BYTES));
+    let problems = parse(&text).unwrap_err();
+    assert!(problems[0].1.contains("too long"), "{problems:?}");
+}
+
+#[test]
 fn every_bad_line_is_located() {
     let text = "OK=1\nno equals here\n1X=2\nQ='open\nR=\"bad \\t\"\nS=\"x\" y\nT=a\"b\n";
     let problems = parse(text).unwrap_err();
