@@ -196,3 +196,24 @@ env_file = "missing.env"
         assert!(text.contains(&want), "missing {want:?} in:\n{text}");
     }
 }
+
+#[test]
+fn every_start_method_expands_arguments_per_child() {
+    let mut config = String::new();
+    for method in ["spawn", "fork", "forkserver"] {
+        config.push_str(&format!(
+            "[group.{method}]\ncommand = [\"@PY@\", \"child.py\", \"${{DROVER_INDEX}}-${{PORT}}\"]\n\
+             start_method = \"{method}\"\nprocesses = 2\nenv_file = \".env\"\nstart_secs = \"100ms\"\n\n"
+        ));
+    }
+    let d = Drover::launch(
+        "envfile-methods",
+        &config,
+        &[("child.py", CHILD), (".env", "PORT=7\n")],
+    );
+    for method in ["spawn", "fork", "forkserver"] {
+        for idx in ["0", "1"] {
+            wait_seen(&d, method, &[&format!("{idx}-7")]);
+        }
+    }
+}
