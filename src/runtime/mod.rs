@@ -257,6 +257,8 @@ impl Runtime {
         for warning in crate::runtime::watch::inspect(path, &Default::default()).skipped {
             tracing::warn!("{warning}");
         }
+        let mut reloads = ReloadGate::default();
+        reloads.set_env_files(env_files(&config));
         let watcher = match ConfigWatcher::start(path, config_wake_tx) {
             Ok(w) => {
                 w.watch_env_files(env_files(&config));
@@ -355,7 +357,7 @@ impl Runtime {
             config_path: path.to_path_buf(),
             watcher,
             config_wake,
-            reloads: ReloadGate::default(),
+            reloads,
             config_error: None,
             helpers: Vec::new(),
             helpers_deadline: None,
@@ -848,6 +850,7 @@ impl Runtime {
         if let Some(watcher) = &self.watcher {
             watcher.watch_env_files(env_files(&config));
         }
+        self.reloads.set_env_files(env_files(&config));
         self.config = config;
         self.watch_new_outputs();
         self.refresh_health(now);

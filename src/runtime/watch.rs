@@ -413,9 +413,17 @@ pub struct ReloadGate {
     /// The files each trigger was last logged to wait for, until a reload
     /// finds none busy.
     logged: HashMap<String, Vec<PathBuf>>,
+    /// The env files of the running config: the reload waits for them as
+    /// for config files.
+    env_files: Vec<PathBuf>,
 }
 
 impl ReloadGate {
+    /// The env files of the config now running (see [`Self::preflight`]).
+    pub fn set_env_files(&mut self, files: Vec<PathBuf>) {
+        self.env_files = files;
+    }
+
     /// Takes one change into account; the reload is due after the debounce.
     pub fn on_change(&mut self, change: Change, now: Instant) {
         let name = |path: &Path| path.file_name().map(OsString::from).unwrap_or_default();
@@ -455,7 +463,15 @@ impl ReloadGate {
     /// event that makes the reload due again).
     /// Otherwise the warnings for the entries the read will pass over.
     pub fn preflight(&mut self, path: &Path, trigger: &str) -> Result<Vec<Diagnostic>, String> {
-        let found = inspect(path, &self.writing);
+        let mut found = inspect(path, &self.writing);
+        for file in &self.env_files {
+            let name = file.file_name().map(OsString::from).unwrap_or_default();
+            match probe(file) {
+                Probe::Busy => found.busy.push(file.clone()),
+                Probe::Unknown if self.writing.contains(&name) => found.busy.push(file.clone()),
+                _ => {}
+            }
+        }
         if found.busy.is_empty() {
             self.logged.clear();
             return Ok(found.skipped);
@@ -739,6 +755,30 @@ mod tests {
         drop(writer);
         assert!(gate.preflight(&dir.0, "SIGHUP").unwrap().is_empty());
         assert!(gate.logged.is_empty());
+    }
+
+    #[test]
+    fn an_env_file_open_for_writing_holds_the_reload_too() {
+        let dir = TempDir::new("watch", "busy-env");
+        fs::write(dir.0.join("a.toml"), "").unwrap();
+        let env = dir.0.join("sub").join("app.env");
+        fs::create_dir_all(env.parent().unwrap()).unwrap();
+        fs::write(&env, "").unwrap();
+        let mut gate = ReloadGate::default();
+        gate.set_env_files(vec![env.clone()]);
+        if !lease_available(&env) {
+            // The kernel will not say: the events decide.
+            gate.on_change(Change::Writing(env.clone()), Instant::now());
+            assert!(gate.preflight(&dir.0, "SIGHUP").is_err());
+            gate.on_change(Change::Closed(env.clone()), Instant::now());
+            assert!(gate.preflight(&dir.0, "SIGHUP").is_ok());
+            return;
+        }
+        let writer = fs::OpenOptions::new().append(true).open(&env).unwrap();
+        let err = gate.preflight(&dir.0, "SIGHUP").unwrap_err();
+        assert!(err.contains(&env.display().to_string()), "{err}");
+        drop(writer);
+        assert!(gate.preflight(&dir.0, "SIGHUP").unwrap().is_empty());
     }
 
     #[test]
