@@ -156,6 +156,10 @@ fn check_locates_env_file_and_interpolation_errors() {
 [group.unknown]
 command = ["true", "--x=${NOPE_SURELY_UNSET_42}"]
 
+[group.cleared]
+command = ["true", "${NOPE_SURELY_UNSET_42}"]
+clear_env = true
+
 [group.unclosed]
 command = ["true", "${OPEN"]
 
@@ -182,12 +186,14 @@ env_file = "missing.env"
     let toml = dir.path().join("drover.toml").display().to_string();
     for want in [
         format!("{toml}:3:20"),
-        "`${NOPE_SURELY_UNSET_42}` is not in the child's environment".into(),
+        "warning: `command[1]` in [group.unknown]: `${NOPE_SURELY_UNSET_42}` is not in the child's environment".into(),
         format!("{toml}:6:20"),
+        "error: `command[1]` in [group.cleared]: `${NOPE_SURELY_UNSET_42}` is not in the child's environment".into(),
+        format!("{toml}:10:20"),
         "without a closing `}`".into(),
         format!("{}:2:1", dir.path().join("bad.env").display()),
         "expected `NAME=value`".into(),
-        format!("{toml}:14:12"),
+        format!("{toml}:18:12"),
         format!(
             "cannot read env file {}",
             dir.path().join("missing.env").display()

@@ -396,20 +396,42 @@ fn check_interpolation(
         (inherited || env.contains_key(name) || own.iter().any(|o| o == name)).then_some(b"")
     };
     for (i, (arg, span)) in args.iter().enumerate() {
-        let message = match expand(arg.as_bytes(), known) {
+        let key = cx.key(&format!("command[{}]", i + 1));
+        let (message, warn) = match expand(arg.as_bytes(), known) {
             Ok(_) => continue,
-            Err(ExpandError::Unclosed(_)) => "`${` without a closing `}`".to_owned(),
+            Err(ExpandError::Unclosed(_)) => ("`${` without a closing `}`".to_owned(), false),
             Err(ExpandError::BadName(_, name)) => {
-                format!("`${{{}}}` is not a variable name", shown(&name))
+                let message = format!("`${{{}}}` is not a variable name", shown(&name));
+                (message, false)
             }
+            // drover's environment when it runs may have it: a warning,
+            // unless `clear_env` keeps none of it but PATH, HOME, LANG, TZ.
             Err(ExpandError::Unknown(_, name)) => {
-                format!("`${{{}}}` is not in the child's environment", shown(&name))
+                let inherits = !clear_env || super::model::KEPT_BY_CLEAR_ENV.contains(&&*name);
+                let message = format!(
+                    "`${{{}}}` is not in the child's environment{}",
+                    shown(&name),
+                    if inherits {
+                        " (unless drover's environment has it when it runs; else it expands to nothing)"
+                    } else {
+                        " (`clear_env = true`)"
+                    }
+                );
+                (message, inherits)
             }
         };
-        let message = format!("{}: {message}", cx.key(&format!("command[{}]", i + 1)));
+        let message = format!("{key}: {message}");
         let help =
             "set it in `env`, an `env_file` or drover's environment; write `$$` for a literal `$`";
-        cx.error(span.clone(), message, Some(help.into()));
+        if warn {
+            cx.report(
+                super::diag::Diagnostic::warning(message)
+                    .at(cx.at(span.clone()))
+                    .with_help(help),
+            );
+        } else {
+            cx.error(span.clone(), message, Some(help.into()));
+        }
     }
 }
 
