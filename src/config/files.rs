@@ -95,7 +95,7 @@ pub(crate) fn read(path: &Path) -> Result<SourceFile, Diagnostic> {
 /// The bytes of the regular file at `path`, if it holds at most `max`, and
 /// no process has it open for writing (when the kernel can tell: see
 /// [`read_lease`]); else what is wrong, as a sentence.
-fn read_at_most(path: &Path, max: u64) -> Result<Vec<u8>, String> {
+pub(crate) fn read_at_most(path: &Path, max: u64) -> Result<Vec<u8>, String> {
     let file = open_nonblocking(path).map_err(|e| e.to_string())?;
     let meta = file.metadata().map_err(|e| e.to_string())?;
     if !meta.is_file() {

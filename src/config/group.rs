@@ -24,7 +24,7 @@ use super::users;
 use crate::config::names::GroupName;
 
 /// Every key of a group table, in the order the README lists them.
-pub(crate) const ALL_KEYS: [&str; 28] = [
+pub(crate) const ALL_KEYS: [&str; 29] = [
     "command",
     "python",
     "preload",
@@ -34,6 +34,7 @@ pub(crate) const ALL_KEYS: [&str; 28] = [
     "inputs",
     "outputs",
     "env",
+    "env_file",
     "clear_env",
     "cwd",
     "restart",
@@ -109,6 +110,11 @@ struct Builder {
     outputs: Option<Vec<QueueRef>>,
     wiring_complete: bool,
     env: BTreeMap<String, String>,
+    /// `env_file`: the files, and the variables read from them.
+    env_files: Vec<PathBuf>,
+    file_env: BTreeMap<String, String>,
+    /// `command`'s strings with their spans, for `${NAME}` checks.
+    command_args: Vec<(String, Range<usize>)>,
     clear_env: bool,
     /// `cwd`, resolved, with the span of its value.
     cwd: Option<(PathBuf, Range<usize>)>,
@@ -156,8 +162,15 @@ pub(crate) fn read(
         }
         None => cx.file.dir.clone(),
     };
+    // Env files first, `env` wins.
+    let mut env = std::mem::take(&mut b.file_env);
+    env.append(&mut b.env);
     if let Some(command) = program.as_ref().and_then(|p| p.command_program.clone()) {
-        let path = b.env.get("PATH").map(OsStr::new).or(host.path.as_deref());
+        let notify = matches!(policy.ready, super::model::Readiness::Notify);
+        let has_sockets = b.sockets.as_ref().is_some_and(|(s, _)| !s.is_empty());
+        let own = drover_variables(&b.inputs, &b.outputs, has_sockets, notify);
+        check_interpolation(cx, (&b.command_args, b.clear_env), &env, &own);
+        let path = env.get("PATH").map(OsStr::new).or(host.path.as_deref());
         lookup::check_program(cx, &group, (&command.0, command.1), &cwd, path);
     }
     cx.set_table(None);
@@ -173,7 +186,8 @@ pub(crate) fn read(
         inputs: inputs.iter().map(|r| r.name.clone()).collect(),
         outputs: outputs.iter().map(|r| r.name.clone()).collect(),
         confirm_outputs: Vec::new(),
-        env: b.env,
+        env,
+        env_files: b.env_files,
         clear_env: b.clear_env,
         cwd,
         policy,
@@ -201,6 +215,10 @@ impl Builder {
     fn read(&mut self, cx: &mut Cx<'_>, key: &Key<'_>, value: &Value<'_>, place: &str) {
         let name: &str = key.get_ref();
         match name {
+            "command" => {
+                self.command_args = command_strings(value);
+                self.program.read(cx, key, value);
+            }
             _ if program::KEYS.contains(&name) => self.program.read(cx, key, value),
             _ if policy::KEYS.contains(&name) => self.policy.read(cx, key, value),
             _ if ready::KEYS.contains(&name) => {
@@ -223,6 +241,10 @@ impl Builder {
             "inputs" => self.inputs = self.wiring(cx, name, value),
             "outputs" => self.outputs = self.wiring(cx, name, value),
             "env" => self.env = env(cx, value).unwrap_or_default(),
+            "env_file" => {
+                let (files, vars) = super::envfile::read(cx, value).unwrap_or_default();
+                (self.env_files, self.file_env) = (files, vars);
+            }
             "clear_env" => self.clear_env = cx.bool(name, value).unwrap_or_default(),
             "cwd" => self.cwd = cwd(cx, value).map(|cwd| (cwd, value.span())),
             "after" => self.after = after(cx, value, place).unwrap_or_default(),
@@ -357,6 +379,105 @@ fn env_var<'v>(
     cx.fits_exec(&label, len, value.span()).then_some(s)
 }
 
+/// The strings of a `command` array with their spans (its type errors are
+/// [`program`]'s to report).
+fn command_strings(value: &Value<'_>) -> Vec<(String, Range<usize>)> {
+    match value.get_ref() {
+        toml::de::DeValue::Array(items) => items
+            .iter()
+            .filter_map(|item| Some((item.get_ref().as_str()?.to_owned(), item.span())))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `${NAME}` in `command`'s arguments (not the program): every NAME must be
+/// in the child's environment: drover's (its `PATH`, `HOME`, `LANG` and
+/// `TZ` with `clear_env`), the env files, `env`, or drover's own variables
+/// for the child.
+fn check_interpolation(
+    cx: &mut Cx<'_>,
+    (command, clear_env): (&[(String, Range<usize>)], bool),
+    env: &BTreeMap<String, String>,
+    own: &[String],
+) {
+    use super::interpolate::{ExpandError, expand, needs_expansion};
+    let args = command.get(1..).unwrap_or_default();
+    if !args.iter().any(|(arg, _)| needs_expansion(arg.as_bytes())) {
+        return;
+    }
+    let known = |name: &[u8]| -> Option<&'static [u8]> {
+        let name = std::str::from_utf8(name).ok()?;
+        let inherited = (!clear_env || super::model::KEPT_BY_CLEAR_ENV.contains(&name))
+            && std::env::var_os(name).is_some();
+        (inherited || env.contains_key(name) || own.iter().any(|o| o == name)).then_some(b"")
+    };
+    for (i, (arg, span)) in args.iter().enumerate() {
+        let key = cx.key(&format!("command[{}]", i + 1));
+        let (message, warn) = match expand(arg.as_bytes(), known) {
+            Ok(_) => continue,
+            Err(ExpandError::Unclosed(_)) => ("`${` without a closing `}`".to_owned(), false),
+            Err(ExpandError::BadName(_, name)) => {
+                let message = format!("`${{{}}}` is not a variable name", shown(&name));
+                (message, false)
+            }
+            // drover's environment when it runs may have it: a warning,
+            // unless `clear_env` keeps none of it but PATH, HOME, LANG, TZ.
+            Err(ExpandError::Unknown(_, name)) => {
+                let inherits = !clear_env || super::model::KEPT_BY_CLEAR_ENV.contains(&&*name);
+                let message = format!(
+                    "`${{{}}}` is not in the child's environment{}",
+                    shown(&name),
+                    if inherits {
+                        " (unless drover's environment has it when it runs; else it expands to nothing)"
+                    } else {
+                        " (`clear_env = true`)"
+                    }
+                );
+                (message, inherits)
+            }
+        };
+        let message = format!("{key}: {message}");
+        let help =
+            "set it in `env`, an `env_file` or drover's environment; write `$$` for a literal `$`";
+        if warn {
+            cx.report(
+                super::diag::Diagnostic::warning(message)
+                    .at(cx.at(span.clone()))
+                    .with_help(help),
+            );
+        } else {
+            cx.error(span.clone(), message, Some(help.into()));
+        }
+    }
+}
+
+/// The variables drover sets for each child of the group being read.
+fn drover_variables(
+    inputs: &Option<Vec<QueueRef>>,
+    outputs: &Option<Vec<QueueRef>>,
+    has_sockets: bool,
+    notify: bool,
+) -> Vec<String> {
+    let mut own: Vec<String> = ["DROVER_INDEX", "DROVER_GROUP", "DROVER_START_METHOD"]
+        .map(String::from)
+        .to_vec();
+    for r in inputs.iter().flatten() {
+        own.push(format!("DROVER_IN_{}", r.name.env_suffix()));
+    }
+    for r in outputs.iter().flatten() {
+        own.push(format!("DROVER_OUT_{}", r.name.env_suffix()));
+        own.push(format!("DROVER_CONFIRM_{}", r.name.env_suffix()));
+    }
+    if has_sockets {
+        own.extend(["LISTEN_FDS".into(), "LISTEN_FDNAMES".into()]);
+    }
+    if notify {
+        own.push("NOTIFY_SOCKET".into());
+    }
+    own
+}
+
 /// `cwd`, resolved against the directory of the file.
 fn cwd(cx: &mut Cx<'_>, value: &Value<'_>) -> Option<PathBuf> {
     let s = cx.string("cwd", value)?;
@@ -407,6 +528,7 @@ mod tests {
             "inputs",
             "outputs",
             "env",
+            "env_file",
             "clear_env",
             "cwd",
             "after",

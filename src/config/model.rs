@@ -195,6 +195,9 @@ impl Default for Policy {
     }
 }
 
+/// The variables `clear_env = true` keeps from drover's own environment.
+pub const KEPT_BY_CLEAR_ENV: [&str; 4] = ["PATH", "HOME", "LANG", "TZ"];
+
 /// One `[group.NAME]`, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GroupSpec {
@@ -214,6 +217,9 @@ pub struct GroupSpec {
     pub confirm_outputs: Vec<QueueName>,
     /// `env`, in key order.
     pub env: BTreeMap<String, String>,
+    /// `env_file`: the env files read into `env` (before the group's own
+    /// `env`, which wins), resolved, in order.
+    pub env_files: Vec<PathBuf>,
     pub clear_env: bool,
     /// Absolute working directory (relative paths resolved against the
     /// directory of the file that defines the group).

@@ -257,8 +257,13 @@ impl Runtime {
         for warning in crate::runtime::watch::inspect(path, &Default::default()).skipped {
             tracing::warn!("{warning}");
         }
+        let mut reloads = ReloadGate::default();
+        reloads.set_env_files(env_files(&config));
         let watcher = match ConfigWatcher::start(path, config_wake_tx) {
-            Ok(w) => Some(w),
+            Ok(w) => {
+                w.watch_env_files(env_files(&config));
+                Some(w)
+            }
             Err(e) => {
                 tracing::warn!(
                     "cannot watch {} for changes: {e}; reload with SIGHUP or `drover reload`",
@@ -352,7 +357,7 @@ impl Runtime {
             config_path: path.to_path_buf(),
             watcher,
             config_wake,
-            reloads: ReloadGate::default(),
+            reloads,
             config_error: None,
             helpers: Vec::new(),
             helpers_deadline: None,
@@ -842,6 +847,10 @@ impl Runtime {
             .history
             .retain(|g| config.groups.contains_key(g));
         // Before the new children are watched: their probes follow it.
+        if let Some(watcher) = &self.watcher {
+            watcher.watch_env_files(env_files(&config));
+        }
+        self.reloads.set_env_files(env_files(&config));
         self.config = config;
         self.watch_new_outputs();
         self.refresh_health(now);
@@ -1169,6 +1178,13 @@ fn raise_fd_limit(config: &Config) {
 
 /// Output pipes drover holds per running child.
 const FDS_PER_CHILD: u64 = 2;
+/// The env files of every group of `config`, each once.
+fn env_files(config: &Config) -> Vec<std::path::PathBuf> {
+    let files: std::collections::BTreeSet<&std::path::PathBuf> =
+        config.groups.values().flat_map(|g| &g.env_files).collect();
+    files.into_iter().cloned().collect()
+}
+
 /// drover's own fds: stdio, epoll, signal pipe, watcher, log writer and
 /// the control socket (32), plus the control clients.
 const FDS_RESERVED: u64 = 32 + (control::MAX_CLIENTS + control::RESERVED) as u64;

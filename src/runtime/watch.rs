@@ -141,6 +141,8 @@ impl Filter {
 /// What `notify`'s callback hands the watch thread.
 enum Message {
     Event(notify::Result<notify::Event>),
+    /// The env files of the config now running (absolute paths).
+    EnvFiles(Vec<PathBuf>),
     Stop,
 }
 
@@ -186,6 +188,8 @@ impl ConfigWatcher {
             filter,
             anchor: None,
             dir_watched: true,
+            env_files: HashSet::new(),
+            env_dirs: HashSet::new(),
             changes: changes_tx,
             lost: lost.clone(),
             wake,
@@ -200,6 +204,19 @@ impl ConfigWatcher {
             lost,
             thread: events_tx,
         })
+    }
+
+    /// Also watches `files` (the env files of the config just loaded, as
+    /// absolute paths), instead of those given before: a change of one is a
+    /// change of the config. Their directories are watched as well when
+    /// they are not the config directory.
+    pub fn watch_env_files(&self, files: Vec<PathBuf>) {
+        if let Err(TrySendError::Full(_)) = self.thread.try_send(Message::EnvFiles(files)) {
+            tracing::warn!(
+                "too many file events: the env files of this config are not watched; \
+                 reload with SIGHUP or `drover reload` after editing them"
+            );
+        }
     }
 
     /// What happened since the last call.
@@ -229,6 +246,10 @@ struct WatchThread {
     anchor: Option<PathBuf>,
     /// Whether `dir` itself is watched (false while it is missing).
     dir_watched: bool,
+    /// The env files of the running config: their events matter too.
+    env_files: HashSet<PathBuf>,
+    /// The directories of env files watched besides `dir` and the anchor.
+    env_dirs: HashSet<PathBuf>,
     changes: SyncSender<Change>,
     lost: Arc<AtomicBool>,
     wake: UnixStream,
@@ -236,7 +257,15 @@ struct WatchThread {
 
 impl WatchThread {
     fn run(mut self, events: Receiver<Message>, overflow: &AtomicBool) {
-        while let Ok(Message::Event(event)) = events.recv() {
+        loop {
+            let event = match events.recv() {
+                Ok(Message::Event(event)) => event,
+                Ok(Message::EnvFiles(files)) => {
+                    self.set_env_files(files);
+                    continue;
+                }
+                Ok(Message::Stop) | Err(_) => break,
+            };
             if overflow.swap(false, Ordering::Relaxed) {
                 self.rewatch();
             }
@@ -244,6 +273,31 @@ impl WatchThread {
                 break; // the event loop is gone
             }
         }
+    }
+
+    /// Watches the directories of `files` that are not watched already,
+    /// and stops watching those of env files no longer named.
+    fn set_env_files(&mut self, files: Vec<PathBuf>) {
+        let dirs: HashSet<PathBuf> = files
+            .iter()
+            .filter_map(|f| f.parent())
+            .filter(|d| *d != self.dir && Some(*d) != self.anchor.as_deref())
+            .map(Path::to_path_buf)
+            .collect();
+        for old in self.env_dirs.difference(&dirs) {
+            let _ = self.watcher.unwatch(old);
+        }
+        for new in dirs.difference(&self.env_dirs) {
+            if let Err(e) = self.watcher.watch(new, RecursiveMode::NonRecursive) {
+                tracing::warn!(
+                    "cannot watch {} for changes of env files: {e}; \
+                     reload with SIGHUP or `drover reload` after editing them",
+                    new.display()
+                );
+            }
+        }
+        self.env_dirs = dirs;
+        self.env_files = files.into_iter().collect();
     }
 
     /// Passes what matters on; false once nobody listens.
@@ -263,7 +317,10 @@ impl WatchThread {
         let found: Vec<Change> = event
             .paths
             .iter()
-            .filter(|p| p.parent() == Some(self.dir.as_path()) && self.filter.matches(p))
+            .filter(|p| {
+                (p.parent() == Some(self.dir.as_path()) && self.filter.matches(p))
+                    || self.env_files.contains(*p)
+            })
             .filter_map(|p| classify(&event.kind, p))
             .collect();
         if found.is_empty() {
@@ -356,9 +413,17 @@ pub struct ReloadGate {
     /// The files each trigger was last logged to wait for, until a reload
     /// finds none busy.
     logged: HashMap<String, Vec<PathBuf>>,
+    /// The env files of the running config: the reload waits for them as
+    /// for config files.
+    env_files: Vec<PathBuf>,
 }
 
 impl ReloadGate {
+    /// The env files of the config now running (see [`Self::preflight`]).
+    pub fn set_env_files(&mut self, files: Vec<PathBuf>) {
+        self.env_files = files;
+    }
+
     /// Takes one change into account; the reload is due after the debounce.
     pub fn on_change(&mut self, change: Change, now: Instant) {
         let name = |path: &Path| path.file_name().map(OsString::from).unwrap_or_default();
@@ -398,7 +463,15 @@ impl ReloadGate {
     /// event that makes the reload due again).
     /// Otherwise the warnings for the entries the read will pass over.
     pub fn preflight(&mut self, path: &Path, trigger: &str) -> Result<Vec<Diagnostic>, String> {
-        let found = inspect(path, &self.writing);
+        let mut found = inspect(path, &self.writing);
+        for file in &self.env_files {
+            let name = file.file_name().map(OsString::from).unwrap_or_default();
+            match probe(file) {
+                Probe::Busy => found.busy.push(file.clone()),
+                Probe::Unknown if self.writing.contains(&name) => found.busy.push(file.clone()),
+                _ => {}
+            }
+        }
         if found.busy.is_empty() {
             self.logged.clear();
             return Ok(found.skipped);
@@ -682,6 +755,30 @@ mod tests {
         drop(writer);
         assert!(gate.preflight(&dir.0, "SIGHUP").unwrap().is_empty());
         assert!(gate.logged.is_empty());
+    }
+
+    #[test]
+    fn an_env_file_open_for_writing_holds_the_reload_too() {
+        let dir = TempDir::new("watch", "busy-env");
+        fs::write(dir.0.join("a.toml"), "").unwrap();
+        let env = dir.0.join("sub").join("app.env");
+        fs::create_dir_all(env.parent().unwrap()).unwrap();
+        fs::write(&env, "").unwrap();
+        let mut gate = ReloadGate::default();
+        gate.set_env_files(vec![env.clone()]);
+        if !lease_available(&env) {
+            // The kernel will not say: the events decide.
+            gate.on_change(Change::Writing(env.clone()), Instant::now());
+            assert!(gate.preflight(&dir.0, "SIGHUP").is_err());
+            gate.on_change(Change::Closed(env.clone()), Instant::now());
+            assert!(gate.preflight(&dir.0, "SIGHUP").is_ok());
+            return;
+        }
+        let writer = fs::OpenOptions::new().append(true).open(&env).unwrap();
+        let err = gate.preflight(&dir.0, "SIGHUP").unwrap_err();
+        assert!(err.contains(&env.display().to_string()), "{err}");
+        drop(writer);
+        assert!(gate.preflight(&dir.0, "SIGHUP").unwrap().is_empty());
     }
 
     #[test]

@@ -923,6 +923,7 @@ mod tests {
             outputs: vec![],
             confirm_outputs: vec![],
             env: BTreeMap::new(),
+            env_files: Vec::new(),
             clear_env: false,
             cwd: "/".into(),
             policy: Default::default(),

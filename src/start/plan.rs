@@ -110,7 +110,7 @@ impl ChildIo {
         sources.extend(queues.theirs.iter().map(AsRawFd::as_raw_fd));
         let plan = SpawnPlan {
             program: prepared.program.clone(),
-            argv: prepared.argv.clone(),
+            argv: super::prepare::child_argv(prepared, &envp),
             envp,
             cwd: prepared.cwd.clone(),
             fds: FdPlan { sources },

@@ -12,8 +12,8 @@ use crate::config::{GroupSpec, Program};
 use crate::supervisor::LaunchError;
 use crate::sys::{Credentials, Identity};
 
-/// The variables `clear_env = true` keeps from drover's own environment.
-const KEPT_BY_CLEAR_ENV: [&str; 4] = ["PATH", "HOME", "LANG", "TZ"];
+use crate::config::KEPT_BY_CLEAR_ENV;
+use crate::config::interpolate::{expand, needs_expansion};
 
 /// What every start of a group shares.
 #[derive(Debug)]
@@ -22,6 +22,9 @@ pub struct Prepared {
     pub spec: Rc<GroupSpec>,
     pub program: CString,
     pub argv: Vec<CString>,
+    /// The indices of the arguments (never the program) with `${NAME}` or
+    /// `$$`, expanded per child from its environment; usually none.
+    pub expand: Vec<usize>,
     pub envp: Vec<CString>,
     pub cwd: CString,
     /// `user`, `group` and `rlimits`, as the start paths apply them.
@@ -45,10 +48,17 @@ impl Prepared {
             .or_else(|| base_env.get(OsStr::new("PATH")).cloned())
             .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
         let program = resolve_program(&argv[0], &group.cwd, &search_path)?;
+        let expand = match group.program {
+            Program::Command(_) => (1..argv.len())
+                .filter(|i| needs_expansion(argv[*i].as_bytes()))
+                .collect(),
+            Program::Python { .. } => Vec::new(),
+        };
         Ok(Prepared {
             spec: Rc::new(group.clone()),
             program: cstring(program.as_os_str()),
             argv: argv.iter().map(|a| cstring(a)).collect(),
+            expand,
             envp: group_environment(group, base_env),
             cwd: cstring(group.cwd.as_os_str()),
             identity: identity(group),
@@ -123,6 +133,28 @@ fn group_environment(group: &GroupSpec, base_env: &BTreeMap<OsString, OsString>)
             CString::new(kv).ok()
         })
         .collect()
+}
+
+/// `prepared`'s argv for one child, whose whole environment is `envp`:
+/// the arguments with `${NAME}` expanded from it (a NAME it lacks, which
+/// the config check rules out, expands to nothing). Without such
+/// arguments, a copy.
+pub fn child_argv(prepared: &Prepared, envp: &[CString]) -> Vec<CString> {
+    let mut argv = prepared.argv.clone();
+    for &i in &prepared.expand {
+        let lookup = |name: &[u8]| -> Option<&[u8]> {
+            let value = envp.iter().rev().find_map(|kv| {
+                let kv = kv.as_bytes();
+                let rest = kv.strip_prefix(name)?;
+                rest.strip_prefix(b"=")
+            });
+            Some(value.unwrap_or_default())
+        };
+        if let Ok(bytes) = expand(argv[i].as_bytes(), lookup) {
+            argv[i] = cstring(OsStr::from_bytes(&bytes));
+        }
+    }
+    argv
 }
 
 /// `s` as a C string. Config values cannot contain NUL (validation rejects

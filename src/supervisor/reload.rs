@@ -91,6 +91,7 @@ fn same_process(a: &GroupSpec, b: &GroupSpec) -> bool {
         && a.outputs == b.outputs
         && a.confirm_outputs == b.confirm_outputs
         && a.env == b.env
+        && a.env_files == b.env_files
         && a.clear_env == b.clear_env
         && a.cwd == b.cwd
         && a.sockets == b.sockets

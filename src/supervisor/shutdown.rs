@@ -241,6 +241,7 @@ mod tests {
             outputs: outputs.iter().map(|q| QueueName::new(q).unwrap()).collect(),
             confirm_outputs: vec![],
             env: BTreeMap::new(),
+            env_files: Vec::new(),
             clear_env: false,
             cwd: "/".into(),
             policy: Policy {

@@ -70,6 +70,7 @@ fn group(name: &str, processes: u32, policy: Policy) -> GroupSpec {
         outputs: vec![],
         confirm_outputs: vec![],
         env: BTreeMap::new(),
+        env_files: Vec::new(),
         clear_env: false,
         cwd: PathBuf::from("/"),
         policy,
@@ -690,6 +691,24 @@ mod reload {
         sup.start_all(&mut l, t0);
         let mut p = group("p", 1, policy());
         p.confirm_outputs = vec![crate::config::names::QueueName::new("jobs").unwrap()];
+        let summary = sup.apply(&config(vec![p, group("c", 1, policy())]), &mut l, t0);
+        assert_eq!(summary.replaced, [GroupName::new("p").unwrap()]);
+        assert_eq!(summary.unchanged, [GroupName::new("c").unwrap()]);
+    }
+
+    /// An env file's path is part of the definition, even when the
+    /// variables it gives are the same (its content is in `env`).
+    #[test]
+    fn a_change_of_env_file_replaces_the_group() {
+        let t0 = Instant::now();
+        let mut l = FakeLauncher::default();
+        let mut sup = Supervisor::new(&config(vec![
+            group("p", 1, policy()),
+            group("c", 1, policy()),
+        ]));
+        sup.start_all(&mut l, t0);
+        let mut p = group("p", 1, policy());
+        p.env_files = vec![std::path::PathBuf::from("/cfg/.env")];
         let summary = sup.apply(&config(vec![p, group("c", 1, policy())]), &mut l, t0);
         assert_eq!(summary.replaced, [GroupName::new("p").unwrap()]);
         assert_eq!(summary.unchanged, [GroupName::new("c").unwrap()]);

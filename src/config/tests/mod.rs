@@ -10,6 +10,7 @@ use crate::config::signal::Signal;
 
 mod after;
 mod bounds;
+mod envfile;
 mod groups;
 mod hostile;
 mod merge;
@@ -153,6 +154,7 @@ fn defaults_are_the_model_defaults() {
         outputs: vec![],
         confirm_outputs: vec![],
         env: Default::default(),
+        env_files: Vec::new(),
         clear_env: false,
         cwd: PathBuf::from("/cfg"),
         policy: Policy::default(),
