@@ -337,7 +337,7 @@ fn a_daemon_that_called_setsid_is_found_and_stopped() {
         "setsid",
         r#"
 [group.daemon]
-command = ["sh", "-c", "rm -f daemon.pid; setsid sh -c 'echo $$ > daemon.pid.tmp; mv daemon.pid.tmp daemon.pid; exec sleep 1000' & while [ ! -s daemon.pid ]; do :; done; exit 0"]
+command = ["sh", "-c", "rm -f daemon.pid; setsid sh -c 'echo $$$$ > daemon.pid.tmp; mv daemon.pid.tmp daemon.pid; exec sleep 1000' & while [ ! -s daemon.pid ]; do :; done; exit 0"]
 restart = "on-failure"
 start_secs = "5s"
 "#,
