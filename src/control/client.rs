@@ -42,25 +42,8 @@ pub fn request_within(
     timeout: Duration,
 ) -> Result<Response, ClientError> {
     let deadline = Instant::now() + timeout;
-    let fail = |source: io::Error| match source.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-            ClientError::Timeout(path.to_owned(), timeout)
-        }
-        _ => ClientError::Io {
-            path: path.to_owned(),
-            source,
-        },
-    };
-    let mut stream = UnixStream::connect(path).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
-            ClientError::NotListening(path.to_owned())
-        }
-        _ => fail(e),
-    })?;
-    let mut line = serde_json::to_vec(request).map_err(|e| fail(e.into()))?;
-    line.push(b'\n');
-    stream.set_write_timeout(Some(timeout)).map_err(fail)?;
-    stream.write_all(&line).map_err(fail)?;
+    let fail = failure(path, timeout);
+    let mut stream = send(path, request, timeout)?;
     let mut answer = Vec::new();
     let mut buf = [0u8; 16 * 1024];
     loop {
@@ -82,6 +65,36 @@ pub fn request_within(
     serde_json::from_slice(&answer).map_err(|_| ClientError::BadAnswer(path.to_owned()))
 }
 
+/// An I/O error on the socket at `path`, as the client reports it (a
+/// timeout after `timeout`).
+fn failure(path: &Path, timeout: Duration) -> impl Fn(io::Error) -> ClientError + Copy + '_ {
+    move |source: io::Error| match source.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+            ClientError::Timeout(path.to_owned(), timeout)
+        }
+        _ => ClientError::Io {
+            path: path.to_owned(),
+            source,
+        },
+    }
+}
+
+/// Connects to `path` and writes `request` as one line (within `timeout`).
+fn send(path: &Path, request: &Request, timeout: Duration) -> Result<UnixStream, ClientError> {
+    let fail = failure(path, timeout);
+    let mut stream = UnixStream::connect(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
+            ClientError::NotListening(path.to_owned())
+        }
+        _ => fail(e),
+    })?;
+    let mut line = serde_json::to_vec(request).map_err(|e| fail(e.into()))?;
+    line.push(b'\n');
+    stream.set_write_timeout(Some(timeout)).map_err(fail)?;
+    stream.write_all(&line).map_err(fail)?;
+    Ok(stream)
+}
+
 /// Sends a request whose answer is a response line followed by a stream
 /// (`logs`): waits up to [`CLIENT_TIMEOUT`] for the response line; when it
 /// is `ok`, copies what follows to `out` until the supervisor closes the
@@ -92,27 +105,8 @@ pub fn stream(
     request: &Request,
     out: &mut dyn Write,
 ) -> Result<Response, ClientError> {
-    let fail = |source: io::Error| match source.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-            ClientError::Timeout(path.to_owned(), CLIENT_TIMEOUT)
-        }
-        _ => ClientError::Io {
-            path: path.to_owned(),
-            source,
-        },
-    };
-    let mut stream = UnixStream::connect(path).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
-            ClientError::NotListening(path.to_owned())
-        }
-        _ => fail(e),
-    })?;
-    let mut line = serde_json::to_vec(request).map_err(|e| fail(e.into()))?;
-    line.push(b'\n');
-    stream
-        .set_write_timeout(Some(CLIENT_TIMEOUT))
-        .map_err(fail)?;
-    stream.write_all(&line).map_err(fail)?;
+    let fail = failure(path, CLIENT_TIMEOUT);
+    let stream = send(path, request, CLIENT_TIMEOUT)?;
     stream
         .set_read_timeout(Some(CLIENT_TIMEOUT))
         .map_err(fail)?;
