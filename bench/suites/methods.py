@@ -6,11 +6,15 @@ of touched memory (the hidden `--ballast-mib`); bench/c/probe.c's bare
 posix_spawn, fork+exec and their restart floors from a small parent and
 from one holding the same ballast (plus fork+exec with the ballast in
 transparent huge pages, for reference). At most one process holds the
-ballast at a time.
+ballast at a time. Then `--methods-rounds` alternating rounds of the
+performance target's pair — the fork+exec restart floor from a small
+parent and drover's `forkserver` restart (no ballast), back to back, in
+alternating order — whose per-round ratios give the verdict (their median).
 """
 
 from __future__ import annotations
 
+import statistics
 import subprocess
 import time
 
@@ -21,7 +25,7 @@ from lib.load import QUIET_PCT, OthersCpu
 from lib.proc import environ, exe, memory, stat
 from lib.procs import kill_if_exe, wait_for
 from lib.stamps import read_stamps, run_probe
-from lib.stats import DASH, latency_cells, mb, ms, ratio, summary, table, times, verdict
+from lib.stats import DASH, at_most, latency_cells, mb, ms, ratio, summary, table, times, verdict
 
 TITLE = "Start methods: restart latency per start method and supervisor size"
 NEEDS = ("stamp", "probe")
@@ -30,7 +34,17 @@ OPTIONS = [
     GAP_MS,
     Option("--ballast-mib", int, 1024, 256, "methods: the large supervisor / parent holds this many MiB "
            "of touched memory"),
+    Option("--methods-rounds", int, 5, 2, "methods: alternating rounds of the forkserver restart and its floor "
+           "(the verdict is the median of their ratios)"),
+    Option("--methods-target-only", bool, False, False, "methods: measure only those rounds (a before/after "
+           "comparison); the report has the target's row alone"),
 ]
+
+# The performance target (same-run ratio): drover's forkserver restart
+# within this factor of the fork+exec restart floor from a small parent; a
+# ratio within NOISE of it is "at the target".
+FORKSERVER_FLOOR_TARGET = 1.3
+NOISE = 0.05
 
 START_METHODS = ("spawn", "fork", "forkserver")
 # probe mode -> what it measures
@@ -61,6 +75,28 @@ SIZE_TRACKS = 2.0
 def run(ctx) -> dict:
     mib = ctx.opts.ballast_mib
     r: dict = {"ballast_mib": mib, "bare": {}, "drover": {}}
+    if not ctx.opts.methods_target_only:
+        everything(ctx, r, mib)
+    rounds = ctx.opts.methods_rounds
+    r["rounds"] = []
+    for k in range(rounds):
+        one: dict = {"bare": {}, "drover": {}}
+        tag = f"round {k + 1}/{rounds}: "
+        # Alternate which goes first, so that a drift of the machine
+        # within a round does not always favour the same side.
+        steps = [lambda: bare(ctx, one, "refork", 0, tag=tag),
+                 lambda: drover(ctx, one, "forkserver", 0, tag=tag, name=f"round{k + 1}")]
+        for step in steps if k % 2 == 0 else reversed(steps):
+            step()
+        floor, served = one["bare"]["refork/0"], one["drover"]["forkserver/0"]
+        r["rounds"].append({"floor": floor["median"], "drover": served["median"],
+                            "ratio": ratio(served["median"], floor["median"]),
+                            "others_pct": max(floor.get("others_pct") or 0, served.get("others_pct") or 0)})
+    return r
+
+
+def everything(ctx, r: dict, mib: int) -> None:
+    """Every bare call and every drover method, small and large."""
     # The two sizes of one thing back to back, so that their ratio is not
     # skewed by a drift of the machine in between.
     for mode in BARE_MODES:
@@ -71,15 +107,14 @@ def run(ctx) -> dict:
     for method in START_METHODS:
         for size in (0, mib):
             drover(ctx, r, method, size)
-    return r
 
 
-def bare(ctx, r: dict, mode: str, mib: int, thp: bool = False) -> None:
+def bare(ctx, r: dict, mode: str, mib: int, thp: bool = False, tag: str = "") -> None:
     """One probe run from a parent holding `mib` MiB (0: a small parent);
     thp: advise MADV_HUGEPAGE on the ballast instead of MADV_NOHUGEPAGE."""
     n = ctx.opts.restarts
     parent = (f"a parent holding {mib} MiB" if mib else "a small parent") + (" in huge pages" if thp else "")
-    ctx.step(f"bare {BARE_MODES[mode]} x{n} from {parent}")
+    ctx.step(f"{tag}bare {BARE_MODES[mode]} x{n} from {parent}")
     key = f"{mode}{'-thp' if thp else ''}/{mib}"
     # PROBE_BALLAST_MIB=0 too: then the probe reports its (small) memory.
     env = {"PROBE_BALLAST_MIB": str(mib), "PROBE_BALLAST_THP": "1" if thp else "0"}
@@ -95,11 +130,11 @@ def bare(ctx, r: dict, mode: str, mib: int, thp: bool = False) -> None:
         ctx.note("the probe's ballast got no huge pages with MADV_HUGEPAGE: the huge-page row is plain 4 KiB pages")
 
 
-def drover(ctx, r: dict, method: str, mib: int) -> None:
+def drover(ctx, r: dict, method: str, mib: int, tag: str = "", name: str = "") -> None:
     n = ctx.opts.restarts
     size = f"--ballast-mib {mib}" if mib else "no ballast"
-    ctx.step(f"drover start_method = {method!r}, {size}: restart latency x{n}")
-    d = ctx.stamp_drover(f"drover-{method}-{mib}", 1, start_method=method,
+    ctx.step(f"{tag}drover start_method = {method!r}, {size}: restart latency x{n}")
+    d = ctx.stamp_drover(f"drover-{method}-{mib}{'-' + name if name else ''}", 1, start_method=method,
                          args=["--ballast-mib", mib] if mib else [])
     others = OthersCpu()
     d.start()
@@ -154,6 +189,35 @@ def drover(ctx, r: dict, method: str, mib: int) -> None:
     r["drover"][f"{method}/{mib}"] = entry
 
 
+def at_target(r: float | None, target: float) -> str:
+    """at_most, with the ±5 % noise band: a ratio within 5 % above the
+    target is met ("at the target")."""
+    if r is not None and target < r <= target * (1 + NOISE):
+        return f"met (at the target: within {NOISE:.0%})"
+    return at_most(r, target)
+
+
+def target_row(r: dict) -> list[str]:
+    """The performance target's row: the median of the rounds' ratios."""
+    rounds = r.get("rounds") or []
+    if not rounds:
+        return []
+    ratios = sorted(x["ratio"] for x in rounds if x["ratio"] is not None)
+    med = statistics.median(ratios) if ratios else None
+    busy = max(x["others_pct"] for x in rounds)
+    per_round = ", ".join(f"{ms(x['drover'])} ÷ {ms(x['floor'])} = {times(x['ratio'])}" for x in rounds)
+    return [
+        f"Performance target: the median of {len(rounds)} alternating rounds, each the median restart of drover's",
+        f"`forkserver` child (no ballast, {r['options']['restarts']} kills) ÷ the median kill + waitpid + fork+exec",
+        f"from a small parent measured back to back with it (others' CPU up to {busy:.0f}% during the rounds).",
+        "",
+        table(["measure (same run)", "rounds (drover ÷ floor)", "median ratio", "target", "verdict"],
+              [["forkserver restart ÷ fork+exec floor from a small parent", per_round, times(med),
+                f"≤ {FORKSERVER_FLOOR_TARGET:g}×", at_target(med, FORKSERVER_FLOOR_TARGET)]]),
+        "",
+    ]
+
+
 def check_child(ctx, d, method: str, size: str) -> None:
     """The newest stamp child was started with `method`, and drover is its parent."""
     stamps = read_stamps(d.stamps)
@@ -177,6 +241,8 @@ def report(r: dict, header: dict) -> list[str]:
     big = f"{mib // 1024} GiB" if mib % 1024 == 0 else f"{mib} MiB"
     sizes = (0, mib)
     n_restarts = r["options"]["restarts"]
+    if not r["drover"]:
+        return target_row(r)
 
     def bare_of(mode: str, size: int) -> dict:
         return r["bare"][f"{mode}/{size}"]
@@ -201,7 +267,7 @@ def report(r: dict, header: dict) -> list[str]:
             return f"**{pct:.0f}%**"
         return f"{pct:.0f}%"
 
-    out = [
+    out = target_row(r) + [
         f'drover with one `stamp` child (`start_secs = "100ms"`, `restart = "always"`) per `start_method`, as is',
         f"and with `--ballast-mib {mib}` (the supervisor holds {big} of touched memory): SIGKILL of the running",
         f"child → its replacement's stamp, {n_restarts} kills {r['options']['gap_ms']} ms apart. Bare calls from"
