@@ -312,3 +312,66 @@ restart = "never"
         "drover raised its own limit: {open_files}"
     );
 }
+
+/// A start whose exec fails in the fork server's child (a file marked
+/// executable that is no program: ENOEXEC, found only by `execve`) fails
+/// with that error, as a spawn does; the same server goes on serving the
+/// other group, and the failed child (drover's, exited 127) is reaped.
+#[test]
+fn a_forkserver_child_that_cannot_exec_fails_its_start_and_the_server_serves_on() {
+    let dir = TempDir::new("fsnoexec");
+    let bogus = dir.write("bogus", "this is not a program\n");
+    std::fs::set_permissions(&bogus, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    dir.write(
+        "drover.toml",
+        &format!(
+            r#"
+[group.bad]
+command = ["{}"]
+start_method = "forkserver"
+start_secs = "100ms"
+restart_delay = "10ms"
+restart_delay_max = "10ms"
+max_restarts = 2
+
+[group.good]
+command = ["sh", "-c", "echo up; exec sleep 1000"]
+start_method = "forkserver"
+start_secs = "100ms"
+"#,
+            bogus.display()
+        ),
+    );
+    let d = Drover::start_in(dir, &[]);
+    d.wait_group_state("bad", "fatal");
+    let err = d.stderr.text();
+    assert!(
+        err.lines()
+            .any(|l| l.contains("bad[0]") && l.contains("Exec format error")),
+        "{err}"
+    );
+    let good = d.wait_group_state("good", "running");
+    let servers = forkservers(d.pid());
+    assert_eq!(servers.len(), 1, "one server");
+    // The same server starts the replacement of a killed child.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(good[0] as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    d.stdout.wait_count("good[0] up", 2);
+    let again = d.wait_group_state("good", "running");
+    assert_ne!(again, good);
+    assert_eq!(forkservers(d.pid()), servers, "the server served on");
+    // No zombie is left among drover's children.
+    wait_until("drover to reap every exited child", || {
+        let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", d.pid()))
+            .unwrap_or_default();
+        children.split_whitespace().all(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            stat.rfind(')')
+                .and_then(|i| stat[i + 2..].split(' ').next())
+                .is_none_or(|state| state != "Z")
+        })
+    });
+}

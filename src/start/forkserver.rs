@@ -6,9 +6,18 @@
 //! large and multi-threaded the supervisor has become — and it can be
 //! restarted in exactly the same state if it dies. For each request it
 //! receives a prepared program start with the child's fds (SCM_RIGHTS), and
-//! starts it with `clone(CLONE_PARENT)`: the child's parent is drover, so
-//! child exits reach the supervisor's own SIGCHLD/`waitpid` loop like any
-//! other, and nothing depends on the server staying alive.
+//! starts it with `clone(CLONE_VM | CLONE_VFORK | CLONE_PARENT)`
+//! ([`SiblingStarter`]): the child's parent is drover, so child exits reach
+//! the supervisor's own SIGCHLD/`waitpid` loop like any other, and nothing
+//! depends on the server staying alive. The child borrows the server's
+//! memory until its `execve` (on a stack of its own, the server suspended
+//! meanwhile), as `posix_spawn` does: no page table is copied, and an exec
+//! failure is an errno in that memory rather than on a pipe. It starts
+//! exactly as a spawned child does: its fds at 0, 1, 2, …, its own process
+//! group, default dispositions and an empty signal mask, drover's original
+//! limits (or the group's), its user, cwd and environment. Should the
+//! child's stack not be mappable, the server copies itself instead
+//! (`clone(CLONE_PARENT)` without `CLONE_VM`), with the same result.
 //!
 //! It speaks the helpers' protocol ([`crate::sys::wire`]): a hello once it
 //! runs, then one reply per request. A request's fields are the program,
@@ -21,7 +30,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::time::Duration;
 
-use crate::sys::forkexec::{ExecSetup, FdSetup, ForkKind, fork_exec};
+use crate::sys::forkexec::{ExecSetup, FdSetup, SiblingStarter};
 use crate::sys::wire::{self, Received, Reply, RequestBuilder};
 use crate::sys::{Credentials, FdPlan, Identity, SpawnPlan, relocate, spawn};
 
@@ -188,6 +197,9 @@ fn serve(socket: &OwnedFd) -> io::Result<()> {
         Err(e) => Err(e),
         Ok(()) => Ok(true),
     };
+    // Before the hello: nothing else is set up, so the dispositions it
+    // reads stay true.
+    let mut starter = SiblingStarter::new();
     if !send(Reply::ok(0, 0))? {
         return Ok(());
     }
@@ -208,7 +220,7 @@ fn serve(socket: &OwnedFd) -> io::Result<()> {
             continue;
         };
         let reply = match decode(fields) {
-            Some(request) => match start(request, &fds) {
+            Some(request) => match start(&mut starter, request, &fds) {
                 Ok(pid) => Reply::ok(seq, pid),
                 Err(e) => Reply::refused(seq, e.raw_os_error().unwrap_or(libc::EIO), ""),
             },
@@ -222,7 +234,7 @@ fn serve(socket: &OwnedFd) -> io::Result<()> {
 }
 
 /// Starts one child as drover's child: fds placed at 0..n, the rest closed.
-fn start(request: Start, fds: &[OwnedFd]) -> io::Result<i32> {
+fn start(starter: &mut SiblingStarter, request: Start, fds: &[OwnedFd]) -> io::Result<i32> {
     let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
     let (sources, _moved) = relocate(&raw, 0)?;
     let setup = ExecSetup::new(
@@ -241,7 +253,7 @@ fn start(request: Start, fds: &[OwnedFd]) -> io::Result<i32> {
         },
     )
     .with_identity(&request.identity);
-    fork_exec(&setup, ForkKind::SiblingOfCaller)
+    starter.start(&setup)
 }
 
 #[cfg(test)]

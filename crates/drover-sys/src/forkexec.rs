@@ -1,21 +1,37 @@
 //! Fork-then-exec paths: the `fork` start method, and the fork server's
-//! `clone(CLONE_PARENT)` that makes drover the parent of what it starts.
+//! sibling starts that make drover the parent of what it starts.
 //!
 //! Everything the child touches is prepared in an [`ExecSetup`] before the
 //! fork; the child only makes async-signal-safe calls (`setpgid`,
-//! `sigaction`, `sigprocmask`, `dup2`, `fcntl`, `close_range`, `chdir`,
+//! `rt_sigaction`, `sigprocmask`, `dup2`, `fcntl`, `close_range`, `chdir`,
 //! `execve`, `write`, `_exit`) on that prepared data, allocates nothing and
 //! drops nothing (`setrlimit` restores drover's original open-file limit
 //! or sets the group's limits; `setgroups`, `setresgid` and `setresuid`, as
-//! raw system calls, switch users).
-//! An exec failure is reported to the parent as an errno on a
-//! close-on-exec pipe, so a start either returns a PID that runs the program
-//! or an error — the same contract as `posix_spawn`.
+//! raw system calls, switch users). A start either returns a PID that runs
+//! the program or an error — the same contract as `posix_spawn`.
+//!
+//! Two ways to create the child:
+//! - [`fork_exec`]: `fork()` (or, for [`ForkKind::SiblingOfCaller`],
+//!   `clone(CLONE_PARENT)`), a copy of the caller's memory; an exec
+//!   failure comes back as an errno on a close-on-exec pipe.
+//! - [`SiblingStarter`], the fork server's way: `clone(CLONE_VM |
+//!   CLONE_VFORK | CLONE_PARENT)`, as glibc's `posix_spawn` does but with
+//!   the caller's parent as the parent. The child shares the caller's
+//!   memory on a stack of its own, so no page table is copied (nor torn
+//!   down again at exec) and no page is copied on write; the caller is
+//!   suspended until the child has exec'd or exited, so an exec failure is
+//!   an errno the child stores in that shared memory, without a pipe. The
+//!   caller blocks every signal around the `clone` and the child resets
+//!   every disposition that is not the default before it unblocks them, so
+//!   no handler of the caller ever runs in the child. What the child gets —
+//!   fds, process group, signal mask and dispositions, limits, user, cwd,
+//!   environment — is the same either way.
 
 use std::cell::UnsafeCell;
-use std::ffi::CString;
+use std::ffi::{CString, c_void};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use nix::fcntl::OFlag;
 use nix::unistd::pipe2;
@@ -50,7 +66,6 @@ pub struct ExecSetup {
     argv_ptrs: Vec<*const libc::c_char>,
     envp_ptrs: Vec<*const libc::c_char>,
     fds: FdSetup,
-    default_action: libc::sigaction,
     empty_mask: libc::sigset_t,
     /// The open-file limit the child starts with (drover's original one).
     nofile: Option<libc::rlimit>,
@@ -76,16 +91,12 @@ impl ExecSetup {
                 .chain(std::iter::once(std::ptr::null()))
                 .collect::<Vec<_>>()
         };
-        // SAFETY: all-zero is a valid sigaction/sigset_t bit pattern; the
-        // fields that matter are set right below.
-        let mut default_action: libc::sigaction = unsafe { std::mem::zeroed() };
-        default_action.sa_sigaction = libc::SIG_DFL;
-        // SAFETY: as above.
+        // SAFETY: all-zero is a valid sigset_t bit pattern; it is emptied
+        // properly right below.
         let mut empty_mask: libc::sigset_t = unsafe { std::mem::zeroed() };
-        // SAFETY: both point to valid, writable sigset_t values.
+        // SAFETY: points to a valid, writable sigset_t.
         unsafe {
             libc::sigemptyset(&mut empty_mask);
-            libc::sigemptyset(&mut default_action.sa_mask);
         }
         let mut envp_ptrs = ptrs(&envp);
         let pid_var = crate::pid_slot(&envp).map(|i| {
@@ -102,7 +113,6 @@ impl ExecSetup {
             _argv: argv,
             _envp: envp,
             fds,
-            default_action,
             empty_mask,
             nofile: super::child_fd_limit(),
             limits: Vec::new(),
@@ -207,7 +217,7 @@ fn start(setup: &ExecSetup, kind: ForkKind) -> io::Result<(i32, Option<io::Error
     }
     if pid == 0 {
         // SAFETY: we are the freshly forked child; see `child`.
-        unsafe { child(setup, err_w_raw) }
+        unsafe { child(setup, Sink::Pipe(err_w_raw), None) }
     }
     drop(err_w);
     let mut errno = [0u8; 4];
@@ -222,84 +232,281 @@ fn start(setup: &ExecSetup, kind: ForkKind) -> io::Result<(i32, Option<io::Error
     }
 }
 
-/// The child between fork and exec.
+/// Starts programs as siblings of the calling process (its parent is
+/// theirs) with `clone(CLONE_VM | CLONE_VFORK | CLONE_PARENT)`: the fork
+/// server's way (see the module docs). Holds the child's stack and the
+/// signals whose disposition the child must reset, both prepared once.
+///
+/// For a single-threaded caller that installs or ignores no signal after
+/// [`SiblingStarter::new`] (the fork server): the dispositions are read
+/// once, there.
+pub struct SiblingStarter {
+    /// None: the stack could not be mapped; starts fall back to
+    /// [`ForkKind::SiblingOfCaller`].
+    stack: Option<crate::vfork::Stack>,
+    /// The signals whose disposition here is not `SIG_DFL`.
+    reset: Vec<libc::c_int>,
+}
+
+impl SiblingStarter {
+    pub fn new() -> SiblingStarter {
+        SiblingStarter {
+            stack: crate::vfork::Stack::new().ok(),
+            reset: non_default_signals(),
+        }
+    }
+
+    /// A starter that always takes the copying path (for tests of that
+    /// fallback).
+    pub fn copying() -> SiblingStarter {
+        SiblingStarter {
+            stack: None,
+            reset: non_default_signals(),
+        }
+    }
+
+    /// Whether starts share this process's memory (rather than copy it).
+    pub fn shares_memory(&self) -> bool {
+        self.stack.is_some()
+    }
+
+    /// Starts `setup` as a sibling of this process. Returns the new PID
+    /// once the program runs, or the errno of the failed start (the child
+    /// has then exited, as a child of this process's parent).
+    pub fn start(&mut self, setup: &ExecSetup) -> io::Result<i32> {
+        let Some(stack) = &self.stack else {
+            return fork_exec(setup, ForkKind::SiblingOfCaller);
+        };
+        let args = SiblingArgs {
+            setup,
+            reset: &self.reset,
+            errno: AtomicI32::new(0),
+        };
+        let all: u64 = !0;
+        let mut previous: u64 = 0;
+        // SAFETY: rt_sigprocmask with 8-byte masks (the kernel's sigset
+        // size) through valid pointers to locals; blocks every signal in
+        // this (single) thread, so that no handler of this process runs in
+        // the child before it has reset the dispositions.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigprocmask,
+                libc::SIG_SETMASK,
+                &all as *const u64,
+                &mut previous as *mut u64,
+                8usize,
+            );
+        }
+        let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PARENT | libc::SIGCHLD;
+        // SAFETY: `sibling` runs on its own stack (the mapping in `self`,
+        // borrowed mutably: one start at a time) and reads `args`, which
+        // lives in this frame until after `clone` returns: with CLONE_VFORK
+        // this thread is suspended until the child has exec'd or exited.
+        // The child writes nothing of ours but `args.errno` and the PID
+        // entry of `setup` (an UnsafeCell, see `exec`).
+        let pid = unsafe {
+            libc::clone(
+                sibling,
+                stack.top(),
+                flags,
+                (&args as *const SiblingArgs).cast_mut().cast(),
+            )
+        };
+        let error = io::Error::last_os_error();
+        // SAFETY: as above; restores this thread's mask.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigprocmask,
+                libc::SIG_SETMASK,
+                &previous as *const u64,
+                std::ptr::null_mut::<u64>(),
+                8usize,
+            );
+        }
+        if pid < 0 {
+            return Err(error);
+        }
+        match args.errno.load(Ordering::Acquire) {
+            0 => Ok(pid),
+            errno => Err(io::Error::from_raw_os_error(errno)),
+        }
+    }
+}
+
+impl std::fmt::Debug for SiblingStarter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SiblingStarter")
+            .field("shares_memory", &self.shares_memory())
+            .field("reset", &self.reset)
+            .finish()
+    }
+}
+
+impl Default for SiblingStarter {
+    fn default() -> Self {
+        SiblingStarter::new()
+    }
+}
+
+/// What a [`SiblingStarter`] child reads, and where it reports a failure.
+struct SiblingArgs<'a> {
+    setup: &'a ExecSetup,
+    reset: &'a [libc::c_int],
+    /// The errno of the step that failed; 0: none did (the child exec'd).
+    errno: AtomicI32,
+}
+
+/// The signals whose disposition in this process is not the default
+/// (handled or ignored), read with the raw system call (glibc refuses its
+/// internal signals 32 and 33).
+fn non_default_signals() -> Vec<libc::c_int> {
+    (1..NSIG)
+        .filter(|&signal| signal != libc::SIGKILL && signal != libc::SIGSTOP)
+        .filter(|&signal| {
+            let mut old = [0u64; 4];
+            // SAFETY: a query (no new action) into a local as large as the
+            // kernel's struct sigaction (at most four words).
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    signal,
+                    std::ptr::null::<c_void>(),
+                    old.as_mut_ptr(),
+                    8usize,
+                )
+            };
+            // Unreadable, a handler or SIG_IGN (the first word), or flags
+            // left from one: reset it (one call more costs nothing).
+            r != 0 || old[0] != 0 || old[1] != 0
+        })
+        .collect()
+}
+
+/// The [`SiblingStarter`] child, from `clone` to `execve`.
+extern "C" fn sibling(arg: *mut c_void) -> libc::c_int {
+    // SAFETY: `arg` points to the parent's SiblingArgs, alive and unchanged
+    // until this child has exec'd or exited (see `SiblingStarter::start`);
+    // this is a freshly cloned child on its own stack with every signal
+    // blocked, which is what `child` requires.
+    unsafe {
+        let args = &*arg.cast::<SiblingArgs>();
+        child(args.setup, Sink::Shared(&args.errno), Some(args.reset))
+    }
+}
+
+/// Where the child reports the errno of a failed start.
+#[derive(Clone, Copy)]
+enum Sink {
+    /// A close-on-exec pipe to the parent (a forked child: its own memory).
+    Pipe(RawFd),
+    /// Memory shared with the suspended parent (`CLONE_VM | CLONE_VFORK`).
+    Shared(*const AtomicI32),
+}
+
+/// Resets `signal`'s disposition to the default with the raw system call
+/// (which, unlike glibc's `sigaction`, accepts its internal signals 32 and
+/// 33, which drover may have inherited ignored from a posix_spawn parent).
+/// The kernel's sigaction is four words (handler = SIG_DFL = 0, flags,
+/// restorer, mask) and the mask size argument is 8 bytes.
 ///
 /// # Safety
 ///
-/// Must only be called in a freshly forked child. It performs only
+/// Async-signal-safe; for the child between clone and exec.
+unsafe fn reset_signal(signal: libc::c_int) {
+    // SAFETY: a raw system call given a pointer to a static of the
+    // kernel's struct size.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            signal,
+            KERNEL_SIG_DFL.as_ptr(),
+            std::ptr::null_mut::<libc::c_void>(),
+            8usize,
+        );
+    }
+}
+
+/// The child between fork and exec.
+///
+/// `reset`: the signals whose disposition to reset (none: every one).
+///
+/// # Safety
+///
+/// Must only be called in a freshly forked child, or a `CLONE_VM |
+/// CLONE_VFORK` child on its own stack with every signal blocked and
+/// `reset` naming every signal not at its default. It performs only
 /// async-signal-safe system calls on `setup`, which was fully built before
 /// the fork, and ends in `execve` or `_exit`.
-unsafe fn child(setup: &ExecSetup, err_w: RawFd) -> ! {
+unsafe fn child(setup: &ExecSetup, sink: Sink, reset: Option<&[libc::c_int]>) -> ! {
     // SAFETY: each call below is an async-signal-safe libc wrapper given
     // valid pointers into `setup` (alive: the child owns a copy of the
-    // parent's memory) or plain integers.
+    // parent's memory, or shares it with the suspended parent) or plain
+    // integers.
     unsafe {
+        match reset {
+            Some(signals) => signals.iter().for_each(|&s| reset_signal(s)),
+            None => (1..NSIG)
+                .filter(|&s| s != libc::SIGKILL && s != libc::SIGSTOP)
+                .for_each(|s| reset_signal(s)),
+        }
         libc::setpgid(0, 0);
         if let Some(limit) = &setup.nofile {
             libc::setrlimit(libc::RLIMIT_NOFILE, limit);
         }
         for (resource, limit) in &setup.limits {
             if libc::setrlimit(*resource as _, limit) != 0 {
-                fail(err_w);
+                fail(sink);
             }
         }
         // Raw system calls, as in the `spawn` child: glibc's set*id
-        // wrappers coordinate with threads that this copy does not have.
+        // wrappers coordinate with threads that this child does not have.
         if let Some(user) = &setup.user
             && (libc::syscall(libc::SYS_setgroups, user.groups.len(), user.groups.as_ptr()) != 0
                 || libc::syscall(libc::SYS_setresgid, user.gid, user.gid, user.gid) != 0
                 || libc::syscall(libc::SYS_setresuid, user.uid, user.uid, user.uid) != 0)
         {
-            fail(err_w);
-        }
-        for signal in 1..NSIG {
-            if signal != libc::SIGKILL && signal != libc::SIGSTOP {
-                libc::sigaction(signal, &setup.default_action, std::ptr::null_mut());
-            }
-        }
-        // glibc's sigaction refuses its internal signals 32 and 33, which
-        // drover may have inherited ignored (from a posix_spawn parent):
-        // reset them with the raw system call. The kernel's sigaction is
-        // four words (handler = SIG_DFL = 0, flags, restorer, mask) and the
-        // mask size argument is 8 bytes.
-        for signal in [32, 33] {
-            libc::syscall(
-                libc::SYS_rt_sigaction,
-                signal,
-                KERNEL_SIG_DFL.as_ptr(),
-                std::ptr::null_mut::<libc::c_void>(),
-                8usize,
-            );
+            fail(sink);
         }
         libc::pthread_sigmask(libc::SIG_SETMASK, &setup.empty_mask, std::ptr::null_mut());
         for &(source, target) in &setup.fds.dups {
             if libc::dup2(source, target) < 0 {
-                fail(err_w);
+                fail(sink);
             }
         }
         for &fd in &setup.fds.keep {
             libc::fcntl(fd, libc::F_SETFD, 0);
         }
-        if let Some(first) = setup.fds.close_from {
-            // close_range(2) is a plain syscall; the error pipe is
-            // close-on-exec, so it must survive until exec: move it first.
-            let high = libc::fcntl(err_w, libc::F_DUPFD_CLOEXEC, first.max(1024));
-            let err_w = if high >= 0 { high } else { err_w };
-            libc::syscall(
-                libc::SYS_close_range,
-                first as libc::c_uint,
-                (err_w - 1) as libc::c_uint,
-                0,
-            );
-            libc::syscall(
-                libc::SYS_close_range,
-                (err_w + 1) as libc::c_uint,
-                libc::c_uint::MAX,
-                0,
-            );
-            exec(setup, err_w)
+        match (setup.fds.close_from, sink) {
+            (None, _) => exec(setup, sink),
+            (Some(first), Sink::Shared(_)) => {
+                libc::syscall(
+                    libc::SYS_close_range,
+                    first as libc::c_uint,
+                    libc::c_uint::MAX,
+                    0,
+                );
+                exec(setup, sink)
+            }
+            (Some(first), Sink::Pipe(err_w)) => {
+                // close_range(2) is a plain syscall; the error pipe is
+                // close-on-exec, so it must survive until exec: move it first.
+                let high = libc::fcntl(err_w, libc::F_DUPFD_CLOEXEC, first.max(1024));
+                let err_w = if high >= 0 { high } else { err_w };
+                libc::syscall(
+                    libc::SYS_close_range,
+                    first as libc::c_uint,
+                    (err_w - 1) as libc::c_uint,
+                    0,
+                );
+                libc::syscall(
+                    libc::SYS_close_range,
+                    (err_w + 1) as libc::c_uint,
+                    libc::c_uint::MAX,
+                    0,
+                );
+                exec(setup, Sink::Pipe(err_w))
+            }
         }
-        exec(setup, err_w)
     }
 }
 
@@ -308,10 +515,11 @@ unsafe fn child(setup: &ExecSetup, err_w: RawFd) -> ! {
 /// # Safety
 ///
 /// Same contract as [`child`].
-unsafe fn exec(setup: &ExecSetup, err_w: RawFd) -> ! {
+unsafe fn exec(setup: &ExecSetup, sink: Sink) -> ! {
     // SAFETY: async-signal-safe calls on prepared, null-terminated arrays.
-    // The PID entry is written through its UnsafeCell in the child's own
-    // copy of memory, where nothing else runs.
+    // The PID entry is written through its UnsafeCell: in the child's own
+    // copy of memory, or (shared memory) while the parent is suspended and
+    // nothing else reads it.
     unsafe {
         if let Some(cell) = &setup.pid_var {
             let pid = libc::syscall(libc::SYS_getpid) as libc::pid_t;
@@ -324,21 +532,33 @@ unsafe fn exec(setup: &ExecSetup, err_w: RawFd) -> ! {
                 setup.envp_ptrs.as_ptr(),
             );
         }
-        fail(err_w)
+        fail(sink)
     }
 }
 
-/// Writes errno to the error pipe and exits with 127.
+/// Reports errno to the parent and exits with 127.
 ///
 /// # Safety
 ///
 /// Same contract as [`child`].
-unsafe fn fail(err_w: RawFd) -> ! {
-    // SAFETY: errno location, write and _exit are async-signal-safe.
+unsafe fn fail(sink: Sink) -> ! {
+    // SAFETY: errno location, write, an atomic store into the suspended
+    // parent's frame (alive until this child exits) and _exit are
+    // async-signal-safe.
     unsafe {
         let errno = *libc::__errno_location();
-        let bytes = errno.to_ne_bytes();
-        libc::write(err_w, bytes.as_ptr().cast(), bytes.len());
+        match sink {
+            Sink::Pipe(err_w) => {
+                let bytes = errno.to_ne_bytes();
+                libc::write(err_w, bytes.as_ptr().cast(), bytes.len());
+            }
+            // A failure with errno 0 cannot happen; report EIO rather than
+            // success if it ever did.
+            Sink::Shared(cell) => (*cell).store(
+                if errno == 0 { libc::EIO } else { errno },
+                Ordering::Release,
+            ),
+        }
         libc::_exit(127)
     }
 }

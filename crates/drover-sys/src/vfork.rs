@@ -74,7 +74,7 @@ struct Slots {
 }
 
 /// An `mmap`ed stack with a guard page below it.
-struct Stack {
+pub(crate) struct Stack {
     base: *mut c_void,
     len: usize,
 }
@@ -84,7 +84,7 @@ struct Stack {
 unsafe impl Send for Stack {}
 
 impl Stack {
-    fn new() -> io::Result<Stack> {
+    pub(crate) fn new() -> io::Result<Stack> {
         // SAFETY: sysconf reads a constant.
         let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
         let len = STACK_SIZE + page;
@@ -112,7 +112,7 @@ impl Stack {
 
     /// The initial stack pointer: the end of the mapping (stacks grow down
     /// on every architecture Linux and Rust share), 16-byte aligned.
-    fn top(&self) -> *mut c_void {
+    pub(crate) fn top(&self) -> *mut c_void {
         // SAFETY: one past the end of the mapping, which is page aligned.
         unsafe { self.base.cast::<u8>().add(self.len).cast() }
     }
