@@ -171,6 +171,7 @@ def report(results: dict) -> str:
     rows = [[name, f"{r['seconds']:.0f} s", f"{r['others_pct']:.1f}%", "FAILED" if r.get("error") else "ok"]
             for name, r in results["suites"].items()]
     out += ["", table(["suite", "took", "others' CPU meanwhile", ""], rows), ""]
+    out += targets(results)
     for name, r in results["suites"].items():
         mod = load_suites([name])[name]
         out += [f"## {name}: {mod.TITLE}", ""]
@@ -185,6 +186,24 @@ def report(results: dict) -> str:
         if notes:
             out += ["Notes:", ""] + [f"- {n}" for n in notes] + [""]
     return "\n".join(out)
+
+
+def targets(results: dict) -> list[str]:
+    """One table of every performance target the suites that ran judge:
+    each suite with targets has a `targets(r)` giving rows of (measure,
+    measured, target, verdict); their details are in the suite's section."""
+    rows = []
+    for name, r in results["suites"].items():
+        mod = load_suites([name])[name]
+        if r.get("error") or not hasattr(mod, "targets"):
+            continue
+        rows += [[f"{name}: {row[0]}", *row[1:]] for row in mod.targets(r)]
+    if not rows:
+        return []
+    return ["## Targets", "",
+            "Each ratio is against an anchor measured in the same run; a ratio within 5% of its target "
+            "counts as at the target (met).", "",
+            table(["measure", "measured", "target", "verdict"], rows), ""]
 
 
 def write(results: dict) -> None:

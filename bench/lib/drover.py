@@ -63,8 +63,10 @@ def forkserver_of(drover_pid: int) -> int | None:
 class Drover:
     """One `drover run CONFIG --socket DIR/drover.sock`, logs in DIR.
 
-    config: the file or directory drover runs, written by the caller (a
-    config next to files the bench writes wakes drover's watcher).
+    config: the file or directory drover runs, written by the caller.
+    drover watches the config's directory and that directory's parent: a
+    file the bench writes in either (a log, stamps) wakes drover's watcher
+    threads with every write, during the very restarts being timed.
     """
 
     def __init__(self, binary: Path, procs: Procs, dir: Path, config: Path, *, args=(),
@@ -257,12 +259,15 @@ class Supervisord:
 
 
 class StampDrover(Drover):
-    """drover with one group of `processes` stamp children; its config and
-    the stamps file the children append to are both in dir."""
+    """drover with one group of `processes` stamp children. The stamps file
+    the children append to and drover's log are in DIR; the config is
+    DIR/conf/drover/drover.toml, so that neither its directory nor that
+    directory's parent (both watched) sees those writes."""
 
     def __init__(self, binary: Path, procs: Procs, dir: Path, stamp: Path, processes: int, *,
                  start_method: str | None = None, args=(), preexec_fn=None):
-        config = dir / "drover.toml"
+        config = dir / "conf" / "drover" / "drover.toml"
+        config.parent.mkdir(parents=True, exist_ok=True)
         config.write_text(stamp_group(stamp, processes, dir, start_method))
         super().__init__(binary, procs, dir, config, args=args, preexec_fn=preexec_fn)
         self.processes = processes
