@@ -130,6 +130,9 @@ pub struct Broker {
     /// Producers' packets land here; allocated at the first read.
     scratch: Vec<u8>,
     scratch_len: usize,
+    /// Producers' packets read in batches land here (see
+    /// `endpoint::batch_shape`); allocated at the first batch.
+    batch: Vec<u8>,
     /// Producers not watched because their queue was full, per queue: the
     /// ones to re-arm once it has room, without scanning every endpoint.
     paused: HashMap<QueueName, Vec<u64>>,
@@ -176,6 +179,7 @@ impl Broker {
             state_dir: config.supervisor.state_dir.clone(),
             dead_letter_max_bytes: config.supervisor.dead_letter_max_bytes,
             scratch: Vec::new(),
+            batch: Vec::new(),
             paused: HashMap::new(),
             to_deliver: Vec::new(),
             timers: AckTimers::default(),

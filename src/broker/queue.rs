@@ -219,6 +219,19 @@ impl QueueCore {
             || self.ready_bytes + self.held_bytes >= MAX_READY_BYTES
     }
 
+    /// How many more packets of up to `slot` bytes each producers may be
+    /// read now: none while the queue [is full](QueueCore::is_full), else
+    /// what `capacity` leaves, and no more than fit below
+    /// [`MAX_READY_BYTES`] (at least one, as one at a time would read).
+    pub fn room(&self, slot: usize) -> usize {
+        if self.is_full() {
+            return 0;
+        }
+        let by_count = (self.spec.capacity as usize).saturating_sub(self.depth());
+        let free_bytes = MAX_READY_BYTES.saturating_sub(self.ready_bytes + self.held_bytes);
+        by_count.min((free_bytes / slot.max(1)).max(1))
+    }
+
     /// Nothing waiting and nothing in flight.
     pub fn is_drained(&self) -> bool {
         self.depth() == 0 && self.consumers.values().all(|c| c.unsettled.is_empty())
