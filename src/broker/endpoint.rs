@@ -2,16 +2,18 @@
 //! consumers' settlements, writing messages to consumers, and the epoll
 //! interest each endpoint needs.
 
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::Instant;
 
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
-use nix::sys::socket::{MsgFlags, recv, send, setsockopt, sockopt};
+use nix::sys::socket::{MsgFlags, recv, setsockopt, sockopt};
 
 use super::confirm::{Gate, Reply};
 use super::queue::{DeadLetter, Message, QueueCore};
-use super::{Broker, Direction, READ_BUDGET};
+use super::timers::AckTimers;
+use super::{Broker, Direction, Endpoint, READ_BUDGET};
 use crate::config::names::QueueName;
 use crate::config::{Delivery, QueueSpec};
 use drover_sys::mmsg::{self, MAX_BATCH};
@@ -482,48 +484,44 @@ impl Broker {
         self.refresh_interest(epoll, token);
     }
 
-    /// Hands out what `queue` holds to its consumers with room.
+    /// Hands out what `queue` holds to its consumers with room: taken
+    /// round robin, message by message, then written to each consumer's
+    /// socket in batches (one `sendmmsg` for up to [`MAX_BATCH`]).
     pub(super) fn deliver(&mut self, epoll: &Epoll, queue: &QueueName) {
         let mut blocked = Vec::new();
         let mut gone = Vec::new();
         let mut too_big = Vec::new();
         if let Some(q) = self.queues.get_mut(queue) {
-            let timeout = q.ack_timeout();
-            // Read once per call, and only when an ack timeout needs it.
-            let mut now = None;
+            // Each consumer's messages in the order they were taken.
+            let mut taken: Vec<(u64, VecDeque<Message>)> = Vec::new();
+            let mut out = Outcome {
+                blocked: &mut blocked,
+                gone: &mut gone,
+                too_big: &mut too_big,
+            };
             while let Some((id, message)) = q.take_for_delivery() {
-                let Some(ep) = self.endpoints.get(&id) else {
+                if !self.endpoints.contains_key(&id) {
                     // Cannot happen (a consumer leaves its queue when its
                     // endpoint is detached); if it did, drop the consumer.
                     q.undeliverable(id, message);
-                    gone.push(id);
+                    out.gone.push(id);
                     continue;
-                };
-                match send(
-                    ep.fd.as_raw_fd(),
-                    &message.bytes,
-                    MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
-                ) {
-                    Ok(_) => {
-                        let at = timeout.map(|_| *now.get_or_insert_with(Instant::now));
-                        q.delivered(id, message, at);
-                        if let Some(deadline) = at.zip(timeout).and_then(|(a, t)| a.checked_add(t))
-                        {
-                            self.timers.arm(id, deadline);
-                        }
-                    }
-                    Err(Errno::EAGAIN | Errno::EINTR) => {
-                        q.undeliverable(id, message);
-                        blocked.push(id);
-                    }
-                    // Larger than the socket can ever take (its buffer is
-                    // capped by wmem_max): no consumer could get it.
-                    Err(Errno::EMSGSIZE) => too_big.push(message),
-                    Err(_) => {
-                        q.undeliverable(id, message);
-                        gone.push(id);
-                    }
                 }
+                let at = match taken.iter().position(|(t, _)| *t == id) {
+                    Some(at) => at,
+                    None => {
+                        taken.push((id, VecDeque::new()));
+                        taken.len() - 1
+                    }
+                };
+                taken[at].1.push_back(message);
+                if taken[at].1.len() >= MAX_BATCH {
+                    let (id, batch) = taken.swap_remove(at);
+                    write_batch(q, &mut self.timers, &self.endpoints, (id, batch), &mut out);
+                }
+            }
+            for batch in taken {
+                write_batch(q, &mut self.timers, &self.endpoints, batch, &mut out);
             }
         }
         for id in blocked {
@@ -689,5 +687,77 @@ impl Broker {
             Ok(()) => ep.interest = wanted,
             Err(e) => tracing::warn!("queue {}: cannot watch a child's socket: {e}", ep.queue),
         }
+    }
+}
+
+/// Where [`write_batch`] reports consumers it found full or failing, and
+/// messages no consumer's socket can take.
+struct Outcome<'a> {
+    blocked: &'a mut Vec<u64>,
+    gone: &'a mut Vec<u64>,
+    too_big: &'a mut Vec<Message>,
+}
+
+/// Writes the messages taken for one consumer to its socket, in order, in
+/// as few `sendmmsg` calls as the socket allows. What the socket cannot
+/// take now goes back to the head of the queue, in order, and the
+/// consumer is blocked until it drains.
+fn write_batch(
+    q: &mut QueueCore,
+    timers: &mut AckTimers,
+    endpoints: &HashMap<u64, Endpoint>,
+    (id, mut rest): (u64, VecDeque<Message>),
+    out: &mut Outcome<'_>,
+) {
+    let Some(fd) = endpoints.get(&id).map(|ep| ep.fd.as_raw_fd()) else {
+        return give_back(q, id, rest);
+    };
+    let timeout = q.ack_timeout();
+    // Read once per batch, and only when an ack timeout needs it.
+    let mut now = None;
+    while !rest.is_empty() {
+        let mut packets: [&[u8]; MAX_BATCH] = [&[]; MAX_BATCH];
+        let n = rest.len().min(MAX_BATCH);
+        for (p, m) in packets.iter_mut().zip(&rest) {
+            *p = &m.bytes;
+        }
+        match mmsg::send_batch(fd, &packets[..n]) {
+            // (Never 0 for packets to send; were it, that would be a full
+            // socket, not a reason to try again.)
+            Ok(0) | Err(Errno::EAGAIN | Errno::EINTR) => {
+                out.blocked.push(id);
+                return give_back(q, id, rest);
+            }
+            Ok(sent) => {
+                let at = timeout.map(|_| *now.get_or_insert_with(Instant::now));
+                for message in rest.drain(..sent) {
+                    q.delivered(id, message, at);
+                }
+                if let Some(deadline) = at.zip(timeout).and_then(|(a, t)| a.checked_add(t)) {
+                    timers.arm(id, deadline);
+                }
+                // Fewer than asked: the next call says why (or goes on).
+            }
+            // Larger than the socket can ever take (its buffer is capped by
+            // wmem_max): no consumer could get it.
+            Err(Errno::EMSGSIZE) => {
+                if let Some(message) = rest.pop_front() {
+                    q.dropped(id);
+                    out.too_big.push(message);
+                }
+            }
+            Err(_) => {
+                out.gone.push(id);
+                return give_back(q, id, rest);
+            }
+        }
+    }
+}
+
+/// Messages taken for `id` and not written: back to the head of the
+/// queue in their order, `id` blocked.
+fn give_back(q: &mut QueueCore, id: u64, rest: VecDeque<Message>) {
+    for message in rest.into_iter().rev() {
+        q.undeliverable(id, message);
     }
 }

@@ -110,6 +110,9 @@ struct Consumer {
     unsettled: VecDeque<InFlight>,
     /// Its socket is full; no hand-out until it drains.
     blocked: bool,
+    /// Taken for it and not yet written to its socket (the broker writes
+    /// a consumer's messages in batches): they count against `prefetch`.
+    reserved: usize,
 }
 
 /// See the module documentation.
@@ -533,7 +536,7 @@ impl QueueCore {
             .room
             .iter()
             .filter_map(|id| self.consumers.get(id))
-            .map(|c| prefetch.saturating_sub(c.unsettled.len()))
+            .map(|c| prefetch.saturating_sub(c.unsettled.len() + c.reserved))
             .sum();
         free.saturating_sub(self.ready.len()) as u64
     }
@@ -590,7 +593,7 @@ impl QueueCore {
     fn refresh(&mut self, id: ConsumerId) {
         let prefetch = self.spec.prefetch as usize;
         match self.consumers.get(&id) {
-            Some(c) if !c.blocked && c.unsettled.len() < prefetch => {
+            Some(c) if !c.blocked && c.unsettled.len() + c.reserved < prefetch => {
                 self.room.insert(id);
             }
             _ => {
@@ -616,6 +619,7 @@ impl QueueCore {
             Consumer {
                 unsettled: VecDeque::new(),
                 blocked: false,
+                reserved: 0,
             },
         );
         self.refresh(id);
@@ -672,6 +676,10 @@ impl QueueCore {
     }
 
     /// The next consumer with room, round robin, and the message for it.
+    /// The message counts against the consumer's `prefetch` until it is
+    /// [`delivered`](QueueCore::delivered), found
+    /// [`undeliverable`](QueueCore::undeliverable) or
+    /// [`dropped`](QueueCore::dropped).
     pub fn take_for_delivery(&mut self) -> Option<(ConsumerId, Message)> {
         if self.ready.is_empty() {
             return None;
@@ -683,7 +691,28 @@ impl QueueCore {
             .or_else(|| self.room.iter().next())
             .copied()?;
         self.next = id.wrapping_add(1);
-        self.pop_front().map(|m| (id, m))
+        let message = self.pop_front()?;
+        self.reserve(id, true);
+        Some((id, message))
+    }
+
+    /// Counts one message taken for `id` (true) or no longer (false).
+    fn reserve(&mut self, id: ConsumerId, taken: bool) {
+        if let Some(c) = self.consumers.get_mut(&id) {
+            c.reserved = if taken {
+                c.reserved + 1
+            } else {
+                c.reserved.saturating_sub(1)
+            };
+        }
+        self.refresh(id);
+    }
+
+    /// A message taken for `id` that no consumer could ever take (larger
+    /// than a socket can hold): it leaves the queue for the dead letters,
+    /// and `id` keeps its room.
+    pub fn dropped(&mut self, id: ConsumerId) {
+        self.reserve(id, false);
     }
 
     /// The message was written to the consumer's socket at `now` (`None`:
@@ -694,6 +723,9 @@ impl QueueCore {
         }
         message.deliveries += 1;
         self.counters.delivered += 1;
+        if let Some(c) = self.consumers.get_mut(&id) {
+            c.reserved = c.reserved.saturating_sub(1);
+        }
         if let Some(id) = message.id {
             if self.spec.delivery == Delivery::AtMostOnce {
                 // Handed over is settled: it leaves the store.
@@ -726,6 +758,9 @@ impl QueueCore {
     /// the consumer gets nothing until it is writable again.
     pub fn undeliverable(&mut self, id: ConsumerId, message: Message) {
         self.push_front(message);
+        if let Some(c) = self.consumers.get_mut(&id) {
+            c.reserved = c.reserved.saturating_sub(1);
+        }
         self.set_blocked(id, true);
     }
 
@@ -850,7 +885,7 @@ mod tests {
         let prefetch = q.spec.prefetch as usize;
         q.consumers
             .iter()
-            .filter(|(_, c)| !c.blocked && c.unsettled.len() < prefetch)
+            .filter(|(_, c)| !c.blocked && c.unsettled.len() + c.reserved < prefetch)
             .map(|(id, _)| *id)
             .collect()
     }
@@ -886,11 +921,9 @@ mod tests {
                 }
                 _ => {
                     q.push(msg("m"));
+                    let room = scanned_room(&q);
                     if let Some((to, m)) = q.take_for_delivery() {
-                        assert!(
-                            scanned_room(&q).contains(&to),
-                            "handed to a consumer without room"
-                        );
+                        assert!(room.contains(&to), "handed to a consumer without room");
                         handed[to as usize] += 1;
                         q.delivered(to, m, None);
                     }
