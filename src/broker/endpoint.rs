@@ -492,8 +492,10 @@ impl Broker {
         let mut gone = Vec::new();
         let mut too_big = Vec::new();
         if let Some(q) = self.queues.get_mut(queue) {
-            // Each consumer's messages in the order they were taken.
+            // Each consumer's messages in the order they were taken, and
+            // where each consumer is in that list.
             let mut taken: Vec<(u64, VecDeque<Message>)> = Vec::new();
+            let mut index: HashMap<u64, usize> = HashMap::new();
             let mut out = Outcome {
                 blocked: &mut blocked,
                 gone: &mut gone,
@@ -507,17 +509,15 @@ impl Broker {
                     out.gone.push(id);
                     continue;
                 }
-                let at = match taken.iter().position(|(t, _)| *t == id) {
-                    Some(at) => at,
-                    None => {
-                        taken.push((id, VecDeque::new()));
-                        taken.len() - 1
-                    }
-                };
-                taken[at].1.push_back(message);
-                if taken[at].1.len() >= MAX_BATCH {
-                    let (id, batch) = taken.swap_remove(at);
-                    write_batch(q, &mut self.timers, &self.endpoints, (id, batch), &mut out);
+                let at = *index.entry(id).or_insert_with(|| {
+                    taken.push((id, VecDeque::new()));
+                    taken.len() - 1
+                });
+                let batch = &mut taken[at].1;
+                batch.push_back(message);
+                if batch.len() >= MAX_BATCH {
+                    let full = (id, std::mem::take(batch));
+                    write_batch(q, &mut self.timers, &self.endpoints, full, &mut out);
                 }
             }
             for batch in taken {
