@@ -563,9 +563,10 @@ impl Broker {
         }
     }
 
-    /// Re-arms the producers of `queue` once it has room again.
+    /// Re-arms the producers of `queue` once it is below its low-water
+    /// mark.
     pub(super) fn resume_producers(&mut self, epoll: &Epoll, queue: &QueueName) {
-        if self.queues.get(queue).is_none_or(QueueCore::is_full) {
+        if self.queues.get(queue).is_none_or(|q| !q.below_low_water()) {
             return;
         }
         for token in self.paused.remove(queue).unwrap_or_default() {

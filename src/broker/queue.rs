@@ -23,6 +23,10 @@ pub type ConsumerId = u64;
 /// 4 MiB each pile up in drover.
 pub const MAX_READY_BYTES: usize = 64 << 20;
 
+/// How far below `capacity` a full queue must fall before its producers
+/// are read again (see [`QueueCore::below_low_water`]).
+pub const RESUME_GAP: usize = 64;
+
 /// A message and how many times it has been delivered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
@@ -220,6 +224,16 @@ impl QueueCore {
         self.store_blocked
             || self.depth() >= self.spec.capacity as usize
             || self.ready_bytes + self.held_bytes >= MAX_READY_BYTES
+    }
+
+    /// Whether paused producers may be read again: the queue is below its
+    /// low-water mark, [`RESUME_GAP`] (at most a quarter of `capacity`)
+    /// under `capacity`. Resuming at once when a slot frees would cost two
+    /// `epoll_ctl` calls and a read per message while a queue stays full.
+    pub fn below_low_water(&self) -> bool {
+        let capacity = self.spec.capacity as usize;
+        let gap = RESUME_GAP.min(capacity / 4);
+        !self.is_full() && self.depth() + gap <= capacity
     }
 
     /// How many more packets of up to `slot` bytes each producers may be
