@@ -44,7 +44,7 @@ OPTIONS = [
     Option("--diag-n", int, 200_000, 5_000, "queues: messages per perf diagnostic run"),
     Option("--no-diag", bool, False, False, "queues: skip the perf diagnostics"),
     Option("--targets", bool, False, False, "queues: only what the targets need (64 B; bare pair, drover and the "
-           "round trip; no Python, flood or perf)"),
+           "round trip; no Python or flood; perf counts syscalls and CPU time only)"),
     Option("--stall-secs", float, 3, 3, "queues: a drover run with no delivery for this long is reported as stalled"),
 ]
 
@@ -316,9 +316,9 @@ class QueueBench:
         if not perf:
             self.r["diag"]["note"] = "perf is not installed: no syscall counts or profile"
             return
-        calls = ["raw_syscalls:sys_enter"] + [f"syscalls:sys_enter_{c}" for c in SYSCALLS]
+        calls = ["task-clock", "raw_syscalls:sys_enter"] + [f"syscalls:sys_enter_{c}" for c in SYSCALLS]
         for key, label, delivery, prefetch, ack in DROVER_MODES:
-            for size in SIZES:
+            for size in [64] if self.o.targets else SIZES:
                 n = max(1000, self.o.diag_n // 10) if key in PREFETCH_1 else self.o.diag_n
                 name = f"diag_{key}_{size}"
                 self.ctx.step(f"perf: syscalls and profile of drover, {label}, {size} B, {n:,} messages")
@@ -329,7 +329,7 @@ class QueueBench:
                     self.run_drover(name + "_stat", delivery, prefetch, ack, size, "tput", n, 0,
                                     perf=[perf, "stat", "-x,", "-o", str(stat_out), "-e", ",".join(calls)])
                     entry["syscalls"] = parse_perf_stat(stat_out, n)
-                    if key == "amo64" or size == 64:
+                    if (key == "amo64" or size == 64) and not self.o.targets:
                         self.run_drover(name + "_rec", delivery, prefetch, ack, size, "tput", n, 0,
                                         perf=[perf, "record", "-q", "-F", "2999", "-g", "-o", str(rec_out)])
                         entry["profile"] = perf_profile(perf, rec_out)
@@ -362,7 +362,7 @@ class QueueBench:
             for size in SIZES:
                 self.flood(size)
         self.quiet("end")
-        if not self.o.no_diag and not self.o.targets:
+        if not self.o.no_diag:
             self.diagnostics()
         return self.r
 
@@ -394,8 +394,11 @@ def parse_perf_stat(path: Path, n: int) -> dict:
         if len(parts) < 3 or line.startswith("#"):
             continue
         try:
-            count = int(parts[0])
+            count = float(parts[0])
         except ValueError:
+            continue
+        if parts[2] == "task-clock":  # ms of CPU
+            per["cpu µs"] = count * 1000 / n
             continue
         event = parts[2].split(":")[-1].replace("sys_enter_", "").replace("sys_enter", "all")
         if count:
@@ -578,7 +581,7 @@ def diagnostics_report(d: dict, a: dict) -> list[str]:
            "prefetch 1; not the timed runs above)", ""]
     if "note" in d:
         out.append(d["note"])
-    seen = [nm for nm in ("all", *SYSCALLS)
+    seen = [nm for nm in ("cpu µs", "all", *SYSCALLS)
             if any(nm in (e.get("syscalls") or {}) for e in d.values() if isinstance(e, dict))]
     rows, prow = [], []
     for key, label, *_ in DROVER_MODES:
@@ -597,7 +600,8 @@ def diagnostics_report(d: dict, a: dict) -> list[str]:
                                                                  "switched away")),
                              "; ".join(f"{pct:.1f}% {sym}" for pct, sym in p["user_top"][:4])])
     if rows:
-        out += ["Syscalls of drover per message (`perf stat -e syscalls:sys_enter_*`; `all` = every syscall):", "",
+        out += ["Syscalls of drover per message (`perf stat -e syscalls:sys_enter_*`; `all` = every syscall) and "
+                "its CPU time per message (`cpu µs`, perf's task-clock):", "",
                 table(["case", "size", *seen], rows), ""]
     if prow:
         out += ["Profile of drover (`perf record -g`, cpu-clock): self time in the kernel, in drover's code and in "
