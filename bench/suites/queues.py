@@ -4,11 +4,12 @@ SimpleQueue, all measured in the same run.
 
 Producer and consumer are the same small C program (bench/c/qb.c) for
 drover and the bare pair; the Python baselines are bench/workers/pyq.py.
-Throughput: N messages flat out; `--repeat` rounds, each running every
-case once, alternating, so that each target's verdict is the median of the
-rounds' ratios against the same round's baseline. Latency: messages stamped at send, paced. Also drover's CPU,
-wake-ups and RSS per message, memory under a flood, and (with perf)
-drover's syscalls per message and a profile, in separate untimed runs.
+`--repeat` rounds, each running every case once, alternating, so that each
+target's verdict is the median of the rounds' ratios against the same
+round's baseline. Throughput: N messages flat out. Latency: messages
+stamped at send, paced. Also drover's CPU, wake-ups and RSS per message,
+memory under a flood, and (with perf) drover's syscalls and CPU time per
+message and a profile, in separate untimed runs.
 """
 
 from __future__ import annotations
