@@ -2,18 +2,21 @@
 //! consumers' settlements, writing messages to consumers, and the epoll
 //! interest each endpoint needs.
 
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::Instant;
 
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
-use nix::sys::socket::{MsgFlags, recv, send, setsockopt, sockopt};
+use nix::sys::socket::{MsgFlags, recv, setsockopt, sockopt};
 
 use super::confirm::{Gate, Reply};
 use super::queue::{DeadLetter, Message, QueueCore};
-use super::{Broker, Direction, READ_BUDGET};
+use super::timers::AckTimers;
+use super::{Broker, Direction, Endpoint, READ_BUDGET};
 use crate::config::names::QueueName;
 use crate::config::{Delivery, QueueSpec};
+use drover_sys::mmsg::{self, MAX_BATCH};
 
 /// `SIOCOUTQ` below this means the peer has read everything: the kernel
 /// sends its write-space wake-up while it still holds one unit of the last
@@ -22,6 +25,24 @@ pub(super) const NOTHING_UNREAD: i32 = 64;
 
 /// What a Unix socket's send buffer needs beyond one packet's payload.
 const SNDBUF_OVERHEAD: usize = 32;
+
+/// The smallest slot of a producer's packet in a batched read: a
+/// SEQPACKET packet is bounded by its sender's socket buffer (about
+/// 208 KiB by default), so even an oversized one is kept whole for its
+/// dead-letter record unless the child raised its own `SO_SNDBUF`.
+const MIN_SLOT: usize = 256 << 10;
+
+/// The bytes of one batched read of a producer's packets, at most.
+const BATCH_BYTES: usize = 4 << 20;
+
+/// The slot of each packet and the packets per call of a batched read for
+/// a queue whose messages are at most `max` bytes: one byte more than
+/// `max` (a longer packet is seen to be longer), at least [`MIN_SLOT`];
+/// as many as fit in [`BATCH_BYTES`], at least one.
+fn batch_shape(max: usize) -> (usize, usize) {
+    let slot = max.saturating_add(1).max(MIN_SLOT);
+    (slot, (BATCH_BYTES / slot).clamp(1, MAX_BATCH))
+}
 
 /// Makes the broker's end of a consumer's socket able to send one message
 /// of the queue's `max_message_bytes`, as far as `net.core.wmem_max` lets
@@ -63,20 +84,117 @@ impl Broker {
     /// confirms, while its replies go out), up to [`READ_BUDGET`] of them;
     /// detaches it at the end of its stream.
     pub(super) fn read_producer(&mut self, epoll: &Epoll, token: u64, queue: &QueueName) {
-        let Some(fd) = self.endpoints.get(&token).map(|ep| ep.fd.as_raw_fd()) else {
+        let Some(ep) = self.endpoints.get(&token) else {
             return;
         };
+        let closed = if ep.replies.is_some() {
+            self.read_one_by_one(token, queue)
+        } else {
+            self.read_batches(token, queue)
+        };
+        if closed {
+            self.detach(epoll, token, "its producer closed its socket");
+        } else {
+            self.refresh_interest(epoll, token);
+        }
+    }
+
+    /// How many packets a producer of `queue` may be read now, each taking
+    /// up to `slot` bytes: none while the queue is full, else up to
+    /// `capacity`, and about as many as the byte bound leaves room for (at
+    /// least one). A removed queue is read without bound: its packets are
+    /// dead-lettered, not left to spin the loop.
+    fn room(&self, queue: &QueueName, slot: usize) -> usize {
+        self.queues.get(queue).map_or(usize::MAX, |q| q.room(slot))
+    }
+
+    /// [`Broker::read_producer`] for a producer without confirms: its
+    /// packets in batches, one `recvmmsg` each. Returns whether its stream
+    /// ended.
+    fn read_batches(&mut self, token: u64, queue: &QueueName) -> bool {
+        let Some(fd) = self.endpoints.get(&token).map(|ep| ep.fd.as_raw_fd()) else {
+            return false;
+        };
+        let max = self
+            .queues
+            .get(queue)
+            .or_else(|| self.retired.get(queue))
+            .map_or(0, |q| q.spec.max_message_bytes as usize);
+        let (slot, per_call) = batch_shape(max);
+        if self.batch.len() < slot * per_call {
+            // Zeroed by the allocator: pages are touched only as packets
+            // land in them.
+            self.batch = vec![0; slot * per_call];
+        }
+        let mut batch = std::mem::take(&mut self.batch);
+        let mut lens = [0usize; MAX_BATCH];
+        let mut read = 0;
+        let mut closed = false;
+        'calls: while read < READ_BUDGET {
+            let want = per_call.min(READ_BUDGET - read).min(self.room(queue, slot));
+            if want == 0 {
+                break;
+            }
+            // `fd` stays open for the whole loop: only `detach` closes an
+            // endpoint, and nothing below detaches.
+            let got = match mmsg::recv_batch(fd, &mut batch, slot, &mut lens[..want]) {
+                Ok(got) => got,
+                // (Counted, so that no error can hold the loop.)
+                Err(Errno::EINTR | Errno::ECONNRESET) => {
+                    read += 1;
+                    continue;
+                }
+                Err(Errno::EAGAIN) => break,
+                Err(e) => {
+                    tracing::debug!("queue {queue}: reading a producer: {e}");
+                    closed = true;
+                    break;
+                }
+            };
+            read += got;
+            for i in 0..got {
+                let n = lens[i];
+                if n == 0 {
+                    // The end of the stream fills the rest of the batch
+                    // with zeroes; a packet with a payload after it shows
+                    // that this one was an empty packet.
+                    let payload_follows = lens[i + 1..got].iter().any(|&l| l > 0);
+                    if !payload_follows && self.stream_ended(token) {
+                        closed = true;
+                        break 'calls;
+                    }
+                    self.refuse_empty(queue);
+                    continue;
+                }
+                let at = i * slot;
+                let kept = &batch[at..at + n.min(slot)];
+                self.accept(queue, kept, n);
+            }
+            if got < want {
+                // The socket had no more: no call just to hear EAGAIN.
+                // (Level triggering reports whatever comes next.)
+                break;
+            }
+        }
+        self.batch = batch;
+        closed
+    }
+
+    /// [`Broker::read_producer`] for a producer with confirms: one packet
+    /// at a time, each answered before the next is read. Returns whether
+    /// its stream ended.
+    fn read_one_by_one(&mut self, token: u64, queue: &QueueName) -> bool {
+        let Some(fd) = self.endpoints.get(&token).map(|ep| ep.fd.as_raw_fd()) else {
+            return false;
+        };
         if self.scratch.len() < self.scratch_len {
-            self.scratch.resize(self.scratch_len, 0);
+            self.scratch = vec![0; self.scratch_len];
         }
         // `fd` stays open for the whole loop: only `detach` closes an
         // endpoint, and nothing below detaches (deliveries are deferred to
         // the work list).
-        let mut closed = false;
         for _ in 0..READ_BUDGET {
-            // A queue removed by a reload is read too: its packets are
-            // dead-lettered, not left to spin the loop.
-            if self.queues.get(queue).is_some_and(QueueCore::is_full) {
+            if self.room(queue, 1) == 0 {
                 break;
             }
             // With confirms, a producer is read only while its replies go
@@ -94,23 +212,16 @@ impl Broker {
                 MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_TRUNC,
             ) {
                 Ok(0) => {
-                    let ended = self
-                        .endpoints
-                        .get(&token)
-                        .is_none_or(|ep| end_of_stream(&ep.fd));
-                    if ended {
-                        closed = true;
-                        break;
+                    if self.stream_ended(token) {
+                        return true;
                     }
-                    self.refuse(
-                        queue,
-                        "zero-length packets from producers refused",
-                        "refused a zero-length packet from a producer: it is not a message (a consumer could not tell it from the queue closing)",
-                    );
+                    self.refuse_empty(queue);
                     self.reply(token, Reply::Empty, Gate::OPEN);
                 }
                 Ok(n) => {
-                    let (reply, gate) = self.accept(queue, n);
+                    let scratch = std::mem::take(&mut self.scratch);
+                    let (reply, gate) = self.accept(queue, &scratch[..n.min(scratch.len())], n);
+                    self.scratch = scratch;
                     self.reply(token, reply, gate);
                 }
                 // (ECONNRESET: see read_settlements; a producer is sent
@@ -120,36 +231,42 @@ impl Broker {
                 Err(Errno::EAGAIN) => break,
                 Err(e) => {
                     tracing::debug!("queue {queue}: reading a producer: {e}");
-                    closed = true;
-                    break;
+                    return true;
                 }
             }
         }
-        if closed {
-            self.detach(epoll, token, "its producer closed its socket");
-        } else {
-            self.refresh_interest(epoll, token);
-        }
+        false
     }
 
-    /// One packet of `n` bytes (in `scratch`) from a producer of `queue`;
-    /// returns the answer it gets with confirms, and the commit it waits
-    /// for.
-    fn accept(&mut self, queue: &QueueName, n: usize) -> (Reply, Gate) {
-        // MSG_TRUNC reports a packet's real length; the scratch holds what
-        // fit of it (all of it when the queue would accept it).
-        let kept = n.min(self.scratch.len());
+    /// After a `recv` of 0 from the producer `token`: whether that was the
+    /// end of its stream (see [`end_of_stream`]).
+    fn stream_ended(&self, token: u64) -> bool {
+        self.endpoints
+            .get(&token)
+            .is_none_or(|ep| end_of_stream(&ep.fd))
+    }
+
+    fn refuse_empty(&mut self, queue: &QueueName) {
+        self.refuse(
+            queue,
+            "zero-length packets from producers refused",
+            "refused a zero-length packet from a producer: it is not a message (a consumer could not tell it from the queue closing)",
+        );
+    }
+
+    /// One packet from a producer of `queue`, `n` bytes long, of which
+    /// `kept` could be read; returns the answer it gets with confirms, and
+    /// the commit it waits for.
+    fn accept(&mut self, queue: &QueueName, kept: &[u8], n: usize) -> (Reply, Gate) {
         let fits = self
             .queues
             .get(queue)
-            .is_some_and(|q| n <= q.spec.max_message_bytes as usize && kept == n);
+            .is_some_and(|q| n <= q.spec.max_message_bytes as usize && kept.len() == n);
         if fits {
-            let scratch = std::mem::take(&mut self.scratch);
-            let gate = self.enqueue(queue, &scratch[..n]);
-            self.scratch = scratch;
+            let gate = self.enqueue(queue, kept);
             return (Reply::Accepted, gate);
         }
-        let bytes = self.scratch.get(..n).unwrap_or(&self.scratch);
+        let kept_len = kept.len();
         let (target, reason, reply) = match self.queues.get_mut(queue) {
             Some(q) => {
                 // (Too large: `fits` said no.)
@@ -178,11 +295,11 @@ impl Broker {
             }
         };
         let mut letter = DeadLetter {
-            message: Message::new(bytes),
+            message: Message::new(kept),
             reason,
         };
-        if kept < n {
-            let note = format!(" (only the first {kept} bytes could be kept)");
+        if kept_len < n {
+            let note = format!(" (only the first {kept_len} bytes could be kept)");
             letter.reason.push_str(&note);
         }
         self.dead_letter(queue, target.as_ref(), &letter);
@@ -201,43 +318,24 @@ impl Broker {
             return;
         };
         // As in read_producer, `fd` stays open until the detach below.
-        let mut buf = [0u8; 16];
-        for _ in 0..budget {
-            match recv(fd, &mut buf, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_TRUNC) {
-                Ok(0) => {
-                    let ended = self
-                        .endpoints
-                        .get(&token)
-                        .is_none_or(|ep| end_of_stream(&ep.fd));
-                    if ended {
-                        return self.detach(
-                            epoll,
-                            token,
-                            "its consumer closed its socket before acknowledging it",
-                        );
-                    }
-                    self.refuse(
-                        queue,
-                        "packets from consumers ignored",
-                        "ignoring a zero-length packet from a consumer; only `ack` and `nack` are understood",
-                    );
+        // Settlements are 3 or 4 bytes; a slot keeps enough of anything
+        // else to show it in the log.
+        const SLOT: usize = 16;
+        let mut buf = [0u8; SLOT * MAX_BATCH];
+        let mut lens = [0usize; MAX_BATCH];
+        let mut read = 0;
+        while read < budget {
+            let want = MAX_BATCH.min(budget - read);
+            let got = match mmsg::recv_batch(fd, &mut buf, SLOT, &mut lens[..want]) {
+                Ok(got) => got,
+                // ECONNRESET: the consumer exited with messages unread in
+                // its socket. The kernel says so once, before the packets
+                // it sent last (its final acks), which are still there to
+                // read. (Counted, so that no error can hold the loop.)
+                Err(Errno::EINTR | Errno::ECONNRESET) => {
+                    read += 1;
+                    continue;
                 }
-                Ok(n) => match buf.get(..n) {
-                    Some(b"ack") => self.settle(token, queue, true),
-                    Some(b"nack") => self.settle(token, queue, false),
-                    other => {
-                        let shown = String::from_utf8_lossy(other.unwrap_or(&buf));
-                        let what = format!(
-                            "ignoring a packet of {n} bytes ({shown:?}) from a consumer; only `ack` and `nack` are understood"
-                        );
-                        self.refuse(queue, "packets from consumers ignored", &what);
-                    }
-                },
-                Err(Errno::EINTR) => continue,
-                // The consumer exited with messages unread in its socket.
-                // The kernel says so once, before the packets it sent last
-                // (its final acks), which are still there to read.
-                Err(Errno::ECONNRESET) => continue,
                 Err(Errno::EAGAIN) => return,
                 Err(e) => {
                     tracing::debug!("queue {queue}: reading a consumer: {e}");
@@ -247,6 +345,44 @@ impl Broker {
                         "its consumer's socket failed before it acknowledged it",
                     );
                 }
+            };
+            read += got;
+            for i in 0..got {
+                let n = lens[i];
+                let kept = &buf[i * SLOT..i * SLOT + n.min(SLOT)];
+                match kept {
+                    b"ack" => self.settle(token, queue, true),
+                    b"nack" => self.settle(token, queue, false),
+                    b"" => {
+                        // As in read_batches: zeroes to the end of the
+                        // batch may be the end of the stream.
+                        let payload_follows = lens[i + 1..got].iter().any(|&l| l > 0);
+                        if !payload_follows && self.stream_ended(token) {
+                            return self.detach(
+                                epoll,
+                                token,
+                                "its consumer closed its socket before acknowledging it",
+                            );
+                        }
+                        self.refuse(
+                            queue,
+                            "packets from consumers ignored",
+                            "ignoring a zero-length packet from a consumer; only `ack` and `nack` are understood",
+                        );
+                    }
+                    other => {
+                        let shown = String::from_utf8_lossy(other);
+                        let what = format!(
+                            "ignoring a packet of {n} bytes ({shown:?}) from a consumer; only `ack` and `nack` are understood"
+                        );
+                        self.refuse(queue, "packets from consumers ignored", &what);
+                    }
+                }
+            }
+            if got < want {
+                // The socket had no more (level triggering, or the re-arm
+                // of an edge-triggered endpoint below, covers the rest).
+                return;
             }
         }
         // The budget is spent with packets left. Level triggering reports
@@ -348,48 +484,44 @@ impl Broker {
         self.refresh_interest(epoll, token);
     }
 
-    /// Hands out what `queue` holds to its consumers with room.
+    /// Hands out what `queue` holds to its consumers with room: taken
+    /// round robin, message by message, then written to each consumer's
+    /// socket in batches (one `sendmmsg` for up to [`MAX_BATCH`]).
     pub(super) fn deliver(&mut self, epoll: &Epoll, queue: &QueueName) {
         let mut blocked = Vec::new();
         let mut gone = Vec::new();
         let mut too_big = Vec::new();
         if let Some(q) = self.queues.get_mut(queue) {
-            let timeout = q.ack_timeout();
-            // Read once per call, and only when an ack timeout needs it.
-            let mut now = None;
+            // Each consumer's messages in the order they were taken, and
+            // where each consumer is in that list.
+            let mut taken: Vec<(u64, VecDeque<Message>)> = Vec::new();
+            let mut index: HashMap<u64, usize> = HashMap::new();
+            let mut out = Outcome {
+                blocked: &mut blocked,
+                gone: &mut gone,
+                too_big: &mut too_big,
+            };
             while let Some((id, message)) = q.take_for_delivery() {
-                let Some(ep) = self.endpoints.get(&id) else {
+                if !self.endpoints.contains_key(&id) {
                     // Cannot happen (a consumer leaves its queue when its
                     // endpoint is detached); if it did, drop the consumer.
                     q.undeliverable(id, message);
-                    gone.push(id);
+                    out.gone.push(id);
                     continue;
-                };
-                match send(
-                    ep.fd.as_raw_fd(),
-                    &message.bytes,
-                    MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
-                ) {
-                    Ok(_) => {
-                        let at = timeout.map(|_| *now.get_or_insert_with(Instant::now));
-                        q.delivered(id, message, at);
-                        if let Some(deadline) = at.zip(timeout).and_then(|(a, t)| a.checked_add(t))
-                        {
-                            self.timers.arm(id, deadline);
-                        }
-                    }
-                    Err(Errno::EAGAIN | Errno::EINTR) => {
-                        q.undeliverable(id, message);
-                        blocked.push(id);
-                    }
-                    // Larger than the socket can ever take (its buffer is
-                    // capped by wmem_max): no consumer could get it.
-                    Err(Errno::EMSGSIZE) => too_big.push(message),
-                    Err(_) => {
-                        q.undeliverable(id, message);
-                        gone.push(id);
-                    }
                 }
+                let at = *index.entry(id).or_insert_with(|| {
+                    taken.push((id, VecDeque::new()));
+                    taken.len() - 1
+                });
+                let batch = &mut taken[at].1;
+                batch.push_back(message);
+                if batch.len() >= MAX_BATCH {
+                    let full = (id, std::mem::take(batch));
+                    write_batch(q, &mut self.timers, &self.endpoints, full, &mut out);
+                }
+            }
+            for batch in taken {
+                write_batch(q, &mut self.timers, &self.endpoints, batch, &mut out);
             }
         }
         for id in blocked {
@@ -431,9 +563,10 @@ impl Broker {
         }
     }
 
-    /// Re-arms the producers of `queue` once it has room again.
+    /// Re-arms the producers of `queue` once it is below its low-water
+    /// mark.
     pub(super) fn resume_producers(&mut self, epoll: &Epoll, queue: &QueueName) {
-        if self.queues.get(queue).is_none_or(QueueCore::is_full) {
+        if self.queues.get(queue).is_none_or(|q| !q.below_low_water()) {
             return;
         }
         for token in self.paused.remove(queue).unwrap_or_default() {
@@ -555,5 +688,77 @@ impl Broker {
             Ok(()) => ep.interest = wanted,
             Err(e) => tracing::warn!("queue {}: cannot watch a child's socket: {e}", ep.queue),
         }
+    }
+}
+
+/// Where [`write_batch`] reports consumers it found full or failing, and
+/// messages no consumer's socket can take.
+struct Outcome<'a> {
+    blocked: &'a mut Vec<u64>,
+    gone: &'a mut Vec<u64>,
+    too_big: &'a mut Vec<Message>,
+}
+
+/// Writes the messages taken for one consumer to its socket, in order, in
+/// as few `sendmmsg` calls as the socket allows. What the socket cannot
+/// take now goes back to the head of the queue, in order, and the
+/// consumer is blocked until it drains.
+fn write_batch(
+    q: &mut QueueCore,
+    timers: &mut AckTimers,
+    endpoints: &HashMap<u64, Endpoint>,
+    (id, mut rest): (u64, VecDeque<Message>),
+    out: &mut Outcome<'_>,
+) {
+    let Some(fd) = endpoints.get(&id).map(|ep| ep.fd.as_raw_fd()) else {
+        return give_back(q, id, rest);
+    };
+    let timeout = q.ack_timeout();
+    // Read once per batch, and only when an ack timeout needs it.
+    let mut now = None;
+    while !rest.is_empty() {
+        let mut packets: [&[u8]; MAX_BATCH] = [&[]; MAX_BATCH];
+        let n = rest.len().min(MAX_BATCH);
+        for (p, m) in packets.iter_mut().zip(&rest) {
+            *p = &m.bytes;
+        }
+        match mmsg::send_batch(fd, &packets[..n]) {
+            // (Never 0 for packets to send; were it, that would be a full
+            // socket, not a reason to try again.)
+            Ok(0) | Err(Errno::EAGAIN | Errno::EINTR) => {
+                out.blocked.push(id);
+                return give_back(q, id, rest);
+            }
+            Ok(sent) => {
+                let at = timeout.map(|_| *now.get_or_insert_with(Instant::now));
+                for message in rest.drain(..sent) {
+                    q.delivered(id, message, at);
+                }
+                if let Some(deadline) = at.zip(timeout).and_then(|(a, t)| a.checked_add(t)) {
+                    timers.arm(id, deadline);
+                }
+                // Fewer than asked: the next call says why (or goes on).
+            }
+            // Larger than the socket can ever take (its buffer is capped by
+            // wmem_max): no consumer could get it.
+            Err(Errno::EMSGSIZE) => {
+                if let Some(message) = rest.pop_front() {
+                    q.dropped(id);
+                    out.too_big.push(message);
+                }
+            }
+            Err(_) => {
+                out.gone.push(id);
+                return give_back(q, id, rest);
+            }
+        }
+    }
+}
+
+/// Messages taken for `id` and not written: back to the head of the
+/// queue in their order, `id` blocked.
+fn give_back(q: &mut QueueCore, id: u64, rest: VecDeque<Message>) {
+    for message in rest.into_iter().rev() {
+        q.undeliverable(id, message);
     }
 }

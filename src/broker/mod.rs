@@ -8,7 +8,12 @@
 //! back-pressure, never a drop, and the broker's memory stays bounded.
 //! Consumers get messages round robin among those with free `prefetch`;
 //! `ack`/`nack` packets settle the oldest unsettled message. What to do is
-//! decided by [`queue::QueueCore`]; this module moves the bytes.
+//! decided by [`queue::QueueCore`]; this module moves the bytes, in
+//! batches: a producer's packets and a consumer's settlements are read up
+//! to 64 per `recvmmsg`, a consumer's messages written up to 64 per
+//! `sendmmsg`, and a producer paused on a full queue is read again only
+//! once the queue is down to a low-water mark
+//! ([`queue::QueueCore::below_low_water`]), not at every freed slot.
 //!
 //! Everything a child sends is untrusted: any packet, any number of them,
 //! at any time, also on the socket of a queue a reload removed, and from a
@@ -130,6 +135,9 @@ pub struct Broker {
     /// Producers' packets land here; allocated at the first read.
     scratch: Vec<u8>,
     scratch_len: usize,
+    /// Producers' packets read in batches land here (see
+    /// `endpoint::batch_shape`); allocated at the first batch.
+    batch: Vec<u8>,
     /// Producers not watched because their queue was full, per queue: the
     /// ones to re-arm once it has room, without scanning every endpoint.
     paused: HashMap<QueueName, Vec<u64>>,
@@ -176,6 +184,7 @@ impl Broker {
             state_dir: config.supervisor.state_dir.clone(),
             dead_letter_max_bytes: config.supervisor.dead_letter_max_bytes,
             scratch: Vec::new(),
+            batch: Vec::new(),
             paused: HashMap::new(),
             to_deliver: Vec::new(),
             timers: AckTimers::default(),

@@ -23,6 +23,10 @@ pub type ConsumerId = u64;
 /// 4 MiB each pile up in drover.
 pub const MAX_READY_BYTES: usize = 64 << 20;
 
+/// How far below `capacity` a full queue must fall before its producers
+/// are read again (see [`QueueCore::below_low_water`]).
+pub const RESUME_GAP: usize = 64;
+
 /// A message and how many times it has been delivered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
@@ -110,6 +114,9 @@ struct Consumer {
     unsettled: VecDeque<InFlight>,
     /// Its socket is full; no hand-out until it drains.
     blocked: bool,
+    /// Taken for it and not yet written to its socket (the broker writes
+    /// a consumer's messages in batches): they count against `prefetch`.
+    reserved: usize,
 }
 
 /// See the module documentation.
@@ -217,6 +224,29 @@ impl QueueCore {
         self.store_blocked
             || self.depth() >= self.spec.capacity as usize
             || self.ready_bytes + self.held_bytes >= MAX_READY_BYTES
+    }
+
+    /// Whether paused producers may be read again: the queue is below its
+    /// low-water mark, [`RESUME_GAP`] (at most a quarter of `capacity`)
+    /// under `capacity`. Resuming at once when a slot frees would cost two
+    /// `epoll_ctl` calls and a read per message while a queue stays full.
+    pub fn below_low_water(&self) -> bool {
+        let capacity = self.spec.capacity as usize;
+        let gap = RESUME_GAP.min(capacity / 4);
+        !self.is_full() && self.depth() + gap <= capacity
+    }
+
+    /// How many more packets of up to `slot` bytes each producers may be
+    /// read now: none while the queue [is full](QueueCore::is_full), else
+    /// what `capacity` leaves, and no more than fit below
+    /// [`MAX_READY_BYTES`] (at least one, as one at a time would read).
+    pub fn room(&self, slot: usize) -> usize {
+        if self.is_full() {
+            return 0;
+        }
+        let by_count = (self.spec.capacity as usize).saturating_sub(self.depth());
+        let free_bytes = MAX_READY_BYTES.saturating_sub(self.ready_bytes + self.held_bytes);
+        by_count.min((free_bytes / slot.max(1)).max(1))
     }
 
     /// Nothing waiting and nothing in flight.
@@ -520,7 +550,7 @@ impl QueueCore {
             .room
             .iter()
             .filter_map(|id| self.consumers.get(id))
-            .map(|c| prefetch.saturating_sub(c.unsettled.len()))
+            .map(|c| prefetch.saturating_sub(c.unsettled.len() + c.reserved))
             .sum();
         free.saturating_sub(self.ready.len()) as u64
     }
@@ -577,7 +607,7 @@ impl QueueCore {
     fn refresh(&mut self, id: ConsumerId) {
         let prefetch = self.spec.prefetch as usize;
         match self.consumers.get(&id) {
-            Some(c) if !c.blocked && c.unsettled.len() < prefetch => {
+            Some(c) if !c.blocked && c.unsettled.len() + c.reserved < prefetch => {
                 self.room.insert(id);
             }
             _ => {
@@ -603,6 +633,7 @@ impl QueueCore {
             Consumer {
                 unsettled: VecDeque::new(),
                 blocked: false,
+                reserved: 0,
             },
         );
         self.refresh(id);
@@ -659,6 +690,10 @@ impl QueueCore {
     }
 
     /// The next consumer with room, round robin, and the message for it.
+    /// The message counts against the consumer's `prefetch` until it is
+    /// [`delivered`](QueueCore::delivered), found
+    /// [`undeliverable`](QueueCore::undeliverable) or
+    /// [`dropped`](QueueCore::dropped).
     pub fn take_for_delivery(&mut self) -> Option<(ConsumerId, Message)> {
         if self.ready.is_empty() {
             return None;
@@ -670,7 +705,28 @@ impl QueueCore {
             .or_else(|| self.room.iter().next())
             .copied()?;
         self.next = id.wrapping_add(1);
-        self.pop_front().map(|m| (id, m))
+        let message = self.pop_front()?;
+        self.reserve(id, true);
+        Some((id, message))
+    }
+
+    /// Counts one message taken for `id` (true) or no longer (false).
+    fn reserve(&mut self, id: ConsumerId, taken: bool) {
+        if let Some(c) = self.consumers.get_mut(&id) {
+            c.reserved = if taken {
+                c.reserved + 1
+            } else {
+                c.reserved.saturating_sub(1)
+            };
+        }
+        self.refresh(id);
+    }
+
+    /// A message taken for `id` that no consumer could ever take (larger
+    /// than a socket can hold): it leaves the queue for the dead letters,
+    /// and `id` keeps its room.
+    pub fn dropped(&mut self, id: ConsumerId) {
+        self.reserve(id, false);
     }
 
     /// The message was written to the consumer's socket at `now` (`None`:
@@ -681,6 +737,9 @@ impl QueueCore {
         }
         message.deliveries += 1;
         self.counters.delivered += 1;
+        if let Some(c) = self.consumers.get_mut(&id) {
+            c.reserved = c.reserved.saturating_sub(1);
+        }
         if let Some(id) = message.id {
             if self.spec.delivery == Delivery::AtMostOnce {
                 // Handed over is settled: it leaves the store.
@@ -713,6 +772,9 @@ impl QueueCore {
     /// the consumer gets nothing until it is writable again.
     pub fn undeliverable(&mut self, id: ConsumerId, message: Message) {
         self.push_front(message);
+        if let Some(c) = self.consumers.get_mut(&id) {
+            c.reserved = c.reserved.saturating_sub(1);
+        }
         self.set_blocked(id, true);
     }
 
@@ -837,7 +899,7 @@ mod tests {
         let prefetch = q.spec.prefetch as usize;
         q.consumers
             .iter()
-            .filter(|(_, c)| !c.blocked && c.unsettled.len() < prefetch)
+            .filter(|(_, c)| !c.blocked && c.unsettled.len() + c.reserved < prefetch)
             .map(|(id, _)| *id)
             .collect()
     }
@@ -873,11 +935,9 @@ mod tests {
                 }
                 _ => {
                     q.push(msg("m"));
+                    let room = scanned_room(&q);
                     if let Some((to, m)) = q.take_for_delivery() {
-                        assert!(
-                            scanned_room(&q).contains(&to),
-                            "handed to a consumer without room"
-                        );
+                        assert!(room.contains(&to), "handed to a consumer without room");
                         handed[to as usize] += 1;
                         q.delivered(to, m, None);
                     }

@@ -967,3 +967,251 @@ fn a_producer_gone_with_replies_unread_loses_nothing() {
 }
 
 mod durable;
+
+// ------------------------------------------- batched reads (recvmmsg)
+
+/// Reads every message the consumer `child` (token 101) is handed,
+/// acknowledging each, until `n` have come.
+fn consume_all(broker: &mut Broker, epoll: &Epoll, child: &UnixStream, n: usize) -> Vec<Vec<u8>> {
+    let mut got = Vec::new();
+    for _ in 0..10 * n {
+        while let Some(m) = recv(child) {
+            got.push(m);
+            send(child, b"ack");
+        }
+        if got.len() >= n {
+            break;
+        }
+        pump(broker, epoll);
+    }
+    got
+}
+
+#[test]
+fn a_batch_stops_at_capacity_and_order_is_kept_across_batches() {
+    let mut broker = Broker::new(&config(Delivery::AtLeastOnce));
+    let epoll = epoll();
+    let producer = attach(&mut broker, &epoll, 7, "jobs", Direction::Out, 200);
+    let sent: Vec<Vec<u8>> = (0..25u8).map(|i| vec![b'm', i]).collect();
+    for m in &sent {
+        send(&producer, m);
+    }
+    broker.on_event(&epoll, 200, EpollFlags::EPOLLIN);
+    assert_eq!(broker.status()[0].depth, 10, "capacity, not a whole batch");
+    let consumer = attach(&mut broker, &epoll, 8, "jobs", Direction::In, 101);
+    let got = consume_all(&mut broker, &epoll, &consumer, sent.len());
+    assert_eq!(got, sent, "every message, in order");
+}
+
+/// A batch cut short because the socket had no more (the kernel's
+/// EAGAIN ends the `recvmmsg`): what comes later is read at the next
+/// event, and the producer stays watched.
+#[test]
+fn a_short_batch_leaves_the_producer_watched_for_the_rest() {
+    let mut broker = Broker::new(&config(Delivery::AtLeastOnce));
+    let epoll = epoll();
+    let producer = attach(&mut broker, &epoll, 7, "jobs", Direction::Out, 200);
+    for m in [b"a", b"b", b"c"] {
+        send(&producer, m);
+    }
+    assert_eq!(pump(&mut broker, &epoll), 1);
+    assert_eq!(broker.status()[0].depth, 3);
+    assert_eq!(broker.endpoints[&200].interest, EpollFlags::EPOLLIN);
+    assert_eq!(pump(&mut broker, &epoll), 0, "nothing more reported");
+    send(&producer, b"d");
+    send(&producer, b"e");
+    assert_eq!(pump(&mut broker, &epoll), 1);
+    assert_eq!(broker.status()[0].depth, 5);
+}
+
+/// An oversized packet in the middle of a batch is dead-lettered whole;
+/// the packets around it are taken.
+#[test]
+fn an_oversized_packet_within_a_batch_is_dead_lettered_whole() {
+    let state = State::new("batch-oversized");
+    let mut broker = Broker::new(&config_of(vec![spec("jobs")], state.0.clone()));
+    let epoll = epoll();
+    let producer = attach(&mut broker, &epoll, 7, "jobs", Direction::Out, 200);
+    nix::sys::socket::setsockopt(&producer, nix::sys::socket::sockopt::SndBuf, &(1 << 18)).unwrap();
+    let big = vec![b'z'; 100_000];
+    for m in [b"a".as_slice(), &big, b"b"] {
+        send(&producer, m);
+    }
+    broker.on_event(&epoll, 200, EpollFlags::EPOLLIN);
+    let s = &broker.status()[0];
+    assert_eq!((s.depth, s.refused, s.dead_lettered), (2, 1, 1), "{s:?}");
+    let records = state.records("jobs");
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["bytes"], 100_000);
+    assert!(
+        !records[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("could be kept"),
+        "kept whole: {}",
+        records[0]["reason"]
+    );
+}
+
+/// A producer that sends and closes at once: the batch that reads its
+/// last packets also meets the end of its stream, and an empty packet
+/// before the last real one is still only refused.
+#[test]
+fn a_batch_that_reaches_the_end_of_the_stream_keeps_what_came_before() {
+    let mut broker = Broker::new(&config(Delivery::AtLeastOnce));
+    let epoll = epoll();
+    let producer = attach(&mut broker, &epoll, 7, "jobs", Direction::Out, 200);
+    for m in [b"a".as_slice(), b"", b"b", b"c"] {
+        send(&producer, m);
+    }
+    drop(producer);
+    broker.on_event(&epoll, 200, EpollFlags::EPOLLIN | EpollFlags::EPOLLHUP);
+    assert!(!broker.owns(200), "the end of the stream");
+    let s = &broker.status()[0];
+    assert_eq!((s.depth, s.refused), (3, 1), "{s:?}");
+}
+
+/// Settlements read in one batch apply in order: acks and a nack, with a
+/// bogus packet among them refused.
+#[test]
+fn a_batch_of_settlements_applies_each_in_order() {
+    let mut broker = Broker::new(&config(Delivery::AtLeastOnce));
+    let epoll = epoll();
+    let child = attach(&mut broker, &epoll, 42, "jobs", Direction::In, 101);
+    push(&mut broker, "jobs", &[b"1", b"2", b"3", b"4"]);
+    broker.deliver(&epoll, &q("jobs"));
+    for _ in 0..4 {
+        assert!(recv(&child).is_some());
+    }
+    for m in [b"ack".as_slice(), b"nack", b"bogus", b"ack", b"ack"] {
+        send(&child, m);
+    }
+    broker.on_event(&epoll, 101, EpollFlags::EPOLLIN);
+    let s = &broker.status()[0];
+    assert_eq!((s.acked, s.refused, s.redelivered), (3, 1, 1), "{s:?}");
+    assert_eq!(
+        recv(&child).as_deref(),
+        Some(b"2".as_slice()),
+        "the nacked one comes back"
+    );
+}
+
+/// A consumer that dies with a batch of messages handed to it and a
+/// batch of acks unread: the acks count, the rest goes back in order.
+#[test]
+fn a_consumer_dying_with_a_batch_in_flight_returns_the_rest_in_order() {
+    let mut broker = Broker::new(&config(Delivery::AtLeastOnce));
+    let epoll = epoll();
+    let child = attach(&mut broker, &epoll, 42, "jobs", Direction::In, 101);
+    push(&mut broker, "jobs", &[b"1", b"2", b"3", b"4"]);
+    broker.deliver(&epoll, &q("jobs"));
+    assert_eq!(recv(&child).as_deref(), Some(b"1".as_slice()));
+    assert_eq!(recv(&child).as_deref(), Some(b"2".as_slice()));
+    send(&child, b"ack");
+    send(&child, b"ack");
+    drop(child); // "3" and "4" unread in its socket
+    broker.child_exited(&epoll, Pid(42));
+    let s = &broker.status()[0];
+    assert_eq!((s.acked, s.depth, s.in_flight), (2, 2, 0), "{s:?}");
+    let next = attach(&mut broker, &epoll, 43, "jobs", Direction::In, 102);
+    assert_eq!(recv(&next).as_deref(), Some(b"3".as_slice()));
+    assert_eq!(recv(&next).as_deref(), Some(b"4".as_slice()));
+}
+
+// ------------------------------------------ batched writes (sendmmsg)
+
+/// A consumer's socket that fills in the middle of a batch: what it took
+/// stays in flight, the rest goes back to the head in order, and once the
+/// consumer has read, it gets the rest, still in order.
+#[test]
+fn a_socket_full_mid_batch_gives_the_rest_back_in_order() {
+    let mut jobs = spec("jobs");
+    jobs.capacity = 200;
+    jobs.prefetch = 200;
+    let mut broker = Broker::new(&config_of(vec![jobs], std::env::temp_dir()));
+    let epoll = epoll();
+    let child = attach(&mut broker, &epoll, 42, "jobs", Direction::In, 101);
+    // The smallest send buffer the kernel allows: a few packets fill it.
+    let ours = &broker.endpoints[&101].fd;
+    nix::sys::socket::setsockopt(ours, nix::sys::socket::sockopt::SndBuf, &1).unwrap();
+    let sent: Vec<Vec<u8>> = (0..200u8).map(|i| vec![b'm', i]).collect();
+    let all: Vec<&[u8]> = sent.iter().map(Vec::as_slice).collect();
+    push(&mut broker, "jobs", &all);
+    broker.deliver(&epoll, &q("jobs"));
+    let s = &broker.status()[0];
+    assert!(s.depth > 0, "the socket filled before 200: {s:?}");
+    assert_eq!(s.depth + s.in_flight, 200, "{s:?}");
+    assert!(broker.queues[&q("jobs")].is_blocked(101));
+    let mut got = Vec::new();
+    for _ in 0..1000 {
+        while let Some(m) = recv(&child) {
+            got.push(m);
+        }
+        if got.len() == sent.len() {
+            break;
+        }
+        pump(&mut broker, &epoll);
+    }
+    assert_eq!(got, sent, "every message once, in order");
+}
+
+/// Batched writes keep the hand-out round robin message by message.
+#[test]
+fn batched_writes_keep_round_robin_per_message() {
+    let mut broker = Broker::new(&config(Delivery::AtLeastOnce));
+    let epoll = epoll();
+    let a = attach(&mut broker, &epoll, 1, "jobs", Direction::In, 11);
+    let b = attach(&mut broker, &epoll, 2, "jobs", Direction::In, 12);
+    push(&mut broker, "jobs", &[b"1", b"2", b"3", b"4", b"5"]);
+    broker.deliver(&epoll, &q("jobs"));
+    let of = |c: &UnixStream| std::iter::from_fn(|| recv(c)).collect::<Vec<_>>();
+    assert_eq!(of(&a), [b"1", b"3", b"5"]);
+    assert_eq!(of(&b), [b"2", b"4"]);
+}
+
+// ------------------------------------ resuming producers at a low-water mark
+
+/// A producer paused on a full queue is read again only once the queue
+/// is `RESUME_GAP` (at most a quarter of `capacity`) below `capacity`,
+/// not at every freed slot; nothing is lost or reordered.
+#[test]
+fn a_paused_producer_is_resumed_at_the_low_water_mark() {
+    let mut jobs = spec("jobs");
+    jobs.capacity = 40; // low-water mark: 30
+    jobs.prefetch = 1;
+    let mut broker = Broker::new(&config_of(vec![jobs], std::env::temp_dir()));
+    let epoll = epoll();
+    let producer = attach(&mut broker, &epoll, 7, "jobs", Direction::Out, 200);
+    let sent: Vec<Vec<u8>> = (0..100u8).map(|i| vec![b'm', i]).collect();
+    for m in &sent {
+        send(&producer, m);
+    }
+    broker.on_event(&epoll, 200, EpollFlags::EPOLLIN);
+    assert_eq!(broker.status()[0].depth, 40);
+    assert!(broker.endpoints[&200].interest.is_empty(), "paused");
+    let consumer = attach(&mut broker, &epoll, 8, "jobs", Direction::In, 101);
+    let (mut got, mut resumed) = (Vec::new(), 0);
+    for _ in 0..10_000 {
+        let Some(m) = recv(&consumer) else {
+            pump(&mut broker, &epoll);
+            continue;
+        };
+        got.push(m);
+        send(&consumer, b"ack");
+        pump(&mut broker, &epoll);
+        let depth = broker.status()[0].depth;
+        let watched = !broker
+            .endpoints
+            .get(&200)
+            .is_none_or(|ep| ep.interest.is_empty());
+        if watched && depth < 40 && got.len() < 60 {
+            assert!(depth <= 30, "resumed at depth {depth}, above the mark");
+            resumed += 1;
+        }
+        if got.len() == sent.len() {
+            break;
+        }
+    }
+    assert!(resumed > 0, "resumed once below the mark");
+    assert_eq!(got, sent, "every message, in order");
+}

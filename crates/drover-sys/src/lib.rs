@@ -30,6 +30,7 @@ use std::ptr;
 use nix::fcntl::{FcntlArg, fcntl};
 
 pub mod forkexec;
+pub mod mmsg;
 mod vfork;
 pub mod wire;
 
