@@ -40,6 +40,15 @@ def confirmed():
           f"plain={os.environ.get('DROVER_CONFIRM_PLAIN')} reply={out.recv(64).decode()}", flush=True)
     signal.pause()
 
+def parent_then_code():
+    print(f"ppid={os.getppid()}", flush=True)
+    raise SystemExit(9)
+
+def parent_then_signal():
+    print(f"ppid={os.getppid()}", flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+    signal.pause()
+
 def upper():
     jobs = socket.socket(fileno=int(os.environ["DROVER_IN_JOBS"]))
     results = socket.socket(fileno=int(os.environ["DROVER_OUT_RESULTS"]))
@@ -144,6 +153,49 @@ fn return_exception_and_system_exit_become_exit_codes() {
             t.contains(&format!("fail_{m}[0] ValueError: kaboom"))
         });
         assert!(text.contains(&format!("fail_{m}[0] Traceback (most recent call last):")));
+    }
+}
+
+/// A fork template makes its workers drover's children by one clone, or by
+/// a double fork where that is not known to be sound (forced here with
+/// DROVER_PYTHON_DOUBLE_FORK): either way drover is the worker's parent and
+/// reports its exit code or signal.
+#[test]
+fn both_ways_of_forking_make_drover_the_parent_and_report_the_exit() {
+    let mut config = String::new();
+    for (path, env) in [
+        ("once", ""),
+        ("double", "env = { DROVER_PYTHON_DOUBLE_FORK = \"1\" }\n"),
+    ] {
+        for target in ["code", "signal"] {
+            config.push_str(&format!(
+                "[group.{target}_{path}]\npython = \"work:parent_then_{target}\"\nstart_method = \"fork\"\n\
+                 restart = \"never\"\n{env}\n"
+            ));
+        }
+    }
+    let d = start("pyforkpaths", &config);
+    for path in ["once", "double"] {
+        for (target, exit) in [
+            ("code", serde_json::json!({"code": 9})),
+            ("signal", serde_json::json!({"signal": "SIGTERM"})),
+        ] {
+            let group = format!("{target}_{path}");
+            d.wait_group_state(&group, "exited");
+            let status = d.status();
+            assert_eq!(
+                Drover::children(&status, &group)[0]["last_exit"],
+                exit,
+                "{group}"
+            );
+            let text = d
+                .stdout
+                .wait_for("the parent", |t| t.contains(&format!("{group}[0] ppid=")));
+            assert!(
+                text.contains(&format!("{group}[0] ppid={}\n", d.pid())),
+                "{group}: drover is the parent: {text}"
+            );
+        }
     }
 }
 
@@ -319,7 +371,7 @@ fn the_python_bootstrap_passes_its_own_tests() {
         .expect("python3 runs");
     let report = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{report}");
-    assert!(report.contains("Ran 15 tests"), "{report}");
+    assert!(report.contains("Ran 18 tests"), "{report}");
 }
 
 /// A template's import does not stall drover: status answers, other groups
