@@ -199,6 +199,61 @@ fn both_ways_of_forking_make_drover_the_parent_and_report_the_exit() {
     }
 }
 
+/// drover's children titled `drover-spare GROUP ...`: a template's next
+/// worker, forked before its request.
+fn spares(drover: i32, group: &str) -> Vec<i64> {
+    let out = std::process::Command::new("pgrep")
+        .args(["-P", &drover.to_string(), "-f"])
+        .arg(format!("^drover-spare {group} "))
+        .output()
+        .expect("pgrep runs");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// A fork template keeps its next worker forked ahead (a spare, drover's
+/// child but not a worker): a restart takes it, a new one follows, and it
+/// goes with its template while the workers live on.
+#[test]
+fn a_templates_spare_becomes_the_replacement_and_goes_with_its_template() {
+    let d = start(
+        "pyspare",
+        "[group.w]\npython = \"work:crash_later\"\nstart_method = \"fork\"\nstart_secs = \"100ms\"\n",
+    );
+    let first = d.wait_group_state("w", "running")[0];
+    wait_until("a spare", || !spares(d.pid(), "w").is_empty());
+    let spare = spares(d.pid(), "w");
+    assert_eq!(spare.len(), 1, "one spare: {spare:?}");
+    assert_eq!(Drover::children(&d.status(), "w").len(), 1, "not a worker");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let status = d.wait_status("the replacement", |s| {
+        let c = &Drover::children(s, "w")[0];
+        c["state"] == "running" && c["pid"] != first && c["restarts"] == 1
+    });
+    let worker = Drover::children(&status, "w")[0]["pid"].as_i64().unwrap();
+    assert_eq!(worker, spare[0], "the spare became the replacement");
+    wait_until("the next spare", || !spares(d.pid(), "w").is_empty());
+    let next = spares(d.pid(), "w");
+    assert_ne!(next, spare);
+    let template = templates_started(&d.stderr.text(), "w")[0];
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(template),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_until("the spare to exit with its template", || !alive(next[0]));
+    wait_until("a new template's spare", || {
+        !spares(d.pid(), "w").is_empty()
+    });
+    assert!(alive(worker), "the worker lives on");
+}
+
 #[test]
 fn a_crashed_forked_worker_is_replaced_from_the_living_template() {
     let d = start(
@@ -371,7 +426,7 @@ fn the_python_bootstrap_passes_its_own_tests() {
         .expect("python3 runs");
     let report = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{report}");
-    assert!(report.contains("Ran 18 tests"), "{report}");
+    assert!(report.contains("Ran 21 tests"), "{report}");
 }
 
 /// A template's import does not stall drover: status answers, other groups

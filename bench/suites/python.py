@@ -114,9 +114,18 @@ def next_stamp(d: Drover, stamps: StampFifo, what: str, timeout_s: float, skip=(
         raise BenchError(f"{e}; drover's stderr: {d.stderr_tail(15)}") from None
 
 
-def helper_pids(d: Drover, workers: set[int]) -> list[int]:
-    """drover's children that are not workers: the template / server."""
-    return [pid for pid in live_children(d.pid) if pid not in workers]
+def is_spare(pid: int) -> bool:
+    """Whether `pid` is a template's spare (the next worker, forked ahead)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"drover-spare")
+    except OSError:
+        return False
+
+
+def helper_pids(d: Drover, workers: set[int], spares: bool = False) -> list[int]:
+    """drover's children that are not workers: the template / server, and
+    with `spares` its spare (which a start takes, so its pid changes)."""
+    return [pid for pid in live_children(d.pid) if pid not in workers and (spares or not is_spare(pid))]
 
 
 def ctl_ok(d: Drover, *cmd) -> None:
@@ -169,7 +178,8 @@ def restart_phase(ctx, variant: str, module: str = "heavy", python: str | None =
         if helpers != helpers_before:
             res["notes"].append(f"drover's other children changed during the kills: {helpers_before} -> {helpers}"
                                 " (template replaced?)")
-        res["helper_pss_kb"] = sum(smaps_rollup(p).get("Pss", 0) for p in helpers) if helpers else None
+        with_spares = helper_pids(d, {cur}, spares=True)
+        res["helper_pss_kb"] = sum(smaps_rollup(p).get("Pss", 0) for p in with_spares) if with_spares else None
 
         # Starts, without a kill: `drover stop w`, wait until the worker is
         # gone, then t0 -> `drover start w` -> the new worker's stamp. The
@@ -231,7 +241,7 @@ def memory_phase(ctx, variant: str) -> dict:
         mem = {pid: smaps_rollup(pid) for pid in pids}
         res["workers_pss_kb"] = sum(m["Pss"] for m in mem.values())
         res["workers_rss_kb"] = sum(m["Rss"] for m in mem.values())
-        helpers = helper_pids(d, pids)
+        helpers = helper_pids(d, pids, spares=True)
         res["helpers"] = len(helpers)
         res["helper_pss_kb"] = sum(smaps_rollup(p)["Pss"] for p in helpers)
         res["drover_pss_kb"] = smaps_rollup(d.pid)["Pss"]
@@ -457,7 +467,7 @@ def report(r: dict, header: dict) -> list[str]:
         f"### Memory: {W} workers per method (PSS from /proc/PID/smaps_rollup)",
         "",
         f"*one spawned worker* (alone, from the restart phase): {mb(one)} PSS; {W} × that = {mb(eight)}. "
-        "*template/server*: drover's children that are not workers. Times are from `drover run` launched. "
+        "*template/server*: drover's children that are not workers (with the template's spare). Times are from `drover run` launched. "
         "*status*: one `drover status` asked as soon as the control socket exists, and when its answer came: "
         "an answer only after the workers run means drover's loop was blocked while the group started.",
         "",

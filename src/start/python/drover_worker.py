@@ -36,7 +36,11 @@ For each request it forks a worker whose parent is drover, which reaps it
 like any child: with one clone(CLONE_PARENT) where that is known to be
 sound (SiblingFork), else with a double fork (drover, a child subreaper,
 adopts the worker). The worker runs only once the reply with its pid is
-sent. The template exits 0 when drover closes the socket.
+sent. With SiblingFork the template keeps the next worker forked ahead (a
+*spare*, drover's child titled drover-spare, see fork_spare): a request
+hands it its fds and variables, and the fork happens after the reply,
+outside starts and restarts. The template exits 0 when drover closes the
+socket; its spare then exits 0 too.
 
 A forked worker keeps every fd its template opened while importing (a log
 file, a socket), at its number: stdin, stdout and stderr go to 0, 1 and 2;
@@ -54,6 +58,7 @@ name), rather than showing this file's source (see set_title):
     drover-worker GROUP[INDEX] MODULE:FUNCTION               name GROUP[INDEX]
     drover-template GROUP MODULE:FUNCTION                    name GROUP[tpl]
     drover-forkserver-template GROUP MODULE:FUNCTION         name GROUP[srv]
+    drover-spare GROUP MODULE:FUNCTION                       name GROUP[spare]
 
 GROUP and INDEX come from DROVER_GROUP and DROVER_INDEX (the request's, for
 a forked worker).
@@ -344,6 +349,90 @@ def start_worker(sock, fds, env, queues, module, function):
     return double_fork(sock, go_r, go_w, fds, env, queues, module, function)
 
 
+class Spare:
+    """A worker forked ahead of its request (by SiblingFork, so drover's
+    child), waiting in recvmsg on `link` for the request and its fds, then
+    for "go" on the pipe whose write end is `go`."""
+
+    def __init__(self, pid, link, go):
+        self.pid, self.link, self.go = pid, link, go
+
+
+# The template's spare, if it has one.
+SPARE = None
+
+
+def fork_spare(sock, module, function):
+    """Forks the next worker before its request, so that the fork (a copy of
+    the template's page tables) is not part of a start or a restart: the
+    request then only hands the spare its fds and variables (take_spare).
+
+    Only with SiblingFork (a spare must already be drover's child) and only
+    when its checks pass; else there is no spare and each request forks.
+    A spare runs nothing of the user's before its request and "go", like
+    any worker; when the template dies or closes its end, it exits 0."""
+    global SPARE
+    if SIBLING is None:
+        return
+    flush_std()
+    go_r, go_w = os.pipe()
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        pid = SIBLING.fork()
+    except BaseException:
+        pid = None
+    if pid == 0:
+        spare([go_w, ours.detach(), sock.detach()], theirs, go_r, module, function)
+    theirs.close()
+    os.close(go_r)
+    if pid is None:
+        ours.close()
+        os.close(go_w)
+        return
+    SPARE = Spare(pid, ours, go_w)
+
+
+def spare(ours, link, go, module, function):
+    """The spare, from its first instruction to its exit: it waits for a
+    request (exits 0 at EOF: its template is gone), then is its worker."""
+    code = 1
+    try:
+        for fd in ours:
+            os.close(fd)
+        group = os.environ.get("DROVER_GROUP", "?")
+        set_title("drover-spare %s %s:%s" % (group, module, function), group[: COMM_MAX - 7] + "[spare]")
+        packet, fds = receive(link)
+        link.close()
+        if packet is None:
+            code = 0
+        else:
+            env, queues = parse_request(packet, len(fds))
+            worker([], go, fds, env, queues, module, function)
+    except BaseException:
+        traceback.print_exc()
+        flush_std()
+    finally:
+        os._exit(code)
+
+
+def take_spare(packet, fds):
+    """Hands request `packet` and its `fds` to the spare: (its pid, its go
+    fd), as start_worker returns them; None without a spare, or when it
+    could not take them (it died): the caller forks then."""
+    global SPARE
+    taken, SPARE = SPARE, None
+    if taken is None:
+        return None
+    try:
+        taken.link.sendmsg([packet], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+    except OSError:
+        os.close(taken.go)
+        return None
+    finally:
+        taken.link.close()
+    return taken.pid, taken.go
+
+
 def double_fork(sock, go_r, go_w, fds, env, queues, module, function):
     """start_worker's fallback: a middle process forks the worker and exits,
     so that drover (a child subreaper) adopts it; two copies of the
@@ -579,6 +668,8 @@ def serve(sock, module, function):
             # drover has the pid now: the worker may run.
             os.write(go, b"g")
             os.close(go)
+        if SPARE is None:
+            fork_spare(sock, module, function)
 
 
 def reply_to(sock, packet, fds, module, function):
@@ -592,7 +683,7 @@ def reply_to(sock, packet, fds, module, function):
     except ValueError as e:
         return refusal(seq, errno.EINVAL, "malformed request: %s" % e), None
     try:
-        pid, go = start_worker(sock, fds, env, queues, module, function)
+        pid, go = take_spare(packet, fds) or start_worker(sock, fds, env, queues, module, function)
     except Exception as e:
         return refusal(seq, error_number(e), str(e)), None
     return REPLY.pack(seq, 0, pid), go
@@ -665,6 +756,7 @@ def main(argv):
     global SIBLING
     SIBLING = sibling_fork()
     sock.send(REPLY.pack(0, 0, 0))
+    fork_spare(sock, module, function)
     return serve(sock, module, function)
 
 

@@ -21,6 +21,13 @@
 //! its socket), was not taken: drover could then neither wait for the
 //! worker nor hold a pidfd on it, so its signals, stops, PID-reuse safety
 //! and exit accounting would rest on a relay that dies with the template.
+//! With the single clone, the template also forks each worker ahead of its
+//! request (a *spare*: drover's child, not a worker, titled `drover-spare`,
+//! running nothing of the user's until a request and the template's "go"),
+//! so that a start or a restart only hands it its fds and variables: the
+//! fork, a copy of the template's page tables, happens after the reply.
+//! drover reaps a spare that exits (when its template is gone) like any
+//! orphaned descendant.
 //!
 //! A forked worker keeps the fds its template opened while importing, so
 //! its queue sockets cannot be put at 3, 4, … as a spawned child's are:

@@ -338,6 +338,85 @@ class BootstrapTest(unittest.TestCase):
                 self.assertTrue(report["after_fork"])
                 self.workers.append(pid)
 
+    def spares(self):
+        """This process's children that are spares (their title)."""
+        found = []
+        for name in os.listdir("/proc"):
+            try:
+                with open("/proc/%s/stat" % name, "rb") as f:
+                    ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+                with open("/proc/%s/cmdline" % name, "rb") as f:
+                    title = f.read()
+            except (OSError, ValueError):
+                continue
+            if ppid == os.getpid() and title.startswith(b"drover-spare"):
+                found.append(int(name))
+        return found
+
+    def wait_spare(self, other_than=()):
+        """The pid of this process's one spare child, not one of `other_than`."""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            found = [pid for pid in self.spares() if pid not in other_than]
+            if found:
+                self.assertEqual(len(found), 1, found)
+                return found[0]
+            time.sleep(0.01)
+        self.fail("no spare within 60 s")
+
+    def start_ok(self, template, index):
+        """Starts an `ok` worker; its reply and what it printed."""
+        r, w = os.pipe()
+        null = os.open(os.devnull, os.O_RDONLY)
+        reply = template.start([null, w, w], {"DROVER_INDEX": str(index)})
+        os.close(w)
+        os.close(null)
+        return reply, read_all(r)
+
+    def test_a_spare_forked_ahead_becomes_the_next_worker(self):
+        """With SiblingFork the template forks the next worker before its
+        request (a spare, the template's sibling, titled drover-spare); the
+        request hands it its fds and variables, and a new spare follows."""
+        if not os.confstr("CS_GNU_LIBC_VERSION") or os.uname().machine not in ("x86_64", "aarch64"):
+            self.skipTest("spares need SiblingFork")
+        template = self.template("fork", "mod", "ok")
+        self.assertEqual(template.reply(), HELLO)
+        for index in range(3):
+            spare = self.wait_spare()
+            reply, printed = self.start_ok(template, index)
+            self.assertEqual((reply.errno, reply.pid, printed), (0, spare, "ok %d\n" % index))
+            self.assertEqual(os.waitpid(spare, 0), (spare, 0), "our child, exit 0")
+        self.assertEqual(template.close(), 0)
+
+    def test_a_spare_exits_when_its_template_is_gone(self):
+        if not os.confstr("CS_GNU_LIBC_VERSION") or os.uname().machine not in ("x86_64", "aarch64"):
+            self.skipTest("spares need SiblingFork")
+        for how in ("close", "kill"):
+            with self.subTest(how=how):
+                template = self.template("fork", "mod", "ok")
+                self.assertEqual(template.reply(), HELLO)
+                spare = self.wait_spare()
+                if how == "close":
+                    self.assertEqual(template.close(), 0)
+                else:
+                    template.kill()
+                self.assertEqual(os.waitpid(spare, 0), (spare, 0), "it ran nothing and exited 0")
+
+    def test_a_dead_spare_is_replaced_by_a_fork_at_the_request(self):
+        if not os.confstr("CS_GNU_LIBC_VERSION") or os.uname().machine not in ("x86_64", "aarch64"):
+            self.skipTest("spares need SiblingFork")
+        template = self.template("fork", "mod", "ok")
+        self.assertEqual(template.reply(), HELLO)
+        spare = self.wait_spare()
+        os.kill(spare, signal.SIGKILL)
+        os.waitpid(spare, 0)
+        reply, printed = self.start_ok(template, 4)
+        self.assertEqual((reply.errno, printed), (0, "ok 4\n"))
+        self.assertNotEqual(reply.pid, spare)
+        self.assertEqual(os.waitpid(reply.pid, 0), (reply.pid, 0))
+        self.wait_spare(other_than=(spare,))
+        self.assertEqual(template.close(), 0)
+
     def test_sibling_fork_is_used_only_where_it_is_known_to_be_sound(self):
         """The checks of SiblingFork.sound: one thread, no loaded object that
         could register pthread_atfork handlers."""
@@ -365,6 +444,10 @@ class BootstrapTest(unittest.TestCase):
         finally:
             stop.set()
             thread.join()
+        # The thread's task leaves /proc/self/task a moment after join().
+        deadline = time.monotonic() + 60
+        while len(os.listdir("/proc/self/task")) > 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
         self.assertTrue(sibling.sound())
 
     def test_a_forked_worker_keeps_what_its_template_opened(self):
