@@ -415,7 +415,7 @@ def report(r: dict, header: dict) -> list[str]:
     names = {
         "fork heavy": "bare os.fork() of the process that imported heavy → child running",
         "refork heavy": "restart floor: kill + waitpid + os.fork() (heavy parent) → child running",
-        "dfork heavy": "double fork as drover's template does (heavy parent) → grandchild running",
+        "dfork heavy": "double fork as drover's template's fallback (heavy parent) → grandchild running",
         "fork light": "bare os.fork() of an empty interpreter → child running",
     }
     rows = [[name, str(A[k]["to_child"]["n"]), *(ms(A[k]["to_child"][q]) for q in ("median", "p90", "min", "max"))]
