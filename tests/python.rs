@@ -40,6 +40,15 @@ def confirmed():
           f"plain={os.environ.get('DROVER_CONFIRM_PLAIN')} reply={out.recv(64).decode()}", flush=True)
     signal.pause()
 
+def parent_then_code():
+    print(f"ppid={os.getppid()}", flush=True)
+    raise SystemExit(9)
+
+def parent_then_signal():
+    print(f"ppid={os.getppid()}", flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+    signal.pause()
+
 def upper():
     jobs = socket.socket(fileno=int(os.environ["DROVER_IN_JOBS"]))
     results = socket.socket(fileno=int(os.environ["DROVER_OUT_RESULTS"]))
@@ -145,6 +154,104 @@ fn return_exception_and_system_exit_become_exit_codes() {
         });
         assert!(text.contains(&format!("fail_{m}[0] Traceback (most recent call last):")));
     }
+}
+
+/// A fork template makes its workers drover's children by one clone, or by
+/// a double fork where that is not known to be sound (forced here with
+/// DROVER_PYTHON_DOUBLE_FORK): either way drover is the worker's parent and
+/// reports its exit code or signal.
+#[test]
+fn both_ways_of_forking_make_drover_the_parent_and_report_the_exit() {
+    let mut config = String::new();
+    for (path, env) in [
+        ("once", ""),
+        ("double", "env = { DROVER_PYTHON_DOUBLE_FORK = \"1\" }\n"),
+    ] {
+        for target in ["code", "signal"] {
+            config.push_str(&format!(
+                "[group.{target}_{path}]\npython = \"work:parent_then_{target}\"\nstart_method = \"fork\"\n\
+                 restart = \"never\"\n{env}\n"
+            ));
+        }
+    }
+    let d = start("pyforkpaths", &config);
+    for path in ["once", "double"] {
+        for (target, exit) in [
+            ("code", serde_json::json!({"code": 9})),
+            ("signal", serde_json::json!({"signal": "SIGTERM"})),
+        ] {
+            let group = format!("{target}_{path}");
+            d.wait_group_state(&group, "exited");
+            let status = d.status();
+            assert_eq!(
+                Drover::children(&status, &group)[0]["last_exit"],
+                exit,
+                "{group}"
+            );
+            let text = d
+                .stdout
+                .wait_for("the parent", |t| t.contains(&format!("{group}[0] ppid=")));
+            assert!(
+                text.contains(&format!("{group}[0] ppid={}\n", d.pid())),
+                "{group}: drover is the parent: {text}"
+            );
+        }
+    }
+}
+
+/// drover's children titled `drover-spare GROUP ...`: a template's next
+/// worker, forked before its request.
+fn spares(drover: i32, group: &str) -> Vec<i64> {
+    let out = std::process::Command::new("pgrep")
+        .args(["-P", &drover.to_string(), "-f"])
+        .arg(format!("^drover-spare {group} "))
+        .output()
+        .expect("pgrep runs");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// A fork template keeps its next worker forked ahead (a spare, drover's
+/// child but not a worker): a restart takes it, a new one follows, and it
+/// goes with its template while the workers live on.
+#[test]
+fn a_templates_spare_becomes_the_replacement_and_goes_with_its_template() {
+    let d = start(
+        "pyspare",
+        "[group.w]\npython = \"work:crash_later\"\nstart_method = \"fork\"\nstart_secs = \"100ms\"\n",
+    );
+    let first = d.wait_group_state("w", "running")[0];
+    wait_until("a spare", || !spares(d.pid(), "w").is_empty());
+    let spare = spares(d.pid(), "w");
+    assert_eq!(spare.len(), 1, "one spare: {spare:?}");
+    assert_eq!(Drover::children(&d.status(), "w").len(), 1, "not a worker");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let status = d.wait_status("the replacement", |s| {
+        let c = &Drover::children(s, "w")[0];
+        c["state"] == "running" && c["pid"] != first && c["restarts"] == 1
+    });
+    let worker = Drover::children(&status, "w")[0]["pid"].as_i64().unwrap();
+    assert_eq!(worker, spare[0], "the spare became the replacement");
+    wait_until("the next spare", || !spares(d.pid(), "w").is_empty());
+    let next = spares(d.pid(), "w");
+    assert_ne!(next, spare);
+    let template = templates_started(&d.stderr.text(), "w")[0];
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(template),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_until("the spare to exit with its template", || !alive(next[0]));
+    wait_until("a new template's spare", || {
+        !spares(d.pid(), "w").is_empty()
+    });
+    assert!(alive(worker), "the worker lives on");
 }
 
 #[test]
@@ -319,7 +426,7 @@ fn the_python_bootstrap_passes_its_own_tests() {
         .expect("python3 runs");
     let report = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{report}");
-    assert!(report.contains("Ran 15 tests"), "{report}");
+    assert!(report.contains("Ran 21 tests"), "{report}");
 }
 
 /// A template's import does not stall drover: status answers, other groups

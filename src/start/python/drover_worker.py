@@ -32,10 +32,15 @@ hello    a reply with seq 0, once the imports are done: errno 0, or when
          they failed (after the traceback on stderr) a refusal naming the
          exception, and exit 1.
 
-For each request it double-forks, so the worker's parent becomes drover (a
-child subreaper), which reaps it like any child; the worker runs only once
-the reply with its pid is sent. The template exits 0 when drover closes
-the socket.
+For each request it forks a worker whose parent is drover, which reaps it
+like any child: with one clone(CLONE_PARENT) where that is known to be
+sound (SiblingFork), else with a double fork (drover, a child subreaper,
+adopts the worker). The worker runs only once the reply with its pid is
+sent. With SiblingFork the template keeps the next worker forked ahead (a
+*spare*, drover's child titled drover-spare, see fork_spare): a request
+hands it its fds and variables, and the fork happens after the reply,
+outside starts and restarts. The template exits 0 when drover closes the
+socket; its spare then exits 0 too.
 
 A forked worker keeps every fd its template opened while importing (a log
 file, a socket), at its number: stdin, stdout and stderr go to 0, 1 and 2;
@@ -53,6 +58,7 @@ name), rather than showing this file's source (see set_title):
     drover-worker GROUP[INDEX] MODULE:FUNCTION               name GROUP[INDEX]
     drover-template GROUP MODULE:FUNCTION                    name GROUP[tpl]
     drover-forkserver-template GROUP MODULE:FUNCTION         name GROUP[srv]
+    drover-spare GROUP MODULE:FUNCTION                       name GROUP[spare]
 
 GROUP and INDEX come from DROVER_GROUP and DROVER_INDEX (the request's, for
 a forked worker).
@@ -321,11 +327,116 @@ def worker(ours, go, fds, env, queues, module, function):
 
 
 def start_worker(sock, fds, env, queues, module, function):
-    """Double-forks a worker; returns its pid and the fd on which to tell
-    it to go (write b"g", after drover has the pid; closing it unwritten
-    makes the worker exit at once)."""
+    """Forks a worker whose parent is drover; returns its pid and the fd on
+    which to tell it to go (write b"g", after drover has the pid; closing it
+    unwritten makes the worker exit at once).
+
+    One fork (SiblingFork) where that is known to be sound, else a double
+    fork."""
     flush_std()  # or every worker writes what the imports left in the buffers
     go_r, go_w = os.pipe()
+    try:
+        pid = SIBLING.fork() if SIBLING is not None else None
+    except BaseException:
+        os.close(go_r)
+        os.close(go_w)
+        raise
+    if pid == 0:
+        worker([go_w, sock.detach()], go_r, fds, env, queues, module, function)
+    if pid is not None:
+        os.close(go_r)
+        return pid, go_w
+    return double_fork(sock, go_r, go_w, fds, env, queues, module, function)
+
+
+class Spare:
+    """A worker forked ahead of its request (by SiblingFork, so drover's
+    child), waiting in recvmsg on `link` for the request and its fds, then
+    for "go" on the pipe whose write end is `go`."""
+
+    def __init__(self, pid, link, go):
+        self.pid, self.link, self.go = pid, link, go
+
+
+# The template's spare, if it has one.
+SPARE = None
+
+
+def fork_spare(sock, module, function):
+    """Forks the next worker before its request, so that the fork (a copy of
+    the template's page tables) is not part of a start or a restart: the
+    request then only hands the spare its fds and variables (take_spare).
+
+    Only with SiblingFork (a spare must already be drover's child) and only
+    when its checks pass; else there is no spare and each request forks.
+    A spare runs nothing of the user's before its request and "go", like
+    any worker; when the template dies or closes its end, it exits 0."""
+    global SPARE
+    if SIBLING is None:
+        return
+    flush_std()
+    go_r, go_w = os.pipe()
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        pid = SIBLING.fork()
+    except BaseException:
+        pid = None
+    if pid == 0:
+        spare([go_w, ours.detach(), sock.detach()], theirs, go_r, module, function)
+    theirs.close()
+    os.close(go_r)
+    if pid is None:
+        ours.close()
+        os.close(go_w)
+        return
+    SPARE = Spare(pid, ours, go_w)
+
+
+def spare(ours, link, go, module, function):
+    """The spare, from its first instruction to its exit: it waits for a
+    request (exits 0 at EOF: its template is gone), then is its worker."""
+    code = 1
+    try:
+        for fd in ours:
+            os.close(fd)
+        group = os.environ.get("DROVER_GROUP", "?")
+        set_title("drover-spare %s %s:%s" % (group, module, function), group[: COMM_MAX - 7] + "[spare]")
+        packet, fds = receive(link)
+        link.close()
+        if packet is None:
+            code = 0
+        else:
+            env, queues = parse_request(packet, len(fds))
+            worker([], go, fds, env, queues, module, function)
+    except BaseException:
+        traceback.print_exc()
+        flush_std()
+    finally:
+        os._exit(code)
+
+
+def take_spare(packet, fds):
+    """Hands request `packet` and its `fds` to the spare: (its pid, its go
+    fd), as start_worker returns them; None without a spare, or when it
+    could not take them (it died): the caller forks then."""
+    global SPARE
+    taken, SPARE = SPARE, None
+    if taken is None:
+        return None
+    try:
+        taken.link.sendmsg([packet], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+    except OSError:
+        os.close(taken.go)
+        return None
+    finally:
+        taken.link.close()
+    return taken.pid, taken.go
+
+
+def double_fork(sock, go_r, go_w, fds, env, queues, module, function):
+    """start_worker's fallback: a middle process forks the worker and exits,
+    so that drover (a child subreaper) adopts it; two copies of the
+    template's page tables and a third process, but only os.fork()."""
     r, w = os.pipe()
     middle = os.fork()
     if middle == 0:
@@ -353,6 +464,195 @@ def start_worker(sock, fds, env, queues, module, function):
     return int(answer), go_w
 
 
+# The variable that makes a template use the double fork (for tests).
+DOUBLE_FORK_VARIABLE = "DROVER_PYTHON_DOUBLE_FORK"
+# clone(2) flags and the syscall numbers SiblingFork needs, per machine:
+# clone, set_robust_list, get_robust_list, gettid, and where clone takes
+# its child_tid argument (x86_64: 4th; arm64, CLONE_BACKWARDS: 5th).
+CLONE_PARENT = 0x00008000
+CLONE_CHILD_SETTID = 0x01000000
+SYSCALLS = {"x86_64": (56, 273, 274, 186, 4), "aarch64": (220, 99, 100, 178, 5)}
+
+
+class SiblingFork:
+    """The template's fork, done as one clone(CLONE_PARENT | SIGCHLD): the
+    worker is created as drover's child (the template's sibling) with one
+    copy of the template's page tables, where a double fork makes two and a
+    third process. The Rust fork server creates its children the same way.
+
+    It is os.fork() with the fork(2) of glibc replaced by the raw syscall,
+    bracketed as os.fork() brackets it: PyOS_BeforeFork, then
+    PyOS_AfterFork_Child or PyOS_AfterFork_Parent (os.register_at_fork
+    handlers, the import lock, threading's state), all called with the GIL
+    held (ctypes.PyDLL, ctypes.pythonapi). What glibc's fork does besides
+    the syscall, and how it is covered here:
+
+    - the thread descriptor's cached TID (used by pthread_setaffinity_np,
+      pthread_getcpuclockid, PI mutexes on pthread_self()): the clone passes
+      CLONE_CHILD_SETTID with its address, as glibc does, found through
+      glibc's _thread_db_pthread_tid (the offset libthread_db uses) and
+      checked to hold gettid() before each use;
+    - the robust futex list, which the kernel drops in a child: its head
+      (get_robust_list) is registered again in the worker; a template
+      holding a robust mutex (a non-empty list) takes the fallback;
+    - pthread_atfork handlers, which glibc runs and a raw clone does not,
+      and which cannot be listed: only when no object loaded in the
+      template other than libc names __register_atfork or pthread_atfork
+      (the loader's list of objects, read per request; the files again
+      when it changed), so that none can have been registered but through
+      a symbol looked up at run time (dlsym, ctypes);
+    - locks other threads hold (malloc arenas, stdio, the loader's), the
+      helper threads of timers and mq_notify: only when the template has a
+      single thread (/proc/self/task, per request);
+    - glibc's pid cache (gone since 2.25), the vDSO getrandom state
+      (wiped by the kernel on fork), rseq (kept by the kernel): nothing to
+      do.
+
+    Not glibc, another machine, ctypes missing, any check failing or the
+    clone refused with EINVAL: the double fork (start_worker), which uses
+    only os.fork(). DROVER_PYTHON_DOUBLE_FORK=1 in the template's
+    environment forces it."""
+
+    def __init__(self):
+        import ctypes
+
+        self.ctypes = ctypes
+        self.clone_nr, self.set_robust_nr, self.get_robust_nr, self.gettid_nr, self.ctid_at = SYSCALLS[os.uname().machine]
+        libc = ctypes.PyDLL(None, use_errno=True)
+        self.syscall = libc.syscall
+        self.syscall.restype = ctypes.c_long
+        pthread_self = libc.pthread_self
+        pthread_self.restype = ctypes.c_void_p
+        pthread_self.argtypes = []
+        bits, count, offset = (ctypes.c_uint32 * 3).in_dll(libc, "_thread_db_pthread_tid")
+        size = ctypes.c_uint32.in_dll(libc, "_thread_db_sizeof_pthread").value
+        if bits != 32 or count != 1 or offset + 4 > size:
+            raise OSError("glibc's thread descriptor is not as expected")
+        self.descriptor = pthread_self()
+        self.tid = self.descriptor + offset
+        head, length = ctypes.c_void_p(), ctypes.c_size_t()
+        if self.call(self.get_robust_nr, 0, ctypes.byref(head), ctypes.byref(length)) != 0 or not head.value:
+            raise OSError("no robust list")
+        self.robust_head, self.robust_length = head.value, length.value
+        api = ctypes.pythonapi
+        self.before, self.after_child, self.after_parent = (
+            api.PyOS_BeforeFork,
+            api.PyOS_AfterFork_Child,
+            api.PyOS_AfterFork_Parent,
+        )
+        for f in (self.before, self.after_child, self.after_parent):
+            f.restype, f.argtypes = None, []
+        # struct link_map's public head (link.h) and glibc's _r_debug.
+        c_void_p = ctypes.c_void_p
+        fields = [("l_addr", c_void_p), ("l_name", ctypes.c_char_p), ("l_ld", c_void_p), ("l_next", c_void_p)]
+        self.LinkMap = type("LinkMap", (ctypes.Structure,), {"_fields_": fields})
+        self.r_debug = ctypes.addressof(ctypes.c_int.in_dll(libc, "_r_debug"))
+        self.executable = os.fsencode(os.readlink("/proc/self/exe"))
+        self.objects, self.atfork_free, self.checked = None, False, {}
+
+    def call(self, number, *args):
+        c_long = self.ctypes.c_long
+        return self.syscall(c_long(number), *(a if not isinstance(a, int) else c_long(a) for a in args))
+
+    def sound(self):
+        """Whether the clone is known to be sound now (see the class)."""
+        if len(os.listdir("/proc/self/task")) != 1:
+            return False
+        if self.ctypes.c_int.from_address(self.tid).value != self.call(self.gettid_nr):
+            return False
+        if self.ctypes.c_void_p.from_address(self.robust_head).value != self.robust_head:
+            return False
+        objects = self.loaded()
+        if objects != self.objects:
+            self.objects = objects
+            self.atfork_free = all(self.checked_file(path) for path in objects if path.startswith(b"/"))
+        return self.atfork_free
+
+    def loaded(self):
+        """The paths of the objects the dynamic loader has loaded (its
+        r_debug list, as debuggers read it): the executable, then the
+        libraries in load order; the vDSO's name is not a path."""
+        paths = [self.executable]
+        at = self.ctypes.c_void_p.from_address(self.r_debug + self.ctypes.sizeof(self.ctypes.c_void_p)).value
+        while at:
+            entry = self.LinkMap.from_address(at)
+            if entry.l_name:
+                paths.append(entry.l_name)
+            at = entry.l_next
+        return paths
+
+    def checked_file(self, path):
+        """no_atfork(path), each file read once."""
+        ok = self.checked.get(path)
+        if ok is None:
+            ok = self.checked[path] = self.no_atfork(path)
+        return ok
+
+    @staticmethod
+    def no_atfork(path):
+        """Whether the mapped file `path` cannot register pthread_atfork
+        handlers: it is libc, a file that is not a shared object, or one
+        whose bytes do not name __register_atfork (which pthread_atfork
+        calls). Unreadable: it might."""
+        import mmap
+
+        name = os.path.basename(path)
+        if name.startswith(b"libc.so") or name.startswith(b"libc-"):
+            return True
+        try:
+            with open(path, "rb") as f:
+                if f.read(4) != b"\x7fELF":
+                    return True
+                with mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as data:
+                    return data.find(b"__register_atfork") < 0 and data.find(b"pthread_atfork") < 0
+        except (OSError, ValueError):
+            return False
+
+    def fork(self):
+        """0 in the worker, its pid in the template; None when the fallback
+        must fork it (see the class). OSError when the clone fails."""
+        if not self.sound():
+            return None
+        c_long = self.ctypes.c_long
+        args = [c_long(self.clone_nr), c_long(CLONE_PARENT | CLONE_CHILD_SETTID | signal.SIGCHLD)]
+        args += [c_long(0)] * 4
+        args[self.ctid_at] = c_long(self.tid)  # args[0] is the syscall's number
+        syscall = self.syscall
+        self.before()
+        pid = syscall(*args)
+        if pid == 0:
+            self.after_child()
+            self.call(self.set_robust_nr, self.robust_head, self.robust_length)
+            return 0
+        number = self.ctypes.get_errno()
+        self.after_parent()
+        if pid > 0:
+            return pid
+        if number in (errno.EINVAL, errno.EPERM):  # CLONE_PARENT refused (an init, a filter)
+            return None
+        raise OSError(number, os.strerror(number))
+
+
+def sibling_fork():
+    """A SiblingFork where it may be used, else None (see the class)."""
+    if os.environ.get(DOUBLE_FORK_VARIABLE):
+        return None
+    try:
+        if not os.confstr("CS_GNU_LIBC_VERSION"):
+            return None
+    except (ValueError, OSError):
+        return None
+    try:
+        sibling = SiblingFork()
+        sibling.sound()  # reads the loaded objects now, not at the first request
+        return sibling
+    except Exception:
+        return None
+
+
+SIBLING = None
+
+
 def serve(sock, module, function):
     while True:
         packet, fds = receive(sock)
@@ -368,6 +668,8 @@ def serve(sock, module, function):
             # drover has the pid now: the worker may run.
             os.write(go, b"g")
             os.close(go)
+        if SPARE is None:
+            fork_spare(sock, module, function)
 
 
 def reply_to(sock, packet, fds, module, function):
@@ -381,7 +683,7 @@ def reply_to(sock, packet, fds, module, function):
     except ValueError as e:
         return refusal(seq, errno.EINVAL, "malformed request: %s" % e), None
     try:
-        pid, go = start_worker(sock, fds, env, queues, module, function)
+        pid, go = take_spare(packet, fds) or start_worker(sock, fds, env, queues, module, function)
     except Exception as e:
         return refusal(seq, error_number(e), str(e)), None
     return REPLY.pack(seq, 0, pid), go
@@ -451,7 +753,10 @@ def main(argv):
             pass  # drover is gone
         return 1
     flush_std()
+    global SIBLING
+    SIBLING = sibling_fork()
     sock.send(REPLY.pack(0, 0, 0))
+    fork_spare(sock, module, function)
     return serve(sock, module, function)
 
 

@@ -7,8 +7,27 @@
 //! module (fork) or only `preload` (forkserver) — and asks it for each child
 //! in the helpers' protocol ([`crate::sys::wire`], driven without blocking
 //! by the start helper driver), passing the child's fds by SCM_RIGHTS.
-//! The template double-forks, so drover (a child subreaper) becomes the
-//! worker's parent and reaps it like any other child.
+//! The template makes each worker drover's child, which drover signals,
+//! stops, reaps and accounts for like any other child: where it is known to
+//! be sound, with one `clone(CLONE_PARENT | SIGCHLD)` from Python (ctypes,
+//! bracketed as `os.fork()` brackets `fork()`, with what glibc's `fork()`
+//! does besides the syscall redone or checked unneeded: see `SiblingFork`
+//! in `drover_worker.py`), as the Rust fork server creates its children;
+//! anywhere else with a double fork, the middle process exiting so that
+//! drover (a child subreaper) adopts the worker. The single clone copies a
+//! heavy interpreter's page tables once instead of twice and has no middle
+//! process to wait for. The other way to fork once, Python's forkserver's
+//! (the template is the worker's parent and reports its exit status over
+//! its socket), was not taken: drover could then neither wait for the
+//! worker nor hold a pidfd on it, so its signals, stops, PID-reuse safety
+//! and exit accounting would rest on a relay that dies with the template.
+//! With the single clone, the template also forks each worker ahead of its
+//! request (a *spare*: drover's child, not a worker, titled `drover-spare`,
+//! running nothing of the user's until a request and the template's "go"),
+//! so that a start or a restart only hands it its fds and variables: the
+//! fork, a copy of the template's page tables, happens after the reply.
+//! drover reaps a spare that exits (when its template is gone) like any
+//! orphaned descendant.
 //!
 //! A forked worker keeps the fds its template opened while importing, so
 //! its queue sockets cannot be put at 3, 4, … as a spawned child's are:
@@ -184,9 +203,9 @@ pub fn launch(
     Ok((pid, ours))
 }
 
-/// Whether `pid` is drover's child: the worker, which drover (a child
-/// subreaper) adopted when the template's middle process exited, before
-/// the template answered. Anything else (0, -1, a stranger) would have
+/// Whether `pid` is drover's child: the worker, created as drover's child
+/// (`CLONE_PARENT`) or adopted by drover (a child subreaper) when the
+/// template's middle process exited, before the template answered. Anything else (0, -1, a stranger) would have
 /// drover signal and wait for a process that is not its worker; the error
 /// says what the template did.
 pub fn drovers_child(pid: i32) -> Result<(), String> {

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 import unittest
 
@@ -83,6 +84,35 @@ CHATTY = textwrap.dedent(
     import sys
     print("imported!", end="")
     def hello(): print("hello", flush=True)
+    """
+)
+
+
+# What glibc's fork() leaves right in a child, checked in a worker: its
+# parent, the TID glibc caches in its thread descriptor, its robust futex
+# list, Python's fork handlers (os.register_at_fork), its exit code.
+FORKCHECK = textwrap.dedent(
+    """
+    import ctypes, json, os, sys, threading, time
+    AFTER = []
+    os.register_at_fork(after_in_child=lambda: AFTER.append(os.getpid()))
+    if os.environ.get("FORKCHECK_THREAD"):
+        threading.Thread(target=time.sleep, args=(600,), daemon=True).start()
+
+    def check():
+        libc = ctypes.CDLL(None)
+        libc.pthread_self.restype = ctypes.c_void_p
+        offset = (ctypes.c_uint32 * 3).in_dll(libc, "_thread_db_pthread_tid")[2]
+        head, length = ctypes.c_void_p(), ctypes.c_size_t()
+        libc.syscall(274, 0, ctypes.byref(head), ctypes.byref(length))  # get_robust_list, x86_64
+        print(json.dumps({
+            "ppid": os.getppid(),
+            "cached_tid": ctypes.c_int.from_address(libc.pthread_self() + offset).value,
+            "tid": threading.get_native_id(),
+            "robust_list": head.value,
+            "after_fork": AFTER[-1:] == [os.getpid()],
+        }), flush=True)
+        sys.exit(9)
     """
 )
 
@@ -219,7 +249,8 @@ def read_all(fd, timeout=60):
 class BootstrapTest(unittest.TestCase):
     def setUp(self):
         self.dir = tempfile.TemporaryDirectory()
-        for name, text in [("mod.py", MODULE), ("opener.py", OPENER), ("inspect_fds.py", INSPECT), ("chatty.py", CHATTY)]:
+        for name, text in [("mod.py", MODULE), ("opener.py", OPENER), ("inspect_fds.py", INSPECT), ("chatty.py", CHATTY),
+                           ("forkcheck.py", FORKCHECK)]:
             with open(os.path.join(self.dir.name, name), "w") as f:
                 f.write(text)
         self.templates = []
@@ -266,6 +297,158 @@ class BootstrapTest(unittest.TestCase):
         self.assertEqual(int(worker), reply.pid)
         self.assertEqual(int(loaded_in), template.process.pid, "imported once, by the template")
         self.assertEqual(template.close(), 0, "exits when drover's end closes")
+
+    def forkcheck(self, env=None):
+        """What a `forkcheck` worker of a fork template reports (FORKCHECK),
+        and the worker's pid."""
+        template = self.template("fork", "forkcheck", "check", env=env)
+        self.assertEqual(template.reply(), HELLO)
+        r, w = os.pipe()
+        null = os.open(os.devnull, os.O_RDONLY)
+        reply = template.start([null, w, w], {"DROVER_INDEX": "0"})
+        os.close(w)
+        os.close(null)
+        self.assertEqual((reply.seq, reply.errno, reply.text), (1, 0, ""))
+        return json.loads(read_all(r)), reply.pid
+
+    def test_a_worker_is_forked_once_as_its_templates_sibling_like_a_real_fork(self):
+        """The fast path (SiblingFork): the worker is the child of the
+        template's parent (here this test, as drover under drover), which
+        reaps its exit code; glibc's state is that of a fork() child."""
+        if os.uname().machine != "x86_64" or not os.confstr("CS_GNU_LIBC_VERSION"):
+            self.skipTest("the check reads glibc's thread descriptor with x86_64's syscall numbers")
+        report, pid = self.forkcheck()
+        self.assertEqual(report["ppid"], os.getpid(), "the template's sibling, forked once")
+        self.assertEqual(report["cached_tid"], report["tid"], "glibc's cached TID is the worker's")
+        self.assertTrue(report["robust_list"], "the robust futex list is registered again")
+        self.assertTrue(report["after_fork"], "os.register_at_fork handlers ran in the worker")
+        _, status = os.waitpid(pid, 0)
+        self.assertEqual(os.waitstatus_to_exitcode(status), 9, "its exit code reaches its parent")
+
+    def test_the_double_fork_is_the_fallback_when_forced_or_with_threads(self):
+        """DROVER_PYTHON_DOUBLE_FORK=1, or a template running a second
+        thread (whose locks a raw clone would copy held): the worker is
+        double-forked, so its parent is not the template's parent (drover
+        adopts it as a subreaper; this test is none), and it runs as well."""
+        for env in [{"DROVER_PYTHON_DOUBLE_FORK": "1"}, {"FORKCHECK_THREAD": "1"}]:
+            with self.subTest(env=env):
+                report, pid = self.forkcheck(env)
+                self.assertNotEqual(report["ppid"], os.getpid(), "double-forked")
+                self.assertEqual(report["cached_tid"], report["tid"])
+                self.assertTrue(report["after_fork"])
+                self.workers.append(pid)
+
+    def spares(self):
+        """This process's children that are spares (their title)."""
+        found = []
+        for name in os.listdir("/proc"):
+            try:
+                with open("/proc/%s/stat" % name, "rb") as f:
+                    ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+                with open("/proc/%s/cmdline" % name, "rb") as f:
+                    title = f.read()
+            except (OSError, ValueError):
+                continue
+            if ppid == os.getpid() and title.startswith(b"drover-spare"):
+                found.append(int(name))
+        return found
+
+    def wait_spare(self, other_than=()):
+        """The pid of this process's one spare child, not one of `other_than`."""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            found = [pid for pid in self.spares() if pid not in other_than]
+            if found:
+                self.assertEqual(len(found), 1, found)
+                return found[0]
+            time.sleep(0.01)
+        self.fail("no spare within 60 s")
+
+    def start_ok(self, template, index):
+        """Starts an `ok` worker; its reply and what it printed."""
+        r, w = os.pipe()
+        null = os.open(os.devnull, os.O_RDONLY)
+        reply = template.start([null, w, w], {"DROVER_INDEX": str(index)})
+        os.close(w)
+        os.close(null)
+        return reply, read_all(r)
+
+    def test_a_spare_forked_ahead_becomes_the_next_worker(self):
+        """With SiblingFork the template forks the next worker before its
+        request (a spare, the template's sibling, titled drover-spare); the
+        request hands it its fds and variables, and a new spare follows."""
+        if not os.confstr("CS_GNU_LIBC_VERSION") or os.uname().machine not in ("x86_64", "aarch64"):
+            self.skipTest("spares need SiblingFork")
+        template = self.template("fork", "mod", "ok")
+        self.assertEqual(template.reply(), HELLO)
+        for index in range(3):
+            spare = self.wait_spare()
+            reply, printed = self.start_ok(template, index)
+            self.assertEqual((reply.errno, reply.pid, printed), (0, spare, "ok %d\n" % index))
+            self.assertEqual(os.waitpid(spare, 0), (spare, 0), "our child, exit 0")
+        self.assertEqual(template.close(), 0)
+
+    def test_a_spare_exits_when_its_template_is_gone(self):
+        if not os.confstr("CS_GNU_LIBC_VERSION") or os.uname().machine not in ("x86_64", "aarch64"):
+            self.skipTest("spares need SiblingFork")
+        for how in ("close", "kill"):
+            with self.subTest(how=how):
+                template = self.template("fork", "mod", "ok")
+                self.assertEqual(template.reply(), HELLO)
+                spare = self.wait_spare()
+                if how == "close":
+                    self.assertEqual(template.close(), 0)
+                else:
+                    template.kill()
+                self.assertEqual(os.waitpid(spare, 0), (spare, 0), "it ran nothing and exited 0")
+
+    def test_a_dead_spare_is_replaced_by_a_fork_at_the_request(self):
+        if not os.confstr("CS_GNU_LIBC_VERSION") or os.uname().machine not in ("x86_64", "aarch64"):
+            self.skipTest("spares need SiblingFork")
+        template = self.template("fork", "mod", "ok")
+        self.assertEqual(template.reply(), HELLO)
+        spare = self.wait_spare()
+        os.kill(spare, signal.SIGKILL)
+        os.waitpid(spare, 0)
+        reply, printed = self.start_ok(template, 4)
+        self.assertEqual((reply.errno, printed), (0, "ok 4\n"))
+        self.assertNotEqual(reply.pid, spare)
+        self.assertEqual(os.waitpid(reply.pid, 0), (reply.pid, 0))
+        self.wait_spare(other_than=(spare,))
+        self.assertEqual(template.close(), 0)
+
+    def test_sibling_fork_is_used_only_where_it_is_known_to_be_sound(self):
+        """The checks of SiblingFork.sound: one thread, no loaded object that
+        could register pthread_atfork handlers."""
+        import drover_worker
+
+        sibling = drover_worker.sibling_fork()
+        if sibling is None:
+            self.skipTest("no SiblingFork here (not glibc, or another machine)")
+        self.assertTrue(sibling.sound())
+        with open(os.path.join(self.dir.name, "atfork.so"), "wb") as f:
+            f.write(b"\x7fELF...pthread_atfork...")
+        self.assertFalse(drover_worker.SiblingFork.no_atfork(os.path.join(self.dir.name, "atfork.so").encode()))
+        self.assertTrue(drover_worker.SiblingFork.no_atfork(b"/lib/x86_64-linux-gnu/libc.so.6"))
+        self.assertFalse(drover_worker.SiblingFork.no_atfork(b"/nonexistent/lib.so"), "unreadable: it might")
+        sibling.checked[sibling.executable] = False
+        sibling.objects = None
+        self.assertFalse(sibling.sound(), "a loaded object that names pthread_atfork")
+        del sibling.checked[sibling.executable]
+        sibling.objects = None
+        stop = threading.Event()
+        thread = threading.Thread(target=stop.wait)
+        thread.start()
+        try:
+            self.assertFalse(sibling.sound(), "a second thread")
+        finally:
+            stop.set()
+            thread.join()
+        # The thread's task leaves /proc/self/task a moment after join().
+        deadline = time.monotonic() + 60
+        while len(os.listdir("/proc/self/task")) > 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.assertTrue(sibling.sound())
 
     def test_a_forked_worker_keeps_what_its_template_opened(self):
         """Regression: the worker's queue sockets were put at 3, 4, ... over
