@@ -88,6 +88,29 @@ def at_least(r: float | None, target: float) -> str:
     return "met" if r >= target else f"MISSED (−{100 * (1 - r / target):.0f}%)"
 
 
+# A ratio within this fraction of its target is "at the target": met, not
+# a miss (nor a win).
+NOISE = 0.05
+
+
+def middle(values) -> float | None:
+    """The median of the values that were measured (None when none was)."""
+    known = sorted(v for v in values if v is not None)
+    if not known:
+        return None
+    n = len(known)
+    return known[n // 2] if n % 2 else (known[n // 2 - 1] + known[n // 2]) / 2
+
+
+def judged(r: float | None, target: float, most: bool = True) -> str:
+    """The verdict on a ratio that must stay at or below target (most) or
+    at or above it, with the noise band: within NOISE of the target on the
+    wrong side reads "met (at the target …)"."""
+    if r is not None and (target < r <= target * (1 + NOISE) if most else target * (1 - NOISE) <= r < target):
+        return f"met (at the target: {100 * (r / target - 1):+.0f}%, within the {NOISE:.0%} noise band)"
+    return at_most(r, target) if most else at_least(r, target)
+
+
 def latency_cells(s: dict) -> list[str]:
     """n, median, p90, p99, max of a summary(), as table cells."""
     return [str(s["n"]), ms(s["median"]), ms(s["p90"]), ms(s["p99"]), ms(s["max"])]

@@ -28,7 +28,7 @@ from lib.harness import Option
 from lib.load import QUIET_PCT, OthersCpu, wait_quiet
 from lib.proc import CLK_TCK, context_switches, stat, status_kb
 from lib.procs import interrupt, wait_for
-from lib.stats import DASH, at_least, at_most, table, thousands, times, us, verdict
+from lib.stats import DASH, judged, middle, table, thousands, times, us, verdict
 
 TITLE = "Queues: throughput and latency against a bare SEQPACKET socketpair and multiprocessing"
 NEEDS = ("qb",)
@@ -450,6 +450,81 @@ def perf_profile(perf: str, data: Path) -> dict:
 # ------------------------------------------------------------------ report
 
 
+def goals(r: dict) -> list[list[str]]:
+    """The targets' rows (goal, measured, target, verdict), 64 B messages:
+    each the median of the rounds' ratios against the same round's
+    baseline."""
+    c, a = r["cases"], r["options"]
+
+    def val(key, field):
+        v = c.get(key) or {}
+        return None if v.get("error") else v.get(field)
+
+    def failed(*keys) -> str:
+        errs = [f"{key}: {c[key]['error']}" for key in keys if (c.get(key) or {}).get("error")]
+        return "; ".join(e if len(e) < 160 else e[:157] + "…" for e in errs) or "not measured"
+
+    g = []
+
+    rounds = r.get("rounds") or {}
+
+    def per_round(num: str, den: str, f) -> list[float]:
+        """f(numerator, denominator) of each round in which both were measured."""
+        pairs = zip(rounds.get(num) or [], rounds.get(den) or [])
+        return [f(x, y) for x, y in pairs if x and y]
+
+    def target(name: str, keys: list[str], ratios: list[float], goal: float, most: bool, how: str) -> None:
+        """A row of the targets: the median of the rounds' same-run ratios
+        against `goal`, within 5 % of it counted as at the target."""
+        if not ratios:
+            g.append([name, failed(*keys), f"{'≤' if most else '≥'} {goal:g}×", "FAILED"])
+            return
+        rs = sorted(ratios)
+        m = middle(rs)
+        v = judged(m, goal, most)
+        g.append([name, f"{m:.2f}× (median of {len(rs)} rounds, {rs[0]:.2f}–{rs[-1]:.2f}; {how})",
+                  f"{'≤' if most else '≥'} {goal:g}×", v])
+
+    bare_t = val("bare_64_tput", "msgs_per_s")
+    for key, goal in (("amo64", 0.6), ("alo64", 0.5)):
+        t = val(f"{key}_64_tput", "msgs_per_s")
+        target(f"{LABELS[key].replace('drover ', 'queue ')}, 64 B ÷ bare SEQPACKET pair",
+               [f"{key}_64_tput", "bare_64_tput"],
+               per_round(f"{key}_64_tput", "bare_64_tput", lambda x, y: x / y), goal, False,
+               f"median run {thousands(t)} ÷ {thousands(bare_t)}/s" if t and bare_t else "")
+    rtt_p50 = val("rtt_64", "p50_ns")
+    for key in ("alo1", "amo1"):
+        t = val(f"{key}_64_tput", "msgs_per_s")
+        target(f"{LABELS[key].replace('drover ', 'queue ')} ÷ (1 / bare round trip p50)", [f"{key}_64_tput", "rtt_64"],
+               per_round(f"{key}_64_tput", "rtt_64", lambda x, y: x * y / 1e9), 0.25, False,
+               f"median run {thousands(t)}/s, round trip p50 {us(rtt_p50)} µs" if t and rtt_p50 else "")
+    bare_l = val("bare_64_lat", "p50_ns")
+    for key, label, *_ in DROVER_MODES:
+        p = val(f"{key}_64_lat", "p50_ns")
+        target(f"p50 latency at low load ({a['rate']:g}/s) ÷ bare pair p50: {label.replace('drover ', '')}",
+               [f"{key}_64_lat", "bare_64_lat"],
+               per_round(f"{key}_64_lat", "bare_64_lat", lambda x, y: x / y), 3, True,
+               f"median run {us(p)} ÷ {us(bare_l)} µs" if p and bare_l else "")
+    for size in SIZES:
+        f = r["flood"].get(str(size)) or {}
+        if "rss_full_kb" in f:
+            ok = f["depth"] <= f["capacity"] and f["depth_later"] <= f["capacity"] and \
+                f["rss_later_kb"] <= f["rss_full_kb"] * 1.05 + 1024
+            g.append([f"memory bounded by capacity ({size} B, {f['producers']} producers flooding, no consumer)",
+                      f"depth {f['depth']:,} → {f['depth_later']:,} (capacity {f['capacity']:,}); "
+                      f"RSS {f['rss_empty_kb'] / 1024:.1f} → {f['rss_full_kb'] / 1024:.1f} → "
+                      f"{f['rss_later_kb'] / 1024:.1f} MB 1 s later = {f['per_message_b']:,.0f} B per queued message",
+                      "depth ≤ capacity, RSS flat", verdict(ok)])
+        elif f.get("error"):
+            g.append([f"memory bounded by capacity ({size} B)", f"failed: {f['error']}", "", DASH])
+    return g
+
+
+def targets(r: dict) -> list[list[str]]:
+    """The rows of goals() that are ratios (not the flood's memory check)."""
+    return [row for row in goals(r) if "memory bounded" not in row[0]]
+
+
 def report(r: dict, header: dict) -> list[str]:
     c, a = r["cases"], r["options"]
     out = []
@@ -504,68 +579,8 @@ def report(r: dict, header: dict) -> list[str]:
             + ", ".join(f"{s} B p50 {us(val(f'rtt_{s}', 'p50_ns'))} µs, p99 {us(val(f'rtt_{s}', 'p99_ns'))} µs, "
                         f"mean {us(rtt_mean[s])} µs" for s in SIZES if f"rtt_{s}" in c) + ".", ""]
 
-    def failed(*keys) -> str:
-        errs = [f"{key}: {c[key]['error']}" for key in keys if (c.get(key) or {}).get("error")]
-        return "; ".join(e if len(e) < 160 else e[:157] + "…" for e in errs) or "not measured"
-
-    g = []
-
-    def goal(name, keys, ok, measured, target):
-        g.append([name, measured, target, verdict(ok)] if ok is not None else [name, failed(*keys), target, "FAILED"])
-
-    rounds = r.get("rounds") or {}
-
-    def per_round(num: str, den: str, f) -> list[float]:
-        """f(numerator, denominator) of each round in which both were measured."""
-        pairs = zip(rounds.get(num) or [], rounds.get(den) or [])
-        return [f(x, y) for x, y in pairs if x and y]
-
-    def target(name: str, keys: list[str], ratios: list[float], goal: float, most: bool, how: str) -> None:
-        """A row of the targets: the median of the rounds' same-run ratios
-        against `goal`, within 5 % of it counted as at the target."""
-        if not ratios:
-            g.append([name, failed(*keys), f"{'≤' if most else '≥'} {goal:g}×", "FAILED"])
-            return
-        rs = sorted(ratios)
-        m = rs[(len(rs) - 1) // 2] if len(rs) % 2 else (rs[len(rs) // 2 - 1] + rs[len(rs) // 2]) / 2
-        v = at_most(m, goal) if most else at_least(m, goal)
-        if v != "met" and (m <= goal * 1.05 if most else m >= goal * 0.95):
-            v = "met (at the target, within 5 %)"
-        g.append([name, f"{m:.2f}× (median of {len(rs)} rounds, {rs[0]:.2f}–{rs[-1]:.2f}; {how})",
-                  f"{'≤' if most else '≥'} {goal:g}×", v])
-
+    g = goals(r)
     bare_t, mpq_t = val("bare_64_tput", "msgs_per_s"), val("mpq_64_tput", "msgs_per_s")
-    for key, goal in (("amo64", 0.6), ("alo64", 0.5)):
-        t = val(f"{key}_64_tput", "msgs_per_s")
-        target(f"{LABELS[key].replace('drover ', 'queue ')}, 64 B ÷ bare SEQPACKET pair",
-               [f"{key}_64_tput", "bare_64_tput"],
-               per_round(f"{key}_64_tput", "bare_64_tput", lambda x, y: x / y), goal, False,
-               f"median run {thousands(t)} ÷ {thousands(bare_t)}/s" if t and bare_t else "")
-    rtt_p50 = val("rtt_64", "p50_ns")
-    for key in ("alo1", "amo1"):
-        t = val(f"{key}_64_tput", "msgs_per_s")
-        target(f"{LABELS[key].replace('drover ', 'queue ')} ÷ (1 / bare round trip p50)", [f"{key}_64_tput", "rtt_64"],
-               per_round(f"{key}_64_tput", "rtt_64", lambda x, y: x * y / 1e9), 0.25, False,
-               f"median run {thousands(t)}/s, round trip p50 {us(rtt_p50)} µs" if t and rtt_p50 else "")
-    bare_l = val("bare_64_lat", "p50_ns")
-    for key, label, *_ in DROVER_MODES:
-        p = val(f"{key}_64_lat", "p50_ns")
-        target(f"p50 latency at low load ({a['rate']:g}/s) ÷ bare pair p50: {label.replace('drover ', '')}",
-               [f"{key}_64_lat", "bare_64_lat"],
-               per_round(f"{key}_64_lat", "bare_64_lat", lambda x, y: x / y), 3, True,
-               f"median run {us(p)} ÷ {us(bare_l)} µs" if p and bare_l else "")
-    for size in SIZES:
-        f = r["flood"].get(str(size)) or {}
-        if "rss_full_kb" in f:
-            ok = f["depth"] <= f["capacity"] and f["depth_later"] <= f["capacity"] and \
-                f["rss_later_kb"] <= f["rss_full_kb"] * 1.05 + 1024
-            g.append([f"memory bounded by capacity ({size} B, {f['producers']} producers flooding, no consumer)",
-                      f"depth {f['depth']:,} → {f['depth_later']:,} (capacity {f['capacity']:,}); "
-                      f"RSS {f['rss_empty_kb'] / 1024:.1f} → {f['rss_full_kb'] / 1024:.1f} → "
-                      f"{f['rss_later_kb'] / 1024:.1f} MB 1 s later = {f['per_message_b']:,.0f} B per queued message",
-                      "depth ≤ capacity, RSS flat", verdict(ok)])
-        elif f.get("error"):
-            g.append([f"memory bounded by capacity ({size} B)", f"failed: {f['error']}", "", DASH])
     out += ["### Targets, 64 B messages (each the median of the rounds' ratios against the same round's baseline; within 5 % of the target counts as met)", "", table(["goal", "measured", "target", "verdict"], g), ""]
     out.append(f"Reference figures of the issue (same machine, earlier): bare socketpair ≈ {REF['bare_64']:,}/s, "
                f"multiprocessing.Queue ≈ {REF['queue_64']:,}/s, SimpleQueue ≈ {REF['simple_64']:,}/s, "
