@@ -357,3 +357,41 @@ start_secs = "5s"
     wait_until("the daemon to be stopped", || !alive(daemon));
     d.wait_group_state("daemon", "exited");
 }
+
+/// The state letter of a thread (`/proc/PID/task/TID/stat`, after the comm).
+fn thread_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
+#[test]
+fn a_child_that_closes_its_output_keeps_running_and_the_loop_sleeps_again() {
+    // The end of a child's output makes the loop look for its exit without
+    // sleeping for a few microseconds; a child that just closes its output
+    // must neither be taken for dead nor keep the loop awake.
+    let d = Drover::start(
+        "closes-output",
+        r#"
+[group.quiet]
+command = ["sh", "-c", "echo bye; exec >&- 2>&-; exec sleep 1000"]
+start_secs = "0s"
+"#,
+    );
+    let pids = d.wait_group_state("quiet", "running");
+    d.stdout.wait_count("quiet[0] bye", 1);
+    // The loop ends up asleep in epoll_wait: 'S', not spinning ('R').
+    wait_until("drover's loop to sleep", || {
+        thread_state(d.pid()) == Some('S')
+    });
+    let status = d.status();
+    let c = &Drover::children(&status, "quiet")[0];
+    assert_eq!(c["pid"], pids[0], "{status}");
+    assert_eq!(c["restarts"], 0, "{status}");
+    assert_eq!(c["state"], "running", "{status}");
+    // Its exit, much later, is reaped and restarted as any other.
+    kill(Pid::from_raw(pids[0] as i32), Signal::SIGKILL).unwrap();
+    d.wait_status("a replacement for quiet[0]", |s| {
+        let c = &Drover::children(s, "quiet")[0];
+        c["restarts"] == 1 && c["state"] == "running" && c["pid"] != pids[0]
+    });
+}

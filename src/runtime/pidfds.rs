@@ -39,6 +39,11 @@ impl Pidfds {
         (token & TOKEN_BIT != 0).then_some(Pid((token & !TOKEN_BIT) as u32 as i32))
     }
 
+    /// Whether `pid` is reaped through a pidfd here (and not yet reaped).
+    pub fn watches(&self, pid: Pid) -> bool {
+        self.by_pid.contains_key(&pid)
+    }
+
     pub fn owns(&self, token: u64) -> bool {
         Self::pid(token).is_some_and(|pid| self.by_pid.contains_key(&pid))
     }
