@@ -454,6 +454,8 @@ impl Runtime {
             self.run_probes(now);
             self.settle_starts(now);
             self.watch_new_outputs();
+            // After the restarts of this turn's exits: their pidfds go.
+            self.pidfds.release(&self.epoll);
             self.advance_shutdown(now);
             // Everything this turn read from producers: one commit.
             self.broker.end_turn();
