@@ -83,7 +83,8 @@ const fn bit(signal: libc::c_int) -> u64 {
 
 /// Looks at every signal's disposition now and remembers those that are
 /// not the default (a handler or `SIG_IGN`): from then on, a child started
-/// through the shared table resets only those (and [`ALWAYS_RESET`]) before
+/// through the shared table resets only those (and `SIGPIPE`, `SIGIO` and
+/// glibc's internal 32 and 33, whatever they were) before
 /// its `execve`, instead of all 62 — one system call each, made while this
 /// thread waits for the child, so some 30 µs of every start on a VM.
 ///
