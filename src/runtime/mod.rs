@@ -73,14 +73,6 @@ const REAP_PER_TURN: u32 = 256;
 /// pidfd reaps (a bound, not a poll: it runs once, then only on the next
 /// SIGCHLD). Longer than a replacement's exec, short for an orphan.
 const SWEEP_DELAY: Duration = Duration::from_millis(5);
-/// How long the loop keeps looking, without sleeping, for the exit of a
-/// child whose output pipe has just reached its end (see
-/// [`Runtime::expect_exit`]). The kernel closes a dying process's files a
-/// few microseconds before it reports its exit; sleeping in between would
-/// cost a second wake-up (tens of microseconds on a VM whose idle vCPU
-/// must be woken) on the restart's path. A bound, not a poll: it runs only
-/// after such an end, at most this long.
-const EXIT_SPIN: Duration = Duration::from_micros(100);
 /// The most rounds of start answers handled in one loop turn.
 const SETTLE_ROUNDS: u32 = 8;
 /// Tokens from here on are child pipes, queue sockets and templates
@@ -173,10 +165,6 @@ struct Runtime {
     reaped_by_pidfd: bool,
     /// When the put-off `waitpid(-1)` sweep runs (see [`SWEEP_DELAY`]).
     sweep_at: Option<Instant>,
-    /// Children whose output ended and whose exit is expected any moment,
-    /// and until when the loop looks for it without sleeping ([`EXIT_SPIN`]).
-    exiting: Vec<Pid>,
-    spin_until: Option<Instant>,
     /// The last [`Self::settle_starts`] stopped at its bound.
     starts_pending: bool,
     /// When the first stop request arrived.
@@ -365,8 +353,6 @@ impl Runtime {
             term_signals: 0,
             reap_pending: false,
             reaped_by_pidfd: false,
-            exiting: Vec::new(),
-            spin_until: None,
             sweep_at: None,
             starts_pending: false,
             first_stop: None,
@@ -393,11 +379,7 @@ impl Runtime {
             // One scan of the children per turn; on_deadline (another scan)
             // only runs when one of their deadlines has come.
             let child_deadline = self.sup.next_deadline();
-            let timeout = if self.sup.has_deferred()
-                || self.reap_pending
-                || self.starts_pending
-                || self.awaiting_exit()
-            {
+            let timeout = if self.sup.has_deferred() || self.reap_pending || self.starts_pending {
                 // Work left over from the last turn: look at events, then
                 // go on with it.
                 EpollTimeout::ZERO
@@ -553,9 +535,7 @@ impl Runtime {
                 self.reaped_by_pidfd |= self.reap_pidfds(&[EpollEvent::new(flags, t)]);
             }
             t if self.output.owns(t) => {
-                if let Some(pid) = self.output.on_readable(&self.epoll, t) {
-                    self.expect_exit(pid);
-                }
+                self.output.on_readable(&self.epoll, t);
                 if self.output.following {
                     let chunks = self.output.take_followed();
                     self.clients.broadcast(&self.epoll, &chunks, Instant::now());
@@ -617,32 +597,6 @@ impl Runtime {
             self.begin_graceful_shutdown(now);
         }
         self.term_signals += 1;
-    }
-
-    /// `pid`'s output reached its end: if drover reaps it through its
-    /// pidfd, its exit most likely follows within microseconds, and the
-    /// loop looks for it for up to [`EXIT_SPIN`] before it sleeps again.
-    fn expect_exit(&mut self, pid: Pid) {
-        if self.pidfds.watches(pid) && self.exiting.len() < 64 {
-            self.exiting.push(pid);
-            self.spin_until = Some(Instant::now() + EXIT_SPIN);
-        }
-    }
-
-    /// Whether the next wait must not sleep: a child expected to exit has
-    /// not been reaped yet and [`EXIT_SPIN`] has not passed.
-    fn awaiting_exit(&mut self) -> bool {
-        let Some(until) = self.spin_until else {
-            return false;
-        };
-        let pidfds = &self.pidfds;
-        self.exiting.retain(|&pid| pidfds.watches(pid));
-        if self.exiting.is_empty() || Instant::now() >= until {
-            self.exiting.clear();
-            self.spin_until = None;
-            return false;
-        }
-        true
     }
 
     /// Reaps the children whose pidfds are among `events` (each reap is

@@ -12,7 +12,6 @@ use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
 use crate::config::names::GroupName;
 use crate::runtime::history::History;
 use crate::runtime::logs::{LineFormat, LogWriter, Origin, PipeReader};
-use crate::supervisor::Pid;
 
 /// Every child pipe being read, and the writer they feed.
 #[derive(Debug)]
@@ -80,12 +79,11 @@ impl Output {
         }
     }
 
-    /// A pipe is readable (or at its end). Returns the PID of the child
-    /// whose pipe this was when it reached its end: that child is most
-    /// likely exiting (the kernel closes its files just before it reports
-    /// the exit).
-    pub fn on_readable(&mut self, epoll: &Epoll, token: u64) -> Option<Pid> {
-        let reader = self.pipes.get_mut(&token)?;
+    /// A pipe is readable (or at its end).
+    pub fn on_readable(&mut self, epoll: &Epoll, token: u64) {
+        let Some(reader) = self.pipes.get_mut(&token) else {
+            return;
+        };
         let outcome = reader.read(self.format, &mut self.scratch);
         if !outcome.chunk.is_empty() {
             self.history.record(&reader.origin.group, &outcome.chunk);
@@ -103,15 +101,13 @@ impl Output {
             reader.held = Some(chunk);
             let _ = epoll.delete(reader.fd());
             self.stalled.push(token);
-            return None;
+            return;
         }
         if outcome.eof
             && let Some(reader) = self.pipes.remove(&token)
         {
             let _ = epoll.delete(reader.fd());
-            return Some(reader.origin.pid);
         }
-        None
     }
 
     /// The writer made room: resume the stalled pipes in order.
