@@ -212,6 +212,9 @@ impl Runtime {
         let signals = SignalDelivery::with_pipe(sig_read, sig_write, SignalOnly, handled)
             .map_err(os("installing signal handlers"))?;
         unblock(&handled)?;
+        // Every disposition drover changes is set now (a config lease's
+        // SIGIO is reset whatever this finds): children reset only those.
+        drover_sys::note_signal_dispositions();
         raise_fd_limit(&config);
         if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
             tracing::warn!("cannot become a child subreaper: {e}; orphans will not be reaped");
@@ -433,6 +436,8 @@ impl Runtime {
             self.run_probes(now);
             self.settle_starts(now);
             self.watch_new_outputs();
+            // After the restarts of this turn's exits: their pidfds go.
+            self.pidfds.release(&self.epoll);
             self.advance_shutdown(now);
             // Everything this turn read from producers: one commit.
             self.broker.end_turn();

@@ -6,6 +6,7 @@ use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
 
 use crate::config::names::GroupName;
@@ -61,8 +62,13 @@ impl Output {
         self.pipes.contains_key(&token)
     }
 
-    /// Starts reading a child's pipe.
+    /// Starts reading a child's pipe: makes it non-blocking (the loop
+    /// never waits on a read) and watches it.
     pub fn watch(&mut self, epoll: &Epoll, token: u64, fd: OwnedFd, origin: Origin) {
+        if let Err(e) = fcntl(&fd, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)) {
+            tracing::warn!("cannot watch child output: {e}");
+            return;
+        }
         let reader = PipeReader::new(fd, origin);
         let event = EpollEvent::new(EpollFlags::EPOLLIN, token);
         match epoll.add(reader.fd(), event) {

@@ -28,6 +28,10 @@ const TOKEN_BIT: u64 = 1 << 63;
 #[derive(Debug, Default)]
 pub struct Pidfds {
     by_pid: HashMap<Pid, OwnedFd>,
+    /// Pidfds of children reaped this turn, still in the epoll set: taken
+    /// out and closed by [`Pidfds::release`] once the turn's restarts are
+    /// done, so that those two calls are not on a restart's path.
+    reaped: Vec<OwnedFd>,
 }
 
 impl Pidfds {
@@ -92,7 +96,70 @@ impl Pidfds {
                 None
             }
         };
-        self.forget(epoll, pid);
-        exit.map(|status| (pid, status))
+        match exit {
+            Some(status) => {
+                // Reaped: nothing more can come from it (a readable pidfd
+                // seen again before `release` finds no PID here).
+                if let Some(fd) = self.by_pid.remove(&pid) {
+                    self.reaped.push(fd);
+                }
+                Some((pid, status))
+            }
+            None => {
+                self.forget(epoll, pid);
+                None
+            }
+        }
+    }
+
+    /// Takes the pidfds reaped since the last call out of the epoll set and
+    /// closes them. Call it before the loop waits again (a reaped pidfd
+    /// stays readable).
+    pub fn release(&mut self, epoll: &Epoll) {
+        for fd in self.reaped.drain(..) {
+            // Explicitly, as in `forget`.
+            let _ = epoll.delete(fd.as_fd());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::epoll::{EpollCreateFlags, EpollTimeout};
+
+    /// Waits (bounded) for one event of `epoll`; returns the events seen.
+    fn wait(epoll: &Epoll, ms: u16) -> Vec<u64> {
+        let mut events = [EpollEvent::empty(); 4];
+        let n = epoll.wait(&mut events, EpollTimeout::from(ms)).unwrap();
+        events[..n].iter().map(|e| e.data()).collect()
+    }
+
+    #[test]
+    fn a_reaped_pidfd_stays_watched_until_release_but_is_no_longer_owned() {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).unwrap();
+        let child = std::process::Command::new("true").spawn().unwrap();
+        let pid = Pid(child.id() as i32);
+        let fd = drover_sys::pidfd_open(pid.0).unwrap();
+        let mut pidfds = Pidfds::default();
+        pidfds.watch(&epoll, pid, fd);
+        let token = Pidfds::token(pid);
+        assert!(pidfds.owns(token));
+        // The exit makes it readable (a generous bound for a loaded machine).
+        let seen = wait(&epoll, 30_000);
+        assert_eq!(seen, vec![token]);
+        assert_eq!(
+            pidfds.on_ready(&epoll, token),
+            Some((pid, ExitStatus::Code(0)))
+        );
+        // Reaped: not owned any more (a second event for it is ignored) ...
+        assert!(!pidfds.owns(token));
+        assert_eq!(pidfds.on_ready(&epoll, token), None);
+        // ... still in the epoll set (readable) until released ...
+        assert_eq!(wait(&epoll, 0), vec![token]);
+        pidfds.release(&epoll);
+        // ... and gone after.
+        assert!(wait(&epoll, 0).is_empty());
+        drop(child);
     }
 }

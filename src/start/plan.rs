@@ -273,13 +273,13 @@ struct Pipes {
 }
 
 impl Pipes {
+    /// Both ends blocking: the read ends become non-blocking when the loop
+    /// starts reading them (`Output::watch`), once the child is started,
+    /// so that those two calls are not on the way to a restart's exec.
     fn new() -> std::io::Result<Self> {
         let flags = OFlag::O_CLOEXEC;
         let (stdout_r, stdout_w) = pipe2(flags)?;
         let (stderr_r, stderr_w) = pipe2(flags)?;
-        for r in [&stdout_r, &stderr_r] {
-            nix::fcntl::fcntl(r, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
-        }
         Ok(Pipes {
             stdout_r,
             stdout_w,

@@ -34,7 +34,7 @@ pub mod mmsg;
 mod vfork;
 pub mod wire;
 
-pub use vfork::{reserve_spawn_slots, spawn_slots};
+pub use vfork::{note_signal_dispositions, reserve_spawn_slots, spawn_slots};
 
 /// The fds a child starts with: each `source` ends up as `target`. Targets
 /// are 0, 1, 2, 3, … in order; every other fd is closed.
