@@ -47,7 +47,7 @@ OPTIONS = [
     Option("--heavy-sleep-ms", int, 300, 100, "python: the heavy module's import sleeps this long"),
     Option("--heavy-mib", int, 200, 64, "python: the heavy module's resident ballast"),
     Option("--no-numpy", bool, False, False, "python: skip the numpy variant (and its pip install)"),
-    Option("--rounds", int, 5, 2, "python: rounds of the two headline rows (fork restart ÷ multiprocessing fork, "
+    Option("--python-rounds", int, 5, 2, "python: rounds of the two headline rows (fork restart ÷ multiprocessing fork, "
            "forkserver+preload restart ÷ restart floor), each with its anchors; the first is the main run"),
 ]
 
@@ -290,9 +290,9 @@ def run(ctx) -> dict:
     # The headline rows again, each round with its own anchors, alternating
     # with the other variant's drover phase; round 1 is the run above.
     r["rounds"] = [headline(r["restart"], r["mp"]["heavy"], r["anchors"])]
-    for i in range(2, o.rounds + 1):
+    for i in range(2, o.python_rounds + 1):
         tag = f"-round{i}"
-        ctx.step(f"python: headline round {i} of {o.rounds}")
+        ctx.step(f"python: headline round {i} of {o.python_rounds}")
         anchors = {"refork heavy": anchor(ctx, "restart floor, heavy parent", ["refork", "heavy", runs])}
         mps = {"fork": mp(ctx, "fork", "heavy")}
         restarts = {v: restart_phase(ctx, v, tag=tag, with_starts=False) for v in FAST}
