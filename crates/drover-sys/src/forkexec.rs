@@ -282,21 +282,9 @@ impl SiblingStarter {
             reset: &self.reset,
             errno: AtomicI32::new(0),
         };
-        let all: u64 = !0;
-        let mut previous: u64 = 0;
-        // SAFETY: rt_sigprocmask with 8-byte masks (the kernel's sigset
-        // size) through valid pointers to locals; blocks every signal in
-        // this (single) thread, so that no handler of this process runs in
-        // the child before it has reset the dispositions.
-        unsafe {
-            libc::syscall(
-                libc::SYS_rt_sigprocmask,
-                libc::SIG_SETMASK,
-                &all as *const u64,
-                &mut previous as *mut u64,
-                8usize,
-            );
-        }
+        // No handler of this process may run in the child before it has
+        // reset the dispositions.
+        let blocked = crate::vfork::SignalsBlocked::new();
         let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PARENT | libc::SIGCHLD;
         // SAFETY: `sibling` runs on its own stack (the mapping in `self`,
         // borrowed mutably: one start at a time) and reads `args`, which
@@ -313,16 +301,7 @@ impl SiblingStarter {
             )
         };
         let error = io::Error::last_os_error();
-        // SAFETY: as above; restores this thread's mask.
-        unsafe {
-            libc::syscall(
-                libc::SYS_rt_sigprocmask,
-                libc::SIG_SETMASK,
-                &previous as *const u64,
-                std::ptr::null_mut::<u64>(),
-                8usize,
-            );
-        }
+        drop(blocked);
         if pid < 0 {
             return Err(error);
         }

@@ -398,24 +398,56 @@ pub(crate) fn try_spawn(plan: &SpawnPlan) -> Result<io::Result<(i32, Option<Owne
     Ok(Err(io::Error::from_raw_os_error(errno)))
 }
 
+/// Every signal blocked in the calling thread while this lives; the
+/// previous mask comes back when it is dropped. Held around a clone whose
+/// child shares this process's memory (as glibc's `posix_spawn` does): no
+/// handler of this process may run in the child before the child has reset
+/// the dispositions.
+pub(crate) struct SignalsBlocked {
+    previous: u64,
+}
+
+impl SignalsBlocked {
+    pub(crate) fn new() -> SignalsBlocked {
+        let all: u64 = !0;
+        let mut previous: u64 = 0;
+        // SAFETY: rt_sigprocmask with 8-byte masks (the kernel's sigset
+        // size) through valid pointers to locals; it cannot fail with
+        // these arguments.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigprocmask,
+                libc::SIG_SETMASK,
+                &all as *const u64,
+                &mut previous as *mut u64,
+                8usize,
+            );
+        }
+        SignalsBlocked { previous }
+    }
+}
+
+impl Drop for SignalsBlocked {
+    fn drop(&mut self) {
+        // SAFETY: as in `new`; restores the mask it replaced.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigprocmask,
+                libc::SIG_SETMASK,
+                &self.previous as *const u64,
+                std::ptr::null_mut::<u64>(),
+                8usize,
+            );
+        }
+    }
+}
+
 /// The `clone` itself, with every signal blocked around it (as glibc's
 /// `posix_spawn` does: no handler of this process may run in the child,
 /// which shares its memory, before the child has reset them). Returns the
 /// PID and the pidfd.
 fn clone_child(slots: &Slots, args: &ChildArgs) -> io::Result<(i32, Option<OwnedFd>)> {
-    let all: u64 = !0;
-    let mut previous: u64 = 0;
-    // SAFETY: rt_sigprocmask with 8-byte masks (the kernel's sigset size)
-    // through valid pointers to locals; blocks every signal in this thread.
-    unsafe {
-        libc::syscall(
-            libc::SYS_rt_sigprocmask,
-            libc::SIG_SETMASK,
-            &all as *const u64,
-            &mut previous as *mut u64,
-            8usize,
-        );
-    }
+    let blocked = SignalsBlocked::new();
     let mut pidfd: libc::c_int = -1;
     let flags =
         libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_FILES | libc::CLONE_PIDFD | libc::SIGCHLD;
@@ -435,16 +467,7 @@ fn clone_child(slots: &Slots, args: &ChildArgs) -> io::Result<(i32, Option<Owned
         )
     };
     let error = io::Error::last_os_error();
-    // SAFETY: as above; restores this thread's mask.
-    unsafe {
-        libc::syscall(
-            libc::SYS_rt_sigprocmask,
-            libc::SIG_SETMASK,
-            &previous as *const u64,
-            std::ptr::null_mut::<u64>(),
-            8usize,
-        );
-    }
+    drop(blocked);
     if pid < 0 {
         return Err(error);
     }
