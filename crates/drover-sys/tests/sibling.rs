@@ -19,13 +19,20 @@ const HELPER: &str = "DROVER_SIBLING_HELPER";
 /// What the child checks: a start like every other drover child (cwd,
 /// environment, no fd beyond stdio, own process group, nothing blocked or
 /// ignored although the helper blocks and ignores signals). Exits 7 when
-/// all holds, another code naming the first check that failed.
+/// all holds, another code naming the first check that failed. The masks
+/// are read by the shell itself (`read`, no child): a shell waiting for a
+/// child (`grep`) may block every signal for a moment while it does, and
+/// a child reading its status then would see that instead.
 const CHECKS: &str = r#"
+while read -r key value; do
+  case "$key$value" in
+    SigIgn:*[!0]*) exit 5 ;;
+    SigBlk:*[!0]*) exit 6 ;;
+  esac
+done < /proc/$$/status
 [ "$(pwd)" = /tmp ] || exit 2
 [ "$X" = yes ] || exit 3
 [ -e /proc/$$/fd/3 ] && exit 4
-grep -Eq '^SigIgn:[[:space:]]+0+$' /proc/$$/status || exit 5
-grep -Eq '^SigBlk:[[:space:]]+0+$' /proc/$$/status || exit 6
 [ "$(cut -d' ' -f5 /proc/$$/stat)" = "$$" ] || exit 8
 exit 7
 "#;
