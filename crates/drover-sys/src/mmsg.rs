@@ -34,21 +34,14 @@ pub fn recv_batch(
     if n == 0 {
         return Ok(0);
     }
-    let mut iovs = [libc::iovec {
-        iov_base: ptr::null_mut(),
-        iov_len: 0,
-    }; MAX_BATCH];
-    // SAFETY: mmsghdr is plain data (pointers, lengths, flags) for which
-    // all zeroes is a valid value: no name, no control data, no iovecs.
-    let mut hdrs: [libc::mmsghdr; MAX_BATCH] = unsafe { std::mem::zeroed() };
-    for (i, chunk) in buf.chunks_exact_mut(slot).take(n).enumerate() {
-        iovs[i] = libc::iovec {
+    let mut iovs = [EMPTY; MAX_BATCH];
+    for (iov, chunk) in iovs.iter_mut().zip(buf.chunks_exact_mut(slot)).take(n) {
+        *iov = libc::iovec {
             iov_base: chunk.as_mut_ptr().cast(),
             iov_len: slot,
         };
-        hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
-        hdrs[i].msg_hdr.msg_iovlen = 1;
     }
+    let mut hdrs = headers(&mut iovs);
     // SAFETY: the first `n` headers each point to one iovec of `slot`
     // bytes inside `buf`, disjoint, all borrowed mutably for the call; the
     // kernel writes at most `slot` bytes through each, and `msg_len` /
@@ -70,6 +63,25 @@ pub fn recv_batch(
     Ok(got)
 }
 
+/// An iovec over nothing.
+const EMPTY: libc::iovec = libc::iovec {
+    iov_base: ptr::null_mut(),
+    iov_len: 0,
+};
+
+/// One message header per iovec, each over that one iovec (no name, no
+/// control data); the headers point into `iovs`, which must outlive them.
+fn headers(iovs: &mut [libc::iovec; MAX_BATCH]) -> [libc::mmsghdr; MAX_BATCH] {
+    // SAFETY: mmsghdr is plain data (pointers, lengths, flags) for which
+    // all zeroes is a valid value: no name, no control data, no iovecs.
+    let mut hdrs: [libc::mmsghdr; MAX_BATCH] = unsafe { std::mem::zeroed() };
+    for (hdr, iov) in hdrs.iter_mut().zip(iovs.iter_mut()) {
+        hdr.msg_hdr.msg_iov = iov;
+        hdr.msg_hdr.msg_iovlen = 1;
+    }
+    hdrs
+}
+
 /// Sends `packets` on `fd` in order, one packet each, without blocking
 /// and without `SIGPIPE`. Returns how many were sent (the first ones,
 /// at least one); fewer means the socket was full or failed at the next,
@@ -79,20 +91,14 @@ pub fn send_batch(fd: RawFd, packets: &[&[u8]]) -> Result<usize, Errno> {
     if n == 0 {
         return Ok(0);
     }
-    let mut iovs = [libc::iovec {
-        iov_base: ptr::null_mut(),
-        iov_len: 0,
-    }; MAX_BATCH];
-    // SAFETY: as in recv_batch, all zeroes is a valid mmsghdr.
-    let mut hdrs: [libc::mmsghdr; MAX_BATCH] = unsafe { std::mem::zeroed() };
-    for (i, packet) in packets.iter().take(n).enumerate() {
-        iovs[i] = libc::iovec {
+    let mut iovs = [EMPTY; MAX_BATCH];
+    for (iov, packet) in iovs.iter_mut().zip(packets).take(n) {
+        *iov = libc::iovec {
             iov_base: packet.as_ptr().cast_mut().cast(),
             iov_len: packet.len(),
         };
-        hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
-        hdrs[i].msg_hdr.msg_iovlen = 1;
     }
+    let mut hdrs = headers(&mut iovs);
     // SAFETY: the first `n` headers each point to one iovec over a packet
     // borrowed for the call; the kernel only reads them (and writes
     // `msg_len`). No name or control data.
