@@ -3,9 +3,16 @@
  *
  *   probe spawn   N STAMP DIR   bare posix_spawn of STAMP, N times
  *   probe fork    N STAMP DIR   bare fork + execve of STAMP, N times
- *   probe respawn N STAMP DIR   the floor of a restart: SIGKILL the running
- *                               STAMP, waitpid, posix_spawn a new one, N times
- *   probe refork  N STAMP DIR   the same floor with fork + execve instead of
+ *   probe respawn N STAMP DIR [GAP_MS]
+ *                               the floor of a restart: SIGKILL the running
+ *                               STAMP, waitpid, posix_spawn a new one, N times;
+ *                               with GAP_MS, each kill comes GAP_MS after the
+ *                               last start, as `probe kill` spaces its kills
+ *                               of a supervisor's child (a child killed after
+ *                               sitting idle exits slower than one killed at
+ *                               once: cold caches, a halted vCPU to wake)
+ *   probe refork  N STAMP DIR [GAP_MS]
+ *                               the same floor with fork + execve instead of
  *                               posix_spawn
  *   probe kill    N DIR TIMEOUT_MS GAP_MS
  *                               drive an external supervisor: SIGKILL the
@@ -235,7 +242,8 @@ static void ballast_setup(void) {
 
 static int usage(void) {
     fprintf(stderr,
-            "usage: probe spawn|fork|respawn|refork N STAMP DIR\n"
+            "usage: probe spawn|fork N STAMP DIR\n"
+            "       probe respawn|refork N STAMP DIR [GAP_MS]\n"
             "       probe kill N DIR TIMEOUT_MS GAP_MS\n");
     return 2;
 }
@@ -279,8 +287,9 @@ int main(int argc, char **argv) {
     }
 
     if (strcmp(mode, "respawn") == 0 || strcmp(mode, "refork") == 0) {
-        if (argc != 5)
+        if (argc != 5 && argc != 6)
             return usage();
+        int gap_ms = argc == 6 ? atoi(argv[5]) : 0;
         setup_child(argv[3], argv[4]);
         stamps_open(argv[4]);
         pid_t (*start)(void) = strcmp(mode, "refork") == 0 ? start_fork : start_spawn;
@@ -288,6 +297,9 @@ int main(int argc, char **argv) {
         int got;
         stamps_wait(is_pid, cur, &got, TIMEOUT_MS);
         for (int i = 0; i < n; i++) {
+            struct timespec gap = {gap_ms / 1000, (long)(gap_ms % 1000) * 1000000L};
+            if (gap_ms > 0)
+                nanosleep(&gap, NULL);
             long long t0 = now_ns();
             kill_and_reap(cur);
             cur = start();

@@ -3,8 +3,8 @@ supervisor size, against the bare calls each method corresponds to.
 
 drover with one stamp child per start_method, as is and holding a ballast
 of touched memory (the hidden `--ballast-mib`); bench/c/probe.c's bare
-posix_spawn, fork+exec and their restart floors from a small parent and
-from one holding the same ballast (plus fork+exec with the ballast in
+posix_spawn, fork+exec and their restart floors (kills --gap-ms apart,
+like drover's) from a small parent and from one holding the same ballast (plus fork+exec with the ballast in
 transparent huge pages, for reference). At most one process holds the
 ballast at a time. Then `--methods-rounds` alternating rounds of the
 performance target's pair — the fork+exec restart floor from a small
@@ -117,8 +117,12 @@ def bare(ctx, r: dict, mode: str, mib: int, thp: bool = False, tag: str = "") ->
     # PROBE_BALLAST_MIB=0 too: then the probe reports its (small) memory.
     env = {"PROBE_BALLAST_MIB": str(mib), "PROBE_BALLAST_THP": "1" if thp else "0"}
     others = OthersCpu()
-    lat, mem = run_probe(ctx.bins["probe"], [mode, n, ctx.bins["stamp"], ctx.dir(f"bare-{key.replace('/', '-')}")],
-                         timeout=600, env=env)
+    args = [mode, n, ctx.bins["stamp"], ctx.dir(f"bare-{key.replace('/', '-')}")]
+    if mode in ("respawn", "refork"):
+        # A floor's kills are spaced like drover's: a child killed after
+        # sitting idle exits slower than one killed at once.
+        args.append(ctx.opts.gap_ms)
+    lat, mem = run_probe(ctx.bins["probe"], args, timeout=600, env=env)
     r["bare"][key] = {**summary(lat), "memory": mem, "others_pct": others.pct()}
     if mem.get("Anonymous", 0) < mib * 1024:
         ctx.note(f"the probe's {mib} MiB ballast is not resident: {mem}")
@@ -273,7 +277,7 @@ def report(r: dict, header: dict) -> list[str]:
         f"child → its replacement's stamp, {n_restarts} kills {r['options']['gap_ms']} ms apart. Bare calls from"
         f" `probe`, a small C parent, and the same holding {big}",
         "(mmap, MADV_NOHUGEPAGE, memset): t0 just before the call → the child's stamp. Floors: kill + waitpid +",
-        "the call, a restart by the ideal supervisor. RssAnon / AnonHugePages: of the parent (drover or the",
+        f"the call, a restart by the ideal supervisor, its kills {r['options']['gap_ms']} ms apart too. RssAnon / AnonHugePages: of the parent (drover or the",
         "probe). *others' CPU*: CPU used by processes outside the bench during that measurement, of all CPUs.",
         "",
     ]

@@ -11,7 +11,7 @@ multiprocessing target; see stamping.py for what they do.
 import os
 import time
 
-from stamping import send_time, serve
+from stamping import send_time, serve, serve_time
 
 IMPORT_SLEEP_MS = int(os.environ.get("HEAVY_SLEEP_MS", "300"))
 BALLAST_MIB = int(os.environ.get("HEAVY_MIB", "200"))
@@ -27,3 +27,7 @@ def main():
 
 def mp_child(conn):
     send_time(conn)
+
+
+def mp_serve(conn):
+    serve_time(conn)

@@ -10,12 +10,22 @@ each in its own session so that the bench can kill whatever is left).
         Without it, forkserver keeps its default preload ["__main__"], which
         is this file: it imports MODULE only inside main(), so the server does
         not have it.
+    python mp_anchors.py mprestart METHOD MODULE RUNS GAP_MS [preload]
+        multiprocessing's own restart of a crashed worker, as a supervisor
+        written with it would do it: GAP_MS after the running Process (target
+        MODULE.mp_serve, which sends its start time and then waits to be
+        killed) sent its start time, t0 -> Process.kill() -> join() -> a new
+        Process(...).start() -> the new child's time (to_child) -> the
+        parent's conn.recv() returning (to_result).
     python mp_anchors.py fork MODULE RUNS
         bare os.fork() from a process that imported MODULE ("-" for none):
         t0 -> the child's timestamp (its first statement after fork returns).
-    python mp_anchors.py refork MODULE RUNS
+    python mp_anchors.py refork MODULE RUNS [GAP_MS]
         the floor of a restart by a fork template: SIGKILL the running child,
-        waitpid, os.fork() -> the new child's timestamp.
+        waitpid, os.fork() -> the new child's timestamp. Each kill comes
+        GAP_MS (default 5) after the last child's start, as the bench spaces
+        its kills of drover's workers: a child killed after sitting idle
+        exits slower than one killed at once.
     python mp_anchors.py dfork MODULE RUNS
         a double fork as drover's template does it (fork, the middle process
         forks the worker and exits; the parent, a child subreaper, waits for
@@ -66,6 +76,43 @@ def mp(method, module, runs, preload):
     return out
 
 
+def mp_restart(method, module, runs, gap_ms, preload):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context(method)
+    if preload:
+        ctx.set_forkserver_preload([module])
+    target = load(module).mp_serve
+    r, w = ctx.Pipe(duplex=False)
+
+    def start():
+        p = ctx.Process(target=target, args=(w,))
+        p.start()
+        return p
+
+    def started(what):
+        if not r.poll(TIMEOUT_S):
+            raise SystemExit(f"mprestart: no start time from {what} after {TIMEOUT_S} s")
+        return r.recv()
+
+    cur = start()
+    started("the first child")
+    out = []
+    try:
+        for _ in range(runs + 1):
+            time.sleep(gap_ms / 1000)
+            t0 = time.monotonic_ns()
+            cur.kill()
+            cur.join(TIMEOUT_S)
+            cur = start()
+            child_ns = started("a restarted child")
+            out.append([child_ns - t0, time.monotonic_ns() - t0])
+    finally:
+        cur.kill()
+        cur.join(TIMEOUT_S)
+    return out
+
+
 def child_stamp(w):
     """In a forked child: the timestamp first, then tell the parent."""
     ns = time.monotonic_ns()
@@ -98,7 +145,7 @@ def fork(module, runs):
     return out
 
 
-def refork(module, runs):
+def refork(module, runs, gap_ms=5):
     load(module)
     r, w = os.pipe()
 
@@ -115,7 +162,7 @@ def refork(module, runs):
     out = []
     try:
         for _ in range(runs + 1):
-            time.sleep(0.005)
+            time.sleep(gap_ms / 1000)
             t0 = time.monotonic_ns()
             os.kill(cur, signal.SIGKILL)
             os.waitpid(cur, 0)
@@ -155,9 +202,13 @@ def main(argv):
     if kind == "mp":
         method, module, runs = argv[1], argv[2], int(argv[3])
         samples = mp(method, module, runs, preload=argv[4:] == ["preload"])
+    elif kind == "mprestart":
+        method, module, runs, gap_ms = argv[1], argv[2], int(argv[3]), int(argv[4])
+        samples = mp_restart(method, module, runs, gap_ms, preload=argv[5:] == ["preload"])
     else:
         module, runs = argv[1], int(argv[2])
-        samples = {"fork": fork, "refork": refork, "dfork": dfork}[kind](module, runs)
+        extra = [int(a) for a in argv[3:]]  # refork's GAP_MS
+        samples = {"fork": fork, "refork": refork, "dfork": dfork}[kind](module, runs, *extra)
     print(json.dumps({"first": samples[0], "samples": samples[1:]}), flush=True)
 
 

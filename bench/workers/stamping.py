@@ -38,3 +38,11 @@ def send_time(conn):
     """A multiprocessing target's whole life: its start time, back to the parent."""
     conn.send(time.monotonic_ns())
     conn.close()
+
+
+def serve_time(conn):
+    """A multiprocessing worker that lives on (one to restart): its start
+    time, back to the parent, then nothing until it is killed."""
+    conn.send(time.monotonic_ns())
+    while True:
+        signal.pause()
