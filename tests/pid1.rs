@@ -184,15 +184,21 @@ fn children_get_an_empty_mask_and_default_dispositions_even_if_drover_did_not() 
 command = ["grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"]
 restart = "never"
 start_secs = "100ms"
+
+[group.seven]
+command = ["sh", "-c", "exit 7"]
+restart = "never"
 "#,
     );
-    // Start drover with signals blocked and ignored, as a careless parent might.
+    // Start drover with signals blocked and ignored, as a careless parent
+    // might. An ignored SIGCHLD would have the kernel reap children itself:
+    // drover could not tell how they ended.
     let wrapper = [
         "python3",
         "-c",
         "import os, signal, sys\n\
          signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGCHLD, signal.SIGUSR1, signal.SIGALRM})\n\
-         for s in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR2, signal.SIGPIPE):\n    signal.signal(s, signal.SIG_IGN)\n\
+         for s in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR2, signal.SIGPIPE, signal.SIGCHLD):\n    signal.signal(s, signal.SIG_IGN)\n\
          os.execvp(sys.argv[1], sys.argv[1:])",
     ];
     let mut d = Drover::start_in(dir, &wrapper);
@@ -209,7 +215,60 @@ start_secs = "100ms"
     // (its posix_spawn leaves them ignored unless they are in the default
     // set).
     assert_eq!(mask("SigIgn"), 0, "{text}");
+    d.wait_group_state("seven", "exited");
+    let status = d.status();
+    assert_eq!(
+        Drover::children(&status, "seven")[0]["last_exit"]["code"],
+        7,
+        "{status}"
+    );
     // drover itself still handles SIGTERM although it was started blocked.
     d.signal(libc::SIGTERM);
     assert_eq!(Drover::code(d.wait_exit()), 0);
+}
+
+/// SIGCHLD is read from a signalfd, so no thread of drover may take it:
+/// a thread with SIGCHLD unblocked would receive it (and, at its default
+/// action, discard it) and exits would go unnoticed until the next one.
+#[test]
+fn every_thread_of_drover_blocks_sigchld() {
+    let d = Drover::start(
+        "sigchld-threads",
+        r#"
+[supervisor]
+state_dir = "state"
+metrics = "127.0.0.1:0"
+
+[queue.jobs]
+durable = true
+
+[group.worker]
+command = ["sleep", "1000"]
+inputs = ["jobs"]
+"#,
+    );
+    d.wait_group_state("worker", "running");
+    let tasks = format!("/proc/{}/task", d.pid());
+    let masks: Vec<(String, u64)> = std::fs::read_dir(&tasks)
+        .unwrap()
+        .map(|task| {
+            let path = task.unwrap().path().join("status");
+            let status = std::fs::read_to_string(&path).unwrap();
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(|v| v.trim().to_owned())
+                    .unwrap_or_else(|| panic!("no {name} in {}", path.display()))
+            };
+            let mask = u64::from_str_radix(&field("SigBlk:"), 16).unwrap();
+            (field("Name:"), mask)
+        })
+        .collect();
+    // The loop, the log writer, the config watcher, the store.
+    assert!(masks.len() >= 4, "{masks:?}");
+    let sigchld = 1u64 << (libc::SIGCHLD - 1);
+    for (name, mask) in &masks {
+        assert!(mask & sigchld != 0, "thread {name}: SigBlk {mask:x}");
+    }
 }

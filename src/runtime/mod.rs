@@ -1,10 +1,11 @@
 //! The event loop: the only place where drover waits.
 //!
-//! One `epoll` set carries every source of events — the signal self-pipe
-//! (SIGCHLD included), the control socket and its connections, every child's
-//! output pipes, and the log writer's wake-up socket — and the wait's
-//! timeout is the supervisor's next deadline. Nothing sleeps and nothing
-//! polls: with no events and no deadline, `epoll_wait` blocks indefinitely.
+//! One `epoll` set carries every source of events — the signal self-pipe,
+//! SIGCHLD's signalfd, every child's pidfd, the control socket and its
+//! connections, every child's output pipes, and the log writer's wake-up
+//! socket — and the wait's timeout is the supervisor's next deadline.
+//! Nothing sleeps and nothing polls: with no events and no deadline,
+//! `epoll_wait` blocks indefinitely.
 //!
 //! The runtime owns the I/O; decisions are made by [`Supervisor`].
 
@@ -16,6 +17,7 @@ pub mod orphans;
 mod output;
 mod pidfds;
 mod probes;
+mod sigchld;
 pub mod watch;
 
 use std::collections::{BTreeMap, HashMap};
@@ -59,6 +61,8 @@ const CONFIG_WAKE: u64 = 3;
 const STORE: u64 = 4;
 /// The eventfd of the Redis threads (queues on Redis).
 const REDIS: u64 = 5;
+/// SIGCHLD's signalfd.
+const CHILD_SIGNAL: u64 = 6;
 /// The metrics listener (`[supervisor] metrics`).
 const METRICS: u64 = 12;
 /// How long the fork server and templates get to exit at shutdown.
@@ -140,6 +144,7 @@ struct Runtime {
     sup: Supervisor,
     launcher: ProcessLauncher,
     signals: SignalDelivery<UnixStream, SignalOnly>,
+    child_signal: sigchld::ChildSignal,
     clients: Clients,
     output: Output,
     next_token: u64,
@@ -163,6 +168,9 @@ struct Runtime {
     /// This batch reaped children through their pidfds: a SIGCHLD in it
     /// most likely announced those, so its sweep waits for `sweep_at`.
     reaped_by_pidfd: bool,
+    /// When a child was last reaped through its pidfd: the exit's SIGCHLD
+    /// can come in the next batch (the kernel wakes pidfd readers first).
+    last_pidfd_reap: Option<Instant>,
     /// When the put-off `waitpid(-1)` sweep runs (see [`SWEEP_DELAY`]).
     sweep_at: Option<Instant>,
     /// The last [`Self::settle_starts`] stopped at its bound.
@@ -198,10 +206,11 @@ struct Scrape {
 
 impl Runtime {
     fn new(config: Config, path: &Path, socket: &Path) -> Result<Self, RuntimeError> {
+        // First: no thread may exist with SIGCHLD unblocked.
+        let child_signal = sigchld::ChildSignal::new().map_err(os("SIGCHLD's signalfd"))?;
         let (sig_read, sig_write) = UnixStream::pair().map_err(os("signal pipe"))?;
         sig_read.set_nonblocking(true).map_err(os("signal pipe"))?;
         let handled = [
-            sig::SIGCHLD,
             sig::SIGTERM,
             sig::SIGINT,
             sig::SIGQUIT,
@@ -282,6 +291,9 @@ impl Runtime {
             .add(signals.get_read().as_fd(), readable(SIGNALS))
             .map_err(errno("epoll"))?;
         epoll
+            .add(child_signal.as_fd(), readable(CHILD_SIGNAL))
+            .map_err(errno("epoll"))?;
+        epoll
             .add(wake_rx.as_fd(), readable(LOG_WAKE))
             .map_err(errno("epoll"))?;
         epoll
@@ -332,6 +344,7 @@ impl Runtime {
             sup: Supervisor::new(&config),
             launcher,
             signals,
+            child_signal,
             clients,
             output: Output::new(
                 logs::LineFormat {
@@ -353,6 +366,7 @@ impl Runtime {
             term_signals: 0,
             reap_pending: false,
             reaped_by_pidfd: false,
+            last_pidfd_reap: None,
             sweep_at: None,
             starts_pending: false,
             first_stop: None,
@@ -525,6 +539,7 @@ impl Runtime {
     fn dispatch(&mut self, token: u64, flags: EpollFlags) {
         match token {
             SIGNALS => self.on_signals(),
+            CHILD_SIGNAL => self.on_child_signal(),
             LOG_WAKE => self.output.on_wake(&self.epoll),
             CONFIG_WAKE => self.on_config_event(),
             STORE => self.broker.on_store(&self.epoll),
@@ -556,14 +571,6 @@ impl Runtime {
         let now = Instant::now();
         for signal in pending {
             match signal {
-                // The sweep walks every child in the kernel: right after
-                // a pidfd reap it would compete with the replacement's
-                // start, so it waits a little (orphans and the helpers'
-                // children are reaped at most SWEEP_DELAY later).
-                sig::SIGCHLD if self.reaped_by_pidfd => {
-                    self.sweep_at.get_or_insert(now + SWEEP_DELAY);
-                }
-                sig::SIGCHLD => self.reap(now),
                 sig::SIGTERM | sig::SIGINT | sig::SIGQUIT => self.on_stop_signal(signal, now),
                 sig::SIGHUP => {
                     let _ = self.reload("SIGHUP");
@@ -572,6 +579,25 @@ impl Runtime {
                 sig::SIGUSR2 => self.sup.forward(Signal::Usr2, &mut self.launcher),
                 _ => {}
             }
+        }
+    }
+
+    fn on_child_signal(&mut self) {
+        if !self.child_signal.take() {
+            return;
+        }
+        let now = Instant::now();
+        let recent = self
+            .last_pidfd_reap
+            .is_some_and(|t| now.saturating_duration_since(t) < SWEEP_DELAY);
+        if self.reaped_by_pidfd || recent {
+            // The sweep walks every child in the kernel: right after a
+            // pidfd reap it would compete with the replacement's start, so
+            // it waits a little (orphans and the helpers' children are
+            // reaped at most SWEEP_DELAY later).
+            self.sweep_at.get_or_insert(now + SWEEP_DELAY);
+        } else {
+            self.reap(now);
         }
     }
 
@@ -614,6 +640,7 @@ impl Runtime {
             }
         }
         if let Some(now) = now {
+            self.last_pidfd_reap = Some(now);
             self.after_reaping(strangers, now);
         }
         now.is_some()

@@ -152,3 +152,15 @@ pub fn inherited_across_exec(fd: std::os::fd::RawFd) -> bool {
     )
     .is_ok_and(|flags| flags & libc::FD_CLOEXEC == 0)
 }
+
+/// Puts SIGCHLD back to its default action (a parent may have left it
+/// ignored, and an ignored SIGCHLD makes the kernel reap children itself,
+/// before drover can learn how they ended).
+pub fn default_sigchld() -> io::Result<()> {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: SIG_DFL installs no handler of ours: no code runs in signal
+    // context, and no other thread exists yet to race on the disposition.
+    unsafe { signal(Signal::SIGCHLD, SigHandler::SigDfl) }
+        .map(drop)
+        .map_err(io::Error::from)
+}
