@@ -21,6 +21,13 @@
  *       The bare baseline: a SOCK_SEQPACKET socketpair between two processes
  *       (fork); the child consumes exactly as `consume` does, the parent
  *       produces exactly as `produce` does, once the child is ready.
+ *   qb relay N SIZE MODE RATE RESULT
+ *       The relay floor: `pair`, but with a third process between producer
+ *       and consumer, on two SEQPACKET pairs, that does nothing but move
+ *       packets: up to 64 per recvmmsg in, the same batch out in sendmmsg
+ *       (blocking; the first packet waited for, the rest taken if there).
+ *       What any process that reads and writes every message costs, with
+ *       no bookkeeping at all: the floor of a broker like drover's.
  *   qb pingpong N SIZE RESULT
  *       Round trip over a bare SEQPACKET pair: the parent sends one message,
  *       the child sends it back; N round trips, each timed.
@@ -428,6 +435,108 @@ static void pair(long n, size_t size, int lat_mode, double rate, const char *res
     }
 }
 
+/* The relay: packets from `in` to `out`, in batches, until `in` ends. */
+static void forward(int in, int out, size_t size)
+{
+    enum { BATCH = 64 };
+    size_t cap = size + 1;
+    char *buf = malloc(cap * BATCH);
+    struct mmsghdr m[BATCH];
+    struct iovec iov[BATCH];
+    if (!buf)
+        die("malloc");
+    for (;;) {
+        memset(m, 0, sizeof m);
+        for (int i = 0; i < BATCH; i++) {
+            iov[i] = (struct iovec){buf + (size_t)i * cap, cap};
+            m[i].msg_hdr.msg_iov = &iov[i];
+            m[i].msg_hdr.msg_iovlen = 1;
+        }
+        int got = recvmmsg(in, m, BATCH, MSG_WAITFORONE, NULL);
+        if (got < 0) {
+            if (errno == EINTR)
+                continue;
+            die("recvmmsg");
+        }
+        /* A zero-length packet is the end of the stream (producers never
+         * send one). */
+        int end = 0;
+        while (end < got && m[end].msg_len > 0) {
+            iov[end].iov_len = m[end].msg_len;
+            end++;
+        }
+        for (int sent = 0; sent < end;) {
+            int r = sendmmsg(out, m + sent, (unsigned)(end - sent), MSG_NOSIGNAL);
+            if (r < 0) {
+                if (errno == EINTR)
+                    continue;
+                die("sendmmsg");
+            }
+            sent += r;
+        }
+        if (end < got || got == 0) {
+            free(buf);
+            return;
+        }
+    }
+}
+
+static void relay(long n, size_t size, int lat_mode, double rate, const char *result)
+{
+    int in[2], out[2], ready[2];
+    if (pipe(ready) != 0)
+        die("pipe");
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, in) != 0 ||
+        socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, out) != 0)
+        die("socketpair");
+    pid_t consumer = fork();
+    if (consumer < 0)
+        die("fork");
+    if (consumer == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        close(in[0]);
+        close(in[1]);
+        close(out[0]);
+        close(ready[0]);
+        if (write(ready[1], "r", 1) != 1)
+            die("write");
+        close(ready[1]);
+        char *text = consume(out[1], n, size, lat_mode, 0);
+        write_file(result, text);
+        _exit(0);
+    }
+    pid_t relayer = fork();
+    if (relayer < 0)
+        die("fork");
+    if (relayer == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        close(in[0]);
+        close(out[1]);
+        close(ready[0]);
+        close(ready[1]);
+        forward(in[1], out[0], size);
+        _exit(0);
+    }
+    close(in[1]);
+    close(out[0]);
+    close(out[1]);
+    close(ready[1]);
+    char c;
+    if (read(ready[0], &c, 1) != 1)
+        die("read ready");
+    close(ready[0]);
+    produce(in[0], n, size, rate);
+    close(in[0]);
+    int status, relayed;
+    if (waitpid(consumer, &status, 0) < 0 || waitpid(relayer, &relayed, 0) < 0)
+        die("waitpid");
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || !WIFEXITED(relayed) ||
+        WEXITSTATUS(relayed) != 0) {
+        fprintf(stderr, "qb: relay consumer or relay failed (status %d, %d)\n", status, relayed);
+        exit(1);
+    }
+}
+
 static void pingpong(long n, size_t size, const char *result)
 {
     int sv[2];
@@ -470,6 +579,7 @@ static void usage(void)
     fprintf(stderr, "usage: qb produce N SIZE RATE READY\n"
                     "       qb consume N SIZE tput|lat ACK READY RESULT\n"
                     "       qb pair N SIZE tput|lat RATE RESULT\n"
+                    "       qb relay N SIZE tput|lat RATE RESULT\n"
                     "       qb pingpong N SIZE RESULT\n"
                     "       qb produce-confirm N SIZE WINDOW READY RESULT\n"
                     "       qb first SIZE READY RESULT\n");
@@ -536,6 +646,10 @@ int main(int argc, char **argv)
     }
     if (strcmp(mode, "pair") == 0 && argc == 7) {
         pair(n, size, strcmp(argv[4], "lat") == 0, atof(argv[5]), argv[6]);
+        return 0;
+    }
+    if (strcmp(mode, "relay") == 0 && argc == 7) {
+        relay(n, size, strcmp(argv[4], "lat") == 0, atof(argv[5]), argv[6]);
         return 0;
     }
     if (strcmp(mode, "pingpong") == 0 && argc == 5) {

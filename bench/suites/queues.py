@@ -3,7 +3,8 @@ with a bare SEQPACKET socketpair and Python's multiprocessing.Queue /
 SimpleQueue, all measured in the same run.
 
 Producer and consumer are the same small C program (bench/c/qb.c) for
-drover and the bare pair; the Python baselines are bench/workers/pyq.py.
+drover, the bare pair and the bare relay (a third process that only moves
+packets: what any broker in between can reach at best); the Python baselines are bench/workers/pyq.py.
 `--repeat` rounds, each running every case once, alternating, so that each
 target's verdict is the median of the rounds' ratios against the same
 round's baseline. Throughput: N messages flat out. Latency: messages
@@ -44,7 +45,7 @@ OPTIONS = [
     Option("--flood-producers", int, 4, 4, "queues: producers of the flood (no consumer)"),
     Option("--diag-n", int, 200_000, 5_000, "queues: messages per perf diagnostic run"),
     Option("--no-diag", bool, False, False, "queues: skip the perf diagnostics"),
-    Option("--targets", bool, False, False, "queues: only what the targets need (64 B; bare pair, drover and the "
+    Option("--targets", bool, False, False, "queues: only what the targets need (64 B; bare pair and relay, drover and the "
            "round trip; no Python or flood; perf counts syscalls and CPU time only)"),
     Option("--stall-secs", float, 3, 3, "queues: a drover run with no delivery for this long is reported as stalled"),
 ]
@@ -62,10 +63,13 @@ DROVER_MODES = [
 ]
 PREFETCH_1 = ("amo1", "alo1")  # one message per round trip: a tenth of N
 PY_KINDS = [("mpq", "multiprocessing.Queue", "queue"), ("mpsq", "multiprocessing.SimpleQueue", "simple")]
-LABELS = {"bare": "bare SEQPACKET socketpair", **{k: label for k, label, *_ in DROVER_MODES},
+LABELS = {"bare": "bare SEQPACKET socketpair",
+          "relay": "bare relay (a third process moving packets, 64 per recvmmsg/sendmmsg)",
+          **{k: label for k, label, *_ in DROVER_MODES},
           **{k: label for k, label, _ in PY_KINDS}}
-ROWS = ["bare", *(k for k, *_ in DROVER_MODES), *(k for k, *_ in PY_KINDS)]
-SYSCALLS = ("epoll_wait", "epoll_pwait", "epoll_ctl", "recvfrom", "sendto", "recvmsg", "sendmsg", "ioctl",
+ROWS = ["bare", "relay", *(k for k, *_ in DROVER_MODES), *(k for k, *_ in PY_KINDS)]
+SYSCALLS = ("epoll_wait", "epoll_pwait", "epoll_ctl", "recvfrom", "sendto", "recvmsg", "sendmsg", "recvmmsg",
+            "sendmmsg", "ioctl",
             "read", "write", "futex", "mmap", "munmap", "brk", "madvise")
 
 
@@ -167,6 +171,8 @@ class QueueBench:
         label = f"{LABELS[row]}, {size} B, {'throughput' if mode == 'tput' else 'latency'}, {n:,} messages"
         if row == "bare":
             return self.measured(key, label, lambda: self.bare(size, mode, n, rate))
+        if row == "relay":
+            return self.measured(key, label, lambda: self.relay(size, mode, n, rate))
         kind = next((arg for k, _, arg in PY_KINDS if k == row), None)
         if kind:
             return self.measured(key, label, lambda: self.python(kind, size, mode, n, rate))
@@ -183,6 +189,9 @@ class QueueBench:
 
     def bare(self, size: int, mode: str, n: int, rate: float) -> dict:
         return self.qb_json(f"bare_{size}_{mode}", ["pair", n, size, mode, rate], self.timeout(n))
+
+    def relay(self, size: int, mode: str, n: int, rate: float) -> dict:
+        return self.qb_json(f"relay_{size}_{mode}", ["relay", n, size, mode, rate], self.timeout(n))
 
     def pingpong(self, size: int) -> dict:
         return self.qb_json(f"pingpong_{size}", ["pingpong", self.o.rtt_n, size], 120)
@@ -492,6 +501,17 @@ def goals(r: dict) -> list[list[str]]:
                [f"{key}_64_tput", "bare_64_tput"],
                per_round(f"{key}_64_tput", "bare_64_tput", lambda x, y: x / y), goal, False,
                f"median run {thousands(t)} ÷ {thousands(bare_t)}/s" if t and bare_t else "")
+    # Not targets: how far any process between producer and consumer gets
+    # (the relay floor), and how close drover comes to it.
+    relay_t = val("relay_64_tput", "msgs_per_s")
+    reference(g, "bare relay ÷ bare SEQPACKET pair (what a process in between can reach at best)",
+              per_round("relay_64_tput", "bare_64_tput", lambda x, y: x / y),
+              f"median run {thousands(relay_t)} ÷ {thousands(bare_t)}/s" if relay_t and bare_t else "")
+    for key in ("amo64", "alo64"):
+        t = val(f"{key}_64_tput", "msgs_per_s")
+        reference(g, f"{LABELS[key].replace('drover ', 'queue ')}, 64 B ÷ bare relay",
+                  per_round(f"{key}_64_tput", "relay_64_tput", lambda x, y: x / y),
+                  f"median run {thousands(t)} ÷ {thousands(relay_t)}/s" if t and relay_t else "")
     rtt_p50 = val("rtt_64", "p50_ns")
     for key in ("alo1", "amo1"):
         t = val(f"{key}_64_tput", "msgs_per_s")
@@ -518,6 +538,15 @@ def goals(r: dict) -> list[list[str]]:
         elif f.get("error"):
             g.append([f"memory bounded by capacity ({size} B)", f"failed: {f['error']}", "", DASH])
     return g
+
+
+def reference(g: list, name: str, ratios: list[float], how: str) -> None:
+    """A row beside the targets that has none: the median of the rounds'
+    same-run ratios, for reading the targets' rows."""
+    rs = sorted(ratios)
+    m = middle(rs)
+    measured = f"{m:.2f}× (median of {len(rs)} rounds, {rs[0]:.2f}–{rs[-1]:.2f}; {how})" if rs else "not measured"
+    g.append([name, measured, DASH, "no target (a reference)"])
 
 
 def targets(r: dict) -> list[list[str]]:
