@@ -525,6 +525,15 @@ def goals(r: dict) -> list[list[str]]:
                [f"{key}_64_lat", "bare_64_lat"],
                per_round(f"{key}_64_lat", "bare_64_lat", lambda x, y: x / y), 3, True,
                f"median run {us(p)} ÷ {us(bare_l)} µs" if p and bare_l else "")
+    relay_l = val("relay_64_lat", "p50_ns")
+    reference(g, f"bare relay p50 latency at low load ({a['rate']:g}/s) ÷ bare pair p50",
+              per_round("relay_64_lat", "bare_64_lat", lambda x, y: x / y),
+              f"median run {us(relay_l)} ÷ {us(bare_l)} µs" if relay_l and bare_l else "")
+    for key, label, *_ in DROVER_MODES:
+        p = val(f"{key}_64_lat", "p50_ns")
+        reference(g, f"p50 latency at low load ÷ bare relay p50: {label.replace('drover ', '')}",
+                  per_round(f"{key}_64_lat", "relay_64_lat", lambda x, y: x / y),
+                  f"median run {us(p)} ÷ {us(relay_l)} µs" if p and relay_l else "")
     for size in SIZES:
         f = r["flood"].get(str(size)) or {}
         if "rss_full_kb" in f:
