@@ -14,6 +14,11 @@
  *   probe refork  N STAMP DIR [GAP_MS]
  *                               the same floor with fork + execve instead of
  *                               posix_spawn
+ *   probe burst   N STAMP DIR   bare posix_spawn of STAMP, N times back to
+ *                               back without waiting for any to run, as a
+ *                               supervisor starts its children; prints one
+ *                               line: t0 (before the first spawn) to the
+ *                               latest of the N stamps, in ns
  *   probe kill    N DIR TIMEOUT_MS GAP_MS
  *                               drive an external supervisor: SIGKILL the
  *                               newest STAMP child found in DIR/stamps and wait
@@ -240,9 +245,57 @@ static void ballast_setup(void) {
             mib, advice, rss, anon, huge);
 }
 
+/* `probe burst`: n spawns back to back, then the stamps of all of them. */
+static void burst(int n) {
+    pid_t *pids = calloc((size_t)n, sizeof *pids);
+    char *seen = calloc((size_t)n, 1);
+    if (pids == NULL || seen == NULL)
+        die("calloc");
+    long long t0 = now_ns();
+    for (int i = 0; i < n; i++)
+        pids[i] = start_spawn();
+    long long last = 0;
+    long long deadline = now_ns() + (long long)TIMEOUT_MS * 1000000LL * 4;
+    for (int left = n; left > 0;) {
+        int pid;
+        long long ns;
+        while (left > 0 && stamps_next(&pid, &ns)) {
+            for (int i = 0; i < n; i++) {
+                if (pids[i] == pid && !seen[i]) {
+                    seen[i] = 1;
+                    left--;
+                    if (ns > last)
+                        last = ns;
+                    break;
+                }
+            }
+        }
+        if (left == 0)
+            break;
+        long long wait = deadline - now_ns();
+        if (wait <= 0) {
+            fprintf(stderr, "probe: %d of %d stamps missing after the burst\n", left, n);
+            exit(1);
+        }
+        struct pollfd p = {.fd = inotify_fd, .events = POLLIN};
+        if (poll(&p, 1, (int)(wait / 1000000LL) + 1) < 0 && errno != EINTR)
+            die("poll");
+        char buf[4096];
+        while (read(inotify_fd, buf, sizeof buf) > 0) {
+        }
+    }
+    printf("%lld\n", last - t0);
+    for (int i = 0; i < n; i++)
+        kill(pids[i], SIGKILL);
+    for (int i = 0; i < n; i++)
+        waitpid(pids[i], NULL, 0);
+    free(pids);
+    free(seen);
+}
+
 static int usage(void) {
     fprintf(stderr,
-            "usage: probe spawn|fork N STAMP DIR\n"
+            "usage: probe spawn|fork|burst N STAMP DIR\n"
             "       probe respawn|refork N STAMP DIR [GAP_MS]\n"
             "       probe kill N DIR TIMEOUT_MS GAP_MS\n");
     return 2;
@@ -283,6 +336,15 @@ int main(int argc, char **argv) {
             printf("%lld\n", ns - t0);
             kill_and_reap(pid);
         }
+        return 0;
+    }
+
+    if (strcmp(mode, "burst") == 0) {
+        if (argc != 5)
+            return usage();
+        setup_child(argv[3], argv[4]);
+        stamps_open(argv[4]);
+        burst(n);
         return 0;
     }
 
