@@ -159,6 +159,12 @@ fn pending(redis: &RedisServer, stream: &str, group: &str) -> u64 {
         .unwrap_or_else(|_| panic!("XPENDING {stream} {group}: {out}"))
 }
 
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 /// Waits until `stream` is empty and `group` has nothing pending: every
 /// entry was acked (XACK) and deleted (XDEL).
 fn wait_drained(redis: &RedisServer, stream: &str, group: &str) {
@@ -399,13 +405,31 @@ fn two_instances_share_one_stream() {
         done.iter().map(|p| lines(p).len()).sum::<usize>() >= N && tally(&done).len() >= N
     });
     let took = started.elapsed();
-    wait_until_within("both instances to count every ack", LONG, || {
+    // (Not wait_until_within: a timeout says what each instance and Redis
+    // still hold.)
+    let deadline = Instant::now() + LONG;
+    loop {
         let (sa, sb) = (a.status(), b.status());
-        count(&sa, "jobs", "acked") + count(&sb, "jobs", "acked") == N as u64
+        let settled = count(&sa, "jobs", "acked") + count(&sb, "jobs", "acked") == N as u64
             && [&sa, &sb]
                 .iter()
-                .all(|s| count(s, "jobs", "depth") == 0 && count(s, "jobs", "in_flight") == 0)
-    });
+                .all(|s| count(s, "jobs", "depth") == 0 && count(s, "jobs", "in_flight") == 0);
+        if settled {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {LONG:?} waiting for both instances to count every ack of {N}; \
+             XLEN {}, {} pending; instance A: {:#}; instance B: {:#}\nA's log:\n{}\nB's log:\n{}",
+            xlen(&redis, "drover:jobs"),
+            pending(&redis, "drover:jobs", "jobs"),
+            queue(&sa, "jobs"),
+            queue(&sb, "jobs"),
+            tail(&a.stderr.text(), 40),
+            tail(&b.stderr.text(), 40),
+        );
+        std::thread::sleep(Duration::from_millis(20)); // poll interval of a condition wait
+    }
     wait_drained(&redis, "drover:jobs", "jobs");
 
     let seen = tally(&done);
