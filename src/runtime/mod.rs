@@ -165,11 +165,9 @@ struct Runtime {
     exit_on_fatal: bool,
     /// The last reap stopped at its per-turn bound; more may be waiting.
     reap_pending: bool,
-    /// This batch reaped children through their pidfds: a SIGCHLD in it
-    /// most likely announced those, so its sweep waits for `sweep_at`.
-    reaped_by_pidfd: bool,
-    /// When a child was last reaped through its pidfd: the exit's SIGCHLD
-    /// can come in the next batch (the kernel wakes pidfd readers first).
+    /// When a child was last reaped through its pidfd: a SIGCHLD soon
+    /// after most likely announced it (in the same batch, or the next: the
+    /// kernel wakes pidfd readers first), so its sweep waits for `sweep_at`.
     last_pidfd_reap: Option<Instant>,
     /// When the put-off `waitpid(-1)` sweep runs (see [`SWEEP_DELAY`]).
     sweep_at: Option<Instant>,
@@ -365,7 +363,6 @@ impl Runtime {
             orphan_grace,
             term_signals: 0,
             reap_pending: false,
-            reaped_by_pidfd: false,
             last_pidfd_reap: None,
             sweep_at: None,
             starts_pending: false,
@@ -412,11 +409,10 @@ impl Runtime {
             }
             // Exits first, so that their restarts come before anything
             // else in this batch (the SIGCHLD sweep in particular).
-            self.reaped_by_pidfd = self.reap_pidfds(&events[..n]);
+            self.reap_pidfds(&events[..n]);
             for event in &events[..n] {
                 self.dispatch(event.data(), event.events());
             }
-            self.reaped_by_pidfd = false;
             let now = Instant::now();
             if self.sweep_at.is_some_and(|t| t <= now) {
                 self.sweep_at = None;
@@ -547,7 +543,7 @@ impl Runtime {
             t if self.pidfds.owns(t) => {
                 // Already reaped with the batch's other pidfds, unless a
                 // dispatch before it made it readable just now.
-                self.reaped_by_pidfd |= self.reap_pidfds(&[EpollEvent::new(flags, t)]);
+                self.reap_pidfds(&[EpollEvent::new(flags, t)]);
             }
             t if self.output.owns(t) => {
                 self.output.on_readable(&self.epoll, t);
@@ -590,7 +586,7 @@ impl Runtime {
         let recent = self
             .last_pidfd_reap
             .is_some_and(|t| now.saturating_duration_since(t) < SWEEP_DELAY);
-        if self.reaped_by_pidfd || recent {
+        if recent {
             // The sweep walks every child in the kernel: right after a
             // pidfd reap it would compete with the replacement's start, so
             // it waits a little (orphans and the helpers' children are
@@ -627,7 +623,7 @@ impl Runtime {
 
     /// Reaps the children whose pidfds are among `events` (each reap is
     /// one child, however many there are).
-    fn reap_pidfds(&mut self, events: &[EpollEvent]) -> bool {
+    fn reap_pidfds(&mut self, events: &[EpollEvent]) {
         let mut now = None;
         let mut strangers = false;
         for event in events {
@@ -643,7 +639,6 @@ impl Runtime {
             self.last_pidfd_reap = Some(now);
             self.after_reaping(strangers, now);
         }
-        now.is_some()
     }
 
     /// Reaps exited children, known or not, with `waitpid(-1)`: what has no
