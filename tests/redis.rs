@@ -453,6 +453,47 @@ fn two_instances_share_one_stream() {
     }
 }
 
+/// `depth` on a shared stream follows what other instances read: A has
+/// the producer and no consumer, so nothing makes A write to Redis after
+/// its last `XADD`; B starts after that and consumes everything; A's
+/// `depth` goes from N to 0 (it stayed at A's last measure before).
+#[test]
+fn depth_follows_what_another_instance_consumes() {
+    const N: u64 = 200;
+    let redis = RedisServer::start("redis-depth");
+    let a_config = redis_queue("jobs", &redis.url(), "")
+        + &group(
+            "producer",
+            &format!(r#""producer.py", "-", "--count", "{N}""#),
+            "outputs = [\"jobs\"]\nrestart = \"never\"",
+        );
+    let a = Drover::launch("redis-depth-a", &a_config, &SCRIPTS);
+    a.wait_status_within("A's depth to count every message", LONG, |s| {
+        count(s, "jobs", "depth") == N
+    });
+    assert_eq!(xlen(&redis, "drover:jobs"), N);
+
+    let b_config = redis_queue("jobs", &redis.url(), "prefetch = 16")
+        + &group(
+            "consumer",
+            r#""consumer.py", "jobs", "done.txt""#,
+            "inputs = [\"jobs\"]",
+        );
+    let b = Drover::launch("redis-depth-b", &b_config, &SCRIPTS);
+    let done = b.dir.path().join("done.txt");
+    wait_until_within("B to consume every message", LONG, || {
+        lines(&done).len() as u64 >= N
+    });
+    wait_drained(&redis, "drover:jobs", "jobs");
+    let status = a.wait_status_within("A's depth to fall to 0", LONG, |s| {
+        count(s, "jobs", "depth") == 0
+    });
+    assert_eq!(count(&status, "jobs", "acked"), 0, "{status:#}");
+    b.wait_status_within("B's depth to be 0", LONG, |s| {
+        count(s, "jobs", "depth") == 0 && count(s, "jobs", "acked") == N
+    });
+}
+
 /// Instance A is SIGKILLed while its consumers hold unacked messages
 /// (they take 8 at a time and work 2 s on them); instance B, with
 /// `claim_idle = "2s"`, claims A's pending entries and delivers them: every

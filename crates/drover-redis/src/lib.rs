@@ -14,6 +14,10 @@
 //!   the backend is closed: nothing is dropped, and since a failed `XADD`
 //!   may still have been applied, a message may be added twice (at least
 //!   once, never lost).
+//!   Each round trip also measures the group's lag (entries no consumer
+//!   of any instance has read), and while that is above 0 the writer
+//!   measures it again every second, with nothing to write: other
+//!   instances read from the stream without this one hearing of it.
 //! - the **reader** feeds consumers: `XREADGROUP … BLOCK` with a `COUNT` of
 //!   the credit the loop granted ([`Backend::grant`], the consumers' free
 //!   prefetch), so drover holds no more of the stream than its consumers
@@ -51,6 +55,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a command may take before the connection is taken for dead.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+/// While the group's lag was last seen above 0, the writer measures it
+/// again this often even with nothing to write: other instances' readers
+/// take entries without this one writing anything, and `status` would
+/// show a lag that is long gone.
+const LAG_REFRESH: Duration = Duration::from_secs(1);
 /// Entries claimed per round trip of a start's recovery.
 const RECOVER_BATCH: u64 = 256;
 
@@ -395,20 +404,34 @@ const READER: usize = 1;
 fn writer(shared: &Shared, spec: &Spec) {
     let mut conn: Option<Connection> = None;
     let mut backoff = FIRST_BACKOFF;
+    // The lag last reported to the loop.
+    let mut lag = 0;
     loop {
+        // Empty: only the lag is measured again (see LAG_REFRESH).
         let batches: Vec<WriteBatch> = {
             let mut s = shared.lock();
+            let refresh_at = (lag > 0).then(|| Instant::now() + LAG_REFRESH);
             while s.batches.is_empty() && !s.stop {
-                s = shared.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+                let Some(at) = refresh_at else {
+                    s = shared.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+                    continue;
+                };
+                let now = Instant::now();
+                if now >= at {
+                    break;
+                }
+                s = shared
+                    .changed
+                    .wait_timeout(s, at - now)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|e| e.into_inner().0);
             }
-            if s.batches.is_empty() {
+            if s.batches.is_empty() && s.stop {
                 break;
             }
             s.batches.drain(..).collect()
         };
-        let Some(last) = batches.last().map(|b| b.seq) else {
-            continue;
-        };
+        let last = batches.last().map(|b| b.seq);
         loop {
             let c = match conn.as_mut() {
                 Some(c) => c,
@@ -416,6 +439,10 @@ fn writer(shared: &Shared, spec: &Spec) {
                     Ok(c) => conn.insert(c),
                     Err(e) => {
                         shared.set_error(WRITER, Some(e));
+                        if last.is_none() {
+                            // Only a measure: tried again at the next refresh.
+                            break;
+                        }
                         // Also when stopping: what was accepted is sent
                         // for as long as the process lives.
                         thread::sleep(backoff);
@@ -425,11 +452,17 @@ fn writer(shared: &Shared, spec: &Spec) {
                 },
             };
             match write(c, spec, &batches) {
-                Ok(lag) => {
+                Ok(now) => {
                     backoff = FIRST_BACKOFF;
                     shared.set_error(WRITER, None);
+                    if last.is_none() && now == lag {
+                        break;
+                    }
+                    lag = now;
                     let mut s = shared.lock();
-                    s.events.committed = Some(last);
+                    if last.is_some() {
+                        s.events.committed = last;
+                    }
                     s.events.lag = Some(lag);
                     drop(s);
                     shared.notify.notify();
@@ -437,6 +470,9 @@ fn writer(shared: &Shared, spec: &Spec) {
                 }
                 Err(e) => {
                     command_failed(shared, WRITER, spec, &mut conn, &e);
+                    if last.is_none() {
+                        break;
+                    }
                     thread::sleep(backoff);
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
