@@ -1,0 +1,169 @@
+//! The drover binary's code layout (src/cold.ld, passed to the linker by
+//! build.rs): code that a supervisor without TLS, Redis, durable queues or
+//! the man page writer never runs sits in its own 64 KiB-aligned section,
+//! away from the code that runs all the time, so that the kernel's
+//! fault-around does not map it into every drover. What it saves is
+//! measured by the benchmarks (`bash bench/run.sh core`, the RSS row); this
+//! checks that the layout is there: the section exists, whole 64 KiB
+//! blocks, holds the crates it names, and none of the event loop.
+
+mod common;
+
+use std::process::Command;
+
+/// (address, size) of `name` in the binary's section headers.
+fn section(bin: &str, name: &str) -> Option<(u64, u64)> {
+    let out = Command::new("readelf")
+        .args(["-SW", bin])
+        .output()
+        .expect("readelf (binutils) runs");
+    assert!(out.status.success(), "readelf -SW {bin} failed");
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        // "  [17] .text.cold  PROGBITS  00000000003b0000 3b0000 0d0000 ..."
+        let rest = l.split_once(']')?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        (f.first() == Some(&name)).then(|| {
+            let hex = |s: &str| u64::from_str_radix(s, 16).unwrap();
+            (hex(f[2]), hex(f[4]))
+        })
+    })
+}
+
+/// The address of the read-only data symbol `name`.
+fn data(bin: &str, name: &str) -> u64 {
+    let out = Command::new("nm")
+        .args(["--defined-only", bin])
+        .output()
+        .expect("nm (binutils) runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 3 && matches!(f[1], "r" | "R") && f[2] == name)
+                .then(|| u64::from_str_radix(f[0], 16).unwrap())
+        })
+        .unwrap_or_else(|| panic!("{bin} has no read-only symbol {name}"))
+}
+
+/// The binary's function symbols: (address, raw name).
+fn functions(bin: &str) -> Vec<(u64, String)> {
+    let out = Command::new("nm")
+        .args(["--defined-only", bin])
+        .output()
+        .expect("nm (binutils) runs");
+    assert!(out.status.success(), "nm {bin} failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let addr = u64::from_str_radix(f.next()?, 16).ok()?;
+            let kind = f.next()?;
+            let name = f.next()?;
+            matches!(kind, "t" | "T").then(|| (addr, name.to_owned()))
+        })
+        .collect()
+}
+
+#[test]
+fn code_that_rarely_runs_is_gathered_in_whole_64k_blocks_of_its_own() {
+    let bin = common::drover_bin();
+    let (start, size) = section(bin, ".text.cold").unwrap_or_else(|| {
+        panic!("{bin} has no .text.cold section: build.rs no longer passes src/cold.ld")
+    });
+    const BLOCK: u64 = 64 * 1024;
+    assert_eq!(start % BLOCK, 0, ".text.cold starts at {start:#x}");
+    assert_eq!(size % BLOCK, 0, ".text.cold is {size:#x} bytes long");
+    let cold = |addr: u64| (start..start + size).contains(&addr);
+
+    let fns = functions(bin);
+    // Several names for one body (identical functions merged by the
+    // compiler): the body's section is named after one of them only.
+    let mut names_at = std::collections::HashMap::<u64, usize>::new();
+    for (a, _) in &fns {
+        *names_at.entry(*a).or_default() += 1;
+    }
+    let own = |a: u64| names_at[&a] == 1;
+    // Each group of src/cold.ld: the functions of its crates (their own
+    // paths, `_ZN<length><crate>`), and the C code, are all in the section.
+    for prefix in [
+        "_ZN6rustls",
+        "_ZN4ring",
+        "_ZN12drover_redis",
+        "_ZN5redis",
+        "_ZN7combine",
+        "_ZN12drover_store",
+        "_ZN8rusqlite",
+        "_ZN13clap_complete",
+        "_ZN11clap_mangen",
+        "sqlite3_prepare",
+    ] {
+        let matching: Vec<&(u64, String)> =
+            fns.iter().filter(|(_, n)| n.starts_with(prefix)).collect();
+        assert!(
+            !matching.is_empty(),
+            "no function of {bin} starts with {prefix}: update this test and src/cold.ld"
+        );
+        let stray: Vec<&str> = matching
+            .iter()
+            .filter(|(a, _)| !cold(*a) && own(*a))
+            .map(|(_, n)| n.as_str())
+            .collect();
+        assert!(
+            stray.is_empty(),
+            "{} of {} functions starting with {prefix} are outside .text.cold, e.g. {:?}",
+            stray.len(),
+            matching.len(),
+            &stray[..stray.len().min(5)]
+        );
+    }
+    // A body merged from identical functions has several names and sits
+    // where its section (one of them) put it: one in .text.cold must not
+    // also serve a function of the standard library or of drover.
+    let shared: Vec<&str> = fns
+        .iter()
+        .filter(|(a, n)| {
+            cold(*a)
+                && !own(*a)
+                && (n.starts_with("_ZN5alloc")
+                    || n.starts_with("_ZN4core")
+                    || n.starts_with("_ZN3std")
+                    || n.starts_with("_ZN6drover")
+                    || n.starts_with("_R"))
+        })
+        .map(|(_, n)| n.as_str())
+        .take(5)
+        .collect();
+    assert!(
+        shared.is_empty(),
+        "hot names on bodies in .text.cold: {shared:?}"
+    );
+    // The C code's read-only data too (ring's curve tables, SQLite's).
+    let (rstart, rsize) = section(bin, ".rodata.cold").unwrap_or_else(|| {
+        panic!("{bin} has no .rodata.cold section: build.rs no longer passes src/cold.ld")
+    });
+    assert_eq!(rstart % BLOCK, 0, ".rodata.cold starts at {rstart:#x}");
+    assert_eq!(rsize % BLOCK, 0, ".rodata.cold is {rsize:#x} bytes long");
+    let table = data(bin, "ecp_nistz256_precomputed");
+    assert!(
+        (rstart..rstart + rsize).contains(&table),
+        "ring's ecp_nistz256_precomputed at {table:#x}, outside .rodata.cold"
+    );
+    // The event loop, the supervisor, the broker and the start path are
+    // not (`drover..broker..redis..` runs every loop turn too).
+    for module in [
+        "6drover7runtime",
+        "6drover10supervisor",
+        "6drover6broker",
+        "6drover5start",
+    ] {
+        let ours: Vec<&(u64, String)> = fns.iter().filter(|(_, n)| n.contains(module)).collect();
+        assert!(!ours.is_empty(), "no function of {bin} in {module}");
+        let moved: Vec<&str> = ours
+            .iter()
+            .filter(|(a, _)| cold(*a) && own(*a))
+            .map(|(_, n)| n.as_str())
+            .take(5)
+            .collect();
+        assert!(moved.is_empty(), "hot code in .text.cold: {moved:?}");
+    }
+}
