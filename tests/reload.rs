@@ -518,6 +518,110 @@ fn a_removed_group_is_stopped() {
     assert!(group_processes(&d, "b").is_empty());
 }
 
+/// Every process a reload leaves on its way out is in `status` until it
+/// is gone, with why: scaled away, of a removed group (both ignore SIGTERM,
+/// so they stay `stopping` for `stop_timeout`), and an old process that
+/// serves until its replacement runs (the new one takes 60 s to count as
+/// running). With the children, that is every live process, each once.
+#[test]
+fn status_lists_every_process_on_its_way_out() {
+    let stubborn = |name: &str, n: u32| {
+        format!(
+            "[group.{name}]\ncommand = [\"sh\", \"-c\", \"trap '' TERM; exec sleep 1000\"]\n\
+             processes = {n}\nstart_secs = \"100ms\"\nstop_timeout = \"60s\"\n\n"
+        )
+    };
+    let roll = |arg: &str, start: &str| {
+        format!("[group.roll]\ncommand = [\"sleep\", \"{arg}\"]\nstart_secs = \"{start}\"\n\n")
+    };
+    let d = Drover::start(
+        "retiring",
+        &(stubborn("keep", 2) + &stubborn("gone", 1) + &roll("1000", "100ms")),
+    );
+    let keep = wait_children(&d, "keep", 2, "running");
+    let gone = wait_children(&d, "gone", 1, "running");
+    let old = wait_children(&d, "roll", 1, "running");
+    assert_eq!(d.status()["retiring"], serde_json::json!([]));
+
+    edit(&d, stubborn("keep", 1) + &roll("1001", "60s"));
+    let status = d.wait_status("three processes retiring", |s| {
+        s["retiring"].as_array().is_some_and(|r| r.len() == 3)
+            && Drover::children(s, "roll")[0]["state"] == "starting"
+    });
+    let retiring = status["retiring"].as_array().unwrap();
+    let find = |group: &str| {
+        retiring
+            .iter()
+            .find(|r| r["group"] == group)
+            .unwrap_or_else(|| panic!("no retiring process of {group}: {status:#}"))
+    };
+    let (k, g, r) = (find("keep"), find("gone"), find("roll"));
+    assert_eq!(
+        (&k["index"], &k["pid"], &k["state"]),
+        (&1.into(), &keep[1].into(), &"stopping".into())
+    );
+    assert_eq!(k["why"], "scaled away (processes = 1)", "{status:#}");
+    assert_eq!(
+        (&g["index"], &g["pid"], &g["state"]),
+        (&0.into(), &gone[0].into(), &"stopping".into())
+    );
+    assert_eq!(g["why"], "its group was removed", "{status:#}");
+    assert_eq!(
+        (&r["index"], &r["pid"], &r["state"]),
+        (&0.into(), &old[0].into(), &"running".into())
+    );
+    assert_eq!(
+        r["why"], "replaced by a reload: serves until its replacement runs",
+        "{status:#}"
+    );
+    assert!(
+        retiring.iter().all(|r| r["uptime_ms"].is_u64()),
+        "{status:#}"
+    );
+
+    // Each live process once: the children and the retiring together.
+    let mut listed: Vec<i64> = ["keep", "roll"]
+        .iter()
+        .flat_map(|g| Drover::children(&status, g))
+        .filter_map(|c| c["pid"].as_i64())
+        .chain(retiring.iter().filter_map(|r| r["pid"].as_i64()))
+        .collect();
+    listed.sort();
+    let mut live: Vec<i64> = ["keep", "gone", "roll"]
+        .iter()
+        .flat_map(|g| group_processes(&d, g))
+        .map(i64::from)
+        .collect();
+    live.sort();
+    assert_eq!(listed, live, "{status:#}");
+
+    let table = d.cli(&["status"]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    let line = |name: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no line for {name} in:\n{table}"))
+            .to_owned()
+    };
+    assert!(table.contains("RETIRING"), "{table}");
+    assert!(line("keep[1]").contains("scaled away"), "{table}");
+    assert!(line("gone[0]").contains(&gone[0].to_string()), "{table}");
+
+    // Gone: off the list.
+    for pid in [keep[1], gone[0]] {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    }
+    let status = d.wait_status("only roll's old process retiring", |s| {
+        s["retiring"].as_array().is_some_and(|r| r.len() == 1)
+    });
+    assert_eq!(status["retiring"][0]["pid"], old[0], "{status:#}");
+}
+
 #[test]
 fn a_new_group_is_started() {
     let d = Drover::start("added", &sleepers(&[("a", 1)]));

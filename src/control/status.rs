@@ -15,7 +15,30 @@ use crate::supervisor::{
 pub struct Status {
     pub config_error: Option<String>,
     pub groups: Vec<GroupStatus>,
+    /// Processes of previous definitions still alive: replaced by a
+    /// reload, scaled away, or of a removed group (an old process shown in
+    /// its slot above, in place of a replacement that has no process, is
+    /// not listed again).
+    #[serde(default)]
+    pub retiring: Vec<RetiringStatus>,
     pub queues: Vec<QueueStatus>,
+}
+
+/// A process on its way out.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RetiringStatus {
+    pub group: String,
+    pub index: u32,
+    /// None once it has exited while its leftovers are being stopped.
+    pub pid: Option<i32>,
+    /// `running` (it serves until its replacement runs) or `stopping`.
+    pub state: String,
+    pub uptime_ms: Option<u64>,
+    /// Why it is going, in words.
+    pub why: String,
+    /// Processes left in its process group, being stopped.
+    #[serde(default)]
+    pub leftovers: Vec<i32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -156,6 +179,7 @@ impl Status {
                 .groups()
                 .map(|g| group_status(sup, g, now, &members))
                 .collect(),
+            retiring: retiring_status(sup, now, &members),
             queues: Vec::new(),
         }
     }
@@ -197,6 +221,33 @@ impl Status {
                     c.restarts,
                     last,
                     note(c)
+                );
+            }
+        }
+        if !self.retiring.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n{:<24} {:>8} {:<9} {:>10}  WHY",
+                "RETIRING", "PID", "STATE", "UPTIME"
+            );
+            for r in &self.retiring {
+                let pid = r.pid.map_or("-".into(), |p| p.to_string());
+                let uptime = r.uptime_ms.map_or("-".into(), human_ms);
+                let leftovers = if r.leftovers.is_empty() {
+                    String::new()
+                } else {
+                    let pids: Vec<String> = r.leftovers.iter().map(i32::to_string).collect();
+                    format!(" (leftovers: {})", pids.join(" "))
+                };
+                let _ = writeln!(
+                    out,
+                    "{:<24} {:>8} {:<9} {:>10}  {}{}",
+                    format!("{}[{}]", r.group, r.index),
+                    pid,
+                    r.state,
+                    uptime,
+                    r.why,
+                    leftovers
                 );
             }
         }
@@ -419,6 +470,66 @@ fn group_status(
     }
 }
 
+/// The processes of previous definitions still alive, except an old one
+/// that [`group_status`] shows in its slot.
+fn retiring_status(
+    sup: &Supervisor,
+    now: Instant,
+    members: &impl Fn(Pid) -> Vec<i32>,
+) -> Vec<RetiringStatus> {
+    sup.retiring()
+        .filter(|r| r.child.state.pid().is_some() || r.child.leftover.is_some())
+        .filter(|r| {
+            // Shown in place of a replacement that has no process.
+            let in_slot = r.successor.is_some_and(|i| {
+                sup.predecessor(&r.group, i)
+                    .is_some_and(|old| std::ptr::eq(old, &r.child))
+                    && sup
+                        .groups()
+                        .find(|g| g.spec.name == r.group)
+                        .and_then(|g| g.children.get(i as usize))
+                        .is_some_and(|c| c.state.pid().is_none())
+            });
+            !in_slot
+        })
+        .map(|r| {
+            let group = sup.groups().find(|g| g.spec.name == r.group);
+            let why = match (group, r.successor, r.blocks) {
+                (None, ..) => "its group was removed".to_owned(),
+                (Some(g), ..) if r.child.index >= g.spec.processes => {
+                    format!("scaled away (processes = {})", g.spec.processes)
+                }
+                (Some(_), Some(_), _) => {
+                    "replaced by a reload: serves until its replacement runs".to_owned()
+                }
+                (Some(_), None, Some(_)) => {
+                    "replaced by a reload: its replacement starts once it has exited".to_owned()
+                }
+                (Some(_), None, None) => "replaced by a reload".to_owned(),
+            };
+            let uptime_ms = r
+                .child
+                .state
+                .pid()
+                .and(r.child.started)
+                .map(|since| now.saturating_duration_since(since).as_millis() as u64);
+            RetiringStatus {
+                group: r.group.to_string(),
+                index: r.child.index,
+                pid: r.child.state.pid().map(|p| p.0),
+                state: r.child.state.name().to_owned(),
+                uptime_ms,
+                why,
+                leftovers: r
+                    .child
+                    .leftover
+                    .map(|l| members(l.pgid))
+                    .unwrap_or_default(),
+            }
+        })
+        .collect()
+}
+
 /// One word for a group: the most urgent state among its children.
 fn group_state(group: &Group, children: &[ChildStatus]) -> String {
     if children.is_empty() {
@@ -476,6 +587,7 @@ mod tests {
         let status = Status {
             config_error: None,
             groups: vec![],
+            retiring: vec![],
             queues: vec![queue("jobs", false), queue("old", true)],
         };
         let table = status.render_table();
@@ -483,5 +595,38 @@ mod tests {
         assert!(table.contains("old (removed)"), "{table}");
         let jobs = table.lines().find(|l| l.starts_with("jobs ")).unwrap();
         assert!(jobs.trim_end().ends_with("3       7       -"), "{jobs:?}");
+    }
+
+    #[test]
+    fn retiring_processes_get_a_table_of_their_own_and_old_answers_parse() {
+        let status = Status {
+            config_error: None,
+            groups: vec![],
+            retiring: vec![RetiringStatus {
+                group: "web".into(),
+                index: 3,
+                pid: Some(4242),
+                state: "stopping".into(),
+                uptime_ms: Some(61_000),
+                why: "scaled away (processes = 2)".into(),
+                leftovers: vec![4250],
+            }],
+            queues: vec![],
+        };
+        let table = status.render_table();
+        let line = table.lines().find(|l| l.starts_with("web[3]")).unwrap();
+        assert!(table.contains("RETIRING"), "{table}");
+        for part in [
+            "4242",
+            "stopping",
+            "scaled away (processes = 2)",
+            "leftovers: 4250",
+        ] {
+            assert!(line.contains(part), "{part} missing: {line:?}");
+        }
+        // A drover from before the field answers without it.
+        let old: Status =
+            serde_json::from_str(r#"{"config_error": null, "groups": [], "queues": []}"#).unwrap();
+        assert!(old.retiring.is_empty());
     }
 }

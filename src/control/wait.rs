@@ -196,6 +196,7 @@ mod tests {
     fn status(children: Vec<ChildStatus>) -> Status {
         Status {
             config_error: None,
+            retiring: vec![],
             groups: vec![GroupStatus {
                 name: "web".into(),
                 start_method: "exec".into(),

@@ -349,6 +349,12 @@ impl Supervisor {
         self.groups.values()
     }
 
+    /// The processes of previous definitions still on their way out:
+    /// replaced by a reload, scaled away, or of a removed group.
+    pub fn retiring(&self) -> impl Iterator<Item = &Retiring> {
+        self.retiring.iter()
+    }
+
     /// The old process that a rolling restart keeps running for slot
     /// `index` of `group` until its replacement runs.
     pub fn predecessor(&self, group: &GroupName, index: u32) -> Option<&Child> {
