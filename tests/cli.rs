@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 use common::{Drover, TempDir, alive, drover_bin, wait_until};
 
@@ -467,4 +467,39 @@ fn signal_reaches_each_child_or_its_process_group() {
         "{}",
         stderr(&out)
     );
+}
+
+/// A client whose reader went away (`drover status | head -1`, the pipe
+/// closed before it writes) ends quietly with success, as a Unix filter
+/// does: no panic message, no abort.
+#[test]
+fn a_client_whose_output_pipe_is_closed_ends_quietly() {
+    let d = Drover::start(
+        "closed-stdout",
+        "[group.web]\ncommand = [\"sleep\", \"1000\"]\nprocesses = 3\n",
+    );
+    d.wait_group_state("web", "running");
+    let config = d.dir.path().join("drover.toml");
+    let socket = d.socket.display().to_string();
+    let config = config.display().to_string();
+    for args in [
+        vec!["status", "--socket", &socket],
+        vec!["status", "--json", "--socket", &socket],
+        vec!["check", &config],
+    ] {
+        let (read, write) = nix::unistd::pipe().unwrap();
+        drop(read);
+        let out = Command::new(drover_bin())
+            .args(&args)
+            .stdout(Stdio::from(write))
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stderr.is_empty(),
+            "drover {args:?} into a closed pipe: {:?}, stderr {stderr:?}",
+            out.status
+        );
+    }
 }

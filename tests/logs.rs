@@ -420,3 +420,69 @@ fn log_lines_is_checked() {
         "{err}"
     );
 }
+
+/// drover's stdout and stderr go to pipes nobody reads any more (a `tee`
+/// that died, a log collector gone): every write fails with EPIPE. drover
+/// keeps supervising: a child that prints and crashes every 150 ms is
+/// restarted again and again (each exit is a log line, each print a line of
+/// child output), and `status` answers. (tracing's default reported a
+/// failed write with `eprintln!`, which panics on a broken stderr: drover,
+/// PID 1 in a container, aborted at its first log line.)
+#[test]
+fn drover_outlives_stdout_and_stderr_that_nobody_reads() {
+    use std::process::{Command, Stdio};
+    let dir = common::TempDir::new("broken-stderr");
+    dir.write(
+        "drover.toml",
+        r#"
+[group.crasher]
+command = ["sh", "-c", "echo hello; sleep 0.15; exit 3"]
+start_secs = "100ms"
+"#,
+    );
+    let socket = dir.path().join("drover.sock");
+    let marker = dir.path().display().to_string();
+    let mut child = Command::new(common::drover_bin())
+        .arg("run")
+        .arg(dir.path().join("drover.toml"))
+        .arg("--socket")
+        .arg(&socket)
+        .current_dir(dir.path())
+        .env("DROVER_TEST_MARKER", &marker)
+        .env("DROVER_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start drover");
+    // Close the read ends before drover writes its first line.
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    struct Guard(std::process::Child, String, std::path::PathBuf);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+            common::kill_marked(&self.1, &self.2);
+        }
+    }
+    let mut guard = Guard(child, marker, dir.path().to_path_buf());
+
+    let restarts = || -> Option<u64> {
+        let out = Command::new(common::drover_bin())
+            .args(["status", "--json", "--socket"])
+            .arg(&socket)
+            .output()
+            .ok()?;
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        Drover::children(&status, "crasher")[0]["restarts"].as_u64()
+    };
+    let limit = std::time::Duration::from_secs(60);
+    common::wait_until_within("the crasher restarted 5 times", limit, || {
+        if let Ok(Some(exit)) = guard.0.try_wait() {
+            panic!("drover exited ({exit}) with its stdout and stderr unread");
+        }
+        restarts().is_some_and(|n| n >= 5)
+    });
+    assert!(guard.0.try_wait().unwrap().is_none(), "drover exited");
+}

@@ -15,6 +15,56 @@ use crate::control::wait::{self, Goal, Progress};
 use crate::control::{self, ClientError, Request, Response};
 use crate::runtime::{self, Outcome};
 
+/// `println!` for a command's output that never panics: when the reader
+/// went away (`drover status | head -1`) the command ends quietly, as any
+/// Unix filter does; another failure is reported on stderr.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        if let Err(e) = writeln!(out, $($arg)*).and_then(|()| out.flush()) {
+            crate::cli::output_failed(e);
+        }
+    }};
+}
+
+/// `print!`, as [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        if let Err(e) = write!(out, $($arg)*).and_then(|()| out.flush()) {
+            crate::cli::output_failed(e);
+        }
+    }};
+}
+
+/// `eprintln!` that never panics: a message that cannot be written (stderr
+/// closed, a pipe nobody reads, a full disk) is lost, and drover goes on.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `eprint!`, as [`errln!`].
+macro_rules! err {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// stdout failed: quietly done when its reader went away, else said why.
+fn output_failed(e: std::io::Error) -> ! {
+    if e.kind() != std::io::ErrorKind::BrokenPipe {
+        errln!("drover: cannot write the output: {e}");
+        std::process::exit(1);
+    }
+    std::process::exit(0);
+}
+
 const EXIT_CODES: &str = "\
 Exit status:
   0  success; for `run`: shutdown was requested and every process stopped in time
@@ -230,7 +280,7 @@ pub fn main() -> ExitCode {
             let path = match path.map(std::path::absolute).transpose() {
                 Ok(path) => path,
                 Err(e) => {
-                    eprintln!("drover: {e}");
+                    errln!("drover: {e}");
                     return ExitCode::from(2);
                 }
             };
@@ -264,12 +314,12 @@ pub fn main() -> ExitCode {
                 },
             ),
             Err(e) => {
-                eprintln!("drover: {e}");
+                errln!("drover: {e}");
                 ExitCode::from(2)
             }
         },
         Command::PythonModule => {
-            print!("{}", crate::start::python::MODULE);
+            out!("{}", crate::start::python::MODULE);
             ExitCode::SUCCESS
         }
     }
@@ -291,11 +341,11 @@ fn logs(groups: Vec<String>, follow: bool, lines: Option<u32>, client: &ClientAr
     match control::stream(&path, &request, &mut out) {
         Ok(response) if response.ok => ExitCode::SUCCESS,
         Ok(response) => {
-            eprintln!("drover: {}", response.message.unwrap_or_default());
+            errln!("drover: {}", response.message.unwrap_or_default());
             ExitCode::from(1)
         }
         Err(e) => {
-            eprintln!("drover: {e}");
+            errln!("drover: {e}");
             ExitCode::from(1)
         }
     }
@@ -312,7 +362,7 @@ fn man(dir: Option<&Path>) -> ExitCode {
     match written {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("drover: cannot write the manual pages: {e}");
+            errln!("drover: cannot write the manual pages: {e}");
             ExitCode::FAILURE
         }
     }
@@ -323,7 +373,7 @@ fn write_man_pages(cli: clap::Command, dir: &Path) -> std::io::Result<()> {
         let mut out = Vec::new();
         clap_mangen::Man::new(cmd).render(&mut out)?;
         std::fs::write(dir.join(&file), out)?;
-        println!("{}", dir.join(file).display());
+        outln!("{}", dir.join(file).display());
         Ok(())
     };
     for sub in cli.get_subcommands().filter(|c| !c.is_hide_set()) {
@@ -348,6 +398,10 @@ fn init_tracing(format: config::LogFormat) {
         .unwrap_or(LevelFilter::INFO);
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // A write that fails (stderr a pipe nobody reads any more, a full
+        // disk) loses that line; the default reports it with `eprintln!`,
+        // which panics when stderr is what failed.
+        .log_internal_errors(false)
         .with_max_level(level)
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
@@ -359,7 +413,7 @@ fn init_tracing(format: config::LogFormat) {
 
 fn run(path: &Path, socket: Option<&Path>) -> ExitCode {
     if let Err(e) = crate::sys::ensure_std_fds() {
-        eprintln!("drover: cannot open /dev/null for a closed standard stream: {e}");
+        errln!("drover: cannot open /dev/null for a closed standard stream: {e}");
         return ExitCode::from(1);
     }
     // Before anything else opens an fd, so that the slots are 3, 4, ….
@@ -367,7 +421,7 @@ fn run(path: &Path, socket: Option<&Path>) -> ExitCode {
     let loaded = match config::load(path) {
         Ok(loaded) => loaded,
         Err(failed) => {
-            eprint!("{}", config::render_all(&failed.diagnostics));
+            err!("{}", config::render_all(&failed.diagnostics));
             return ExitCode::from(1);
         }
     };
@@ -384,7 +438,7 @@ fn run(path: &Path, socket: Option<&Path>) -> ExitCode {
         Ok(Outcome::Forced) => ExitCode::from(3),
         Ok(Outcome::Fatal) => ExitCode::from(4),
         Err(e) => {
-            eprintln!("drover: {e}");
+            errln!("drover: {e}");
             ExitCode::from(1)
         }
     }
@@ -394,15 +448,15 @@ fn check(path: &Path) -> ExitCode {
     // Entries of a config directory that are not regular files (a FIFO, a
     // device) are passed over, with a warning (`run` logs the same).
     for skipped in crate::runtime::watch::inspect(path, &Default::default()).skipped {
-        eprintln!("{skipped}");
+        errln!("{skipped}");
     }
     match config::load(path) {
         Ok(loaded) => {
             if !loaded.warnings.is_empty() {
-                eprint!("{}", config::render_all(&loaded.warnings));
+                err!("{}", config::render_all(&loaded.warnings));
             }
             let c = &loaded.config;
-            println!(
+            outln!(
                 "{}: ok ({}, {}, {})",
                 path.display(),
                 crate::text::wording::plural(c.groups.len(), "group", "groups"),
@@ -412,7 +466,7 @@ fn check(path: &Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(failed) => {
-            eprint!("{}", config::render_all(&failed.diagnostics));
+            err!("{}", config::render_all(&failed.diagnostics));
             ExitCode::from(1)
         }
     }
@@ -420,7 +474,7 @@ fn check(path: &Path) -> ExitCode {
 
 fn client_socket(client: &ClientArgs) -> Result<PathBuf, ExitCode> {
     client.socket_path().map_err(|e| {
-        eprint!("{e}");
+        err!("{e}");
         ExitCode::from(1)
     })
 }
@@ -428,7 +482,7 @@ fn client_socket(client: &ClientArgs) -> Result<PathBuf, ExitCode> {
 fn connect(client: &ClientArgs, request: &Request) -> Result<control::Response, ExitCode> {
     let path = client_socket(client)?;
     control::request(&path, request).map_err(|e| {
-        eprintln!("drover: {e}");
+        errln!("drover: {e}");
         ExitCode::from(1)
     })
 }
@@ -441,11 +495,11 @@ fn fetch_status(path: &Path) -> Result<Status, ExitCode> {
             ..
         }) => Ok(status),
         Ok(response) => {
-            eprintln!("drover: {}", response.message.unwrap_or_default());
+            errln!("drover: {}", response.message.unwrap_or_default());
             Err(ExitCode::from(1))
         }
         Err(e) => {
-            eprintln!("drover: {e}");
+            errln!("drover: {e}");
             Err(ExitCode::from(1))
         }
     }
@@ -463,7 +517,7 @@ fn check_known(status: &Status, names: &[String]) -> Result<(), ExitCode> {
     }
     // The supervisor's own wording for one unknown group.
     let quoted: Vec<String> = unknown.iter().map(|n| format!("`{n}`")).collect();
-    eprintln!(
+    errln!(
         "drover: no group{} named {}",
         if unknown.len() == 1 { "" } else { "s" },
         quoted.join(", ")
@@ -487,12 +541,12 @@ fn status(groups: &[String], json: bool, client: &ClientArgs) -> ExitCode {
         status.groups.retain(|g| groups.contains(&g.name));
     }
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&status).expect("status serialises")
         );
     } else {
-        print!("{}", status.render_table());
+        out!("{}", status.render_table());
     }
     ExitCode::SUCCESS
 }
@@ -597,7 +651,7 @@ fn send_step(
             continue; // checked above
         };
         if verb == Verb::Start && wait::already_running(group) {
-            println!("{name}: already running");
+            outln!("{name}: already running");
             continue;
         }
         let goal = match verb {
@@ -608,17 +662,17 @@ fn send_step(
         match control::request(path, &verb.request(name.clone())) {
             Ok(r) if r.ok => {
                 if args.no_wait {
-                    println!("{name}: {}", r.message.unwrap_or_else(|| "ok".into()));
+                    outln!("{name}: {}", r.message.unwrap_or_else(|| "ok".into()));
                 } else {
                     pending.push((name, goal));
                 }
             }
             Ok(r) => {
-                println!("{name}: failed: {}", r.message.unwrap_or_default());
+                outln!("{name}: failed: {}", r.message.unwrap_or_default());
                 failed = true;
             }
             Err(e) => {
-                eprintln!("drover: {e}");
+                errln!("drover: {e}");
                 return Err(ExitCode::from(1));
             }
         }
@@ -695,12 +749,12 @@ fn wait_for(
                 ..
             }) => status,
             Ok(response) => {
-                eprintln!("drover: {}", response.message.unwrap_or_default());
+                errln!("drover: {}", response.message.unwrap_or_default());
                 return false;
             }
             Err(ClientError::Timeout(..)) => {
                 for (name, _) in &pending {
-                    println!(
+                    outln!(
                         "{name}: timed out after {} waiting to be {} (the supervisor did not answer)",
                         human(timeout),
                         verb.target()
@@ -709,18 +763,18 @@ fn wait_for(
                 return false;
             }
             Err(e) => {
-                eprintln!("drover: {e}");
+                errln!("drover: {e}");
                 return false;
             }
         };
         pending.retain(|(name, goal)| match wait::progress(goal, name, &status) {
             Progress::Pending => true,
             Progress::Done(words) => {
-                println!("{name}: {words}");
+                outln!("{name}: {words}");
                 false
             }
             Progress::Failed(words) => {
-                println!("{name}: {words}");
+                outln!("{name}: {words}");
                 all_reached = false;
                 false
             }
@@ -730,7 +784,7 @@ fn wait_for(
         }
         if Instant::now() >= deadline {
             for (name, _) in &pending {
-                println!(
+                outln!(
                     "{name}: timed out after {} waiting to be {} ({})",
                     human(timeout),
                     verb.target(),
@@ -757,11 +811,11 @@ fn human(d: Duration) -> String {
 fn send(client: &ClientArgs, request: Request) -> ExitCode {
     match connect(client, &request) {
         Ok(r) if r.ok => {
-            println!("{}", r.message.unwrap_or_else(|| "ok".into()));
+            outln!("{}", r.message.unwrap_or_else(|| "ok".into()));
             ExitCode::SUCCESS
         }
         Ok(r) => {
-            eprintln!("drover: {}", r.message.unwrap_or_default());
+            errln!("drover: {}", r.message.unwrap_or_default());
             ExitCode::from(1)
         }
         Err(code) => code,

@@ -25,7 +25,7 @@
 //! count and variables; its fds are placed at 0, 1, 2, … in the child.
 
 use std::ffi::CString;
-use std::io;
+use std::io::{self, Write as _};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::time::Duration;
@@ -176,14 +176,14 @@ pub fn serve_if_requested() {
     let socket = match crate::sys::claim_inherited_fd(fd) {
         Ok(socket) => socket,
         Err(e) => {
-            eprintln!("drover-forkserver: fd {fd}: {e}");
+            let _ = writeln!(io::stderr(), "drover-forkserver: fd {fd}: {e}"); // never a panic: stderr may be gone
             std::process::exit(1);
         }
     };
     let code = match serve(&socket) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("drover-forkserver: {e}");
+            let _ = writeln!(io::stderr(), "drover-forkserver: {e}");
             1
         }
     };
@@ -211,7 +211,7 @@ fn serve(socket: &OwnedFd) -> io::Result<()> {
             Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                 // Cannot tell which request it was: drover times it out.
-                eprintln!("drover-forkserver: {e}");
+                let _ = writeln!(io::stderr(), "drover-forkserver: {e}");
                 continue;
             }
             Err(e) => return Err(e),
