@@ -35,6 +35,32 @@ start_secs = "0s"
     });
 }
 
+/// A child killed by a real-time signal (which nix's `WaitStatus` cannot
+/// name: reaping it returned EINVAL, and drover lost the exit — the slot
+/// stayed `running` with a dead PID, never restarted) is reported and
+/// replaced like any other.
+#[test]
+fn a_child_killed_by_a_real_time_signal_is_replaced() {
+    let d = Drover::start(
+        "rt-signal",
+        "[group.sleeper]\ncommand = [\"sleep\", \"1000\"]\nstart_secs = \"0s\"\n",
+    );
+    let pids = d.wait_group_state("sleeper", "running");
+    let signal = libc::SIGRTMIN() + 6; // nix cannot name it
+    // SAFETY: kill(2) has no memory effects.
+    let sent = unsafe { libc::kill(pids[0] as i32, signal) };
+    assert_eq!(sent, 0);
+    let status = d.wait_status("a replacement for sleeper[0]", |s| {
+        let c = &Drover::children(s, "sleeper")[0];
+        c["restarts"] == 1 && c["state"] == "running" && c["pid"] != pids[0]
+    });
+    let kids = Drover::children(&status, "sleeper");
+    assert_eq!(kids[0]["last_exit"]["signal"], "SIGRTMIN+6", "{status:#}");
+    d.stderr.wait_for("the restart log line", |t| {
+        t.contains("sleeper[0]: exited (killed by SIGRTMIN+6); restarting")
+    });
+}
+
 #[test]
 fn failed_starts_back_off_and_end_fatal() {
     let d = Drover::start(

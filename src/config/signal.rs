@@ -68,6 +68,10 @@ impl Signal {
     pub fn name_of_raw(raw: i32) -> String {
         match nix::sys::signal::Signal::try_from(raw) {
             Ok(s) => s.as_str().to_owned(),
+            // As `kill -l` names them.
+            Err(_) if (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&raw) => {
+                format!("SIGRTMIN+{}", raw - libc::SIGRTMIN())
+            }
             Err(_) => format!("SIG{raw}"),
         }
     }

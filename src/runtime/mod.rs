@@ -32,7 +32,6 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use signal_hook::consts::signal as sig;
 use signal_hook::iterator::backend::SignalDelivery;
 use signal_hook::iterator::exfiltrator::SignalOnly;
@@ -654,20 +653,21 @@ impl Runtime {
                 self.reap_pending = true;
                 break;
             }
-            let (pid, status) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) => (pid, ExitStatus::Code(code)),
-                Ok(WaitStatus::Signaled(pid, signal, _)) => {
-                    (pid, ExitStatus::Signal(signal as i32))
+            let (pid, status) = match drover_sys::wait::reap(None) {
+                Ok(Some((pid, drover_sys::wait::Exit::Code(code)))) => {
+                    (pid, ExitStatus::Code(code))
                 }
-                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
-                Ok(_) => continue,
-                Err(Errno::EINTR) => continue,
+                Ok(Some((pid, drover_sys::wait::Exit::Signal(signal)))) => {
+                    (pid, ExitStatus::Signal(signal))
+                }
+                Ok(None) => break,
+                Err(e) if e.raw_os_error() == Some(libc::ECHILD) => break,
                 Err(e) => {
                     tracing::error!("waitpid: {e}");
                     break;
                 }
             };
-            let pid = Pid(pid.as_raw());
+            let pid = Pid(pid);
             self.pidfds.forget(&self.epoll, pid);
             strangers |= self.exited(pid, status, now);
         }

@@ -12,9 +12,7 @@
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 
-use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
-use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 
 use crate::supervisor::{ExitStatus, Pid};
 
@@ -75,21 +73,14 @@ impl Pidfds {
     pub fn on_ready(&mut self, epoll: &Epoll, token: u64) -> Option<(Pid, ExitStatus)> {
         let pid = Self::pid(token)?;
         let fd = self.by_pid.get(&pid)?;
-        let status = loop {
-            match waitid(
-                Id::PIDFd(fd.as_fd()),
-                WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG,
-            ) {
-                Err(Errno::EINTR) => continue,
-                other => break other,
+        let exit = match drover_sys::wait::reap_pidfd(fd.as_fd()) {
+            Ok(Some((_, drover_sys::wait::Exit::Code(code)))) => Some(ExitStatus::Code(code)),
+            Ok(Some((_, drover_sys::wait::Exit::Signal(signal)))) => {
+                Some(ExitStatus::Signal(signal))
             }
-        };
-        let exit = match status {
-            Ok(WaitStatus::Exited(_, code)) => Some(ExitStatus::Code(code)),
-            Ok(WaitStatus::Signaled(_, signal, _)) => Some(ExitStatus::Signal(signal as i32)),
-            // Not exited (stopped, continued): the pidfd is not readable
-            // for that, but nothing is lost by looking.
-            Ok(_) => return None,
+            // Still running: the pidfd is not readable for that, but nothing
+            // is lost by looking.
+            Ok(None) => return None,
             Err(e) => {
                 // ECHILD: reaped elsewhere; nothing to report from here.
                 tracing::debug!(pid = pid.0, "waitid on a pidfd: {e}");

@@ -34,7 +34,6 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use super::boot::Received;
@@ -311,11 +310,13 @@ impl ServerLoop {
             while let Ok(Some(_)) = sigchld.read_signal() {}
         }
         self.children.retain(|(pid, conn, seq)| {
-            let code = match waitpid(*pid, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(_, code)) => code,
-                Ok(WaitStatus::Signaled(_, signal, _)) => -(signal as i32),
-                Err(Errno::ECHILD) => return false,
-                _ => return true,
+            let code = match drover_sys::wait::reap(Some(pid.as_raw())) {
+                Ok(Some((_, drover_sys::wait::Exit::Code(code)))) => code,
+                // Any signal, real-time ones too (negated, as a code).
+                Ok(Some((_, drover_sys::wait::Exit::Signal(signal)))) => -signal,
+                Ok(None) => return true,
+                // ECHILD: not ours (any more); nothing will come.
+                Err(_) => return false,
             };
             // The parent may have dropped its Process; then nobody listens.
             let _ = wire::send(conn.as_fd(), &encode_exit(*seq, code), &[], false);

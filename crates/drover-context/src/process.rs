@@ -306,21 +306,24 @@ impl Running {
 
 /// Waits for our own child `pid` (its pidfd is readable once it exits).
 fn wait_own(pid: i32, pidfd: &OwnedFd, how: Wait) -> Result<Option<i32>, Error> {
-    let flags = match how {
-        Wait::Forever => None,
-        Wait::Now | Wait::Until(_) => Some(WaitPidFlag::WNOHANG),
+    // A signal's exit is its number, negated.
+    let code = |exit| match exit {
+        drover_sys::wait::Exit::Code(code) => code,
+        drover_sys::wait::Exit::Signal(signal) => -signal,
     };
+    if let Wait::Forever = how {
+        return drover_sys::wait::wait_for(pid)
+            .map(|exit| Some(code(exit)))
+            .map_err(|_| Error::StatusLost { pid });
+    }
     loop {
-        match waitpid(Pid::from_raw(pid), flags) {
-            Ok(WaitStatus::Exited(_, code)) => return Ok(Some(code)),
-            Ok(WaitStatus::Signaled(_, signal, _)) => return Ok(Some(-(signal as i32))),
-            Ok(_) => {}
-            Err(Errno::EINTR) => continue,
+        match drover_sys::wait::reap(Some(pid)) {
+            Ok(Some((_, exit))) => return Ok(Some(code(exit))),
+            Ok(None) => {}
             Err(_) => return Err(Error::StatusLost { pid }),
         }
         match how {
-            Wait::Now => return Ok(None),
-            Wait::Forever => {}
+            Wait::Now | Wait::Forever => return Ok(None),
             Wait::Until(deadline) => {
                 if !readable_before(pidfd.as_fd(), deadline).map_err(Error::io("wait"))? {
                     return Ok(None);

@@ -5,7 +5,7 @@
 //! placing a child's fds ([`relocate`]), the open-file limit children start
 //! with ([`raise_fd_limit`]), `SOCK_SEQPACKET` pairs ([`seqpacket_pair`])
 //! and the one SCM_RIGHTS request/reply framing of every start helper
-//! ([`wire`]).
+//! ([`wire`]), and reaping children with every exit decoded ([`wait`]).
 //!
 //! Everything a child needs — program path, argv, envp, working directory and
 //! the fd plan — is built by the caller as C strings before anything is
@@ -32,6 +32,7 @@ use nix::fcntl::{FcntlArg, fcntl};
 pub mod forkexec;
 pub mod mmsg;
 mod vfork;
+pub mod wait;
 pub mod wire;
 
 pub use vfork::{note_signal_dispositions, reserve_spawn_slots, spawn_slots};
