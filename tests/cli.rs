@@ -503,3 +503,21 @@ fn a_client_whose_output_pipe_is_closed_ends_quietly() {
         );
     }
 }
+
+/// A `--timeout` too long to set a deadline with is refused like any bad
+/// value, not a panic of the client (`Instant + Duration` overflowed).
+#[test]
+fn a_timeout_beyond_a_year_is_refused() {
+    for timeout in ["18446744073709551615s", "9000h"] {
+        let out = Command::new(drover_bin())
+            .args(["start", "web", "--timeout", timeout])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{timeout}: {stderr}");
+        assert!(
+            stderr.contains("--timeout") && stderr.contains("at most 8760h"),
+            "{timeout}: {stderr}"
+        );
+    }
+}

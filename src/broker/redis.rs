@@ -408,7 +408,9 @@ impl Broker {
     /// (backend error, depth as Redis sees it plus what waits here).
     pub(super) fn remote_status(&self, q: &QueueCore) -> Option<(Option<String>, u64)> {
         let r = self.remotes.get(&q.spec.name)?;
-        let depth = r.lag + (q.staged_len() + q.ready_len()) as u64;
+        let depth = r
+            .lag
+            .saturating_add((q.staged_len() + q.ready_len()) as u64);
         Some((r.error.clone().or_else(|| r.backend.error()), depth))
     }
 

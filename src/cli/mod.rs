@@ -94,8 +94,8 @@ enum Command {
         socket: Option<PathBuf>,
         /// Benchmarks only: hold this many MiB of touched memory, to show
         /// how start methods behave in a large supervisor.
-        #[arg(long, hide = true)]
-        ballast_mib: Option<usize>,
+        #[arg(long, hide = true, value_parser = clap::value_parser!(u64).range(..=1 << 20))]
+        ballast_mib: Option<u64>,
     },
     /// Validate PATH without starting anything (exit 0: valid, warnings allowed).
     Check {
@@ -209,10 +209,20 @@ struct GroupArgs {
     no_wait: bool,
     /// How long to wait for every group to reach its state (e.g. `30s`).
     #[arg(long, value_name = "DURATION", default_value = "60s",
-          value_parser = config::parse_duration, conflicts_with = "no_wait")]
+          value_parser = parse_wait, conflicts_with = "no_wait")]
     timeout: Duration,
     #[command(flatten)]
     client: ClientArgs,
+}
+
+/// A `--timeout`: a duration, at most what a config may say (a year), so
+/// that the deadline it sets can always be reached.
+fn parse_wait(s: &str) -> Result<Duration, String> {
+    let limit = config::limits::MAX_DURATION;
+    match config::parse_duration(s)? {
+        d if d > limit => Err(format!("at most {}h", limit.as_secs() / 3600)),
+        d => Ok(d),
+    }
 }
 
 /// How a client finds the supervisor's control socket.

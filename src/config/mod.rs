@@ -37,7 +37,7 @@ mod files;
 mod group;
 mod host;
 pub mod interpolate;
-mod limits;
+pub(crate) mod limits;
 mod lookup;
 mod merge;
 mod model;

@@ -1084,6 +1084,7 @@ impl Runtime {
         let mut names = Vec::with_capacity(groups.len());
         for g in &groups {
             match self.sup.groups().find(|x| x.spec.name.as_str() == g) {
+                Some(group) if names.contains(&group.spec.name) => {}
                 Some(group) => names.push(group.spec.name.clone()),
                 None => {
                     let unknown = Response::error(format!("no group named `{g}`"));
@@ -1095,6 +1096,7 @@ impl Runtime {
         let mut answer = Response::ok("logs").to_line();
         answer.extend(self.output.history.tail(&names, n));
         if follow {
+            let groups = names.iter().map(ToString::to_string).collect();
             self.clients.follow(&self.epoll, conn, answer, groups, now);
             self.output.following = self.clients.has_followers();
         } else {

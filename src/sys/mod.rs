@@ -83,8 +83,11 @@ pub fn peer_closed(fd: &impl std::os::fd::AsFd) -> io::Result<bool> {
 
 /// Benchmarks only: `mib` MiB of touched memory in 4 KiB pages (never
 /// transparent huge pages, which would make a fork of it look cheap).
-pub fn ballast(mib: usize) -> Vec<u8> {
-    let len = mib << 20;
+pub fn ballast(mib: u64) -> Vec<u8> {
+    let len = usize::try_from(mib)
+        .ok()
+        .and_then(|m| m.checked_mul(1 << 20))
+        .unwrap_or(0);
     let mut memory: Vec<u8> = Vec::with_capacity(len);
     if len > 0 {
         // SAFETY: the range is the vector's own allocation, of `len` bytes;

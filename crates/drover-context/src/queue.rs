@@ -308,13 +308,16 @@ fn import(index: usize, max: usize) -> Result<Arc<Ends>, String> {
             return Ok(ends.clone());
         }
         let missing = || format!("queue #{index} was not passed to this process");
-        let tx = incoming.fds.get_mut(2 * index).and_then(Option::take);
-        let rx = incoming.fds.get_mut(2 * index + 1).and_then(Option::take);
+        let at = index.checked_mul(2).ok_or_else(missing)?;
+        let tx = incoming.fds.get_mut(at).and_then(Option::take);
+        let rx = incoming.fds.get_mut(at + 1).and_then(Option::take);
         let (Some(tx), Some(rx)) = (tx, rx) else {
             return Err(missing());
         };
         let ends = Arc::new(Ends { tx, rx, max });
-        incoming.made[index] = Some(ends.clone());
+        if let Some(made) = incoming.made.get_mut(index) {
+            *made = Some(ends.clone());
+        }
         Ok(ends)
     })
 }
