@@ -421,68 +421,126 @@ fn log_lines_is_checked() {
     );
 }
 
-/// drover's stdout and stderr go to pipes nobody reads any more (a `tee`
-/// that died, a log collector gone): every write fails with EPIPE. drover
-/// keeps supervising: a child that prints and crashes every 150 ms is
-/// restarted again and again (each exit is a log line, each print a line of
-/// child output), and `status` answers. (tracing's default reported a
-/// failed write with `eprintln!`, which panics on a broken stderr: drover,
-/// PID 1 in a container, aborted at its first log line.)
-#[test]
-fn drover_outlives_stdout_and_stderr_that_nobody_reads() {
-    use std::process::{Command, Stdio};
-    let dir = common::TempDir::new("broken-stderr");
-    dir.write(
-        "drover.toml",
-        r#"
-[group.crasher]
-command = ["sh", "-c", "echo hello; sleep 0.15; exit 3"]
-start_secs = "100ms"
-"#,
-    );
-    let socket = dir.path().join("drover.sock");
-    let marker = dir.path().display().to_string();
-    let mut child = Command::new(common::drover_bin())
-        .arg("run")
-        .arg(dir.path().join("drover.toml"))
-        .arg("--socket")
-        .arg(&socket)
-        .current_dir(dir.path())
-        .env("DROVER_TEST_MARKER", &marker)
-        .env("DROVER_LOG", "debug")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start drover");
-    // Close the read ends before drover writes its first line.
-    drop(child.stdout.take());
-    drop(child.stderr.take());
-    struct Guard(std::process::Child, String, std::path::PathBuf);
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-            common::kill_marked(&self.1, &self.2);
+/// drover started on `config` with these stdout and stderr, killed (with
+/// its children) when dropped.
+struct Bare {
+    child: std::process::Child,
+    dir: common::TempDir,
+    marker: String,
+    socket: std::path::PathBuf,
+}
+
+impl Bare {
+    fn start(name: &str, config: &str, stdout: Stdio, stderr: Stdio) -> Bare {
+        let dir = common::TempDir::new(name);
+        dir.write("drover.toml", config);
+        let socket = dir.path().join("drover.sock");
+        let marker = dir.path().display().to_string();
+        let child = Command::new(common::drover_bin())
+            .arg("run")
+            .arg(dir.path().join("drover.toml"))
+            .arg("--socket")
+            .arg(&socket)
+            .current_dir(dir.path())
+            .env("DROVER_TEST_MARKER", &marker)
+            .env("DROVER_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .expect("start drover");
+        Bare {
+            child,
+            dir,
+            marker,
+            socket,
         }
     }
-    let mut guard = Guard(child, marker, dir.path().to_path_buf());
 
-    let restarts = || -> Option<u64> {
+    /// `restarts` of `group[0]`, once the control socket answers.
+    fn restarts(&self, group: &str) -> Option<u64> {
         let out = Command::new(common::drover_bin())
             .args(["status", "--json", "--socket"])
-            .arg(&socket)
+            .arg(&self.socket)
             .output()
             .ok()?;
         let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        Drover::children(&status, "crasher")[0]["restarts"].as_u64()
-    };
-    let limit = std::time::Duration::from_secs(60);
-    common::wait_until_within("the crasher restarted 5 times", limit, || {
-        if let Ok(Some(exit)) = guard.0.try_wait() {
-            panic!("drover exited ({exit}) with its stdout and stderr unread");
+        Drover::children(&status, group)[0]["restarts"].as_u64()
+    }
+
+    /// Waits until `group[0]` was restarted `n` times; drover must live.
+    fn wait_restarts(&mut self, group: &str, n: u64) {
+        let limit = Duration::from_secs(60);
+        common::wait_until_within(&format!("{group}[0] restarted {n} times"), limit, || {
+            if let Ok(Some(exit)) = self.child.try_wait() {
+                panic!("drover exited ({exit})");
+            }
+            self.restarts(group).is_some_and(|r| r >= n)
+        });
+    }
+}
+
+impl Drop for Bare {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        common::kill_marked(&self.marker, self.dir.path());
+    }
+}
+
+/// A child that prints a line and crashes every 150 ms.
+const CRASHER: &str = r#"
+[group.crasher]
+command = ["sh", "-c", "echo hello; sleep 0.15; exit 3"]
+start_secs = "100ms"
+"#;
+
+/// drover's stdout and stderr go to pipes nobody reads any more (a `tee`
+/// that died, a log collector gone): every write fails with EPIPE. drover
+/// keeps supervising: the crasher is restarted again and again (each exit
+/// is a log line, each print a line of child output), and `status`
+/// answers. (tracing's default reported a failed write with `eprintln!`,
+/// which panics on a broken stderr: drover, PID 1 in a container, aborted
+/// at its first log line.)
+#[test]
+fn drover_outlives_stdout_and_stderr_that_nobody_reads() {
+    let (out_r, out_w) = nix::unistd::pipe().unwrap();
+    let (err_r, err_w) = nix::unistd::pipe().unwrap();
+    // Closed before drover writes its first line.
+    drop((out_r, err_r));
+    let mut d = Bare::start(
+        "broken-stderr",
+        CRASHER,
+        Stdio::from(out_w),
+        Stdio::from(err_w),
+    );
+    d.wait_restarts("crasher", 5);
+}
+
+/// drover's stderr is a pipe that is held open and never read (a pager
+/// left on its first screen, a log shipper that stalls), 4 KiB small: its
+/// log lines must not block the loop. The crasher is restarted 30 times
+/// (a few debug lines each), and once the pipe is read the lines are there.
+#[test]
+fn a_stderr_nobody_reads_does_not_stall_supervision() {
+    let (err_r, err_w) = nix::unistd::pipe().unwrap();
+    nix::fcntl::fcntl(&err_w, nix::fcntl::FcntlArg::F_SETPIPE_SZ(4096)).unwrap();
+    let mut d = Bare::start("stalled-stderr", CRASHER, Stdio::null(), Stdio::from(err_w));
+    d.wait_restarts("crasher", 30);
+    // Read what is there: the first lines, written before the pipe filled.
+    nix::fcntl::fcntl(
+        &err_r,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .unwrap();
+    let mut text = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = nix::unistd::read(&err_r, &mut buf) {
+        if n == 0 {
+            break;
         }
-        restarts().is_some_and(|n| n >= 5)
-    });
-    assert!(guard.0.try_wait().unwrap().is_none(), "drover exited");
+        text.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&text);
+    assert!(text.contains("supervising 1 group"), "{text}");
 }

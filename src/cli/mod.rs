@@ -406,15 +406,32 @@ fn init_tracing(format: config::LogFormat) {
         .ok()
         .and_then(|v| v.parse::<LevelFilter>().ok())
         .unwrap_or(LevelFilter::INFO);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // Through a thread of its own (a stderr nobody reads must not block
+    // the loop), or directly if that thread cannot start.
+    match runtime::log_sink::StderrSink::start() {
+        Some(sink) => init_fmt(sink, format, level, ansi),
+        None => init_fmt(std::io::stderr, format, level, ansi),
+    }
+}
+
+fn init_fmt<W>(
+    writer: W,
+    format: config::LogFormat,
+    level: tracing_subscriber::filter::LevelFilter,
+    ansi: bool,
+) where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         // A write that fails (stderr a pipe nobody reads any more, a full
         // disk) loses that line; the default reports it with `eprintln!`,
         // which panics when stderr is what failed.
         .log_internal_errors(false)
         .with_max_level(level)
         .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        .with_ansi(ansi);
     match format {
         config::LogFormat::Text => builder.init(),
         config::LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -443,7 +460,11 @@ fn run(path: &Path, socket: Option<&Path>) -> ExitCode {
         tracing::warn!("{warning}");
     }
     let socket = socket_for(&loaded.config, socket);
-    match runtime::run(loaded.config, path, &socket) {
+    let result = runtime::run(loaded.config, path, &socket);
+    // The last lines (how the shutdown went) before the exit, unless
+    // nobody reads them.
+    runtime::log_sink::flush(Duration::from_secs(2));
+    match result {
         Ok(Outcome::Clean) => ExitCode::SUCCESS,
         Ok(Outcome::Forced) => ExitCode::from(3),
         Ok(Outcome::Fatal) => ExitCode::from(4),

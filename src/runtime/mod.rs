@@ -11,6 +11,7 @@
 
 pub mod control;
 mod history;
+pub mod log_sink;
 pub mod logs;
 pub mod metrics;
 pub mod orphans;
