@@ -6,6 +6,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{Drover, TempDir, alive, wait_until};
 
 /// A module that records who imported it, and a few targets.
@@ -756,4 +758,52 @@ fn every_python_process_says_what_it_is_in_ps() {
         let worker = Drover::children(&status, group)[1]["pid"].clone();
         assert_eq!(found.trim(), worker.to_string(), "{group}");
     }
+}
+
+/// At shutdown the Python template is told to go (SIGTERM, its socket
+/// closed) and waited for 2 s; one whose module ignores SIGTERM and runs a
+/// non-daemon thread (the interpreter waits for it) outlives that, left to the
+/// orphan phase (SIGKILL after the largest `stop_timeout`, 4 s here).
+/// drover waits that out asleep: past the 2 s its loop used to wait 0 ms
+/// per turn, a busy spin of the whole 4 s. Measured as drover's CPU time
+/// (its rusage at exit, its children's included), far below the window.
+#[test]
+fn a_template_that_ignores_sigterm_at_shutdown_is_waited_for_without_spinning() {
+    let dir = TempDir::new("pystubborn");
+    dir.write(
+        "stubborn.py",
+        "import signal, threading, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n\
+         # A non-daemon thread: the interpreter waits for it at exit.\n\
+         threading.Thread(target=time.sleep, args=(1000,)).start()\n\n\
+         def main():\n    signal.signal(signal.SIGTERM, signal.SIG_DFL)\n    while True:\n        time.sleep(1)\n",
+    );
+    dir.write(
+        "drover.toml",
+        "[group.w]\npython = \"stubborn:main\"\nstart_method = \"fork\"\nstart_secs = \"100ms\"\nstop_timeout = \"4s\"\n",
+    );
+    let d = Drover::start_in(dir, &[]);
+    d.wait_group_state("w", "running");
+    let pid = d.pid();
+    let started = std::time::Instant::now();
+    d.signal(libc::SIGTERM);
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 fills it and `status`.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; drover is this test's child (the harness's Drop
+    // then finds it reaped, which it ignores).
+    let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(reaped, pid, "wait4: {}", std::io::Error::last_os_error());
+    let took = started.elapsed();
+    let cpu = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    let used = cpu(usage.ru_utime) + cpu(usage.ru_stime);
+    assert!(
+        took >= Duration::from_secs(4),
+        "drover waited for the template: exited after {took:?}\n{}",
+        d.stderr.text()
+    );
+    assert!(
+        used < Duration::from_millis(1500),
+        "drover used {used:?} of CPU in a {took:?} run; its shutdown should sleep\n{}",
+        d.stderr.text()
+    );
 }

@@ -511,7 +511,10 @@ impl Runtime {
             self.orphans.deadline(),
             shutdown,
             self.reloads.deadline(),
-            self.helpers_deadline.filter(|_| !self.helpers.is_empty()),
+            // Only while it is ahead: past it, the orphan phase has its own
+            // deadlines (a helper outliving it made every wait 0 ms: a spin).
+            self.helpers_deadline
+                .filter(|d| !self.helpers.is_empty() && *d > now),
             self.broker.deadline(),
             self.clients.deadline(),
             self.metrics.as_ref().and_then(|m| m.endpoint.deadline()),
