@@ -3,6 +3,7 @@
 //! (`<state_dir>/dead-letters/<queue>.jsonl`), readable by a person.
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -49,11 +50,22 @@ pub fn append(
     if let Some(dir) = file.parent() {
         std::fs::create_dir_all(dir)?;
     }
+    // Never blocks on what is not a regular file (a FIFO put there waits
+    // for a reader: O_NONBLOCK fails it at once; anything else that opens
+    // is refused below), and never makes a terminal ours.
     let mut out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(&file)?;
-    let size = out.metadata()?.len();
+    let meta = out.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other(format!(
+            "{} is not a regular file",
+            file.display()
+        )));
+    }
+    let size = meta.len();
     if size >= max_bytes {
         // Full: not even worth serialising (a flood stays cheap).
         return Ok(Appended::OverLimit);
@@ -188,5 +200,34 @@ mod tests {
         };
         assert!(append(&file, &queue, &letter, u64::MAX).is_err());
         let _ = std::fs::remove_file(&file);
+    }
+
+    /// A FIFO where the file should be (nobody reading it, or a reader
+    /// that never reads) is an error at once: opening it for writing used
+    /// to wait for a reader forever, on the event loop.
+    #[test]
+    fn a_fifo_in_place_of_the_file_is_an_error_not_a_wait() {
+        let dir = std::env::temp_dir().join(format!("drover-dl-fifo-{}", std::process::id()));
+        let queue = QueueName::new("jobs").unwrap();
+        let file = path(&dir, &queue);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        nix::unistd::mkfifo(&file, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let letter = DeadLetter {
+            message: Message::new(b"m"),
+            reason: "r".into(),
+        };
+        assert!(
+            append(&dir, &queue, &letter, u64::MAX).is_err(),
+            "no reader"
+        );
+        let reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&file)
+            .unwrap();
+        let err = append(&dir, &queue, &letter, u64::MAX).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        drop(reader);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
