@@ -223,3 +223,60 @@ fn every_start_method_expands_arguments_per_child() {
         }
     }
 }
+
+/// An `env_file` list is bounded (64 files: each is read at every reload,
+/// on the supervisor's loop), and a file named twice is read once but still
+/// applies at each place: later files win, as always.
+#[test]
+fn env_file_lists_are_bounded_and_a_repeated_file_still_wins_where_it_stands() {
+    let dir = TempDir::new("envfile-list");
+    dir.write("a.env", "OVERRIDE=from-a\nONLY_FILE=a\n");
+    dir.write("b.env", "OVERRIDE=from-b\n");
+    dir.write("bad.env", "this is not a pair\n");
+    dir.write("child.py", CHILD);
+    let many = vec!["\"a.env\""; 65].join(", ");
+    dir.write(
+        "long.toml",
+        &format!("[group.g]\ncommand = [\"true\"]\nenv_file = [{many}]\n"),
+    );
+    let out = Command::new(drover_bin())
+        .arg("check")
+        .arg(dir.path().join("long.toml"))
+        .output()
+        .expect("run drover check");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("lists 65 files; at most 64"), "{text}");
+    assert!(text.contains("long.toml:3:12"), "{text}");
+
+    // The same broken file three times: one error, not three.
+    dir.write(
+        "bad.toml",
+        "[group.g]\ncommand = [\"true\"]\nenv_file = [\"bad.env\", \"bad.env\", \"bad.env\"]\n",
+    );
+    let out = Command::new(drover_bin())
+        .arg("check")
+        .arg(dir.path().join("bad.toml"))
+        .output()
+        .expect("run drover check");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(text.matches("expected `NAME=value`").count(), 1, "{text}");
+
+    let python = common::python();
+    std::fs::remove_file(dir.path().join("long.toml")).unwrap();
+    std::fs::remove_file(dir.path().join("bad.toml")).unwrap();
+    dir.write(
+        "drover.toml",
+        &format!(
+            "[group.aba]\ncommand = [\"{python}\", \"child.py\"]\nenv_file = [\"a.env\", \"b.env\", \"a.env\"]\n\n\
+             [group.ab]\ncommand = [\"{python}\", \"child.py\"]\nenv_file = [\"a.env\", \"b.env\"]\n"
+        ),
+    );
+    let d = Drover::start_in(dir, &[]);
+    wait_seen(&d, "aba", &[]);
+    wait_seen(&d, "ab", &[]);
+    let env = |group: &str| seen(d.dir.path(), group)[0].1["env"].clone();
+    assert_eq!(env("aba")["OVERRIDE"], "from-a");
+    assert_eq!(env("ab")["OVERRIDE"], "from-b");
+    assert_eq!(env("aba")["ONLY_FILE"], "a");
+}

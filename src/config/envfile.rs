@@ -2,12 +2,13 @@
 //! environment before its `env`. An env file is source text like a config
 //! file (read with the same limits), and its problems are located in it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use super::diag::Diagnostic;
 use super::fields::{Cx, Value};
+use super::limits::MAX_ENV_FILES;
 use super::source::{SourceFile, resolve};
 
 /// `env_file`: one path or a list, each resolved against the directory of
@@ -22,9 +23,21 @@ pub(crate) fn read(
         Some(s) => vec![(s, value.span())],
         None => cx.strings("env_file", value)?,
     };
+    if paths.len() > MAX_ENV_FILES {
+        let message = format!(
+            "{} lists {} files; at most {MAX_ENV_FILES}",
+            cx.key("env_file"),
+            paths.len()
+        );
+        cx.error(value.span(), message, None);
+        return None;
+    }
     let mut files = Vec::with_capacity(paths.len());
     let mut vars = BTreeMap::new();
     let mut complete = true;
+    // A path named again is read once: its variables apply again at each
+    // place (later files win), its errors are reported once.
+    let mut read: HashMap<PathBuf, Option<Vec<(String, String)>>> = HashMap::new();
     for (raw, span) in paths {
         if raw.is_empty() || raw.contains('\0') {
             let problem = if raw.is_empty() {
@@ -38,9 +51,21 @@ pub(crate) fn read(
             continue;
         }
         let path = resolve(&cx.file.dir, Path::new(raw));
+        if let Some(known) = read.get(&path) {
+            match known {
+                Some(pairs) => vars.extend(pairs.iter().cloned()),
+                None => complete = false,
+            }
+            files.push(path);
+            continue;
+        }
+        read.insert(path.clone(), None);
         match load(&path) {
             Ok(file) => match parse(&file.text) {
-                Ok(pairs) => vars.extend(pairs),
+                Ok(pairs) => {
+                    vars.extend(pairs.iter().cloned());
+                    read.insert(path.clone(), Some(pairs));
+                }
                 Err(problems) => {
                     for (at, message, help) in problems {
                         let d = Diagnostic::error(format!("env file: {message}"))

@@ -65,3 +65,8 @@ pub(crate) const MIN_DEAD_LETTER_BYTES: u64 = 4 << 10;
 /// `dead_letter_max_bytes` at most 1 TiB per queue: larger is a typo, and
 /// a disk filled with dead letters stops everything else on the host.
 pub(crate) const MAX_DEAD_LETTER_BYTES: u64 = 1 << 40;
+
+/// `env_file` lists at most 64 files per group: each is read at every
+/// reload, on the supervisor's loop, up to 4 MiB each; a list of a million
+/// names (it fits in a 4 MiB config) would keep the loop reading for hours.
+pub(crate) const MAX_ENV_FILES: usize = 64;
