@@ -116,6 +116,20 @@ pub struct WriteBatch {
 }
 
 impl WriteBatch {
+    /// `later` joins this batch (not yet taken by the writer): the writer
+    /// would send both in one pipeline anyway, in this order. The newer
+    /// list of held entries to touch replaces the older one (it names
+    /// every entry held now).
+    fn absorb(&mut self, later: WriteBatch) {
+        self.seq = later.seq;
+        self.add.extend(later.add);
+        self.recount.extend(later.recount);
+        if !later.touch.is_empty() {
+            self.touch = later.touch;
+        }
+        self.done.extend(later.done);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.add.is_empty()
             && self.done.is_empty()
@@ -264,9 +278,18 @@ impl Backend {
         &self.spec
     }
 
-    /// Queues a batch for the writer.
+    /// Queues a batch for the writer. While the writer has not taken the
+    /// last one (Redis is slow or down), this one joins it: one batch that
+    /// grows with what the loop settles and adds (both bounded by the
+    /// queue's capacity), not a queue of batches that grows with the
+    /// outage (a touch of every held entry every `claim_idle / 2`).
     pub fn submit(&self, batch: WriteBatch) {
-        self.shared.lock().batches.push_back(batch);
+        let mut s = self.shared.lock();
+        match s.batches.back_mut() {
+            Some(last) => last.absorb(batch),
+            None => s.batches.push_back(batch),
+        }
+        drop(s);
         self.shared.changed.notify_all();
     }
 
@@ -1038,5 +1061,52 @@ mod tests {
         ]);
         assert_eq!(entry(v, 3).unwrap().data, Some(vec![0, 1, 2]));
         assert_eq!(entry(Value::Nil, 1), None);
+    }
+
+    /// Redis unreachable: what the loop submits meanwhile waits as one
+    /// batch, whatever the number of submits; the newest touch list wins;
+    /// adds, recounts and settlements all stay, in order.
+    #[test]
+    fn batches_submitted_while_the_writer_is_stuck_become_one() {
+        let dir = std::env::temp_dir().join(format!("drover-redis-stuck-{}", std::process::id()));
+        let spec = Spec {
+            target: Target::parse(&format!("unix://{}/nothing.sock", dir.display())).unwrap(),
+            stream: "s".into(),
+            group: "g".into(),
+            consumer: "c".into(),
+            claim_idle: Duration::from_secs(30),
+        };
+        struct Quiet;
+        impl Notify for Quiet {
+            fn notify(&self) {}
+        }
+        let backend = Backend::start(spec, Box::new(Quiet)).unwrap();
+        for seq in 1..=1000u64 {
+            backend.submit(WriteBatch {
+                seq,
+                add: vec![seq.to_string().into_bytes().into_boxed_slice()],
+                done: vec![format!("{seq}-0")],
+                recount: vec![],
+                touch: vec![format!("held-{seq}-a"), format!("held-{seq}-b")],
+            });
+        }
+        let s = backend.shared.lock();
+        // The writer may hold the first batch, retrying it.
+        assert!(s.batches.len() <= 1, "{} batches queued", s.batches.len());
+        if let Some(b) = s.batches.back() {
+            assert_eq!(b.seq, 1000);
+            assert_eq!(b.touch, ["held-1000-a", "held-1000-b"]);
+            // The rest, whatever the writer took first, in order.
+            let first = 1000 - b.add.len() as u64 + 1;
+            let adds: Vec<String> = (first..=1000).map(|n| n.to_string()).collect();
+            let got: Vec<String> = b
+                .add
+                .iter()
+                .map(|a| String::from_utf8_lossy(a).into())
+                .collect();
+            assert_eq!(got, adds);
+            assert_eq!(b.done.len(), b.add.len());
+            assert_eq!(b.done.last().unwrap(), "1000-0");
+        }
     }
 }
