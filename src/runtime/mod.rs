@@ -21,7 +21,7 @@ mod probes;
 mod sigchld;
 pub mod watch;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::config::names::GroupName;
 use crate::control::status::LastExit;
@@ -717,15 +717,34 @@ impl Runtime {
             // A leftover of some child's process group may have been the last.
             self.sup.check_leftovers(&mut self.launcher, now);
         }
-        for suspect in self.sup.take_daemon_suspects() {
-            // Rare (a success exit within start_secs): one look at /proc.
-            let (sup, launcher) = (&self.sup, &self.launcher);
-            let daemons = crate::runtime::orphans::recent_daemons(suspect.age, |pid| {
-                launcher.is_helper(pid) || sup.live_pids().any(|p| p == pid)
-            });
-            if !daemons.is_empty() {
+        let mut suspects = self.sup.take_daemon_suspects();
+        let Some(oldest) = suspects.iter().map(|s| s.age).max() else {
+            return;
+        };
+        // One look at /proc for all of this turn's suspects (success exits
+        // within start_secs): a group of 1000 whose program exits 0 at once
+        // would otherwise scan it 1000 times, checking each process found
+        // against every child.
+        let live: HashSet<Pid> = self.sup.live_pids().collect();
+        let launcher = &self.launcher;
+        let mut daemons = crate::runtime::orphans::recent_daemons(oldest, |pid| {
+            launcher.is_helper(pid) || live.contains(&pid)
+        });
+        // Each daemon to the suspect with the shortest life that still
+        // covers its start (it was forked while that suspect ran).
+        // (The oldest takes what is left: ages are read a little after the
+        // exits, in clock ticks.)
+        suspects.sort_by_key(|s| s.age);
+        let last = suspects.len() - 1;
+        for (i, suspect) in suspects.iter().enumerate() {
+            let (mine, rest): (Vec<_>, Vec<_>) = daemons
+                .into_iter()
+                .partition(|(_, age)| i == last || *age <= suspect.age);
+            daemons = rest;
+            if !mine.is_empty() {
+                let mine: Vec<Pid> = mine.into_iter().map(|(pid, _)| pid).collect();
                 self.sup
-                    .adopt_daemons(&suspect, &daemons, &mut self.launcher, now);
+                    .adopt_daemons(suspect, &mine, &mut self.launcher, now);
             }
         }
     }

@@ -134,8 +134,8 @@ pub fn live_children() -> Vec<Pid> {
 /// Processes re-parented to drover that started at most `max_age` ago and
 /// lead a session of their own (they called `setsid()`), except those
 /// `known` says drover started itself: the daemons a program that
-/// daemonized itself left behind.
-pub fn recent_daemons(max_age: Duration, known: impl Fn(Pid) -> bool) -> Vec<Pid> {
+/// daemonized itself left behind, each with how long ago it started.
+pub fn recent_daemons(max_age: Duration, known: impl Fn(Pid) -> bool) -> Vec<(Pid, Duration)> {
     let me = getpid().as_raw();
     let Some(uptime) = std::fs::read_to_string("/proc/uptime")
         .ok()
@@ -148,13 +148,18 @@ pub fn recent_daemons(max_age: Duration, known: impl Fn(Pid) -> bool) -> Vec<Pid
         _ => 100.0,
     };
     // One tick of slack each way: start times are in clock ticks.
-    let since = uptime - max_age.as_secs_f64() - 2.0 / ticks;
-    processes(|pid, f| {
-        f.ppid == me && f.state != 'Z' && f.session == pid && f.start as f64 / ticks >= since
-    })
-    .into_iter()
-    .filter(|&pid| !known(pid))
-    .collect()
+    let slack = 2.0 / ticks;
+    let since = uptime - max_age.as_secs_f64() - slack;
+    let mut found = Vec::new();
+    processes_with(|pid, f| {
+        let started = f.start as f64 / ticks;
+        if f.ppid == me && f.state != 'Z' && f.session == pid && started >= since {
+            let age = (uptime - started - slack).max(0.0);
+            found.push((Pid(pid), Duration::from_secs_f64(age)));
+        }
+    });
+    found.retain(|&(pid, _)| !known(pid));
+    found
 }
 
 /// The live members of process group `pgid` (for `status`'s leftovers).
@@ -167,13 +172,25 @@ pub fn group_members(pgid: Pid) -> Vec<i32> {
 
 /// Every process in `/proc` whose stat fields `keep` accepts.
 fn processes(keep: impl Fn(i32, &StatFields) -> bool) -> Vec<Pid> {
+    let mut found = Vec::new();
+    processes_with(|pid, f| {
+        if keep(pid, f) {
+            found.push(Pid(pid));
+        }
+    });
+    found
+}
+
+/// Calls `each` with every process in `/proc` and its stat fields.
+fn processes_with(mut each: impl FnMut(i32, &StatFields)) {
     let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
+        return;
     };
-    dir.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&pid| stat_fields(pid).is_some_and(|f| keep(pid, &f)))
-        .map(Pid)
-        .collect()
+    for pid in dir.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+        if let Some(f) = stat_fields(pid) {
+            each(pid, &f);
+        }
+    }
 }
 
 /// The fields of `/proc/PID/stat` drover looks at.
