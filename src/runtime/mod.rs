@@ -987,7 +987,7 @@ impl Runtime {
                     &self.sup,
                     self.config_error.clone(),
                     now,
-                    crate::runtime::orphans::group_members,
+                    crate::runtime::orphans::group_members(),
                 );
                 status.queues = self.broker.status();
                 for child in status.groups.iter_mut().flat_map(|g| &mut g.children) {

@@ -162,12 +162,24 @@ pub fn recent_daemons(max_age: Duration, known: impl Fn(Pid) -> bool) -> Vec<(Pi
     found
 }
 
-/// The live members of process group `pgid` (for `status`'s leftovers).
-pub fn group_members(pgid: Pid) -> Vec<i32> {
-    processes(|_, f| f.pgrp == pgid.0 && f.state != 'Z')
-        .into_iter()
-        .map(|p| p.0)
-        .collect()
+/// A lookup of the live members of a process group (for `status`'s
+/// leftovers): `/proc` is read once, at the first lookup, however many
+/// children have leftovers.
+pub fn group_members() -> impl Fn(Pid) -> Vec<i32> {
+    let groups: std::cell::OnceCell<std::collections::HashMap<i32, Vec<i32>>> =
+        std::cell::OnceCell::new();
+    move |pgid| {
+        let groups = groups.get_or_init(|| {
+            let mut groups: std::collections::HashMap<i32, Vec<i32>> = Default::default();
+            processes_with(|pid, f| {
+                if f.state != 'Z' {
+                    groups.entry(f.pgrp).or_default().push(pid);
+                }
+            });
+            groups
+        });
+        groups.get(&pgid.0).cloned().unwrap_or_default()
+    }
 }
 
 /// Every process in `/proc` whose stat fields `keep` accepts.
