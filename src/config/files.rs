@@ -6,8 +6,8 @@
 //! named `*.toml` in a directory is passed over; a file is opened without
 //! blocking and its type checked again on the opened fd (it may have been
 //! swapped since the directory was listed); at most [`MAX_FILE_BYTES`] are
-//! read from one file and a directory may hold at most [`MAX_FILES`] config
-//! files. A file that some process still has open for writing is not read:
+//! read from one file, a directory may hold at most [`MAX_FILES`] config
+//! files, and all of them together at most [`MAX_TOTAL_BYTES`]. A file that some process still has open for writing is not read:
 //! its content may be half of what is being saved.
 
 use std::fs;
@@ -23,6 +23,54 @@ pub(crate) const MAX_FILE_BYTES: u64 = 4 << 20;
 
 /// The most `*.toml` files a config directory may hold.
 pub const MAX_FILES: usize = 10_000;
+
+/// The most bytes all the files of one config may hold together: a
+/// directory of [`MAX_FILES`] files of [`MAX_FILE_BYTES`] each would be 40
+/// GiB, read on the supervisor's loop at every reload (and at a client's
+/// `reload --dry-run PATH`).
+pub(crate) const MAX_TOTAL_BYTES: u64 = 64 << 20;
+
+/// Reads `files` (a config's, from [`discover`]) in order, until they hold
+/// [`MAX_TOTAL_BYTES`] together: the sources read, and the errors.
+pub(crate) fn read_all(files: &[PathBuf]) -> (Vec<SourceFile>, Vec<Diagnostic>) {
+    read_all_at_most(files, MAX_TOTAL_BYTES)
+}
+
+fn read_all_at_most(files: &[PathBuf], max_total: u64) -> (Vec<SourceFile>, Vec<Diagnostic>) {
+    let mut sources = Vec::new();
+    let mut diags = Vec::new();
+    let mut total: u64 = 0;
+    for file in files {
+        match read(file) {
+            Ok(source) => {
+                total = total.saturating_add(source.text.len() as u64);
+                if total > max_total {
+                    diags.push(
+                        Diagnostic::error(format!(
+                            "cannot read {}: the config's files hold more than {} together, \
+                             the limit for one config",
+                            file.display(),
+                            human_bytes(max_total)
+                        ))
+                        .with_help("move files that are not config elsewhere"),
+                    );
+                    break;
+                }
+                sources.push(source);
+            }
+            Err(d) => diags.push(d),
+        }
+    }
+    (sources, diags)
+}
+
+fn human_bytes(n: u64) -> String {
+    if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
+        format!("{} MiB", n >> 20)
+    } else {
+        format!("{n} bytes")
+    }
+}
 
 /// The files `path` stands for: itself if it is not a directory; else the
 /// `*.toml` entries of the directory that are regular files (symlinks
@@ -323,5 +371,29 @@ mod tests {
         let d = read(&file).unwrap_err();
         let span = d.location().unwrap().span.as_ref().unwrap();
         assert_eq!((span.line, span.col), (2, 6));
+    }
+
+    #[test]
+    fn a_config_over_its_total_size_stops_reading_with_an_error() {
+        let dir = std::env::temp_dir().join(format!("drover-total-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let files: Vec<PathBuf> = (0..4)
+            .map(|i| {
+                let file = dir.join(format!("{i}.toml"));
+                fs::write(&file, vec![b'#'; 1000]).unwrap();
+                file
+            })
+            .collect();
+        let (sources, diags) = read_all_at_most(&files, 2500);
+        assert_eq!(sources.len(), 2);
+        assert_eq!(diags.len(), 1);
+        let text = diags[0].message();
+        assert!(
+            text.contains("2.toml") && text.contains("2500 bytes together"),
+            "{text}"
+        );
+        let (sources, diags) = read_all_at_most(&files, 4000);
+        assert_eq!((sources.len(), diags.len()), (4, 0));
+        let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -96,11 +96,7 @@ impl std::error::Error for Failed {}
 /// of them), collecting every error and warning.
 pub fn load(path: &Path) -> Result<Loaded, Failed> {
     let files = files::discover(path).map_err(|diagnostics| Failed { diagnostics })?;
-    let mut diags = Vec::new();
-    let sources: Vec<SourceFile> = files
-        .iter()
-        .filter_map(|file| files::read(file).map_err(|d| diags.push(d)).ok())
-        .collect();
+    let (sources, diags) = files::read_all(&files);
     let all_read = sources.len() == files.len();
     validate(sources, all_read, &Host::current(), diags)
 }
