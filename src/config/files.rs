@@ -7,8 +7,9 @@
 //! blocking and its type checked again on the opened fd (it may have been
 //! swapped since the directory was listed); at most [`MAX_FILE_BYTES`] are
 //! read from one file, a directory may hold at most [`MAX_FILES`] config
-//! files, and all of them together at most [`MAX_TOTAL_BYTES`]. A file that some process still has open for writing is not read:
-//! its content may be half of what is being saved.
+//! files, and all of them together at most [`MAX_TOTAL_BYTES`]. A file that
+//! some process still has open for writing is not read: its content may be
+//! half of what is being saved.
 
 use std::fs;
 use std::io::{self, Read};

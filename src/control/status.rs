@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::names::GroupName;
 use crate::config::signal::Signal;
 use crate::supervisor::{
     AfterStop, Child, ChildState, ExitStatus, Group, Pid, Supervisor, WaitReason,
@@ -429,11 +430,8 @@ fn group_status(
         .children
         .iter()
         .map(|c| {
-            let mut status = match sup.predecessor(&group.spec.name, c.index) {
-                // A rolling restart keeps the old process until the new one
-                // runs: while the new one has no process (backing off, or
-                // fatal), show the process that serves, the new one beside it.
-                Some(old) if old.state.pid().is_some() && c.state.pid().is_none() => {
+            let mut status = match shown_instead(sup, &group.spec.name, c) {
+                Some(old) => {
                     let mut status = child_status(old, now);
                     status.index = c.index;
                     status.replacement = Some(Replacement {
@@ -470,8 +468,17 @@ fn group_status(
     }
 }
 
+/// The old process shown in the row of slot `c` instead of `c`: a rolling
+/// update keeps it until the new one runs, and while the new one has no
+/// process (backing off, or fatal) the row shows the process that serves,
+/// the new one beside it.
+fn shown_instead<'a>(sup: &'a Supervisor, group: &GroupName, c: &Child) -> Option<&'a Child> {
+    sup.predecessor(group, c.index)
+        .filter(|old| old.state.pid().is_some() && c.state.pid().is_none())
+}
+
 /// The processes of previous definitions still alive, except an old one
-/// that [`group_status`] shows in its slot.
+/// that [`group_status`] shows in its slot ([`shown_instead`]).
 fn retiring_status(
     sup: &Supervisor,
     now: Instant,
@@ -479,21 +486,15 @@ fn retiring_status(
 ) -> Vec<RetiringStatus> {
     sup.retiring()
         .filter(|r| r.child.state.pid().is_some() || r.child.leftover.is_some())
-        .filter(|r| {
-            // Shown in place of a replacement that has no process.
-            let in_slot = r.successor.is_some_and(|i| {
-                sup.predecessor(&r.group, i)
-                    .is_some_and(|old| std::ptr::eq(old, &r.child))
-                    && sup
-                        .groups()
-                        .find(|g| g.spec.name == r.group)
-                        .and_then(|g| g.children.get(i as usize))
-                        .is_some_and(|c| c.state.pid().is_none())
-            });
-            !in_slot
-        })
-        .map(|r| {
+        .filter_map(|r| {
             let group = sup.groups().find(|g| g.spec.name == r.group);
+            let slot = r.successor.and_then(|i| group?.children.get(i as usize));
+            let in_slot = slot
+                .and_then(|c| shown_instead(sup, &r.group, c))
+                .is_some_and(|old| std::ptr::eq(old, &r.child));
+            (!in_slot).then_some((r, group))
+        })
+        .map(|(r, group)| {
             let why = match (group, r.successor, r.blocks) {
                 (None, ..) => "its group was removed".to_owned(),
                 (Some(g), ..) if r.child.index >= g.spec.processes => {

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use tracing_subscriber::fmt::MakeWriter;
 
+use crate::text::wording::plural;
+
 /// Lines queued for stderr at most.
 pub const SLOTS: usize = 1024;
 
@@ -103,11 +105,8 @@ fn write_loop(rx: Receiver<Msg>, mut out: impl Write) {
         match msg {
             Msg::Line(line, dropped) => {
                 if dropped > 0 {
-                    let _ = writeln!(
-                        out,
-                        "drover: {dropped} log {} dropped: stderr was not being read",
-                        if dropped == 1 { "line" } else { "lines" }
-                    );
+                    let lines = plural(dropped as usize, "log line", "log lines");
+                    let _ = writeln!(out, "drover: {lines} dropped: stderr was not being read");
                 }
                 // A failure loses the line; there is nowhere to say so.
                 let _ = out.write_all(&line);

@@ -658,12 +658,7 @@ impl Runtime {
                 break;
             }
             let (pid, status) = match drover_sys::wait::reap(None) {
-                Ok(Some((pid, drover_sys::wait::Exit::Code(code)))) => {
-                    (pid, ExitStatus::Code(code))
-                }
-                Ok(Some((pid, drover_sys::wait::Exit::Signal(signal)))) => {
-                    (pid, ExitStatus::Signal(signal))
-                }
+                Ok(Some((pid, exit))) => (pid, ExitStatus::from(exit)),
                 Ok(None) => break,
                 Err(e) if e.raw_os_error() == Some(libc::ECHILD) => break,
                 Err(e) => {
@@ -727,24 +722,23 @@ impl Runtime {
         // against every child.
         let live: HashSet<Pid> = self.sup.live_pids().collect();
         let launcher = &self.launcher;
-        let mut daemons = crate::runtime::orphans::recent_daemons(oldest, |pid| {
+        let daemons = crate::runtime::orphans::recent_daemons(oldest, |pid| {
             launcher.is_helper(pid) || live.contains(&pid)
         });
         // Each daemon to the suspect with the shortest life that still
-        // covers its start (it was forked while that suspect ran).
-        // (The oldest takes what is left: ages are read a little after the
-        // exits, in clock ticks.)
+        // covers its start (it was forked while that suspect ran); to the
+        // oldest if none does (ages are read a little after the exits, in
+        // clock ticks).
         suspects.sort_by_key(|s| s.age);
-        let last = suspects.len() - 1;
-        for (i, suspect) in suspects.iter().enumerate() {
-            let (mine, rest): (Vec<_>, Vec<_>) = daemons
-                .into_iter()
-                .partition(|(_, age)| i == last || *age <= suspect.age);
-            daemons = rest;
-            if !mine.is_empty() {
-                let mine: Vec<Pid> = mine.into_iter().map(|(pid, _)| pid).collect();
+        let mut adopted: Vec<Vec<Pid>> = vec![Vec::new(); suspects.len()];
+        for (pid, age) in daemons {
+            let i = suspects.iter().position(|s| age <= s.age);
+            adopted[i.unwrap_or(suspects.len() - 1)].push(pid);
+        }
+        for (suspect, pids) in suspects.iter().zip(adopted) {
+            if !pids.is_empty() {
                 self.sup
-                    .adopt_daemons(suspect, &mine, &mut self.launcher, now);
+                    .adopt_daemons(suspect, &pids, &mut self.launcher, now);
             }
         }
     }

@@ -74,10 +74,7 @@ impl Pidfds {
         let pid = Self::pid(token)?;
         let fd = self.by_pid.get(&pid)?;
         let exit = match drover_sys::wait::reap_pidfd(fd.as_fd()) {
-            Ok(Some((_, drover_sys::wait::Exit::Code(code)))) => Some(ExitStatus::Code(code)),
-            Ok(Some((_, drover_sys::wait::Exit::Signal(signal)))) => {
-                Some(ExitStatus::Signal(signal))
-            }
+            Ok(Some((_, exit))) => Some(ExitStatus::from(exit)),
             // Still running: the pidfd is not readable for that, but nothing
             // is lost by looking.
             Ok(None) => return None,
@@ -110,6 +107,15 @@ impl Pidfds {
         for fd in self.reaped.drain(..) {
             // Explicitly, as in `forget`.
             let _ = epoll.delete(fd.as_fd());
+        }
+    }
+}
+
+impl From<drover_sys::wait::Exit> for ExitStatus {
+    fn from(exit: drover_sys::wait::Exit) -> Self {
+        match exit {
+            drover_sys::wait::Exit::Code(code) => ExitStatus::Code(code),
+            drover_sys::wait::Exit::Signal(signal) => ExitStatus::Signal(signal),
         }
     }
 }

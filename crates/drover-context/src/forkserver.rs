@@ -38,7 +38,7 @@ use nix::unistd::Pid;
 
 use super::boot::Received;
 use super::error::Error;
-use super::process::{Job, Reaper, Running, abandon, child_exit_code};
+use super::process::{Job, Reaper, Running, abandon, child_exit_code, exit_code};
 use super::spawn::{environment, payload_memfd, self_argv};
 use crate::sys::{fork_run, pidfd_open};
 
@@ -311,9 +311,7 @@ impl ServerLoop {
         }
         self.children.retain(|(pid, conn, seq)| {
             let code = match drover_sys::wait::reap(Some(pid.as_raw())) {
-                Ok(Some((_, drover_sys::wait::Exit::Code(code)))) => code,
-                // Any signal, real-time ones too (negated, as a code).
-                Ok(Some((_, drover_sys::wait::Exit::Signal(signal)))) => -signal,
+                Ok(Some((_, exit))) => exit_code(exit),
                 Ok(None) => return true,
                 // ECHILD: not ours (any more); nothing will come.
                 Err(_) => return false,

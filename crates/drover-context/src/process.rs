@@ -304,21 +304,25 @@ impl Running {
     }
 }
 
-/// Waits for our own child `pid` (its pidfd is readable once it exits).
-fn wait_own(pid: i32, pidfd: &OwnedFd, how: Wait) -> Result<Option<i32>, Error> {
-    // A signal's exit is its number, negated.
-    let code = |exit| match exit {
+/// A child's exit as this library reports it: its code, or the number of
+/// the signal that ended it, negated (real-time signals too).
+pub(crate) fn exit_code(exit: drover_sys::wait::Exit) -> i32 {
+    match exit {
         drover_sys::wait::Exit::Code(code) => code,
         drover_sys::wait::Exit::Signal(signal) => -signal,
-    };
+    }
+}
+
+/// Waits for our own child `pid` (its pidfd is readable once it exits).
+fn wait_own(pid: i32, pidfd: &OwnedFd, how: Wait) -> Result<Option<i32>, Error> {
     if let Wait::Forever = how {
         return drover_sys::wait::wait_for(pid)
-            .map(|exit| Some(code(exit)))
+            .map(|exit| Some(exit_code(exit)))
             .map_err(|_| Error::StatusLost { pid });
     }
     loop {
         match drover_sys::wait::reap(Some(pid)) {
-            Ok(Some((_, exit))) => return Ok(Some(code(exit))),
+            Ok(Some((_, exit))) => return Ok(Some(exit_code(exit))),
             Ok(None) => {}
             Err(_) => return Err(Error::StatusLost { pid }),
         }
