@@ -51,7 +51,7 @@ fn read_all_at_most(files: &[PathBuf], max_total: u64) -> (Vec<SourceFile>, Vec<
                             "cannot read {}: the config's files hold more than {} together, \
                              the limit for one config",
                             file.display(),
-                            human_bytes(max_total)
+                            super::size::format_size(max_total)
                         ))
                         .with_help("move files that are not config elsewhere"),
                     );
@@ -63,14 +63,6 @@ fn read_all_at_most(files: &[PathBuf], max_total: u64) -> (Vec<SourceFile>, Vec<
         }
     }
     (sources, diags)
-}
-
-fn human_bytes(n: u64) -> String {
-    if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
-        format!("{} MiB", n >> 20)
-    } else {
-        format!("{n} bytes")
-    }
 }
 
 /// The files `path` stands for: itself if it is not a directory; else the
@@ -390,7 +382,7 @@ mod tests {
         assert_eq!(diags.len(), 1);
         let text = diags[0].message();
         assert!(
-            text.contains("2.toml") && text.contains("2500 bytes together"),
+            text.contains("2.toml") && text.contains("2500B together"),
             "{text}"
         );
         let (sources, diags) = read_all_at_most(&files, 4000);
