@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output};
 
 use common::{DEADLINE, Drover, TempDir, alive, drover_bin, wait_until, wait_until_within};
 use serde_json::Value;
@@ -23,6 +23,15 @@ with open(name + ".tmp", "w") as f:
 os.rename(name + ".tmp", name)
 time.sleep(1000)
 "#;
+
+/// `drover check PATH`.
+fn check(path: impl AsRef<Path>) -> Output {
+    Command::new(drover_bin())
+        .arg("check")
+        .arg(path.as_ref())
+        .output()
+        .expect("run drover check")
+}
 
 /// What each running child of `group` wrote, by PID.
 fn seen(dir: &Path, group: &str) -> Vec<(i64, Value)> {
@@ -172,11 +181,7 @@ command = ["true"]
 env_file = "missing.env"
 "#,
     );
-    let out = Command::new(drover_bin())
-        .arg("check")
-        .arg(dir.path())
-        .output()
-        .expect("run drover check");
+    let out = check(dir.path());
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -239,11 +244,7 @@ fn env_file_lists_are_bounded_and_a_repeated_file_still_wins_where_it_stands() {
         "long.toml",
         &format!("[group.g]\ncommand = [\"true\"]\nenv_file = [{many}]\n"),
     );
-    let out = Command::new(drover_bin())
-        .arg("check")
-        .arg(dir.path().join("long.toml"))
-        .output()
-        .expect("run drover check");
+    let out = check(dir.path().join("long.toml"));
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("lists 65 files; at most 64"), "{text}");
@@ -254,11 +255,7 @@ fn env_file_lists_are_bounded_and_a_repeated_file_still_wins_where_it_stands() {
         "bad.toml",
         "[group.g]\ncommand = [\"true\"]\nenv_file = [\"bad.env\", \"bad.env\", \"bad.env\"]\n",
     );
-    let out = Command::new(drover_bin())
-        .arg("check")
-        .arg(dir.path().join("bad.toml"))
-        .output()
-        .expect("run drover check");
+    let out = check(dir.path().join("bad.toml"));
     let text = String::from_utf8_lossy(&out.stderr);
     assert_eq!(text.matches("expected `NAME=value`").count(), 1, "{text}");
 

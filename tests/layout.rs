@@ -29,24 +29,8 @@ fn section(bin: &str, name: &str) -> Option<(u64, u64)> {
     })
 }
 
-/// The address of the read-only data symbol `name`.
-fn data(bin: &str, name: &str) -> u64 {
-    let out = Command::new("nm")
-        .args(["--defined-only", bin])
-        .output()
-        .expect("nm (binutils) runs");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() == 3 && matches!(f[1], "r" | "R") && f[2] == name)
-                .then(|| u64::from_str_radix(f[0], 16).unwrap())
-        })
-        .unwrap_or_else(|| panic!("{bin} has no read-only symbol {name}"))
-}
-
-/// The binary's function symbols: (address, raw name).
-fn functions(bin: &str) -> Vec<(u64, String)> {
+/// The binary's symbols: (address, kind, raw name).
+fn symbols(bin: &str) -> Vec<(u64, char, String)> {
     let out = Command::new("nm")
         .args(["--defined-only", bin])
         .output()
@@ -57,9 +41,8 @@ fn functions(bin: &str) -> Vec<(u64, String)> {
         .filter_map(|l| {
             let mut f = l.split_whitespace();
             let addr = u64::from_str_radix(f.next()?, 16).ok()?;
-            let kind = f.next()?;
-            let name = f.next()?;
-            matches!(kind, "t" | "T").then(|| (addr, name.to_owned()))
+            let kind = f.next()?.chars().next()?;
+            Some((addr, kind, f.next()?.to_owned()))
         })
         .collect()
 }
@@ -75,7 +58,13 @@ fn code_that_rarely_runs_is_gathered_in_whole_64k_blocks_of_its_own() {
     assert_eq!(size % BLOCK, 0, ".text.cold is {size:#x} bytes long");
     let cold = |addr: u64| (start..start + size).contains(&addr);
 
-    let fns = functions(bin);
+    let symbols = symbols(bin);
+    // Functions: (address, raw name).
+    let fns: Vec<(u64, String)> = symbols
+        .iter()
+        .filter(|(_, kind, _)| matches!(kind, 't' | 'T'))
+        .map(|(a, _, n)| (*a, n.clone()))
+        .collect();
     // Several names for one body (identical functions merged by the
     // compiler): the body's section is named after one of them only.
     let mut names_at = std::collections::HashMap::<u64, usize>::new();
@@ -143,7 +132,11 @@ fn code_that_rarely_runs_is_gathered_in_whole_64k_blocks_of_its_own() {
     });
     assert_eq!(rstart % BLOCK, 0, ".rodata.cold starts at {rstart:#x}");
     assert_eq!(rsize % BLOCK, 0, ".rodata.cold is {rsize:#x} bytes long");
-    let table = data(bin, "ecp_nistz256_precomputed");
+    let table = symbols
+        .iter()
+        .find(|(_, kind, name)| matches!(kind, 'r' | 'R') && name == "ecp_nistz256_precomputed")
+        .map(|(a, _, _)| *a)
+        .unwrap_or_else(|| panic!("{bin} has no read-only symbol ecp_nistz256_precomputed"));
     assert!(
         (rstart..rstart + rsize).contains(&table),
         "ring's ecp_nistz256_precomputed at {table:#x}, outside .rodata.cold"
