@@ -15,7 +15,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
 
@@ -29,6 +29,10 @@ pub const MAX_LINE: usize = 64 * 1024;
 const READ_BUDGET: usize = 64 * 1024;
 /// Chunks queued for the writer thread before back-pressure starts.
 const WRITER_SLOTS: usize = 64;
+/// Formatted bytes queued for the writer thread (or being written) before
+/// back-pressure starts. A chunk is accepted while the total is below it,
+/// so the most held is this plus one chunk.
+pub const WRITER_BYTES: usize = 4 << 20;
 
 /// Which of a child's streams a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -262,22 +266,31 @@ impl PipeReader {
 #[derive(Debug)]
 pub struct LogWriter {
     tx: Option<SyncSender<Vec<u8>>>,
+    /// Bytes sent and not yet written out.
+    queued: Arc<AtomicUsize>,
     wake_wanted: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl LogWriter {
     /// Starts the writer on `out`. When the loop has asked for it (after a
-    /// full channel), the writer writes a byte to `wake` once it has made room.
+    /// refused chunk), the writer writes a byte to `wake` once it has made
+    /// room.
     pub fn start(out: Box<dyn Write + Send>, wake: UnixStream) -> io::Result<Self> {
         let (tx, rx) = sync_channel(WRITER_SLOTS);
+        let queued = Arc::new(AtomicUsize::new(0));
         let wake_wanted = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&wake_wanted);
+        let room = Room {
+            queued: Arc::clone(&queued),
+            wake_wanted: Arc::clone(&wake_wanted),
+            wake,
+        };
         let thread = std::thread::Builder::new()
             .name("drover-log-writer".into())
-            .spawn(move || write_loop(rx, out, wake, flag))?;
+            .spawn(move || write_loop(rx, out, room))?;
         Ok(LogWriter {
             tx: Some(tx),
+            queued,
             wake_wanted,
             thread: Some(thread),
         })
@@ -286,19 +299,50 @@ impl LogWriter {
     /// Queues `chunk`, or hands it back when the writer is behind; the loop
     /// is then woken through `wake` once there is room.
     pub fn try_send(&self, chunk: Vec<u8>) -> Result<(), Vec<u8>> {
+        match self.send_now(chunk) {
+            Ok(()) => Ok(()),
+            Err(chunk) => {
+                // Ask for a wake-up first, then retry: if the writer made
+                // room in between, the retry succeeds; if not, the writer
+                // still has a chunk to write and will see the flag.
+                self.wake_wanted.store(true, Ordering::SeqCst);
+                self.send_now(chunk)
+            }
+        }
+    }
+
+    /// Whether a chunk would be taken now; when not, the loop is woken
+    /// through `wake` once it would.
+    pub fn has_room(&self) -> bool {
+        if self.queued.load(Ordering::SeqCst) < WRITER_BYTES {
+            return true;
+        }
+        self.wake_wanted.store(true, Ordering::SeqCst);
+        self.queued.load(Ordering::SeqCst) < WRITER_BYTES
+    }
+
+    /// Formatted bytes sent to the writer and not yet written out.
+    #[cfg(test)]
+    pub fn queued_bytes(&self) -> usize {
+        self.queued.load(Ordering::SeqCst)
+    }
+
+    fn send_now(&self, chunk: Vec<u8>) -> Result<(), Vec<u8>> {
         let tx = self.tx.as_ref().expect("writer is running");
+        if self.queued.load(Ordering::SeqCst) >= WRITER_BYTES {
+            return Err(chunk);
+        }
+        let len = chunk.len();
+        self.queued.fetch_add(len, Ordering::SeqCst);
         match tx.try_send(chunk) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Disconnected(_)) => Ok(()),
+            Err(TrySendError::Disconnected(_)) => {
+                self.queued.fetch_sub(len, Ordering::SeqCst);
+                Ok(())
+            }
             Err(TrySendError::Full(chunk)) => {
-                // Ask for a wake-up first, then retry: if the writer emptied
-                // the channel in between, the retry succeeds; if not, the
-                // writer still has a chunk to write and will see the flag.
-                self.wake_wanted.store(true, Ordering::SeqCst);
-                match tx.try_send(chunk) {
-                    Ok(()) | Err(TrySendError::Disconnected(_)) => Ok(()),
-                    Err(TrySendError::Full(chunk)) => Err(chunk),
-                }
+                self.queued.fetch_sub(len, Ordering::SeqCst);
+                Err(chunk)
             }
         }
     }
@@ -306,6 +350,7 @@ impl LogWriter {
     /// Queues `chunk`, waiting for room (only used at exit).
     pub fn send_blocking(&self, chunk: Vec<u8>) {
         let tx = self.tx.as_ref().expect("writer is running");
+        self.queued.fetch_add(chunk.len(), Ordering::SeqCst);
         let _ = tx.send(chunk);
     }
 
@@ -318,22 +363,27 @@ impl LogWriter {
     }
 }
 
-fn write_loop(
-    rx: Receiver<Vec<u8>>,
-    mut out: Box<dyn Write + Send>,
-    mut wake: UnixStream,
+/// The writer's side of the budget: what it frees, and whom to tell.
+struct Room {
+    queued: Arc<AtomicUsize>,
     wake_wanted: Arc<AtomicBool>,
-) {
+    wake: UnixStream,
+}
+
+fn write_loop(rx: Receiver<Vec<u8>>, mut out: Box<dyn Write + Send>, mut room: Room) {
     let mut broken = false;
     while let Ok(chunk) = rx.recv() {
-        // Taking a chunk made room in the channel: the loop may send again.
-        if wake_wanted.swap(false, Ordering::SeqCst) {
-            let _ = wake.write(&[1]);
-        }
         if !broken && let Err(e) = out.write_all(&chunk).and_then(|()| out.flush()) {
             // Keep draining so children never block on a dead stdout.
             tracing::warn!("cannot write child output to stdout: {e}; discarding it from now on");
             broken = true;
+        }
+        // Written (or discarded): its bytes and its slot are free, and the
+        // loop may send again.
+        room.queued.fetch_sub(chunk.len(), Ordering::SeqCst);
+        drop(chunk);
+        if room.wake_wanted.swap(false, Ordering::SeqCst) {
+            let _ = room.wake.write(&[1]);
         }
     }
 }

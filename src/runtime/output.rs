@@ -1,5 +1,13 @@
 //! Child output in the event loop: the pipes being read, and the hand-off
 //! to the log writer thread with its back-pressure (see [`crate::runtime::logs`]).
+//!
+//! Back-pressure is for all pipes at once: once the writer refuses a chunk,
+//! that chunk is held and its pipe leaves the epoll set, and every other
+//! pipe that becomes readable leaves it too, unread, until the writer has
+//! room. So the output drover holds is the writer's budget plus one chunk,
+//! however many children write and however slow drover's stdout is (held
+//! per pipe instead, a thousand children writing empty lines as JSON would
+//! hold several GiB). Stalled pipes resume in the order they stalled.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -18,7 +26,8 @@ use crate::runtime::logs::{LineFormat, LogWriter, Origin, PipeReader};
 pub struct Output {
     format: LineFormat,
     pipes: HashMap<u64, PipeReader>,
-    /// Pipes whose output waits for room in the writer.
+    /// Pipes out of the epoll set until the writer has room, in the order
+    /// they stalled; at most the first holds a chunk.
     stalled: Vec<u64>,
     writer: LogWriter,
     /// Written by the writer thread once it has room again.
@@ -84,6 +93,12 @@ impl Output {
         let Some(reader) = self.pipes.get_mut(&token) else {
             return;
         };
+        if !self.stalled.is_empty() {
+            // The writer is behind: this pipe waits its turn, unread.
+            let _ = epoll.delete(reader.fd());
+            self.stalled.push(token);
+            return;
+        }
         let outcome = reader.read(self.format, &mut self.scratch);
         if !outcome.chunk.is_empty() {
             self.history.record(&reader.origin.group, &outcome.chunk);
@@ -96,8 +111,9 @@ impl Output {
             && let Err(chunk) = self.writer.try_send(outcome.chunk)
         {
             // The writer is behind: hold this chunk and stop reading the
-            // pipe, so the child blocks instead of drover's memory growing.
-            // At EOF the pipe reads 0 again once re-armed, and closes then.
+            // pipe (and, see above, every other), so children block instead
+            // of drover's memory growing. At EOF the pipe reads 0 again
+            // once re-armed, and closes then.
             reader.held = Some(chunk);
             let _ = epoll.delete(reader.fd());
             self.stalled.push(token);
@@ -110,33 +126,32 @@ impl Output {
         }
     }
 
-    /// The writer made room: resume the stalled pipes in order.
+    /// The writer made room: resume the stalled pipes in order, as long
+    /// as it has room (it wakes the loop again when it has more).
     pub fn on_wake(&mut self, epoll: &Epoll) {
         let mut buf = [0u8; 64];
         while matches!(self.wake.read(&mut buf), Ok(n) if n > 0) {}
-        let mut still = Vec::new();
-        for token in std::mem::take(&mut self.stalled) {
+        let mut resumed = 0;
+        for &token in &self.stalled {
             let Some(reader) = self.pipes.get_mut(&token) else {
+                resumed += 1;
                 continue;
             };
-            let Some(chunk) = reader.held.take() else {
-                // Nothing held after all: just read the pipe again.
-                let event = EpollEvent::new(EpollFlags::EPOLLIN, token);
-                let _ = epoll.add(reader.fd(), event);
-                continue;
-            };
-            match self.writer.try_send(chunk) {
-                Ok(()) => {
-                    let event = EpollEvent::new(EpollFlags::EPOLLIN, token);
-                    let _ = epoll.add(reader.fd(), event);
+            match reader.held.take() {
+                Some(chunk) => {
+                    if let Err(chunk) = self.writer.try_send(chunk) {
+                        reader.held = Some(chunk);
+                        break;
+                    }
                 }
-                Err(chunk) => {
-                    reader.held = Some(chunk);
-                    still.push(token);
-                }
+                None if !self.writer.has_room() => break,
+                None => {}
             }
+            let event = EpollEvent::new(EpollFlags::EPOLLIN, token);
+            let _ = epoll.add(reader.fd(), event);
+            resumed += 1;
         }
-        self.stalled = still;
+        self.stalled.drain(..resumed);
     }
 
     /// At exit: writes out what the pipes still hold, then stops the writer.
@@ -156,5 +171,131 @@ impl Output {
             }
         }
         self.writer.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::fd::AsFd;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, mpsc};
+    use std::time::{Duration, Instant};
+
+    use nix::sys::epoll::{EpollCreateFlags, EpollTimeout};
+
+    use super::*;
+    use crate::config::LogFormat;
+    use crate::runtime::logs::{Stream, WRITER_BYTES};
+    use crate::supervisor::Pid;
+
+    /// drover's stdout: blocks at its first write until `gate` says go,
+    /// then counts the lines it is given.
+    struct Stdout {
+        gate: Option<mpsc::Receiver<()>>,
+        lines: Arc<AtomicUsize>,
+    }
+
+    impl Write for Stdout {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            if let Some(gate) = self.gate.take() {
+                let _ = gate.recv();
+            }
+            let n = b.iter().filter(|&&c| c == b'\n').count();
+            self.lines.fetch_add(n, Ordering::SeqCst);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    const WAKE: u64 = 0;
+
+    /// Eight children each fill their pipe with empty lines (64 KiB of
+    /// `\n`: about 7 MiB as JSON) while drover's stdout does not move.
+    /// What drover holds stays at the writer's budget plus two chunks — not
+    /// one chunk per child — and every line comes out once stdout moves.
+    #[test]
+    fn a_stalled_stdout_holds_a_bounded_amount_of_everyones_output() {
+        const CHILDREN: usize = 8;
+        const FILL: usize = 64 * 1024;
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).unwrap();
+        let (wake_tx, wake_rx) = UnixStream::pair().unwrap();
+        wake_rx.set_nonblocking(true).unwrap();
+        epoll
+            .add(wake_rx.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, WAKE))
+            .unwrap();
+        let (go, gate) = mpsc::channel();
+        let lines = Arc::new(AtomicUsize::new(0));
+        let stdout = Stdout {
+            gate: Some(gate),
+            lines: Arc::clone(&lines),
+        };
+        let writer = LogWriter::start(Box::new(stdout), wake_tx).unwrap();
+        let format = LineFormat {
+            format: LogFormat::Json,
+            timestamps: false,
+        };
+        let mut output = Output::new(format, writer, wake_rx, History::new(0));
+        let mut writers = Vec::new();
+        for i in 0..CHILDREN {
+            let (r, w) = nix::unistd::pipe().unwrap();
+            let mut w = std::fs::File::from(w);
+            w.write_all(&[b'\n'; FILL]).unwrap(); // a pipe holds 64 KiB
+            writers.push(w);
+            let origin = Origin {
+                group: GroupName::new("chatty").unwrap(),
+                index: i as u32,
+                pid: Pid(1000 + i as i32),
+                stream: Stream::Stdout,
+            };
+            output.watch(&epoll, 1 + i as u64, r, origin);
+        }
+
+        // Every pipe is readable: the loop gets to each, several times.
+        let mut most = 0;
+        for _ in 0..3 {
+            for token in 1..=CHILDREN as u64 {
+                output.on_readable(&epoll, token);
+                let held: usize = output
+                    .pipes
+                    .values()
+                    .filter_map(|p| p.held.as_ref())
+                    .map(Vec::len)
+                    .sum();
+                most = most.max(held + output.writer.queued_bytes());
+            }
+        }
+        let chunk = FILL * 110; // an empty line as JSON is about 100 bytes
+        assert!(
+            most <= WRITER_BYTES + 2 * chunk,
+            "held {most} bytes of output for {CHILDREN} children"
+        );
+        assert!(
+            output.stalled.len() >= CHILDREN - 2,
+            "the pipes wait, unread: {} stalled",
+            output.stalled.len()
+        );
+
+        // stdout moves: everything comes out, each line once.
+        drop(writers);
+        go.send(()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut events = [EpollEvent::empty(); 32];
+        while !output.pipes.is_empty() {
+            assert!(Instant::now() < deadline, "output stuck");
+            let n = epoll
+                .wait(&mut events, EpollTimeout::from(1000u16))
+                .unwrap();
+            for event in &events[..n] {
+                match event.data() {
+                    WAKE => output.on_wake(&epoll),
+                    token => output.on_readable(&epoll, token),
+                }
+            }
+        }
+        output.finish();
+        assert_eq!(lines.load(Ordering::SeqCst), CHILDREN * FILL);
     }
 }
