@@ -1109,6 +1109,13 @@ impl Runtime {
                 }
             }
         }
+        if !self.clients.has_room_for_logs() {
+            let waiting = self.clients.pending_bytes() >> 20;
+            let busy = Response::error(format!(
+                "busy: {waiting} MiB of earlier answers wait for clients that do not take them; try again"
+            ));
+            return self.clients.respond(&self.epoll, conn, &busy, now);
+        }
         let n = lines.map_or(usize::MAX, |n| n as usize);
         let mut answer = Response::ok("logs").to_line();
         answer.extend(self.output.history.tail(&names, n));

@@ -24,7 +24,13 @@
 //!   within [`REQUEST_TIMEOUT`] of the accept — whether the client sent
 //!   part of it or nothing at all, and however slowly it trickles, a slot
 //!   is held that long at most. A response not taken within
-//!   [`WRITE_TIMEOUT`] is dropped with its connection.
+//!   [`WRITE_TIMEOUT`] is dropped with its connection, and so is a
+//!   `logs -f` follower that takes none of its pending lines for that long
+//!   (one that has nothing pending stays as long as it likes).
+//! - Answers waiting for their clients hold at most [`PENDING_MAX`] bytes
+//!   before a `logs` request is refused as busy (a `logs` answer can be
+//!   every group's kept lines, 1 MiB each; sixty-four clients that never
+//!   read would otherwise hold sixty-four copies).
 //! - When `accept` fails (out of fds, or anything else) the listener
 //!   leaves the epoll set for a back-off that doubles from
 //!   [`BACKOFF_MIN`] to [`BACKOFF_MAX`], or until a connection closes and
@@ -50,8 +56,12 @@ pub const MAX_CLIENTS: usize = 64;
 pub const RESERVED: usize = 2;
 /// How long a client has, from the accept, to send its whole request line.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a client has to take its response.
+/// How long a client has to take its response; how long a follower may
+/// take nothing of its pending lines.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes of answers waiting for their clients beyond which `logs` requests
+/// are refused as busy.
+pub const PENDING_MAX: usize = 64 << 20;
 /// File descriptors under the limit that ordinary connections never take.
 pub const FD_HEADROOM: u64 = 16;
 /// The first pause after `accept` fails.
@@ -81,6 +91,9 @@ struct Entry {
     deadline: Instant,
     /// A follower watched for EPOLLOUT too (it has output pending).
     out_watched: bool,
+    /// For a follower: what the client had taken when its deadline was
+    /// set; taking more moves the deadline.
+    sent_at_deadline: u64,
 }
 
 /// See the module documentation.
@@ -255,8 +268,8 @@ impl Clients {
         };
         entry.conn.follow(first, groups);
         self.followers += 1;
-        // A follower has no deadline: it stays until it goes away or
-        // falls behind.
+        // A follower stays until it goes away, falls behind, or takes
+        // nothing for too long (see `watch_follower`).
         self.deadlines.remove(&(entry.deadline, token));
         if entry.conn.flush() {
             return self.close(epoll, token, now);
@@ -267,6 +280,18 @@ impl Clients {
     /// Whether any connection follows logs.
     pub fn has_followers(&self) -> bool {
         self.followers > 0
+    }
+
+    /// Bytes of answers (and followers' lines) their clients have not
+    /// taken yet.
+    pub fn pending_bytes(&self) -> usize {
+        self.conns.values().map(|e| e.conn.pending()).sum()
+    }
+
+    /// Whether a large answer (`logs`) may be queued now: not while
+    /// [`PENDING_MAX`] bytes already wait for clients that do not read.
+    pub fn has_room_for_logs(&self) -> bool {
+        self.pending_bytes() < PENDING_MAX
     }
 
     /// New lines, by group, for the followers.
@@ -300,12 +325,24 @@ impl Clients {
     }
 
     /// A follower is watched for its client going away, and for room to
-    /// write while it has output.
+    /// write while it has output. While it has output it has a deadline,
+    /// moved whenever the client takes some: a client that stopped reading
+    /// is closed after [`WRITE_TIMEOUT`], before it is [`super::conn`]'s
+    /// 1 MiB behind (which a quiet group may never fill).
     fn watch_follower(&mut self, epoll: &Epoll, token: u64, now: Instant) {
         let Some(entry) = self.conns.get_mut(&token) else {
             return;
         };
         let out = entry.conn.has_output();
+        let armed = self.deadlines.contains(&(entry.deadline, token));
+        if !out {
+            self.deadlines.remove(&(entry.deadline, token));
+        } else if !armed || entry.conn.sent() != entry.sent_at_deadline {
+            entry.sent_at_deadline = entry.conn.sent();
+            self.deadlines.remove(&(entry.deadline, token));
+            entry.deadline = now + WRITE_TIMEOUT;
+            self.deadlines.insert((entry.deadline, token));
+        }
         if out == entry.out_watched {
             return;
         }
@@ -346,6 +383,11 @@ impl Clients {
                 entry.conn.farewell(&Response::error(format!(
                     "request: no complete line within {secs}s; closing"
                 )));
+            } else if entry.conn.is_following() {
+                let secs = WRITE_TIMEOUT.as_secs();
+                tracing::debug!(
+                    "control socket: a logs -f client took none of its new lines in {secs}s; closing"
+                );
             } else {
                 let secs = WRITE_TIMEOUT.as_secs();
                 tracing::debug!("control socket: a client did not take its answer in {secs}s");
@@ -429,6 +471,7 @@ impl Clients {
                 slot,
                 deadline,
                 out_watched: false,
+                sent_at_deadline: 0,
             },
         );
         self.deadlines.insert((deadline, token));
@@ -849,6 +892,71 @@ mod tests {
         f.clients.on_deadline(&f.epoll, at + WRITE_TIMEOUT);
         assert!(f.clients.is_empty());
         drop(client);
+    }
+
+    /// A `logs -f` client that stops reading, with too little coming to
+    /// put it 1 MiB behind: closed once it took nothing for the write
+    /// timeout. One that keeps reading keeps its slot; one with nothing
+    /// pending has no deadline at all.
+    #[test]
+    fn a_follower_that_takes_nothing_is_closed_after_the_write_timeout() {
+        let mut f = Fixture::new("follow");
+        let group = GroupName::new("web").unwrap();
+        let follower = |f: &mut Fixture| {
+            let mut client = f.connect();
+            client
+                .write_all(b"{\"cmd\":\"logs\",\"follow\":true}\n")
+                .unwrap();
+            let (token, _) = f.accept(0.0).unwrap();
+            f.clients
+                .follow(&f.epoll, token, b"{}\n".to_vec(), Vec::new(), f.t0);
+            (token, client)
+        };
+        let (stuck, _stuck_client) = follower(&mut f);
+        let (reader, mut reader_client) = follower(&mut f);
+        let mut first = [0u8; 3];
+        reader_client.read_exact(&mut first).unwrap();
+        assert_eq!(f.clients.deadline(), None, "nothing pending, no deadline");
+
+        // 512 KiB of lines: more than a socket holds, less than 1 MiB.
+        let chunk = vec![b'x'; 512 << 10];
+        let at = |secs: u64| f.t0 + Duration::from_secs(secs);
+        f.clients
+            .broadcast(&f.epoll, &[(group.clone(), chunk.clone())], at(1));
+        assert_eq!(f.clients.deadline(), Some(at(1) + WRITE_TIMEOUT));
+
+        // The reader takes some, later: its deadline moves, the other's does not.
+        let mut buf = vec![0u8; 64 << 10];
+        reader_client.read_exact(&mut buf).unwrap();
+        f.clients
+            .on_event(&f.epoll, reader, EpollFlags::EPOLLOUT, at(8));
+        f.clients.on_deadline(&f.epoll, at(1) + WRITE_TIMEOUT);
+        assert!(
+            !f.clients.conns.contains_key(&stuck),
+            "took nothing: closed"
+        );
+        assert!(f.clients.conns.contains_key(&reader), "took some: kept");
+        assert_eq!(f.clients.deadline(), Some(at(8) + WRITE_TIMEOUT));
+    }
+
+    /// Answers nobody takes hold at most [`PENDING_MAX`] (and one more
+    /// answer): then `logs` is refused until they are taken or dropped.
+    #[test]
+    fn logs_answers_nobody_takes_are_bounded() {
+        let mut f = Fixture::new("pending");
+        let mut held = Vec::new();
+        while f.clients.has_room_for_logs() {
+            let mut client = f.connect();
+            client.write_all(b"{\"cmd\":\"logs\"}\n").unwrap();
+            let (token, _) = f.accept(0.0).unwrap();
+            f.clients
+                .respond_bytes(&f.epoll, token, vec![b'x'; 16 << 20], f.t0);
+            held.push(client);
+            assert!(held.len() <= PENDING_MAX / (8 << 20), "never refused");
+        }
+        assert!(f.clients.pending_bytes() < PENDING_MAX + (16 << 20));
+        f.clients.on_deadline(&f.epoll, f.t0 + WRITE_TIMEOUT);
+        assert!(f.clients.has_room_for_logs(), "dropped with their clients");
     }
 
     #[test]

@@ -47,6 +47,9 @@ pub(super) enum Incoming {
 pub(super) struct Conn {
     pub(super) stream: UnixStream,
     phase: Phase,
+    /// Bytes the client has taken, all told: a follower that takes none
+    /// for a while is stuck.
+    sent: u64,
 }
 
 impl Conn {
@@ -55,6 +58,7 @@ impl Conn {
         Ok(Conn {
             stream,
             phase: Phase::Reading { input: Vec::new() },
+            sent: 0,
         })
     }
 
@@ -142,12 +146,23 @@ impl Conn {
 
     /// Whether a follower has bytes the client has not taken yet.
     pub(super) fn has_output(&self) -> bool {
+        matches!(self.phase, Phase::Following { .. }) && self.pending() > 0
+    }
+
+    /// Bytes of an answer (or of a follower's lines) not taken yet.
+    pub(super) fn pending(&self) -> usize {
         match &self.phase {
-            Phase::Following {
+            Phase::Writing { output, written }
+            | Phase::Following {
                 output, written, ..
-            } => *written < output.len(),
-            _ => false,
+            } => output.len().saturating_sub(*written),
+            _ => 0,
         }
+    }
+
+    /// Bytes the client has taken since the connection was accepted.
+    pub(super) fn sent(&self) -> u64 {
+        self.sent
     }
 
     /// Appends new lines of `group` for a follower of it; true when
@@ -215,7 +230,10 @@ impl Conn {
         while let Some(rest) = output.get(*written..).filter(|r| !r.is_empty()) {
             match self.stream.write(rest) {
                 Ok(0) => return true,
-                Ok(n) => *written += n,
+                Ok(n) => {
+                    *written += n;
+                    self.sent += n as u64;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(_) => return true,
