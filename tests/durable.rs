@@ -522,6 +522,10 @@ fn in_flight_messages_count_a_failed_delivery_across_restarts() {
     for field in ["depth", "in_flight", "stored", "delivered"] {
         assert_eq!(count(&status, "jobs", field), 0, "{field}: {status:#}");
     }
+    // Written by drover's dead-letter thread, before the store forgets it.
+    wait_until_within("the dead-letter record", LONG, || {
+        !dead_letter_records(&dir.join("state"), "jobs").is_empty()
+    });
     let records = dead_letter_records(&dir.join("state"), "jobs");
     assert_eq!(records.len(), 1, "{records:?}");
     let r = &records[0];

@@ -749,7 +749,10 @@ inputs = ["old"]
         "{err}"
     );
     let file = d.dir.path().join("state/dead-letters/old.jsonl");
-    wait_until("the dead-letter file", || file.exists());
+    // Written by drover's dead-letter thread: wait for all five.
+    wait_until("five dead-letter records", || {
+        std::fs::read_to_string(&file).is_ok_and(|t| t.lines().count() == 5)
+    });
     let records: Vec<Value> = std::fs::read_to_string(&file)
         .unwrap()
         .lines()

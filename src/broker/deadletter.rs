@@ -12,7 +12,7 @@ use crate::config::names::QueueName;
 
 #[derive(serde::Serialize)]
 struct Record<'a> {
-    time: String,
+    time: &'a str,
     queue: &'a str,
     reason: &'a str,
     deliveries: u32,
@@ -29,21 +29,24 @@ pub fn path(state_dir: &Path, queue: &QueueName) -> PathBuf {
         .join(format!("{queue}.jsonl"))
 }
 
-/// What [`append`] did with a record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Appended {
-    Written,
-    /// Writing it would take the file past `max_bytes`: not written.
-    OverLimit,
+/// What [`append`] did with a run of records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Appended {
+    pub written: usize,
+    /// Writing these would have taken the file past `max_bytes`: not
+    /// written.
+    pub over_limit: usize,
 }
 
-/// Appends `letter` to `queue`'s dead-letter file, unless that would make
-/// the file larger than `max_bytes`. The file's size is read on every call
-/// (not remembered), so an operator may empty or rotate it at any time.
+/// Appends the records of `letters` (each with the time it was
+/// dead-lettered) to `queue`'s dead-letter file, in order, as long as the
+/// file stays within `max_bytes`; one open and one write for the run. The
+/// file's size is read on every call (not remembered), so an operator may
+/// empty or rotate it at any time.
 pub fn append(
     state_dir: &Path,
     queue: &QueueName,
-    letter: &DeadLetter,
+    letters: &[(String, DeadLetter)],
     max_bytes: u64,
 ) -> std::io::Result<Appended> {
     let file = path(state_dir, queue);
@@ -65,30 +68,40 @@ pub fn append(
             file.display()
         )));
     }
-    let size = meta.len();
-    if size >= max_bytes {
-        // Full: not even worth serialising (a flood stays cheap).
-        return Ok(Appended::OverLimit);
+    let mut size = meta.len();
+    let mut done = Appended::default();
+    let mut lines = Vec::new();
+    for (time, letter) in letters {
+        if size >= max_bytes {
+            // Full: not even worth serialising (a flood stays cheap).
+            done.over_limit += 1;
+            continue;
+        }
+        let record = Record {
+            time,
+            queue: queue.as_str(),
+            reason: &letter.reason,
+            deliveries: letter.message.deliveries,
+            bytes: letter.message.bytes.len(),
+            message: letter.message.bytes.escape_ascii().to_string(),
+        };
+        let mut line = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        let len = line.len() as u64;
+        if size.saturating_add(len) > max_bytes {
+            done.over_limit += 1;
+            continue;
+        }
+        size += len;
+        lines.extend_from_slice(&line);
+        done.written += 1;
     }
-    let record = Record {
-        time: utc_now(),
-        queue: queue.as_str(),
-        reason: &letter.reason,
-        deliveries: letter.message.deliveries,
-        bytes: letter.message.bytes.len(),
-        message: letter.message.bytes.escape_ascii().to_string(),
-    };
-    let mut line = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
-    line.push(b'\n');
-    if size.saturating_add(line.len() as u64) > max_bytes {
-        return Ok(Appended::OverLimit);
-    }
-    out.write_all(&line)?;
-    Ok(Appended::Written)
+    out.write_all(&lines)?;
+    Ok(done)
 }
 
 /// `2026-11-25T16:45:03.123Z`.
-fn utc_now() -> String {
+pub fn utc_now() -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
@@ -123,6 +136,16 @@ mod tests {
     use super::*;
     use crate::broker::queue::Message;
 
+    /// `letter`, dead-lettered now, as a run of one.
+    fn one(letter: &DeadLetter) -> Vec<(String, DeadLetter)> {
+        vec![(utc_now(), letter.clone())]
+    }
+
+    const WRITTEN: Appended = Appended {
+        written: 1,
+        over_limit: 0,
+    };
+
     #[test]
     fn converts_days_to_dates() {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
@@ -143,10 +166,10 @@ mod tests {
             reason: "delivered 5 times".into(),
         };
         assert_eq!(
-            append(&dir, &queue, &letter, u64::MAX).unwrap(),
-            Appended::Written
+            append(&dir, &queue, &one(&letter), u64::MAX).unwrap(),
+            WRITTEN
         );
-        append(&dir, &queue, &letter, u64::MAX).unwrap();
+        append(&dir, &queue, &one(&letter), u64::MAX).unwrap();
         let file = path(&dir, &queue);
         let text = std::fs::read_to_string(&file).unwrap();
         let lines: Vec<serde_json::Value> = text
@@ -171,7 +194,7 @@ mod tests {
         let max = 500;
         let mut written = 0;
         for _ in 0..20 {
-            if append(&dir, &queue, &letter, max).unwrap() == Appended::Written {
+            if append(&dir, &queue, &one(&letter), max).unwrap() == WRITTEN {
                 written += 1;
             }
         }
@@ -182,10 +205,7 @@ mod tests {
         );
         // Emptied by an operator: written again.
         std::fs::write(path(&dir, &queue), b"").unwrap();
-        assert_eq!(
-            append(&dir, &queue, &letter, max).unwrap(),
-            Appended::Written
-        );
+        assert_eq!(append(&dir, &queue, &one(&letter), max).unwrap(), WRITTEN);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -198,7 +218,7 @@ mod tests {
             message: Message::new(b"m"),
             reason: "r".into(),
         };
-        assert!(append(&file, &queue, &letter, u64::MAX).is_err());
+        assert!(append(&file, &queue, &one(&letter), u64::MAX).is_err());
         let _ = std::fs::remove_file(&file);
     }
 
@@ -217,7 +237,7 @@ mod tests {
             reason: "r".into(),
         };
         assert!(
-            append(&dir, &queue, &letter, u64::MAX).is_err(),
+            append(&dir, &queue, &one(&letter), u64::MAX).is_err(),
             "no reader"
         );
         let reader = std::fs::OpenOptions::new()
@@ -225,7 +245,7 @@ mod tests {
             .custom_flags(libc::O_NONBLOCK)
             .open(&file)
             .unwrap();
-        let err = append(&dir, &queue, &letter, u64::MAX).unwrap_err();
+        let err = append(&dir, &queue, &one(&letter), u64::MAX).unwrap_err();
         assert!(err.to_string().contains("not a regular file"), "{err}");
         drop(reader);
         let _ = std::fs::remove_dir_all(&dir);

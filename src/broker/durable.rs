@@ -89,7 +89,7 @@ pub(super) struct Durable {
 pub(super) struct Pending {
     ticket: Ticket,
     gate: u64,
-    batch: Arc<Batch>,
+    pub(super) batch: Arc<Batch>,
     state: State,
 }
 
@@ -312,7 +312,11 @@ impl Broker {
             d.record(name, q.take_ops());
         }
         if d.used || !d.batch.is_empty() {
-            let batch = Arc::new(std::mem::take(&mut d.batch));
+            let mut batch = std::mem::take(&mut d.batch);
+            // Messages it deletes may have been dead-lettered to the
+            // record file: the records come first.
+            batch.before = self.recorder.barrier().map(drover_store::Before);
+            let batch = Arc::new(batch);
             let ticket = d.store.submit(Arc::clone(&batch));
             d.pending.push_back(Pending {
                 ticket,
@@ -522,7 +526,7 @@ impl Broker {
             .or_else(|| self.retired.get(source))
             .and_then(|q| q.spec.dead_letter.clone());
         for letter in dead {
-            self.dead_letter(source, target.as_ref(), &letter);
+            self.dead_letter(source, target.as_ref(), letter);
         }
     }
 

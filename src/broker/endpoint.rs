@@ -302,7 +302,7 @@ impl Broker {
             let note = format!(" (only the first {kept_len} bytes could be kept)");
             letter.reason.push_str(&note);
         }
-        self.dead_letter(queue, target.as_ref(), &letter);
+        self.dead_letter(queue, target.as_ref(), letter);
         (reply, Gate::OPEN)
     }
 
@@ -423,7 +423,7 @@ impl Broker {
                 }
                 Ok(Some(letter)) => {
                     let target = r.spec.dead_letter.clone();
-                    self.dead_letter(queue, target.as_ref(), &letter);
+                    self.dead_letter(queue, target.as_ref(), letter);
                 }
                 // `holds` was checked just above.
                 Err(why) => tracing::debug!("queue {queue} (removed): {verb} ignored: {why}"),
@@ -439,7 +439,7 @@ impl Broker {
             Ok(None) => {}
             Ok(Some(letter)) => {
                 let target = q.spec.dead_letter.clone();
-                self.dead_letter(queue, target.as_ref(), &letter);
+                self.dead_letter(queue, target.as_ref(), letter);
             }
             Err(why) => {
                 let what = format!("{verb} ignored: {why}");
@@ -534,7 +534,7 @@ impl Broker {
                 let dead = q.remove_consumer(id, "its consumer is gone");
                 let target = q.spec.dead_letter.clone();
                 for letter in dead {
-                    self.dead_letter(queue, target.as_ref(), &letter);
+                    self.dead_letter(queue, target.as_ref(), letter);
                 }
                 self.to_deliver.push(queue.clone());
             }
@@ -549,7 +549,7 @@ impl Broker {
                 message.bytes.len()
             );
             let letter = DeadLetter { message, reason };
-            self.dead_letter(queue, target.as_ref(), &letter);
+            self.dead_letter(queue, target.as_ref(), letter);
         }
         self.resume_producers(epoll, queue);
     }
@@ -613,7 +613,7 @@ impl Broker {
                 }
                 let target = q.spec.dead_letter.clone();
                 for letter in dead {
-                    self.dead_letter(&ep.queue, target.as_ref(), &letter);
+                    self.dead_letter(&ep.queue, target.as_ref(), letter);
                 }
             }
             if self.queues.contains_key(&ep.queue) {

@@ -1,16 +1,18 @@
 //! Where dead letters go: the source queue's `dead_letter` queue while it
 //! has room (a full one does not grow), else the source's record file
-//! under `state_dir` while that is below `dead_letter_max_bytes`, else
-//! nowhere but the counters and the log. Lines about single dead letters
-//! are rate limited; a lasting condition (a full queue, a full or
-//! unwritable file) is logged once per window, with a count at its end.
+//! under `state_dir`, written by the [`super::recorder`] thread (which
+//! stops at `dead_letter_max_bytes`), else — while that thread is too far
+//! behind — nowhere but the counters and the log. Lines about single dead
+//! letters are rate limited; a lasting condition (a full queue, a writer
+//! behind) is logged once per window, with a count at its end.
 
 use std::fmt::Write as _;
 use std::time::Instant;
 
 use super::Broker;
-use super::deadletter::{self, Appended};
+use super::deadletter;
 use super::queue::DeadLetter;
+use super::recorder::{RECORDER_BYTES, Refused};
 use crate::config::names::QueueName;
 use crate::text::wording::plural;
 
@@ -18,11 +20,10 @@ use crate::text::wording::plural;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Routed {
     Queue(QueueName),
+    /// Handed to the record writer.
     File,
-    /// The record file is at `dead_letter_max_bytes`: counted, not written.
-    OverLimit,
-    /// The record file could not be written: counted, not written.
-    Failed,
+    /// Counted, not recorded: the record writer is behind (or missing).
+    Dropped,
 }
 
 /// Where a batch of dead letters went, for one log line.
@@ -30,8 +31,7 @@ pub(super) enum Routed {
 pub(super) struct Tally {
     to_queue: Option<(QueueName, usize)>,
     recorded: usize,
-    over_limit: usize,
-    failed: usize,
+    dropped: usize,
 }
 
 impl Tally {
@@ -39,8 +39,7 @@ impl Tally {
         match routed {
             Routed::Queue(q) => self.to_queue.get_or_insert((q, 0)).1 += 1,
             Routed::File => self.recorded += 1,
-            Routed::OverLimit => self.over_limit += 1,
-            Routed::Failed => self.failed += 1,
+            Routed::Dropped => self.dropped += 1,
         }
     }
 
@@ -53,18 +52,10 @@ impl Tally {
         if self.recorded > 0 {
             parts.push(format!("{} recorded in {}", self.recorded, file.display()));
         }
-        if self.over_limit > 0 {
+        if self.dropped > 0 {
             parts.push(format!(
-                "{} not recorded ({} is at dead_letter_max_bytes)",
-                self.over_limit,
-                file.display()
-            ));
-        }
-        if self.failed > 0 {
-            parts.push(format!(
-                "{} not recorded ({} cannot be written)",
-                self.failed,
-                file.display()
+                "{} not recorded (the dead-letter writer is behind)",
+                self.dropped
             ));
         }
         let mut out = String::new();
@@ -82,26 +73,26 @@ impl Broker {
         &mut self,
         source: &QueueName,
         target: Option<&QueueName>,
-        letter: &DeadLetter,
+        letter: DeadLetter,
     ) {
         let now = Instant::now();
-        let routed = self.route(source, target, letter, now);
-        let key = format!("queue {source}: dead letters");
-        if !self.lines.allow(&key, now) {
-            return;
-        }
         let n = letter.message.bytes.len();
-        let reason = &letter.reason;
-        let file = deadletter::path(&self.state_dir, source);
+        let key = format!("queue {source}: dead letters");
+        // The line is decided first: the letter moves on below.
+        let line = self.lines.allow(&key, now).then(|| letter.reason.clone());
+        let routed = self.route(source, target, letter, now);
+        let Some(reason) = line else {
+            return;
+        };
         match routed {
             Routed::Queue(t) => tracing::warn!(
                 "queue {source}: message of {n} bytes dead-lettered to queue {t}: {reason}"
             ),
             Routed::File => tracing::warn!(
                 "queue {source}: message of {n} bytes dead-lettered to {}: {reason}",
-                file.display()
+                deadletter::path(&self.state_dir, source).display()
             ),
-            Routed::OverLimit | Routed::Failed => tracing::warn!(
+            Routed::Dropped => tracing::warn!(
                 "queue {source}: message of {n} bytes dead-lettered, counted but not recorded: {reason}"
             ),
         }
@@ -113,7 +104,7 @@ impl Broker {
         &mut self,
         source: &QueueName,
         target: Option<&QueueName>,
-        letter: &DeadLetter,
+        letter: DeadLetter,
         now: Instant,
     ) -> Routed {
         if let Some(t) = target
@@ -134,33 +125,23 @@ impl Broker {
                 );
             }
         }
-        let max = self.dead_letter_max_bytes;
-        match deadletter::append(&self.state_dir, source, letter, max) {
-            Ok(Appended::Written) => Routed::File,
-            Ok(Appended::OverLimit) => {
-                let file = deadletter::path(&self.state_dir, source);
-                let key = format!(
-                    "queue {source}: dead-letter file {} is full",
-                    file.display()
-                );
+        match self.recorder.record(source, letter) {
+            Ok(()) => Routed::File,
+            Err(Refused::Behind) => {
+                let key = format!("queue {source}: the dead-letter writer is behind");
                 if self.bursts.allow(&key, now) {
+                    let waiting = self.recorder.queued_bytes() >> 20;
+                    let most = RECORDER_BYTES >> 20;
                     tracing::warn!(
-                        "{key} (dead_letter_max_bytes = {max}); dead letters are counted in dead_lettered, not recorded"
+                        "{key} ({waiting} MiB of records wait for the disk under {}, at most {most} MiB); \
+                         dead letters are counted in dead_lettered, not recorded",
+                        self.state_dir.display()
                     );
                 }
-                Routed::OverLimit
+                Routed::Dropped
             }
-            Err(e) => {
-                let file = deadletter::path(&self.state_dir, source);
-                let key = format!(
-                    "queue {source}: cannot record dead letters in {}",
-                    file.display()
-                );
-                if self.bursts.allow(&key, now) {
-                    tracing::error!("{key}: {e}; they are counted in dead_lettered, not recorded");
-                }
-                Routed::Failed
-            }
+            // Logged once by the recorder.
+            Err(Refused::NoThread) => Routed::Dropped,
         }
     }
 }

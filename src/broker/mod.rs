@@ -28,8 +28,9 @@
 //! read its replies is not read either.
 //!
 //! The pieces: `endpoint` reads and writes the sockets, `confirm` answers
-//! producers, `letters` routes dead letters, `retire` applies reloads,
-//! `timers` keeps the ack deadlines.
+//! producers, `letters` routes dead letters and `recorder` writes their
+//! records off the loop, `retire` applies reloads, `timers` keeps the ack
+//! deadlines.
 
 mod confirm;
 mod deadletter;
@@ -37,6 +38,7 @@ mod durable;
 mod endpoint;
 mod letters;
 pub mod queue;
+mod recorder;
 mod redis;
 mod retire;
 mod timers;
@@ -131,7 +133,8 @@ pub struct Broker {
     /// How many endpoints name each queue, live or retired.
     named: HashMap<QueueName, usize>,
     state_dir: PathBuf,
-    dead_letter_max_bytes: u64,
+    /// Writes dead-letter records off the loop.
+    recorder: recorder::Recorder,
     /// Producers' packets land here; allocated at the first read.
     scratch: Vec<u8>,
     scratch_len: usize,
@@ -182,7 +185,10 @@ impl Broker {
             by_pid: HashMap::new(),
             named: HashMap::new(),
             state_dir: config.supervisor.state_dir.clone(),
-            dead_letter_max_bytes: config.supervisor.dead_letter_max_bytes,
+            recorder: recorder::Recorder::new(
+                config.supervisor.state_dir.clone(),
+                config.supervisor.dead_letter_max_bytes,
+            ),
             scratch: Vec::new(),
             batch: Vec::new(),
             paused: HashMap::new(),
@@ -386,9 +392,11 @@ impl Broker {
         live.chain(retired).collect()
     }
 
-    /// At exit: commits and closes the store, and logs what is lost (held
-    /// in memory only) or kept (in the store).
+    /// At exit: writes the dead-letter records still on their way, commits
+    /// and closes the store, and logs what is lost (held in memory only)
+    /// or kept (in the store).
     pub fn report_leftovers(&mut self) {
+        self.recorder.finish(recorder::FINISH_WAIT);
         for q in self.queues.values() {
             if let Some(n) = self.pending_in_stream(q) {
                 tracing::info!(

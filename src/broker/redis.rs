@@ -182,6 +182,7 @@ impl Broker {
     /// The end of a loop turn: each queue's batch goes to its writer, and
     /// readers are granted what consumers can take.
     pub(super) fn end_turn_remotes(&mut self) {
+        let before = self.recorder.barrier();
         let mut now = None;
         for (name, r) in self.remotes.iter_mut() {
             match (r.entries.is_empty(), r.touch_at) {
@@ -200,7 +201,7 @@ impl Broker {
                     r.backend.grant(want);
                 }
             }
-            submit(r);
+            submit(r, before.as_ref());
         }
         for (name, olds) in self.old_remotes.iter_mut() {
             let ops = self.retired.get_mut(name).map(QueueCore::take_ops);
@@ -208,7 +209,7 @@ impl Broker {
                 if let Some(ops) = &ops {
                     record_owned(r, ops);
                 }
-                submit(r);
+                submit(r, before.as_ref());
             }
         }
     }
@@ -394,10 +395,11 @@ impl Broker {
     /// A removed queue on Redis is forgotten: its last settlements go out,
     /// and its threads end once they are written.
     pub(super) fn close_old_remotes(&mut self, name: &QueueName, ops: &StoreOps) {
+        let before = self.recorder.barrier();
         if let Some(olds) = self.old_remotes.remove(name) {
             for mut r in olds {
                 record_owned(&mut r, ops);
-                submit(&mut r);
+                submit(&mut r, before.as_ref());
                 // Dropping the backend ends its threads after the writer
                 // has sent what it holds.
             }
@@ -487,13 +489,18 @@ fn record_owned(r: &mut Remote, ops: &StoreOps) {
     }
 }
 
-fn submit(r: &mut Remote) {
+/// Sends what `r` has to write; `before` (a recorder barrier) is
+/// waited for by the writer first when the batch acks entries.
+fn submit(r: &mut Remote, before: Option<&Arc<dyn Fn() + Send + Sync>>) {
     if r.batch.is_empty() {
         return;
     }
     r.seq += 1;
     let mut batch = std::mem::take(&mut r.batch);
     batch.seq = r.seq;
+    if !batch.done.is_empty() {
+        batch.before = before.map(|f| drover_redis::Before(Arc::clone(f)));
+    }
     if !batch.done.is_empty() {
         r.settling.push_back((r.seq, batch.done.clone()));
     }

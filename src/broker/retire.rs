@@ -229,7 +229,7 @@ impl Broker {
                     message,
                     reason: "its queue was removed from the config".into(),
                 };
-                tally.add(self.route(name, target.as_ref(), &letter, now));
+                tally.add(self.route(name, target.as_ref(), letter, now));
             }
             let file = deadletter::path(&self.state_dir, name);
             tracing::warn!(

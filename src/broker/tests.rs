@@ -72,8 +72,13 @@ impl State {
         State(dir)
     }
 
-    /// The records of `queue`'s dead-letter file.
-    fn records(&self, queue: &str) -> Vec<serde_json::Value> {
+    /// The records of `queue`'s dead-letter file, once `broker`'s record
+    /// writer has dealt with every dead letter so far.
+    fn records(&self, broker: &Broker, queue: &str) -> Vec<serde_json::Value> {
+        assert!(
+            broker.recorder.flush(Duration::from_secs(60)),
+            "records stuck"
+        );
         let file = deadletter::path(&self.0, &q(queue));
         let text = std::fs::read_to_string(file).unwrap_or_default();
         text.lines()
@@ -260,7 +265,7 @@ fn a_paused_producer_of_a_removed_queue_is_read_into_dead_letters() {
     broker.apply(&config_of(vec![], state.0.clone()), &epoll);
     assert_eq!(broker.endpoints[&200].interest, EpollFlags::EPOLLIN);
     broker.on_event(&epoll, 200, EpollFlags::EPOLLIN);
-    let records = state.records("jobs");
+    let records = state.records(&broker, "jobs");
     assert_eq!(
         records.len(),
         11,
@@ -295,7 +300,7 @@ fn removed_while_held(state: &State) -> (Broker, Epoll, UnixStream) {
 fn messages_in_flight_of_a_removed_queue_stay_settleable() {
     let state = State::new("removed-settle");
     let (mut broker, epoll, child) = removed_while_held(&state);
-    let records = state.records("jobs");
+    let records = state.records(&broker, "jobs");
     assert_eq!(records.len(), 1, "only the ready one left at the removal");
     assert_eq!(records[0]["message"], "three");
     let s = broker.status();
@@ -310,7 +315,7 @@ fn messages_in_flight_of_a_removed_queue_stay_settleable() {
 
     send(&child, b"nack");
     broker.on_event(&epoll, 101, EpollFlags::EPOLLIN);
-    let records = state.records("jobs");
+    let records = state.records(&broker, "jobs");
     assert_eq!(records.len(), 2);
     assert_eq!(records[1]["message"], "two");
     let reason = records[1]["reason"].as_str().unwrap();
@@ -339,7 +344,7 @@ fn a_consumer_that_exits_holding_messages_of_a_removed_queue_dead_letters_them()
     drop(child);
     broker.child_exited(&epoll, Pid(42));
     let messages: Vec<_> = state
-        .records("jobs")
+        .records(&broker, "jobs")
         .iter()
         .map(|r| r["message"].as_str().unwrap().to_owned())
         .collect();
@@ -367,7 +372,7 @@ fn dead_letters_of_a_removed_queue_go_to_its_dead_letter_queue_if_it_remains() {
     send(&child, b"nack");
     broker.on_event(&epoll, 101, EpollFlags::EPOLLIN);
     assert_eq!(broker.queues[&q("dead")].depth(), 2);
-    assert!(state.records("jobs").is_empty());
+    assert!(state.records(&broker, "jobs").is_empty());
 }
 
 /// The queue is removed, then added back while an old consumer still holds
@@ -413,7 +418,7 @@ fn a_queue_removed_twice_keeps_the_order_of_what_consumers_hold() {
     }
     broker.on_event(&epoll, 101, EpollFlags::EPOLLIN);
     let messages: Vec<_> = state
-        .records("jobs")
+        .records(&broker, "jobs")
         .iter()
         .map(|r| r["message"].as_str().unwrap().to_owned())
         .collect();
@@ -437,9 +442,9 @@ fn a_producer_of_a_removed_queue_is_dead_lettered_and_bounded_per_event() {
         sent += 1;
     }
     broker.on_event(&epoll, 200, EpollFlags::EPOLLIN);
-    let after_one = state.records("jobs").len();
+    let after_one = state.records(&broker, "jobs").len();
     assert!(after_one <= READ_BUDGET, "{after_one} read in one event");
-    while state.records("jobs").len() < sent {
+    while state.records(&broker, "jobs").len() < sent {
         broker.on_event(&epoll, 200, EpollFlags::EPOLLIN);
     }
     drop(child);
@@ -555,7 +560,7 @@ fn a_full_dead_letter_queue_does_not_grow() {
     let broker = oversized_into(&state, 10, u64::MAX);
     assert_eq!(broker.queues[&q("dead")].depth(), 2);
     assert_eq!(
-        state.records("jobs").len(),
+        state.records(&broker, "jobs").len(),
         8,
         "the rest in the record file"
     );
@@ -568,11 +573,12 @@ fn a_full_dead_letter_queue_does_not_grow() {
 fn the_record_file_stops_at_dead_letter_max_bytes() {
     let state = State::new("dl-max");
     let broker = oversized_into(&state, 10, 1000);
+    assert!(broker.recorder.flush(Duration::from_secs(60)));
     let size = std::fs::metadata(deadletter::path(&state.0, &q("jobs")))
         .unwrap()
         .len();
     assert!(size <= 1000, "{size}");
-    assert!(state.records("jobs").len() < 8);
+    assert!(state.records(&broker, "jobs").len() < 8);
     assert_eq!(status(&broker.status(), "jobs", false).dead_lettered, 10);
 }
 
@@ -597,7 +603,7 @@ fn a_message_no_socket_can_take_is_dead_lettered_and_the_consumer_kept() {
     broker.deliver(&epoll, &q("jobs"));
     assert!(broker.owns(101));
     assert_eq!(recv(&child).as_deref(), Some(b"small".as_slice()));
-    assert_eq!(state.records("jobs").len(), 1);
+    assert_eq!(state.records(&broker, "jobs").len(), 1);
 }
 
 #[test]
@@ -675,9 +681,10 @@ fn a_message_that_hangs_its_consumer_ends_in_the_dead_letters() {
     let state = State::new("hang-poison");
     let (mut broker, epoll, _child) = with_ack_timeout(1);
     broker.state_dir = state.0.clone();
+    broker.recorder = super::recorder::Recorder::new(state.0.clone(), u64::MAX);
     let deadline = broker.deadline().unwrap();
     assert_eq!(broker.on_deadline(&epoll, deadline), [Pid(42)]);
-    let records = state.records("jobs");
+    let records = state.records(&broker, "jobs");
     assert_eq!(records.len(), 1);
     assert_eq!(records[0]["message"], "one");
     assert!(
@@ -829,7 +836,7 @@ fn refused_packets_get_no_with_the_reason_in_order() {
         (2, 2, 2, 1),
         "{s:?}"
     );
-    let records = state.records("jobs");
+    let records = state.records(&broker, "jobs");
     assert_eq!(records.len(), 1, "the oversized one is dead-lettered");
     assert!(
         records[0]["reason"]
@@ -853,7 +860,7 @@ fn a_packet_for_a_removed_queue_gets_no_queue_removed() {
     send(&child, b"");
     pump(&mut broker, &epoll);
     assert_eq!(replies(&child), ["no queue removed", "no empty"]);
-    let records = state.records("jobs");
+    let records = state.records(&broker, "jobs");
     let messages: Vec<_> = records.iter().map(|r| r["message"].clone()).collect();
     assert_eq!(messages, ["before", "after"], "dead-lettered as before");
     drop(child);
@@ -1040,7 +1047,7 @@ fn an_oversized_packet_within_a_batch_is_dead_lettered_whole() {
     broker.on_event(&epoll, 200, EpollFlags::EPOLLIN);
     let s = &broker.status()[0];
     assert_eq!((s.depth, s.refused, s.dead_lettered), (2, 1, 1), "{s:?}");
-    let records = state.records("jobs");
+    let records = state.records(&broker, "jobs");
     assert_eq!(records.len(), 1);
     assert_eq!(records[0]["bytes"], 100_000);
     assert!(

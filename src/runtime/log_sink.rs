@@ -40,23 +40,10 @@ impl StderrSink {
     /// Starts the writer thread; `None` if it cannot be started (then
     /// write to stderr directly).
     pub fn start() -> Option<StderrSink> {
-        use nix::sys::signal::{SigSet, SigmaskHow, pthread_sigmask};
         let (tx, rx) = sync_channel(SLOTS);
-        // The thread takes no signal: it inherits this mask. (It starts
-        // before the loop blocks SIGCHLD for its signalfd; a SIGCHLD sent to
-        // a thread that does not block it would be lost.)
-        let mut old = SigSet::empty();
-        pthread_sigmask(
-            SigmaskHow::SIG_SETMASK,
-            Some(&SigSet::all()),
-            Some(&mut old),
-        )
-        .ok()?;
-        let spawned = std::thread::Builder::new()
-            .name("drover-stderr".into())
-            .spawn(move || write_loop(rx, io::stderr()));
-        let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
-        spawned.ok()?;
+        // It starts before the loop blocks SIGCHLD for its signalfd: it
+        // must not take one.
+        crate::sys::spawn_quiet("drover-stderr", move || write_loop(rx, io::stderr())).ok()?;
         let sink = StderrSink { tx };
         let _ = SINK.set(sink.clone());
         Some(sink)

@@ -167,3 +167,23 @@ pub fn default_sigchld() -> io::Result<()> {
         .map(drop)
         .map_err(io::Error::from)
 }
+
+/// Starts a thread named `name` that takes no signal: it is started with
+/// every signal blocked, and keeps that mask. A signal the loop waits for
+/// (SIGCHLD, through its signalfd) delivered to a thread that does not
+/// block it would be lost to the loop.
+pub fn spawn_quiet<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<std::thread::JoinHandle<T>> {
+    use nix::sys::signal::{SigSet, SigmaskHow, pthread_sigmask};
+    let mut old = SigSet::empty();
+    pthread_sigmask(
+        SigmaskHow::SIG_SETMASK,
+        Some(&SigSet::all()),
+        Some(&mut old),
+    )?;
+    let spawned = std::thread::Builder::new().name(name.into()).spawn(f);
+    let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+    spawned
+}

@@ -113,6 +113,20 @@ pub struct WriteBatch {
     /// Entries this instance still holds: their idle time is reset, so
     /// that no other instance claims them while they are worked on.
     pub touch: Vec<String>,
+    /// Work outside Redis that must be done before this batch is sent
+    /// (dead-letter records of the entries it acks): the writer calls it,
+    /// and waits for it, first.
+    pub before: Option<Before>,
+}
+
+/// A wait the writer runs before sending a batch; see [`WriteBatch::before`].
+#[derive(Clone)]
+pub struct Before(pub std::sync::Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for Before {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Before(..)")
+    }
 }
 
 impl WriteBatch {
@@ -126,6 +140,10 @@ impl WriteBatch {
         self.recount.extend(later.recount);
         if !later.touch.is_empty() {
             self.touch = later.touch;
+        }
+        if later.before.is_some() {
+            // It waits for the same records and those made since.
+            self.before = later.before;
         }
         self.done.extend(later.done);
     }
@@ -455,6 +473,9 @@ fn writer(shared: &Shared, spec: &Spec) {
             s.batches.drain(..).collect()
         };
         let last = batches.last().map(|b| b.seq);
+        for before in batches.iter().filter_map(|b| b.before.as_ref()) {
+            (before.0)();
+        }
         loop {
             let c = match conn.as_mut() {
                 Some(c) => c,
@@ -1088,6 +1109,7 @@ mod tests {
                 done: vec![format!("{seq}-0")],
                 recount: vec![],
                 touch: vec![format!("held-{seq}-a"), format!("held-{seq}-b")],
+                before: None,
             });
         }
         let s = backend.shared.lock();

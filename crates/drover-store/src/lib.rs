@@ -111,7 +111,30 @@ pub struct Batch {
     /// Removes every message of these queues (a queue removed from the
     /// configuration, or no longer durable).
     pub drop_queue: Vec<QueueName>,
+    /// Work outside the store that must be done before this batch is
+    /// committed (dead-letter records of the messages it deletes): the
+    /// store thread calls it, and waits for it, before the commit.
+    pub before: Option<Before>,
 }
+
+/// A wait the store thread runs before committing a batch; see
+/// [`Batch::before`]. Two are equal when they are the same function.
+#[derive(Clone)]
+pub struct Before(pub Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for Before {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Before(..)")
+    }
+}
+
+impl PartialEq for Before {
+    fn eq(&self, other: &Before) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Before {}
 
 impl Batch {
     /// Whether the batch changes nothing.
@@ -510,6 +533,11 @@ fn commit(
     done: &Sender<Completion>,
     shared: &Shared,
 ) -> bool {
+    for (_, batch) in pending.iter() {
+        if let Some(before) = &batch.before {
+            (before.0)();
+        }
+    }
     let result = {
         let batches: Vec<&Batch> = pending.iter().map(|(_, b)| &**b).collect();
         match catch_unwind(AssertUnwindSafe(|| db.commit(&batches))) {

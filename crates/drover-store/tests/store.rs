@@ -196,3 +196,39 @@ fn close_commits_what_was_submitted_and_returns_its_completions() {
     assert_eq!(ids(&rec, "q"), (0..50).collect::<Vec<_>>());
     store.close(DEADLINE).unwrap();
 }
+
+/// A batch's `before` runs on the store thread, and the batch is committed
+/// only once it returns: what it waits for (dead-letter records of the
+/// messages the batch deletes) happens first, whatever the thread timing.
+#[test]
+fn a_batch_is_committed_only_after_its_before_returns() {
+    use std::sync::mpsc;
+    use std::sync::{Arc, Mutex};
+
+    let dir = TempDir::new("before");
+    let (mut store, _) = Store::open(dir.path()).unwrap();
+    let (called_tx, called) = mpsc::channel::<()>();
+    let (release, released) = mpsc::channel::<()>();
+    let called_tx = Mutex::new(called_tx);
+    let released = Mutex::new(released);
+    let before = drover_store::Before(Arc::new(move || {
+        let _ = called_tx.lock().unwrap().send(());
+        let _ = released.lock().unwrap().recv();
+    }));
+    let ticket = store.submit(Batch {
+        before: Some(before),
+        ..appends("q", 0..3)
+    });
+    called.recv_timeout(DEADLINE).expect("before is called");
+    assert!(
+        store.completions().is_empty(),
+        "committed while its before had not returned"
+    );
+    release.send(()).unwrap();
+    let done = wait(&mut store, &[ticket]);
+    assert!(done[&ticket].is_ok(), "{done:?}");
+    store.close(DEADLINE).unwrap();
+    let (store, rec) = Store::open(dir.path()).unwrap();
+    assert_eq!(ids(&rec, "q"), [0, 1, 2]);
+    store.close(DEADLINE).unwrap();
+}

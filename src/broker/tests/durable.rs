@@ -200,7 +200,7 @@ fn max_deliveries_holds_across_restarts() {
     let (broker, _epoll) = open(&state, vec![spec()]);
     let s = jobs_status(&broker);
     assert_eq!((s.depth, s.stored, s.dead_lettered), (0, 0, 1), "{s:?}");
-    let records = state.records("jobs");
+    let records = state.records(&broker, "jobs");
     assert_eq!(records.len(), 1);
     assert!(
         records[0]["reason"]
@@ -209,6 +209,50 @@ fn max_deliveries_holds_across_restarts() {
             .contains("delivered 2 times"),
         "{records:?}"
     );
+}
+
+/// A durable message that is dead-lettered leaves the store only after
+/// its record is written: the batch that deletes it waits for the record
+/// writer, so a crash in between finds it still stored (and dead-letters
+/// it again), never lost.
+#[test]
+fn the_store_forgets_a_dead_letter_only_after_its_record_is_written() {
+    let state = State::new("durable-record-first");
+    let spec = QueueSpec {
+        max_deliveries: 1,
+        ..durable_spec("jobs")
+    };
+    let (mut broker, epoll) = open(&state, vec![spec]);
+    let producer = confirmed_producer(&mut broker, &epoll);
+    produce(&mut broker, &epoll, &producer, &["poison".to_string()]);
+    let consumer = attach(&mut broker, &epoll, 42, "jobs", Direction::In, 101);
+    assert_eq!(
+        consume(&mut broker, &epoll, &consumer, 1, false),
+        ["poison"]
+    );
+    run_until(&mut broker, &epoll, "the attempt's commit", |b| {
+        b.durable.as_ref().unwrap().pending.is_empty()
+    });
+    // The disk under the record file does not move.
+    let disk = std::sync::Arc::clone(&broker.recorder.disk);
+    let stuck = disk.lock().unwrap();
+    send(&consumer, b"nack");
+    assert_eq!(pump(&mut broker, &epoll), 1);
+    broker.end_turn();
+    assert_eq!(jobs_status(&broker).dead_lettered, 1);
+    let d = broker.durable.as_ref().unwrap();
+    let batch = &d.pending.back().expect("the delete is submitted").batch;
+    assert!(!batch.delete.is_empty(), "{batch:?}");
+    assert!(
+        batch.before.is_some(),
+        "the delete does not wait for the record"
+    );
+    drop(stuck);
+    run_until(&mut broker, &epoll, "the delete's commit", |b| {
+        b.durable.as_ref().unwrap().pending.is_empty()
+    });
+    assert_eq!(jobs_status(&broker).stored, 0);
+    assert_eq!(state.records(&broker, "jobs").len(), 1);
 }
 
 #[test]
@@ -382,7 +426,7 @@ fn removing_a_durable_queue_dead_letters_also_what_is_only_in_the_store() {
     run_until(&mut broker, &epoll, "every record", |b| {
         b.retired.is_empty() && b.durable.as_ref().unwrap().pending.is_empty()
     });
-    assert_eq!(state.records("jobs").len(), n);
+    assert_eq!(state.records(&broker, "jobs").len(), n);
     crash(broker);
     let (broker, _epoll) = open(&state, vec![durable_spec("jobs"), durable_spec("other")]);
     assert_eq!(jobs_status(&broker).depth, 0, "removed from the store");
