@@ -247,7 +247,10 @@ fn env_file_lists_are_bounded_and_a_repeated_file_still_wins_where_it_stands() {
     let out = check(dir.path().join("long.toml"));
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{text}");
-    assert!(text.contains("lists 65 files; at most 64"), "{text}");
+    assert!(
+        text.contains("lists 65 files (the maximum is 64)"),
+        "{text}"
+    );
     assert!(text.contains("long.toml:3:12"), "{text}");
 
     // The same broken file three times: one error, not three.

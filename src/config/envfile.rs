@@ -23,13 +23,13 @@ pub(crate) fn read(
         Some(s) => vec![(s, value.span())],
         None => cx.strings("env_file", value)?,
     };
-    if paths.len() > MAX_ENV_FILES {
-        let message = format!(
-            "{} lists {} files; at most {MAX_ENV_FILES}",
-            cx.key("env_file"),
-            paths.len()
-        );
-        cx.error(value.span(), message, None);
+    if !cx.within(
+        value.span(),
+        "env_file",
+        paths.len(),
+        "files",
+        MAX_ENV_FILES,
+    ) {
         return None;
     }
     let mut files = Vec::with_capacity(paths.len());

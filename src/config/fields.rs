@@ -78,6 +78,27 @@ impl<'a> Cx<'a> {
         );
     }
 
+    /// Checks a list's length: past `max`, an error at `span` ("`KEY`
+    /// lists N NOUNs (the maximum is MAX)") and false.
+    pub fn within(
+        &mut self,
+        span: Range<usize>,
+        label: &str,
+        len: usize,
+        noun: &str,
+        max: usize,
+    ) -> bool {
+        if len <= max {
+            return true;
+        }
+        let message = format!(
+            "{} lists {len} {noun} (the maximum is {max})",
+            self.key(label)
+        );
+        self.error(span, message, None);
+        false
+    }
+
     /// The value as written in the file.
     pub fn raw(&self, value: &Value<'_>) -> &'a str {
         let span = value.span();

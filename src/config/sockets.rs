@@ -39,13 +39,7 @@ pub(crate) struct SocketDraft {
 /// Reads `sockets`: every entry checked, names and addresses unique.
 pub(crate) fn read(cx: &mut Cx<'_>, value: &Value<'_>) -> Option<Vec<SocketDraft>> {
     let items = cx.array("sockets", value, "an array of tables")?;
-    if items.len() > MAX_SOCKETS {
-        let message = format!(
-            "{} lists {} sockets (the maximum is {MAX_SOCKETS})",
-            cx.key("sockets"),
-            items.len()
-        );
-        cx.error(value.span(), message, None);
+    if !cx.within(value.span(), "sockets", items.len(), "sockets", MAX_SOCKETS) {
         return None;
     }
     let mut out = Vec::with_capacity(items.len());
