@@ -16,6 +16,7 @@ use super::timers::AckTimers;
 use super::{Broker, Direction, Endpoint, READ_BUDGET};
 use crate::config::names::QueueName;
 use crate::config::{Delivery, QueueSpec};
+use crate::text::wording::plural;
 use drover_sys::mmsg::{self, MAX_BATCH};
 
 /// `SIOCOUTQ` below this means the peer has read everything: the kernel
@@ -70,7 +71,7 @@ pub(super) fn fit_send_buffer(fd: &OwnedFd, spec: &QueueSpec) {
 /// indistinguishable is an empty packet sent just before the close with
 /// nothing but empty packets after it: it is taken for the end, which
 /// loses nothing (it carried nothing), only its count in `refused`.
-fn end_of_stream(fd: &OwnedFd) -> bool {
+pub(super) fn end_of_stream(fd: &OwnedFd) -> bool {
     match crate::sys::peer_closed(fd) {
         Ok(false) => false,
         Ok(true) => !crate::sys::unread_by_us(fd).is_ok_and(|n| n > 0),
@@ -563,6 +564,82 @@ impl Broker {
         }
     }
 
+    /// The paused producer `token` of `queue` exited, leaving packets in
+    /// its socket: it waits for room, and if more than
+    /// [`super::EXITED_WAITING`] wait, the oldest one's packets are
+    /// dead-lettered and it is closed.
+    pub(super) fn exited_waiting(&mut self, epoll: &Epoll, token: u64, queue: &QueueName) {
+        let endpoints = &self.endpoints;
+        let waiting = self.exited.entry(queue.clone()).or_default();
+        // Those read since (the queue had room) are gone or watched.
+        waiting.retain(|t| endpoints.get(t).is_some_and(|ep| ep.interest.is_empty()));
+        waiting.push_back(token);
+        if waiting.len() <= super::EXITED_WAITING {
+            return;
+        }
+        let Some(oldest) = waiting.pop_front() else {
+            return;
+        };
+        let n = self.drain_to_dead_letters(oldest, queue);
+        self.detach(epoll, oldest, "its producer exited");
+        let key = format!("queue {queue}: sockets of exited producers dead-lettered");
+        if self.bursts.allow(&key, Instant::now()) {
+            tracing::warn!(
+                "queue {queue} is full and {} sockets of exited producers wait for room: \
+                 the oldest one's {} dead-lettered",
+                super::EXITED_WAITING,
+                plural(n, "message is", "messages are")
+            );
+        }
+    }
+
+    /// Reads every packet left in the socket of `token` (a producer that
+    /// exited) into dead letters; returns how many.
+    fn drain_to_dead_letters(&mut self, token: u64, queue: &QueueName) -> usize {
+        let Some(fd) = self.endpoints.get(&token).map(|ep| ep.fd.as_raw_fd()) else {
+            return 0;
+        };
+        if self.scratch.len() < self.scratch_len {
+            self.scratch = vec![0; self.scratch_len];
+        }
+        let target = self
+            .core_mut(queue)
+            .and_then(|q| q.spec.dead_letter.clone());
+        let mut count = 0;
+        // Bounded by what one socket buffer holds; the budget only guards
+        // against a socket some other process still writes to.
+        for _ in 0..READ_BUDGET {
+            let n = match recv(
+                fd,
+                &mut self.scratch,
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_TRUNC,
+            ) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(Errno::EINTR) => continue,
+                Err(_) => break,
+            };
+            let kept = n.min(self.scratch.len());
+            let mut reason = format!(
+                "its producer exited while the queue was full, behind {} other exited producers' sockets",
+                super::EXITED_WAITING
+            );
+            if kept < n {
+                reason.push_str(&format!(" (only the first {kept} bytes could be kept)"));
+            }
+            let letter = DeadLetter {
+                message: Message::new(&self.scratch[..kept]),
+                reason,
+            };
+            if let Some(q) = self.core_mut(queue) {
+                q.counters.dead_lettered += 1;
+            }
+            self.dead_letter(queue, target.as_ref(), letter);
+            count += 1;
+        }
+        count
+    }
+
     /// Re-arms the producers of `queue` once it is below its low-water
     /// mark.
     pub(super) fn resume_producers(&mut self, epoll: &Epoll, queue: &QueueName) {
@@ -742,8 +819,8 @@ fn write_batch(
             // Larger than the socket can ever take (its buffer is capped by
             // wmem_max): no consumer could get it.
             Err(Errno::EMSGSIZE) => {
-                if let Some(message) = rest.pop_front() {
-                    q.dropped(id);
+                if let Some(mut message) = rest.pop_front() {
+                    q.dropped(id, &mut message);
                     out.too_big.push(message);
                 }
             }

@@ -79,6 +79,9 @@ const READ_BUDGET: usize = 1024;
 /// Packets read from a consumer's socket when its child has exited: what
 /// a dead child left there is bounded by the socket buffer, far below this.
 const EXIT_BUDGET: usize = 1 << 16;
+/// Sockets of exited producers that may wait, with their packets, for room
+/// in a full queue (see [`Broker::child_exited`]).
+pub const EXITED_WAITING: usize = 32;
 
 /// Which way an endpoint carries messages, seen from the child.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,6 +147,10 @@ pub struct Broker {
     /// Producers not watched because their queue was full, per queue: the
     /// ones to re-arm once it has room, without scanning every endpoint.
     paused: HashMap<QueueName, Vec<u64>>,
+    /// Paused producers whose child exited with packets still in the
+    /// socket, oldest first, per queue: at most [`EXITED_WAITING`] wait for
+    /// room (see [`Broker::child_exited`]).
+    exited: HashMap<QueueName, std::collections::VecDeque<u64>>,
     /// Queues that may have something to hand out. Delivered at the end of
     /// every entry point, as a work list rather than by recursion, so that
     /// a chain of dead letters and failing consumers cannot grow the stack.
@@ -192,6 +199,7 @@ impl Broker {
             scratch: Vec::new(),
             batch: Vec::new(),
             paused: HashMap::new(),
+            exited: HashMap::new(),
             to_deliver: Vec::new(),
             timers: AckTimers::default(),
             committed: confirm::Committed::default(),
@@ -298,6 +306,16 @@ impl Broker {
     /// sockets stay: a grandchild may hold them and keep producing, so
     /// they are read as usual (with back-pressure) until every holder has
     /// closed them.
+    ///
+    /// A producer paused on a full queue is not watched, so the end of its
+    /// stream would be seen only once the queue has room: one that nobody
+    /// holds any more is closed now when it is empty; with packets in it
+    /// (sent before the exit, so not to be lost) it waits for room, but at
+    /// most [`EXITED_WAITING`] of them per queue: past that the oldest one's
+    /// packets are dead-lettered and it is closed. Without that bound, a
+    /// producer restarted while its queue stays full (consumers down, Redis
+    /// unreachable) would leave an fd and a socket buffer of kernel memory
+    /// behind at every restart.
     pub fn child_exited(&mut self, epoll: &Epoll, pid: Pid) {
         for token in self.by_pid.remove(&pid).unwrap_or_default() {
             let Some(ep) = self.endpoints.get(&token) else {
@@ -307,6 +325,13 @@ impl Broker {
                 let queue = ep.queue.clone();
                 self.read_settlements(epoll, token, &queue, EXIT_BUDGET);
                 self.detach(epoll, token, "its consumer exited before acknowledging it");
+            } else if ep.interest.is_empty() && crate::sys::peer_closed(&ep.fd).unwrap_or(true) {
+                let queue = ep.queue.clone();
+                if endpoint::end_of_stream(&ep.fd) {
+                    self.detach(epoll, token, "its producer exited");
+                } else {
+                    self.exited_waiting(epoll, token, &queue);
+                }
             }
         }
         self.run_deliveries(epoll);

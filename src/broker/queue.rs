@@ -723,10 +723,11 @@ impl QueueCore {
     }
 
     /// A message taken for `id` that no consumer could ever take (larger
-    /// than a socket can hold): it leaves the queue for the dead letters,
-    /// and `id` keeps its room.
-    pub fn dropped(&mut self, id: ConsumerId) {
+    /// than a socket can hold): it leaves the queue (and the store, or its
+    /// stream) for the dead letters, and `id` keeps its room.
+    pub fn dropped(&mut self, id: ConsumerId, message: &mut Message) {
         self.reserve(id, false);
+        self.forget(message);
     }
 
     /// The message was written to the consumer's socket at `now` (`None`:

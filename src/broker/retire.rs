@@ -246,6 +246,7 @@ impl Broker {
             );
         }
         // Its producers are read (into dead letters) from now on.
+        self.exited.remove(name);
         for token in self.paused.remove(name).unwrap_or_default() {
             self.refresh_interest(epoll, token);
         }

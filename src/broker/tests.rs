@@ -531,6 +531,60 @@ fn a_dead_producer_still_gets_back_pressure() {
     assert!(!broker.owns(200));
 }
 
+/// Producers that exit while their queue stays full: an empty socket is
+/// closed at once; ones with packets wait for room, at most
+/// EXITED_WAITING of them, and past that the oldest one's packets are
+/// dead-lettered (counted and recorded, not lost) and it is closed. They
+/// used to stay open, unwatched, until the queue had room: an fd and a
+/// socket buffer per restart.
+#[test]
+fn producers_that_exit_on_a_full_queue_leave_a_bounded_number_of_sockets() {
+    let state = State::new("exited-producers");
+    let mut broker = Broker::new(&config_of(vec![spec("jobs")], state.0.clone()));
+    let epoll = epoll();
+    let full: Vec<Vec<u8>> = (0..10).map(|i| format!("m{i}").into_bytes()).collect();
+    push(
+        &mut broker,
+        "jobs",
+        &full.iter().map(Vec::as_slice).collect::<Vec<_>>(),
+    );
+    let producers = super::EXITED_WAITING as i32 + 8;
+    for pid in 1..=producers {
+        let token = 1000 + pid as u64;
+        let child = attach(&mut broker, &epoll, pid, "jobs", Direction::Out, token);
+        assert!(broker.endpoints[&token].interest.is_empty(), "paused");
+        send(&child, format!("from {pid}").as_bytes());
+        drop(child);
+        broker.child_exited(&epoll, Pid(pid));
+    }
+    let empty = attach(&mut broker, &epoll, 999, "jobs", Direction::Out, 999);
+    drop(empty);
+    broker.child_exited(&epoll, Pid(999));
+    assert!(
+        !broker.owns(999),
+        "an exited producer's empty socket is closed"
+    );
+    assert_eq!(broker.endpoints.len(), super::EXITED_WAITING);
+    let s = broker.status();
+    assert_eq!(status(&s, "jobs", false).dead_lettered, 8);
+    let records = state.records(&broker, "jobs");
+    let messages: Vec<&str> = records
+        .iter()
+        .map(|r| r["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        messages,
+        (1..=8).map(|p| format!("from {p}")).collect::<Vec<_>>()
+    );
+    // Room again: the ones that waited are read, then closed.
+    let mut roomy = config_of(vec![spec("jobs")], state.0.clone());
+    roomy.queues.get_mut(&q("jobs")).unwrap().capacity = 100;
+    broker.apply(&roomy, &epoll);
+    while pump(&mut broker, &epoll) > 0 {}
+    assert_eq!(broker.status()[0].depth, 10 + super::EXITED_WAITING as u64);
+    assert!(broker.endpoints.is_empty(), "{:?}", broker.endpoints.keys());
+}
+
 // ------------------------------------------ bounded dead letters (defect 2)
 
 /// A producer of `jobs` (dead letters to `dead`, capacity 2) sending
@@ -603,6 +657,28 @@ fn a_message_no_socket_can_take_is_dead_lettered_and_the_consumer_kept() {
     broker.deliver(&epoll, &q("jobs"));
     assert!(broker.owns(101));
     assert_eq!(recv(&child).as_deref(), Some(b"small".as_slice()));
+    assert_eq!(state.records(&broker, "jobs").len(), 1);
+}
+
+/// A stored message no socket can take leaves the store (or its Redis
+/// stream) with its dead letter: it used to stay stored, to be read back
+/// and dead-lettered again at every start.
+#[test]
+fn a_message_no_socket_can_take_is_forgotten_by_the_store() {
+    let state = State::new("emsgsize-stored");
+    let mut broker = Broker::new(&config_of(vec![spec("jobs")], state.0.clone()));
+    let epoll = epoll();
+    let _child = attach(&mut broker, &epoll, 42, "jobs", Direction::In, 101);
+    let jobs = broker.queues.get_mut(&q("jobs")).unwrap();
+    jobs.push(Message {
+        bytes: vec![b'x'; 4 << 20].into(),
+        deliveries: 0,
+        id: Some(7),
+    });
+    jobs.take_ops();
+    broker.deliver(&epoll, &q("jobs"));
+    let ops = broker.queues.get_mut(&q("jobs")).unwrap().take_ops();
+    assert_eq!(ops.forget, [7], "{ops:?}");
     assert_eq!(state.records(&broker, "jobs").len(), 1);
 }
 
