@@ -357,3 +357,60 @@ fn idle_and_hostile_connections_cannot_keep_a_scrape_out() {
     drop(idle);
     assert!(d.status()["groups"].is_array());
 }
+
+/// The metrics address drover logs at start.
+fn metrics_addr(d: &Drover) -> String {
+    let log = d
+        .stderr
+        .wait_for("the metrics address", |t| t.contains("/metrics"));
+    log.split("metrics at http://")
+        .nth(1)
+        .and_then(|rest| rest.split("/metrics").next())
+        .expect("the address in the log")
+        .to_owned()
+}
+
+/// Every exit is counted once, also of a fork server's children that exit
+/// before drover has read the fork server's answer about them (those went
+/// uncounted, and their pid stayed in the metrics' table); and a group a
+/// reload removes leaves the page.
+#[test]
+fn every_exit_is_counted_and_a_removed_group_leaves_the_page() {
+    let dir = TempDir::new("metrics-exits");
+    let config = |groups: &str| {
+        format!(
+            "[supervisor]\nmetrics = \"127.0.0.1:0\"\n\n[group.keep]\ncommand = [\"sleep\", \"1000\"]\n{groups}"
+        )
+    };
+    let quick = "\n[group.quick]\nstart_method = \"forkserver\"\ncommand = [\"true\"]\n\
+                 processes = 40\nrestart = \"never\"\nstart_secs = \"0s\"\n";
+    dir.write("drover.toml", &config(quick));
+    let d = Drover::start_in(dir, &[]);
+    let addr = metrics_addr(&d);
+    d.wait_status("every quick child exited", |s| {
+        Drover::children(s, "quick")
+            .iter()
+            .all(|c| c["state"] == "exited")
+    });
+    let samples = parse(&scrape(&addr));
+    let quick_group = [("group", "quick")];
+    assert_eq!(
+        value(&samples, "drover_child_starts_total", &quick_group),
+        40.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "drover_child_exits_total",
+            &[("group", "quick"), ("code", "0")]
+        ),
+        40.0,
+        "one exit counted per start"
+    );
+
+    d.dir.write("drover.toml", &config(""));
+    assert!(d.cli(&["reload"]).status.success());
+    let page = scrape(&addr);
+    assert!(!page.contains("group=\"quick\""), "{page}");
+    assert!(page.contains("group=\"keep\""), "{page}");
+}

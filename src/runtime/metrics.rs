@@ -69,10 +69,15 @@ impl Counters {
         *self.exits.entry(key).or_default() += 1;
     }
 
-    /// Forgets the slots of groups that are gone (their counters stay:
-    /// counters only grow).
-    pub fn retain_slots(&mut self, keep: impl Fn(&str) -> bool) {
+    /// Forgets the groups a reload removed: their slots and their series
+    /// (a group added back starts its counters at 0, which Prometheus
+    /// reads as a counter reset). Kept, names that come and go with every
+    /// deploy (`worker_v123`) would add series to every scrape forever.
+    pub fn retain_groups(&mut self, keep: impl Fn(&str) -> bool) {
         self.seen.retain(|(g, _)| keep(g));
+        self.starts.retain(|g, _| keep(g));
+        self.restarts.retain(|g, _| keep(g));
+        self.exits.retain(|(g, _, _), _| keep(g));
     }
 }
 

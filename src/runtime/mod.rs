@@ -667,8 +667,9 @@ impl Runtime {
                 }
             };
             let pid = Pid(pid);
-            self.pidfds.forget(&self.epoll, pid);
             strangers |= self.exited(pid, status, now);
+            // After: `exited` may first watch it (started this turn).
+            self.pidfds.forget(&self.epoll, pid);
         }
         self.after_reaping(strangers, now);
     }
@@ -677,6 +678,13 @@ impl Runtime {
     /// stranger (an orphaned descendant, or a child whose start answer is
     /// still awaited).
     fn exited(&mut self, pid: Pid, status: ExitStatus, now: Instant) -> bool {
+        // A child started earlier in this turn (a restart by an exit just
+        // before) may be the one that exited: what watches it is set up
+        // first, so that its exit removes it again (set up after, its
+        // probes, metrics entry and sockets would outlive it).
+        if self.launcher.has_outputs() {
+            self.watch_new_outputs();
+        }
         if let Some(m) = self.metrics.as_mut()
             && let Some(group) = m.groups.remove(&pid)
         {
@@ -769,13 +777,10 @@ impl Runtime {
                     now,
                 );
                 if let (Some(pid), Some(status)) = (pid, c.exited) {
-                    // It exited before its answer was read: its queue
-                    // sockets are attached first, then it is gone.
-                    self.watch_new_outputs();
-                    if self.sup.on_exit(pid, status, &mut self.launcher, now) {
-                        self.broker.child_exited(&self.epoll, pid);
-                        self.probes.child_exited(&self.epoll, pid);
-                    }
+                    // It exited before its answer was read: it is watched
+                    // first (queue sockets, probes, metrics), then gone,
+                    // like any exit.
+                    self.exited(pid, status, now);
                 }
             }
         }
@@ -812,7 +817,7 @@ impl Runtime {
             *m.counters.reloads.entry(outcome).or_default() += 1;
             let groups = &self.config.groups;
             m.counters
-                .retain_slots(|g| groups.keys().any(|n| n.as_str() == g));
+                .retain_groups(|g| groups.keys().any(|n| n.as_str() == g));
         }
         result
     }

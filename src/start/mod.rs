@@ -556,7 +556,8 @@ impl ProcessLauncher {
     }
 
     /// After a reload: templates of groups that no longer run Python
-    /// functions under fork/forkserver are stopped.
+    /// functions under fork/forkserver are stopped, and what groups the
+    /// reload removed left behind is dropped.
     pub fn retain_templates(&mut self, config: &crate::config::Config) {
         let gone: Vec<GroupName> = self
             .templates
@@ -572,6 +573,12 @@ impl ProcessLauncher {
         for group in gone {
             self.stop_template(&group);
         }
+        // What removed groups left: their prepared starts (a few KiB of
+        // environment each) and failure notes.
+        let kept = |g: &GroupName| config.groups.contains_key(g);
+        self.prepared.retain(|g, _| kept(g));
+        self.import_failures.retain(|g, _| kept(g));
+        self.template_failures.retain(|g, _| kept(g));
     }
 
     /// Stops `group`'s template; the starts it held fail.
@@ -654,6 +661,11 @@ impl ProcessLauncher {
         })?;
         let pidfd = spawned.pidfd.or_else(|| pidfd_open(spawned.pid).ok());
         Ok((Pid(spawned.pid), pidfd))
+    }
+
+    /// Whether children started since the last [`Self::take_outputs`].
+    pub fn has_outputs(&self) -> bool {
+        !self.outputs.is_empty()
     }
 
     /// Output pipes of the children started since the last call.
