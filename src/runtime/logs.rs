@@ -195,8 +195,9 @@ pub struct PipeReader {
     file: std::fs::File,
     pub origin: Origin,
     lines: LineBuffer,
-    /// A formatted chunk the writer had no room for yet.
-    pub held: Option<Vec<u8>>,
+    /// A formatted chunk the writer had no room for yet (a boxed slice:
+    /// rare, and every pipe has the field).
+    pub held: Option<Box<[u8]>>,
 }
 
 /// What one read of a pipe produced.

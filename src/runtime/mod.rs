@@ -165,6 +165,11 @@ struct Runtime {
     exit_on_fatal: bool,
     /// The last reap stopped at its per-turn bound; more may be waiting.
     reap_pending: bool,
+    /// A client was answered, a scrape served or a config reloaded since
+    /// the loop last slept: their transient memory (a `status` of a
+    /// thousand children is a few hundred KiB) is returned to the system
+    /// before it sleeps again.
+    trim_due: bool,
     /// When a child was last reaped through its pidfd: a SIGCHLD soon
     /// after most likely announced it (in the same batch, or the next: the
     /// kernel wakes pidfd readers first), so its sweep waits for `sweep_at`.
@@ -363,6 +368,7 @@ impl Runtime {
             orphan_grace,
             term_signals: 0,
             reap_pending: false,
+            trim_due: false,
             last_pidfd_reap: None,
             sweep_at: None,
             starts_pending: false,
@@ -397,6 +403,13 @@ impl Runtime {
             } else {
                 self.timeout(Instant::now(), child_deadline)
             };
+            self.output.recycle();
+            if self.trim_due && timeout != EpollTimeout::ZERO {
+                // About to sleep after answering a client or reloading:
+                // the memory those answers took goes back to the system.
+                self.trim_due = false;
+                crate::sys::release_free_memory();
+            }
             let n = match self.epoll.wait(&mut events, timeout) {
                 Ok(n) => n,
                 Err(Errno::EINTR) => 0,
@@ -559,8 +572,14 @@ impl Runtime {
             t if self.broker.owns(t) => self.broker.on_event(&self.epoll, t, flags),
             t if self.launcher.owns(t) => self.launcher.on_event(t),
             t if self.probes.owns(t) => self.on_probe_event(t, Instant::now()),
-            t if self.clients.owns(t) => self.on_client(t, flags),
-            t if self.metrics.as_ref().is_some_and(|m| m.endpoint.owns(t)) => self.on_scrape(t),
+            t if self.clients.owns(t) => {
+                self.trim_due = true;
+                self.on_client(t, flags);
+            }
+            t if self.metrics.as_ref().is_some_and(|m| m.endpoint.owns(t)) => {
+                self.trim_due = true;
+                self.on_scrape(t);
+            }
             _ => {} // a connection or pipe closed earlier in this batch
         }
     }
@@ -807,6 +826,7 @@ impl Runtime {
     /// Reloads the config (see [`Self::reload_config`]), counting the
     /// result for the metrics.
     fn reload(&mut self, trigger: &str) -> Result<ReloadSummary, String> {
+        self.trim_due = true;
         let result = self.reload_config(trigger);
         if let Some(m) = self.metrics.as_mut() {
             let outcome = match &result {
@@ -1133,11 +1153,6 @@ impl Runtime {
         }
     }
 
-    fn token(&mut self) -> u64 {
-        self.next_token += 1;
-        self.next_token
-    }
-
     /// Starts watching the output pipes of children started since last time,
     /// and the sockets of new start helpers.
     fn watch_new_outputs(&mut self) {
@@ -1170,8 +1185,7 @@ impl Runtime {
                     pid: out.pid,
                     stream,
                 };
-                let token = self.token();
-                self.output.watch(&self.epoll, token, fd, origin);
+                self.output.watch(&self.epoll, fd, origin);
             }
         }
     }

@@ -9,7 +9,6 @@
 //! per pipe instead, a thousand children writing empty lines as JSON would
 //! hold several GiB). Stalled pipes resume in the order they stalled.
 
-use std::collections::HashMap;
 use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
@@ -21,11 +20,18 @@ use crate::config::names::GroupName;
 use crate::runtime::history::History;
 use crate::runtime::logs::{LineFormat, LogWriter, Origin, PipeReader};
 
+/// Pipe tokens are `PIPE_TOKENS + slot`: a range of their own, apart from
+/// the runtime's counter (which counts up from a handful) and the
+/// connection ranges (2^47, 2^48).
+const PIPE_TOKENS: u64 = 1 << 46;
+
 /// Every child pipe being read, and the writer they feed.
 #[derive(Debug)]
 pub struct Output {
     format: LineFormat,
-    pipes: HashMap<u64, PipeReader>,
+    /// The pipes by slot (two per child: kept dense, a slot is freed at
+    /// its pipe's end and used again by a later one).
+    pipes: Pipes,
     /// Pipes out of the epoll set until the writer has room, in the order
     /// they stalled; at most the first holds a chunk.
     stalled: Vec<u64>,
@@ -51,7 +57,7 @@ impl Output {
     ) -> Output {
         Output {
             format,
-            pipes: HashMap::new(),
+            pipes: Pipes::default(),
             stalled: Vec::new(),
             writer,
             wake,
@@ -68,29 +74,34 @@ impl Output {
     }
 
     pub fn owns(&self, token: u64) -> bool {
-        self.pipes.contains_key(&token)
+        self.pipes.get(token).is_some()
     }
 
     /// Starts reading a child's pipe: makes it non-blocking (the loop
     /// never waits on a read) and watches it.
-    pub fn watch(&mut self, epoll: &Epoll, token: u64, fd: OwnedFd, origin: Origin) {
+    pub fn watch(&mut self, epoll: &Epoll, fd: OwnedFd, origin: Origin) {
         if let Err(e) = fcntl(&fd, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)) {
             tracing::warn!("cannot watch child output: {e}");
             return;
         }
         let reader = PipeReader::new(fd, origin);
+        let token = self.pipes.next_token();
         let event = EpollEvent::new(EpollFlags::EPOLLIN, token);
         match epoll.add(reader.fd(), event) {
-            Ok(()) => {
-                self.pipes.insert(token, reader);
-            }
+            Ok(()) => self.pipes.insert(token, reader),
             Err(e) => tracing::warn!("cannot watch child output: {e}"),
         }
     }
 
+    /// Between loop turns: slots freed during the turn may be used again
+    /// (not before: an event of the turn's batch may still name one).
+    pub fn recycle(&mut self) {
+        self.pipes.recycle();
+    }
+
     /// A pipe is readable (or at its end).
     pub fn on_readable(&mut self, epoll: &Epoll, token: u64) {
-        let Some(reader) = self.pipes.get_mut(&token) else {
+        let Some(reader) = self.pipes.get_mut(token) else {
             return;
         };
         if !self.stalled.is_empty() {
@@ -114,13 +125,13 @@ impl Output {
             // pipe (and, see above, every other), so children block instead
             // of drover's memory growing. At EOF the pipe reads 0 again
             // once re-armed, and closes then.
-            reader.held = Some(chunk);
+            reader.held = Some(chunk.into_boxed_slice());
             let _ = epoll.delete(reader.fd());
             self.stalled.push(token);
             return;
         }
         if outcome.eof
-            && let Some(reader) = self.pipes.remove(&token)
+            && let Some(reader) = self.pipes.remove(token)
         {
             let _ = epoll.delete(reader.fd());
         }
@@ -133,14 +144,14 @@ impl Output {
         while matches!(self.wake.read(&mut buf), Ok(n) if n > 0) {}
         let mut resumed = 0;
         for &token in &self.stalled {
-            let Some(reader) = self.pipes.get_mut(&token) else {
+            let Some(reader) = self.pipes.get_mut(token) else {
                 resumed += 1;
                 continue;
             };
             match reader.held.take() {
                 Some(chunk) => {
-                    if let Err(chunk) = self.writer.try_send(chunk) {
-                        reader.held = Some(chunk);
+                    if let Err(chunk) = self.writer.try_send(chunk.into_vec()) {
+                        reader.held = Some(chunk.into_boxed_slice());
                         break;
                     }
                 }
@@ -156,8 +167,8 @@ impl Output {
 
     /// At exit: writes out what the pipes still hold, then stops the writer.
     pub fn finish(mut self) {
-        for (_, mut reader) in self.pipes.drain() {
-            let mut chunks: Vec<Vec<u8>> = reader.held.take().into_iter().collect();
+        for mut reader in self.pipes.drain() {
+            let mut chunks: Vec<Vec<u8>> = reader.held.take().map(Vec::from).into_iter().collect();
             loop {
                 let outcome = reader.read(self.format, &mut self.scratch);
                 let done = outcome.eof || outcome.chunk.is_empty();
@@ -171,6 +182,81 @@ impl Output {
             }
         }
         self.writer.finish();
+    }
+}
+
+/// Pipe readers in slots, addressed by token (see [`PIPE_TOKENS`]): no
+/// hashing, and no empty buckets (a map of 2000 pipes had 4096).
+#[derive(Debug, Default)]
+struct Pipes {
+    slots: Vec<Option<PipeReader>>,
+    /// Slots free for the next pipes.
+    free: Vec<usize>,
+    /// Slots freed during this turn, free from the next.
+    released: Vec<usize>,
+    len: usize,
+}
+
+impl Pipes {
+    fn slot(&self, token: u64) -> Option<usize> {
+        let slot = usize::try_from(token.checked_sub(PIPE_TOKENS)?).ok()?;
+        (slot < self.slots.len()).then_some(slot)
+    }
+
+    fn get(&self, token: u64) -> Option<&PipeReader> {
+        self.slots.get(self.slot(token)?)?.as_ref()
+    }
+
+    fn get_mut(&mut self, token: u64) -> Option<&mut PipeReader> {
+        let slot = self.slot(token)?;
+        self.slots.get_mut(slot)?.as_mut()
+    }
+
+    /// The token the next [`Pipes::insert`] should use.
+    fn next_token(&self) -> u64 {
+        let slot = self.free.last().copied().unwrap_or(self.slots.len());
+        PIPE_TOKENS + slot as u64
+    }
+
+    fn insert(&mut self, token: u64, reader: PipeReader) {
+        let slot = (token - PIPE_TOKENS) as usize;
+        if self.free.last() == Some(&slot) {
+            self.free.pop();
+        } else {
+            debug_assert_eq!(slot, self.slots.len());
+            self.slots.push(None);
+        }
+        self.slots[slot] = Some(reader);
+        self.len += 1;
+    }
+
+    fn remove(&mut self, token: u64) -> Option<PipeReader> {
+        let slot = self.slot(token)?;
+        let reader = self.slots[slot].take()?;
+        self.released.push(slot);
+        self.len -= 1;
+        Some(reader)
+    }
+
+    fn recycle(&mut self) {
+        self.free.append(&mut self.released);
+    }
+
+    fn drain(&mut self) -> impl Iterator<Item = PipeReader> + '_ {
+        self.len = 0;
+        self.free.clear();
+        self.released.clear();
+        self.slots.drain(..).flatten()
+    }
+
+    #[cfg(test)]
+    fn values(&self) -> impl Iterator<Item = &PipeReader> {
+        self.slots.iter().flatten()
+    }
+
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.len == 0
     }
 }
 
@@ -208,6 +294,44 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    fn reader(index: u32) -> PipeReader {
+        let (r, _w) = nix::unistd::pipe().unwrap();
+        let origin = Origin {
+            group: GroupName::new("g").unwrap(),
+            index,
+            pid: Pid(100 + index as i32),
+            stream: Stream::Stdout,
+        };
+        PipeReader::new(r, origin)
+    }
+
+    /// A slot freed during a turn is not handed out again before the next
+    /// turn (an event of the turn's batch may still carry its token); then
+    /// it is, so the slots stay dense.
+    #[test]
+    fn pipe_slots_are_used_again_only_from_the_next_turn() {
+        let mut pipes = Pipes::default();
+        let mut tokens = Vec::new();
+        for i in 0..3 {
+            let t = pipes.next_token();
+            pipes.insert(t, reader(i));
+            tokens.push(t);
+        }
+        assert_eq!(tokens, [PIPE_TOKENS, PIPE_TOKENS + 1, PIPE_TOKENS + 2]);
+        assert_eq!(pipes.remove(tokens[1]).map(|r| r.origin.index), Some(1));
+        assert!(pipes.get(tokens[1]).is_none() && pipes.remove(tokens[1]).is_none());
+        assert_eq!(pipes.next_token(), PIPE_TOKENS + 3, "not within the turn");
+        pipes.recycle();
+        let t = pipes.next_token();
+        assert_eq!(t, tokens[1], "the freed slot, from the next turn");
+        pipes.insert(t, reader(7));
+        assert_eq!(pipes.get(t).map(|r| r.origin.index), Some(7));
+        assert_eq!(pipes.next_token(), PIPE_TOKENS + 3);
+        assert!(pipes.get(0).is_none() && pipes.get(PIPE_TOKENS + 99).is_none());
+        assert_eq!(pipes.drain().count(), 3);
+        assert!(pipes.is_empty());
     }
 
     const WAKE: u64 = 0;
@@ -250,19 +374,20 @@ mod tests {
                 pid: Pid(1000 + i as i32),
                 stream: Stream::Stdout,
             };
-            output.watch(&epoll, 1 + i as u64, r, origin);
+            output.watch(&epoll, r, origin);
         }
+        let tokens: Vec<u64> = (0..CHILDREN as u64).map(|i| PIPE_TOKENS + i).collect();
 
         // Every pipe is readable: the loop gets to each, several times.
         let mut most = 0;
         for _ in 0..3 {
-            for token in 1..=CHILDREN as u64 {
+            for &token in &tokens {
                 output.on_readable(&epoll, token);
                 let held: usize = output
                     .pipes
                     .values()
                     .filter_map(|p| p.held.as_ref())
-                    .map(Vec::len)
+                    .map(|c| c.len())
                     .sum();
                 most = most.max(held + output.writer.queued_bytes());
             }
@@ -285,6 +410,7 @@ mod tests {
         let mut events = [EpollEvent::empty(); 32];
         while !output.pipes.is_empty() {
             assert!(Instant::now() < deadline, "output stuck");
+            output.recycle();
             let n = epoll
                 .wait(&mut events, EpollTimeout::from(1000u16))
                 .unwrap();

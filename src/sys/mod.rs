@@ -187,3 +187,16 @@ pub fn spawn_quiet<T: Send + 'static>(
     let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
     spawned
 }
+
+/// Returns the free memory at the top of the heap and in free chunks to
+/// the system (glibc keeps what a burst of allocations freed, resident,
+/// for reuse; `malloc_trim` gives it back). Nothing with musl, whose
+/// allocator returns memory as it is freed.
+pub fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim takes the allocator's own locks; it only
+    // releases memory no allocation uses.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
