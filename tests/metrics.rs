@@ -212,15 +212,7 @@ fn metrics_parse_strictly_and_match_status() {
     dir.write("consumer.py", CONSUMER);
     dir.write("drover.toml", &config(""));
     let d = Drover::start_in(dir, &[]);
-    let log = d
-        .stderr
-        .wait_for("the metrics address", |t| t.contains("/metrics"));
-    let addr = log
-        .split("metrics at http://")
-        .nth(1)
-        .and_then(|rest| rest.split("/metrics").next())
-        .expect("the address in the log")
-        .to_owned();
+    let addr = metrics_addr(&d);
     let status = d.wait_status("bad fatal, 5 acked, consumers running", |s| {
         Drover::children(s, "bad")[0]["state"] == "fatal"
             && count(s, "jobs", "acked") == 5
@@ -325,15 +317,7 @@ fn idle_and_hostile_connections_cannot_keep_a_scrape_out() {
         "[supervisor]\nmetrics = \"127.0.0.1:0\"\n\n[group.a]\ncommand = [\"sleep\", \"1000\"]\n",
     );
     let d = Drover::start_in(dir, &[]);
-    let log = d
-        .stderr
-        .wait_for("the metrics address", |t| t.contains("/metrics"));
-    let addr = log
-        .split("metrics at http://")
-        .nth(1)
-        .and_then(|rest| rest.split("/metrics").next())
-        .unwrap()
-        .to_owned();
+    let addr = metrics_addr(&d);
     let idle: Vec<TcpStream> = (0..20)
         .map(|_| TcpStream::connect(&addr).unwrap())
         .collect();

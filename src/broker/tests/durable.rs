@@ -173,6 +173,17 @@ fn a_restart_brings_back_what_was_not_acked_in_order_with_its_deliveries() {
     assert_eq!(s.redelivered, 4, "m1..m4 had one delivery each: {s:?}");
 }
 
+/// A consumer of `jobs` that gets the message `poison` and holds it
+/// unacked, once its attempt is on disk (the next batch committed).
+fn hold_poison(broker: &mut Broker, epoll: &Epoll) -> UnixStream {
+    let consumer = attach(broker, epoll, 42, "jobs", Direction::In, 101);
+    assert_eq!(consume(broker, epoll, &consumer, 1, false), ["poison"]);
+    run_until(broker, epoll, "the attempt's commit", |b| {
+        b.durable.as_ref().unwrap().pending.is_empty()
+    });
+    consumer
+}
+
 #[test]
 fn max_deliveries_holds_across_restarts() {
     let state = State::new("durable-poison");
@@ -186,15 +197,7 @@ fn max_deliveries_holds_across_restarts() {
             let producer = confirmed_producer(&mut broker, &epoll);
             produce(&mut broker, &epoll, &producer, &["poison".to_string()]);
         }
-        let consumer = attach(&mut broker, &epoll, 42, "jobs", Direction::In, 101);
-        assert_eq!(
-            consume(&mut broker, &epoll, &consumer, 1, false),
-            ["poison"]
-        );
-        // Its attempt is on disk once the next batch commits.
-        run_until(&mut broker, &epoll, "the attempt's commit", |b| {
-            b.durable.as_ref().unwrap().pending.is_empty()
-        });
+        let _consumer = hold_poison(&mut broker, &epoll);
         crash(broker);
     }
     let (broker, _epoll) = open(&state, vec![spec()]);
@@ -225,14 +228,7 @@ fn the_store_forgets_a_dead_letter_only_after_its_record_is_written() {
     let (mut broker, epoll) = open(&state, vec![spec]);
     let producer = confirmed_producer(&mut broker, &epoll);
     produce(&mut broker, &epoll, &producer, &["poison".to_string()]);
-    let consumer = attach(&mut broker, &epoll, 42, "jobs", Direction::In, 101);
-    assert_eq!(
-        consume(&mut broker, &epoll, &consumer, 1, false),
-        ["poison"]
-    );
-    run_until(&mut broker, &epoll, "the attempt's commit", |b| {
-        b.durable.as_ref().unwrap().pending.is_empty()
-    });
+    let consumer = hold_poison(&mut broker, &epoll);
     // The disk under the record file does not move.
     let disk = std::sync::Arc::clone(&broker.recorder.disk);
     let stuck = disk.lock().unwrap();
