@@ -547,3 +547,32 @@ fn a_stderr_nobody_reads_does_not_stall_supervision() {
     let text = String::from_utf8_lossy(&text);
     assert!(text.contains("supervising 1 group"), "{text}");
 }
+
+/// drover's stdout is a file that reaches the file-size limit (`ulimit
+/// -f`): the write past it fails (EFBIG), which drover reports and goes on
+/// from, discarding child output. It used to be killed by SIGXFSZ (exit
+/// 153), leaving its children unsupervised.
+#[test]
+fn a_stdout_file_at_the_size_limit_does_not_kill_drover() {
+    let dir = TempDir::new("logs-fsize");
+    dir.write(
+        "drover.toml",
+        "[group.chatty]\n\
+         command = [\"sh\", \"-c\", \"while :; do echo 0123456789abcdef0123456789abcdef; done\"]\n",
+    );
+    let out = dir.path().join("out.log");
+    // dash counts `ulimit -f` in 512-byte blocks: 64 KiB.
+    let d = Drover::start_in(
+        dir,
+        &["sh", "-c", "ulimit -f 128 && exec \"$@\" > out.log", "sh"],
+    );
+    d.stderr.wait_for("the failed write reported", |t| {
+        t.contains("cannot write child output to stdout")
+    });
+    let size = std::fs::metadata(&out).unwrap().len();
+    assert!(size <= 128 * 512, "{size} bytes");
+    let status = d.wait_status("chatty still running", |s| {
+        Drover::children(s, "chatty")[0]["state"] == "running"
+    });
+    assert_eq!(Drover::children(&status, "chatty")[0]["restarts"], 0);
+}

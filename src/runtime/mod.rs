@@ -224,6 +224,10 @@ impl Runtime {
         let signals = SignalDelivery::with_pipe(sig_read, sig_write, SignalOnly, handled)
             .map_err(os("installing signal handlers"))?;
         unblock(&handled)?;
+        // A write past the file-size limit (`ulimit -f`: stdout, stderr or
+        // a dead-letter file on a file that reached it) fails with EFBIG
+        // instead of killing drover, like any other failed write.
+        crate::sys::ignore_file_size_signal().map_err(os("ignoring SIGXFSZ"))?;
         // Every disposition drover changes is set now (a config lease's
         // SIGIO is reset whatever this finds): children reset only those.
         drover_sys::note_signal_dispositions();

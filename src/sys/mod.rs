@@ -200,3 +200,17 @@ pub fn release_free_memory() {
         libc::malloc_trim(0);
     }
 }
+
+/// Ignores SIGXFSZ: a write past `RLIMIT_FSIZE` then fails with EFBIG
+/// instead of terminating the process. Children get it back at its
+/// default (posix_spawn resets every signal; the shared-table start resets
+/// it always).
+pub fn ignore_file_size_signal() -> io::Result<()> {
+    // SAFETY: SIG_IGN installs no handler, so no code of ours runs in
+    // signal context; sigaction is process-wide and thread-safe.
+    let previous = unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+    if previous == libc::SIG_ERR {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -69,12 +69,14 @@ const NSIG: libc::c_int = 65;
 /// that were not at their default when it did, plus [`ALWAYS_RESET`].
 static RESET: AtomicU64 = AtomicU64::new(!0);
 
-/// Reset whatever a snapshot said: `SIGPIPE` and `SIGIO`, which this
-/// process may ignore later on (Rust's runtime ignores `SIGPIPE`; a
-/// config-file lease ignores `SIGIO` the first time it is taken), and
-/// glibc's internal signals 32 and 33, whose dispositions its `sigaction`
-/// does not report.
-const ALWAYS_RESET: u64 = bit(libc::SIGPIPE) | bit(libc::SIGIO) | bit(32) | bit(33);
+/// Reset whatever a snapshot said: `SIGPIPE`, `SIGIO` and `SIGXFSZ`, which
+/// this process may ignore later on (Rust's runtime ignores `SIGPIPE`; a
+/// config-file lease ignores `SIGIO` the first time it is taken; drover
+/// ignores `SIGXFSZ` so that a write past the file-size limit fails instead
+/// of killing it), and glibc's internal signals 32 and 33, whose
+/// dispositions its `sigaction` does not report.
+const ALWAYS_RESET: u64 =
+    bit(libc::SIGPIPE) | bit(libc::SIGIO) | bit(libc::SIGXFSZ) | bit(32) | bit(33);
 
 /// Signal `n`'s bit in a [`RESET`] mask.
 const fn bit(signal: libc::c_int) -> u64 {
@@ -83,8 +85,8 @@ const fn bit(signal: libc::c_int) -> u64 {
 
 /// Looks at every signal's disposition now and remembers those that are
 /// not the default (a handler or `SIG_IGN`): from then on, a child started
-/// through the shared table resets only those (and `SIGPIPE`, `SIGIO` and
-/// glibc's internal 32 and 33, whatever they were) before
+/// through the shared table resets only those (and `SIGPIPE`, `SIGIO`,
+/// `SIGXFSZ` and glibc's internal 32 and 33, whatever they were) before
 /// its `execve`, instead of all 62 — one system call each, made while this
 /// thread waits for the child, so some 30 µs of every start on a VM.
 ///

@@ -85,6 +85,7 @@ fn after_the_snapshot_only_changed_signals_are_reset_and_the_child_gets_defaults
         libc::SIGUSR2,
         libc::SIGPIPE,
         libc::SIGIO,
+        libc::SIGXFSZ,
         32,
         33,
     ] {
@@ -101,10 +102,13 @@ fn after_the_snapshot_only_changed_signals_are_reset_and_the_child_gets_defaults
         assert_eq!(field(&text, name), 0, "{name} in\n{text}");
     }
 
-    // SIGIO ignored after the snapshot (as a config lease does) is reset
-    // all the same.
-    // SAFETY: SIG_IGN installs no handler; nothing else here uses SIGIO.
-    unsafe { libc::signal(libc::SIGIO, libc::SIG_IGN) };
+    // SIGIO and SIGXFSZ ignored after the snapshot (as a config lease and
+    // drover's run do) are reset all the same.
+    // SAFETY: SIG_IGN installs no handler; nothing else here uses them.
+    unsafe {
+        libc::signal(libc::SIGIO, libc::SIG_IGN);
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     let text = child_status();
     assert_eq!(field(&text, "SigIgn"), 0, "SigIgn in\n{text}");
 }
