@@ -22,6 +22,7 @@ use std::thread::JoinHandle;
 use crate::config::LogFormat;
 use crate::config::names::GroupName;
 use crate::supervisor::Pid;
+use crate::text::wording::plural;
 
 /// Longest line written in one piece; longer lines are split.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -371,14 +372,14 @@ struct Room {
     wake: UnixStream,
 }
 
-fn write_loop(rx: Receiver<Vec<u8>>, mut out: Box<dyn Write + Send>, mut room: Room) {
-    let mut broken = false;
+fn write_loop(rx: Receiver<Vec<u8>>, out: Box<dyn Write + Send>, mut room: Room) {
+    let mut stdout = Stdout {
+        out,
+        mid_line: false,
+        gap: None,
+    };
     while let Ok(chunk) = rx.recv() {
-        if !broken && let Err(e) = out.write_all(&chunk).and_then(|()| out.flush()) {
-            // Keep draining so children never block on a dead stdout.
-            tracing::warn!("cannot write child output to stdout: {e}; discarding it from now on");
-            broken = true;
-        }
+        stdout.write(&chunk);
         // Written (or discarded): its bytes and its slot are free, and the
         // loop may send again.
         room.queued.fetch_sub(chunk.len(), Ordering::SeqCst);
@@ -386,6 +387,69 @@ fn write_loop(rx: Receiver<Vec<u8>>, mut out: Box<dyn Write + Send>, mut room: R
         if room.wake_wanted.swap(false, Ordering::SeqCst) {
             let _ = room.wake.write(&[1]);
         }
+    }
+}
+
+/// drover's stdout as the writer thread sees it. A chunk that cannot be
+/// written (a full disk, a file at its size limit, a closed pipe) is
+/// discarded, so that children never block on a stdout that fails; the
+/// next chunk is tried all the same, so output resumes once stdout takes
+/// it again (the disk was cleaned up), with one line on stderr for the
+/// start of the gap and one, with its size, for its end.
+struct Stdout {
+    out: Box<dyn Write + Send>,
+    /// What was written last ends in the middle of a line (a chunk cut
+    /// short by a failure): the next write starts with a newline, so that
+    /// no line is glued to a torn one.
+    mid_line: bool,
+    /// Chunks and bytes discarded since stdout last took a write.
+    gap: Option<(u64, u64)>,
+}
+
+impl Stdout {
+    fn write(&mut self, chunk: &[u8]) {
+        let result = if self.mid_line {
+            self.write_all(b"\n").and_then(|()| self.write_all(chunk))
+        } else {
+            self.write_all(chunk)
+        }
+        .and_then(|()| self.out.flush());
+        match result {
+            Ok(()) => {
+                if let Some((chunks, bytes)) = self.gap.take() {
+                    tracing::warn!(
+                        "child output reaches stdout again; {} ({bytes} bytes) could not be written",
+                        plural(chunks as usize, "chunk of lines", "chunks of lines")
+                    );
+                }
+            }
+            Err(e) => {
+                if self.gap.is_none() {
+                    tracing::warn!(
+                        "cannot write child output to stdout: {e}; discarding it until stdout takes it again"
+                    );
+                }
+                let (chunks, bytes) = self.gap.get_or_insert((0, 0));
+                *chunks += 1;
+                *bytes += chunk.len() as u64;
+            }
+        }
+    }
+
+    /// Writes `data` whole, keeping `mid_line` true to what went out.
+    fn write_all(&mut self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            match self.out.write(data) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.mid_line = data[n - 1] != b'\n';
+                    data = &data[n..];
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -462,6 +526,64 @@ mod tests {
         assert_eq!(at(951_782_400, 5), "2000-02-29T00:00:00.005Z");
         assert_eq!(at(1_796_517_448, 123), "2026-12-06T00:37:28.123Z");
         assert_eq!(at(4_102_444_799, 999), "2099-12-31T23:59:59.999Z");
+    }
+
+    /// A stdout that fails for a while (a full disk) and then takes writes
+    /// again: the chunks in between are discarded, the torn line the
+    /// failure left is ended, and what comes after is written.
+    #[test]
+    fn output_resumes_once_stdout_takes_writes_again() {
+        use std::sync::Mutex;
+        #[derive(Default)]
+        struct Disk {
+            data: Vec<u8>,
+            /// Bytes it takes before failing; `None`: no limit.
+            room: Option<usize>,
+        }
+        struct Shared(Arc<Mutex<Disk>>);
+        impl Write for Shared {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                let mut disk = self.0.lock().unwrap();
+                let n = match disk.room {
+                    None => b.len(),
+                    Some(0) => return Err(io::Error::from_raw_os_error(libc::ENOSPC)),
+                    Some(room) => room.min(b.len()),
+                };
+                disk.room = disk.room.map(|r| r - n);
+                disk.data.extend_from_slice(&b[..n]);
+                Ok(n)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let disk = Arc::new(Mutex::new(Disk::default()));
+        let mut stdout = Stdout {
+            out: Box::new(Shared(Arc::clone(&disk))),
+            mid_line: false,
+            gap: None,
+        };
+        stdout.write(b"one\n");
+        disk.lock().unwrap().room = Some(3);
+        stdout.write(b"two\nthree\n");
+        stdout.write(b"four\n");
+        assert_eq!(stdout.gap, Some((2, 15)));
+        disk.lock().unwrap().room = None;
+        stdout.write(b"five\n");
+        assert_eq!(stdout.gap, None);
+        assert_eq!(
+            String::from_utf8(disk.lock().unwrap().data.clone()).unwrap(),
+            "one\ntwo\nfive\n"
+        );
+        // Torn mid-line: the next write ends that line first.
+        disk.lock().unwrap().room = Some(2);
+        stdout.write(b"six\n");
+        disk.lock().unwrap().room = None;
+        stdout.write(b"seven\n");
+        assert_eq!(
+            String::from_utf8(disk.lock().unwrap().data.clone()).unwrap(),
+            "one\ntwo\nfive\nsi\nseven\n"
+        );
     }
 
     #[test]
