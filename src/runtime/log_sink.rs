@@ -147,15 +147,22 @@ mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 
-    /// A stderr that takes nothing until `open` is set.
+    /// A stderr that takes nothing until `open` is set; `entered` is set
+    /// once the writer waits on it.
     #[derive(Clone)]
     struct Gate {
         open: Arc<(Mutex<bool>, std::sync::Condvar)>,
+        entered: Arc<(Mutex<bool>, std::sync::Condvar)>,
         got: Arc<Mutex<Vec<u8>>>,
     }
 
     impl Write for Gate {
         fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+            {
+                let (lock, cv) = &*self.entered;
+                *lock.lock().unwrap() = true;
+                cv.notify_all();
+            }
             let (lock, cv) = &*self.open;
             let mut open = lock.lock().unwrap();
             while !*open {
@@ -174,6 +181,7 @@ mod tests {
     fn a_stalled_stderr_drops_lines_without_blocking_and_says_how_many() {
         let gate = Gate {
             open: Arc::new((Mutex::new(false), std::sync::Condvar::new())),
+            entered: Arc::new((Mutex::new(false), std::sync::Condvar::new())),
             got: Arc::new(Mutex::new(Vec::new())),
         };
         let (tx, rx) = sync_channel(SLOTS);
@@ -181,16 +189,27 @@ mod tests {
         let thread = std::thread::spawn(move || write_loop(rx, out));
         let sink = StderrSink { tx };
         DROPPED.store(0, Ordering::Relaxed);
-        // The writer takes one line and blocks on it; SLOTS more fill the
-        // queue; the rest are dropped. None of this waits.
+        // The writer takes the first line and blocks on it (waited for: a
+        // writer that took its first line late, after drops, would carry
+        // their count in the line that took the freed slot); SLOTS more
+        // fill the queue; the rest are dropped. None of this waits.
+        writeln!(sink.make_writer(), "line 0").unwrap();
+        {
+            let (lock, cv) = &*gate.entered;
+            let mut entered = lock.lock().unwrap();
+            while !*entered {
+                entered = cv.wait(entered).unwrap();
+            }
+        }
         let total = SLOTS + 500;
-        for i in 0..total {
+        for i in 1..total {
             let mut w = sink.make_writer();
             writeln!(w, "line {i}").unwrap();
         }
         let dropped = DROPPED.load(Ordering::Relaxed) as usize; // not yet carried
-        assert!(
-            (499..=500).contains(&dropped),
+        assert_eq!(
+            dropped,
+            total - 1 - SLOTS,
             "{dropped} dropped of {total} with {SLOTS} slots"
         );
         {
