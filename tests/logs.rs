@@ -561,7 +561,8 @@ fn a_stdout_file_at_the_size_limit_does_not_kill_drover() {
          command = [\"sh\", \"-c\", \"while :; do echo 0123456789abcdef0123456789abcdef; done\"]\n",
     );
     let out = dir.path().join("out.log");
-    // dash counts `ulimit -f` in 512-byte blocks: 64 KiB.
+    // 64 KiB with dash, which counts `ulimit -f` in 512-byte blocks; 128
+    // KiB with bash, which counts in KiB.
     let d = Drover::start_in(
         dir,
         &["sh", "-c", "ulimit -f 128 && exec \"$@\" > out.log", "sh"],
@@ -570,7 +571,7 @@ fn a_stdout_file_at_the_size_limit_does_not_kill_drover() {
         t.contains("cannot write child output to stdout")
     });
     let size = std::fs::metadata(&out).unwrap().len();
-    assert!(size <= 128 * 512, "{size} bytes");
+    assert!(size <= 128 * 1024, "{size} bytes");
     let status = d.wait_status("chatty still running", |s| {
         Drover::children(s, "chatty")[0]["state"] == "running"
     });
