@@ -16,14 +16,11 @@ start_secs = "100ms"
 "#,
     );
     let pids = d.wait_group_state("stubborn", "running");
-    let text = d
+    let escaped: i64 = d
         .stdout
-        .wait_for("the escaped pid", |t| t.contains("escaped "));
-    let escaped: i64 = text
-        .split("escaped ")
-        .nth(1)
-        .and_then(|r| r.lines().next())
-        .and_then(|n| n.trim().parse().ok())
+        .wait_between("the escaped pid", "escaped ", "\n")
+        .trim()
+        .parse()
         .unwrap();
     let drover = d.pid() as i64;
     assert!(alive(escaped) && alive(pids[0]) && alive(drover));

@@ -344,14 +344,8 @@ fn idle_and_hostile_connections_cannot_keep_a_scrape_out() {
 
 /// The metrics address drover logs at start.
 fn metrics_addr(d: &Drover) -> String {
-    let log = d
-        .stderr
-        .wait_for("the metrics address", |t| t.contains("/metrics"));
-    log.split("metrics at http://")
-        .nth(1)
-        .and_then(|rest| rest.split("/metrics").next())
-        .expect("the address in the log")
-        .to_owned()
+    d.stderr
+        .wait_between("the metrics address", "metrics at http://", "/metrics")
 }
 
 /// Every exit is counted once, also of a fork server's children that exit

@@ -14,13 +14,10 @@ stop_timeout = "300ms"
 "#;
 
 fn grandchild(d: &Drover) -> i64 {
-    let text = d
-        .stdout
-        .wait_for("the grandchild pid", |t| t.contains("grandchild "));
-    text.split("grandchild ")
-        .nth(1)
-        .and_then(|rest| rest.lines().next())
-        .and_then(|n| n.trim().parse().ok())
+    d.stdout
+        .wait_between("the grandchild pid", "grandchild ", "\n")
+        .trim()
+        .parse()
         .expect("grandchild pid printed")
 }
 

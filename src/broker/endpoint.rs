@@ -71,7 +71,7 @@ pub(super) fn fit_send_buffer(fd: &OwnedFd, spec: &QueueSpec) {
 /// indistinguishable is an empty packet sent just before the close with
 /// nothing but empty packets after it: it is taken for the end, which
 /// loses nothing (it carried nothing), only its count in `refused`.
-pub(super) fn end_of_stream(fd: &OwnedFd) -> bool {
+fn end_of_stream(fd: &OwnedFd) -> bool {
     match crate::sys::peer_closed(fd) {
         Ok(false) => false,
         Ok(true) => !crate::sys::unread_by_us(fd).is_ok_and(|n| n > 0),
@@ -267,7 +267,6 @@ impl Broker {
             let gate = self.enqueue(queue, kept);
             return (Reply::Accepted, gate);
         }
-        let kept_len = kept.len();
         let (target, reason, reply) = match self.queues.get_mut(queue) {
             Some(q) => {
                 // (Too large: `fits` said no.)
@@ -295,14 +294,7 @@ impl Broker {
                 )
             }
         };
-        let mut letter = DeadLetter {
-            message: Message::new(kept),
-            reason,
-        };
-        if kept_len < n {
-            let note = format!(" (only the first {kept_len} bytes could be kept)");
-            letter.reason.push_str(&note);
-        }
+        let letter = DeadLetter::of_packet(kept, n, reason);
         self.dead_letter(queue, target.as_ref(), letter);
         (reply, Gate::OPEN)
     }
@@ -619,18 +611,12 @@ impl Broker {
                 Err(Errno::EINTR) => continue,
                 Err(_) => break,
             };
-            let kept = n.min(self.scratch.len());
-            let mut reason = format!(
+            let kept = &self.scratch[..n.min(self.scratch.len())];
+            let reason = format!(
                 "its producer exited while the queue was full, behind {} other exited producers' sockets",
                 super::EXITED_WAITING
             );
-            if kept < n {
-                reason.push_str(&format!(" (only the first {kept} bytes could be kept)"));
-            }
-            let letter = DeadLetter {
-                message: Message::new(&self.scratch[..kept]),
-                reason,
-            };
+            let letter = DeadLetter::of_packet(kept, n, reason);
             if let Some(q) = self.core_mut(queue) {
                 q.counters.dead_lettered += 1;
             }

@@ -327,10 +327,10 @@ impl Broker {
                 self.detach(epoll, token, "its consumer exited before acknowledging it");
             } else if ep.interest.is_empty() && crate::sys::peer_closed(&ep.fd).unwrap_or(true) {
                 let queue = ep.queue.clone();
-                if endpoint::end_of_stream(&ep.fd) {
-                    self.detach(epoll, token, "its producer exited");
-                } else {
+                if crate::sys::unread_by_us(&ep.fd).is_ok_and(|n| n > 0) {
                     self.exited_waiting(epoll, token, &queue);
+                } else {
+                    self.detach(epoll, token, "its producer exited");
                 }
             }
         }
@@ -394,12 +394,7 @@ impl Broker {
         }
         let due = self.lines.due(now).into_iter().chain(self.bursts.due(now));
         for s in due {
-            tracing::warn!(
-                "{}: {} more in the last {}s (not logged one by one)",
-                s.key,
-                s.count,
-                s.window.as_secs()
-            );
+            tracing::warn!("{s}");
         }
         self.run_deliveries(epoll);
         hung

@@ -10,6 +10,7 @@
 //! `max_deliveries` says (there is no queue to return it to).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use crate::config::{Delivery, QueueSpec};
@@ -68,6 +69,24 @@ pub struct StoreOps {
 pub struct DeadLetter {
     pub message: Message,
     pub reason: String,
+}
+
+impl DeadLetter {
+    /// A packet of `n` bytes of which `kept` could be read, dead-lettered
+    /// for `reason` (which then says what was cut).
+    pub fn of_packet(kept: &[u8], n: usize, mut reason: String) -> DeadLetter {
+        if kept.len() < n {
+            let _ = write!(
+                reason,
+                " (only the first {} bytes could be kept)",
+                kept.len()
+            );
+        }
+        DeadLetter {
+            message: Message::new(kept),
+            reason,
+        }
+    }
 }
 
 /// Counters shown by `drover status`.

@@ -91,6 +91,20 @@ struct Running {
     thread: JoinHandle<()>,
 }
 
+impl Running {
+    /// Waits up to `limit` until the thread has dealt with everything sent
+    /// before; true when it has (or is gone).
+    fn flush(&self, limit: Duration) -> bool {
+        let (done_tx, done_rx) = sync_channel(1);
+        self.tx.send(Job::Flush(done_tx)).is_err() || done_rx.recv_timeout(limit).is_ok()
+    }
+}
+
+/// What `letter` counts against [`RECORDER_BYTES`] while it waits.
+fn cost(letter: &DeadLetter) -> usize {
+    letter.message.bytes.len() + RECORD_OVERHEAD
+}
+
 /// The loop's side; see the module documentation.
 #[derive(Debug)]
 pub(super) struct Recorder {
@@ -128,7 +142,7 @@ impl Recorder {
     /// Hands `letter` of `queue` over to be recorded.
     pub(super) fn record(&mut self, queue: &QueueName, letter: DeadLetter) -> Result<(), Refused> {
         let r = self.running()?;
-        let cost = letter.message.bytes.len() + RECORD_OVERHEAD;
+        let cost = cost(&letter);
         if r.queued.load(Ordering::SeqCst) >= RECORDER_BYTES {
             return Err(Refused::Behind);
         }
@@ -171,14 +185,7 @@ impl Recorder {
     /// with; false when the time ran out.
     #[cfg(test)]
     pub(super) fn flush(&self, limit: Duration) -> bool {
-        let Some(r) = self.running.as_ref() else {
-            return true;
-        };
-        let (done_tx, done_rx) = sync_channel(1);
-        if r.tx.send(Job::Flush(done_tx)).is_err() {
-            return true;
-        }
-        done_rx.recv_timeout(limit).is_ok()
+        self.running.as_ref().is_none_or(|r| r.flush(limit))
     }
 
     /// At exit: waits up to `limit` for the records still on their way,
@@ -188,9 +195,7 @@ impl Recorder {
         let Some(r) = self.running.take() else {
             return;
         };
-        let (done_tx, done_rx) = sync_channel(1);
-        let flushed = r.tx.send(Job::Flush(done_tx)).is_ok() && done_rx.recv_timeout(limit).is_ok();
-        if flushed {
+        if r.flush(limit) {
             drop(r.tx);
             let _ = r.thread.join();
             return;
@@ -292,11 +297,8 @@ impl Writer {
             }
             for (queue, letters) in round {
                 self.write(&queue, &letters);
-                let cost: usize = letters
-                    .iter()
-                    .map(|(_, l)| l.message.bytes.len() + RECORD_OVERHEAD)
-                    .sum();
-                self.queued.fetch_sub(cost, Ordering::SeqCst);
+                let freed: usize = letters.iter().map(|(_, l)| cost(l)).sum();
+                self.queued.fetch_sub(freed, Ordering::SeqCst);
                 self.settled.add(letters.len() as u64);
             }
             for done in flushes {
@@ -310,12 +312,7 @@ impl Writer {
     /// Logs how many lines the rate limit held back in windows that ended.
     fn summarise(&mut self) {
         for s in self.bursts.due(Instant::now()) {
-            tracing::warn!(
-                "{}: {} more in the last {}s (not logged one by one)",
-                s.key,
-                s.count,
-                s.window.as_secs()
-            );
+            tracing::warn!("{s}");
         }
     }
 

@@ -196,9 +196,6 @@ pub struct PipeReader {
     file: std::fs::File,
     pub origin: Origin,
     lines: LineBuffer,
-    /// A formatted chunk the writer had no room for yet (a boxed slice:
-    /// rare, and every pipe has the field).
-    pub held: Option<Box<[u8]>>,
 }
 
 /// What one read of a pipe produced.
@@ -214,7 +211,6 @@ impl PipeReader {
             file: fd.into(),
             origin,
             lines: LineBuffer::default(),
-            held: None,
         }
     }
 

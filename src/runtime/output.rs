@@ -33,8 +33,12 @@ pub struct Output {
     /// its pipe's end and used again by a later one).
     pipes: Pipes,
     /// Pipes out of the epoll set until the writer has room, in the order
-    /// they stalled; at most the first holds a chunk.
+    /// they stalled.
     stalled: Vec<u64>,
+    /// The chunk the writer refused, read from the first stalled pipe: it
+    /// goes out before any stalled pipe is read again. (One at most: once
+    /// it is held, no pipe is read.)
+    held: Option<Vec<u8>>,
     writer: LogWriter,
     /// Written by the writer thread once it has room again.
     wake: UnixStream,
@@ -59,6 +63,7 @@ impl Output {
             format,
             pipes: Pipes::default(),
             stalled: Vec::new(),
+            held: None,
             writer,
             wake,
             scratch: Vec::new(),
@@ -125,7 +130,7 @@ impl Output {
             // pipe (and, see above, every other), so children block instead
             // of drover's memory growing. At EOF the pipe reads 0 again
             // once re-armed, and closes then.
-            reader.held = Some(chunk.into_boxed_slice());
+            self.held = Some(chunk);
             let _ = epoll.delete(reader.fd());
             self.stalled.push(token);
             return;
@@ -142,24 +147,21 @@ impl Output {
     pub fn on_wake(&mut self, epoll: &Epoll) {
         let mut buf = [0u8; 64];
         while matches!(self.wake.read(&mut buf), Ok(n) if n > 0) {}
+        if let Some(chunk) = self.held.take()
+            && let Err(chunk) = self.writer.try_send(chunk)
+        {
+            self.held = Some(chunk);
+            return;
+        }
         let mut resumed = 0;
         for &token in &self.stalled {
-            let Some(reader) = self.pipes.get_mut(token) else {
-                resumed += 1;
-                continue;
-            };
-            match reader.held.take() {
-                Some(chunk) => {
-                    if let Err(chunk) = self.writer.try_send(chunk.into_vec()) {
-                        reader.held = Some(chunk.into_boxed_slice());
-                        break;
-                    }
-                }
-                None if !self.writer.has_room() => break,
-                None => {}
+            if !self.writer.has_room() {
+                break;
             }
-            let event = EpollEvent::new(EpollFlags::EPOLLIN, token);
-            let _ = epoll.add(reader.fd(), event);
+            if let Some(reader) = self.pipes.get(token) {
+                let event = EpollEvent::new(EpollFlags::EPOLLIN, token);
+                let _ = epoll.add(reader.fd(), event);
+            }
             resumed += 1;
         }
         self.stalled.drain(..resumed);
@@ -167,8 +169,11 @@ impl Output {
 
     /// At exit: writes out what the pipes still hold, then stops the writer.
     pub fn finish(mut self) {
+        if let Some(chunk) = self.held.take() {
+            self.writer.send_blocking(chunk);
+        }
         for mut reader in self.pipes.drain() {
-            let mut chunks: Vec<Vec<u8>> = reader.held.take().map(Vec::from).into_iter().collect();
+            let mut chunks: Vec<Vec<u8>> = Vec::new();
             loop {
                 let outcome = reader.read(self.format, &mut self.scratch);
                 let done = outcome.eof || outcome.chunk.is_empty();
@@ -247,11 +252,6 @@ impl Pipes {
         self.free.clear();
         self.released.clear();
         self.slots.drain(..).flatten()
-    }
-
-    #[cfg(test)]
-    fn values(&self) -> impl Iterator<Item = &PipeReader> {
-        self.slots.iter().flatten()
     }
 
     #[cfg(test)]
@@ -383,12 +383,7 @@ mod tests {
         for _ in 0..3 {
             for &token in &tokens {
                 output.on_readable(&epoll, token);
-                let held: usize = output
-                    .pipes
-                    .values()
-                    .filter_map(|p| p.held.as_ref())
-                    .map(|c| c.len())
-                    .sum();
+                let held = output.held.as_ref().map_or(0, Vec::len);
                 most = most.max(held + output.writer.queued_bytes());
             }
         }

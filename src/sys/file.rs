@@ -111,13 +111,7 @@ fn set_lease(file: &File, kind: libc::c_int) -> io::Result<()> {
 }
 
 fn ignore_sigio() -> io::Result<()> {
-    // SAFETY: SIG_IGN installs no handler, so no code of ours ever runs in
-    // signal context; sigaction is process-wide and thread-safe.
-    let previous = unsafe { libc::signal(libc::SIGIO, libc::SIG_IGN) };
-    if previous == libc::SIG_ERR {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    super::ignore_signal(libc::SIGIO)
 }
 
 #[cfg(test)]

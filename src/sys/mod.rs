@@ -206,9 +206,14 @@ pub fn release_free_memory() {
 /// default (posix_spawn resets every signal; the shared-table start resets
 /// it always).
 pub fn ignore_file_size_signal() -> io::Result<()> {
+    ignore_signal(libc::SIGXFSZ)
+}
+
+/// Sets `signal`'s disposition to SIG_IGN.
+pub fn ignore_signal(signal: libc::c_int) -> io::Result<()> {
     // SAFETY: SIG_IGN installs no handler, so no code of ours runs in
     // signal context; sigaction is process-wide and thread-safe.
-    let previous = unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+    let previous = unsafe { libc::signal(signal, libc::SIG_IGN) };
     if previous == libc::SIG_ERR {
         return Err(io::Error::last_os_error());
     }

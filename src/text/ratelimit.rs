@@ -32,6 +32,19 @@ pub struct Suppressed {
     pub window: Duration,
 }
 
+/// The summary line: "KEY: N more in the last 10s (not logged one by one)".
+impl std::fmt::Display for Suppressed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {} more in the last {}s (not logged one by one)",
+            self.key,
+            self.count,
+            self.window.as_secs()
+        )
+    }
+}
+
 /// See the module documentation.
 #[derive(Debug)]
 pub struct RateLimit {

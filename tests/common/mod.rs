@@ -182,6 +182,17 @@ impl Captured {
         }
     }
 
+    /// Waits until the text has `marker` and, after it, `end`; returns
+    /// what stands between them (at the first `marker`).
+    pub fn wait_between(&self, what: &str, marker: &str, end: &str) -> String {
+        let between = |t: &str| {
+            let (_, rest) = t.split_once(marker)?;
+            rest.split_once(end).map(|(value, _)| value.to_owned())
+        };
+        let text = self.wait_for(what, |t| between(t).is_some());
+        between(&text).unwrap_or_default()
+    }
+
     /// Waits until the text contains `needle` `count` times.
     pub fn wait_count(&self, needle: &str, count: usize) -> String {
         self.wait_for(&format!("{count} × {needle:?}"), |t| {

@@ -339,9 +339,7 @@ impl Clients {
             self.deadlines.remove(&(entry.deadline, token));
         } else if !armed || entry.conn.sent() != entry.sent_at_deadline {
             entry.sent_at_deadline = entry.conn.sent();
-            self.deadlines.remove(&(entry.deadline, token));
-            entry.deadline = now + WRITE_TIMEOUT;
-            self.deadlines.insert((entry.deadline, token));
+            move_deadline(&mut self.deadlines, entry, token, now + WRITE_TIMEOUT);
         }
         if out == entry.out_watched {
             return;
@@ -574,9 +572,7 @@ impl Clients {
 
     fn set_deadline(&mut self, token: u64, deadline: Instant) {
         if let Some(entry) = self.conns.get_mut(&token) {
-            self.deadlines.remove(&(entry.deadline, token));
-            entry.deadline = deadline;
-            self.deadlines.insert((deadline, token));
+            move_deadline(&mut self.deadlines, entry, token, deadline);
         }
     }
 
@@ -635,6 +631,19 @@ impl Clients {
             tracing::warn!("control socket: {line}");
         }
     }
+}
+
+/// Gives the connection `token` (its `entry`) the deadline `at`, in the
+/// entry and in the ordered set.
+fn move_deadline(
+    deadlines: &mut BTreeSet<(Instant, u64)>,
+    entry: &mut Entry,
+    token: u64,
+    at: Instant,
+) {
+    deadlines.remove(&(entry.deadline, token));
+    entry.deadline = at;
+    deadlines.insert((at, token));
 }
 
 fn readable(token: u64) -> EpollEvent {
