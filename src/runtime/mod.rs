@@ -11,6 +11,7 @@
 
 pub mod control;
 mod history;
+mod loader;
 pub mod log_sink;
 pub mod logs;
 pub mod metrics;
@@ -63,8 +64,16 @@ const STORE: u64 = 4;
 const REDIS: u64 = 5;
 /// SIGCHLD's signalfd.
 const CHILD_SIGNAL: u64 = 6;
+/// The config loader thread's wake-up socket.
+const LOADER: u64 = 7;
 /// The metrics listener (`[supervisor] metrics`).
 const METRICS: u64 = 12;
+/// A config read that takes this long is logged (once per read):
+/// supervision goes on meanwhile, but a reload is not applied.
+const SLOW_READ: Duration = Duration::from_secs(5);
+/// `drover reload --dry-run` requests waiting for the config loader at
+/// once; beyond them the answer is "busy".
+const MAX_DRY_RUNS: usize = 8;
 /// How long the fork server and templates get to exit at shutdown.
 const HELPER_GRACE: Duration = Duration::from_secs(2);
 /// A second SIGTERM/SIGINT this soon after the first is the same request
@@ -188,6 +197,15 @@ struct Runtime {
     reloads: ReloadGate,
     /// The last reload's errors, until a valid config is applied.
     config_error: Option<String>,
+    /// Reads configs off the loop.
+    loader: loader::Loader,
+    /// The reload whose config is being read.
+    reading: Option<PendingReload>,
+    /// Reloads asked for while one was being read: one more read, after it
+    /// (the config may have changed since that read began).
+    reload_again: Option<PendingReload>,
+    /// `reload --dry-run` requests with the loader.
+    dry_runs: usize,
     /// The fork server and templates asked to exit at shutdown.
     helpers: Vec<Pid>,
     helpers_deadline: Option<Instant>,
@@ -195,6 +213,18 @@ struct Runtime {
     metrics: Option<Scrape>,
     /// Readiness probes and health checks of children.
     probes: probes::Probes,
+}
+
+/// A reload asked for and not yet applied.
+#[derive(Debug)]
+struct PendingReload {
+    /// What asked first ("SIGHUP", "drover reload", …): the log says so.
+    trigger: &'static str,
+    /// Connections of `drover reload` clients waiting for its outcome.
+    clients: Vec<u64>,
+    /// When its read began, and whether it was logged as slow.
+    since: Instant,
+    slow_logged: bool,
 }
 
 /// The metrics endpoint and the counters only it needs.
@@ -383,6 +413,10 @@ impl Runtime {
             config_wake,
             reloads,
             config_error: None,
+            loader: loader::Loader::new(LOADER),
+            reading: None,
+            reload_again: None,
+            dry_runs: 0,
             helpers: Vec::new(),
             helpers_deadline: None,
             metrics,
@@ -437,7 +471,14 @@ impl Runtime {
             }
             self.sup.start_deferred(&mut self.launcher, now);
             if self.reloads.take_due(now) {
-                let _ = self.reload("a config file changed");
+                self.request_reload("a config file changed", None, now);
+            }
+            if self
+                .reading
+                .as_ref()
+                .is_some_and(|r| r.since + SLOW_READ <= now)
+            {
+                self.log_slow_read();
             }
             if child_deadline.is_some_and(|d| d <= now) {
                 self.sup.on_deadline(&mut self.launcher, now);
@@ -516,6 +557,14 @@ impl Runtime {
     /// Stops the groups in order (see [`ShutdownOrder`]); nothing restarts.
     fn begin_graceful_shutdown(&mut self, now: Instant) {
         self.sup.begin_shutdown();
+        // A reload whose config is still being read will not be applied:
+        // those waiting for it are told now, not when the read ends.
+        for pending in [self.reading.take(), self.reload_again.take()]
+            .into_iter()
+            .flatten()
+        {
+            self.finish_reload(pending, Err("drover is shutting down".into()));
+        }
         self.shutdown = Some(ShutdownOrder::new(&self.config, now));
         self.advance_shutdown(now);
     }
@@ -528,6 +577,10 @@ impl Runtime {
             self.orphans.deadline(),
             shutdown,
             self.reloads.deadline(),
+            self.reading
+                .as_ref()
+                .filter(|r| !r.slow_logged)
+                .map(|r| r.since + SLOW_READ),
             // Only while it is ahead: past it, the orphan phase has its own
             // deadlines (a helper outliving it made every wait 0 ms: a spin).
             self.helpers_deadline
@@ -558,6 +611,7 @@ impl Runtime {
             CHILD_SIGNAL => self.on_child_signal(),
             LOG_WAKE => self.output.on_wake(&self.epoll),
             CONFIG_WAKE => self.on_config_event(),
+            LOADER => self.on_config_read(),
             STORE => self.broker.on_store(&self.epoll),
             REDIS => self.broker.on_redis(&self.epoll),
             t if self.pidfds.owns(t) => {
@@ -594,9 +648,7 @@ impl Runtime {
         for signal in pending {
             match signal {
                 sig::SIGTERM | sig::SIGINT | sig::SIGQUIT => self.on_stop_signal(signal, now),
-                sig::SIGHUP => {
-                    let _ = self.reload("SIGHUP");
-                }
+                sig::SIGHUP => self.request_reload("SIGHUP", None, now),
                 sig::SIGUSR1 => self.sup.forward(Signal::Usr1, &mut self.launcher),
                 sig::SIGUSR2 => self.sup.forward(Signal::Usr2, &mut self.launcher),
                 _ => {}
@@ -823,15 +875,97 @@ impl Runtime {
         }
     }
 
-    /// Reads the config again and applies it as a difference; an invalid
-    /// config changes nothing and is reported (and kept for `status`). A
-    /// config file still open for writing is not read: the reload waits for
-    /// its close (an event that makes it due again).
-    /// Reloads the config (see [`Self::reload_config`]), counting the
-    /// result for the metrics.
-    fn reload(&mut self, trigger: &str) -> Result<ReloadSummary, String> {
+    /// A reload asked for by `trigger`, and by the `drover reload` client
+    /// of `conn`, which gets its outcome. The config is read by the loader
+    /// thread and applied when it arrives ([`Self::on_config_read`]);
+    /// meanwhile supervision goes on. Reloads asked for while a read is
+    /// under way make one more read after it: the config may have changed
+    /// since it began.
+    fn request_reload(&mut self, trigger: &'static str, conn: Option<u64>, now: Instant) {
+        if self.sup.is_shutting_down() {
+            tracing::info!("{trigger}: not reloading, drover is shutting down");
+            if let Some(conn) = conn {
+                let refused = Response::error("drover is shutting down");
+                self.clients.respond(&self.epoll, conn, &refused, now);
+            }
+            return;
+        }
+        if let Some(conn) = conn {
+            self.clients.defer(&self.epoll, conn, now);
+        }
+        let start = self.reading.is_none();
+        let slot = match start {
+            true => &mut self.reading,
+            false => &mut self.reload_again,
+        };
+        let pending = slot.get_or_insert_with(|| PendingReload {
+            trigger,
+            clients: Vec::new(),
+            since: now,
+            slow_logged: false,
+        });
+        pending.clients.extend(conn);
+        if start {
+            self.read_config();
+        } else {
+            tracing::debug!("{trigger}: the config is read again once the read under way ends");
+        }
+    }
+
+    /// Hands the read of [`Self::reading`] to the loader thread.
+    fn read_config(&mut self) {
+        let job = loader::Job::Reload {
+            path: self.config_path.clone(),
+            writing: self.reloads.writing().clone(),
+            env_files: self.reloads.env_files().to_vec(),
+        };
+        if let Err(e) = self.loader.submit(&self.epoll, job) {
+            let text = format!("cannot read the config: {e}");
+            if let Some(pending) = self.reading.take() {
+                tracing::error!(
+                    "{}: {text}; still running the previous config",
+                    pending.trigger
+                );
+                self.finish_reload(pending, Err(text));
+            }
+        }
+    }
+
+    /// Results from the loader thread: a reload's config is applied, a
+    /// dry run's planned.
+    fn on_config_read(&mut self) {
+        for done in self.loader.take_done() {
+            match done {
+                loader::Done::Reload(reading) => {
+                    let Some(pending) = self.reading.take() else {
+                        continue;
+                    };
+                    let result = self.apply_reading(pending.trigger, reading);
+                    self.finish_reload(pending, result);
+                    if let Some(mut again) = self.reload_again.take() {
+                        if self.sup.is_shutting_down() {
+                            self.finish_reload(again, Err("drover is shutting down".into()));
+                        } else {
+                            again.since = Instant::now();
+                            self.reading = Some(again);
+                            self.read_config();
+                        }
+                    }
+                }
+                loader::Done::DryRun { conn, result } => {
+                    self.dry_runs = self.dry_runs.saturating_sub(1);
+                    let response = self.plan(result);
+                    self.clients
+                        .respond(&self.epoll, conn, &response, Instant::now());
+                }
+            }
+        }
+    }
+
+    /// The outcome of a reload: counted for the metrics, and told to the
+    /// clients that asked for it.
+    fn finish_reload(&mut self, pending: PendingReload, result: Result<ReloadSummary, String>) {
         self.trim_due = true;
-        let result = self.reload_config(trigger);
         if let Some(m) = self.metrics.as_mut() {
             let outcome = match &result {
                 Ok(_) => "applied",
@@ -843,23 +977,52 @@ impl Runtime {
             m.counters
                 .retain_groups(|g| groups.keys().any(|n| n.as_str() == g));
         }
-        result
+        let response = match result {
+            Ok(summary) => Response::ok(format!("reloaded: {summary}")),
+            Err(errors) => Response::error(errors),
+        };
+        let now = Instant::now();
+        for conn in pending.clients {
+            self.clients.respond(&self.epoll, conn, &response, now);
+        }
     }
 
-    fn reload_config(&mut self, trigger: &str) -> Result<ReloadSummary, String> {
+    /// The read under way has taken [`SLOW_READ`]: said once.
+    fn log_slow_read(&mut self) {
+        let Some(pending) = self.reading.as_mut().filter(|r| !r.slow_logged) else {
+            return;
+        };
+        pending.slow_logged = true;
+        tracing::warn!(
+            "{}: reading the config has taken {}s so far (a user or group lookup or a file \
+             system may hang); supervision goes on, and the reload is applied once it is read",
+            pending.trigger,
+            SLOW_READ.as_secs()
+        );
+    }
+
+    /// Applies a config the loader read, as a difference; an invalid config
+    /// changes nothing and is reported (and kept for `status`). A config
+    /// file that was open for writing was not read: the reload waits for
+    /// its close (an event that makes it due again).
+    fn apply_reading(
+        &mut self,
+        trigger: &str,
+        reading: loader::Reading,
+    ) -> Result<ReloadSummary, String> {
         if self.sup.is_shutting_down() {
             tracing::info!("{trigger}: not reloading, drover is shutting down");
             return Err("drover is shutting down".into());
         }
-        for warning in self.reloads.preflight(&self.config_path, trigger)? {
-            tracing::warn!("{warning}");
-        }
-        let loaded = match crate::config::load(&self.config_path) {
-            Ok(loaded) => loaded,
-            Err(failed) => {
-                // A writer that opened a file since the preflight made the
-                // loader refuse it: wait for its close, as above.
-                self.reloads.preflight(&self.config_path, trigger)?;
+        let (loaded, skipped) = match reading {
+            loader::Reading::Busy(found) => {
+                // `found` names the busy files: judged, it is the refusal.
+                return Err(match self.reloads.judge(found, trigger) {
+                    Err(deferred) => deferred,
+                    Ok(_) => "reload deferred: a config file is open for writing".into(),
+                });
+            }
+            loader::Reading::Invalid(failed) => {
                 let errors: Vec<_> = failed.diagnostics.iter().filter(|d| d.is_error()).collect();
                 tracing::error!(
                     "{trigger}: the new config is invalid ({}); still running the previous one",
@@ -872,7 +1035,15 @@ impl Runtime {
                 self.config_error = Some(text.clone());
                 return Err(text);
             }
+            loader::Reading::Valid { loaded, skipped } => (*loaded, skipped),
         };
+        let found = watch::Inspection {
+            busy: Vec::new(),
+            skipped,
+        };
+        for warning in self.reloads.judge(found, trigger).unwrap_or_default() {
+            tracing::warn!("{warning}");
+        }
         for warning in &loaded.warnings {
             tracing::warn!("{warning}");
         }
@@ -978,6 +1149,17 @@ impl Runtime {
             {
                 return self.serve_logs(conn, groups, lines, follow);
             }
+            match request {
+                Request::Reload {
+                    dry_run: false,
+                    path: None,
+                } => return self.request_reload("drover reload", Some(conn), now),
+                Request::Reload {
+                    dry_run: true,
+                    path,
+                } => return self.request_dry_run(conn, path, now),
+                _ => {}
+            }
             let response = self.handle_request(request);
             self.clients
                 .respond(&self.epoll, conn, &response, Instant::now());
@@ -989,22 +1171,12 @@ impl Runtime {
         let now = Instant::now();
         let (name, command, verb) = match request {
             Request::Reload {
-                dry_run: true,
-                path,
-            } => return self.dry_run(path.as_deref()),
-            Request::Reload {
                 dry_run: false,
                 path: Some(_),
             } => return Response::error("reload: a path is only taken with --dry-run"),
-            Request::Reload {
-                dry_run: false,
-                path: None,
-            } => {
-                return match self.reload("drover reload") {
-                    Ok(summary) => Response::ok(format!("reloaded: {summary}")),
-                    Err(errors) => Response::error(errors),
-                };
-            }
+            // Served by `request_reload` and `request_dry_run`, which put
+            // their answers off until the config is read.
+            Request::Reload { .. } => return Response::error("reload: not here"),
             Request::Status => {
                 let mut status = Status::capture(
                     &self.sup,
@@ -1089,14 +1261,41 @@ impl Runtime {
         ))
     }
 
-    /// `drover reload --dry-run`: what a reload would change, applying
-    /// nothing (not even to the errors `status` shows).
-    fn dry_run(&self, path: Option<&Path>) -> Response {
+    /// `drover reload --dry-run [PATH]`: the config at `path` (the running
+    /// one's when none) is read by the loader thread; the answer is what a
+    /// reload would change ([`Self::plan`]).
+    fn request_dry_run(&mut self, conn: u64, path: Option<PathBuf>, now: Instant) {
+        let refusal = if self.sup.is_shutting_down() {
+            Some("drover is shutting down".to_owned())
+        } else if self.dry_runs >= MAX_DRY_RUNS {
+            Some(format!(
+                "busy: {MAX_DRY_RUNS} dry runs are waiting for their config to be read; try again"
+            ))
+        } else {
+            let path = path.unwrap_or_else(|| self.config_path.clone());
+            let job = loader::Job::DryRun { conn, path };
+            self.loader
+                .submit(&self.epoll, job)
+                .err()
+                .map(|e| format!("cannot read the config: {e}"))
+        };
+        if let Some(text) = refusal {
+            return self
+                .clients
+                .respond(&self.epoll, conn, &Response::error(text), now);
+        }
+        self.dry_runs += 1;
+        self.clients.defer(&self.epoll, conn, now);
+    }
+
+    /// What a reload to `read` would change, applying nothing (not even to
+    /// the errors `status` shows).
+    fn plan(&self, read: Result<Config, crate::config::Failed>) -> Response {
         if self.sup.is_shutting_down() {
             return Response::error("drover is shutting down");
         }
-        let config = match crate::config::load(path.unwrap_or(&self.config_path)) {
-            Ok(loaded) => loaded.config,
+        let config = match read {
+            Ok(config) => config,
             Err(failed) => return Response::error(crate::config::render_all(&failed.diagnostics)),
         };
         let mut summary = self.sup.plan(&config);

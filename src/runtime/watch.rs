@@ -419,7 +419,7 @@ pub struct ReloadGate {
 }
 
 impl ReloadGate {
-    /// The env files of the config now running (see [`Self::preflight`]).
+    /// The env files of the config now running (see [`survey`]).
     pub fn set_env_files(&mut self, files: Vec<PathBuf>) {
         self.env_files = files;
     }
@@ -456,22 +456,24 @@ impl ReloadGate {
         true
     }
 
-    /// Checks the config at `path` before it is read. While a config file is
-    /// open for writing, the reload waits: the answer is an error for the
-    /// one who asked, and a log line, once per trigger and set of files, so
-    /// that the writer's every write does not add one (its close is an
-    /// event that makes the reload due again).
-    /// Otherwise the warnings for the entries the read will pass over.
-    pub fn preflight(&mut self, path: &Path, trigger: &str) -> Result<Vec<Diagnostic>, String> {
-        let mut found = inspect(path, &self.writing);
-        for file in &self.env_files {
-            let name = file.file_name().map(OsString::from).unwrap_or_default();
-            match probe(file) {
-                Probe::Busy => found.busy.push(file.clone()),
-                Probe::Unknown if self.writing.contains(&name) => found.busy.push(file.clone()),
-                _ => {}
-            }
-        }
+    /// The names of config files seen being written whose close was not
+    /// seen (for [`survey`]).
+    pub fn writing(&self) -> &HashSet<OsString> {
+        &self.writing
+    }
+
+    /// The env files of the running config (for [`survey`]).
+    pub fn env_files(&self) -> &[PathBuf] {
+        &self.env_files
+    }
+
+    /// Judges what [`survey`] found before a read of the config. While a
+    /// config file is open for writing, the reload waits: the answer is an
+    /// error for the one who asked, and a log line, once per trigger and
+    /// set of files, so that the writer's every write does not add one (its
+    /// close is an event that makes the reload due again).
+    /// Otherwise the warnings for the entries the read passed over.
+    pub fn judge(&mut self, found: Inspection, trigger: &str) -> Result<Vec<Diagnostic>, String> {
         if found.busy.is_empty() {
             self.logged.clear();
             return Ok(found.skipped);
@@ -492,6 +494,22 @@ impl ReloadGate {
             "reload deferred: {files} {is} still open for writing; drover reloads once {it} {is} closed"
         ))
     }
+}
+
+/// What a read of the config at `path` will meet: [`inspect`], and the
+/// `env_files` of the running config that are open for writing (those in
+/// `writing` where the kernel will not say).
+pub fn survey(path: &Path, writing: &HashSet<OsString>, env_files: &[PathBuf]) -> Inspection {
+    let mut found = inspect(path, writing);
+    for file in env_files {
+        let name = file.file_name().map(OsString::from).unwrap_or_default();
+        match probe(file) {
+            Probe::Busy => found.busy.push(file.clone()),
+            Probe::Unknown if writing.contains(&name) => found.busy.push(file.clone()),
+            _ => {}
+        }
+    }
+    found
 }
 
 /// What a read of the config at `path` will meet, found without reading.
@@ -719,6 +737,13 @@ mod tests {
 
     use crate::testing::TempDir;
 
+    /// A reload's look before it reads: what the loader thread surveys,
+    /// judged by the gate.
+    fn preflight(gate: &mut ReloadGate, path: &Path) -> Result<Vec<Diagnostic>, String> {
+        let found = survey(path, gate.writing(), gate.env_files());
+        gate.judge(found, "SIGHUP")
+    }
+
     fn lease_available(file: &Path) -> bool {
         let opened = fs::File::open(file).unwrap();
         !matches!(read_lease(&opened), Lease::Unavailable(_))
@@ -743,7 +768,7 @@ mod tests {
         assert_eq!(inspect(&file, &none).busy, std::slice::from_ref(&file));
 
         let mut gate = ReloadGate::default();
-        let err = gate.preflight(&dir.0, "SIGHUP").unwrap_err();
+        let err = preflight(&mut gate, &dir.0).unwrap_err();
         assert_eq!(
             err,
             format!(
@@ -753,7 +778,7 @@ mod tests {
         );
         assert_eq!(gate.logged["SIGHUP"], std::slice::from_ref(&file));
         drop(writer);
-        assert!(gate.preflight(&dir.0, "SIGHUP").unwrap().is_empty());
+        assert!(preflight(&mut gate, &dir.0).unwrap().is_empty());
         assert!(gate.logged.is_empty());
     }
 
@@ -769,16 +794,16 @@ mod tests {
         if !lease_available(&env) {
             // The kernel will not say: the events decide.
             gate.on_change(Change::Writing(env.clone()), Instant::now());
-            assert!(gate.preflight(&dir.0, "SIGHUP").is_err());
+            assert!(preflight(&mut gate, &dir.0).is_err());
             gate.on_change(Change::Closed(env.clone()), Instant::now());
-            assert!(gate.preflight(&dir.0, "SIGHUP").is_ok());
+            assert!(preflight(&mut gate, &dir.0).is_ok());
             return;
         }
         let writer = fs::OpenOptions::new().append(true).open(&env).unwrap();
-        let err = gate.preflight(&dir.0, "SIGHUP").unwrap_err();
+        let err = preflight(&mut gate, &dir.0).unwrap_err();
         assert!(err.contains(&env.display().to_string()), "{err}");
         drop(writer);
-        assert!(gate.preflight(&dir.0, "SIGHUP").unwrap().is_empty());
+        assert!(preflight(&mut gate, &dir.0).unwrap().is_empty());
     }
 
     #[test]

@@ -176,6 +176,23 @@ pub fn spawn_quiet<T: Send + 'static>(
     name: &str,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> io::Result<std::thread::JoinHandle<T>> {
+    spawn_quiet_with(std::thread::Builder::new().name(name.into()), f)
+}
+
+/// [`spawn_quiet`] with a stack of `stack` bytes.
+pub fn spawn_quiet_with_stack<T: Send + 'static>(
+    name: &str,
+    stack: usize,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<std::thread::JoinHandle<T>> {
+    let builder = std::thread::Builder::new().name(name.into());
+    spawn_quiet_with(builder.stack_size(stack), f)
+}
+
+fn spawn_quiet_with<T: Send + 'static>(
+    builder: std::thread::Builder,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<std::thread::JoinHandle<T>> {
     use nix::sys::signal::{SigSet, SigmaskHow, pthread_sigmask};
     let mut old = SigSet::empty();
     pthread_sigmask(
@@ -183,7 +200,7 @@ pub fn spawn_quiet<T: Send + 'static>(
         Some(&SigSet::all()),
         Some(&mut old),
     )?;
-    let spawned = std::thread::Builder::new().name(name.into()).spawn(f);
+    let spawned = builder.spawn(f);
     let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
     spawned
 }

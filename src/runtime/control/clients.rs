@@ -27,6 +27,10 @@
 //!   [`WRITE_TIMEOUT`] is dropped with its connection, and so is a
 //!   `logs -f` follower that takes none of its pending lines for that long
 //!   (one that has nothing pending stays as long as it likes).
+//! - An answer the runtime puts off (a reload waiting for its config to be
+//!   read) is waited for [`ANSWER_TIMEOUT`] at most; then the client is
+//!   told so and closed. Meanwhile the connection is watched only for its
+//!   client going away.
 //! - Answers waiting for their clients hold at most [`PENDING_MAX`] bytes
 //!   before a `logs` request is refused as busy (a `logs` answer can be
 //!   every group's kept lines, 1 MiB each; sixty-four clients that never
@@ -59,6 +63,10 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client has to take its response; how long a follower may
 /// take nothing of its pending lines.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client waits for an answer the runtime puts off (a reload
+/// whose config is still being read) before it is told so and closed:
+/// within the command line client's own 30 s.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(25);
 /// Bytes of answers waiting for their clients beyond which `logs` requests
 /// are refused as busy.
 pub const PENDING_MAX: usize = 64 << 20;
@@ -159,8 +167,7 @@ impl Clients {
 
     /// A loop event for one of [`Self::owns`]'s tokens. Returns a request
     /// for the runtime to handle; its answer goes to [`Self::respond`] with
-    /// the connection's token. The runtime answers at once: a connection
-    /// still waiting for its answer at its request deadline is closed.
+    /// the connection's token, at once or, after [`Self::defer`], later.
     pub fn on_event(
         &mut self,
         epoll: &Epoll,
@@ -193,6 +200,13 @@ impl Clients {
         let entry = self.conns.get_mut(&token)?;
         if entry.conn.is_reading() {
             return self.read(epoll, token, now);
+        }
+        if entry.conn.is_handling() {
+            // A put-off answer: only the client going away is watched.
+            if flags.intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR) {
+                self.close(epoll, token, now);
+            }
+            return None;
         }
         if entry.conn.is_following() {
             let gone = flags
@@ -230,6 +244,20 @@ impl Clients {
             return self.close(epoll, token, now);
         }
         self.set_deadline(token, now + WRITE_TIMEOUT);
+    }
+
+    /// The answer to the request that came from `token` comes later (with
+    /// [`Self::respond`]), within [`ANSWER_TIMEOUT`]. Until then nothing
+    /// more is read from the connection: it is watched only for hang-ups.
+    pub fn defer(&mut self, epoll: &Epoll, token: u64, now: Instant) {
+        let Some(entry) = self.conns.get_mut(&token) else {
+            return;
+        };
+        let mut none = EpollEvent::new(EpollFlags::empty(), token);
+        if epoll.modify(entry.conn.stream.as_fd(), &mut none).is_err() {
+            return self.close(epoll, token, now);
+        }
+        self.set_deadline(token, now + ANSWER_TIMEOUT);
     }
 
     /// Sends `answer` (a response line and what follows it) to the
@@ -380,6 +408,14 @@ impl Clients {
                 tracing::debug!("control socket: a client sent no complete request in {secs}s");
                 entry.conn.farewell(&Response::error(format!(
                     "request: no complete line within {secs}s; closing"
+                )));
+            } else if entry.conn.is_handling() {
+                let secs = ANSWER_TIMEOUT.as_secs();
+                tracing::debug!("control socket: no answer for a client within {secs}s");
+                entry.conn.farewell(&Response::error(format!(
+                    "no answer within {secs}s: drover is still reading the config (a user or \
+                     group lookup or a file system may hang); a reload is applied once it is \
+                     read, see `drover status` and drover's log"
                 )));
             } else if entry.conn.is_following() {
                 let secs = WRITE_TIMEOUT.as_secs();
@@ -764,6 +800,64 @@ mod tests {
         f.clients
             .respond(&f.epoll, token, &Response::ok("fine"), f.t0);
         assert_eq!(answer(&mut client), Response::ok("fine"));
+        assert!(f.clients.is_empty());
+        assert_eq!(f.clients.deadline(), None);
+    }
+
+    #[test]
+    fn a_put_off_answer_is_sent_later_and_only_a_hang_up_is_watched_meanwhile() {
+        let mut f = Fixture::new("defer");
+        let mut client = f.connect();
+        // Bytes after the request line: a level-triggered EPOLLIN for them
+        // would wake the loop again and again while the answer waits.
+        client.write_all(b"{\"cmd\":\"reload\"}\nmore").unwrap();
+        let (token, request) = f.accept(0.0).expect("read at once");
+        assert!(matches!(request, Request::Reload { .. }));
+        f.clients.defer(&f.epoll, token, f.t0);
+        let mut events = [EpollEvent::empty(); 4];
+        let n = f.epoll.wait(&mut events, 0u8).unwrap();
+        assert_eq!(n, 0, "nothing to wake for while the answer waits");
+        // Past the request deadline, within the answer's.
+        assert_eq!(f.clients.deadline(), Some(f.t0 + ANSWER_TIMEOUT));
+        f.clients
+            .on_deadline(&f.epoll, f.t0 + REQUEST_TIMEOUT + Duration::from_secs(1));
+        f.clients
+            .respond(&f.epoll, token, &Response::ok("reloaded"), f.t0);
+        assert_eq!(answer(&mut client), Response::ok("reloaded"));
+        assert!(f.clients.is_empty());
+
+        // A client that goes away while its answer waits is closed then.
+        let client = f.connect();
+        (&client).write_all(b"{\"cmd\":\"reload\"}\n").unwrap();
+        let (token, _) = f.accept(0.0).expect("read at once");
+        f.clients.defer(&f.epoll, token, f.t0);
+        drop(client);
+        let n = f.epoll.wait(&mut events, 1000u16).unwrap();
+        assert_eq!(n, 1);
+        assert!(events[0].events().contains(EpollFlags::EPOLLHUP));
+        assert_eq!(f.event(token, events[0].events()), None);
+        assert!(f.clients.is_empty());
+        // Its answer, when it comes, goes nowhere.
+        f.clients
+            .respond(&f.epoll, token, &Response::ok("reloaded"), f.t0);
+        assert!(f.clients.is_empty());
+    }
+
+    #[test]
+    fn a_put_off_answer_that_does_not_come_in_time_is_explained() {
+        let mut f = Fixture::new("defer-late");
+        let mut client = f.connect();
+        client.write_all(b"{\"cmd\":\"reload\"}\n").unwrap();
+        let (token, _) = f.accept(0.0).expect("read at once");
+        f.clients.defer(&f.epoll, token, f.t0);
+        f.clients.on_deadline(&f.epoll, f.t0 + ANSWER_TIMEOUT);
+        let response = answer(&mut client);
+        assert!(!response.ok);
+        let message = response.message.unwrap();
+        assert!(
+            message.starts_with("no answer within 25s: drover is still reading the config"),
+            "{message}"
+        );
         assert!(f.clients.is_empty());
         assert_eq!(f.clients.deadline(), None);
     }

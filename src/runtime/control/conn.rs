@@ -63,6 +63,11 @@ impl Conn {
     }
 
     /// True while the request line is still being read.
+    /// The request went to the runtime and its answer has not come.
+    pub(super) fn is_handling(&self) -> bool {
+        matches!(self.phase, Phase::Handling)
+    }
+
     pub(super) fn is_reading(&self) -> bool {
         matches!(self.phase, Phase::Reading { .. })
     }

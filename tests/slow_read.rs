@@ -1,0 +1,185 @@
+//! A config whose read hangs — a `user` looked up through a directory
+//! server that does not answer — holds up its reload, never supervision.
+//!
+//! The hang is real: drover runs with a preloaded library that replaces
+//! `getpwnam_r` for one user name with a lookup that waits on a FIFO until
+//! the test writes to it (then answers as the test's own user), the way an
+//! NSS lookup waits for an LDAP or sssd server that is down.
+
+mod common;
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::thread::JoinHandle;
+
+use common::{Drover, TempDir, drover_bin, wait_until};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::{Pid, User, getuid};
+
+/// The user name whose lookup hangs.
+const SLOW_USER: &str = "drover-slow-lookup";
+
+/// `getpwnam_r` for [`SLOW_USER`]: says it began (a file), waits for the
+/// gate FIFO to be written and closed, then looks up `SLOW_NSS_AS`
+/// instead. Only the first such lookup waits.
+const INTERPOSER: &str = r#"
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <pwd.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef int (*lookup)(const char *, struct passwd *, char *, size_t, struct passwd **);
+static int released;
+
+int getpwnam_r(const char *name, struct passwd *pwd, char *buf, size_t len, struct passwd **result) {
+    lookup real = (lookup) dlsym(RTLD_NEXT, "getpwnam_r");
+    const char *slow = getenv("SLOW_NSS_NAME");
+    if (slow && strcmp(name, slow) == 0) {
+        if (!__atomic_load_n(&released, __ATOMIC_SEQ_CST)) {
+            int fd = open(getenv("SLOW_NSS_STARTED"), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+            if (fd >= 0) close(fd);
+            fd = open(getenv("SLOW_NSS_GATE"), O_RDONLY | O_CLOEXEC);
+            char c;
+            while (fd >= 0 && read(fd, &c, 1) > 0) {}
+            if (fd >= 0) close(fd);
+            __atomic_store_n(&released, 1, __ATOMIC_SEQ_CST);
+        }
+        name = getenv("SLOW_NSS_AS");
+    }
+    return real(name, pwd, buf, len, result);
+}
+"#;
+
+const BEFORE: &str = "[group.worker]\ncommand = [\"sleep\", \"1000\"]\n";
+
+/// drover running [`BEFORE`] with the hanging lookup preloaded; the gate
+/// FIFO and the file that says a lookup began.
+fn start(name: &str) -> (Drover, PathBuf, PathBuf) {
+    let dir = TempDir::new(name);
+    let source = dir.write("slow.c", INTERPOSER);
+    let lib = dir.path().join("libslow.so");
+    let built = Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&lib)
+        .arg(&source)
+        .arg("-ldl")
+        .output()
+        .expect("run cc (a C compiler, which Rust's linker needs anyway)");
+    assert!(
+        built.status.success(),
+        "cc: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let gate = dir.path().join("gate");
+    nix::unistd::mkfifo(&gate, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let began = dir.path().join("lookup-began");
+    let me = User::from_uid(getuid())
+        .unwrap()
+        .expect("an entry for our uid");
+    dir.write("drover.toml", BEFORE);
+    let env = [
+        ("LD_PRELOAD", lib.to_str().unwrap()),
+        ("SLOW_NSS_NAME", SLOW_USER),
+        ("SLOW_NSS_AS", me.name.as_str()),
+        ("SLOW_NSS_GATE", gate.to_str().unwrap()),
+        ("SLOW_NSS_STARTED", began.to_str().unwrap()),
+    ];
+    let drover = Drover::start_in_env(dir, &[], &env);
+    drover.wait_group_state("worker", "running");
+    (drover, gate, began)
+}
+
+/// Edits the config to add a group run as [`SLOW_USER`] and waits until
+/// the reload's read hangs in its lookup.
+fn edit_and_hang(drover: &Drover, began: &Path) {
+    let after =
+        format!("{BEFORE}[group.late]\ncommand = [\"sleep\", \"1000\"]\nuser = \"{SLOW_USER}\"\n");
+    drover.dir.write("drover.toml", &after);
+    wait_until("the reload's user lookup to begin", || began.exists());
+}
+
+/// `drover reload`, run in a thread: its answer waits for the read.
+fn reload_in_background(drover: &Drover) -> JoinHandle<Output> {
+    let socket = drover.socket.clone();
+    std::thread::spawn(move || {
+        Command::new(drover_bin())
+            .arg("reload")
+            .arg("--socket")
+            .arg(socket)
+            .output()
+            .expect("run drover reload")
+    })
+}
+
+/// Lets the hanging lookup answer.
+fn release(gate: &Path) {
+    // Opening a FIFO for writing waits for its reader: the lookup.
+    let mut writer = std::fs::OpenOptions::new().write(true).open(gate).unwrap();
+    writer.write_all(b"go").unwrap();
+}
+
+#[test]
+fn a_hung_user_lookup_holds_up_the_reload_but_not_supervision() {
+    let (drover, gate, began) = start("slow-lookup");
+    edit_and_hang(&drover, &began);
+    let reload = reload_in_background(&drover);
+
+    // While the read hangs: a killed child is restarted, status answers,
+    // and the running config is still the old one.
+    let old = drover.wait_group_state("worker", "running")[0];
+    kill(Pid::from_raw(old as i32), Signal::SIGKILL).unwrap();
+    let status = drover.wait_status("the killed worker restarted", |s| {
+        Drover::children(s, "worker")
+            .iter()
+            .any(|c| c["state"] == "running" && c["pid"].as_i64().is_some_and(|p| p != old))
+    });
+    assert!(
+        status["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|g| g["name"] != "late"),
+        "nothing of the new config is applied before it is read: {status:#}"
+    );
+    // The operator is told why the reload is not there yet.
+    drover.stderr.wait_for("the slow read to be logged", |t| {
+        t.contains("reading the config has taken 5s so far")
+    });
+
+    release(&gate);
+    let out = reload.join().unwrap();
+    assert!(
+        out.status.success(),
+        "drover reload: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drover.wait_group_state("late", "running");
+}
+
+#[test]
+fn drover_stops_at_once_while_a_read_hangs() {
+    let (mut drover, gate, began) = start("slow-lookup-stop");
+    edit_and_hang(&drover, &began);
+    let reload = reload_in_background(&drover);
+    drover
+        .stderr
+        .wait_for("drover reload to wait for the read", |t| {
+            t.contains("drover reload: the config is read again once the read under way ends")
+        });
+    drover.signal(libc::SIGTERM);
+    let status = drover.wait_exit();
+    assert_eq!(Drover::code(status), 0, "{}", drover.stderr.text());
+    let out = reload.join().unwrap();
+    let answer = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && answer.contains("shutting down"),
+        "drover reload: {answer}"
+    );
+    // The hung lookup went with drover; nothing reads the gate now.
+    drop(gate);
+}
