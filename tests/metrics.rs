@@ -362,7 +362,11 @@ fn every_exit_is_counted_and_a_removed_group_leaves_the_page() {
     };
     let quick = "\n[group.quick]\nstart_method = \"forkserver\"\ncommand = [\"true\"]\n\
                  processes = 40\nrestart = \"never\"\nstart_secs = \"0s\"\n";
-    dir.write("drover.toml", &config(quick));
+    // Stops only once the test lets it: its exit comes after the reload
+    // that removes it (its exit must not bring its series back).
+    let slow = "\n[group.slow]\ncommand = [\"sh\", \"-c\", \"trap 'while [ ! -e gate ]; do \
+                sleep 0.01; done; exit 0' TERM; while :; do sleep 0.05; done\"]\n";
+    dir.write("drover.toml", &config(&format!("{quick}{slow}")));
     let d = Drover::start_in(dir, &[]);
     let addr = metrics_addr(&d);
     d.wait_status("every quick child exited", |s| {
@@ -386,9 +390,21 @@ fn every_exit_is_counted_and_a_removed_group_leaves_the_page() {
         "one exit counted per start"
     );
 
+    let slow_pid = d.wait_group_state("slow", "running")[0];
     d.dir.write("drover.toml", &config(""));
     assert!(d.cli(&["reload"]).status.success());
     let page = scrape(&addr);
     assert!(!page.contains("group=\"quick\""), "{page}");
+    assert!(!page.contains("group=\"slow\""), "{page}");
     assert!(page.contains("group=\"keep\""), "{page}");
+    // The removed group's child exits now; once drover has reaped it (it
+    // leaves `retiring`), the page still has no series of its group.
+    d.dir.write("gate", "");
+    d.wait_status("the removed group's child reaped", |s| {
+        s["retiring"]
+            .as_array()
+            .is_none_or(|r| r.iter().all(|c| c["pid"].as_i64() != Some(slow_pid)))
+    });
+    let page = scrape(&addr);
+    assert!(!page.contains("group=\"slow\""), "{page}");
 }

@@ -6,7 +6,7 @@
 //! Each line carries a sequence number, so the lines of several groups
 //! come out in the order drover wrote them.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use crate::config::names::GroupName;
 
@@ -18,6 +18,10 @@ pub const GROUP_BYTES: usize = 1 << 20;
 pub struct History {
     lines_per_group: usize,
     groups: HashMap<GroupName, Ring>,
+    /// The groups of the running config: only their lines are kept (a
+    /// group a reload removed, whose children are still stopping, gets no
+    /// ring again: it would stay until the next reload).
+    live: HashSet<GroupName>,
     next: u64,
 }
 
@@ -33,6 +37,7 @@ impl History {
         History {
             lines_per_group,
             groups: HashMap::new(),
+            live: HashSet::new(),
             next: 0,
         }
     }
@@ -45,7 +50,8 @@ impl History {
         }
         let ring = match self.groups.get_mut(group) {
             Some(ring) => ring,
-            None => self.groups.entry(group.clone()).or_default(),
+            None if self.live.contains(group) => self.groups.entry(group.clone()).or_default(),
+            None => return,
         };
         for line in chunk.split_inclusive(|&b| b == b'\n') {
             ring.bytes += line.len();
@@ -87,9 +93,11 @@ impl History {
         out
     }
 
-    /// Forgets the groups `keep` says are gone.
-    pub fn retain(&mut self, keep: impl Fn(&GroupName) -> bool) {
-        self.groups.retain(|g, _| keep(g));
+    /// The groups of the running config: the lines of every other group
+    /// are forgotten, and not kept from now on.
+    pub fn set_groups<'a>(&mut self, live: impl IntoIterator<Item = &'a GroupName>) {
+        self.live = live.into_iter().cloned().collect();
+        self.groups.retain(|g, _| self.live.contains(g));
     }
 
     /// Lines and bytes kept now, for tests and status.
@@ -113,6 +121,7 @@ mod tests {
     fn keeps_the_last_lines_of_each_group_in_written_order() {
         let mut h = History::new(3);
         let (a, b) = (name("a"), name("b"));
+        h.set_groups([&a, &b]);
         h.record(&a, b"a[0] 1\na[0] 2\n");
         h.record(&b, b"b[0] 1\n");
         h.record(&a, b"a[0] 3\na[0] 4\n");
@@ -122,8 +131,13 @@ mod tests {
         assert_eq!(h.tail(&[name("c")], 10), b"");
         let twice = [b.clone(), a.clone(), b.clone(), b.clone()];
         assert_eq!(h.tail(&twice, 10), b"a[0] 2\nb[0] 1\na[0] 3\na[0] 4\n");
-        h.retain(|g| g != &a);
+        // A reload removes `a`: its lines go, and its children still
+        // stopping add none.
+        h.set_groups([&b]);
         assert_eq!(h.tail(&[], 10), b"b[0] 1\n");
+        h.record(&a, b"a[0] stopping\n");
+        assert_eq!(h.tail(&[], 10), b"b[0] 1\n");
+        assert_eq!(h.groups.len(), 1);
     }
 
     #[test]
@@ -133,6 +147,7 @@ mod tests {
             .into_iter()
             .chain([b'\n'])
             .collect::<Vec<u8>>();
+        h.set_groups([&name("g")]);
         for _ in 0..2000 {
             h.record(&name("g"), &line);
         }

@@ -425,6 +425,7 @@ impl Runtime {
     }
 
     fn main_loop(&mut self) -> Result<Outcome, RuntimeError> {
+        self.output.history.set_groups(self.config.groups.keys());
         self.sup.start_all(&mut self.launcher, Instant::now());
         self.watch_new_outputs();
         let mut events = vec![EpollEvent::empty(); 256];
@@ -762,6 +763,9 @@ impl Runtime {
         }
         if let Some(m) = self.metrics.as_mut()
             && let Some(group) = m.groups.remove(&pid)
+            // Not a group a reload removed (its series would come back
+            // until the next reload).
+            && self.config.groups.contains_key(&group)
         {
             let exit = match status {
                 ExitStatus::Code(c) => LastExit::Code(c),
@@ -1087,9 +1091,7 @@ impl Runtime {
         summary.queues_changed = queues.changed;
         summary.supervisor_pending = config.supervisor != self.config.supervisor;
         self.launcher.retain_templates(&config);
-        self.output
-            .history
-            .retain(|g| config.groups.contains_key(g));
+        self.output.history.set_groups(config.groups.keys());
         // Before the new children are watched: their probes follow it.
         if let Some(watcher) = &self.watcher {
             watcher.watch_env_files(env_files(&config));
