@@ -577,3 +577,48 @@ fn a_stdout_file_at_the_size_limit_does_not_kill_drover() {
     });
     assert_eq!(Drover::children(&status, "chatty")[0]["restarts"], 0);
 }
+
+/// drover's stdout is a pipe that is held open and never read (a pager
+/// left on its first screen, a log shipper that hangs), and drover is
+/// asked to stop: it gives up on the child output still waiting after 2 s
+/// of stdout taking nothing, says so on stderr, and exits with the
+/// shutdown's code. (The writer thread was joined unconditionally: drover,
+/// PID 1 in a container, never exited.)
+#[test]
+fn drover_exits_even_when_stdout_takes_nothing() {
+    let (out_r, out_w) = nix::unistd::pipe().unwrap();
+    nix::fcntl::fcntl(&out_w, nix::fcntl::FcntlArg::F_SETPIPE_SZ(4096)).unwrap();
+    let dir = TempDir::new("stalled-stdout-exit");
+    let err_path = dir.path().join("stderr.log");
+    let err = std::fs::File::create(&err_path).unwrap();
+    let printed = dir.path().join("printed");
+    let config = format!(
+        "[group.chatty]\ncommand = [\"sh\", \"-c\", \"i=0; while [ $i -lt 3000 ]; do echo line-$i; \
+         i=$((i+1)); done; touch {}; exec sleep 1000\"]\n",
+        printed.display()
+    );
+    let mut d = Bare::start(
+        "stalled-stdout-exit",
+        &config,
+        Stdio::from(out_w),
+        Stdio::from(err),
+    );
+    common::wait_until("the child printed its lines", || printed.exists());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let mut exit = None;
+    common::wait_until_within("drover to exit", Duration::from_secs(60), || {
+        exit = d.child.try_wait().unwrap();
+        exit.is_some()
+    });
+    assert_eq!(exit.unwrap().code(), Some(0));
+    let text = std::fs::read_to_string(&err_path).unwrap();
+    assert!(
+        text.contains("stdout took no child output for 2s: exiting without the last"),
+        "{text}"
+    );
+    drop(out_r);
+}

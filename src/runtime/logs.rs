@@ -319,12 +319,6 @@ impl LogWriter {
         self.queued.load(Ordering::SeqCst) < WRITER_BYTES
     }
 
-    /// Formatted bytes sent to the writer and not yet written out.
-    #[cfg(test)]
-    pub fn queued_bytes(&self) -> usize {
-        self.queued.load(Ordering::SeqCst)
-    }
-
     fn send_now(&self, chunk: Vec<u8>) -> Result<(), Vec<u8>> {
         let tx = self.tx.as_ref().expect("writer is running");
         if self.queued.load(Ordering::SeqCst) >= WRITER_BYTES {
@@ -345,11 +339,19 @@ impl LogWriter {
         }
     }
 
-    /// Queues `chunk`, waiting for room (only used at exit).
-    pub fn send_blocking(&self, chunk: Vec<u8>) {
-        let tx = self.tx.as_ref().expect("writer is running");
-        self.queued.fetch_add(chunk.len(), Ordering::SeqCst);
-        let _ = tx.send(chunk);
+    /// Formatted bytes sent to the writer and not yet written out.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::SeqCst)
+    }
+
+    /// Whether everything sent was written out; when not, the loop is
+    /// woken through `wake` after the writer's next write.
+    pub fn drained(&self) -> bool {
+        if self.queued() == 0 {
+            return true;
+        }
+        self.wake_wanted.store(true, Ordering::SeqCst);
+        self.queued() == 0
     }
 
     /// Writes everything still queued and stops the thread.

@@ -143,8 +143,9 @@ pub enum Outcome {
 pub fn run(config: Config, path: &Path, socket: &Path) -> Result<Outcome, RuntimeError> {
     let mut rt = Runtime::new(config, path, socket)?;
     let outcome = rt.main_loop();
-    // Everything the children wrote reaches stdout before drover exits.
-    rt.output.finish();
+    // Everything the children wrote reaches stdout before drover exits,
+    // unless stdout stopped taking it.
+    rt.output.finish(output::EXIT_STALL, output::EXIT_LIMIT);
     outcome
 }
 

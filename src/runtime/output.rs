@@ -10,8 +10,9 @@
 //! hold several GiB). Stalled pipes resume in the order they stalled.
 
 use std::io::Read;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
@@ -19,6 +20,19 @@ use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
 use crate::config::names::GroupName;
 use crate::runtime::history::History;
 use crate::runtime::logs::{LineFormat, LogWriter, Origin, PipeReader};
+
+/// At exit, how long the writer may take no output at all before drover
+/// gives up on stdout and exits without the rest (a stdout that nobody
+/// reads would otherwise keep drover, PID 1 in a container, from ever
+/// exiting).
+pub const EXIT_STALL: Duration = Duration::from_secs(2);
+/// At exit, the longest drover writes out child output, however slowly
+/// stdout keeps taking it.
+pub const EXIT_LIMIT: Duration = Duration::from_secs(10);
+/// At exit, the most bytes read from one pipe: what its child (or a
+/// descendant still holding it) wrote before; one that writes without end
+/// cannot hold drover.
+const EXIT_PIPE_BYTES: usize = 1 << 20;
 
 /// Pipe tokens are `PIPE_TOKENS + slot`: a range of their own, apart from
 /// the runtime's counter (which counts up from a handful) and the
@@ -167,26 +181,92 @@ impl Output {
         self.stalled.drain(..resumed);
     }
 
-    /// At exit: writes out what the pipes still hold, then stops the writer.
-    pub fn finish(mut self) {
-        if let Some(chunk) = self.held.take() {
-            self.writer.send_blocking(chunk);
-        }
+    /// At exit: writes out what the pipes still hold, then stops the
+    /// writer. Gives up once stdout has taken nothing for `stall`, or after
+    /// `limit` in all, and says so on stderr: drover then exits without
+    /// the rest. Returns whether everything was written out.
+    pub fn finish(mut self, stall: Duration, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut chunks: Vec<Vec<u8>> = self.held.take().into_iter().collect();
         for mut reader in self.pipes.drain() {
-            let mut chunks: Vec<Vec<u8>> = Vec::new();
+            let mut read = 0;
             loop {
                 let outcome = reader.read(self.format, &mut self.scratch);
                 let done = outcome.eof || outcome.chunk.is_empty();
+                read += outcome.chunk.len();
                 chunks.push(outcome.chunk);
-                if done {
+                if done || read >= EXIT_PIPE_BYTES {
                     break;
                 }
             }
-            for chunk in chunks.into_iter().filter(|c| !c.is_empty()) {
-                self.writer.send_blocking(chunk);
+        }
+        let mut left: u64 = 0;
+        let mut chunks = chunks.into_iter().filter(|c| !c.is_empty());
+        for chunk in chunks.by_ref() {
+            if let Err(chunk) = self.send_waiting(chunk, stall, deadline) {
+                left = chunk.len() as u64;
+                break;
             }
         }
+        left += chunks.map(|c| c.len() as u64).sum::<u64>();
+        let drained = left == 0 && self.wait_drained(stall, deadline);
+        if !drained {
+            let queued = self.writer.queued() as u64;
+            tracing::warn!(
+                "stdout took no child output for {}s: exiting without the last {} bytes of it",
+                stall.as_secs(),
+                left + queued
+            );
+            // The writer thread is left blocked in its write: the process's
+            // exit ends it.
+            return false;
+        }
         self.writer.finish();
+        true
+    }
+
+    /// Hands `chunk` to the writer, waiting for room; back when stdout
+    /// took nothing for `stall`, or at `deadline`.
+    fn send_waiting(
+        &mut self,
+        mut chunk: Vec<u8>,
+        stall: Duration,
+        deadline: Instant,
+    ) -> Result<(), Vec<u8>> {
+        loop {
+            // A refused chunk asks for a wake-up once there is room.
+            match self.writer.try_send(chunk) {
+                Ok(()) => return Ok(()),
+                Err(back) => chunk = back,
+            }
+            if !self.wait_wake(stall, deadline) {
+                return Err(chunk);
+            }
+        }
+    }
+
+    /// Waits until the writer has written everything it was given; false
+    /// when it took nothing for `stall`, or at `deadline`.
+    fn wait_drained(&mut self, stall: Duration, deadline: Instant) -> bool {
+        while !self.writer.drained() {
+            if !self.wait_wake(stall, deadline) {
+                return self.writer.drained();
+            }
+        }
+        true
+    }
+
+    /// Waits for the writer's wake-up (it wrote something); false when
+    /// none came within `stall` or before `deadline`.
+    fn wait_wake(&mut self, stall: Duration, deadline: Instant) -> bool {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        let wait = stall.min(deadline.saturating_duration_since(Instant::now()));
+        let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(self.wake.as_fd(), PollFlags::POLLIN)];
+        let woken = matches!(poll(&mut fds, PollTimeout::from(ms)), Ok(n) if n > 0);
+        let mut buf = [0u8; 64];
+        while matches!(self.wake.read(&mut buf), Ok(n) if n > 0) {}
+        woken
     }
 }
 
@@ -384,7 +464,7 @@ mod tests {
             for &token in &tokens {
                 output.on_readable(&epoll, token);
                 let held = output.held.as_ref().map_or(0, Vec::len);
-                most = most.max(held + output.writer.queued_bytes());
+                most = most.max(held + output.writer.queued());
             }
         }
         let chunk = FILL * 110; // an empty line as JSON is about 100 bytes
@@ -416,7 +496,53 @@ mod tests {
                 }
             }
         }
-        output.finish();
+        assert!(output.finish(Duration::from_secs(30), Duration::from_secs(60)));
         assert_eq!(lines.load(Ordering::SeqCst), CHILDREN * FILL);
+    }
+
+    /// At exit, a stdout that takes nothing (a pipe nobody reads) holds
+    /// drover for the stall time, not forever; one that moves gets all.
+    #[test]
+    fn at_exit_a_stdout_that_takes_nothing_is_given_up_on() {
+        let start = |gate: mpsc::Receiver<()>, lines: &Arc<AtomicUsize>| {
+            let (wake_tx, wake_rx) = UnixStream::pair().unwrap();
+            wake_rx.set_nonblocking(true).unwrap();
+            let stdout = Stdout {
+                gate: Some(gate),
+                lines: Arc::clone(lines),
+            };
+            let writer = LogWriter::start(Box::new(stdout), wake_tx).unwrap();
+            let format = LineFormat {
+                format: LogFormat::Text,
+                timestamps: false,
+            };
+            let mut output = Output::new(format, writer, wake_rx, History::new(0));
+            let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).unwrap();
+            let (r, w) = nix::unistd::pipe().unwrap();
+            std::fs::File::from(w).write_all(b"one\ntwo\n").unwrap();
+            let origin = Origin {
+                group: GroupName::new("g").unwrap(),
+                index: 0,
+                pid: Pid(100),
+                stream: Stream::Stdout,
+            };
+            output.watch(&epoll, r, origin);
+            output
+        };
+        let stall = Duration::from_millis(200);
+
+        let (_never, gate) = mpsc::channel();
+        let lines = Arc::new(AtomicUsize::new(0));
+        let output = start(gate, &lines);
+        let began = Instant::now();
+        assert!(!output.finish(stall, Duration::from_secs(60)));
+        assert!(began.elapsed() < Duration::from_secs(30), "gave up");
+        assert_eq!(lines.load(Ordering::SeqCst), 0);
+
+        let (go, gate) = mpsc::channel();
+        go.send(()).unwrap();
+        let lines = Arc::new(AtomicUsize::new(0));
+        assert!(start(gate, &lines).finish(stall, Duration::from_secs(60)));
+        assert_eq!(lines.load(Ordering::SeqCst), 2);
     }
 }
