@@ -115,6 +115,18 @@ fn reload_in_background(drover: &Drover) -> JoinHandle<Output> {
     })
 }
 
+/// `drover reload --dry-run`, run in a thread.
+fn dry_run_in_background(drover: &Drover) -> JoinHandle<Output> {
+    let socket = drover.socket.clone();
+    std::thread::spawn(move || {
+        Command::new(drover_bin())
+            .args(["reload", "--dry-run", "--socket"])
+            .arg(socket)
+            .output()
+            .expect("run drover reload --dry-run")
+    })
+}
+
 /// Lets the hanging lookup answer.
 fn release(gate: &Path) {
     // Opening a FIFO for writing waits for its reader: the lookup.
@@ -150,7 +162,32 @@ fn a_hung_user_lookup_holds_up_the_reload_but_not_supervision() {
         t.contains("reading the config has taken 5s so far")
     });
 
+    // Dry runs wait behind the hung read too, 8 at most; the others are
+    // told at once that drover is busy.
+    let dry_runs: Vec<_> = (0..12).map(|_| dry_run_in_background(&drover)).collect();
+    wait_until("4 dry runs answered at once", || {
+        dry_runs.iter().filter(|t| t.is_finished()).count() >= 4
+    });
+    let (answered, waiting): (Vec<_>, Vec<_>) = dry_runs.into_iter().partition(|t| t.is_finished());
+    assert_eq!(answered.len(), 4);
+    for t in answered {
+        let out = t.join().unwrap();
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && text.contains("busy: 8 dry runs"),
+            "{text}"
+        );
+    }
+
     release(&gate);
+    for t in waiting {
+        let out = t.join().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("would reload"),
+            "{text}"
+        );
+    }
     let out = reload.join().unwrap();
     assert!(
         out.status.success(),
