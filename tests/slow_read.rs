@@ -157,10 +157,17 @@ fn a_hung_user_lookup_holds_up_the_reload_but_not_supervision() {
             .all(|g| g["name"] != "late"),
         "nothing of the new config is applied before it is read: {status:#}"
     );
+    assert!(
+        status["reload_reading_ms"].as_u64().is_some(),
+        "status says a read is under way: {status:#}"
+    );
     // The operator is told why the reload is not there yet.
     drover.stderr.wait_for("the slow read to be logged", |t| {
         t.contains("reading the config has taken 5s so far")
     });
+    let table = drover.cli(&["status"]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("reload: reading the config for "), "{table}");
 
     // Dry runs wait behind the hung read too, 8 at most; the others are
     // told at once that drover is busy.
@@ -195,6 +202,14 @@ fn a_hung_user_lookup_holds_up_the_reload_but_not_supervision() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    let status = drover.wait_status("late applied", |s| {
+        s["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["name"] == "late")
+    });
+    assert!(status["reload_reading_ms"].is_null(), "{status:#}");
     drover.wait_group_state("late", "running");
 }
 

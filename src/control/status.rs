@@ -15,6 +15,11 @@ use crate::supervisor::{
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Status {
     pub config_error: Option<String>,
+    /// How long a reload's config has been being read, while one is (the
+    /// read may hang on a user lookup or a file system: supervision goes
+    /// on meanwhile).
+    #[serde(default)]
+    pub reload_reading_ms: Option<u64>,
     pub groups: Vec<GroupStatus>,
     /// Processes of previous definitions still alive: replaced by a
     /// reload, scaled away, or of a removed group (an old process shown in
@@ -176,6 +181,7 @@ impl Status {
     ) -> Status {
         Status {
             config_error,
+            reload_reading_ms: None,
             groups: sup
                 .groups()
                 .map(|g| group_status(sup, g, now, &members))
@@ -192,6 +198,13 @@ impl Status {
             let _ = writeln!(
                 out,
                 "config error (still running the last valid config):\n{err}\n"
+            );
+        }
+        if let Some(ms) = self.reload_reading_ms {
+            let _ = writeln!(
+                out,
+                "reload: reading the config for {} (not applied until it is read)\n",
+                human_ms(ms)
             );
         }
         let _ = writeln!(
@@ -587,6 +600,7 @@ mod tests {
         };
         let status = Status {
             config_error: None,
+            reload_reading_ms: None,
             groups: vec![],
             retiring: vec![],
             queues: vec![queue("jobs", false), queue("old", true)],
@@ -602,6 +616,7 @@ mod tests {
     fn retiring_processes_get_a_table_of_their_own_and_old_answers_parse() {
         let status = Status {
             config_error: None,
+            reload_reading_ms: None,
             groups: vec![],
             retiring: vec![RetiringStatus {
                 group: "web".into(),
@@ -629,5 +644,6 @@ mod tests {
         let old: Status =
             serde_json::from_str(r#"{"config_error": null, "groups": [], "queues": []}"#).unwrap();
         assert!(old.retiring.is_empty());
+        assert_eq!(old.reload_reading_ms, None);
     }
 }

@@ -196,6 +196,7 @@ mod tests {
     fn status(children: Vec<ChildStatus>) -> Status {
         Status {
             config_error: None,
+            reload_reading_ms: None,
             retiring: vec![],
             groups: vec![GroupStatus {
                 name: "web".into(),

@@ -1188,6 +1188,10 @@ impl Runtime {
                     crate::runtime::orphans::group_members(),
                 );
                 status.queues = self.broker.status();
+                status.reload_reading_ms = self
+                    .reading
+                    .as_ref()
+                    .map(|r| now.saturating_duration_since(r.since).as_millis() as u64);
                 for child in status.groups.iter_mut().flat_map(|g| &mut g.children) {
                     if let Some(pid) = child.pid {
                         (child.status_text, child.health_failures) =
