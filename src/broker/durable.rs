@@ -42,7 +42,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use drover_store::{Batch, Store, StoreError, Ticket};
+use drover_store::{Batch, Recovered, Store, StoreError, Ticket};
 use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
 
 use super::Broker;
@@ -120,6 +120,14 @@ impl Durable {
     }
 }
 
+/// Opens the queue store under `state_dir` (creating it if need be) and
+/// reads the first messages of each queue: the wait for the disk, done
+/// wherever that may take long (before the loop runs, or on the config
+/// reader's thread).
+pub fn open_store_files(state_dir: &Path) -> Result<(Store, Recovered), StoreError> {
+    Store::open_paged(state_dir, WINDOW)
+}
+
 impl Broker {
     /// A queue is about to be forgotten (a removed one that has nothing
     /// left): what it still had to tell the store goes into this turn's
@@ -136,10 +144,11 @@ impl Broker {
 
     /// Opens the store under `state_dir` if `config` has a durable queue
     /// and it is not open yet, and puts back what it holds. This waits for
-    /// the disk once (at start, or at the reload that adds the first
-    /// durable queue). An error (another drover holds the store, the file
-    /// cannot be written or is damaged) leaves the broker as it was.
-    /// `token`: the loop's token for the store's eventfd (see
+    /// the disk (at start; a reload that adds the first durable queue has
+    /// the config reader open it, see [`open_store_files`], and hands it to
+    /// [`Broker::adopt_store`]). An error (another drover holds the store,
+    /// the file cannot be written or is damaged) leaves the broker as it
+    /// was. `token`: the loop's token for the store's eventfd (see
     /// [`Broker::on_store`]).
     pub fn open_store(
         &mut self,
@@ -148,11 +157,30 @@ impl Broker {
         epoll: &Epoll,
         token: u64,
     ) -> Result<(), StoreError> {
-        if self.durable.is_some() || !config.queues.values().any(|q| q.durable) {
+        if !self.has_no_store() || !config.queues.values().any(|q| q.durable) {
             return Ok(());
         }
-        let dir = state_dir;
-        let (store, recovered) = Store::open_paged(dir, WINDOW)?;
+        let opened = open_store_files(state_dir)?;
+        self.adopt_store(opened, epoll, token)
+    }
+
+    /// Whether no queue store is open (none was needed yet).
+    pub fn has_no_store(&self) -> bool {
+        self.durable.is_none()
+    }
+
+    /// Takes the store [`open_store_files`] opened, and puts back what it
+    /// holds. A store is open already: `opened` is closed again.
+    pub fn adopt_store(
+        &mut self,
+        opened: (Store, Recovered),
+        epoll: &Epoll,
+        token: u64,
+    ) -> Result<(), StoreError> {
+        if self.durable.is_some() {
+            return Ok(());
+        }
+        let (store, recovered) = opened;
         let notify = EpollEvent::new(EpollFlags::EPOLLIN, token);
         if let Err(e) = epoll.add(store.notify_fd(), notify) {
             return Err(StoreError::Io {

@@ -35,6 +35,7 @@
 mod confirm;
 mod deadletter;
 mod durable;
+pub use durable::open_store_files;
 mod endpoint;
 mod letters;
 pub mod queue;

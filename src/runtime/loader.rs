@@ -26,6 +26,8 @@ use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
 
 use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
 
+use drover_store::{Recovered, Store, StoreError};
+
 use crate::config::{Config, Diagnostic, Failed, Loaded};
 use crate::runtime::watch::{Inspection, survey};
 
@@ -38,11 +40,14 @@ const STACK: usize = 8 << 20;
 pub enum Job {
     /// A reload: the config at `path`, unless one of its files (or of
     /// `env_files`, the running config's) is open for writing; `writing`
-    /// names the files the watcher saw being written.
+    /// names the files the watcher saw being written. With `store_dir`
+    /// (no queue store is open yet), a config with a durable queue has its
+    /// store opened there too: that waits for the disk.
     Reload {
         path: PathBuf,
         writing: HashSet<OsString>,
         env_files: Vec<PathBuf>,
+        store_dir: Option<PathBuf>,
     },
     /// `drover reload --dry-run`: the config at `path`, for the client of
     /// connection `conn`.
@@ -68,10 +73,12 @@ pub enum Reading {
     /// The config is invalid.
     Invalid(Failed),
     /// A valid config; `skipped` are the warnings for entries of its
-    /// directory that were passed over.
+    /// directory that were passed over; `store`, the queue store opened
+    /// for its durable queues (see [`Job::Reload`]).
     Valid {
         loaded: Box<Loaded>,
         skipped: Vec<Diagnostic>,
+        store: Option<Result<Box<(Store, Recovered)>, StoreError>>,
     },
 }
 
@@ -175,16 +182,24 @@ pub fn read(job: Job) -> Done {
             path,
             writing,
             env_files,
+            store_dir,
         } => {
             let found = survey(&path, &writing, &env_files);
             if !found.busy.is_empty() {
                 return Done::Reload(Reading::Busy(found));
             }
             Done::Reload(match crate::config::load(&path) {
-                Ok(loaded) => Reading::Valid {
-                    loaded: Box::new(loaded),
-                    skipped: found.skipped,
-                },
+                Ok(loaded) => {
+                    let durable = loaded.config.queues.values().any(|q| q.durable);
+                    let store = store_dir
+                        .filter(|_| durable)
+                        .map(|dir| crate::broker::open_store_files(&dir).map(Box::new));
+                    Reading::Valid {
+                        loaded: Box::new(loaded),
+                        skipped: found.skipped,
+                        store,
+                    }
+                }
                 Err(failed) => {
                     // A writer that opened a file since the survey made the
                     // loader refuse it: the reload waits for its close.
@@ -250,6 +265,7 @@ mod tests {
                     path: good.clone(),
                     writing: HashSet::new(),
                     env_files: Vec::new(),
+                    store_dir: None,
                 },
             )
             .unwrap();
@@ -278,6 +294,48 @@ mod tests {
         }
     }
 
+    /// A reload that brings the first durable queue has the reader open
+    /// the store (the wait for the disk); no durable queue, or a store
+    /// already open (no `store_dir`), opens nothing.
+    #[test]
+    fn the_store_is_opened_by_the_reader_when_a_durable_queue_needs_it() {
+        let tmp = TempDir::new("loader", "store");
+        let dir = tmp.path();
+        let state = dir.join("state");
+        let file = dir.join("drover.toml");
+        let reload = |store_dir: Option<PathBuf>| Job::Reload {
+            path: file.clone(),
+            writing: HashSet::new(),
+            env_files: Vec::new(),
+            store_dir,
+        };
+        let store_of = |done: Done| match done {
+            Done::Reload(Reading::Valid { store, .. }) => store,
+            other => panic!("{other:?}"),
+        };
+        std::fs::write(&file, "[group.a]\ncommand = [\"true\"]\n\n[queue.jobs]\n").unwrap();
+        assert!(store_of(read(reload(Some(state.clone())))).is_none());
+        assert!(!state.exists(), "no durable queue, no store");
+
+        std::fs::write(
+            &file,
+            "[group.a]\ncommand = [\"true\"]\n\n[queue.jobs]\ndurable = true\n",
+        )
+        .unwrap();
+        assert!(store_of(read(reload(None))).is_none());
+        let (store, recovered) = *store_of(read(reload(Some(state.clone()))))
+            .expect("opened")
+            .unwrap();
+        assert!(recovered.stored.is_empty());
+        assert!(state.join("queues.sqlite").exists());
+        // Held: a second open is refused, and says so.
+        match store_of(read(reload(Some(state.clone())))) {
+            Some(Err(StoreError::Locked { .. })) => {}
+            other => panic!("{other:?}"),
+        }
+        drop(store);
+    }
+
     #[test]
     fn a_file_being_written_is_not_read() {
         let tmp = TempDir::new("loader", "busy");
@@ -295,6 +353,7 @@ mod tests {
             path: dir.to_path_buf(),
             writing,
             env_files: Vec::new(),
+            store_dir: None,
         };
         match read(job) {
             Done::Reload(Reading::Busy(found)) => assert_eq!(found.busy, vec![file]),

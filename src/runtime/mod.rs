@@ -923,6 +923,10 @@ impl Runtime {
             path: self.config_path.clone(),
             writing: self.reloads.writing().clone(),
             env_files: self.reloads.env_files().to_vec(),
+            store_dir: self
+                .broker
+                .has_no_store()
+                .then(|| self.config.supervisor.state_dir.clone()),
         };
         if let Err(e) = self.loader.submit(&self.epoll, job) {
             let text = format!("cannot read the config: {e}");
@@ -1019,7 +1023,7 @@ impl Runtime {
             tracing::info!("{trigger}: not reloading, drover is shutting down");
             return Err("drover is shutting down".into());
         }
-        let (loaded, skipped) = match reading {
+        let (loaded, skipped, store) = match reading {
             loader::Reading::Busy(found) => {
                 // `found` names the busy files: judged, it is the refusal.
                 return Err(match self.reloads.judge(found, trigger) {
@@ -1040,7 +1044,11 @@ impl Runtime {
                 self.config_error = Some(text.clone());
                 return Err(text);
             }
-            loader::Reading::Valid { loaded, skipped } => (*loaded, skipped),
+            loader::Reading::Valid {
+                loaded,
+                skipped,
+                store,
+            } => (*loaded, skipped, store),
         };
         let found = watch::Inspection {
             busy: Vec::new(),
@@ -1058,13 +1066,19 @@ impl Runtime {
                 "{trigger}: changes to [supervisor] take effect the next time drover starts"
             );
         }
-        // The first durable queue opens the store (a wait for the disk,
-        // once); if it cannot be opened, nothing of the reload applies.
+        // The first durable queue opens the store (the config reader
+        // opened it, off the loop); if it cannot be opened, nothing of the
+        // reload applies.
         let state_dir = self.config.supervisor.state_dir.clone();
-        if let Err(e) = self
-            .broker
-            .open_store(&config, &state_dir, &self.epoll, STORE)
-        {
+        let opened = match store {
+            Some(Ok(opened)) => self.broker.adopt_store(*opened, &self.epoll, STORE),
+            Some(Err(e)) => Err(e),
+            // Not opened by the reader: none was needed when it began.
+            None => self
+                .broker
+                .open_store(&config, &state_dir, &self.epoll, STORE),
+        };
+        if let Err(e) = opened {
             let text = format!("cannot open the queue store for durable queues: {e}");
             tracing::error!("{trigger}: {text}; still running the previous config");
             self.config_error = Some(text.clone());
