@@ -235,3 +235,33 @@ fn drover_stops_at_once_while_a_read_hangs() {
     // The hung lookup went with drover; nothing reads the gate now.
     drop(gate);
 }
+
+/// A save made while a read hangs is not lost: it makes one more read
+/// once the hung one ends, so the last save is the config applied.
+#[test]
+fn a_save_during_a_hung_read_is_applied_after_it() {
+    let (drover, gate, began) = start("slow-lookup-again");
+    edit_and_hang(&drover, &began);
+    let last = format!(
+        "{BEFORE}[group.late]\ncommand = [\"sleep\", \"1000\"]\nuser = \"{SLOW_USER}\"\n\n\
+         [group.third]\ncommand = [\"sleep\", \"1000\"]\n"
+    );
+    drover.dir.write("drover.toml", &last);
+    drover
+        .stderr
+        .wait_for("the save to wait for the read", |t| {
+            t.contains(
+                "a config file changed: the config is read again once the read under way ends",
+            )
+        });
+    release(&gate);
+    drover.wait_status("the last save applied", |s| {
+        s["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["name"] == "third")
+    });
+    drover.wait_group_state("third", "running");
+    drover.wait_group_state("late", "running");
+}
