@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::thread::JoinHandle;
@@ -20,9 +19,9 @@ use nix::unistd::{Pid, User, getuid};
 /// The user name whose lookup hangs.
 const SLOW_USER: &str = "drover-slow-lookup";
 
-/// `getpwnam_r` for [`SLOW_USER`]: says it began (a file), waits for the
-/// gate FIFO to be written and closed, then looks up `SLOW_NSS_AS`
-/// instead. Only the first such lookup waits.
+/// `getpwnam_r` for [`SLOW_USER`]: says it began (a file), waits until
+/// the gate FIFO has a writer (opening a FIFO to read waits for one), then
+/// looks up `SLOW_NSS_AS` instead. Once released, lookups go straight on.
 const INTERPOSER: &str = r#"
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -43,8 +42,6 @@ int getpwnam_r(const char *name, struct passwd *pwd, char *buf, size_t len, stru
             int fd = open(getenv("SLOW_NSS_STARTED"), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
             if (fd >= 0) close(fd);
             fd = open(getenv("SLOW_NSS_GATE"), O_RDONLY | O_CLOEXEC);
-            char c;
-            while (fd >= 0 && read(fd, &c, 1) > 0) {}
             if (fd >= 0) close(fd);
             __atomic_store_n(&released, 1, __ATOMIC_SEQ_CST);
         }
@@ -115,23 +112,26 @@ fn reload_in_background(drover: &Drover) -> JoinHandle<Output> {
     })
 }
 
-/// `drover reload --dry-run`, run in a thread.
-fn dry_run_in_background(drover: &Drover) -> JoinHandle<Output> {
+/// `drover reload --dry-run [PATH]`, run in a thread.
+fn dry_run_in_background(drover: &Drover, path: Option<&Path>) -> JoinHandle<Output> {
     let socket = drover.socket.clone();
+    let path = path.map(Path::to_path_buf);
     std::thread::spawn(move || {
         Command::new(drover_bin())
-            .args(["reload", "--dry-run", "--socket"])
+            .args(["reload", "--dry-run"])
+            .args(path)
+            .arg("--socket")
             .arg(socket)
             .output()
             .expect("run drover reload --dry-run")
     })
 }
 
-/// Lets the hanging lookup answer.
-fn release(gate: &Path) {
-    // Opening a FIFO for writing waits for its reader: the lookup.
-    let mut writer = std::fs::OpenOptions::new().write(true).open(gate).unwrap();
-    writer.write_all(b"go").unwrap();
+/// Lets the hanging lookups answer, and every later one go straight on
+/// while the returned writer is kept open.
+fn release(gate: &Path) -> std::fs::File {
+    // Opening a FIFO for writing waits for a reader: a hanging lookup.
+    std::fs::OpenOptions::new().write(true).open(gate).unwrap()
 }
 
 #[test]
@@ -171,7 +171,9 @@ fn a_hung_user_lookup_holds_up_the_reload_but_not_supervision() {
 
     // Dry runs wait behind the hung read too, 8 at most; the others are
     // told at once that drover is busy.
-    let dry_runs: Vec<_> = (0..12).map(|_| dry_run_in_background(&drover)).collect();
+    let dry_runs: Vec<_> = (0..12)
+        .map(|_| dry_run_in_background(&drover, None))
+        .collect();
     wait_until("4 dry runs answered at once", || {
         dry_runs.iter().filter(|t| t.is_finished()).count() >= 4
     });
@@ -186,7 +188,7 @@ fn a_hung_user_lookup_holds_up_the_reload_but_not_supervision() {
         );
     }
 
-    release(&gate);
+    let _released = release(&gate);
     for t in waiting {
         let out = t.join().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
@@ -254,7 +256,7 @@ fn a_save_during_a_hung_read_is_applied_after_it() {
                 "a config file changed: the config is read again once the read under way ends",
             )
         });
-    release(&gate);
+    let _released = release(&gate);
     drover.wait_status("the last save applied", |s| {
         s["groups"]
             .as_array()
@@ -264,4 +266,36 @@ fn a_save_during_a_hung_read_is_applied_after_it() {
     });
     drover.wait_group_state("third", "running");
     drover.wait_group_state("late", "running");
+}
+
+/// A dry run of a config whose read hangs (`reload --dry-run PATH` may
+/// name any file) holds up other dry runs only: a reload goes on.
+#[test]
+fn a_hung_dry_run_does_not_hold_up_a_reload() {
+    let (drover, gate, began) = start("slow-dry-run");
+    let other = drover.dir.write(
+        "other.toml",
+        &format!("{BEFORE}[group.late]\ncommand = [\"sleep\", \"1000\"]\nuser = \"{SLOW_USER}\"\n"),
+    );
+    let dry_run = dry_run_in_background(&drover, Some(&other));
+    wait_until("the dry run's user lookup to begin", || began.exists());
+    drover.dir.write(
+        "drover.toml",
+        &format!("{BEFORE}[group.second]\ncommand = [\"sleep\", \"1000\"]\n"),
+    );
+    drover.wait_status("the reload applied while the dry run hangs", |s| {
+        s["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["name"] == "second")
+    });
+    assert!(!dry_run.is_finished());
+    let _released = release(&gate);
+    let out = dry_run.join().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("would reload"),
+        "{text}"
+    );
 }

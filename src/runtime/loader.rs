@@ -13,7 +13,9 @@
 //!
 //! One job is read at a time, in the order they were given. The thread is
 //! started at the first job: a drover that is never reloaded has no such
-//! thread. When drover exits while a read hangs, the thread is left to the
+//! thread. drover has two: `drover-config` for reloads and
+//! `drover-dry-run` for `reload --dry-run` (whose PATH may be anywhere: a
+//! dry run that hangs must not hold up a reload). When drover exits while a read hangs, the thread is left to the
 //! process's exit.
 
 use std::collections::HashSet;
@@ -85,6 +87,8 @@ pub enum Reading {
 /// The loop's end of the loader thread; see the module documentation.
 #[derive(Debug)]
 pub struct Loader {
+    /// The thread's name.
+    name: &'static str,
     /// The loop token of the wake-up socket.
     token: u64,
     /// Set once the thread runs.
@@ -99,9 +103,11 @@ struct Thread {
 }
 
 impl Loader {
-    /// A loader whose wake-ups come to the loop as `token`.
-    pub fn new(token: u64) -> Loader {
+    /// A loader whose thread is `name` and whose wake-ups come to the
+    /// loop as `token`.
+    pub fn new(name: &'static str, token: u64) -> Loader {
         Loader {
+            name,
             token,
             thread: None,
         }
@@ -110,7 +116,7 @@ impl Loader {
     /// Hands `job` to the thread (started now if it is not running yet).
     pub fn submit(&mut self, epoll: &Epoll, job: Job) -> io::Result<()> {
         if self.thread.is_none() {
-            self.thread = Some(Thread::start(epoll, self.token)?);
+            self.thread = Some(Thread::start(epoll, self.name, self.token)?);
         }
         let Some(thread) = &self.thread else {
             return Err(io::Error::other("the config reader is not running"));
@@ -146,14 +152,14 @@ impl Loader {
 }
 
 impl Thread {
-    fn start(epoll: &Epoll, token: u64) -> io::Result<Thread> {
+    fn start(epoll: &Epoll, name: &str, token: u64) -> io::Result<Thread> {
         let (wake_tx, wake) = UnixStream::pair()?;
         wake.set_nonblocking(true)?;
         wake_tx.set_nonblocking(true)?;
         epoll.add(wake.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, token))?;
         let (jobs, job_rx) = channel::<Job>();
         let (done_tx, done) = channel::<Done>();
-        let spawned = crate::sys::spawn_quiet_with_stack("drover-config", STACK, move || {
+        let spawned = crate::sys::spawn_quiet_with_stack(name, STACK, move || {
             serve(&job_rx, &done_tx, wake_tx)
         });
         if let Err(e) = spawned {
@@ -249,7 +255,7 @@ mod tests {
         let bad = dir.join("bad.toml");
         std::fs::write(&bad, "[group.a]\ncommand = 3\n").unwrap();
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).unwrap();
-        let mut loader = Loader::new(TOKEN);
+        let mut loader = Loader::new("drover-config", TOKEN);
         assert!(loader.thread.is_none(), "no thread before the first job");
         for (conn, path) in [(1, &bad), (2, &good)] {
             let job = Job::DryRun {

@@ -64,8 +64,12 @@ const STORE: u64 = 4;
 const REDIS: u64 = 5;
 /// SIGCHLD's signalfd.
 const CHILD_SIGNAL: u64 = 6;
-/// The config loader thread's wake-up socket.
+/// The config loader thread's wake-up socket (reloads).
 const LOADER: u64 = 7;
+/// The wake-up socket of the loader thread of `reload --dry-run`: a dry
+/// run of a config on a mount that hangs holds up other dry runs, never a
+/// reload.
+const DRY_LOADER: u64 = 8;
 /// The metrics listener (`[supervisor] metrics`).
 const METRICS: u64 = 12;
 /// A config read that takes this long is logged (once per read):
@@ -198,8 +202,9 @@ struct Runtime {
     reloads: ReloadGate,
     /// The last reload's errors, until a valid config is applied.
     config_error: Option<String>,
-    /// Reads configs off the loop.
+    /// Reads configs off the loop: reloads', and dry runs'.
     loader: loader::Loader,
+    dry_loader: loader::Loader,
     /// The reload whose config is being read.
     reading: Option<PendingReload>,
     /// Reloads asked for while one was being read: one more read, after it
@@ -414,7 +419,8 @@ impl Runtime {
             config_wake,
             reloads,
             config_error: None,
-            loader: loader::Loader::new(LOADER),
+            loader: loader::Loader::new("drover-config", LOADER),
+            dry_loader: loader::Loader::new("drover-dry-run", DRY_LOADER),
             reading: None,
             reload_again: None,
             dry_runs: 0,
@@ -613,7 +619,7 @@ impl Runtime {
             CHILD_SIGNAL => self.on_child_signal(),
             LOG_WAKE => self.output.on_wake(&self.epoll),
             CONFIG_WAKE => self.on_config_event(),
-            LOADER => self.on_config_read(),
+            LOADER | DRY_LOADER => self.on_config_read(),
             STORE => self.broker.on_store(&self.epoll),
             REDIS => self.broker.on_redis(&self.epoll),
             t if self.pidfds.owns(t) => {
@@ -943,7 +949,9 @@ impl Runtime {
     /// Results from the loader thread: a reload's config is applied, a
     /// dry run's planned.
     fn on_config_read(&mut self) {
-        for done in self.loader.take_done() {
+        let mut done = self.loader.take_done();
+        done.extend(self.dry_loader.take_done());
+        for done in done {
             match done {
                 loader::Done::Reload(reading) => {
                     let Some(pending) = self.reading.take() else {
@@ -1283,7 +1291,7 @@ impl Runtime {
     }
 
     /// `drover reload --dry-run [PATH]`: the config at `path` (the running
-    /// one's when none) is read by the loader thread; the answer is what a
+    /// one's when none) is read by the dry-run loader thread; the answer is what a
     /// reload would change ([`Self::plan`]).
     fn request_dry_run(&mut self, conn: u64, path: Option<PathBuf>, now: Instant) {
         let refusal = if self.sup.is_shutting_down() {
@@ -1295,7 +1303,7 @@ impl Runtime {
         } else {
             let path = path.unwrap_or_else(|| self.config_path.clone());
             let job = loader::Job::DryRun { conn, path };
-            self.loader
+            self.dry_loader
                 .submit(&self.epoll, job)
                 .err()
                 .map(|e| format!("cannot read the config: {e}"))
