@@ -51,7 +51,27 @@ int getpwnam_r(const char *name, struct passwd *pwd, char *buf, size_t len, stru
 }
 "#;
 
-const BEFORE: &str = "[group.worker]\ncommand = [\"sleep\", \"1000\"]\n";
+const BEFORE: &str = "[supervisor]\nmetrics = \"127.0.0.1:0\"\n\n\
+                      [group.worker]\ncommand = [\"sleep\", \"1000\"]\n";
+
+/// The value of the unlabelled metric `name` on drover's metrics page.
+fn metric(drover: &Drover, name: &str) -> f64 {
+    use std::io::{Read, Write};
+    let addr = drover
+        .stderr
+        .wait_between("the metrics address", "metrics at http://", "/metrics");
+    let mut stream = std::net::TcpStream::connect(&addr).expect("connect to the metrics address");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
+        .unwrap();
+    let mut page = String::new();
+    stream.read_to_string(&mut page).unwrap();
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in {page}"))
+        .parse()
+        .unwrap()
+}
 
 /// drover running [`BEFORE`] with the hanging lookup preloaded; the gate
 /// FIFO and the file that says a lookup began.
@@ -168,6 +188,8 @@ fn a_hung_user_lookup_holds_up_the_reload_but_not_supervision() {
     let table = drover.cli(&["status"]);
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(table.contains("reload: reading the config for "), "{table}");
+    let reading = metric(&drover, "drover_reload_reading_seconds");
+    assert!(reading >= 5.0, "{reading}");
 
     // Dry runs wait behind the hung read too, 8 at most; the others are
     // told at once that drover is busy.
@@ -212,6 +234,7 @@ fn a_hung_user_lookup_holds_up_the_reload_but_not_supervision() {
             .any(|g| g["name"] == "late")
     });
     assert!(status["reload_reading_ms"].is_null(), "{status:#}");
+    assert_eq!(metric(&drover, "drover_reload_reading_seconds"), 0.0);
     drover.wait_group_state("late", "running");
 }
 

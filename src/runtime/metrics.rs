@@ -460,6 +460,17 @@ pub fn render(status: &Status, counters: &Counters, process: Process) -> String 
         "1 while the config on disk is invalid (the previous one runs).",
     );
     p.sample(&[], f64::from(u8::from(status.config_error.is_some())));
+    p.family(
+        "drover_reload_reading_seconds",
+        "gauge",
+        "How long a reload's config has been being read (0 when none is): a read that hangs on a user lookup or a file system holds the reload up.",
+    );
+    p.sample(
+        &[],
+        status
+            .reload_reading_ms
+            .map_or(0.0, |ms| ms as f64 / 1000.0),
+    );
 
     type QueueValue = fn(&crate::control::status::QueueStatus) -> f64;
     let queue_families: [(&str, &str, &str, QueueValue); 13] = [

@@ -1210,10 +1210,7 @@ impl Runtime {
                     crate::runtime::orphans::group_members(),
                 );
                 status.queues = self.broker.status();
-                status.reload_reading_ms = self
-                    .reading
-                    .as_ref()
-                    .map(|r| now.saturating_duration_since(r.since).as_millis() as u64);
+                status.reload_reading_ms = self.reading.as_ref().map(|r| reading_ms(r.since, now));
                 for child in status.groups.iter_mut().flat_map(|g| &mut g.children) {
                     if let Some(pid) = child.pid {
                         (child.status_text, child.health_failures) =
@@ -1344,9 +1341,11 @@ impl Runtime {
         let now = Instant::now();
         let (sup, broker, config_error) = (&self.sup, &self.broker, &self.config_error);
         let (counters, started) = (&m.counters, m.started);
+        let reading = self.reading.as_ref().map(|r| r.since);
         m.endpoint.on_event(&self.epoll, token, now, || {
             let mut status = Status::capture(sup, config_error.clone(), now, |_| Vec::new());
             status.queues = broker.status();
+            status.reload_reading_ms = reading.map(|since| reading_ms(since, now));
             metrics::render(&status, counters, metrics::Process::read(started))
         });
     }
@@ -1433,6 +1432,11 @@ impl Runtime {
 /// activation variables (`LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`) it
 /// was given itself: they describe drover's fds, never a child's. A child
 /// of a group with `sockets` gets its own.
+/// Milliseconds from `since` to `now`, for status.
+fn reading_ms(since: Instant, now: Instant) -> u64 {
+    u64::try_from(now.saturating_duration_since(since).as_millis()).unwrap_or(u64::MAX)
+}
+
 fn child_base_env(
     vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
 ) -> BTreeMap<std::ffi::OsString, std::ffi::OsString> {
