@@ -486,8 +486,14 @@ fn group_status(
 /// process (backing off, or fatal) the row shows the process that serves,
 /// the new one beside it.
 fn shown_instead<'a>(sup: &'a Supervisor, group: &GroupName, c: &Child) -> Option<&'a Child> {
+    // A slot whose child has a process shows it: no need to look through
+    // the retiring processes (a status of 1000 children in a rolling
+    // update would look through 1000 for each).
+    if c.state.pid().is_some() {
+        return None;
+    }
     sup.predecessor(group, c.index)
-        .filter(|old| old.state.pid().is_some() && c.state.pid().is_none())
+        .filter(|old| old.state.pid().is_some())
 }
 
 /// The processes of previous definitions still alive, except an old one
