@@ -637,15 +637,28 @@ impl ProcessLauncher {
     ) -> Result<(Pid, Option<OwnedFd>), LaunchError> {
         let devnull = self.devnull.as_raw_fd();
         let prepared = self.prepared(group)?;
-        let search_path = prepared
-            .envp
-            .iter()
-            .find_map(|kv| kv.to_bytes().strip_prefix(b"PATH="))
-            .map(|p| std::ffi::OsStr::from_bytes(p).to_owned())
-            .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-        let program = prepare::resolve_program(&argv[0], &group.cwd, &search_path)?;
+        let program = match prepared.probe_programs.get(&argv[0]) {
+            Some(program) => program.clone(),
+            None => {
+                let search_path = prepared
+                    .envp
+                    .iter()
+                    .find_map(|kv| kv.to_bytes().strip_prefix(b"PATH="))
+                    .map(|p| std::ffi::OsStr::from_bytes(p).to_owned())
+                    .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+                let found = prepare::resolve_program(&argv[0], &group.cwd, &search_path)?;
+                let program = prepare::cstring(found.as_os_str());
+                if prepared.probe_programs.len() < prepare::MAX_PROBE_PROGRAMS {
+                    prepared
+                        .probe_programs
+                        .insert(argv[0].clone(), program.clone());
+                }
+                program
+            }
+        };
+        let prepared = &*prepared;
         let plan = SpawnPlan {
-            program: prepare::cstring(program.as_os_str()),
+            program,
             argv: argv.iter().map(|a| prepare::cstring(a)).collect(),
             envp: prepared.envp.clone(),
             cwd: prepared.cwd.clone(),
@@ -655,10 +668,19 @@ impl ProcessLauncher {
             // As the group's children: its user and limits.
             identity: prepared.identity.clone(),
         };
-        let spawned = spawn_child(&plan).map_err(|e| {
-            let name = plan.argv[0].clone();
-            start_error(group, &name, e)
-        })?;
+        let spawned = match spawn_child(&plan) {
+            Ok(spawned) => spawned,
+            Err(e) => {
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && let Some(p) = self.prepared.get_mut(&group.name)
+                {
+                    // Gone from where it was found: searched again next time.
+                    p.probe_programs.remove(&argv[0]);
+                }
+                let name = plan.argv[0].clone();
+                return Err(start_error(group, &name, e));
+            }
+        };
         let pidfd = spawned.pidfd.or_else(|| pidfd_open(spawned.pid).ok());
         Ok((Pid(spawned.pid), pidfd))
     }
@@ -674,33 +696,22 @@ impl ProcessLauncher {
     }
 
     /// What every start of `group` shares, prepared once per definition.
-    fn prepared(&mut self, group: &GroupSpec) -> Result<&Prepared, LaunchError> {
-        let fresh = self
-            .prepared
-            .get(&group.name)
-            .is_some_and(|p| *p.spec == *group);
-        if !fresh {
-            let mut prepared = Prepared::new(group, &self.base_env)?;
-            let inherits = group.start_method == StartMethod::Fork
-                && matches!(group.program, Program::Command(_))
-                && group.sockets.is_empty();
-            let inherited = self.inherited_sockets.as_ref().filter(|_| inherits);
-            if !group.sockets.is_empty() || inherited.is_some() {
-                // drover's own variables describe the child's fds: none
-                // from the group's `env` may shadow them.
-                prepared.envp.retain(|e| !is_listen_variable(e.as_bytes()));
+    fn prepared(&mut self, group: &GroupSpec) -> Result<&mut Prepared, LaunchError> {
+        use std::collections::hash_map::Entry;
+        let (base_env, inherited) = (&self.base_env, &self.inherited_sockets);
+        match self.prepared.entry(group.name.clone()) {
+            Entry::Occupied(fresh) if *fresh.get().spec == *group => Ok(fresh.into_mut()),
+            entry => {
+                let prepared = prepare_group(group, base_env, inherited.as_ref())?;
+                Ok(match entry {
+                    Entry::Occupied(mut stale) => {
+                        stale.insert(prepared);
+                        stale.into_mut()
+                    }
+                    Entry::Vacant(none) => none.insert(prepared),
+                })
             }
-            if let Some((count, names)) = inherited {
-                let env = &mut prepared.envp;
-                env.push(prepare::cstring(format!("LISTEN_FDS={count}").as_ref()));
-                if let Some(names) = names {
-                    env.push(prepare::cstring(format!("LISTEN_FDNAMES={names}").as_ref()));
-                }
-                env.push(CString::new(crate::sys::PID_SLOT).expect("no NUL"));
-            }
-            self.prepared.insert(group.name.clone(), prepared);
         }
-        Ok(&self.prepared[&group.name])
     }
 
     /// Whether `group`'s template can take a request now; launches (or
@@ -755,6 +766,35 @@ impl ProcessLauncher {
         }
         Started::Requested(ticket)
     }
+}
+
+/// [`Prepared`] for `group`, whose children inherit `base_env` and, for a
+/// `fork` command group without sockets of its own, the sockets drover was
+/// given (`inherited`: their count and names).
+fn prepare_group(
+    group: &GroupSpec,
+    base_env: &BTreeMap<OsString, OsString>,
+    inherited: Option<&(u32, Option<String>)>,
+) -> Result<Prepared, LaunchError> {
+    let mut prepared = Prepared::new(group, base_env)?;
+    let inherits = group.start_method == StartMethod::Fork
+        && matches!(group.program, Program::Command(_))
+        && group.sockets.is_empty();
+    let inherited = inherited.filter(|_| inherits);
+    if !group.sockets.is_empty() || inherited.is_some() {
+        // drover's own variables describe the child's fds: none from the
+        // group's `env` may shadow them.
+        prepared.envp.retain(|e| !is_listen_variable(e.as_bytes()));
+    }
+    if let Some((count, names)) = inherited {
+        let env = &mut prepared.envp;
+        env.push(prepare::cstring(format!("LISTEN_FDS={count}").as_ref()));
+        if let Some(names) = names {
+            env.push(prepare::cstring(format!("LISTEN_FDNAMES={names}").as_ref()));
+        }
+        env.push(CString::new(crate::sys::PID_SLOT).expect("no NUL"));
+    }
+    Ok(prepared)
 }
 
 /// Whether `entry` (`NAME=value`) sets one of systemd's socket-activation
@@ -964,5 +1004,38 @@ mod tests {
         launcher.note_exit(Pid(4242), ExitStatus::Code(0));
         let done = launcher.take_completions();
         assert_eq!(done[0].exited, Some(ExitStatus::Code(0)));
+    }
+
+    /// A probe's program is searched on PATH once per definition (a health
+    /// check every few seconds no longer stats every PATH entry each time):
+    /// moved away, its next run fails and the one after finds it again.
+    #[test]
+    fn a_probe_program_is_found_once_and_searched_again_when_it_is_gone() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = crate::testing::TempDir::new("probe-path", "once");
+        let (first, second) = (tmp.path().join("first"), tmp.path().join("second"));
+        std::fs::create_dir_all(&first).unwrap();
+        std::fs::create_dir_all(&second).unwrap();
+        let program = first.join("drover-probe-test");
+        std::fs::write(&program, "#!/bin/sh\nexit 0\n").unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut group = (*spec()).clone();
+        group.start_method = StartMethod::Spawn;
+        group.program = Program::Command(vec!["/bin/true".into()]);
+        let path = format!("{}:{}", first.display(), second.display());
+        group.env.insert("PATH".into(), path);
+        let mut launcher = ProcessLauncher::new(BTreeMap::new()).unwrap();
+        let argv = [OsString::from("drover-probe-test")];
+        let run = |launcher: &mut ProcessLauncher| {
+            launcher
+                .spawn_probe(&group, &argv)
+                .map(|(pid, _)| nix::sys::wait::waitpid(NixPid::from_raw(pid.0), None).unwrap())
+        };
+        run(&mut launcher).unwrap();
+        std::fs::rename(&program, second.join("drover-probe-test")).unwrap();
+        // Where it was found: gone.
+        assert!(run(&mut launcher).is_err());
+        // Searched again: found in the second directory.
+        run(&mut launcher).unwrap();
     }
 }

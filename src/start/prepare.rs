@@ -29,7 +29,14 @@ pub struct Prepared {
     pub cwd: CString,
     /// `user`, `group` and `rlimits`, as the start paths apply them.
     pub identity: Identity,
+    /// The programs of the group's probes (`ready` and `health` commands)
+    /// found on PATH, by `argv[0]`: a probe that runs every few seconds
+    /// searches PATH once per definition, not at every run.
+    pub probe_programs: BTreeMap<OsString, CString>,
 }
+
+/// The most probe programs kept per group (it has two probe commands).
+pub const MAX_PROBE_PROGRAMS: usize = 4;
 
 impl Prepared {
     /// Prepares `group`'s starts for children that inherit `base_env`.
@@ -62,6 +69,7 @@ impl Prepared {
             envp: group_environment(group, base_env),
             cwd: cstring(group.cwd.as_os_str()),
             identity: identity(group),
+            probe_programs: BTreeMap::new(),
         })
     }
 }
