@@ -322,3 +322,41 @@ fn a_hung_dry_run_does_not_hold_up_a_reload() {
         "{text}"
     );
 }
+
+/// Sixty-four `drover reload` clients waiting for a hung read hold every
+/// ordinary connection slot: `drover status` is still answered (from the
+/// slots kept for status and shutdown), and each of the 64 gets its answer
+/// once the read ends.
+#[test]
+fn clients_waiting_for_a_hung_read_do_not_keep_status_out() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixStream;
+    let (drover, gate, began) = start("slow-lookup-clients");
+    edit_and_hang(&drover, &began);
+    let waiting: Vec<UnixStream> = (0..64)
+        .map(|_| {
+            let mut c = UnixStream::connect(&drover.socket).unwrap();
+            c.write_all(b"{\"cmd\":\"reload\"}\n").unwrap();
+            c
+        })
+        .collect();
+    drover.stderr.wait_for("64 reloads waiting", |t| {
+        t.matches("drover reload: the config is read again once the read under way ends")
+            .count()
+            >= 64
+    });
+    let status = drover.cli(&["status"]);
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let _released = release(&gate);
+    for c in waiting {
+        c.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(c).read_line(&mut line).unwrap();
+        assert!(line.contains("\"ok\":true"), "{line}");
+    }
+}
