@@ -51,6 +51,12 @@ int getpwnam_r(const char *name, struct passwd *pwd, char *buf, size_t len, stru
 }
 "#;
 
+/// What the tests wait for when the hang begins; the preload works only
+/// for a dynamically linked drover (a static `DROVER_TEST_BIN` ignores
+/// `LD_PRELOAD`, and this wait then times out).
+const LOOKUP_BEGINS: &str =
+    "the user lookup to begin in the preloaded getpwnam_r (drover must be dynamically linked)";
+
 const BEFORE: &str = "[supervisor]\nmetrics = \"127.0.0.1:0\"\n\n\
                       [group.worker]\ncommand = [\"sleep\", \"1000\"]\n";
 
@@ -116,7 +122,7 @@ fn edit_and_hang(drover: &Drover, began: &Path) {
     let after =
         format!("{BEFORE}[group.late]\ncommand = [\"sleep\", \"1000\"]\nuser = \"{SLOW_USER}\"\n");
     drover.dir.write("drover.toml", &after);
-    wait_until("the reload's user lookup to begin", || began.exists());
+    wait_until(LOOKUP_BEGINS, || began.exists());
 }
 
 /// `drover reload`, run in a thread: its answer waits for the read.
@@ -301,7 +307,7 @@ fn a_hung_dry_run_does_not_hold_up_a_reload() {
         &format!("{BEFORE}[group.late]\ncommand = [\"sleep\", \"1000\"]\nuser = \"{SLOW_USER}\"\n"),
     );
     let dry_run = dry_run_in_background(&drover, Some(&other));
-    wait_until("the dry run's user lookup to begin", || began.exists());
+    wait_until(LOOKUP_BEGINS, || began.exists());
     drover.dir.write(
         "drover.toml",
         &format!("{BEFORE}[group.second]\ncommand = [\"sleep\", \"1000\"]\n"),
