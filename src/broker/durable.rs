@@ -157,7 +157,7 @@ impl Broker {
         epoll: &Epoll,
         token: u64,
     ) -> Result<(), StoreError> {
-        if !self.has_no_store() || !config.queues.values().any(|q| q.durable) {
+        if self.durable.is_some() || !config.queues.values().any(|q| q.durable) {
             return Ok(());
         }
         let opened = open_store_files(state_dir)?;

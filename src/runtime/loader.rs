@@ -115,11 +115,11 @@ impl Loader {
 
     /// Hands `job` to the thread (started now if it is not running yet).
     pub fn submit(&mut self, epoll: &Epoll, job: Job) -> io::Result<()> {
-        if self.thread.is_none() {
-            self.thread = Some(Thread::start(epoll, self.name, self.token)?);
-        }
-        let Some(thread) = &self.thread else {
-            return Err(io::Error::other("the config reader is not running"));
+        let thread = match &mut self.thread {
+            Some(thread) => thread,
+            None => self
+                .thread
+                .insert(Thread::start(epoll, self.name, self.token)?),
         };
         if thread.jobs.send(job).is_err() {
             // The thread is gone (it cannot panic: panics abort drover).

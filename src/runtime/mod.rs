@@ -233,6 +233,13 @@ struct PendingReload {
     slow_logged: bool,
 }
 
+impl PendingReload {
+    /// When its read is to be logged as slow (none once it was).
+    fn slow_at(&self) -> Option<Instant> {
+        (!self.slow_logged).then(|| self.since + SLOW_READ)
+    }
+}
+
 /// The metrics endpoint and the counters only it needs.
 #[derive(Debug)]
 struct Scrape {
@@ -484,7 +491,8 @@ impl Runtime {
             if self
                 .reading
                 .as_ref()
-                .is_some_and(|r| r.since + SLOW_READ <= now)
+                .and_then(PendingReload::slow_at)
+                .is_some_and(|at| at <= now)
             {
                 self.log_slow_read();
             }
@@ -585,10 +593,7 @@ impl Runtime {
             self.orphans.deadline(),
             shutdown,
             self.reloads.deadline(),
-            self.reading
-                .as_ref()
-                .filter(|r| !r.slow_logged)
-                .map(|r| r.since + SLOW_READ),
+            self.reading.as_ref().and_then(PendingReload::slow_at),
             // Only while it is ahead: past it, the orphan phase has its own
             // deadlines (a helper outliving it made every wait 0 ms: a spin).
             self.helpers_deadline
@@ -1006,7 +1011,7 @@ impl Runtime {
 
     /// The read under way has taken [`SLOW_READ`]: said once.
     fn log_slow_read(&mut self) {
-        let Some(pending) = self.reading.as_mut().filter(|r| !r.slow_logged) else {
+        let Some(pending) = self.reading.as_mut() else {
             return;
         };
         pending.slow_logged = true;

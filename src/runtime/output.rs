@@ -187,35 +187,32 @@ impl Output {
     /// the rest. Returns whether everything was written out.
     pub fn finish(mut self, stall: Duration, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
-        let mut chunks: Vec<Vec<u8>> = self.held.take().into_iter().collect();
-        for mut reader in self.pipes.drain() {
+        // Each chunk goes to the writer as it is read: one at a time is
+        // held here, whatever the pipes still have.
+        let mut refused = self
+            .held
+            .take()
+            .and_then(|chunk| self.send_waiting(chunk, stall, deadline).err());
+        let mut pipes: Vec<PipeReader> = self.pipes.drain().collect();
+        for reader in &mut pipes {
             let mut read = 0;
-            loop {
+            while refused.is_none() && read < EXIT_PIPE_BYTES {
                 let outcome = reader.read(self.format, &mut self.scratch);
-                let done = outcome.eof || outcome.chunk.is_empty();
+                if outcome.chunk.is_empty() {
+                    break;
+                }
                 read += outcome.chunk.len();
-                chunks.push(outcome.chunk);
-                if done || read >= EXIT_PIPE_BYTES {
+                refused = self.send_waiting(outcome.chunk, stall, deadline).err();
+                if outcome.eof {
                     break;
                 }
             }
         }
-        let mut left: u64 = 0;
-        let mut chunks = chunks.into_iter().filter(|c| !c.is_empty());
-        for chunk in chunks.by_ref() {
-            if let Err(chunk) = self.send_waiting(chunk, stall, deadline) {
-                left = chunk.len() as u64;
-                break;
-            }
-        }
-        left += chunks.map(|c| c.len() as u64).sum::<u64>();
-        let drained = left == 0 && self.wait_drained(stall, deadline);
-        if !drained {
-            let queued = self.writer.queued() as u64;
+        if refused.is_some() || !self.wait_drained(stall, deadline) {
+            let left = refused.map_or(0, |c| c.len()) + self.writer.queued();
             tracing::warn!(
-                "stdout took no child output for {}s: exiting without the last {} bytes of it",
+                "stdout took no child output for {}s: exiting without the last {left} bytes of it",
                 stall.as_secs(),
-                left + queued
             );
             // The writer thread is left blocked in its write: the process's
             // exit ends it.

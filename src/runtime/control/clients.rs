@@ -229,21 +229,7 @@ impl Clients {
 
     /// Sends the runtime's answer to the request that came from `token`.
     pub fn respond(&mut self, epoll: &Epoll, token: u64, response: &Response, now: Instant) {
-        let Some(entry) = self.conns.get_mut(&token) else {
-            return;
-        };
-        entry.conn.respond(response);
-        if entry.conn.flush() {
-            return self.close(epoll, token, now);
-        }
-        let writable = EpollEvent::new(EpollFlags::EPOLLOUT, token);
-        if epoll
-            .modify(entry.conn.stream.as_fd(), &mut { writable })
-            .is_err()
-        {
-            return self.close(epoll, token, now);
-        }
-        self.set_deadline(token, now + WRITE_TIMEOUT);
+        self.respond_bytes(epoll, token, response.to_line(), now);
     }
 
     /// The answer to the request that came from `token` comes later (with
