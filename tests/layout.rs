@@ -1,11 +1,13 @@
-//! The drover binary's code layout (src/cold.ld, passed to the linker by
-//! build.rs): code that a supervisor without TLS, Redis, durable queues or
-//! the man page writer never runs sits in its own 64 KiB-aligned section,
-//! away from the code that runs all the time, so that the kernel's
-//! fault-around does not map it into every drover. What it saves is
-//! measured by the benchmarks (`bash bench/run.sh core`, the RSS row); this
-//! checks that the layout is there: the section exists, whole 64 KiB
-//! blocks, holds the crates it names, and none of the event loop.
+//! The drover binary's code layout (src/hot.ld and src/cold.ld, passed to
+//! the linker by build.rs): the code a running supervisor executes is
+//! gathered at the front, in whole 64 KiB blocks; code that a supervisor
+//! without TLS, Redis, durable queues or the man page writer never runs
+//! sits in its own 64 KiB-aligned section, away from the code that runs all
+//! the time, so that the kernel's fault-around does not map it into every
+//! drover. What it saves is measured by the benchmarks (`bash bench/run.sh
+//! core`, the RSS row); this checks that the layout is there: the sections
+//! exist, whole 64 KiB blocks, the cold one holds the crates it names and
+//! none of the event loop, the hot one the event loop and none of them.
 
 mod common;
 
@@ -159,4 +161,65 @@ fn code_that_rarely_runs_is_gathered_in_whole_64k_blocks_of_its_own() {
             .collect();
         assert!(moved.is_empty(), "hot code in .text.cold: {moved:?}");
     }
+}
+
+#[test]
+fn code_the_running_loop_executes_is_gathered_at_the_front() {
+    let bin = common::drover_bin();
+    let (start, size) = section(bin, ".text.hot").unwrap_or_else(|| {
+        panic!("{bin} has no .text.hot section: build.rs no longer passes src/hot.ld")
+    });
+    let (_, text) = section(bin, ".text").expect(".text");
+    const BLOCK: u64 = 64 * 1024;
+    assert_eq!(start % BLOCK, 0, ".text.hot starts at {start:#x}");
+    assert_eq!(size % BLOCK, 0, ".text.hot is {size:#x} bytes long");
+    // What makes it worth having: a few blocks, not a copy of the text.
+    assert!(
+        size < (size + text) / 3,
+        ".text.hot is {size:#x} bytes, .text {text:#x}: src/hot.ld names too much"
+    );
+    let hot = |addr: u64| (start..start + size).contains(&addr);
+    let fns: Vec<(u64, String)> = symbols(bin)
+        .into_iter()
+        .filter(|(_, kind, _)| matches!(kind, 't' | 'T'))
+        .map(|(a, _, n)| (a, n))
+        .collect();
+    // The functions that run after the start's code is released, whatever
+    // the workload src/hot.ld was made with (bench/hot_code.py), and a few
+    // the loop runs at every child's exit.
+    for name in [
+        "_ZN6drover3sys4code18release_code_pages",
+        "_ZN6drover10supervisor11start_child",
+        "_ZN6drover7runtime7Runtime8dispatch",
+        "_ZN10drover_sys11spawn_child",
+    ] {
+        // The function itself (legacy mangling: the path, then its hash),
+        // not the closures inside it, which the loop may never run.
+        let own = format!("{name}17h");
+        let found: Vec<&(u64, String)> = fns.iter().filter(|(_, n)| n.starts_with(&own)).collect();
+        assert!(!found.is_empty(), "no function of {bin} starts with {name}");
+        assert!(
+            found.iter().all(|(a, _)| hot(*a)),
+            "{name} is outside .text.hot: {found:?}"
+        );
+    }
+    // Nothing of what src/cold.ld gathers.
+    let cold: Vec<&str> = fns
+        .iter()
+        .filter(|(a, n)| {
+            hot(*a)
+                && [
+                    "_ZN6rustls",
+                    "_ZN4ring",
+                    "_ZN5redis",
+                    "_ZN8rusqlite",
+                    "_ZN11clap_mangen",
+                ]
+                .iter()
+                .any(|p| n.starts_with(p))
+        })
+        .map(|(_, n)| n.as_str())
+        .take(5)
+        .collect();
+    assert!(cold.is_empty(), "cold code in .text.hot: {cold:?}");
 }

@@ -70,6 +70,13 @@ const LOADER: u64 = 7;
 /// run of a config on a mount that hangs holds up other dry runs, never a
 /// reload.
 const DRY_LOADER: u64 = 8;
+
+/// How long after the start (or a config read) drover gives back the code
+/// pages only that ran (`sys::code`): long enough for its other threads
+/// (the config watcher, the log writers) to be done with what the start
+/// gave them, so the release is not followed by their faulting start code
+/// back in. One wake-up, once per start or reload.
+const CODE_RELEASE_DELAY: Duration = Duration::from_secs(1);
 /// The metrics listener (`[supervisor] metrics`).
 const METRICS: u64 = 12;
 /// A config read that takes this long is logged (once per read):
@@ -184,6 +191,9 @@ struct Runtime {
     /// thousand children is a few hundred KiB) is returned to the system
     /// before it sleeps again.
     trim_due: bool,
+    /// The start or a config read ran code the loop does not: its pages go
+    /// back at the first sleep from then on (`sys::code`).
+    code_release_at: Option<Instant>,
     /// When a child was last reaped through its pidfd: a SIGCHLD soon
     /// after most likely announced it (in the same batch, or the next: the
     /// kernel wakes pidfd readers first), so its sweep waits for `sweep_at`.
@@ -416,6 +426,7 @@ impl Runtime {
             term_signals: 0,
             reap_pending: false,
             trim_due: false,
+            code_release_at: Some(Instant::now() + CODE_RELEASE_DELAY),
             last_pidfd_reap: None,
             sweep_at: None,
             starts_pending: false,
@@ -449,7 +460,15 @@ impl Runtime {
             // One scan of the children per turn; on_deadline (another scan)
             // only runs when one of their deadlines has come.
             let child_deadline = self.sup.next_deadline();
-            let timeout = if self.sup.has_deferred() || self.reap_pending || self.starts_pending {
+            let busy = self.sup.has_deferred() || self.reap_pending || self.starts_pending;
+            if !busy && self.code_release_at.is_some_and(|at| at <= Instant::now()) {
+                // The start, or a reload, is done: the code only it ran
+                // (command line, config parsing, the first starts) leaves
+                // the resident set; what the loop runs comes back on use.
+                self.code_release_at = None;
+                release_code_pages();
+            }
+            let timeout = if busy {
                 // Work left over from the last turn: look at events, then
                 // go on with it.
                 EpollTimeout::ZERO
@@ -604,6 +623,7 @@ impl Runtime {
             self.launcher.deadline(),
             self.probes.deadline(),
             self.sweep_at,
+            self.code_release_at,
         ]
         .into_iter()
         .flatten()
@@ -954,6 +974,7 @@ impl Runtime {
     /// Results from the loader thread: a reload's config is applied, a
     /// dry run's planned.
     fn on_config_read(&mut self) {
+        self.code_release_at = Some(Instant::now() + CODE_RELEASE_DELAY);
         let mut done = self.loader.take_done();
         done.extend(self.dry_loader.take_done());
         for done in done {
@@ -1438,6 +1459,19 @@ impl Runtime {
 /// was given itself: they describe drover's fds, never a child's. A child
 /// of a group with `sockets` gets its own.
 /// Milliseconds from `since` to `now`, for status.
+/// Gives back the pages of code and constants the loop does not use (see
+/// `sys::code`); a failure (no /proc) only keeps them.
+fn release_code_pages() {
+    match crate::sys::code::release_code_pages() {
+        Ok(r) => tracing::debug!(
+            "released {} code pages ({} kept: modified in memory)",
+            r.pages,
+            r.kept_private
+        ),
+        Err(e) => tracing::debug!("code pages not released: {e}"),
+    }
+}
+
 fn reading_ms(since: Instant, now: Instant) -> u64 {
     u64::try_from(now.saturating_duration_since(since).as_millis()).unwrap_or(u64::MAX)
 }

@@ -10,6 +10,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use nix::fcntl::{FcntlArg, fcntl};
 
+pub mod code;
 pub mod file;
 
 /// What drover shares with `drover-context`, in the `drover-sys` crate:
