@@ -123,10 +123,45 @@ def running_functions(pid: int, binary: Path, table) -> set[int]:
     return found
 
 
+# uprobes refuse an instruction with a LOCK or segment-override prefix (an
+# inlined `Arc::clone` or a thread-local access, often a function's first
+# instruction): such a function is probed at its first other instruction,
+# which runs right after (none of those prefixed instructions branches).
+UNPROBEABLE = re.compile(r"^(lock|xacquire|xrelease|cs|ds|es|ss|fs|gs)\b|%[cdefgs]s:")
+
+
+def probe_points(binary: Path, offsets: list[int], table) -> dict[int, int]:
+    """Function entry (file offset) -> the file offset to probe it at."""
+    out = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(binary)], capture_output=True, text=True,
+                         check=True).stdout
+    insns: dict[int, str] = {}
+    order: list[int] = []
+    for line in out.splitlines():
+        m = re.match(r"\s+([0-9a-f]+):\s+(.*)$", line)
+        if m:
+            addr = int(m.group(1), 16)
+            insns[addr] = m.group(2).strip()
+            order.append(addr)
+    position = {a: i for i, a in enumerate(order)}
+    points = {}
+    for off in offsets:
+        (addr, size), _ = table[off]
+        at = addr
+        i = position.get(addr)
+        steps = 0
+        while i is not None and UNPROBEABLE.search(insns[order[i]]) and steps < 4 and i + 1 < len(order) \
+                and order[i + 1] < addr + max(size, 1):
+            i += 1
+            steps += 1
+            at = order[i]
+        points[off] = off + (at - addr)
+    return points
+
+
 class Probes:
     """One uprobe per function entry of `binary`, counted by the kernel."""
 
-    def __init__(self, binary: Path, offsets: list[int]):
+    def __init__(self, binary: Path, offsets: list[int], points: dict[int, int]):
         self.t = tracefs()
         self.binary = binary
         self.events = self.t / "uprobe_events"
@@ -135,7 +170,7 @@ class Probes:
         try:
             for i, off in enumerate(offsets):
                 try:  # one write per probe: the kernel parses one buffer at a time
-                    os.write(fd, f"p:{GROUP}/f{i} {binary}:{off:#x}\n".encode())
+                    os.write(fd, f"p:{GROUP}/f{i} {binary}:{points[off]:#x}\n".encode())
                 except OSError:
                     pass  # an entry the kernel cannot probe: never counted
         finally:
@@ -242,6 +277,8 @@ def core_workload(d: Drover) -> None:
     # looks at each event and lets it go.
     for n in range(5):
         (d.config.parent / f"notes{n}.txt").write_text("not a config\n")
+        with open(d.config.parent / "drover.log.old", "a") as f:
+            f.write("a log kept next to the config\n")
     d.cli("restart", "sleepers")  # every child of a group at once
     d.cli("stop", "sleepers")
     d.cli("start", "sleepers")
@@ -323,7 +360,7 @@ def main() -> None:
     if release is None:
         sys.exit(f"hot_code: {a.binary} has no function named like {RELEASE}")
     t0 = time.monotonic()
-    probes = Probes(probed, offsets)
+    probes = Probes(probed, offsets, probe_points(probed, offsets, table))
     print(f"hot_code: {len(offsets)} uprobes placed ({time.monotonic() - t0:.0f} s)")
     tiers: list[tuple[str, set[int]]] = []
     runs = [("the loop, exits, restarts, output and status", CORE, core_workload),
@@ -335,6 +372,7 @@ def main() -> None:
             config = work / f"drover{n}.toml"
             log = work / f"drover{n}.log"
             config.write_text(text.format(sock=sock, root=ROOT))
+            (work / "drover.log.old").write_text("")
             released = probes.hits().get(release, 0)
             d = Drover(probed, client, config, sock, log)
             try:
