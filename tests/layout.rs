@@ -223,3 +223,71 @@ fn code_the_running_loop_executes_is_gathered_at_the_front() {
         .collect();
     assert!(cold.is_empty(), "cold code in .text.hot: {cold:?}");
 }
+
+/// RssFile of `pid`, in kB.
+fn rss_file_kb(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("/proc/PID/status")
+        .lines()
+        .find_map(|l| l.strip_prefix("RssFile:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("RssFile")
+}
+
+/// The page count of each "released N code pages" line so far.
+fn releases(text: &str) -> Vec<u64> {
+    text.lines()
+        .filter_map(|l| l.split_once("released ")?.1.split_once(" code pages"))
+        .filter_map(|(n, _)| n.parse().ok())
+        .collect()
+}
+
+#[test]
+fn the_start_and_each_reload_give_back_their_code_and_the_loop_runs_on() {
+    use common::Drover;
+    let config = "[group.sleepers]\ncommand = [\"sleep\", \"1000\"]\nprocesses = 3\n";
+    let d = Drover::start("code-release", config);
+    let pids = d.wait_group_state("sleepers", "running");
+    let text = d.stderr.wait_count("code pages", 1);
+    let first = releases(&text);
+    assert!(
+        first.first().is_some_and(|&n| n > 0),
+        "the release after the start unmapped nothing: {first:?}\n{text}"
+    );
+    // What was given back was mapped: far less of the binary is now (a
+    // debug build's start touches megabytes of it; the loop, a fraction).
+    let after = rss_file_kb(d.pid());
+    assert!(
+        after < first[0] * 4,
+        "RssFile {after} kB after releasing {} kB",
+        first[0] * 4
+    );
+    // The loop runs on the released code: a crash is restarted, status
+    // answers, a reload is read and applied, and its code is released too.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pids[0] as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    d.wait_status("a new sleepers[0]", |s| {
+        let kids = Drover::children(s, "sleepers");
+        kids[0]["state"] == "running" && kids[0]["pid"].as_i64() != Some(pids[0])
+    });
+    d.dir.write(
+        "drover.toml",
+        &format!("{config}\n[group.more]\ncommand = [\"sleep\", \"1000\"]\n"),
+    );
+    let out = d.cli(&["reload"]);
+    assert!(out.status.success(), "{out:?}");
+    d.wait_group_state("more", "running");
+    let text = d.stderr.wait_count("code pages", 2);
+    assert!(
+        releases(&text).get(1).is_some_and(|&n| n > 0),
+        "the release after the reload unmapped nothing:\n{text}"
+    );
+    assert!(
+        d.status()["groups"]
+            .as_array()
+            .is_some_and(|g| g.len() == 2)
+    );
+}
