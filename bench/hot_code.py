@@ -56,11 +56,6 @@ def load_segments(binary: Path) -> list[tuple[int, int, int]]:
     return segs
 
 
-def functions(binary: Path) -> dict[int, list[str]]:
-    """File offset of each defined function's entry -> its mangled names."""
-    return {off: names for off, (_, names) in function_table(binary).items()}
-
-
 def function_table(binary: Path) -> dict[int, tuple[tuple[int, int], list[str]]]:
     """File offset of each defined function's entry -> ((address, size),
     its mangled names)."""
