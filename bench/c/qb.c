@@ -28,6 +28,10 @@
  *       (blocking; the first packet waited for, the rest taken if there).
  *       What any process that reads and writes every message costs, with
  *       no bookkeeping at all: the floor of a broker like drover's.
+ *   Both also write RESULT.cpu: {producer_cpu_s, consumer_cpu_s,
+ *   middle_cpu_s}, the CPU time (user + system) of each process (the
+ *   middle's is 0 for the pair), so the bench can say what moving a message
+ *   costs in CPU on each side, and what the machine's CPUs allow at most.
  *   qb pingpong N SIZE RESULT
  *       Round trip over a bare SEQPACKET pair: the parent sends one message,
  *       the child sends it back; N round trips, each timed.
@@ -57,6 +61,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -385,6 +390,50 @@ static void first(int fd, size_t size, uint64_t started, const char *ready, cons
 
 /* ------------------------------------------------------------ baselines */
 
+static double cpu_s(const struct rusage *r)
+{
+    return (double)(r->ru_utime.tv_sec + r->ru_stime.tv_sec) +
+           (double)(r->ru_utime.tv_usec + r->ru_stime.tv_usec) / 1e6;
+}
+
+/* Waits for `pid` and returns its CPU time (user + system, seconds) in
+ * *cpu; fails unless it exited 0. */
+static void reap(pid_t pid, const char *what, double *cpu)
+{
+    int status;
+    struct rusage r;
+    while (wait4(pid, &status, 0, &r) < 0)
+        if (errno != EINTR)
+            die("wait4");
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        fprintf(stderr, "qb: %s failed (status %d)\n", what, status);
+        exit(1);
+    }
+    *cpu = cpu_s(&r);
+}
+
+/* Writes RESULT.cpu: the CPU time each process of a baseline used (user +
+ * system, seconds), so the bench can say what a message costs in CPU on
+ * each side. The producer's figure is this process's own, read right after
+ * its last send; the middle's is 0 for the pair. */
+static void write_cpu(const char *result, double producer, double consumer, double middle)
+{
+    char path[4096], text[256];
+    snprintf(path, sizeof path, "%s.cpu", result);
+    snprintf(text, sizeof text,
+             "{\"producer_cpu_s\": %.6f, \"consumer_cpu_s\": %.6f, \"middle_cpu_s\": %.6f}\n",
+             producer, consumer, middle);
+    write_file(path, text);
+}
+
+static double self_cpu(void)
+{
+    struct rusage r;
+    if (getrusage(RUSAGE_SELF, &r) != 0)
+        die("getrusage");
+    return cpu_s(&r);
+}
+
 /* A SOCK_SEQPACKET pair between this process and a forked child, which dies
  * with its parent. Returns the child's pid (0 in the child); the parent keeps
  * sv[0], the child sv[1]. */
@@ -425,14 +474,10 @@ static void pair(long n, size_t size, int lat_mode, double rate, const char *res
         die("read ready");
     close(ready[0]);
     produce(sv[0], n, size, rate);
-    int status;
-    if (waitpid(pid, &status, 0) < 0)
-        die("waitpid");
+    double producer = self_cpu(), consumer;
+    reap(pid, "pair consumer", &consumer);
     close(sv[0]);
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-        fprintf(stderr, "qb: pair consumer failed (status %d)\n", status);
-        exit(1);
-    }
+    write_cpu(result, producer, consumer, 0);
 }
 
 /* The relay: packets from `in` to `out`, in batches, until `in` ends. */
@@ -526,15 +571,11 @@ static void relay(long n, size_t size, int lat_mode, double rate, const char *re
         die("read ready");
     close(ready[0]);
     produce(in[0], n, size, rate);
+    double producer = self_cpu(), consumed, middle;
     close(in[0]);
-    int status, relayed;
-    if (waitpid(consumer, &status, 0) < 0 || waitpid(relayer, &relayed, 0) < 0)
-        die("waitpid");
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || !WIFEXITED(relayed) ||
-        WEXITSTATUS(relayed) != 0) {
-        fprintf(stderr, "qb: relay consumer or relay failed (status %d, %d)\n", status, relayed);
-        exit(1);
-    }
+    reap(consumer, "relay consumer", &consumed);
+    reap(relayer, "relay", &middle);
+    write_cpu(result, producer, consumed, middle);
 }
 
 static void pingpong(long n, size_t size, const char *result)

@@ -184,8 +184,13 @@ class QueueBench:
     def qb_json(self, name: str, argv: list, timeout: float) -> dict:
         out = self.ctx.root / f"{name}.json"
         out.unlink(missing_ok=True)
+        cpu = out.with_name(out.name + ".cpu")
+        cpu.unlink(missing_ok=True)
         subprocess.run([str(self.qb), *map(str, argv), str(out)], check=True, timeout=timeout)
-        return json.loads(out.read_text())
+        res = json.loads(out.read_text())
+        if cpu.exists():  # pair and relay: each process's CPU time
+            res.update(json.loads(cpu.read_text()))
+        return res
 
     def bare(self, size: int, mode: str, n: int, rate: float) -> dict:
         return self.qb_json(f"bare_{size}_{mode}", ["pair", n, size, mode, rate], self.timeout(n))
@@ -368,6 +373,15 @@ class QueueBench:
             field = "msgs_per_s" if key.endswith("_tput") else "p50_ns"
             self.r["cases"][key] = median_run(tries, field)
             self.r.setdefault("rounds", {})[key] = [None if t.get("error") else t.get(field) for t in tries]
+            if key.startswith(("bare_", "relay_")) and key.endswith("_tput"):
+                # CPU per message (µs, user + system) of all the baseline's
+                # processes, and of the relay's middle alone.
+                for part, fields in (("cpu", ("producer_cpu_s", "consumer_cpu_s", "middle_cpu_s")),
+                                     ("middle", ("middle_cpu_s",))):
+                    self.r["rounds"][f"{key}_{part}"] = [
+                        None if t.get("error") or "producer_cpu_s" not in t or not t.get("received")
+                        else sum(t[f] for f in fields) / t["received"] * 1e6 for t in tries]
+        self.r["cpus"] = len(os.sched_getaffinity(0))
         if not self.o.targets:
             for size in SIZES:
                 self.flood(size)
@@ -507,6 +521,23 @@ def goals(r: dict) -> list[list[str]]:
     reference(g, "bare relay ÷ bare SEQPACKET pair (what a process in between can reach at best)",
               per_round("relay_64_tput", "bare_64_tput", lambda x, y: x / y),
               f"median run {thousands(relay_t)} ÷ {thousands(bare_t)}/s" if relay_t and bare_t else "")
+    # What the CPUs allow: a process in between reads and writes every
+    # packet, which costs about what the producer and consumer cost
+    # together; with every CPU busy all the time, the three processes move
+    # at most cpus / (their CPU per message) messages per second.
+    cpus = r.get("cpus")
+    pair_cpu, relay_cpu = rounds.get("bare_64_tput_cpu") or [], rounds.get("relay_64_tput_cpu") or []
+    middle_cpu = rounds.get("relay_64_tput_middle") or []
+    if cpus and any(pair_cpu) and any(relay_cpu):
+        med = lambda xs: middle(sorted(x for x in xs if x))  # noqa: E731
+        g.append(["CPU per message, every process (user + system)",
+                  f"bare pair {med(pair_cpu):.2f} µs; bare relay {med(relay_cpu):.2f} µs, of which its middle "
+                  f"{med(middle_cpu):.2f} µs (medians of the rounds)", DASH, "no target (a reference)"])
+        reference(g, f"bare relay with all {cpus} CPUs busy ÷ bare pair (the most {cpus} CPUs allow a process in "
+                     "between that costs what the relay costs)",
+                  [cpus / (c * 1e-6) / p for c, p in zip(relay_cpu, rounds.get("bare_64_tput") or []) if c and p],
+                  f"{cpus} ÷ {med(relay_cpu):.2f} µs = {thousands(cpus / (med(relay_cpu) * 1e-6))}/s" if any(relay_cpu)
+                  else "")
     for key in ("amo64", "alo64"):
         t = val(f"{key}_64_tput", "msgs_per_s")
         reference(g, f"{LABELS[key].replace('drover ', 'queue ')}, 64 B ÷ bare relay",
