@@ -805,6 +805,22 @@ impl Runtime {
             };
             m.counters.exited(group.as_str(), &exit);
         }
+        if let Some(error) = drover_sys::late_exec_failure(pid.0) {
+            // Its start returned before its execve did (a hung mount):
+            // what failed is told here, with its exit.
+            match self.sup.slot_of(pid) {
+                Some((group, index)) => tracing::error!(
+                    %group,
+                    index,
+                    pid = pid.0,
+                    "could not start: its execve failed after the start stopped waiting: {error}"
+                ),
+                None => tracing::error!(
+                    pid = pid.0,
+                    "a start's execve failed after the start stopped waiting: {error}"
+                ),
+            }
+        }
         let ours = self.sup.on_exit(pid, status, &mut self.launcher, now);
         if ours {
             self.broker.child_exited(&self.epoll, pid);

@@ -904,6 +904,16 @@ impl Launcher for ProcessLauncher {
                 })
             }
             _ => spawn_child(&plan).map(|s| {
+                if s.exec_pending {
+                    tracing::warn!(
+                        group = %group.name,
+                        index,
+                        pid = s.pid,
+                        "still in its execve after {} ms (a program, interpreter or cwd on a \
+                         mount that does not answer?): not waiting for it",
+                        drover_sys::EXEC_WAIT.as_millis()
+                    );
+                }
                 let pidfd = s.pidfd.or_else(|| pidfd_open(s.pid).ok());
                 (s.pid, pidfd)
             }),

@@ -776,6 +776,11 @@ impl Supervisor {
         true
     }
 
+    /// The group and index of the current child whose process is `pid`.
+    pub fn slot_of(&self, pid: Pid) -> Option<(GroupName, u32)> {
+        self.index.find_pid(&self.groups, pid)
+    }
+
     /// Whether the child whose process is `pid` is running (ready), and
     /// so due for health checks. False when it is not a current child.
     pub fn is_running(&self, pid: Pid) -> bool {

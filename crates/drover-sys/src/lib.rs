@@ -35,7 +35,10 @@ mod vfork;
 pub mod wait;
 pub mod wire;
 
-pub use vfork::{note_signal_dispositions, reserve_spawn_slots, spawn_slots};
+pub use vfork::{
+    EXEC_WAIT, execs_pending, late_exec_failure, note_signal_dispositions, reserve_spawn_slots,
+    spawn_slots,
+};
 
 /// The fds a child starts with: each `source` ends up as `target`. Targets
 /// are 0, 1, 2, 3, … in order; every other fd is closed.
@@ -300,6 +303,10 @@ pub struct Spawned {
     pub pidfd: Option<OwnedFd>,
     /// How it was started.
     pub method: SpawnMethod,
+    /// Still in its `execve` when the start stopped waiting for it
+    /// ([`EXEC_WAIT`]): an error of that `execve` comes later, as the
+    /// child's exit (status 127), and [`late_exec_failure`] tells it.
+    pub exec_pending: bool,
 }
 
 /// The two ways [`spawn_child`] starts a process.
@@ -330,13 +337,17 @@ pub fn spawn(plan: &SpawnPlan) -> io::Result<i32> {
 ///
 /// An error means no process runs: an exec failure, such as a missing or
 /// non-executable file or a missing working directory, is reported from the
-/// child before it exits (both ways are `CLONE_VFORK`), and it is reaped.
+/// child before it exits, and it is reaped. Through the shared table the
+/// start waits for the `execve` at most [`EXEC_WAIT`]; a child still in it
+/// then is returned with [`Spawned::exec_pending`], and a later failure of
+/// its `execve` is its exit (127), told by [`late_exec_failure`].
 pub fn spawn_child(plan: &SpawnPlan) -> io::Result<Spawned> {
     match vfork::try_spawn(plan) {
-        Ok(started) => started.map(|(pid, pidfd)| Spawned {
+        Ok(started) => started.map(|(pid, pidfd, exec_pending)| Spawned {
             pid,
             pidfd,
             method: SpawnMethod::SharedTable,
+            exec_pending,
         }),
         // posix_spawn can neither fill LISTEN_PID, nor switch users, nor
         // set limits: fork + exec.
@@ -347,12 +358,14 @@ pub fn spawn_child(plan: &SpawnPlan) -> io::Result<Spawned> {
                 pid: forkexec::fork_exec_plan(plan)?,
                 pidfd: None,
                 method: SpawnMethod::ForkExec,
+                exec_pending: false,
             })
         }
         Err(vfork::Fallback::PosixSpawn) => Ok(Spawned {
             pid: posix_spawn_plan(plan)?,
             pidfd: None,
             method: SpawnMethod::PosixSpawn,
+            exec_pending: false,
         }),
     }
 }

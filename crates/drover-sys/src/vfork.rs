@@ -18,32 +18,49 @@
 //! placeholders (one `/dev/null` file). A start copies the child's fds into
 //! the first slots (`dup3`, close-on-exec), so `END` is the end of the
 //! slots it uses; the child, in its private table, moves them down to 0, 1,
-//! 2, … with `dup2` and closes everything above. The parent, suspended by
-//! `CLONE_VFORK` until the `execve` succeeds or the child exits, puts the
+//! 2, … with `dup2` and closes everything above. The parent waits until
+//! the child has its own table (a futex word the child sets) and puts the
 //! placeholders back. This process's own fds 0, 1 and 2 are never touched,
 //! so other threads may go on using them.
 //!
+//! The parent then waits for the `execve` at most [`EXEC_WAIT`]: the
+//! kernel clears a futex word when the child execs or exits
+//! (`CLONE_CHILD_CLEARTID`, the moment `CLONE_VFORK` would resume the
+//! parent). Almost always that comes first, and a failure is returned as
+//! before. A child still in its `execve` after it (its program, interpreter
+//! or `cwd` on a mount that does not answer) is left to finish on its own:
+//! its stack and everything it reads are copies owned by its [`Launch`],
+//! kept until it is done, and an error of that `execve` is told by
+//! [`late_exec_failure`] once its exit is reaped. So no start holds the
+//! calling thread (drover's event loop) for longer than that. On
+//! architectures other than x86-64 the start waits for the `execve`
+//! (`CLONE_VFORK`), as there is no libc-free system call path for the child
+//! there.
+//!
 //! The child runs on a separate stack in this process's memory and makes
 //! only raw system calls on data prepared before the `clone`, as glibc's
-//! `posix_spawn` child does: reset every signal disposition that is not the
+//! `posix_spawn` child does, without libc (the parent runs on beside it
+//! and shares its `errno`): reset every signal disposition that is not the
 //! default (all of them until [`note_signal_dispositions`] has looked), `setpgid`,
 //! `setrlimit` (the original open-file limit, or the group's limits),
 //! `setgroups`/`setresgid`/`setresuid` for a user switch, the unshare, the `dup2`s, `close_range`, `chdir`, an empty
 //! signal mask, `execve`. A failure is written into memory shared with the
 //! parent (`CLONE_VM`) before `_exit`, so the caller gets the errno and no
-//! process — the same contract as `posix_spawn`. `CLONE_PIDFD` returns a
-//! pidfd for the child with it.
+//! process — the same contract as `posix_spawn`, within [`EXEC_WAIT`].
+//! `CLONE_PIDFD` returns a pidfd for the child with it.
 //!
 //! Fallback: not reserved, a start needing more fds than there are slots,
 //! the slots in use by another thread, or a kernel without
 //! `CLOSE_RANGE_UNSHARE` (remembered) — the caller uses `posix_spawn`.
 
-use std::ffi::c_void;
+use std::ffi::{CString, c_void};
 use std::io;
 use std::ops::Range;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::ptr;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::{PidVar, SpawnPlan, pid_slot, ptr_array, write_pid_var};
 
@@ -123,7 +140,10 @@ struct Slots {
     count: usize,
     /// The placeholder every idle slot holds a copy of, above the slots.
     placeholder: OwnedFd,
-    stack: Stack,
+    /// The child's stack, lent to each start and given back once its
+    /// child is done with it; none after a child kept it (the next start
+    /// maps a new one).
+    stack: Option<Stack>,
 }
 
 /// An `mmap`ed stack with a guard page below it.
@@ -132,9 +152,17 @@ pub(crate) struct Stack {
     len: usize,
 }
 
-// SAFETY: the mapping is plain memory owned by this value; it is only used
-// while SLOTS is locked, by one start at a time.
+// SAFETY: the mapping is plain memory owned by this value; it is used by
+// one child at a time (lent by SLOTS, or kept by that child's Launch).
 unsafe impl Send for Stack {}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // SAFETY: the mapping this value made; nothing runs on it any more
+        // (its owner drops it only once its child is done with it).
+        unsafe { libc::munmap(self.base, self.len) };
+    }
+}
 
 impl Stack {
     pub(crate) fn new() -> io::Result<Stack> {
@@ -219,7 +247,7 @@ pub fn reserve_spawn_slots(count: usize) -> io::Result<Range<RawFd>> {
         base,
         count,
         placeholder,
-        stack,
+        stack: Some(stack),
     });
     Ok(base..base + count as RawFd)
 }
@@ -252,9 +280,31 @@ fn dup3_cloexec(source: RawFd, target: RawFd) -> io::Result<()> {
     Ok(())
 }
 
-/// What the child reads and where it reports a failure. Lives in the
-/// parent's frame; the child shares the memory (`CLONE_VM`) and the parent
-/// is suspended until the child has exec'd or exited (`CLONE_VFORK`).
+/// How long a start waits for its child's `execve` once the child has a
+/// fd table of its own. A program (or its interpreter, or its `cwd`) on a
+/// mount that does not answer can hold an `execve` for minutes; past this,
+/// the start returns the PID and the child finishes its `execve` on its
+/// own (see [`late_exec_failure`]). Every ordinary `execve` is done well
+/// within it, so its errors are still returned by the start.
+pub const EXEC_WAIT: Duration = Duration::from_millis(10);
+
+/// The child is still before the unshare of its fd table.
+const BEFORE_UNSHARE: u32 = 2;
+/// The child has its own fd table and is on its way to `execve`.
+const UNSHARED: u32 = 1;
+/// The child has exec'd or exited: it no longer uses this process's memory
+/// (the kernel writes it, `CLONE_CHILD_CLEARTID`).
+const DONE: u32 = 0;
+
+/// Whether starts wait for the `execve` only up to [`EXEC_WAIT`]: where
+/// the child's system calls are made without libc (they must not write
+/// `errno`, which the child shares with this thread while it runs on).
+/// Elsewhere the start waits for it (`CLONE_VFORK`).
+const ASYNC: bool = cfg!(target_arch = "x86_64");
+
+/// What the child reads and where it reports a failure: inside a
+/// [`Launch`], which stays at one address until the child has exec'd or
+/// exited.
 #[repr(C)]
 struct ChildArgs {
     program: *const libc::c_char,
@@ -280,10 +330,202 @@ struct ChildArgs {
     ngroups: usize,
     /// The signals to reset to their default ([`RESET`]).
     reset: u64,
+    /// [`BEFORE_UNSHARE`], [`UNSHARED`] or [`DONE`]: a futex word.
+    phase: AtomicU32,
     /// The errno of the step that failed; 0: none did.
     errno: AtomicI32,
     /// Which step failed ([`Step`]).
     step: AtomicI32,
+}
+
+/// One start's child and everything it reads, owned here (copied from the
+/// plan) so that it can outlive the start: a child still in its `execve`
+/// after [`EXEC_WAIT`] keeps using it.
+struct Launch {
+    args: ChildArgs,
+    pid: i32,
+    /// The memory `args` points into.
+    _program: CString,
+    _cwd: CString,
+    _argv: Vec<CString>,
+    _envp: Vec<CString>,
+    _argv_ptrs: Vec<*mut libc::c_char>,
+    _envp_ptrs: Vec<*mut libc::c_char>,
+    _pid_var: PidVar,
+    _limits: Vec<(i32, libc::rlimit)>,
+    _groups: Vec<u32>,
+    /// The child's stack: the slots' own (given back once the child is
+    /// done), or the one it keeps while it outlives its start.
+    stack: Option<Stack>,
+}
+
+// SAFETY: the raw pointers point into the Launch's own fields (heap memory
+// that moves with it) and into nothing else; a Launch is only moved between
+// threads whole, behind the ABANDONED lock.
+unsafe impl Send for Launch {}
+
+impl Launch {
+    /// Copies what the child of `plan` reads; `base` is the first slot.
+    fn new(plan: &SpawnPlan, base: RawFd, stack: Stack) -> Box<Launch> {
+        let limits = plan.identity.limits();
+        let user = plan.identity.user.as_ref();
+        let mut launch = Box::new(Launch {
+            args: ChildArgs {
+                program: ptr::null(),
+                argv: ptr::null(),
+                envp: ptr::null(),
+                cwd: ptr::null(),
+                base,
+                count: plan.fds.sources.len() as RawFd,
+                nofile: plan.identity.original_nofile(),
+                pid_var: ptr::null_mut(),
+                limits: ptr::null(),
+                nlimits: limits.len(),
+                switch: user.is_some(),
+                uid: user.map_or(0, |u| u.uid),
+                gid: user.map_or(0, |u| u.gid),
+                groups: ptr::null(),
+                ngroups: 0,
+                reset: RESET.load(Ordering::Relaxed),
+                phase: AtomicU32::new(BEFORE_UNSHARE),
+                errno: AtomicI32::new(0),
+                step: AtomicI32::new(0),
+            },
+            pid: 0,
+            _program: plan.program.clone(),
+            _cwd: plan.cwd.clone(),
+            _argv: plan.argv.clone(),
+            _envp: plan.envp.clone(),
+            _argv_ptrs: Vec::new(),
+            _envp_ptrs: Vec::new(),
+            _pid_var: [0; 32],
+            _limits: limits,
+            _groups: user.map(|u| u.groups.clone()).unwrap_or_default(),
+            stack: Some(stack),
+        });
+        let l = &mut *launch;
+        l._argv_ptrs = ptr_array(&l._argv);
+        l._envp_ptrs = ptr_array(&l._envp);
+        if let Some(i) = pid_slot(&l._envp) {
+            // The child writes its own PID here (its PID exists only once
+            // it does) and `envp` points at it.
+            let var: *mut PidVar = &mut l._pid_var;
+            l._envp_ptrs[i] = var.cast();
+            l.args.pid_var = var;
+        }
+        l.args.program = l._program.as_ptr();
+        l.args.cwd = l._cwd.as_ptr();
+        l.args.argv = l._argv_ptrs.as_ptr();
+        l.args.envp = l._envp_ptrs.as_ptr();
+        l.args.limits = l._limits.as_ptr();
+        l.args.groups = l._groups.as_ptr();
+        l.args.ngroups = l._groups.len();
+        launch
+    }
+
+    fn phase(&self) -> u32 {
+        self.args.phase.load(Ordering::Acquire)
+    }
+
+    /// The error the child reported, if it failed.
+    fn failure(&self) -> Option<(i32, i32)> {
+        let errno = self.args.errno.load(Ordering::Acquire);
+        (errno != 0).then(|| (errno, self.args.step.load(Ordering::Acquire)))
+    }
+}
+
+/// The children still in their `execve` when their start stopped waiting,
+/// and those that have since failed and not been asked about.
+#[allow(clippy::vec_box)] // boxed: a Launch must not move while its child runs
+static ABANDONED: Mutex<Vec<Box<Launch>>> = Mutex::new(Vec::new());
+
+/// How many launches [`ABANDONED`] holds: the common case (none) costs no
+/// lock.
+static ABANDONED_LEN: AtomicUsize = AtomicUsize::new(0);
+
+/// Failed late starts kept for [`late_exec_failure`] at most; older ones
+/// are forgotten (their exits are still reported, as exits).
+const MAX_LATE_FAILURES: usize = 1024;
+
+/// Whether the child `pid`, started by [`spawn`](crate::spawn) and left to
+/// finish its `execve` on its own after [`EXEC_WAIT`], failed before
+/// running its program: then the error of its `execve` (or `chdir`, or a
+/// `dup2`). Ask once its exit has been reaped; the answer is given once.
+pub fn late_exec_failure(pid: i32) -> Option<io::Error> {
+    if ABANDONED_LEN.load(Ordering::Acquire) == 0 {
+        return None;
+    }
+    let mut list = ABANDONED.lock().unwrap_or_else(|p| p.into_inner());
+    let found = list
+        .iter()
+        .position(|l| l.pid == pid && l.phase() == DONE)
+        .map(|i| list.swap_remove(i));
+    sweep(&mut list);
+    found.and_then(|l| l.failure()).map(|(errno, _)| io::Error::from_raw_os_error(errno))
+}
+
+/// How many children are still in an `execve` their start stopped waiting
+/// for (a hung mount, most likely).
+pub fn execs_pending() -> usize {
+    if ABANDONED_LEN.load(Ordering::Acquire) == 0 {
+        return 0;
+    }
+    let list = ABANDONED.lock().unwrap_or_else(|p| p.into_inner());
+    list.iter().filter(|l| l.phase() != DONE).count()
+}
+
+/// Frees what finished launches held: those that exec'd, and failed ones
+/// past [`MAX_LATE_FAILURES`] (oldest first).
+#[allow(clippy::vec_box)] // see ABANDONED
+fn sweep(list: &mut Vec<Box<Launch>>) {
+    list.retain(|l| l.phase() != DONE || l.failure().is_some());
+    let failed = list.iter().filter(|l| l.phase() == DONE).count();
+    let mut excess = failed.saturating_sub(MAX_LATE_FAILURES);
+    list.retain(|l| {
+        let drop = excess > 0 && l.phase() == DONE;
+        excess -= usize::from(drop);
+        !drop
+    });
+    ABANDONED_LEN.store(list.len(), Ordering::Release);
+}
+
+/// Waits while `word` holds `value`, until `deadline` if any. Returns
+/// whether it changed. The futex calls are not the private kind: the
+/// kernel's wake-up at `execve` or exit (`CLONE_CHILD_CLEARTID`) is not
+/// either, and the two must agree to meet.
+fn wait_while(word: &AtomicU32, value: u32, deadline: Option<Instant>) -> bool {
+    loop {
+        if word.load(Ordering::Acquire) != value {
+            return true;
+        }
+        let timeout = match deadline {
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return false;
+                }
+                Some(libc::timespec {
+                    tv_sec: left.as_secs() as libc::time_t,
+                    tv_nsec: left.subsec_nanos() as libc::c_long,
+                })
+            }
+            None => None,
+        };
+        let ts = timeout
+            .as_ref()
+            .map_or(ptr::null(), |t| t as *const libc::timespec);
+        // SAFETY: FUTEX_WAIT on a live atomic of this process, with a
+        // timeout that lives for the call (or none); it only sleeps.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                word.as_ptr(),
+                libc::FUTEX_WAIT,
+                value,
+                ts,
+            );
+        }
+    }
 }
 
 /// The child's steps that can fail.
@@ -303,59 +545,34 @@ pub(crate) enum Fallback {
 }
 
 /// Starts `plan` through the shared fd table (see the module docs). Returns
-/// the PID and the pidfd (none on a kernel that ignores `CLONE_PIDFD`), an
-/// error meaning no process runs, or [`Fallback`].
-pub(crate) fn try_spawn(plan: &SpawnPlan) -> Result<io::Result<(i32, Option<OwnedFd>)>, Fallback> {
+/// the PID, the pidfd (none on a kernel that ignores `CLONE_PIDFD`) and
+/// whether the child was still in its `execve` after [`EXEC_WAIT`]; an
+/// error meaning no process runs; or [`Fallback`].
+pub(crate) fn try_spawn(
+    plan: &SpawnPlan,
+) -> Result<io::Result<(i32, Option<OwnedFd>, bool)>, Fallback> {
     if UNSUPPORTED.load(Ordering::Relaxed) {
         return Err(Fallback::PosixSpawn);
     }
-    let guard = match SLOTS.try_lock() {
+    let mut guard = match SLOTS.try_lock() {
         Ok(guard) => guard,
         Err(_) => return Err(Fallback::PosixSpawn), // another thread's start
     };
-    let Some(slots) = guard.as_ref() else {
+    let Some(slots) = guard.as_mut() else {
         return Err(Fallback::PosixSpawn);
     };
     let sources = &plan.fds.sources;
     if sources.is_empty() || sources.len() > slots.count {
         return Err(Fallback::PosixSpawn);
     }
-    let argv = ptr_array(&plan.argv);
-    let mut envp = ptr_array(&plan.envp);
-    // The child writes its own PID here (its PID exists only once it does)
-    // and `envp` points at it: memory in this frame, which the child shares
-    // (CLONE_VM) while this thread is suspended (CLONE_VFORK).
-    let mut pid_var: PidVar = [0; 32];
-    let pid_var_ptr: *mut PidVar = &mut pid_var;
-    let pid_var_ptr = match pid_slot(&plan.envp) {
-        Some(i) => {
-            envp[i] = pid_var_ptr.cast();
-            pid_var_ptr
-        }
-        None => std::ptr::null_mut(),
+    let stack = match slots.stack.take() {
+        Some(stack) => stack,
+        None => match Stack::new() {
+            Ok(stack) => stack,
+            Err(e) => return Ok(Err(e)),
+        },
     };
-    let limits = plan.identity.limits();
-    let user = plan.identity.user.as_ref();
-    let args = ChildArgs {
-        program: plan.program.as_ptr(),
-        argv: argv.as_ptr(),
-        envp: envp.as_ptr(),
-        cwd: plan.cwd.as_ptr(),
-        base: slots.base,
-        count: sources.len() as RawFd,
-        nofile: plan.identity.original_nofile(),
-        pid_var: pid_var_ptr,
-        limits: limits.as_ptr(),
-        nlimits: limits.len(),
-        switch: user.is_some(),
-        uid: user.map_or(0, |u| u.uid),
-        gid: user.map_or(0, |u| u.gid),
-        groups: user.map_or(std::ptr::null(), |u| u.groups.as_ptr()),
-        ngroups: user.map_or(0, |u| u.groups.len()),
-        reset: RESET.load(Ordering::Relaxed),
-        errno: AtomicI32::new(0),
-        step: AtomicI32::new(0),
-    };
+    let mut launch = Launch::new(plan, slots.base, stack);
 
     let mut placed = 0;
     let mut result = Ok(());
@@ -366,22 +583,46 @@ pub(crate) fn try_spawn(plan: &SpawnPlan) -> Result<io::Result<(i32, Option<Owne
         }
         placed += 1;
     }
-    let cloned = result.and_then(|()| clone_child(slots, &args));
+    let cloned = result.and_then(|()| clone_child(&launch));
+    if let Ok((pid, _)) = &cloned {
+        launch.pid = *pid;
+        // The slots are shared with the child until it has a table of its
+        // own: nothing may change them before.
+        if ASYNC {
+            wait_while(&launch.args.phase, BEFORE_UNSHARE, None);
+        }
+    }
     // The placeholders go back whatever happened: the slots must not keep
     // the child's pipe ends open in this process.
     for i in 0..placed {
         let _ = dup3_cloexec(slots.placeholder.as_raw_fd(), slots.base + i as RawFd);
     }
-    drop(guard);
     let (pid, pidfd) = match cloned {
         Ok(child) => child,
-        Err(e) => return Ok(Err(e)),
+        Err(e) => {
+            slots.stack = launch.stack.take();
+            return Ok(Err(e));
+        }
     };
-
-    let errno = args.errno.load(Ordering::Acquire);
-    if errno == 0 {
-        return Ok(Ok((pid, pidfd)));
+    if ASYNC {
+        let deadline = Instant::now() + EXEC_WAIT;
+        if !wait_while(&launch.args.phase, UNSHARED, Some(deadline)) {
+            // Still in its execve: it keeps its stack and what it reads.
+            let mut list = ABANDONED.lock().unwrap_or_else(|p| p.into_inner());
+            sweep(&mut list);
+            list.push(launch);
+            ABANDONED_LEN.store(list.len(), Ordering::Release);
+            return Ok(Ok((pid, pidfd, true)));
+        }
     }
+    // Done with this process's memory (exec'd or exited): the stack is
+    // free for the next start.
+    slots.stack = launch.stack.take();
+    drop(guard);
+
+    let Some((errno, step)) = launch.failure() else {
+        return Ok(Ok((pid, pidfd, false)));
+    };
     // The child failed before its exec and has exited: reap it, so that no
     // zombie is left and nothing else sees its exit.
     let mut status = 0;
@@ -390,7 +631,6 @@ pub(crate) fn try_spawn(plan: &SpawnPlan) -> Result<io::Result<(i32, Option<Owne
         && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
     {}
     drop(pidfd);
-    let step = args.step.load(Ordering::Acquire);
     if step == Step::Unshare as i32 {
         if errno == libc::ENOSYS || errno == libc::EINVAL {
             UNSUPPORTED.store(true, Ordering::Relaxed);
@@ -448,25 +688,55 @@ impl Drop for SignalsBlocked {
 /// `posix_spawn` does: no handler of this process may run in the child,
 /// which shares its memory, before the child has reset them). Returns the
 /// PID and the pidfd.
-fn clone_child(slots: &Slots, args: &ChildArgs) -> io::Result<(i32, Option<OwnedFd>)> {
+fn clone_child(launch: &Launch) -> io::Result<(i32, Option<OwnedFd>)> {
     let blocked = SignalsBlocked::new();
     let mut pidfd: libc::c_int = -1;
-    let flags =
-        libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_FILES | libc::CLONE_PIDFD | libc::SIGCHLD;
-    // SAFETY: `child` runs on its own stack (the mapping in `slots`, used
-    // by one start at a time under the lock) and only reads `args`, which
-    // lives in this frame until after `clone` returns: with CLONE_VFORK
-    // this thread is suspended until the child has exec'd or exited, and
-    // the child writes nothing but the atomics of `args`. The pidfd is
-    // written to `pidfd` (the parent-TID argument, as CLONE_PIDFD defines).
+    let args = &launch.args;
+    let top = match &launch.stack {
+        Some(stack) => stack.top(),
+        None => return Err(io::Error::from(io::ErrorKind::InvalidInput)),
+    };
+    let arg = (args as *const ChildArgs).cast_mut().cast::<c_void>();
+    // SAFETY: `child` runs on its own stack (the launch's) and only reads
+    // `args` and the memory it points into, all owned by `launch`, which
+    // stays where it is until the child has exec'd or exited: this thread
+    // either waits for that (`phase` becomes DONE, written by the kernel:
+    // CLONE_CHILD_CLEARTID; or CLONE_VFORK) or hands the launch over to
+    // ABANDONED. The child writes nothing but the atomics of `args`, the
+    // PID variable and its own stack. The pidfd is written to `pidfd` (the
+    // parent-TID argument, as CLONE_PIDFD defines).
     let pid = unsafe {
-        libc::clone(
-            child,
-            slots.stack.top(),
-            flags,
-            (args as *const ChildArgs).cast_mut().cast(),
-            &mut pidfd as *mut libc::c_int,
-        )
+        #[cfg(target_arch = "x86_64")]
+        {
+            let flags = libc::CLONE_VM
+                | libc::CLONE_FILES
+                | libc::CLONE_PIDFD
+                | libc::CLONE_CHILD_CLEARTID
+                | libc::SIGCHLD;
+            let r = raw::drover_raw_clone(
+                flags as libc::c_ulong,
+                top,
+                &mut pidfd,
+                args.phase.as_ptr(),
+                child,
+                arg,
+            );
+            if r < 0 {
+                *libc::__errno_location() = -(r as libc::c_int);
+                -1
+            } else {
+                r as libc::c_int
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let flags = libc::CLONE_VM
+                | libc::CLONE_VFORK
+                | libc::CLONE_FILES
+                | libc::CLONE_PIDFD
+                | libc::SIGCHLD;
+            libc::clone(child, top, flags, arg, &mut pidfd as *mut libc::c_int)
+        }
     };
     let error = io::Error::last_os_error();
     drop(blocked);
@@ -481,20 +751,118 @@ fn clone_child(slots: &Slots, args: &ChildArgs) -> io::Result<(i32, Option<Owned
     Ok((pid, pidfd))
 }
 
+/// System calls without libc, for the child: they return `-errno` and
+/// never write `errno`, which is this thread's (the TLS is shared) while it
+/// runs on beside the child. And the `clone` that starts the child on its
+/// stack without going through libc's wrapper (musl's refuses
+/// `CLONE_CHILD_CLEARTID`).
+#[cfg(target_arch = "x86_64")]
+mod raw {
+    use std::ffi::c_void;
+
+    /// A system call of up to four arguments.
+    ///
+    /// # Safety
+    ///
+    /// Whatever system call `n` requires of its arguments.
+    #[inline(always)]
+    pub(super) unsafe fn sc(n: libc::c_long, a: usize, b: usize, c: usize, d: usize) -> isize {
+        let ret: isize;
+        // SAFETY: the caller's; `syscall` clobbers only rax, rcx and r11.
+        unsafe {
+            std::arch::asm!(
+                "syscall",
+                inlateout("rax") n as isize => ret,
+                in("rdi") a,
+                in("rsi") b,
+                in("rdx") c,
+                in("r10") d,
+                lateout("rcx") _,
+                lateout("r11") _,
+                options(nostack),
+            );
+        }
+        ret
+    }
+
+    // drover_raw_clone(flags, stack, ptid, ctid, f, arg): the clone system
+    // call (x86-64 order: flags, stack, parent tid, child tid, tls). The
+    // child pops `f` and `arg` off its new stack, calls f(arg) and exits
+    // with what it returns; the parent gets the PID or -errno.
+    std::arch::global_asm!(
+        ".pushsection .text.drover_raw_clone,\"ax\",@progbits",
+        ".p2align 4",
+        ".hidden drover_raw_clone",
+        ".globl drover_raw_clone",
+        ".type drover_raw_clone,@function",
+        "drover_raw_clone:",
+        "and rsi, -16",
+        "sub rsi, 16",
+        "mov [rsi + 8], r9",
+        "mov [rsi], r8",
+        "mov r10, rcx",
+        "xor r8d, r8d",
+        "mov eax, 56",
+        "syscall",
+        "test rax, rax",
+        "jnz 2f",
+        "xor ebp, ebp",
+        "pop rax",
+        "pop rdi",
+        "call rax",
+        "mov edi, eax",
+        "mov eax, 231",
+        "syscall",
+        "ud2",
+        "2:",
+        "ret",
+        ".size drover_raw_clone, . - drover_raw_clone",
+        ".popsection",
+    );
+
+    unsafe extern "C" {
+        pub(super) fn drover_raw_clone(
+            flags: libc::c_ulong,
+            stack: *mut c_void,
+            ptid: *mut libc::c_int,
+            ctid: *mut u32,
+            f: extern "C" fn(*mut c_void) -> libc::c_int,
+            arg: *mut c_void,
+        ) -> libc::c_long;
+    }
+}
+
+/// Where the child's calls go through libc (the parent waits for the
+/// child, `CLONE_VFORK`, so `errno` is not read meanwhile).
+#[cfg(not(target_arch = "x86_64"))]
+mod raw {
+    /// A system call of up to four arguments; `-errno` on failure.
+    ///
+    /// # Safety
+    ///
+    /// Whatever system call `n` requires of its arguments.
+    pub(super) unsafe fn sc(n: libc::c_long, a: usize, b: usize, c: usize, d: usize) -> isize {
+        // SAFETY: the caller's.
+        unsafe {
+            let r = libc::syscall(n, a, b, c, d);
+            if r < 0 { -(*libc::__errno_location() as isize) } else { r as isize }
+        }
+    }
+}
+
 /// The child, from `clone` to `execve`.
 ///
 /// Shares this process's memory and (until the unshare) its fd table, on
-/// its own stack, with every signal blocked. It makes only system calls on
-/// `args`, allocates nothing, takes no lock and never returns. `errno` is
-/// the parent thread's (the TLS is shared): harmless, the parent is
-/// suspended and reads it only if `clone` itself failed.
+/// its own stack, with every signal blocked. It makes only raw system
+/// calls ([`raw::sc`]) on `args`, allocates nothing, takes no lock, never
+/// touches `errno` and never returns.
 extern "C" fn child(arg: *mut c_void) -> libc::c_int {
-    // SAFETY: `arg` points to the parent's ChildArgs, alive and unchanged
-    // until this child has exec'd or exited (see `clone_child`), as are the
-    // arrays its `limits` and `groups` point to (`nlimits` and `ngroups`
-    // long, owned by the parent's frame and plan); every call below is a
-    // system call (or a libc wrapper of one) on plain integers or pointers
-    // into them.
+    use raw::sc;
+    // SAFETY: `arg` points to a Launch's ChildArgs, alive and unchanged
+    // until this child has exec'd or exited (see `clone_child`), as is the
+    // memory its pointers point into (`nlimits` limits, `ngroups` groups);
+    // every call below is a system call on plain integers or those
+    // pointers.
     unsafe {
         let args = &*arg.cast::<ChildArgs>();
         // No handler of the parent may run here: every disposition that is
@@ -503,95 +871,154 @@ extern "C" fn child(arg: *mut c_void) -> libc::c_int {
         // everything is still blocked.
         for signal in 1..NSIG {
             if signal != libc::SIGKILL && signal != libc::SIGSTOP && args.reset & bit(signal) != 0 {
-                libc::syscall(
+                sc(
                     libc::SYS_rt_sigaction,
-                    signal,
-                    KERNEL_SIG_DFL.as_ptr(),
-                    std::ptr::null_mut::<c_void>(),
-                    8usize,
+                    signal as usize,
+                    KERNEL_SIG_DFL.as_ptr() as usize,
+                    0,
+                    8,
                 );
             }
         }
-        if libc::setpgid(0, 0) != 0 {
-            fail(args, Step::Setup);
+        let r = sc(libc::SYS_setpgid, 0, 0, 0, 0);
+        if r < 0 {
+            fail(args, Step::Setup, r);
         }
         if let Some(limit) = &args.nofile {
-            libc::setrlimit(libc::RLIMIT_NOFILE, limit);
+            let limit: *const libc::rlimit = limit;
+            sc(
+                libc::SYS_prlimit64,
+                0,
+                libc::RLIMIT_NOFILE as usize,
+                limit as usize,
+                0,
+            );
         }
         for i in 0..args.nlimits {
             let (resource, limit) = &*args.limits.add(i);
-            if libc::setrlimit(*resource as _, limit) != 0 {
-                fail(args, Step::Setup);
+            let limit: *const libc::rlimit = limit;
+            let r = sc(
+                libc::SYS_prlimit64,
+                0,
+                *resource as usize,
+                limit as usize,
+                0,
+            );
+            if r < 0 {
+                fail(args, Step::Setup, r);
             }
         }
-        // Raw system calls, never glibc's set*id: those change every
-        // thread of the calling process (a signal to each), and this child
-        // shares the parent's memory and glibc's thread list. Groups, gid,
-        // then uid: each after the uid is gone would be refused.
-        if args.switch
-            && (libc::syscall(libc::SYS_setgroups, args.ngroups, args.groups) != 0
-                || libc::syscall(libc::SYS_setresgid, args.gid, args.gid, args.gid) != 0
-                || libc::syscall(libc::SYS_setresuid, args.uid, args.uid, args.uid) != 0)
-        {
-            fail(args, Step::Setup);
+        // Never glibc's set*id: those change every thread of the calling
+        // process (a signal to each), and this child shares the parent's
+        // memory and glibc's thread list. Groups, gid, then uid: each
+        // after the uid is gone would be refused.
+        if args.switch {
+            for r in [
+                sc(
+                    libc::SYS_setgroups,
+                    args.ngroups,
+                    args.groups as usize,
+                    0,
+                    0,
+                ),
+                sc(
+                    libc::SYS_setresgid,
+                    args.gid as usize,
+                    args.gid as usize,
+                    args.gid as usize,
+                    0,
+                ),
+                sc(
+                    libc::SYS_setresuid,
+                    args.uid as usize,
+                    args.uid as usize,
+                    args.uid as usize,
+                    0,
+                ),
+            ] {
+                if r < 0 {
+                    fail(args, Step::Setup, r);
+                }
+            }
         }
         // A private table with a copy of fds 0..end only.
-        let end = (args.base + args.count) as libc::c_uint;
-        if libc::syscall(
+        let end = (args.base + args.count) as usize;
+        let r = sc(
             libc::SYS_close_range,
             end,
-            libc::c_uint::MAX,
-            libc::CLOSE_RANGE_UNSHARE,
-        ) != 0
-        {
-            fail(args, Step::Unshare);
-        }
-        // Slot i to fd i: the targets lie below the slots (base ≥ 3 > 0),
-        // and in increasing order no target is a slot still to be read.
-        for i in 0..args.count {
-            if libc::dup2(args.base + i, i) < 0 {
-                fail(args, Step::Setup);
-            }
-        }
-        libc::syscall(
-            libc::SYS_close_range,
-            args.count as libc::c_uint,
-            libc::c_uint::MAX,
+            libc::c_uint::MAX as usize,
+            libc::CLOSE_RANGE_UNSHARE as usize,
             0,
         );
-        if libc::chdir(args.cwd) != 0 {
-            fail(args, Step::Exec);
+        if r < 0 {
+            fail(args, Step::Unshare, r);
+        }
+        // The parent may give the slots back now.
+        args.phase.store(UNSHARED, Ordering::Release);
+        sc(
+            libc::SYS_futex,
+            args.phase.as_ptr() as usize,
+            libc::FUTEX_WAKE as usize,
+            1,
+            0,
+        );
+        // Slot i to fd i (dup3 with no flags: dup2, which not every
+        // architecture has): the targets lie below the slots (base ≥ 3 >
+        // 0), and in increasing order no target is a slot still to be read.
+        for i in 0..args.count {
+            let r = sc(libc::SYS_dup3, (args.base + i) as usize, i as usize, 0, 0);
+            if r < 0 {
+                fail(args, Step::Setup, r);
+            }
+        }
+        sc(
+            libc::SYS_close_range,
+            args.count as usize,
+            libc::c_uint::MAX as usize,
+            0,
+            0,
+        );
+        let r = sc(libc::SYS_chdir, args.cwd as usize, 0, 0, 0);
+        if r < 0 {
+            fail(args, Step::Exec, r);
         }
         if !args.pid_var.is_null() {
             // The raw call: the child's own PID, never a cached one.
-            let pid = libc::syscall(libc::SYS_getpid) as libc::pid_t;
+            let pid = sc(libc::SYS_getpid, 0, 0, 0, 0) as libc::pid_t;
             write_pid_var(&mut *args.pid_var, pid);
         }
         let empty: u64 = 0;
-        libc::syscall(
+        sc(
             libc::SYS_rt_sigprocmask,
-            libc::SIG_SETMASK,
-            &empty as *const u64,
-            std::ptr::null_mut::<u64>(),
-            8usize,
+            libc::SIG_SETMASK as usize,
+            &empty as *const u64 as usize,
+            0,
+            8,
         );
-        libc::execve(args.program, args.argv.cast(), args.envp.cast());
-        fail(args, Step::Exec)
+        let r = sc(
+            libc::SYS_execve,
+            args.program as usize,
+            args.argv as usize,
+            args.envp as usize,
+            0,
+        );
+        fail(args, Step::Exec, r)
     }
 }
 
-/// Reports errno and the failed step to the parent and exits with 127.
+/// Reports the error (`-errno` as the raw call returned it) and the failed
+/// step to the parent and exits with 127.
 ///
 /// # Safety
 ///
 /// Only in the child of [`clone_child`], right after the failed call.
-unsafe fn fail(args: &ChildArgs, step: Step) -> ! {
-    // SAFETY: reads this thread's errno; _exit ends the child (the mask is
-    // still full or empty: nothing runs in between).
-    unsafe {
-        let errno = *libc::__errno_location();
-        args.step.store(step as i32, Ordering::Release);
-        args.errno.store(errno.max(1), Ordering::Release);
-        libc::_exit(127)
+unsafe fn fail(args: &ChildArgs, step: Step, r: isize) -> ! {
+    let errno = i32::try_from(-r).unwrap_or(libc::EINVAL).max(1);
+    args.step.store(step as i32, Ordering::Release);
+    args.errno.store(errno, Ordering::Release);
+    loop {
+        // SAFETY: ends the child (the mask is still full or empty: nothing
+        // runs in between).
+        unsafe { raw::sc(libc::SYS_exit_group, 127, 0, 0, 0) };
     }
 }
