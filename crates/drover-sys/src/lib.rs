@@ -612,7 +612,18 @@ mod tests {
 
     #[test]
     fn relocation_moves_only_sources_that_a_target_would_clobber() {
-        let (r, w) = nix::unistd::pipe().unwrap();
+        // Two adjacent fds, far above what other tests of this process
+        // open meanwhile (a pipe's two ends need not be adjacent then).
+        let (pr, pw) = nix::unistd::pipe().unwrap();
+        let (r, w) = loop {
+            let r = fcntl(&pr, FcntlArg::F_DUPFD_CLOEXEC(900)).unwrap();
+            let w = fcntl(&pw, FcntlArg::F_DUPFD_CLOEXEC(r + 1)).unwrap();
+            // SAFETY: both are new fds that nothing else owns.
+            let (r, w) = unsafe { (OwnedFd::from_raw_fd(r), OwnedFd::from_raw_fd(w)) };
+            if w.as_raw_fd() == r.as_raw_fd() + 1 {
+                break (r, w);
+            }
+        };
         let (r, w) = (r.as_raw_fd(), w.as_raw_fd());
         // Targets 0…: the pipe's end lies above them and stays.
         let (placed, copies) = relocate(&[w], 0).unwrap();

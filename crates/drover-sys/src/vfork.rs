@@ -40,11 +40,12 @@
 //! The child runs on a separate stack in this process's memory and makes
 //! only raw system calls on data prepared before the `clone`, as glibc's
 //! `posix_spawn` child does, without libc (the parent runs on beside it
-//! and shares its `errno`): reset every signal disposition that is not the
-//! default (all of them until [`note_signal_dispositions`] has looked), `setpgid`,
-//! `setrlimit` (the original open-file limit, or the group's limits),
-//! `setgroups`/`setresgid`/`setresuid` for a user switch, the unshare, the `dup2`s, `close_range`, `chdir`, an empty
-//! signal mask, `execve`. A failure is written into memory shared with the
+//! and shares its `errno`): the unshare first (the parent gives the slots
+//! back meanwhile), then reset every signal disposition that is not the
+//! default (all of them until [`note_signal_dispositions`] has looked),
+//! `setpgid`, `setrlimit` (the original open-file limit, or the group's
+//! limits), `setgroups`/`setresgid`/`setresuid` for a user switch, the
+//! `dup2`s, `close_range`, `chdir`, an empty signal mask, `execve`. A failure is written into memory shared with the
 //! parent (`CLONE_VM`) before `_exit`, so the caller gets the errno and no
 //! process — the same contract as `posix_spawn`, within [`EXEC_WAIT`].
 //! `CLONE_PIDFD` returns a pidfd for the child with it.
@@ -57,8 +58,8 @@ use std::ffi::{CString, c_void};
 use std::io;
 use std::ops::Range;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::Mutex;
 use std::ptr;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -461,7 +462,9 @@ pub fn late_exec_failure(pid: i32) -> Option<io::Error> {
         .position(|l| l.pid == pid && l.phase() == DONE)
         .map(|i| list.swap_remove(i));
     sweep(&mut list);
-    found.and_then(|l| l.failure()).map(|(errno, _)| io::Error::from_raw_os_error(errno))
+    found
+        .and_then(|l| l.failure())
+        .map(|(errno, _)| io::Error::from_raw_os_error(errno))
 }
 
 /// How many children are still in an `execve` their start stopped waiting
@@ -517,13 +520,7 @@ fn wait_while(word: &AtomicU32, value: u32, deadline: Option<Instant>) -> bool {
         // SAFETY: FUTEX_WAIT on a live atomic of this process, with a
         // timeout that lives for the call (or none); it only sleeps.
         unsafe {
-            libc::syscall(
-                libc::SYS_futex,
-                word.as_ptr(),
-                libc::FUTEX_WAIT,
-                value,
-                ts,
-            );
+            libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAIT, value, ts);
         }
     }
 }
@@ -845,7 +842,11 @@ mod raw {
         // SAFETY: the caller's.
         unsafe {
             let r = libc::syscall(n, a, b, c, d);
-            if r < 0 { -(*libc::__errno_location() as isize) } else { r as isize }
+            if r < 0 {
+                -(*libc::__errno_location() as isize)
+            } else {
+                r as isize
+            }
         }
     }
 }
@@ -865,6 +866,27 @@ extern "C" fn child(arg: *mut c_void) -> libc::c_int {
     // pointers.
     unsafe {
         let args = &*arg.cast::<ChildArgs>();
+        // First, a private table with a copy of fds 0..end only: the
+        // parent gives the slots back meanwhile.
+        let end = (args.base + args.count) as usize;
+        let r = sc(
+            libc::SYS_close_range,
+            end,
+            libc::c_uint::MAX as usize,
+            libc::CLOSE_RANGE_UNSHARE as usize,
+            0,
+        );
+        if r < 0 {
+            fail(args, Step::Unshare, r);
+        }
+        args.phase.store(UNSHARED, Ordering::Release);
+        sc(
+            libc::SYS_futex,
+            args.phase.as_ptr() as usize,
+            libc::FUTEX_WAKE as usize,
+            1,
+            0,
+        );
         // No handler of the parent may run here: every disposition that is
         // not the default ([`RESET`]) goes back to it (glibc's internal
         // signals 32 and 33 too, which the raw call accepts) while
@@ -913,55 +935,27 @@ extern "C" fn child(arg: *mut c_void) -> libc::c_int {
         // memory and glibc's thread list. Groups, gid, then uid: each
         // after the uid is gone would be refused.
         if args.switch {
-            for r in [
-                sc(
-                    libc::SYS_setgroups,
-                    args.ngroups,
-                    args.groups as usize,
-                    0,
-                    0,
-                ),
-                sc(
-                    libc::SYS_setresgid,
-                    args.gid as usize,
-                    args.gid as usize,
-                    args.gid as usize,
-                    0,
-                ),
-                sc(
-                    libc::SYS_setresuid,
-                    args.uid as usize,
-                    args.uid as usize,
-                    args.uid as usize,
-                    0,
-                ),
-            ] {
-                if r < 0 {
-                    fail(args, Step::Setup, r);
-                }
+            let r = sc(
+                libc::SYS_setgroups,
+                args.ngroups,
+                args.groups as usize,
+                0,
+                0,
+            );
+            if r < 0 {
+                fail(args, Step::Setup, r);
+            }
+            let gid = args.gid as usize;
+            let r = sc(libc::SYS_setresgid, gid, gid, gid, 0);
+            if r < 0 {
+                fail(args, Step::Setup, r);
+            }
+            let uid = args.uid as usize;
+            let r = sc(libc::SYS_setresuid, uid, uid, uid, 0);
+            if r < 0 {
+                fail(args, Step::Setup, r);
             }
         }
-        // A private table with a copy of fds 0..end only.
-        let end = (args.base + args.count) as usize;
-        let r = sc(
-            libc::SYS_close_range,
-            end,
-            libc::c_uint::MAX as usize,
-            libc::CLOSE_RANGE_UNSHARE as usize,
-            0,
-        );
-        if r < 0 {
-            fail(args, Step::Unshare, r);
-        }
-        // The parent may give the slots back now.
-        args.phase.store(UNSHARED, Ordering::Release);
-        sc(
-            libc::SYS_futex,
-            args.phase.as_ptr() as usize,
-            libc::FUTEX_WAKE as usize,
-            1,
-            0,
-        );
         // Slot i to fd i (dup3 with no flags: dup2, which not every
         // architecture has): the targets lie below the slots (base ≥ 3 >
         // 0), and in increasing order no target is a slot still to be read.

@@ -181,7 +181,9 @@ fn a_start_does_not_wait_for_a_held_execve_and_its_late_failure_is_told() {
         listener_tx.send(hold_execs()).unwrap();
         for _ in 0..2 {
             let spawned = spawn_child(&plan).expect("spawn");
-            started_tx.send((spawned.pid, spawned.exec_pending)).unwrap();
+            started_tx
+                .send((spawned.pid, spawned.exec_pending))
+                .unwrap();
             if go_rx.recv().is_err() {
                 return;
             }
@@ -198,7 +200,10 @@ fn a_start_does_not_wait_for_a_held_execve_and_its_late_failure_is_told() {
             panic!("round {round}: the start waited for the held execve ({EXEC_WAIT:?} allowed)");
         };
         assert_eq!(pid as u32, held.pid, "round {round}");
-        assert!(pending, "round {round}: a held start must say its execve is pending");
+        assert!(
+            pending,
+            "round {round}: a held start must say its execve is pending"
+        );
         assert_eq!(execs_pending(), 1, "round {round}");
         answer(&listener, &held, errno);
         let code = exit_code(pid);
@@ -208,7 +213,10 @@ fn a_start_does_not_wait_for_a_held_execve_and_its_late_failure_is_told() {
             assert_eq!(code, 0, "round {round}: true ran");
             assert!(late.is_none(), "round {round}: {late:?}");
         } else {
-            assert_eq!(code, 127, "round {round}: the child reports a failed execve");
+            assert_eq!(
+                code, 127,
+                "round {round}: the child reports a failed execve"
+            );
             assert_eq!(late.map(|e| e.raw_os_error()), Some(Some(errno)));
             assert!(late_exec_failure(pid).is_none(), "told once");
         }
