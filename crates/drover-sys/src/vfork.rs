@@ -18,16 +18,17 @@
 //! placeholders (one `/dev/null` file). A start copies the child's fds into
 //! the first slots (`dup3`, close-on-exec), so `END` is the end of the
 //! slots it uses; the child, in its private table, moves them down to 0, 1,
-//! 2, … with `dup2` and closes everything above. The parent waits until
-//! the child has its own table (a futex word the child sets) and puts the
-//! placeholders back. This process's own fds 0, 1 and 2 are never touched,
-//! so other threads may go on using them.
+//! 2, … with `dup2` and closes everything above. The parent waits for the
+//! child's `execve` and puts the placeholders back. This process's own fds
+//! 0, 1 and 2 are never touched, so other threads may go on using them.
 //!
-//! The parent then waits for the `execve` at most [`EXEC_WAIT`]: the
-//! kernel clears a futex word when the child execs or exits
-//! (`CLONE_CHILD_CLEARTID`, the moment `CLONE_VFORK` would resume the
-//! parent). Almost always that comes first, and a failure is returned as
-//! before. A child still in its `execve` after it (its program, interpreter
+//! The parent waits for the `execve` at most [`EXEC_WAIT`], in one sleep
+//! as `CLONE_VFORK`'s: the kernel clears a futex word when the child execs
+//! or exits (`CLONE_CHILD_CLEARTID`, the moment `CLONE_VFORK` would resume
+//! the parent). Almost always that comes first, and a failure is returned
+//! as before. A child still in its `execve` after it (once the child has
+//! its own fd table, its first call, which the child notes in the same
+//! word: only then may the slots change) (its program, interpreter
 //! or `cwd` on a mount that does not answer) is left to finish on its own:
 //! its stack and everything it reads are copies owned by its [`Launch`],
 //! kept until it is done, and an error of that `execve` is told by
@@ -40,8 +41,7 @@
 //! The child runs on a separate stack in this process's memory and makes
 //! only raw system calls on data prepared before the `clone`, as glibc's
 //! `posix_spawn` child does, without libc (the parent runs on beside it
-//! and shares its `errno`): the unshare first (the parent gives the slots
-//! back meanwhile), then reset every signal disposition that is not the
+//! and shares its `errno`): the unshare first, then reset every signal disposition that is not the
 //! default (all of them until [`note_signal_dispositions`] has looked),
 //! `setpgid`, `setrlimit` (the original open-file limit, or the group's
 //! limits), `setgroups`/`setresgid`/`setresuid` for a user switch, the
@@ -477,11 +477,15 @@ pub fn execs_pending() -> usize {
     list.iter().filter(|l| l.phase() != DONE).count()
 }
 
-/// Frees what finished launches held: those that exec'd, and failed ones
-/// past [`MAX_LATE_FAILURES`] (oldest first).
+/// Frees what finished launches held: those that exec'd, the stacks of
+/// failed ones, and failed ones past [`MAX_LATE_FAILURES`] (oldest first).
 #[allow(clippy::vec_box)] // see ABANDONED
 fn sweep(list: &mut Vec<Box<Launch>>) {
     list.retain(|l| l.phase() != DONE || l.failure().is_some());
+    for done in list.iter_mut().filter(|l| l.phase() == DONE) {
+        // Kept for its error only: the child is gone from this memory.
+        done.stack = None;
+    }
     let failed = list.iter().filter(|l| l.phase() == DONE).count();
     let mut excess = failed.saturating_sub(MAX_LATE_FAILURES);
     list.retain(|l| {
@@ -492,36 +496,38 @@ fn sweep(list: &mut Vec<Box<Launch>>) {
     ABANDONED_LEN.store(list.len(), Ordering::Release);
 }
 
-/// Waits while `word` holds `value`, until `deadline` if any. Returns
-/// whether it changed. The futex calls are not the private kind: the
-/// kernel's wake-up at `execve` or exit (`CLONE_CHILD_CLEARTID`) is not
-/// either, and the two must agree to meet.
-fn wait_while(word: &AtomicU32, value: u32, deadline: Option<Instant>) -> bool {
+/// Waits until `phase` is [`DONE`] (the kernel's wake-up at the child's
+/// `execve` or exit, `CLONE_CHILD_CLEARTID`), at most until `deadline`.
+/// Returns whether it is.
+fn wait_done(phase: &AtomicU32, deadline: Instant) -> bool {
     loop {
-        if word.load(Ordering::Acquire) != value {
+        let now = phase.load(Ordering::Acquire);
+        if now == DONE {
             return true;
         }
-        let timeout = match deadline {
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return false;
-                }
-                Some(libc::timespec {
-                    tv_sec: left.as_secs() as libc::time_t,
-                    tv_nsec: left.subsec_nanos() as libc::c_long,
-                })
-            }
-            None => None,
-        };
-        let ts = timeout
-            .as_ref()
-            .map_or(ptr::null(), |t| t as *const libc::timespec);
-        // SAFETY: FUTEX_WAIT on a live atomic of this process, with a
-        // timeout that lives for the call (or none); it only sleeps.
-        unsafe {
-            libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAIT, value, ts);
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
         }
+        futex_wait(phase, now, Some(left));
+    }
+}
+
+/// Sleeps while `word` holds `value`, for at most `timeout`. The call is
+/// not the private kind: the kernel's wake-up at `execve` or exit is not
+/// either, and the two must agree to meet.
+fn futex_wait(word: &AtomicU32, value: u32, timeout: Option<Duration>) {
+    let ts = timeout.map(|t| libc::timespec {
+        tv_sec: t.as_secs() as libc::time_t,
+        tv_nsec: t.subsec_nanos() as libc::c_long,
+    });
+    let ts = ts
+        .as_ref()
+        .map_or(ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: FUTEX_WAIT on a live atomic of this process, with a timeout
+    // that lives for the call (or none); it only sleeps.
+    unsafe {
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAIT, value, ts);
     }
 }
 
@@ -581,12 +587,19 @@ pub(crate) fn try_spawn(
         placed += 1;
     }
     let cloned = result.and_then(|()| clone_child(&launch));
+    let mut pending = false;
     if let Ok((pid, _)) = &cloned {
         launch.pid = *pid;
-        // The slots are shared with the child until it has a table of its
-        // own: nothing may change them before.
-        if ASYNC {
-            wait_while(&launch.args.phase, BEFORE_UNSHARE, None);
+        // One sleep, as CLONE_VFORK's: until the kernel clears `phase` at
+        // the child's execve or exit, or EXEC_WAIT has passed.
+        if ASYNC && !wait_done(&launch.args.phase, Instant::now() + EXEC_WAIT) {
+            pending = true;
+            // The slots are shared with the child until it has a table of
+            // its own (its first call, so this is rare): nothing may change
+            // them before. The child wakes nobody then; look every 1 ms.
+            while launch.phase() == BEFORE_UNSHARE {
+                futex_wait(&launch.args.phase, BEFORE_UNSHARE, Some(Duration::from_millis(1)));
+            }
         }
     }
     // The placeholders go back whatever happened: the slots must not keep
@@ -601,16 +614,13 @@ pub(crate) fn try_spawn(
             return Ok(Err(e));
         }
     };
-    if ASYNC {
-        let deadline = Instant::now() + EXEC_WAIT;
-        if !wait_while(&launch.args.phase, UNSHARED, Some(deadline)) {
-            // Still in its execve: it keeps its stack and what it reads.
-            let mut list = ABANDONED.lock().unwrap_or_else(|p| p.into_inner());
-            sweep(&mut list);
-            list.push(launch);
-            ABANDONED_LEN.store(list.len(), Ordering::Release);
-            return Ok(Ok((pid, pidfd, true)));
-        }
+    if pending {
+        // Still in its execve: it keeps its stack and what it reads.
+        let mut list = ABANDONED.lock().unwrap_or_else(|p| p.into_inner());
+        sweep(&mut list);
+        list.push(launch);
+        ABANDONED_LEN.store(list.len(), Ordering::Release);
+        return Ok(Ok((pid, pidfd, true)));
     }
     // Done with this process's memory (exec'd or exited): the stack is
     // free for the next start.
@@ -866,8 +876,7 @@ extern "C" fn child(arg: *mut c_void) -> libc::c_int {
     // pointers.
     unsafe {
         let args = &*arg.cast::<ChildArgs>();
-        // First, a private table with a copy of fds 0..end only: the
-        // parent gives the slots back meanwhile.
+        // First, a private table with a copy of fds 0..end only.
         let end = (args.base + args.count) as usize;
         let r = sc(
             libc::SYS_close_range,
@@ -879,14 +888,9 @@ extern "C" fn child(arg: *mut c_void) -> libc::c_int {
         if r < 0 {
             fail(args, Step::Unshare, r);
         }
+        // Said without a wake-up: the parent sleeps until the execve, and
+        // looks at this only if that takes longer than EXEC_WAIT.
         args.phase.store(UNSHARED, Ordering::Release);
-        sc(
-            libc::SYS_futex,
-            args.phase.as_ptr() as usize,
-            libc::FUTEX_WAKE as usize,
-            1,
-            0,
-        );
         // No handler of the parent may run here: every disposition that is
         // not the default ([`RESET`]) goes back to it (glibc's internal
         // signals 32 and 33 too, which the raw call accepts) while
