@@ -23,30 +23,32 @@
 //! 0, 1 and 2 are never touched, so other threads may go on using them.
 //!
 //! The parent waits for the `execve` at most [`EXEC_WAIT`], in one sleep
-//! as `CLONE_VFORK`'s: the kernel clears a futex word when the child execs
-//! or exits (`CLONE_CHILD_CLEARTID`, the moment `CLONE_VFORK` would resume
-//! the parent). Almost always that comes first, and a failure is returned
-//! as before. A child still in its `execve` after it (once the child has
-//! its own fd table, its first call, which the child notes in the same
-//! word: only then may the slots change) (its program, interpreter
-//! or `cwd` on a mount that does not answer) is left to finish on its own:
-//! its stack and everything it reads are copies owned by its [`Launch`],
-//! kept until it is done, and an error of that `execve` is told by
+//! as with `CLONE_VFORK`: the kernel clears a futex word when the child
+//! execs or exits (`CLONE_CHILD_CLEARTID`, the moment `CLONE_VFORK` would
+//! resume the parent). Almost always that comes first, and a failure is
+//! returned as before. A child still in its `execve` after it (its
+//! program, interpreter or `cwd` on a mount that does not answer) is left
+//! to finish on its own, once it has its own fd table (its first call,
+//! noted in the same word; only then may the slots change): its stack and
+//! everything it reads are copies owned by its [`Launch`], kept until it
+//! is done, and an error of that `execve` is told by
 //! [`late_exec_failure`] once its exit is reaped. So no start holds the
-//! calling thread (drover's event loop) for longer than that. On
+//! calling thread (drover's event loop) for much longer than that. On
 //! architectures other than x86-64 the start waits for the `execve`
-//! (`CLONE_VFORK`), as there is no libc-free system call path for the child
-//! there.
+//! (`CLONE_VFORK`), as there is no libc-free system call path for the
+//! child there.
 //!
 //! The child runs on a separate stack in this process's memory and makes
 //! only raw system calls on data prepared before the `clone`, as glibc's
-//! `posix_spawn` child does, without libc (the parent runs on beside it
-//! and shares its `errno`): the unshare first, then reset every signal disposition that is not the
-//! default (all of them until [`note_signal_dispositions`] has looked),
-//! `setpgid`, `setrlimit` (the original open-file limit, or the group's
-//! limits), `setgroups`/`setresgid`/`setresuid` for a user switch, the
-//! `dup2`s, `close_range`, `chdir`, an empty signal mask, `execve`. A failure is written into memory shared with the
-//! parent (`CLONE_VM`) before `_exit`, so the caller gets the errno and no
+//! `posix_spawn` child does, but without libc (the parent runs on beside
+//! it and shares its `errno`): the unshare first, then reset every signal
+//! disposition that is not the default (all of them until
+//! [`note_signal_dispositions`] has looked), `setpgid`, `setrlimit` (the
+//! original open-file limit, or the group's limits),
+//! `setgroups`/`setresgid`/`setresuid` for a user switch, the `dup2`s,
+//! `close_range`, `chdir`, an empty signal mask, `execve`. A failure is
+//! written into memory shared with the parent (`CLONE_VM`) before
+//! `_exit`, so the caller gets the errno and no
 //! process — the same contract as `posix_spawn`, within [`EXEC_WAIT`].
 //! `CLONE_PIDFD` returns a pidfd for the child with it.
 //!
@@ -598,7 +600,11 @@ pub(crate) fn try_spawn(
             // its own (its first call, so this is rare): nothing may change
             // them before. The child wakes nobody then; look every 1 ms.
             while launch.phase() == BEFORE_UNSHARE {
-                futex_wait(&launch.args.phase, BEFORE_UNSHARE, Some(Duration::from_millis(1)));
+                futex_wait(
+                    &launch.args.phase,
+                    BEFORE_UNSHARE,
+                    Some(Duration::from_millis(1)),
+                );
             }
         }
     }
