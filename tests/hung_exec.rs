@@ -107,8 +107,8 @@ struct Resp {
     flags: u32,
 }
 
-const NOTIF_RECV: libc::c_ulong = 0xC050_2100;
-const NOTIF_SEND: libc::c_ulong = 0xC018_2101;
+const NOTIF_RECV: libc::Ioctl = 0xC050_2100_u32 as libc::Ioctl;
+const NOTIF_SEND: libc::Ioctl = 0xC018_2101_u32 as libc::Ioctl;
 const NOTIF_FLAG_CONTINUE: u32 = 1;
 
 /// Lets a held `execve` go on (`errno` 0) or fail with `errno`. An error

@@ -520,8 +520,8 @@ fn wait_done(phase: &AtomicU32, deadline: Instant) -> bool {
 /// either, and the two must agree to meet.
 fn futex_wait(word: &AtomicU32, value: u32, timeout: Option<Duration>) {
     let ts = timeout.map(|t| libc::timespec {
-        tv_sec: t.as_secs() as libc::time_t,
-        tv_nsec: t.subsec_nanos() as libc::c_long,
+        tv_sec: t.as_secs() as _,
+        tv_nsec: t.subsec_nanos() as _,
     });
     let ts = ts
         .as_ref()

@@ -48,8 +48,8 @@ struct Resp {
 
 /// `_IOWR('!', 0, struct seccomp_notif)` and `_IOWR('!', 1, struct
 /// seccomp_notif_resp)`.
-const NOTIF_RECV: libc::c_ulong = 0xC050_2100;
-const NOTIF_SEND: libc::c_ulong = 0xC018_2101;
+const NOTIF_RECV: libc::Ioctl = 0xC050_2100_u32 as libc::Ioctl;
+const NOTIF_SEND: libc::Ioctl = 0xC018_2101_u32 as libc::Ioctl;
 const NOTIF_FLAG_CONTINUE: u32 = 1;
 
 /// Installs, on the calling thread (and so on every child it starts), a
