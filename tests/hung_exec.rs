@@ -14,7 +14,6 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -240,17 +239,7 @@ fn a_child_held_in_its_execve_does_not_hold_up_supervision() {
     let dir = TempDir::new("hung-exec");
     let source = dir.write("hold.c", WRAPPER);
     let wrapper = dir.path().join("hold");
-    let built = Command::new("cc")
-        .arg("-o")
-        .arg(&wrapper)
-        .arg(&source)
-        .output()
-        .expect("run cc (a C compiler, which Rust's linker needs anyway)");
-    assert!(
-        built.status.success(),
-        "cc: {}",
-        String::from_utf8_lossy(&built.stderr)
-    );
+    common::cc([Path::new("-o"), &wrapper, &source]);
     let held_program = dir.path().join(HELD);
     std::os::unix::fs::symlink(program("sleep"), &held_program).unwrap();
     dir.write(

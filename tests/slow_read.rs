@@ -85,18 +85,15 @@ fn start(name: &str) -> (Drover, PathBuf, PathBuf) {
     let dir = TempDir::new(name);
     let source = dir.write("slow.c", INTERPOSER);
     let lib = dir.path().join("libslow.so");
-    let built = Command::new("cc")
-        .args(["-shared", "-fPIC", "-o"])
-        .arg(&lib)
-        .arg(&source)
-        .arg("-ldl")
-        .output()
-        .expect("run cc (a C compiler, which Rust's linker needs anyway)");
-    assert!(
-        built.status.success(),
-        "cc: {}",
-        String::from_utf8_lossy(&built.stderr)
-    );
+    let arg = Path::new;
+    common::cc([
+        arg("-shared"),
+        arg("-fPIC"),
+        arg("-o"),
+        &lib,
+        &source,
+        arg("-ldl"),
+    ]);
     let gate = dir.path().join("gate");
     nix::unistd::mkfifo(&gate, nix::sys::stat::Mode::S_IRWXU).unwrap();
     let began = dir.path().join("lookup-began");

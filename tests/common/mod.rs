@@ -462,6 +462,20 @@ pub fn alive(pid: i64) -> bool {
             .is_some_and(|c| c != 'Z')
 }
 
+/// Runs the C compiler with `args` (flags, the output, the sources); the
+/// test fails with cc's own errors if it does not build.
+pub fn cc<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) {
+    let built = Command::new("cc")
+        .args(args)
+        .output()
+        .expect("run cc (a C compiler, which Rust's linker needs anyway)");
+    assert!(
+        built.status.success(),
+        "cc: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+}
+
 /// Waits until `cond` holds, polling (for OS state with no notification).
 pub fn wait_until(what: &str, cond: impl Fn() -> bool) {
     wait_until_within(what, DEADLINE, cond);

@@ -283,8 +283,7 @@ fn dup3_cloexec(source: RawFd, target: RawFd) -> io::Result<()> {
     Ok(())
 }
 
-/// How long a start waits for its child's `execve` once the child has a
-/// fd table of its own. A program (or its interpreter, or its `cwd`) on a
+/// How long a start waits for its child's `execve`. A program (or its interpreter, or its `cwd`) on a
 /// mount that does not answer can hold an `execve` for minutes; past this,
 /// the start returns the PID and the child finishes its `execve` on its
 /// own (see [`late_exec_failure`]). Every ordinary `execve` is done well
